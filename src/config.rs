@@ -1,0 +1,640 @@
+//! The workspace file: endpoints and tasks, the contract the CLI and the app share.
+//!
+//! Keys are the snake_case forms of AWS DMS's names where DMS has a name, and every key not
+//! given takes DMS's default (so `data_format` defaults to `csv`, as in DMS). Invariants the
+//! rest of the engine relies on, checked by [`Workspace::parse`]:
+//! - endpoint and task names are unique and usable as path segments;
+//! - every endpoint has the fields its engine needs, and no plain password;
+//! - every task names an existing source endpoint and an existing target endpoint.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a workspace file was refused. Messages name the line, the key and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read workspace file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid workspace file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid workspace file {path}, line {line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("no task named '{name}' in {path} (tasks: {known})")]
+    UnknownTask {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
+    #[error("no endpoint named '{name}' in {path} (endpoints: {known})")]
+    UnknownEndpoint {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
+    #[error(
+        "endpoint '{endpoint}': environment variable {var} named by password_env is not set; \
+         export it before running (e.g. `export {var}=...`)"
+    )]
+    MissingPasswordEnv { endpoint: String, var: String },
+}
+
+/// A parsed and validated workspace file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workspace {
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub tasks: Vec<TaskConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+    Mysql,
+    Local,
+    S3,
+}
+
+impl Engine {
+    pub fn is_source(self) -> bool {
+        matches!(self, Engine::Postgres | Engine::Mysql)
+    }
+}
+
+/// One endpoint: a source database or a target lake. Fields that do not apply to the
+/// engine are refused by [`Workspace::parse`], so the file stays unambiguous.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub engine: Engine,
+    // Databases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Name of the environment variable holding the password; the password itself never
+    /// lives in the workspace file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Refused on parse with an explanation; declared so the error can say why.
+    #[serde(default, skip_serializing)]
+    pub password: Option<toml::Value>,
+    // Local target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    // S3 target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+impl EndpointConfig {
+    /// The password from the environment variable named by `password_env`, if any.
+    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+        match &self.password_env {
+            None => Ok(None),
+            Some(var) => {
+                std::env::var(var)
+                    .map(Some)
+                    .map_err(|_| ConfigError::MissingPasswordEnv {
+                        endpoint: self.name.clone(),
+                        var: var.clone(),
+                    })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationType {
+    FullLoad,
+    Cdc,
+    FullLoadAndCdc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub name: String,
+    pub source: String,
+    pub target: String,
+    #[serde(default = "default_migration_type")]
+    pub migration_type: MigrationType,
+    /// DMS selection rules, `schema.table` with `%` as the wildcard. Empty: every table
+    /// outside the system schemas.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub target_settings: TargetSettings,
+    #[serde(default)]
+    pub full_load_settings: FullLoadSettings,
+}
+
+fn default_migration_type() -> MigrationType {
+    MigrationType::FullLoad
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Parquet,
+    Csv,
+    Json,
+}
+
+impl DataFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            DataFormat::Parquet => "parquet",
+            DataFormat::Csv => "csv",
+            DataFormat::Json => "json",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Snappy,
+    Zstd,
+    Gzip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatePartitionSequence {
+    #[serde(rename = "YYYYMMDD")]
+    YyyyMmDd,
+    #[serde(rename = "YYYYMMDDHH")]
+    YyyyMmDdHh,
+    #[serde(rename = "YYYYMM")]
+    YyyyMm,
+    #[serde(rename = "MMYYYYDD")]
+    MmYyyyDd,
+    #[serde(rename = "DDMMYYYY")]
+    DdMmYyyy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatePartitionStyle {
+    /// `year=YYYY/month=MM/day=DD`, what Glue crawlers and Athena read as partitions.
+    Hive,
+    /// `YYYY/MM/DD`, DMS's own layout.
+    Dms,
+}
+
+/// S3 target endpoint settings, as in DMS (`S3Settings`), with DMS's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSettings {
+    pub bucket_folder: String,
+    pub data_format: DataFormat,
+    pub compression: Compression,
+    pub include_op_for_full_load: bool,
+    pub timestamp_column_name: String,
+    /// KB, as DMS's `MaxFileSize`.
+    pub max_file_size: u64,
+    pub date_partition_enabled: bool,
+    pub date_partition_sequence: DatePartitionSequence,
+    pub date_partition_style: DatePartitionStyle,
+    /// Seconds.
+    pub cdc_max_batch_interval: u64,
+    /// KB.
+    pub cdc_min_file_size: u64,
+}
+
+impl Default for TargetSettings {
+    fn default() -> Self {
+        TargetSettings {
+            bucket_folder: String::new(),
+            data_format: DataFormat::Csv,
+            compression: Compression::None,
+            include_op_for_full_load: false,
+            timestamp_column_name: String::new(),
+            max_file_size: 1_048_576,
+            date_partition_enabled: false,
+            date_partition_sequence: DatePartitionSequence::YyyyMmDd,
+            date_partition_style: DatePartitionStyle::Dms,
+            cdc_max_batch_interval: 60,
+            cdc_min_file_size: 32_000,
+        }
+    }
+}
+
+/// Full-load tuning, after DMS's `FullLoadSettings` and parallel-load table settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FullLoadSettings {
+    /// How many table ranges load at once (DMS `MaxFullLoadSubTasks`, default 8).
+    pub max_full_load_sub_tasks: usize,
+    /// A table larger than this (MB on disk) loads in ranges of about this size.
+    pub parallel_load_range_mb: u64,
+}
+
+impl Default for FullLoadSettings {
+    fn default() -> Self {
+        FullLoadSettings {
+            max_full_load_sub_tasks: 8,
+            parallel_load_range_mb: 512,
+        }
+    }
+}
+
+impl Workspace {
+    /// Reads and validates a workspace file. A relative `path` of a local target is taken
+    /// relative to the workspace file's folder, so the CLI and the app agree whatever the
+    /// current directory.
+    pub fn load(path: &Path) -> Result<Workspace, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut workspace = Workspace::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for e in &mut workspace.endpoints {
+            if let Some(local) = &mut e.path
+                && local.is_relative()
+            {
+                *local = base.join(&*local);
+            }
+        }
+        Ok(workspace)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Workspace, ConfigError> {
+        let workspace: Workspace = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        workspace.validate(text, path)?;
+        Ok(workspace)
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Serialising plain data structs cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn task(&self, name: &str, path: &Path) -> Result<&TaskConfig, ConfigError> {
+        self.tasks
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| ConfigError::UnknownTask {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                known: join_names(self.tasks.iter().map(|t| t.name.as_str())),
+            })
+    }
+
+    pub fn endpoint(&self, name: &str, path: &Path) -> Result<&EndpointConfig, ConfigError> {
+        self.endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| ConfigError::UnknownEndpoint {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                known: join_names(self.endpoints.iter().map(|e| e.name.as_str())),
+            })
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |name: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of_name(text, name),
+            message,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.endpoints {
+            check_name("endpoint", &e.name).map_err(|m| invalid(&e.name, m))?;
+            if !seen.insert(e.name.as_str()) {
+                return Err(invalid(
+                    &e.name,
+                    format!("endpoint name '{}' is used twice", e.name),
+                ));
+            }
+            validate_endpoint(e)
+                .map_err(|m| invalid(&e.name, format!("endpoint '{}': {m}", e.name)))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tasks {
+            check_name("task", &t.name).map_err(|m| invalid(&t.name, m))?;
+            if !seen.insert(t.name.as_str()) {
+                return Err(invalid(
+                    &t.name,
+                    format!("task name '{}' is used twice", t.name),
+                ));
+            }
+            validate_task(self, t)
+                .map_err(|m| invalid(&t.name, format!("task '{}': {m}", t.name)))?;
+        }
+        Ok(())
+    }
+}
+
+fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = names.collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Names become path segments in the lake, so keep them to a portable alphabet.
+fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name '{name}' is invalid: use letters, digits, '-', '_' and '.' (it becomes a folder name in the lake)"
+        ))
+    }
+}
+
+/// The 1-based line where `name = "<name>"` stands, so errors point into the file.
+fn line_of_name(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim();
+            l.starts_with("name") && l.contains(&format!("\"{name}\""))
+        })
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+fn validate_endpoint(e: &EndpointConfig) -> Result<(), String> {
+    if e.password.is_some() {
+        return Err("a plain `password` key is refused: secrets never live in the workspace file. \
+             Put the password in an environment variable and name it, e.g. password_env = \"PGPASSWORD\""
+            .into());
+    }
+    let present = |field: &str| -> bool {
+        match field {
+            "host" => e.host.is_some(),
+            "port" => e.port.is_some(),
+            "database" => e.database.is_some(),
+            "user" => e.user.is_some(),
+            "password_env" => e.password_env.is_some(),
+            "path" => e.path.is_some(),
+            "bucket" => e.bucket.is_some(),
+            "region" => e.region.is_some(),
+            "endpoint_url" => e.endpoint_url.is_some(),
+            "force_path_style" => e.force_path_style.is_some(),
+            "profile" => e.profile.is_some(),
+            _ => false,
+        }
+    };
+    let (required, allowed): (&[&str], &[&str]) = match e.engine {
+        Engine::Postgres | Engine::Mysql => (
+            &["host", "user"],
+            &["host", "port", "database", "user", "password_env"],
+        ),
+        Engine::Local => (&["path"], &["path"]),
+        Engine::S3 => (
+            &["bucket"],
+            &[
+                "bucket",
+                "region",
+                "endpoint_url",
+                "force_path_style",
+                "profile",
+            ],
+        ),
+    };
+    for field in required {
+        if !present(field) {
+            return Err(format!("engine {:?} needs `{field}`", e.engine).to_lowercase());
+        }
+    }
+    const ALL: [&str; 11] = [
+        "host",
+        "port",
+        "database",
+        "user",
+        "password_env",
+        "path",
+        "bucket",
+        "region",
+        "endpoint_url",
+        "force_path_style",
+        "profile",
+    ];
+    for field in ALL {
+        if present(field) && !allowed.contains(&field) {
+            return Err(format!(
+                "`{field}` does not apply to engine {} (it takes: {})",
+                format!("{:?}", e.engine).to_lowercase(),
+                allowed.join(", ")
+            ));
+        }
+    }
+    if let Some(url) = &e.endpoint_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(format!(
+            "endpoint_url '{url}' must start with http:// or https://"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), String> {
+    let engine_of = |name: &str| {
+        ws.endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.engine)
+    };
+    match engine_of(&t.source) {
+        None => return Err(format!("source endpoint '{}' is not defined", t.source)),
+        Some(e) if !e.is_source() => {
+            return Err(format!(
+                "source '{}' is a target endpoint (engine {e:?}); a source is postgres or mysql",
+                t.source
+            ));
+        }
+        _ => {}
+    }
+    match engine_of(&t.target) {
+        None => return Err(format!("target endpoint '{}' is not defined", t.target)),
+        Some(e) if e.is_source() => {
+            return Err(format!(
+                "target '{}' is a source endpoint (engine {e:?}); a target is local or s3",
+                t.target
+            ));
+        }
+        _ => {}
+    }
+    for rule in t.include.iter().chain(&t.exclude) {
+        if rule.split('.').count() != 2 || rule.split('.').any(str::is_empty) {
+            return Err(format!(
+                "selection rule '{rule}' must be schema.table, with % as wildcard (e.g. \"public.%\")"
+            ));
+        }
+    }
+    let s = &t.target_settings;
+    if s.data_format != DataFormat::Parquet
+        && matches!(s.compression, Compression::Snappy | Compression::Zstd)
+    {
+        return Err(format!(
+            "compression {:?} applies to parquet only; {} files take gzip or none",
+            s.compression,
+            s.data_format.extension()
+        )
+        .to_lowercase());
+    }
+    if s.max_file_size < 1 {
+        return Err("max_file_size is in KB and must be at least 1".into());
+    }
+    if s.bucket_folder.starts_with('/') || s.bucket_folder.split('/').any(|p| p == "..") {
+        return Err(format!(
+            "bucket_folder '{}' must be a relative folder name",
+            s.bucket_folder
+        ));
+    }
+    if t.full_load_settings.max_full_load_sub_tasks == 0 {
+        return Err("full_load_settings.max_full_load_sub_tasks must be at least 1".into());
+    }
+    if t.migration_type != MigrationType::FullLoad {
+        return Err(format!(
+            "migration_type {:?} is not available yet: this build supports full-load",
+            t.migration_type
+        )
+        .to_lowercase());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[endpoints]]
+name = "shop"
+engine = "postgres"
+host = "127.0.0.1"
+port = 5432
+database = "shop"
+user = "postgres"
+password_env = "PGPASSWORD"
+
+[[endpoints]]
+name = "lake"
+engine = "local"
+path = "/tmp/lake"
+
+[[tasks]]
+name = "shop-to-lake"
+source = "shop"
+target = "lake"
+include = ["public.%"]
+
+[tasks.target_settings]
+data_format = "parquet"
+compression = "snappy"
+"#;
+
+    fn parse(text: &str) -> Result<Workspace, ConfigError> {
+        Workspace::parse(text, Path::new("ws.toml"))
+    }
+
+    #[test]
+    fn good_file_takes_dms_defaults() {
+        let ws = parse(GOOD).expect("valid");
+        let t = &ws.tasks[0];
+        assert_eq!(t.migration_type, MigrationType::FullLoad);
+        assert_eq!(t.target_settings.data_format, DataFormat::Parquet);
+        assert_eq!(t.target_settings.max_file_size, 1_048_576);
+        assert_eq!(t.target_settings.cdc_max_batch_interval, 60);
+        assert_eq!(t.target_settings.cdc_min_file_size, 32_000);
+        assert!(!t.target_settings.date_partition_enabled);
+        // Round trip: what the app writes, the CLI reads.
+        let again = parse(&ws.to_toml()).expect("round trip");
+        assert_eq!(again.tasks[0].name, "shop-to-lake");
+        assert_eq!(again.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn plain_password_is_refused_with_line_and_fix() {
+        let text = GOOD.replace("password_env = \"PGPASSWORD\"", "password = \"secret\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("password_env"), "{err}");
+        assert!(
+            !err.contains("secret"),
+            "the error must not echo the secret: {err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_key_and_expected() {
+        let text = GOOD.replace("compression = \"snappy\"", "compresion = \"snappy\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("compresion"), "{err}");
+        assert!(err.contains("line 25"), "{err}");
+        assert!(err.contains("compression"), "expected keys listed: {err}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_choices() {
+        let text = GOOD.replace("data_format = \"parquet\"", "data_format = \"orc\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("orc") && err.contains("parquet") && err.contains("csv"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn task_must_reference_existing_endpoints() {
+        let text = GOOD.replace("target = \"lake\"", "target = \"nowhere\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("'nowhere' is not defined"), "{err}");
+        let text = GOOD.replace("target = \"lake\"", "target = \"shop\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("is a source endpoint"), "{err}");
+    }
+
+    #[test]
+    fn engine_fields_are_checked() {
+        let text = GOOD.replace("path = \"/tmp/lake\"", "bucket = \"b\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("needs `path`"), "{err}");
+        let text = GOOD.replace("include = [\"public.%\"]", "include = [\"orders\"]");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("schema.table"), "{err}");
+    }
+}

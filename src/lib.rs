@@ -1,0 +1,15 @@
+//! Tributary: replicate operational databases into an S3 data lake, the way AWS DMS does,
+//! as one local-first program.
+//!
+//! The engine is `config` (the workspace file), `source` (one module per database),
+//! `lake` (layout, formats, storage, inspection) and `task` (runner, checkpoints,
+//! statistics, and the command/event API). `cli` drives the engine from a terminal; the
+//! desktop app will drive it through the same `task` API. The engine never imports UI code.
+
+#[cfg(unix)]
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod lake;
+pub mod source;
+pub mod task;
