@@ -1,0 +1,304 @@
+//! Source databases, one module per engine behind the [`Source`] trait.
+//!
+//! A source owns everything engine-specific: connecting, checking prerequisites, listing the
+//! tables a task selects, mapping column types to Arrow, and reading a table range from one
+//! consistent snapshot as a stream of Arrow record batches. Invariants:
+//! - every range of every table in one full load is read from the same snapshot, whose
+//!   source position is reported in [`Snapshot::position`];
+//! - a column whose type has no Arrow mapping is read as text and reported in
+//!   [`ColumnInfo::cast_to_text`], never dropped;
+//! - batches are bounded (rows and bytes), so memory does not grow with table size.
+
+pub mod postgres;
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Errors from a source database, with the endpoint, table or position they concern and,
+/// where we know it, how to fix them.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "endpoint '{endpoint}': cannot reach {host}:{port}: {reason}. Check that the server runs and that host and port are right"
+    )]
+    Unreachable {
+        endpoint: String,
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    #[error(
+        "endpoint '{endpoint}': authentication failed for user '{user}'. Check the password in the environment variable named by password_env{hint}"
+    )]
+    Authentication {
+        endpoint: String,
+        user: String,
+        hint: String,
+    },
+    #[error(
+        "endpoint '{endpoint}': database '{database}' does not exist. Create it or fix `database` in the workspace"
+    )]
+    MissingDatabase { endpoint: String, database: String },
+    #[error("endpoint '{endpoint}': permission denied{context}: {message}. {fix}")]
+    PermissionDenied {
+        endpoint: String,
+        context: String,
+        message: String,
+        fix: String,
+    },
+    #[error("endpoint '{endpoint}': {context}: {message}")]
+    Database {
+        endpoint: String,
+        context: String,
+        message: String,
+    },
+    #[error("endpoint '{endpoint}', table {table}: cannot decode column '{column}': {message}")]
+    Decode {
+        endpoint: String,
+        table: String,
+        column: String,
+        message: String,
+    },
+    #[error("endpoint '{endpoint}': no table matches the task's include/exclude rules ({rules})")]
+    NoTables { endpoint: String, rules: String },
+}
+
+/// A column of a source table, with the Arrow type it is written as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The source's own type name, e.g. `numeric(12,2)` or `character varying(40)`.
+    pub source_type: String,
+    pub nullable: bool,
+    /// True when the type has no Arrow mapping and the column is read as text.
+    pub cast_to_text: bool,
+}
+
+/// A table selected by a task, as discovered in the source catalog.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
+    pub arrow_schema: SchemaRef,
+    pub primary_key: Vec<String>,
+    /// Size on disk, used to split large tables into ranges and to estimate progress.
+    pub size_bytes: u64,
+    pub estimated_rows: u64,
+    /// Source-specific data the reader needs (e.g. PostgreSQL type OIDs), opaque to the runner.
+    pub(crate) read_plan: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl TableInfo {
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Warnings a user must see before the load: missing key, columns read as text.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.primary_key.is_empty() {
+            w.push(format!(
+                "table {} has no primary key: it is loaded, but CDC needs a replica identity \
+                 (add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL)",
+                self.qualified_name(),
+                self.qualified_name()
+            ));
+        }
+        for c in self.columns.iter().filter(|c| c.cast_to_text) {
+            w.push(format!(
+                "table {}: column '{}' of type {} has no exact Parquet type; it is loaded as text",
+                self.qualified_name(),
+                c.name,
+                c.source_type
+            ));
+        }
+        w
+    }
+}
+
+/// A part of a table read by one worker. Ranges of one table are disjoint and cover it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRange {
+    /// Position of the range within its table, from 0.
+    pub index: u32,
+    /// Source-specific bounds; for PostgreSQL, heap pages `[start, end)`, `end` open for the last.
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+}
+
+/// A consistent view of the source that all ranges read from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Engine-specific snapshot handle (PostgreSQL: an exported snapshot id).
+    pub id: String,
+    /// The source position of the snapshot (PostgreSQL: an LSN), where CDC starts.
+    pub position: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckStatus {
+    Pass,
+    /// Not needed by every task (e.g. wal_level for a full load), but needed by some.
+    Warn,
+    Fail,
+}
+
+/// One prerequisite check of `tributary check` and the app's "Test connection".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub status: CheckStatus,
+    pub detail: String,
+    /// How to fix it, when not passed.
+    pub fix: Option<String>,
+}
+
+impl CheckResult {
+    pub fn pass(name: &str, detail: String) -> Self {
+        CheckResult {
+            name: name.into(),
+            status: CheckStatus::Pass,
+            detail,
+            fix: None,
+        }
+    }
+
+    pub fn warn(name: &str, detail: String, fix: String) -> Self {
+        CheckResult {
+            name: name.into(),
+            status: CheckStatus::Warn,
+            detail,
+            fix: Some(fix),
+        }
+    }
+
+    /// A failed check from an error whose message already says how to fix it.
+    pub fn fail_from(name: &str, error: &dyn std::error::Error) -> Self {
+        CheckResult {
+            name: name.into(),
+            status: CheckStatus::Fail,
+            detail: error.to_string(),
+            fix: None,
+        }
+    }
+}
+
+/// What the full-load runner needs from a source database.
+pub trait Source: Send + Sync + 'static {
+    /// The endpoint's name, for messages and lake paths.
+    fn endpoint(&self) -> &str;
+
+    /// Connection and prerequisite checks, each with its fix.
+    fn check(&self) -> impl Future<Output = Vec<CheckResult>> + Send;
+
+    /// Tables matching the selection rules, with their columns and key.
+    fn discover(
+        &self,
+        rules: &SelectionRules,
+    ) -> impl Future<Output = Result<Vec<TableInfo>, SourceError>> + Send;
+
+    /// Splits a table into ranges of about `range_bytes` on disk.
+    fn plan_ranges(&self, table: &TableInfo, range_bytes: u64) -> Vec<TableRange>;
+
+    /// Opens a consistent snapshot, held until [`Source::release_snapshot`].
+    fn open_snapshot(&self) -> impl Future<Output = Result<Snapshot, SourceError>> + Send;
+
+    fn release_snapshot(&self) -> impl Future<Output = ()> + Send;
+
+    /// Reads one range of a table from `snapshot` (or from a fresh one when `None`) and sends
+    /// its batches to `out`; returns the number of rows read. A closed `out` stops the read.
+    fn read_range(
+        &self,
+        table: &TableInfo,
+        range: &TableRange,
+        snapshot: Option<&Snapshot>,
+        out: mpsc::Sender<RecordBatch>,
+    ) -> impl Future<Output = Result<u64, SourceError>> + Send;
+}
+
+/// DMS-style selection rules: `schema.table`, `%` matches any run of characters. `_` is
+/// literal (unlike SQL LIKE), because table names are full of underscores.
+#[derive(Debug, Clone, Default)]
+pub struct SelectionRules {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl SelectionRules {
+    pub fn new(include: &[String], exclude: &[String]) -> Self {
+        SelectionRules {
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+        }
+    }
+
+    pub fn matches(&self, schema: &str, table: &str) -> bool {
+        let name = format!("{schema}.{table}");
+        let included = if self.include.is_empty() {
+            true
+        } else {
+            self.include.iter().any(|r| wildcard_match(r, &name))
+        };
+        included && !self.exclude.iter().any(|r| wildcard_match(r, &name))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "include [{}], exclude [{}]",
+            self.include.join(", "),
+            self.exclude.join(", ")
+        )
+    }
+}
+
+/// Matches `text` against `pattern` where `%` stands for any run of characters.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('%').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_follow_dms() {
+        assert!(wildcard_match("public.%", "public.orders"));
+        assert!(wildcard_match("%.%", "s.t"));
+        assert!(wildcard_match("public.audit_%", "public.audit_log"));
+        assert!(!wildcard_match("public.audit_%", "public.auditlog"));
+        assert!(wildcard_match("public.a%b%c", "public.axxbyyc"));
+        assert!(!wildcard_match("public.a%b%c", "public.axxcyyb"));
+        assert!(!wildcard_match("public.ab%ba", "public.aba"));
+        assert!(wildcard_match("public.orders", "public.orders"));
+        assert!(!wildcard_match("public.orders", "public.orders2"));
+    }
+
+    #[test]
+    fn exclude_wins_over_include() {
+        let rules = SelectionRules::new(&["public.%".into()], &["public.audit_%".into()]);
+        assert!(rules.matches("public", "orders"));
+        assert!(!rules.matches("public", "audit_2024"));
+        assert!(!rules.matches("sales", "orders"));
+        assert!(SelectionRules::default().matches("any", "thing"));
+    }
+}

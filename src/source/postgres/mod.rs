@@ -1,0 +1,556 @@
+//! PostgreSQL source: discovery from the catalog, an exported snapshot shared by all
+//! readers, and ranged binary COPY decoded straight into Arrow.
+//!
+//! Large tables are split by heap page (`ctid` ranges, a TID range scan since PostgreSQL 14),
+//! which works for every table, with or without a primary key, and reads each page once.
+//! Partitioned tables load as their leaf partitions (each is a table of its own).
+
+mod copy_binary;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Field, Schema};
+use futures::StreamExt;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Executor, Row};
+use tokio::sync::{Mutex, mpsc};
+
+use self::copy_binary::CopyBinaryDecoder;
+use self::types::{Kind, scalar_kind};
+use super::{
+    CheckResult, ColumnInfo, SelectionRules, Snapshot, Source, SourceError, TableInfo, TableRange,
+};
+use crate::config::EndpointConfig;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection settings of a PostgreSQL endpoint, password resolved from the environment.
+#[derive(Clone)]
+pub struct PgEndpoint {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for PgEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is deliberately left out.
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
+    }
+}
+
+impl PgEndpoint {
+    pub fn from_config(e: &EndpointConfig, password: Option<String>) -> Self {
+        PgEndpoint {
+            name: e.name.clone(),
+            host: e.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port: e.port.unwrap_or(5432),
+            database: e.database.clone().unwrap_or_else(|| "postgres".into()),
+            user: e.user.clone().unwrap_or_else(|| "postgres".into()),
+            password,
+        }
+    }
+
+    fn options(&self) -> PgConnectOptions {
+        let mut o = PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.user)
+            .database(&self.database)
+            .application_name("tributary");
+        if let Some(p) = &self.password {
+            o = o.password(p);
+        }
+        o
+    }
+
+    pub async fn connect(&self) -> Result<PgConnection, SourceError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&self.options()))
+            .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.classify(e, "connecting")),
+            Err(_) => Err(SourceError::Unreachable {
+                endpoint: self.name.clone(),
+                host: self.host.clone(),
+                port: self.port,
+                reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    /// Turns a driver error into one that says what is wrong and how to fix it.
+    pub fn classify(&self, e: sqlx::Error, context: &str) -> SourceError {
+        let endpoint = self.name.clone();
+        match &e {
+            sqlx::Error::Io(io) => SourceError::Unreachable {
+                endpoint,
+                host: self.host.clone(),
+                port: self.port,
+                reason: io.to_string(),
+            },
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                match code.as_str() {
+                    "28P01" => SourceError::Authentication {
+                        endpoint,
+                        user: self.user.clone(),
+                        hint: String::new(),
+                    },
+                    "28000" => SourceError::Authentication {
+                        endpoint,
+                        user: self.user.clone(),
+                        hint: format!(" ({}; allow this client in pg_hba.conf)", db.message()),
+                    },
+                    "3D000" => SourceError::MissingDatabase {
+                        endpoint,
+                        database: self.database.clone(),
+                    },
+                    "42501" => SourceError::PermissionDenied {
+                        endpoint,
+                        context: format!(" while {context}"),
+                        message: db.message().to_string(),
+                        fix: format!("GRANT SELECT on the task's tables to {}", self.user),
+                    },
+                    _ => SourceError::Database {
+                        endpoint,
+                        context: context.to_string(),
+                        message: format!("{} (SQLSTATE {code})", db.message()),
+                    },
+                }
+            }
+            _ => SourceError::Database {
+                endpoint,
+                context: context.to_string(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// What [`PostgresSource::read_range`] needs, computed once at discovery.
+struct PgReadPlan {
+    kinds: Vec<Kind>,
+    /// `"a", "b"::text, …`: the SELECT list, with unmapped types cast to text.
+    select_list: String,
+    block_size: u64,
+}
+
+pub struct PostgresSource {
+    endpoint: PgEndpoint,
+    /// The connection whose transaction exported the snapshot; it must stay open while
+    /// readers import the snapshot.
+    snapshot_holder: Mutex<Option<PgConnection>>,
+}
+
+impl PostgresSource {
+    pub fn new(endpoint: PgEndpoint) -> Self {
+        PostgresSource {
+            endpoint,
+            snapshot_holder: Mutex::new(None),
+        }
+    }
+
+    async fn fetch_checks(&self, conn: &mut PgConnection) -> Result<Vec<CheckResult>, sqlx::Error> {
+        let mut checks = Vec::new();
+        let row = sqlx::query(
+            "SELECT current_setting('server_version'), current_setting('wal_level'), \
+             current_setting('max_replication_slots')::int4, \
+             (SELECT count(*)::int4 FROM pg_replication_slots), \
+             (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let version: String = row.try_get(0)?;
+        let wal_level: String = row.try_get(1)?;
+        let max_slots: i32 = row.try_get(2)?;
+        let used_slots: i32 = row.try_get(3)?;
+        let replication: Option<bool> = row.try_get(4)?;
+        checks.push(CheckResult::pass(
+            "connect",
+            format!(
+                "connected to PostgreSQL {version} at {}:{} as {}",
+                self.endpoint.host, self.endpoint.port, self.endpoint.user
+            ),
+        ));
+        checks.push(if wal_level == "logical" {
+            CheckResult::pass("wal_level", "wal_level = logical".into())
+        } else {
+            CheckResult::warn(
+                "wal_level",
+                format!("wal_level = {wal_level}: full load works, CDC needs logical"),
+                "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL".into(),
+            )
+        });
+        checks.push(if used_slots < max_slots {
+            CheckResult::pass(
+                "replication slots",
+                format!("{used_slots} of max_replication_slots = {max_slots} in use"),
+            )
+        } else {
+            CheckResult::warn(
+                "replication slots",
+                format!("all {max_slots} replication slots are in use: CDC cannot create one"),
+                "raise max_replication_slots (restart) or drop an unused slot with pg_drop_replication_slot()".into(),
+            )
+        });
+        checks.push(if replication == Some(true) {
+            CheckResult::pass(
+                "replication privilege",
+                format!("{} may replicate", self.endpoint.user),
+            )
+        } else {
+            CheckResult::warn(
+                "replication privilege",
+                format!(
+                    "{} has no REPLICATION attribute: full load works, CDC does not",
+                    self.endpoint.user
+                ),
+                format!("ALTER ROLE {} WITH REPLICATION", self.endpoint.user),
+            )
+        });
+        let no_pk: Vec<String> = sqlx::query_scalar(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+             ORDER BY 1 LIMIT 20",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        checks.push(if no_pk.is_empty() {
+            CheckResult::pass("primary keys", "every table has a primary key".into())
+        } else {
+            CheckResult::warn(
+                "primary keys",
+                format!(
+                    "tables without a primary key (loaded, but CDC needs a replica identity): {}",
+                    no_pk.join(", ")
+                ),
+                "add a primary key, or ALTER TABLE … REPLICA IDENTITY FULL".into(),
+            )
+        });
+        Ok(checks)
+    }
+}
+
+const DISCOVER_SQL: &str = "
+SELECT n.nspname::text, c.relname::text,
+       pg_relation_size(c.oid)::int8,
+       GREATEST(c.reltuples, 0)::int8,
+       a.attname::text,
+       format_type(a.atttypid, a.atttypmod),
+       NOT a.attnotnull,
+       bt.oid::int8,
+       (CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END)::int4,
+       bt.typtype::text,
+       COALESCE(et.oid::int8, 0),
+       COALESCE(et.typtype::text, ''),
+       current_setting('block_size')::int8,
+       COALESCE((SELECT k.ord FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                   WHERE i.indrelid = c.oid AND i.indisprimary AND k.attnum = a.attnum), 0)::int4
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' AND bt.typlen = -1
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY n.nspname, c.relname, a.attnum";
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Source for PostgresSource {
+    fn endpoint(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    async fn check(&self) -> Vec<CheckResult> {
+        let mut conn = match self.endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return vec![CheckResult::fail_from("connect", &e)],
+        };
+        let result = match self.fetch_checks(&mut conn).await {
+            Ok(checks) => checks,
+            Err(e) => vec![CheckResult::fail_from(
+                "catalog",
+                &self.endpoint.classify(e, "reading server settings"),
+            )],
+        };
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn discover(&self, rules: &SelectionRules) -> Result<Vec<TableInfo>, SourceError> {
+        let mut conn = self.endpoint.connect().await?;
+        let rows = sqlx::query(DISCOVER_SQL)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| self.endpoint.classify(e, "listing tables"))?;
+        let _ = conn.close().await;
+
+        struct Pending {
+            schema: String,
+            name: String,
+            size: i64,
+            est_rows: i64,
+            block_size: i64,
+            columns: Vec<ColumnInfo>,
+            kinds: Vec<Kind>,
+            key: Vec<(i32, String)>,
+        }
+        let mut tables: Vec<Pending> = Vec::new();
+        for row in rows {
+            let get = |e: sqlx::Error| self.endpoint.classify(e, "reading the catalog");
+            let schema: String = row.try_get(0).map_err(get)?;
+            let name: String = row.try_get(1).map_err(get)?;
+            if !rules.matches(&schema, &name) {
+                continue;
+            }
+            let column: String = row.try_get(4).map_err(get)?;
+            let source_type: String = row.try_get(5).map_err(get)?;
+            let nullable: bool = row.try_get(6).map_err(get)?;
+            let base_oid: i64 = row.try_get(7).map_err(get)?;
+            let typmod: i32 = row.try_get(8).map_err(get)?;
+            let typtype: String = row.try_get(9).map_err(get)?;
+            let elem_oid: i64 = row.try_get(10).map_err(get)?;
+            let elem_typtype: String = row.try_get(11).map_err(get)?;
+            let key_position: i32 = row.try_get(13).map_err(get)?;
+            let kind = if elem_oid != 0 {
+                scalar_kind(elem_oid as u32, typmod, elem_typtype == "e")
+                    .map(|k| Kind::List(Box::new(k)))
+            } else {
+                scalar_kind(base_oid as u32, typmod, typtype == "e")
+            };
+            let new_table = tables
+                .last()
+                .is_none_or(|t| t.schema != schema || t.name != name);
+            if new_table {
+                tables.push(Pending {
+                    schema,
+                    name,
+                    size: row.try_get(2).map_err(get)?,
+                    est_rows: row.try_get(3).map_err(get)?,
+                    block_size: row.try_get(12).map_err(get)?,
+                    columns: Vec::new(),
+                    kinds: Vec::new(),
+                    key: Vec::new(),
+                });
+            }
+            let Some(t) = tables.last_mut() else { continue };
+            if key_position > 0 {
+                t.key.push((key_position, column.clone()));
+            }
+            t.columns.push(ColumnInfo {
+                name: column,
+                source_type,
+                nullable,
+                cast_to_text: kind.is_none(),
+            });
+            t.kinds.push(kind.unwrap_or(Kind::Text));
+        }
+        if tables.is_empty() {
+            return Err(SourceError::NoTables {
+                endpoint: self.endpoint.name.clone(),
+                rules: rules.describe(),
+            });
+        }
+        Ok(tables
+            .into_iter()
+            .map(|mut t| {
+                t.key.sort();
+                let fields: Vec<Field> = t
+                    .columns
+                    .iter()
+                    .zip(&t.kinds)
+                    .map(|(c, k)| Field::new(&c.name, k.data_type(), c.nullable))
+                    .collect();
+                let select_list = t
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        if c.cast_to_text {
+                            format!("{}::text", quote_ident(&c.name))
+                        } else {
+                            quote_ident(&c.name)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                TableInfo {
+                    arrow_schema: Arc::new(Schema::new(fields)),
+                    primary_key: t.key.into_iter().map(|(_, c)| c).collect(),
+                    size_bytes: t.size.max(0) as u64,
+                    estimated_rows: t.est_rows.max(0) as u64,
+                    read_plan: Arc::new(PgReadPlan {
+                        kinds: t.kinds,
+                        select_list,
+                        block_size: t.block_size.max(1) as u64,
+                    }),
+                    schema: t.schema,
+                    name: t.name,
+                    columns: t.columns,
+                }
+            })
+            .collect())
+    }
+
+    fn plan_ranges(&self, table: &TableInfo, range_bytes: u64) -> Vec<TableRange> {
+        let block_size = plan_of(table).block_size;
+        let pages = table.size_bytes / block_size;
+        let pages_per_range = (range_bytes / block_size).max(1);
+        let count = pages.div_ceil(pages_per_range).max(1);
+        (0..count)
+            .map(|i| TableRange {
+                index: i as u32,
+                start: (i > 0).then_some(i * pages_per_range),
+                // The last range is open so rows on pages added since the size was read
+                // (visible in the snapshot if committed before it) are not missed.
+                end: (i + 1 < count).then_some((i + 1) * pages_per_range),
+            })
+            .collect()
+    }
+
+    async fn open_snapshot(&self) -> Result<Snapshot, SourceError> {
+        let mut conn = self.endpoint.connect().await?;
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| {
+                self.endpoint
+                    .classify(e, "opening the snapshot transaction")
+            })?;
+        let row = sqlx::query(
+            "SELECT pg_export_snapshot(), \
+             (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| self.endpoint.classify(e, "exporting a snapshot"))?;
+        let snapshot = Snapshot {
+            id: row
+                .try_get(0)
+                .map_err(|e| self.endpoint.classify(e, "exporting a snapshot"))?,
+            position: row
+                .try_get(1)
+                .map_err(|e| self.endpoint.classify(e, "reading the WAL position"))?,
+        };
+        *self.snapshot_holder.lock().await = Some(conn);
+        Ok(snapshot)
+    }
+
+    async fn release_snapshot(&self) {
+        if let Some(mut conn) = self.snapshot_holder.lock().await.take() {
+            let _ = conn.execute("COMMIT").await;
+            let _ = conn.close().await;
+        }
+    }
+
+    async fn read_range(
+        &self,
+        table: &TableInfo,
+        range: &TableRange,
+        snapshot: Option<&Snapshot>,
+        out: mpsc::Sender<RecordBatch>,
+    ) -> Result<u64, SourceError> {
+        let plan = plan_of(table);
+        let qualified = format!(
+            "{}.{}",
+            quote_ident(&table.schema),
+            quote_ident(&table.name)
+        );
+        let context = format!("reading {}", table.qualified_name());
+        let classify = |e: sqlx::Error| self.endpoint.classify(e, &context);
+
+        let mut conn = self.endpoint.connect().await?;
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(classify)?;
+        if let Some(s) = snapshot {
+            let statement = format!("SET TRANSACTION SNAPSHOT '{}'", s.id.replace('\'', ""));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .map_err(classify)?;
+        }
+        let mut filter = Vec::new();
+        if let Some(start) = range.start {
+            filter.push(format!("ctid >= '({start},0)'::tid"));
+        }
+        if let Some(end) = range.end {
+            filter.push(format!("ctid < '({end},0)'::tid"));
+        }
+        let filter = if filter.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filter.join(" AND "))
+        };
+        let statement = format!(
+            "COPY (SELECT {} FROM ONLY {qualified}{filter}) TO STDOUT (FORMAT binary)",
+            plan.select_list
+        );
+
+        let mut decoder = CopyBinaryDecoder::new(table.arrow_schema.clone(), &plan.kinds);
+        let mut rows = 0u64;
+        let mut ready = Vec::new();
+        let decode_error = |e: copy_binary::DecodeError| SourceError::Decode {
+            endpoint: self.endpoint.name.clone(),
+            table: table.qualified_name(),
+            column: e
+                .column
+                .and_then(|i| table.columns.get(i))
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| "(row framing)".into()),
+            message: e.message,
+        };
+        {
+            let mut stream = conn.copy_out_raw(&statement).await.map_err(classify)?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(classify)?;
+                decoder
+                    .feed(&chunk, &mut |b| ready.push(b))
+                    .map_err(decode_error)?;
+                for batch in ready.drain(..) {
+                    rows += batch.num_rows() as u64;
+                    if out.send(batch).await.is_err() {
+                        // The writer stopped; it reports its own error.
+                        return Ok(rows);
+                    }
+                }
+            }
+        }
+        if let Some(batch) = decoder.finish().map_err(decode_error)? {
+            rows += batch.num_rows() as u64;
+            let _ = out.send(batch).await;
+        }
+        let _ = conn.execute("COMMIT").await;
+        let _ = conn.close().await;
+        Ok(rows)
+    }
+}
+
+fn plan_of(table: &TableInfo) -> &PgReadPlan {
+    table
+        .read_plan
+        .downcast_ref::<PgReadPlan>()
+        .unwrap_or_else(|| {
+            panic!(
+                "table {} was not discovered by the PostgreSQL source",
+                table.qualified_name()
+            )
+        })
+}
