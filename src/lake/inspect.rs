@@ -1,0 +1,371 @@
+//! Reading lake files back: Parquet metadata (schema, row groups, column statistics) and
+//! pages of rows, from a local folder or S3 alike.
+//!
+//! Invariant: nothing here reads a whole file. Metadata comes from the footer (one ranged
+//! read with a prefetch hint), and rows come only from the row groups that hold them.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use super::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(
+        "{uri} is not a readable Parquet file ({message}). It may be truncated, corrupt, or not Parquet at all"
+    )]
+    NotParquet { uri: String, message: String },
+    #[error("reading {uri}: {message}")]
+    Read { uri: String, message: String },
+}
+
+/// A Parquet file's metadata, ready to show.
+#[derive(Debug, Clone)]
+pub struct ParquetSummary {
+    pub uri: String,
+    pub size: u64,
+    pub num_rows: i64,
+    pub created_by: Option<String>,
+    pub schema: SchemaRef,
+    /// Parquet's own view of each leaf column: physical and logical type.
+    pub parquet_columns: Vec<(String, String)>,
+    pub row_groups: Vec<RowGroupSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RowGroupSummary {
+    pub rows: i64,
+    pub compressed_bytes: i64,
+    pub uncompressed_bytes: i64,
+    pub columns: Vec<ColumnChunkSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ColumnChunkSummary {
+    pub name: String,
+    /// Formatted with the column's logical type; `None` when the file has no statistics.
+    pub min: Option<String>,
+    pub max: Option<String>,
+    pub nulls: Option<u64>,
+    pub encodings: String,
+    pub compression: String,
+    pub compressed_bytes: i64,
+    pub uncompressed_bytes: i64,
+}
+
+/// A column chunk's formatted min, max and null count.
+type ChunkStats = (Option<String>, Option<String>, Option<u64>);
+
+/// Parquet's async reader over a [`Storage`] object, by ranged reads.
+struct StorageReader {
+    storage: Storage,
+    key: String,
+    size: u64,
+}
+
+impl AsyncFileReader for StorageReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.storage
+                .get_range(&self.key, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            // One read of the last 64 KB usually holds the whole footer.
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .load_and_finish(&mut *self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// An open Parquet file: metadata read once, rows read page by page.
+pub struct ParquetFile {
+    storage: Storage,
+    key: String,
+    size: u64,
+    metadata: Arc<ParquetMetaData>,
+    schema: SchemaRef,
+}
+
+impl ParquetFile {
+    pub async fn open(storage: &Storage, key: &str) -> Result<ParquetFile, InspectError> {
+        let size = storage.head(key).await?.size;
+        let reader = StorageReader {
+            storage: storage.clone(),
+            key: key.to_owned(),
+            size,
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| not_parquet(storage, key, e))?;
+        let metadata = builder.metadata().clone();
+        let schema = builder.schema().clone();
+        Ok(ParquetFile {
+            storage: storage.clone(),
+            key: key.to_owned(),
+            size,
+            metadata,
+            schema,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn num_rows(&self) -> i64 {
+        self.metadata.file_metadata().num_rows()
+    }
+
+    pub fn summary(&self) -> Result<ParquetSummary, InspectError> {
+        let uri = self.storage.uri(&self.key);
+        let file = self.metadata.file_metadata();
+        let parquet_schema = file.schema_descr();
+        let parquet_columns = parquet_schema
+            .columns()
+            .iter()
+            .map(|c| {
+                let logical = c
+                    .logical_type_ref()
+                    .map(|l| format!("{l:?}"))
+                    .unwrap_or_else(|| format!("{:?}", c.converted_type()));
+                (
+                    c.path().string(),
+                    format!("{} {logical}", c.physical_type()),
+                )
+            })
+            .collect();
+        let format_options = arrow_cast::display::FormatOptions::default();
+        let row_groups = self.metadata.row_groups();
+        // Statistics per top-level column, formatted with its Arrow (logical) type.
+        let mut per_column: Vec<Vec<ChunkStats>> = Vec::new();
+        for field in self.schema.fields() {
+            let stats = StatisticsConverter::try_new(field.name(), &self.schema, parquet_schema)
+                .and_then(|c| {
+                    Ok((
+                        c.row_group_mins(row_groups.iter())?,
+                        c.row_group_maxes(row_groups.iter())?,
+                        c.row_group_null_counts(row_groups.iter())?,
+                    ))
+                });
+            let column = match stats {
+                Ok((mins, maxes, nulls)) => {
+                    let (mins, maxes) = (displayable(&mins), displayable(&maxes));
+                    let fmt = |a: &arrow_array::ArrayRef, i: usize| {
+                        use arrow_array::Array;
+                        if a.is_null(i) {
+                            return None;
+                        }
+                        arrow_cast::display::ArrayFormatter::try_new(a.as_ref(), &format_options)
+                            .ok()
+                            .map(|f| f.value(i).to_string())
+                    };
+                    (0..row_groups.len())
+                        .map(|i| {
+                            use arrow_array::Array;
+                            (
+                                fmt(&mins, i),
+                                fmt(&maxes, i),
+                                nulls.is_valid(i).then(|| nulls.value(i)),
+                            )
+                        })
+                        .collect()
+                }
+                // Nested columns have no single min/max.
+                Err(_) => vec![(None, None, None); row_groups.len()],
+            };
+            per_column.push(column);
+        }
+        let summaries = row_groups
+            .iter()
+            .enumerate()
+            .map(|(g, rg)| RowGroupSummary {
+                rows: rg.num_rows(),
+                compressed_bytes: rg.compressed_size(),
+                uncompressed_bytes: rg.total_byte_size(),
+                columns: rg
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        let name = c.column_path().string();
+                        let top = c.column_path().parts().first().cloned().unwrap_or_default();
+                        let stats = self
+                            .schema
+                            .index_of(&top)
+                            .ok()
+                            .and_then(|i| per_column.get(i))
+                            .and_then(|s| s.get(g))
+                            .cloned()
+                            .unwrap_or((None, None, None));
+                        ColumnChunkSummary {
+                            name,
+                            min: stats.0,
+                            max: stats.1,
+                            nulls: stats.2,
+                            encodings: c
+                                .encodings()
+                                .map(|e| format!("{e:?}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            compression: format!("{:?}", c.compression()),
+                            compressed_bytes: c.compressed_size(),
+                            uncompressed_bytes: c.uncompressed_size(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(ParquetSummary {
+            uri,
+            size: self.size,
+            num_rows: file.num_rows(),
+            created_by: file.created_by().map(str::to_owned),
+            schema: self.schema.clone(),
+            parquet_columns,
+            row_groups: summaries,
+        })
+    }
+
+    /// Rows `[offset, offset + limit)`, reading only the row groups that hold them.
+    pub async fn read_rows(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RecordBatch>, InspectError> {
+        let mut start = 0usize;
+        let mut groups = Vec::new();
+        let mut skip = 0usize;
+        for (i, rg) in self.metadata.row_groups().iter().enumerate() {
+            let end = start + rg.num_rows().max(0) as usize;
+            if end > offset && start < offset + limit {
+                if groups.is_empty() {
+                    skip = offset.saturating_sub(start);
+                }
+                groups.push(i);
+            }
+            start = end;
+        }
+        if groups.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let reader = StorageReader {
+            storage: self.storage.clone(),
+            key: self.key.clone(),
+            size: self.size,
+        };
+        let uri = self.storage.uri(&self.key);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            reader,
+            parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
+                self.metadata.clone(),
+                Default::default(),
+            )
+            .map_err(|e| not_parquet(&self.storage, &self.key, e))?,
+        );
+        let stream = builder
+            .with_row_groups(groups)
+            .with_offset(skip)
+            .with_limit(limit)
+            .with_batch_size(limit.clamp(1, 8192))
+            .build()
+            .map_err(|e| InspectError::Read {
+                uri: uri.clone(),
+                message: e.to_string(),
+            })?;
+        stream.try_collect().await.map_err(|e| InspectError::Read {
+            uri,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The array with named time zones replaced by `+00:00`, the same instants: formatting a
+/// named zone needs the tz database (chrono-tz), which the build leaves out.
+pub fn displayable(array: &ArrayRef) -> ArrayRef {
+    match array.data_type() {
+        DataType::Timestamp(unit, Some(tz)) if tz.as_ref() != "+00:00" => {
+            arrow_cast::cast(array, &DataType::Timestamp(*unit, Some("+00:00".into())))
+                .unwrap_or_else(|_| array.clone())
+        }
+        _ => array.clone(),
+    }
+}
+
+/// [`displayable`] for every column of a batch.
+pub fn displayable_batch(batch: &RecordBatch) -> RecordBatch {
+    let columns: Vec<ArrayRef> = batch.columns().iter().map(displayable).collect();
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap_or_else(|_| batch.clone())
+}
+
+fn not_parquet(storage: &Storage, key: &str, e: ParquetError) -> InspectError {
+    match e {
+        ParquetError::External(inner) => match inner.downcast::<StorageError>() {
+            Ok(s) => InspectError::Storage(*s),
+            Err(other) => InspectError::NotParquet {
+                uri: storage.uri(key),
+                message: other.to_string(),
+            },
+        },
+        other => InspectError::NotParquet {
+            uri: storage.uri(key),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The first `limit` lines of a CSV or JSON-lines file (gzip-compressed or not), reading at
+/// most a few MB from its start.
+pub async fn read_text_lines(
+    storage: &Storage,
+    key: &str,
+    limit: usize,
+) -> Result<Vec<String>, InspectError> {
+    use std::io::BufRead;
+    const MAX_READ: u64 = 4 * 1024 * 1024;
+    let size = storage.head(key).await?.size;
+    let head = storage.get_range(key, 0..size.min(MAX_READ)).await?;
+    let reader: Box<dyn std::io::Read> = if key.ends_with(".gz") {
+        Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(head)))
+    } else {
+        Box::new(std::io::Cursor::new(head))
+    };
+    // A line cut by the read limit, or a truncated gzip stream, ends the preview there.
+    Ok(std::io::BufReader::new(reader)
+        .lines()
+        .map_while(Result::ok)
+        .take(limit)
+        .collect())
+}

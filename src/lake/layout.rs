@@ -1,0 +1,68 @@
+//! Names in the raw zone, compatible with AWS DMS's S3 target.
+//!
+//! `<bucket_folder>/<source endpoint>/<schema>/<table>/LOAD00000001.parquet`: full-load files
+//! numbered by a hexadecimal counter, as in DMS. A task's own state lives beside the data
+//! under `<bucket_folder>/_tributary/<task>/`, so a task can resume from any machine; readers
+//! such as Glue crawlers and pyarrow skip folders starting with `_`.
+
+/// Joins non-empty key segments with `/`.
+fn join(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim_matches('/'))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A schema or table name as one key segment: `/` would make a folder, so it is escaped.
+fn segment(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F")
+}
+
+/// The folder of a table's files, ending with `/`.
+pub fn table_prefix(bucket_folder: &str, source: &str, schema: &str, table: &str) -> String {
+    format!(
+        "{}/",
+        join(&[bucket_folder, source, &segment(schema), &segment(table)])
+    )
+}
+
+/// The folder of a task's own state, ending with `/`.
+pub fn task_state_prefix(bucket_folder: &str, task: &str) -> String {
+    format!("{}/", join(&[bucket_folder, "_tributary", task]))
+}
+
+/// `LOAD00000001.parquet`: the n-th full-load file of a table, n from 1, in hexadecimal.
+pub fn load_file_name(number: u32, extension: &str) -> String {
+    format!("LOAD{number:08X}.{extension}")
+}
+
+/// The counter of a full-load file name, or `None` for any other name.
+pub fn parse_load_number(file_name: &str) -> Option<u32> {
+    let hex = file_name.strip_prefix("LOAD")?.get(..8)?;
+    u32::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dms() {
+        assert_eq!(
+            table_prefix("raw", "shop", "public", "orders"),
+            "raw/shop/public/orders/"
+        );
+        assert_eq!(
+            table_prefix("", "shop", "public", "orders"),
+            "shop/public/orders/"
+        );
+        assert_eq!(table_prefix("raw", "shop", "a/b", "c"), "raw/shop/a%2Fb/c/");
+        assert_eq!(task_state_prefix("raw", "t1"), "raw/_tributary/t1/");
+        assert_eq!(load_file_name(1, "parquet"), "LOAD00000001.parquet");
+        assert_eq!(load_file_name(10, "csv.gz"), "LOAD0000000A.csv.gz");
+        assert_eq!(parse_load_number("LOAD0000000A.csv.gz"), Some(10));
+        assert_eq!(parse_load_number("20240101-120000000.parquet"), None);
+    }
+}

@@ -1,0 +1,844 @@
+//! Where lake files live: a local folder or an S3-compatible bucket, behind one API.
+//!
+//! Invariants:
+//! - a file appears under its final key complete or not at all: locally it is written under
+//!   a temporary name in the same filesystem, fsynced, then renamed (and the folder fsynced);
+//!   on S3 an object (or a completed multipart upload) is atomic;
+//! - keys are `/`-separated and relative to the target's root, whatever the platform;
+//! - errors name the file or bucket and say how to fix the usual causes (missing bucket,
+//!   access denied, full disk).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncReadExt;
+
+use crate::config::{EndpointConfig, Engine};
+use crate::source::CheckResult;
+
+/// Files above this size go up in parts; S3 needs parts of at least 5 MB.
+const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+const PART_SIZE: usize = 16 * 1024 * 1024;
+/// Local folder, below a local target's root, for files being written. Readers (pyarrow,
+/// Spark, Glue) skip names starting with `.` or `_`.
+const LOCAL_TMP_DIR: &str = ".tributary-tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(
+        "bucket '{bucket}' does not exist{at}. Create it (aws s3 mb s3://{bucket}) or fix `bucket` in the target endpoint"
+    )]
+    NoSuchBucket { bucket: String, at: String },
+    #[error(
+        "access denied to {uri} ({message}). Check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, the endpoint's `profile`) and the bucket policy"
+    )]
+    AccessDenied { uri: String, message: String },
+    #[error(
+        "no credentials for {uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the endpoint's `profile`"
+    )]
+    NoCredentials { uri: String },
+    #[error("{uri} not found")]
+    NotFound { uri: String },
+    #[error(
+        "no space left on the device writing {path}. Free space there or choose another target"
+    )]
+    DiskFull { path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{op} {uri}: {message}")]
+    S3 {
+        op: &'static str,
+        uri: String,
+        message: String,
+    },
+    #[error("'{uri}' is not a local path or an s3://bucket/prefix URI")]
+    InvalidUri { uri: String },
+}
+
+impl StorageError {
+    fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        // ENOSPC (28) and EDQUOT (122): the disk or the user's quota is full.
+        if matches!(source.raw_os_error(), Some(28) | Some(122)) {
+            StorageError::DiskFull {
+                path: path.to_owned(),
+            }
+        } else if source.kind() == std::io::ErrorKind::NotFound && op == "reading" {
+            StorageError::NotFound {
+                uri: path.display().to_string(),
+            }
+        } else {
+            StorageError::Io {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// An object (file) in a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// One page of a listing: objects and, with a delimiter, the common prefixes ("folders").
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    pub prefixes: Vec<String>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum Storage {
+    Local(LocalStorage),
+    S3(S3Storage),
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct S3Storage {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    endpoint_url: Option<String>,
+}
+
+/// S3 connection settings, from a target endpoint or from command-line flags.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+}
+
+impl Storage {
+    pub async fn from_endpoint(e: &EndpointConfig) -> Result<Storage, StorageError> {
+        match e.engine {
+            Engine::Local => Ok(Storage::local(e.path.clone().unwrap_or_default())),
+            Engine::S3 => Ok(Storage::s3(S3Options {
+                bucket: e.bucket.clone().unwrap_or_default(),
+                region: e.region.clone(),
+                endpoint_url: e.endpoint_url.clone(),
+                force_path_style: e.force_path_style.unwrap_or(false),
+                profile: e.profile.clone(),
+            })
+            .await),
+            Engine::Postgres | Engine::Mysql => Err(StorageError::InvalidUri {
+                uri: format!("endpoint '{}' (a source, not a target)", e.name),
+            }),
+        }
+    }
+
+    pub fn local(root: impl Into<PathBuf>) -> Storage {
+        Storage::Local(LocalStorage { root: root.into() })
+    }
+
+    pub async fn s3(o: S3Options) -> Storage {
+        // rustls with ring: no C toolchain needed for TLS (see Cargo.toml).
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(5)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            );
+        if let Some(region) = &o.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &o.profile {
+            loader = loader.profile_name(profile);
+        }
+        let shared = loader.load().await;
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(o.force_path_style);
+        if shared.region().is_none() {
+            // S3-compatible servers ignore the region but the signer needs one.
+            builder = builder.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(url) = &o.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        let endpoint_url = o
+            .endpoint_url
+            .clone()
+            .or_else(|| shared.endpoint_url().map(str::to_owned));
+        Storage::S3(S3Storage {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: o.bucket,
+            endpoint_url,
+        })
+    }
+
+    /// Parses `s3://bucket/prefix` or a local path into a storage and a key prefix.
+    pub async fn from_uri(uri: &str, s3: S3Options) -> Result<(Storage, String), StorageError> {
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StorageError::InvalidUri { uri: uri.into() });
+            }
+            let storage = Storage::s3(S3Options {
+                bucket: bucket.into(),
+                ..s3
+            })
+            .await;
+            Ok((storage, prefix.into()))
+        } else if uri.contains("://") {
+            Err(StorageError::InvalidUri { uri: uri.into() })
+        } else {
+            let path = Path::new(uri);
+            if path.is_dir() {
+                Ok((Storage::local(path), String::new()))
+            } else {
+                let parent = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok((Storage::local(parent), name))
+            }
+        }
+    }
+
+    /// The target's root, as a user would write it.
+    pub fn describe(&self) -> String {
+        match self {
+            Storage::Local(l) => l.root.display().to_string(),
+            Storage::S3(s) => format!("s3://{}", s.bucket),
+        }
+    }
+
+    pub fn uri(&self, key: &str) -> String {
+        match self {
+            Storage::Local(l) => l.root.join(key).display().to_string(),
+            Storage::S3(s) => format!("s3://{}/{key}", s.bucket),
+        }
+    }
+
+    /// Folder for files being written before they are put: on the target's filesystem for a
+    /// local target (so the put is a rename), in the system temp folder for S3.
+    pub fn spool_dir(&self) -> Result<PathBuf, StorageError> {
+        let dir = match self {
+            Storage::Local(l) => l.root.join(LOCAL_TMP_DIR),
+            Storage::S3(_) => std::env::temp_dir().join("tributary-spool"),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating folder", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Moves a finished local file to `key`. The file must be fsynced by its writer.
+    pub async fn put_file(&self, local: &Path, key: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(l) => l.rename_into(local, key).await,
+            Storage::S3(s) => {
+                let result = s.upload(local, key).await;
+                let _ = tokio::fs::remove_file(local).await;
+                result
+            }
+        }
+    }
+
+    /// Writes a small object atomically (task state, markers).
+    pub async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(l) => {
+                let spool = self.spool_dir()?;
+                let tmp = spool.join(format!("put-{}.tmp", unique_suffix()));
+                let path = tmp.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    use std::io::Write;
+                    let mut f = std::fs::File::create(&path)?;
+                    f.write_all(&data)?;
+                    f.sync_all()
+                })
+                .await
+                .map_err(|e| StorageError::io("writing", &tmp, std::io::Error::other(e)))?
+                .map_err(|e| StorageError::io("writing", &tmp, e))?;
+                l.rename_into(&tmp, key).await
+            }
+            Storage::S3(s) => s
+                .client
+                .put_object()
+                .bucket(&s.bucket)
+                .key(key)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| s.error("writing", key, e)),
+        }
+    }
+
+    /// Reads a whole (small) object; `None` when it does not exist.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        match self {
+            Storage::Local(l) => {
+                let path = l.path(key);
+                match tokio::fs::read(&path).await {
+                    Ok(b) => Ok(Some(b.into())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StorageError::io("reading", &path, e)),
+                }
+            }
+            Storage::S3(s) => {
+                let out = s
+                    .client
+                    .get_object()
+                    .bucket(&s.bucket)
+                    .key(key)
+                    .send()
+                    .await;
+                match out {
+                    Ok(o) => o
+                        .body
+                        .collect()
+                        .await
+                        .map(|b| Some(b.into_bytes()))
+                        .map_err(|e| StorageError::S3 {
+                            op: "reading",
+                            uri: self.uri(key),
+                            message: e.to_string(),
+                        }),
+                    Err(e) => match s.error("reading", key, e) {
+                        StorageError::NotFound { .. } => Ok(None),
+                        other => Err(other),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Reads `range` (bytes) of an object, for Parquet footers and row groups.
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        match self {
+            Storage::Local(l) => {
+                let path = l.path(key);
+                let read = async {
+                    use tokio::io::AsyncSeekExt;
+                    let mut f = tokio::fs::File::open(&path).await?;
+                    f.seek(std::io::SeekFrom::Start(range.start)).await?;
+                    let mut buf = vec![0u8; (range.end - range.start) as usize];
+                    f.read_exact(&mut buf).await?;
+                    Ok::<_, std::io::Error>(Bytes::from(buf))
+                };
+                read.await
+                    .map_err(|e| StorageError::io("reading", &path, e))
+            }
+            Storage::S3(s) => {
+                if range.is_empty() {
+                    return Ok(Bytes::new());
+                }
+                let o = s
+                    .client
+                    .get_object()
+                    .bucket(&s.bucket)
+                    .key(key)
+                    .range(format!("bytes={}-{}", range.start, range.end - 1))
+                    .send()
+                    .await
+                    .map_err(|e| s.error("reading", key, e))?;
+                o.body
+                    .collect()
+                    .await
+                    .map(|b| b.into_bytes())
+                    .map_err(|e| StorageError::S3 {
+                        op: "reading",
+                        uri: self.uri(key),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        match self {
+            Storage::Local(l) => {
+                let path = l.path(key);
+                let m = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| StorageError::io("reading", &path, e))?;
+                Ok(ObjectMeta {
+                    key: key.into(),
+                    size: m.len(),
+                    last_modified: m.modified().ok().map(DateTime::<Utc>::from),
+                })
+            }
+            Storage::S3(s) => {
+                let o = s
+                    .client
+                    .head_object()
+                    .bucket(&s.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| s.error("reading", key, e))?;
+                Ok(ObjectMeta {
+                    key: key.into(),
+                    size: o.content_length().unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified().and_then(s3_time),
+                })
+            }
+        }
+    }
+
+    /// One page of the objects under `prefix`. With `delimited`, only the objects directly
+    /// under it, and the sub-folders as `prefixes` (like `aws s3 ls`).
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        continuation: Option<String>,
+    ) -> Result<ListPage, StorageError> {
+        match self {
+            Storage::Local(l) => {
+                let l = l.clone();
+                let prefix = prefix.to_owned();
+                tokio::task::spawn_blocking(move || l.list(&prefix, delimited))
+                    .await
+                    .map_err(|e| {
+                        StorageError::io("listing", Path::new(""), std::io::Error::other(e))
+                    })?
+            }
+            Storage::S3(s) => {
+                let mut req = s.client.list_objects_v2().bucket(&s.bucket).prefix(prefix);
+                if delimited {
+                    req = req.delimiter("/");
+                }
+                if let Some(token) = continuation {
+                    req = req.continuation_token(token);
+                }
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| s.error("listing", prefix, e))?;
+                Ok(ListPage {
+                    objects: out
+                        .contents()
+                        .iter()
+                        .map(|o| ObjectMeta {
+                            key: o.key().unwrap_or_default().to_owned(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            last_modified: o.last_modified().and_then(s3_time),
+                        })
+                        .collect(),
+                    prefixes: out
+                        .common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().map(str::to_owned))
+                        .collect(),
+                    next: out.next_continuation_token().map(str::to_owned),
+                })
+            }
+        }
+    }
+
+    /// Every object under `prefix`, all pages. For task folders, not for browsing.
+    pub async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_page(prefix, false, token).await?;
+            all.extend(page.objects);
+            match page.next {
+                Some(t) => token = Some(t),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(l) => {
+                let path = l.path(key);
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(StorageError::io("deleting", &path, e)),
+                }
+            }
+            Storage::S3(s) => s
+                .client
+                .delete_object()
+                .bucket(&s.bucket)
+                .key(key)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| s.error("deleting", key, e)),
+        }
+    }
+
+    /// Removes temporary files left by a killed writer. Call only when no task writes here.
+    pub fn clean_spool(&self) {
+        if let Storage::Local(l) = self {
+            let _ = std::fs::remove_dir_all(l.root.join(LOCAL_TMP_DIR));
+        }
+    }
+
+    /// Checks the target is reachable and writable, by writing and deleting a probe object.
+    pub async fn check(&self) -> Vec<CheckResult> {
+        let key = format!(".tributary-check-{}", unique_suffix());
+        if let Storage::Local(l) = self
+            && let Err(e) = std::fs::create_dir_all(&l.root)
+        {
+            return vec![CheckResult::fail_from(
+                "writable",
+                &StorageError::io("creating folder", &l.root, e),
+            )];
+        }
+        match self.put_bytes(&key, Bytes::from_static(b"probe")).await {
+            Ok(()) => {
+                let _ = self.delete(&key).await;
+                vec![CheckResult::pass(
+                    "writable",
+                    format!("{} is writable", self.describe()),
+                )]
+            }
+            Err(e) => vec![CheckResult::fail_from("writable", &e)],
+        }
+    }
+}
+
+impl LocalStorage {
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    async fn rename_into(&self, local: &Path, key: &str) -> Result<(), StorageError> {
+        let dest = self.path(key);
+        let local = local.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let parent = dest.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StorageError::io("creating folder", parent, e))?;
+            std::fs::rename(&local, &dest)
+                .map_err(|e| StorageError::io("renaming into", &dest, e))?;
+            // Make the rename itself durable.
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::io("syncing folder", parent, e))
+        })
+        .await
+        .map_err(|e| StorageError::io("renaming", Path::new(key), std::io::Error::other(e)))?
+    }
+
+    /// Local listing, sorted by key; one page (local folders are cheap to read whole).
+    fn list(&self, prefix: &str, delimited: bool) -> Result<ListPage, StorageError> {
+        // The folder to read: the prefix up to its last '/'.
+        let (dir_key, name_start) = match prefix.rfind('/') {
+            Some(i) => (&prefix[..i], &prefix[i + 1..]),
+            None => ("", prefix),
+        };
+        let dir = if dir_key.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_key)
+        };
+        let mut page = ListPage::default();
+        let mut stack = vec![(dir, dir_key.to_owned())];
+        let mut first = true;
+        while let Some((dir, key)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io("listing", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io("listing", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if first && !name.starts_with(name_start) {
+                    continue;
+                }
+                if name == LOCAL_TMP_DIR && key.is_empty() {
+                    continue;
+                }
+                let child_key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}/{name}")
+                };
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| StorageError::io("listing", &entry.path(), e))?;
+                if meta.is_dir() {
+                    if delimited {
+                        page.prefixes.push(format!("{child_key}/"));
+                    } else {
+                        stack.push((entry.path(), child_key));
+                    }
+                } else {
+                    page.objects.push(ObjectMeta {
+                        key: child_key,
+                        size: meta.len(),
+                        last_modified: meta.modified().ok().map(DateTime::<Utc>::from),
+                    });
+                }
+            }
+            first = false;
+        }
+        page.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        page.prefixes.sort();
+        Ok(page)
+    }
+}
+
+impl S3Storage {
+    fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn error<E, R>(&self, op: &'static str, key: &str, e: SdkError<E, R>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let uri = self.uri(key);
+        let code = e.code().unwrap_or_default().to_owned();
+        let message = e.message().unwrap_or_default().to_owned();
+        let status = match &e {
+            SdkError::ServiceError(s) => Some(format!("{:?}", s.raw())),
+            _ => None,
+        };
+        match code.as_str() {
+            "NoSuchBucket" => StorageError::NoSuchBucket {
+                bucket: self.bucket.clone(),
+                at: self
+                    .endpoint_url
+                    .as_ref()
+                    .map(|u| format!(" at {u}"))
+                    .unwrap_or_default(),
+            },
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AllAccessDisabled" => StorageError::AccessDenied {
+                uri,
+                message: format!("{code}: {message}"),
+            },
+            "NoSuchKey" | "NotFound" => StorageError::NotFound { uri },
+            _ => {
+                if status
+                    .as_deref()
+                    .is_some_and(|s| s.contains("StatusCode(404)") || s.contains("status: 404"))
+                {
+                    return StorageError::NotFound { uri };
+                }
+                if status.as_deref().is_some_and(|s| s.contains("403")) {
+                    return StorageError::AccessDenied {
+                        uri,
+                        message: "HTTP 403".into(),
+                    };
+                }
+                let text = match &e {
+                    SdkError::DispatchFailure(d) => format!(
+                        "cannot reach the S3 endpoint{}: {d:?}",
+                        self.endpoint_url
+                            .as_ref()
+                            .map(|u| format!(" {u}"))
+                            .unwrap_or_default()
+                    ),
+                    SdkError::TimeoutError(_) => "timed out".into(),
+                    SdkError::ConstructionFailure(_) => {
+                        let full = format!("{:?}", std::error::Error::source(&e));
+                        if full.contains("credentials") || full.contains("Credentials") {
+                            return StorageError::NoCredentials { uri };
+                        }
+                        full
+                    }
+                    _ if !code.is_empty() => format!("{code}: {message}"),
+                    other => format!("{other:?}"),
+                };
+                StorageError::S3 {
+                    op,
+                    uri,
+                    message: text,
+                }
+            }
+        }
+    }
+
+    async fn upload(&self, local: &Path, key: &str) -> Result<(), StorageError> {
+        let size = tokio::fs::metadata(local)
+            .await
+            .map_err(|e| StorageError::io("reading", local, e))?
+            .len();
+        if size < MULTIPART_THRESHOLD {
+            let body = ByteStream::from_path(local)
+                .await
+                .map_err(|e| StorageError::S3 {
+                    op: "reading",
+                    uri: local.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            return self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(body)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error("writing", key, e));
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("writing", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let result = self.upload_parts(local, key, &upload_id).await;
+        if result.is_err() {
+            // An unfinished multipart upload is invisible but costs storage: abort it.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        local: &Path,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StorageError> {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| StorageError::io("reading", local, e))?;
+        let mut parts = Vec::new();
+        let mut number = 1;
+        loop {
+            let mut buf = Vec::with_capacity(PART_SIZE);
+            let read = (&mut file)
+                .take(PART_SIZE as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| StorageError::io("reading", local, e))?;
+            if read == 0 {
+                break;
+            }
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(buf))
+                .send()
+                .await
+                .map_err(|e| self.error("writing", key, e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .build(),
+            );
+            number += 1;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("writing", key, e))
+    }
+}
+
+fn s3_time(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+/// A process-unique suffix for temporary names.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_put_list_range_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::local(dir.path());
+        storage
+            .put_bytes("raw/a/x.txt", Bytes::from_static(b"hello world"))
+            .await
+            .expect("put");
+        storage
+            .put_bytes("raw/b.txt", Bytes::from_static(b"b"))
+            .await
+            .expect("put");
+        let all = storage.list_all("raw/").await.expect("list");
+        let keys: Vec<_> = all.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["raw/a/x.txt", "raw/b.txt"], "spool folder is hidden");
+        let page = storage.list_page("raw/", true, None).await.expect("list");
+        assert_eq!(page.prefixes, ["raw/a/"]);
+        assert_eq!(page.objects.len(), 1);
+        assert_eq!(
+            storage
+                .get_range("raw/a/x.txt", 6..11)
+                .await
+                .expect("range"),
+            "world"
+        );
+        storage.delete("raw/a/x.txt").await.expect("delete");
+        assert_eq!(storage.get_bytes("raw/a/x.txt").await.expect("get"), None);
+        assert!(matches!(
+            storage.head("nope").await,
+            Err(StorageError::NotFound { .. })
+        ));
+    }
+}
