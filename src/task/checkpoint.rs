@@ -1,0 +1,209 @@
+//! A task's durable state in the target: `<bucket_folder>/_tributary/<task>/state.json`.
+//!
+//! Invariants:
+//! - the state is rewritten whole and atomically ([`Storage::put_bytes`]) after each table
+//!   range completes, so it always describes files that are durably in place;
+//! - a full-load file that the state does not list belongs to an unfinished range and is
+//!   deleted on resume, so a killed load leaves neither partial nor duplicate files;
+//! - the range plan of a table is fixed when the table is first planned and reused on resume.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::lake::layout;
+use crate::lake::{Storage, StorageError};
+use crate::source::TableRange;
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(
+        "task state {uri} is unreadable ({message}). Move it away to start the task afresh (its data files stay)"
+    )]
+    Corrupt { uri: String, message: String },
+    #[error(
+        "task state {uri} was written by task '{found}', not '{expected}'. Two tasks must not share a bucket_folder and name"
+    )]
+    WrongTask {
+        uri: String,
+        found: String,
+        expected: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskState {
+    pub version: u32,
+    pub task: String,
+    pub source_endpoint: String,
+    /// Source position of the snapshot the last full load read from (PostgreSQL: an LSN).
+    pub snapshot_position: Option<String>,
+    pub full_load_started_at: Option<DateTime<Utc>>,
+    pub full_load_completed_at: Option<DateTime<Utc>>,
+    /// Keyed by `schema.table`.
+    pub tables: BTreeMap<String, TableLoadState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadStatus {
+    Pending,
+    Loading,
+    Completed,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableLoadState {
+    pub schema: String,
+    pub table: String,
+    pub status: LoadStatus,
+    pub ranges: Vec<RangeState>,
+    /// The next `LOADxxxxxxxx` counter to use.
+    pub next_file_number: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeState {
+    pub range: TableRange,
+    pub done: bool,
+    pub rows: u64,
+    pub files: Vec<FileRecord>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The key in the target.
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl TableLoadState {
+    pub fn new(schema: &str, table: &str, ranges: Vec<TableRange>) -> Self {
+        TableLoadState {
+            schema: schema.into(),
+            table: table.into(),
+            status: LoadStatus::Pending,
+            ranges: ranges
+                .into_iter()
+                .map(|range| RangeState {
+                    range,
+                    done: false,
+                    rows: 0,
+                    files: Vec::new(),
+                    seconds: 0.0,
+                })
+                .collect(),
+            next_file_number: 1,
+            last_error: None,
+        }
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.ranges.iter().filter(|r| r.done).map(|r| r.rows).sum()
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &FileRecord> {
+        self.ranges.iter().filter(|r| r.done).flat_map(|r| &r.files)
+    }
+
+    /// The counter after every file a completed range holds.
+    pub fn first_free_number(&self) -> u32 {
+        self.files()
+            .filter_map(|f| layout::parse_load_number(f.key.rsplit('/').next().unwrap_or("")))
+            .max()
+            .map_or(1, |n| n + 1)
+    }
+}
+
+/// Reads and writes a task's state, one writer at a time.
+pub struct Checkpoint {
+    storage: Storage,
+    key: String,
+    state: Mutex<TaskState>,
+}
+
+impl Checkpoint {
+    /// Loads the task's state, or starts an empty one.
+    pub async fn open(
+        storage: Storage,
+        bucket_folder: &str,
+        task: &str,
+        source_endpoint: &str,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let key = format!(
+            "{}state.json",
+            layout::task_state_prefix(bucket_folder, task)
+        );
+        let state = match storage.get_bytes(&key).await? {
+            Some(bytes) => {
+                let state: TaskState =
+                    serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+                        uri: storage.uri(&key),
+                        message: e.to_string(),
+                    })?;
+                if state.task != task {
+                    return Err(CheckpointError::WrongTask {
+                        uri: storage.uri(&key),
+                        found: state.task,
+                        expected: task.into(),
+                    });
+                }
+                state
+            }
+            None => TaskState {
+                version: STATE_VERSION,
+                task: task.into(),
+                source_endpoint: source_endpoint.into(),
+                snapshot_position: None,
+                full_load_started_at: None,
+                full_load_completed_at: None,
+                tables: BTreeMap::new(),
+            },
+        };
+        Ok(Checkpoint {
+            storage,
+            key,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub async fn snapshot(&self) -> TaskState {
+        self.state.lock().await.clone()
+    }
+
+    /// Applies `change` and writes the state durably before returning.
+    pub async fn update<R>(
+        &self,
+        change: impl FnOnce(&mut TaskState) -> R,
+    ) -> Result<R, CheckpointError> {
+        let mut state = self.state.lock().await;
+        let result = change(&mut state);
+        let json = serde_json::to_vec_pretty(&*state).map_err(|e| CheckpointError::Corrupt {
+            uri: self.storage.uri(&self.key),
+            message: e.to_string(),
+        })?;
+        self.storage.put_bytes(&self.key, Bytes::from(json)).await?;
+        Ok(result)
+    }
+
+    /// Forgets everything (for a reload); the caller deletes the data files.
+    pub async fn reset(&self) -> Result<(), CheckpointError> {
+        self.update(|s| {
+            s.tables.clear();
+            s.snapshot_position = None;
+            s.full_load_started_at = None;
+            s.full_load_completed_at = None;
+        })
+        .await
+    }
+}

@@ -1,0 +1,582 @@
+//! The full-load runner: every selected table, in ranges, from one snapshot, into the raw
+//! zone, resumable.
+//!
+//! Each range runs as a job: the source decodes it into Arrow batches on the runtime while a
+//! blocking thread encodes them into files (two stages, so reading and encoding overlap).
+//! Files are moved into place as they close and numbered per table; a range counts as done
+//! only once the checkpoint lists its files. If a range fails, its files are deleted; if the
+//! process dies, the next run deletes the files no checkpoint lists (see `checkpoint`).
+//!
+//! Memory: each running range holds at most one batch in the channel, one in the decoder,
+//! and one Parquet row group in the writer; row groups are cut at a share of
+//! [`MEMORY_BUDGET`] so that `max_full_load_sub_tasks` ranges together stay within it.
+
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::checkpoint::{Checkpoint, FileRecord, LoadStatus, TableLoadState};
+use super::stats::{TableState, TableStats, TaskSummary};
+use super::{Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskEvent};
+use crate::config::TaskConfig;
+use crate::lake::format::{RollingWriter, WriterOptions};
+use crate::lake::{Storage, layout};
+use crate::source::{SelectionRules, Snapshot, Source, TableInfo, TableRange};
+
+/// Memory the row groups of all running ranges may hold together.
+const MEMORY_BUDGET: usize = 384 * 1024 * 1024;
+
+/// A table being loaded: shared by its range jobs.
+struct TableJob {
+    info: TableInfo,
+    key: String,
+    prefix: String,
+    next_file_number: StdMutex<u32>,
+    stats: StdMutex<TableStats>,
+    started: StdMutex<Option<Instant>>,
+}
+
+impl TableJob {
+    fn update_stats(&self, events: &Events, change: impl FnOnce(&mut TableStats)) {
+        let snapshot = {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            change(&mut stats);
+            if let Some(started) = *self.started.lock().unwrap_or_else(|p| p.into_inner()) {
+                stats.seconds = started.elapsed().as_secs_f64();
+            }
+            stats.clone()
+        };
+        events.send(TaskEvent::Table(snapshot));
+    }
+
+    fn stats(&self) -> TableStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub(super) async fn run<S: Source>(
+    source: Arc<S>,
+    storage: Storage,
+    task: TaskConfig,
+    options: RunOptions,
+    events: Events,
+    mut stop: watch::Receiver<Option<TaskCommand>>,
+) -> Result<TaskSummary, TaskError> {
+    let started = Instant::now();
+    let settings = &task.target_settings;
+    let checkpoint = Arc::new(
+        Checkpoint::open(
+            storage.clone(),
+            &settings.bucket_folder,
+            &task.name,
+            source.endpoint(),
+        )
+        .await?,
+    );
+    let rules = SelectionRules::new(&task.include, &task.exclude);
+    let tables = source.discover(&rules).await?;
+    for warning in tables.iter().flat_map(TableInfo::warnings) {
+        events.log(LogLevel::Warn, warning);
+    }
+    let location = storage.uri(&layout::table_prefix(
+        &settings.bucket_folder,
+        source.endpoint(),
+        "",
+        "",
+    ));
+    let location = location.trim_end_matches('/').to_owned();
+
+    if options.reload {
+        let state = checkpoint.snapshot().await;
+        for table in state.tables.values() {
+            let prefix = layout::table_prefix(
+                &settings.bucket_folder,
+                source.endpoint(),
+                &table.schema,
+                &table.table,
+            );
+            delete_load_files(&storage, &prefix, |_| true).await?;
+        }
+        checkpoint.reset().await?;
+        events.log(LogLevel::Info, "reload: previous full-load files deleted");
+    }
+    let state = checkpoint.snapshot().await;
+    if let Some(done) = state.full_load_completed_at {
+        events.log(
+            LogLevel::Info,
+            format!("full load already completed at {done}; nothing to do (run with --reload to load again)"),
+        );
+        let tables = tables
+            .iter()
+            .filter_map(|t| state.tables.get(&t.qualified_name()))
+            .map(completed_stats)
+            .collect();
+        return Ok(TaskSummary {
+            task: task.name,
+            tables,
+            seconds: started.elapsed().as_secs_f64(),
+            location,
+            snapshot_position: state.snapshot_position,
+        });
+    }
+    storage.clean_spool();
+
+    // Plan: finished tables stay, unfinished ones lose their unlisted files, new ones get ranges.
+    let range_bytes = task.full_load_settings.parallel_load_range_mb.max(1) * 1024 * 1024;
+    let mut jobs: Vec<(Arc<TableJob>, Vec<TableRange>)> = Vec::new();
+    let mut finished: Vec<TableStats> = Vec::new();
+    let mut new_states = Vec::new();
+    for info in tables {
+        let key = info.qualified_name();
+        let prefix = layout::table_prefix(
+            &settings.bucket_folder,
+            source.endpoint(),
+            &info.schema,
+            &info.name,
+        );
+        let (pending, next_file_number, mut stats) = match state.tables.get(&key) {
+            Some(s) if s.status == LoadStatus::Completed => {
+                finished.push(completed_stats(s));
+                continue;
+            }
+            Some(s) => {
+                let listed: std::collections::HashSet<&str> =
+                    s.files().map(|f| f.key.as_str()).collect();
+                let removed = delete_load_files(&storage, &prefix, |k| !listed.contains(k)).await?;
+                if removed > 0 {
+                    events.log(
+                        LogLevel::Info,
+                        format!("{key}: removed {removed} file(s) of an interrupted range; it loads again"),
+                    );
+                }
+                let pending: Vec<TableRange> = s
+                    .ranges
+                    .iter()
+                    .filter(|r| !r.done)
+                    .map(|r| r.range.clone())
+                    .collect();
+                let mut stats = TableStats::new(&info.schema, &info.name, info.estimated_rows);
+                stats.full_load_rows = s.rows();
+                stats.files = s.files().count() as u64;
+                stats.bytes = s.files().map(|f| f.bytes).sum();
+                (pending, s.first_free_number(), stats)
+            }
+            None => {
+                // Files from a load this state does not know (e.g. after its state was moved
+                // away) would be duplicates: remove them.
+                delete_load_files(&storage, &prefix, |_| true).await?;
+                let ranges = source.plan_ranges(&info, range_bytes);
+                new_states.push((
+                    key.clone(),
+                    TableLoadState::new(&info.schema, &info.name, ranges.clone()),
+                ));
+                (
+                    ranges,
+                    1,
+                    TableStats::new(&info.schema, &info.name, info.estimated_rows),
+                )
+            }
+        };
+        stats.state = TableState::BeforeLoad;
+        jobs.push((
+            Arc::new(TableJob {
+                info,
+                key,
+                prefix,
+                next_file_number: StdMutex::new(next_file_number),
+                stats: StdMutex::new(stats),
+                started: StdMutex::new(None),
+            }),
+            pending,
+        ));
+    }
+
+    let snapshot = source.open_snapshot().await?;
+    checkpoint
+        .update(|s| {
+            for (key, table) in new_states {
+                s.tables.insert(key, table);
+            }
+            s.snapshot_position = Some(snapshot.position.clone());
+            s.full_load_started_at.get_or_insert_with(chrono::Utc::now);
+        })
+        .await?;
+    events.log(
+        LogLevel::Info,
+        format!(
+            "full load of {} table(s) from snapshot at position {} into {location}",
+            jobs.len() + finished.len(),
+            snapshot.position
+        ),
+    );
+    events.send(TaskEvent::Planned {
+        tables: finished
+            .iter()
+            .cloned()
+            .chain(jobs.iter().map(|(j, _)| j.stats()))
+            .collect(),
+    });
+
+    // Largest tables first, so that the last range to finish is a small one.
+    jobs.sort_by_key(|(j, _)| std::cmp::Reverse(j.info.size_bytes));
+    let sub_tasks = task.full_load_settings.max_full_load_sub_tasks.max(1);
+    let row_group_bytes =
+        (MEMORY_BUDGET / sub_tasks).clamp(8 << 20, crate::lake::format::ROW_GROUP_BYTES);
+    let writer_options = WriterOptions {
+        format: settings.data_format,
+        compression: settings.compression,
+        max_file_bytes: settings.max_file_size.saturating_mul(1024),
+        op: settings.include_op_for_full_load.then_some("I"),
+        timestamp_column: Some(settings.timestamp_column_name.clone()).filter(|s| !s.is_empty()),
+        row_group_bytes,
+    };
+    let snapshot = Arc::new(snapshot);
+    let semaphore = Arc::new(Semaphore::new(sub_tasks));
+    let mut running = JoinSet::new();
+    for (table, ranges) in &jobs {
+        if ranges.is_empty() {
+            // Every range was done but the table was not marked: mark it now.
+            running.spawn(complete_if_done(
+                table.clone(),
+                checkpoint.clone(),
+                events.clone(),
+            ));
+        }
+        for range in ranges {
+            let job = RangeJob {
+                source: source.clone(),
+                table: table.clone(),
+                range: range.clone(),
+                snapshot: snapshot.clone(),
+                storage: storage.clone(),
+                writer_options: writer_options.clone(),
+                checkpoint: checkpoint.clone(),
+                events: events.clone(),
+            };
+            let semaphore = semaphore.clone();
+            running.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                job.run().await
+            });
+        }
+    }
+
+    let mut failures: Vec<(String, String)> = Vec::new();
+    loop {
+        tokio::select! {
+            next = running.join_next() => match next {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err((table, message)))) => {
+                    if !failures.iter().any(|(t, _)| *t == table) {
+                        failures.push((table, message));
+                    }
+                }
+                Some(Err(e)) => failures.push(("(engine)".into(), e.to_string())),
+            },
+            changed = stop.changed() => {
+                if changed.is_ok() && *stop.borrow() == Some(TaskCommand::Stop) {
+                    running.abort_all();
+                    while running.join_next().await.is_some() {}
+                    source.release_snapshot().await;
+                    events.log(LogLevel::Warn, "stopped; finished ranges are kept and the next run resumes");
+                    return Err(TaskError::Stopped { task: task.name });
+                }
+            }
+        }
+    }
+    source.release_snapshot().await;
+
+    if !failures.is_empty() {
+        return Err(TaskError::TablesFailed {
+            task: task.name,
+            count: failures.len(),
+            details: failures
+                .iter()
+                .map(|(t, m)| format!("{t}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    let state = checkpoint
+        .update(|s| {
+            s.full_load_completed_at = Some(chrono::Utc::now());
+            s.clone()
+        })
+        .await?;
+    let mut tables = finished;
+    tables.extend(jobs.iter().map(|(j, _)| j.stats()));
+    tables.sort_by_key(TableStats::qualified_name);
+    Ok(TaskSummary {
+        task: task.name,
+        tables,
+        seconds: started.elapsed().as_secs_f64(),
+        location,
+        snapshot_position: state.snapshot_position,
+    })
+}
+
+fn completed_stats(s: &TableLoadState) -> TableStats {
+    let mut stats = TableStats::new(&s.schema, &s.table, s.rows());
+    stats.state = TableState::TableCompleted;
+    stats.full_load_rows = s.rows();
+    stats.files = s.files().count() as u64;
+    stats.bytes = s.files().map(|f| f.bytes).sum();
+    stats.seconds = s.ranges.iter().map(|r| r.seconds).sum();
+    stats
+}
+
+/// Deletes the full-load files under `prefix` for which `doomed` holds; returns how many.
+async fn delete_load_files(
+    storage: &Storage,
+    prefix: &str,
+    doomed: impl Fn(&str) -> bool,
+) -> Result<usize, TaskError> {
+    let mut removed = 0;
+    for object in storage.list_all(prefix).await? {
+        let name = object.key.rsplit('/').next().unwrap_or("");
+        // Only this table's own full-load files: not CDC files, not sub-folders' files.
+        let direct = object.key[prefix.len()..].find('/').is_none();
+        if direct && layout::parse_load_number(name).is_some() && doomed(&object.key) {
+            storage.delete(&object.key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Marks a table completed when all its ranges are done (after a resume found them so).
+async fn complete_if_done(
+    table: Arc<TableJob>,
+    checkpoint: Arc<Checkpoint>,
+    events: Events,
+) -> Result<(), (String, String)> {
+    let key = table.key.clone();
+    checkpoint
+        .update(|s| {
+            if let Some(t) = s.tables.get_mut(&key)
+                && t.ranges.iter().all(|r| r.done)
+            {
+                t.status = LoadStatus::Completed;
+            }
+        })
+        .await
+        .map_err(|e| (key, e.to_string()))?;
+    table.update_stats(&events, |s| s.state = TableState::TableCompleted);
+    Ok(())
+}
+
+struct RangeJob<S> {
+    source: Arc<S>,
+    table: Arc<TableJob>,
+    range: TableRange,
+    snapshot: Arc<Snapshot>,
+    storage: Storage,
+    writer_options: WriterOptions,
+    checkpoint: Arc<Checkpoint>,
+    events: Events,
+}
+
+impl<S: Source> RangeJob<S> {
+    /// Loads the range; on failure returns the table's name and what went wrong.
+    async fn run(self) -> Result<(), (String, String)> {
+        let started = Instant::now();
+        let table = self.table.clone();
+        {
+            let mut first = table.started.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(started);
+        }
+        table.update_stats(&self.events, |s| s.state = TableState::FullLoad);
+        let put_files = Arc::new(StdMutex::new(Vec::<FileRecord>::new()));
+        let result = self.load(put_files.clone()).await;
+        let files = std::mem::take(&mut *put_files.lock().unwrap_or_else(|p| p.into_inner()));
+        match result {
+            Ok(rows) => {
+                let key = table.key.clone();
+                let index = self.range.index;
+                let seconds = started.elapsed().as_secs_f64();
+                let completed = self
+                    .checkpoint
+                    .update(|s| {
+                        let Some(t) = s.tables.get_mut(&key) else {
+                            return false;
+                        };
+                        if let Some(r) = t.ranges.iter_mut().find(|r| r.range.index == index) {
+                            r.done = true;
+                            r.rows = rows;
+                            r.files = files;
+                            r.seconds = seconds;
+                        }
+                        t.status = if t.ranges.iter().all(|r| r.done) {
+                            LoadStatus::Completed
+                        } else {
+                            LoadStatus::Loading
+                        };
+                        t.next_file_number = t.first_free_number();
+                        t.status == LoadStatus::Completed
+                    })
+                    .await
+                    .map_err(|e| (key.clone(), e.to_string()))?;
+                if completed {
+                    table.update_stats(&self.events, |s| s.state = TableState::TableCompleted);
+                    let stats = table.stats();
+                    self.events.log(
+                        LogLevel::Info,
+                        format!(
+                            "{key}: completed, {} rows in {} file(s)",
+                            stats.full_load_rows, stats.files
+                        ),
+                    );
+                }
+                Ok(())
+            }
+            Err(message) => {
+                // Leave nothing that looks like a finished load of this range.
+                for f in &files {
+                    let _ = self.storage.delete(&f.key).await;
+                }
+                let undo_rows: u64 = files.iter().map(|f| f.rows).sum();
+                let undo_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+                table.update_stats(&self.events, |s| {
+                    s.state = TableState::TableError;
+                    s.last_error = Some(message.clone());
+                    s.full_load_rows = s.full_load_rows.saturating_sub(undo_rows);
+                    s.bytes = s.bytes.saturating_sub(undo_bytes);
+                    s.files = s.files.saturating_sub(files.len() as u64);
+                });
+                let key = table.key.clone();
+                let _ = self
+                    .checkpoint
+                    .update(|s| {
+                        if let Some(t) = s.tables.get_mut(&key) {
+                            t.status = LoadStatus::Error;
+                            t.last_error = Some(message.clone());
+                        }
+                    })
+                    .await;
+                self.events
+                    .log(LogLevel::Error, format!("{key}: {message}"));
+                Err((key, message))
+            }
+        }
+    }
+
+    /// Reads and writes the range; every file put is recorded in `put_files`.
+    async fn load(&self, put_files: Arc<StdMutex<Vec<FileRecord>>>) -> Result<u64, String> {
+        let spool = self.storage.spool_dir().map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel::<RecordBatch>(1);
+        let (read_ok_tx, read_ok_rx) = oneshot::channel::<bool>();
+        let writer = RollingWriter::new(
+            self.writer_options.clone(),
+            &self.table.info.arrow_schema,
+            spool,
+            format!(
+                "{}-{}-r{}",
+                self.table.key.replace('/', "_"),
+                crate::lake::storage::unique_suffix(),
+                self.range.index
+            ),
+        );
+        let sink = FileSink {
+            storage: self.storage.clone(),
+            table: self.table.clone(),
+            extension: self.writer_options.extension(),
+            runtime: tokio::runtime::Handle::current(),
+            events: self.events.clone(),
+            put_files,
+        };
+        let writing = tokio::task::spawn_blocking(move || sink.write_all(writer, rx, read_ok_rx));
+        let read = self
+            .source
+            .read_range(&self.table.info, &self.range, Some(&self.snapshot), tx)
+            .await;
+        let _ = read_ok_tx.send(read.is_ok());
+        let written = writing
+            .await
+            .map_err(|e| format!("writer thread failed: {e}"))?;
+        // A writer error explains a short read, so report it first.
+        let rows = written?;
+        let read_rows = read.map_err(|e| e.to_string())?;
+        if read_rows != rows {
+            return Err(format!("read {read_rows} rows but wrote {rows}"));
+        }
+        Ok(rows)
+    }
+}
+
+/// The writing stage of a range: encodes batches and moves closed files into place.
+struct FileSink {
+    storage: Storage,
+    table: Arc<TableJob>,
+    extension: String,
+    runtime: tokio::runtime::Handle,
+    events: Events,
+    put_files: Arc<StdMutex<Vec<FileRecord>>>,
+}
+
+impl FileSink {
+    fn write_all(
+        self,
+        mut writer: RollingWriter,
+        mut rx: mpsc::Receiver<RecordBatch>,
+        read_ok: oneshot::Receiver<bool>,
+    ) -> Result<u64, String> {
+        let mut rows = 0u64;
+        while let Some(batch) = rx.blocking_recv() {
+            let n = batch.num_rows() as u64;
+            if let Some(file) = writer.write(&batch).map_err(|e| e.to_string())? {
+                self.put(file)?;
+            }
+            rows += n;
+            self.table
+                .update_stats(&self.events, |s| s.full_load_rows += n);
+        }
+        // The last file is finished only if the whole range was read.
+        if read_ok.blocking_recv() == Ok(true) {
+            if let Some(file) = writer.close().map_err(|e| e.to_string())? {
+                self.put(file)?;
+            }
+        } else {
+            writer.abandon();
+        }
+        Ok(rows)
+    }
+
+    fn put(&self, file: crate::lake::format::FinishedFile) -> Result<(), String> {
+        let number = {
+            let mut next = self
+                .table
+                .next_file_number
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = *next;
+            *next += 1;
+            n
+        };
+        let key = format!(
+            "{}{}",
+            self.table.prefix,
+            layout::load_file_name(number, &self.extension)
+        );
+        self.runtime
+            .block_on(self.storage.put_file(&file.path, &key))
+            .map_err(|e| e.to_string())?;
+        self.put_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(FileRecord {
+                key,
+                rows: file.rows,
+                bytes: file.bytes,
+            });
+        self.table.update_stats(&self.events, |s| {
+            s.files += 1;
+            s.bytes += file.bytes;
+        });
+        Ok(())
+    }
+}
