@@ -1,0 +1,513 @@
+//! The `tributary` command line: run and check tasks, list and preview lake files.
+//!
+//! Exit codes: 0 success, 1 the work failed (a task, a check, a read), 2 the command or the
+//! workspace file is wrong. Every error is printed as one `error:` line saying what is wrong
+//! and how to fix it.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::config::{Engine, Workspace};
+use crate::lake::inspect::{self, ParquetFile};
+use crate::lake::{S3Options, Storage};
+use crate::source::postgres::{PgEndpoint, PostgresSource};
+use crate::source::{CheckResult, CheckStatus, Source};
+use crate::task::{self, LogLevel, RunOptions, TableState, TaskCommand, TaskEvent};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Replicate operational databases into an S3 data lake (full load + CDC)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a task of a workspace file. A full-load task exits when every table is loaded.
+    Run {
+        workspace: PathBuf,
+        #[arg(long)]
+        task: String,
+        /// Delete the task's previous full-load files and load every table again.
+        #[arg(long)]
+        reload: bool,
+    },
+    /// Test endpoints' connections and prerequisites, and say how to fix what is wrong.
+    Check {
+        workspace: PathBuf,
+        /// Only this endpoint (default: all).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Benchmark a full-load task beside psql's binary \copy of the same tables (PostgreSQL).
+    /// Reloads the task's tables into its target each run.
+    #[cfg(unix)]
+    Bench {
+        workspace: PathBuf,
+        #[arg(long)]
+        task: String,
+        /// Measured runs of each side (the best is reported).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+    /// List lake files: a local folder or s3://bucket/prefix.
+    Ls {
+        uri: String,
+        /// Every file below the prefix, not only the folder's own.
+        #[arg(short, long)]
+        recursive: bool,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Show a Parquet file's schema, row groups and statistics, and its first rows (CSV and
+    /// JSON-lines files: their first lines).
+    Preview {
+        file: String,
+        /// How many rows to show.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+/// S3 connection flags for `ls` and `preview`. Credentials come from the AWS chain.
+#[derive(Args)]
+struct S3Args {
+    /// An S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Address buckets as endpoint/bucket (most S3-compatible servers need it).
+    #[arg(long)]
+    path_style: bool,
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+impl S3Args {
+    fn options(&self) -> S3Options {
+        S3Options {
+            bucket: String::new(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.path_style || self.endpoint_url.is_some(),
+            profile: self.profile.clone(),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let Some(command) = cli.command else {
+        // The desktop app comes with a later release; until then, help.
+        use clap::CommandFactory;
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match command {
+            Command::Run {
+                workspace,
+                task,
+                reload,
+            } => run(workspace, task, reload).await,
+            Command::Check {
+                workspace,
+                endpoint,
+            } => check(workspace, endpoint).await,
+            #[cfg(unix)]
+            Command::Bench {
+                workspace,
+                task,
+                runs,
+            } => match crate::bench::full_load(&workspace, &task, runs.max(1)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, e),
+            },
+            Command::Ls { uri, recursive, s3 } => ls(&uri, recursive, &s3).await,
+            Command::Preview { file, rows, s3 } => preview(&file, rows, &s3).await,
+        }
+    })
+}
+
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(code)
+}
+
+fn load_workspace(path: &std::path::Path) -> Result<Workspace, ExitCode> {
+    Workspace::load(path).map_err(|e| fail(2, e))
+}
+
+async fn run(path: PathBuf, task_name: String, reload: bool) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    if let Err(e) = workspace.task(&task_name, &path) {
+        return fail(2, e);
+    }
+    let mut handle = task::start_task(
+        &tokio::runtime::Handle::current(),
+        Arc::new(workspace),
+        path,
+        &task_name,
+        RunOptions { reload },
+    );
+    let stopper = handle.stopper();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        eprintln!("stopping: finished ranges are kept; run again to resume");
+        let _ = stopper.send(Some(TaskCommand::Stop));
+    });
+
+    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    while let Some(event) = handle.events.recv().await {
+        progress.show(event);
+    }
+    progress.clear();
+    match handle.finish().await {
+        Ok(summary) => {
+            println!("{}", summary.table());
+            println!("files are in {}", summary.location);
+            if let Some(position) = &summary.snapshot_position {
+                println!("snapshot position: {position}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Progress on a terminal (a bar per table), or plain log lines otherwise.
+struct Progress {
+    bars: Option<(
+        MultiProgress,
+        std::collections::HashMap<String, ProgressBar>,
+    )>,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Self {
+        Progress {
+            bars: terminal.then(|| (MultiProgress::new(), std::collections::HashMap::new())),
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn show(&mut self, event: TaskEvent) {
+        match event {
+            TaskEvent::Log { level, message } => {
+                let tag = match level {
+                    LogLevel::Info => "info",
+                    LogLevel::Warn => "warning",
+                    LogLevel::Error => "error",
+                };
+                self.line(format!("{tag}: {message}"));
+            }
+            TaskEvent::Planned { tables } => {
+                for t in tables {
+                    self.show(TaskEvent::Table(t));
+                }
+            }
+            TaskEvent::Table(t) => {
+                let Some((multi, bars)) = &mut self.bars else {
+                    return;
+                };
+                let name = t.qualified_name();
+                let bar = bars.entry(name.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(t.estimated_rows.max(1)));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix:<32} {bar:30} {pos:>11} rows {per_sec:>12} {msg}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar.set_prefix(name);
+                    bar.enable_steady_tick(Duration::from_millis(250));
+                    bar
+                });
+                if t.full_load_rows > bar.length().unwrap_or(0) {
+                    bar.set_length(t.full_load_rows);
+                }
+                bar.set_position(t.full_load_rows);
+                bar.set_message(t.state.to_string());
+                if matches!(t.state, TableState::TableCompleted | TableState::TableError) {
+                    bar.set_length(t.full_load_rows.max(1));
+                    bar.finish();
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        if let Some((multi, _)) = &self.bars {
+            let _ = multi.clear();
+        }
+    }
+}
+
+async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    if let Some(name) = &only
+        && let Err(e) = workspace.endpoint(name, &path)
+    {
+        return fail(2, e);
+    }
+    let mut failed = false;
+    for e in workspace
+        .endpoints
+        .iter()
+        .filter(|e| only.as_ref().is_none_or(|n| *n == e.name))
+    {
+        println!(
+            "endpoint {} ({})",
+            e.name,
+            format!("{:?}", e.engine).to_lowercase()
+        );
+        let results = check_endpoint(e).await;
+        for r in &results {
+            let tag = match r.status {
+                CheckStatus::Pass => "PASS",
+                CheckStatus::Warn => "WARN",
+                CheckStatus::Fail => "FAIL",
+            };
+            println!("  {tag} {}: {}", r.name, r.detail);
+            if let Some(fix) = &r.fix {
+                println!("       fix: {fix}");
+            }
+        }
+        failed |= results.iter().any(|r| r.status == CheckStatus::Fail);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The checks of one endpoint, shared by `tributary check` and (later) the app.
+pub async fn check_endpoint(e: &crate::config::EndpointConfig) -> Vec<CheckResult> {
+    match e.engine {
+        Engine::Postgres => match e.resolve_password() {
+            Ok(password) => {
+                PostgresSource::new(PgEndpoint::from_config(e, password))
+                    .check()
+                    .await
+            }
+            Err(err) => vec![CheckResult::fail_from("password", &err)],
+        },
+        Engine::Mysql => vec![CheckResult {
+            name: "engine".into(),
+            status: CheckStatus::Fail,
+            detail: "MySQL/MariaDB sources are not supported by this build yet".into(),
+            fix: None,
+        }],
+        Engine::Local | Engine::S3 => match Storage::from_endpoint(e).await {
+            Ok(storage) => storage.check().await,
+            Err(err) => vec![CheckResult::fail_from("target", &err)],
+        },
+    }
+}
+
+async fn ls(uri: &str, recursive: bool, s3: &S3Args) -> ExitCode {
+    let (storage, prefix) = match Storage::from_uri(uri, s3.options()).await {
+        Ok(x) => x,
+        Err(e) => return fail(2, e),
+    };
+    // A folder given without its trailing slash lists the folder's content.
+    let prefix =
+        if !prefix.is_empty() && !prefix.ends_with('/') && matches!(storage, Storage::S3(_)) {
+            format!("{prefix}/")
+        } else {
+            prefix
+        };
+    let mut token = None;
+    let (mut objects, mut bytes) = (0u64, 0u64);
+    loop {
+        let page = match storage.list_page(&prefix, !recursive, token).await {
+            Ok(p) => p,
+            Err(e) => return fail(1, e),
+        };
+        for p in &page.prefixes {
+            println!("{:>30} PRE {p}", "");
+        }
+        for o in &page.objects {
+            let when = o
+                .last_modified
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            println!("{when:>19} {:>10} {}", o.size, o.key);
+            objects += 1;
+            bytes += o.size;
+        }
+        match page.next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    println!(
+        "{objects} object(s), {bytes} bytes under {}",
+        storage.uri(&prefix)
+    );
+    ExitCode::SUCCESS
+}
+
+async fn preview(file: &str, rows: usize, s3: &S3Args) -> ExitCode {
+    let (storage, key) = match Storage::from_uri(file, s3.options()).await {
+        Ok(x) => x,
+        Err(e) => return fail(2, e),
+    };
+    let is_text = [".csv", ".json", ".csv.gz", ".json.gz", ".jsonl"]
+        .iter()
+        .any(|ext| key.ends_with(ext));
+    if is_text {
+        return match inspect::read_text_lines(&storage, &key, rows).await {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        };
+    }
+    let parquet = match ParquetFile::open(&storage, &key).await {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    let summary = match parquet.summary() {
+        Ok(s) => s,
+        Err(e) => return fail(1, e),
+    };
+    println!("file: {}", summary.uri);
+    println!(
+        "size: {} bytes, rows: {}, row groups: {}, created by: {}",
+        summary.size,
+        summary.num_rows,
+        summary.row_groups.len(),
+        summary.created_by.as_deref().unwrap_or("?")
+    );
+    println!("\nschema:");
+    for f in summary.schema.fields() {
+        println!(
+            "  {:<28} {:<40} {}",
+            f.name(),
+            f.data_type().to_string(),
+            if f.is_nullable() { "null" } else { "not null" }
+        );
+    }
+    println!("\nparquet columns:");
+    for (name, ty) in &summary.parquet_columns {
+        println!("  {name:<28} {ty}");
+    }
+    for (i, rg) in summary.row_groups.iter().enumerate() {
+        println!(
+            "\nrow group {i}: {} rows, {} bytes compressed, {} uncompressed",
+            rg.rows, rg.compressed_bytes, rg.uncompressed_bytes
+        );
+        println!(
+            "  {:<24} {:<24} {:<24} {:>8} {:>12} {:>12} {:<8} encodings",
+            "column", "min", "max", "nulls", "compressed", "uncompressed", "codec"
+        );
+        for c in &rg.columns {
+            println!(
+                "  {:<24} {:<24} {:<24} {:>8} {:>12} {:>12} {:<8} {}",
+                truncate(&c.name, 24),
+                truncate(c.min.as_deref().unwrap_or("-"), 24),
+                truncate(c.max.as_deref().unwrap_or("-"), 24),
+                c.nulls.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                c.compressed_bytes,
+                c.uncompressed_bytes,
+                c.compression,
+                c.encodings
+            );
+        }
+    }
+    match parquet.read_rows(0, rows).await {
+        Ok(batches) => {
+            println!(
+                "\nfirst {} row(s):",
+                batches.iter().map(|b| b.num_rows()).sum::<usize>()
+            );
+            let batches: Vec<_> = batches.iter().map(inspect::displayable_batch).collect();
+            match arrow_cast::pretty::pretty_format_batches(&batches) {
+                Ok(table) => println!("{table}"),
+                Err(e) => return fail(1, e),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(width - 1).collect();
+        t.push('…');
+        t
+    }
+}
