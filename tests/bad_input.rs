@@ -1,0 +1,228 @@
+//! Each bad input gives a clear error naming the endpoint, table or file and the fix, exits
+//! non-zero, and leaves no partial file that looks complete. Real servers throughout: the
+//! access-denied S3 server is a second moto that enforces IAM (see scripts/services), and the
+//! full disk is a real 2 MB tmpfs.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use sqlx::Executor;
+
+fn small_source_workspace(dir: &TestDir, source: &str, target: &str) -> String {
+    dir.write_workspace(&format!(
+        "{source}{target}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\ndata_format = \"parquet\"\n"
+    ))
+}
+
+async fn small_database(pg: &Pg, db: &str) {
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+}
+
+#[track_caller]
+fn assert_mentions(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "'{n}' missing from:\n{text}");
+    }
+}
+
+#[test]
+fn wrong_password() {
+    let pg = Pg::from_env();
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "postgres"),
+        &local_target_toml("lake", &dir.lake()),
+    );
+    let mut run = tributary_command(&["run", &ws, "--task", "load"]);
+    let output = run
+        .env("TEST_PG_PASSWORD", "not-the-password")
+        .output()
+        .unwrap();
+    let err = assert_failure(&output, 1);
+    assert_mentions(&err, &["shop", "password", "TEST_PG_PASSWORD"]);
+    assert!(files_under(&dir.lake()).iter().all(|f| !f.contains("LOAD")));
+
+    let mut check = tributary_command(&["check", &ws, "--endpoint", "shop"]);
+    let output = check.env("TEST_PG_PASSWORD", "nope").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_mentions(&stdout(&output), &["FAIL", "password", "fix:"]);
+}
+
+#[test]
+fn unset_password_variable() {
+    let pg = Pg::from_env();
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "postgres"),
+        &local_target_toml("lake", &dir.lake()),
+    );
+    let mut run = tributary_command(&["run", &ws, "--task", "load"]);
+    let output = run.env_remove("TEST_PG_PASSWORD").output().unwrap();
+    let err = assert_failure(&output, 1);
+    assert_mentions(&err, &["shop", "TEST_PG_PASSWORD"]);
+}
+
+#[test]
+fn unreachable_host() {
+    let dir = TestDir::new();
+    // Nothing listens on port 1 of the loopback: connection refused at once.
+    let source = "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"127.0.0.1\"\n\
+                  port = 1\ndatabase = \"x\"\nuser = \"postgres\"\n\n";
+    let ws = small_source_workspace(&dir, source, &local_target_toml("lake", &dir.lake()));
+    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
+    assert_mentions(&err, &["shop", "127.0.0.1:1"]);
+    let output = tributary(&["check", &ws]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_mentions(&stdout(&output), &["FAIL", "127.0.0.1:1", "fix:"]);
+}
+
+#[test]
+fn missing_database() {
+    let pg = Pg::from_env();
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "no_such_database"),
+        &local_target_toml("lake", &dir.lake()),
+    );
+    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
+    assert_mentions(&err, &["shop", "no_such_database", "does not exist"]);
+}
+
+#[test]
+fn invalid_workspace_names_line_and_key() {
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(
+        "[[endpoints]]\nname = \"lake\"\nengine = \"local\"\npath = \"/tmp/x\"\n\n\
+         [[tasks]]\nname = \"load\"\nsource = \"lake\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\ndata_format = \"avro\"\n",
+    );
+    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 2);
+    assert_mentions(&err, &["line 11", "data_format", "parquet"]);
+
+    let ws = dir.write_workspace(
+        "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\n\
+         user = \"u\"\npassword = \"secret\"\n",
+    );
+    let err = assert_failure(&tributary(&["check", &ws]), 2);
+    assert_mentions(&err, &["line 7", "password_env"]);
+    assert!(!err.contains("secret"), "the password was echoed:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_bucket() {
+    let pg = Pg::from_env();
+    small_database(&pg, "trib_bad_bucket").await;
+    let dir = TestDir::new();
+    let target = format!(
+        "[[endpoints]]\nname = \"lake\"\nengine = \"s3\"\nbucket = \"no-such-bucket-here\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\n\n",
+        s3_endpoint()
+    );
+    let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", "trib_bad_bucket"), &target);
+    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
+    assert_mentions(
+        &err,
+        &["no-such-bucket-here", "does not exist", "Create it"],
+    );
+    let output = tributary(&["check", &ws, "--endpoint", "lake"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_mentions(&stdout(&output), &["FAIL", "no-such-bucket-here"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied() {
+    let pg = Pg::from_env();
+    small_database(&pg, "trib_bad_access").await;
+    let deny = std::env::var("TRIBUTARY_TEST_S3_DENY_ENDPOINT")
+        .expect("TRIBUTARY_TEST_S3_DENY_ENDPOINT: run the tests through scripts/test");
+    let dir = TestDir::new();
+    let target = format!(
+        "[[endpoints]]\nname = \"lake\"\nengine = \"s3\"\nbucket = \"somebody-elses\"\n\
+         endpoint_url = \"{deny}\"\nforce_path_style = true\n\n"
+    );
+    let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", "trib_bad_access"), &target);
+    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
+    assert_mentions(
+        &err,
+        &["access denied", "s3://somebody-elses", "credentials"],
+    );
+    let output = tributary(&["check", &ws, "--endpoint", "lake"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_mentions(&stdout(&output), &["FAIL", "access denied"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_parquet_file() {
+    let dir = TestDir::new();
+    let path = dir.dir.path().join("LOAD00000001.parquet");
+    std::fs::write(&path, b"PAR1 this is not a parquet file at all PAR1").unwrap();
+    let err = assert_failure(&tributary(&["preview", &path.to_string_lossy()]), 1);
+    assert_mentions(&err, &["LOAD00000001.parquet", "Parquet"]);
+}
+
+/// Mounts a tmpfs of `size` at `dir`; `None` where mounting is not allowed (not root).
+fn mount_small_disk(dir: &Path, size: &str) -> Option<SmallDisk> {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| SmallDisk(dir.to_owned()))
+}
+
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk() {
+    let pg = Pg::from_env();
+    let db = "trib_full_disk";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE wide (id int PRIMARY KEY, v text);
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g+1)::text) FROM generate_series(1, 200000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let Some(_disk) = mount_small_disk(&dir.lake(), "2m") else {
+        // Needs root (CI and scripts/test run as root); say so rather than pass silently.
+        eprintln!("SKIPPED full_disk: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", db),
+        &local_target_toml("lake", &dir.lake()),
+    );
+    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
+    assert_mentions(&err, &["no space left", "public.wide"]);
+    // Whatever is left is either a complete Parquet file or nothing.
+    for f in files_under(&dir.lake()) {
+        assert!(
+            !f.starts_with(".tributary-tmp"),
+            "spool file {f} left on the full disk"
+        );
+        if f.ends_with(".parquet") {
+            read_parquet_file(&dir.lake().join(&f));
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Helpers shared by the integration tests: the real services `scripts/test` points at
+//! (PostgreSQL, moto), throw-away databases and lakes, and the `tributary` binary.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sqlx::{Connection, PgConnection};
+
+/// The PostgreSQL the tests use, from `TRIBUTARY_TEST_PG_URL` (set by `scripts/test`).
+pub struct Pg {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through scripts/test, which starts the services")
+    })
+}
+
+impl Pg {
+    pub fn from_env() -> Pg {
+        let url = required_env("TRIBUTARY_TEST_PG_URL");
+        // postgres://user:password@host:port/db
+        let rest = url.split_once("://").expect("URL with a scheme").1;
+        let (auth, host_part) = rest.rsplit_once('@').expect("URL with user@host");
+        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+        let host_port = host_part.split('/').next().unwrap_or(host_part);
+        let (host, port) = host_port.split_once(':').unwrap_or((host_port, "5432"));
+        Pg {
+            host: host.into(),
+            port: port.parse().expect("numeric port"),
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{database}",
+            self.user, self.password, self.host, self.port
+        )
+    }
+
+    /// A new empty database (dropped first if a previous run left it).
+    pub async fn fresh_database(&self, name: &str) -> PgConnection {
+        let mut admin = PgConnection::connect(&self.url("postgres")).await.unwrap();
+        // Two statements: DROP/CREATE DATABASE cannot share an (implicit) transaction.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        PgConnection::connect(&self.url(name)).await.unwrap()
+    }
+
+    /// A source endpoint block for a workspace file; the password comes from
+    /// `TEST_PG_PASSWORD`, which [`tributary`] sets.
+    pub fn endpoint_toml(&self, name: &str, database: &str) -> String {
+        format!(
+            "[[endpoints]]\nname = \"{name}\"\nengine = \"postgres\"\nhost = \"{}\"\nport = {}\n\
+             database = \"{database}\"\nuser = \"{}\"\npassword_env = \"TEST_PG_PASSWORD\"\n\n",
+            self.host, self.port, self.user
+        )
+    }
+}
+
+pub fn s3_endpoint() -> String {
+    required_env("TRIBUTARY_TEST_S3_ENDPOINT")
+}
+
+/// An S3 client for the test S3 server, to create buckets and look at objects.
+pub async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let config = aws_sdk_s3::Config::builder()
+        .http_client(http)
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A bucket that exists and is empty.
+pub async fn fresh_bucket(name: &str) {
+    let client = s3_client(&s3_endpoint()).await;
+    if let Ok(list) = client.list_objects_v2().bucket(name).send().await {
+        for o in list.contents() {
+            client
+                .delete_object()
+                .bucket(name)
+                .key(o.key().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+        }
+    } else {
+        client.create_bucket().bucket(name).send().await.unwrap();
+    }
+}
+
+/// Runs the `tributary` binary with the test credentials in its environment.
+pub fn tributary(args: &[&str]) -> Output {
+    tributary_command(args).output().expect("run tributary")
+}
+
+pub fn tributary_command(args: &[&str]) -> Command {
+    let pg = Pg::from_env();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
+    command
+        .args(args)
+        .env("TEST_PG_PASSWORD", &pg.password)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts success and returns stdout + stderr for further checks.
+#[track_caller]
+pub fn assert_success(output: &Output) -> String {
+    let text = format!("{}{}", stdout(output), stderr(output));
+    assert!(output.status.success(), "tributary failed:\n{text}");
+    text
+}
+
+/// Asserts failure with exit code `code` and returns stderr.
+#[track_caller]
+pub fn assert_failure(output: &Output, code: i32) -> String {
+    let text = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "expected exit {code}:\n{}{text}",
+        stdout(output)
+    );
+    text
+}
+
+/// A temporary folder with a workspace file in it; the lake goes in `lake/`.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    pub fn write_workspace(&self, toml: &str) -> String {
+        let path = self.dir.path().join("workspace.toml");
+        std::fs::write(&path, toml).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+/// A local target endpoint block.
+pub fn local_target_toml(name: &str, path: &Path) -> String {
+    format!(
+        "[[endpoints]]\nname = \"{name}\"\nengine = \"local\"\npath = \"{}\"\n\n",
+        path.display()
+    )
+}
+
+/// The files of a folder and below, sorted, relative to it.
+pub fn files_under(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Every batch of a Parquet file.
+pub fn read_parquet(data: bytes::Bytes) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(data)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+pub fn read_parquet_file(path: &Path) -> Vec<RecordBatch> {
+    read_parquet(bytes::Bytes::from(std::fs::read(path).unwrap()))
+}
