@@ -325,11 +325,12 @@ impl Workspace {
     }
 
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |name: &str, message: String| ConfigError::Invalid {
+        let invalid_at = |name: &str, key: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
-            line: line_of_name(text, name),
+            line: line_of(text, name, key),
             message,
         };
+        let invalid = |name: &str, message: String| invalid_at(name, "", message);
         let mut seen = std::collections::HashSet::new();
         for e in &self.endpoints {
             check_name("endpoint", &e.name).map_err(|m| invalid(&e.name, m))?;
@@ -339,8 +340,9 @@ impl Workspace {
                     format!("endpoint name '{}' is used twice", e.name),
                 ));
             }
-            validate_endpoint(e)
-                .map_err(|m| invalid(&e.name, format!("endpoint '{}': {m}", e.name)))?;
+            validate_endpoint(e).map_err(|(key, m)| {
+                invalid_at(&e.name, key, format!("endpoint '{}': {m}", e.name))
+            })?;
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.tasks {
@@ -352,7 +354,7 @@ impl Workspace {
                 ));
             }
             validate_task(self, t)
-                .map_err(|m| invalid(&t.name, format!("task '{}': {m}", t.name)))?;
+                .map_err(|(key, m)| invalid_at(&t.name, key, format!("task '{}': {m}", t.name)))?;
         }
         Ok(())
     }
@@ -383,22 +385,46 @@ fn check_name(kind: &str, name: &str) -> Result<(), String> {
     }
 }
 
-/// The 1-based line where `name = "<name>"` stands, so errors point into the file.
-fn line_of_name(text: &str, name: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            let l = l.trim();
-            l.starts_with("name") && l.contains(&format!("\"{name}\""))
-        })
-        .map(|i| i + 1)
-        .unwrap_or(1)
+/// The 1-based line of `key` in the `[[...]]` block whose `name = "<name>"` it is, so errors
+/// point into the file; the block's `name` line when `key` is empty or not written there.
+fn line_of(text: &str, name: &str, key: &str) -> usize {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let is_key = |l: &str, k: &str| {
+        l.strip_prefix(k)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let Some(name_at) = lines
+        .iter()
+        .position(|l| is_key(l, "name") && l.contains(&format!("\"{name}\"")))
+    else {
+        return 1;
+    };
+    let start = lines[..name_at]
+        .iter()
+        .rposition(|l| l.starts_with("[["))
+        .unwrap_or(0);
+    let end = lines[name_at + 1..]
+        .iter()
+        .position(|l| l.starts_with("[["))
+        .map_or(lines.len(), |i| name_at + 1 + i);
+    let at = (!key.is_empty())
+        .then(|| (start..end).find(|&i| is_key(lines[i], key)))
+        .flatten()
+        .unwrap_or(name_at);
+    at + 1
 }
 
-fn validate_endpoint(e: &EndpointConfig) -> Result<(), String> {
+/// Why an endpoint or task is refused: the key at fault (empty: the whole block) and why.
+type Refusal = (&'static str, String);
+
+fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
     if e.password.is_some() {
-        return Err("a plain `password` key is refused: secrets never live in the workspace file. \
+        return Err((
+            "password",
+            "a plain `password` key is refused: secrets never live in the workspace file. \
              Put the password in an environment variable and name it, e.g. password_env = \"PGPASSWORD\""
-            .into());
+                .into(),
+        ));
     }
     let present = |field: &str| -> bool {
         match field {
@@ -435,7 +461,10 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), String> {
     };
     for field in required {
         if !present(field) {
-            return Err(format!("engine {:?} needs `{field}`", e.engine).to_lowercase());
+            return Err((
+                "",
+                format!("engine {:?} needs `{field}`", e.engine).to_lowercase(),
+            ));
         }
     }
     const ALL: [&str; 11] = [
@@ -453,24 +482,28 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), String> {
     ];
     for field in ALL {
         if present(field) && !allowed.contains(&field) {
-            return Err(format!(
-                "`{field}` does not apply to engine {} (it takes: {})",
-                format!("{:?}", e.engine).to_lowercase(),
-                allowed.join(", ")
+            return Err((
+                field,
+                format!(
+                    "`{field}` does not apply to engine {} (it takes: {})",
+                    format!("{:?}", e.engine).to_lowercase(),
+                    allowed.join(", ")
+                ),
             ));
         }
     }
     if let Some(url) = &e.endpoint_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {
-        return Err(format!(
-            "endpoint_url '{url}' must start with http:// or https://"
+        return Err((
+            "endpoint_url",
+            format!("endpoint_url '{url}' must start with http:// or https://"),
         ));
     }
     Ok(())
 }
 
-fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), String> {
+fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), Refusal> {
     let engine_of = |name: &str| {
         ws.endpoints
             .iter()
@@ -478,29 +511,53 @@ fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), String> {
             .map(|e| e.engine)
     };
     match engine_of(&t.source) {
-        None => return Err(format!("source endpoint '{}' is not defined", t.source)),
+        None => {
+            return Err((
+                "source",
+                format!("source endpoint '{}' is not defined", t.source),
+            ));
+        }
         Some(e) if !e.is_source() => {
-            return Err(format!(
-                "source '{}' is a target endpoint (engine {e:?}); a source is postgres or mysql",
-                t.source
+            return Err((
+                "source",
+                format!(
+                    "source '{}' is a target endpoint (engine {e:?}); a source is postgres or mysql",
+                    t.source
+                ),
             ));
         }
         _ => {}
     }
     match engine_of(&t.target) {
-        None => return Err(format!("target endpoint '{}' is not defined", t.target)),
+        None => {
+            return Err((
+                "target",
+                format!("target endpoint '{}' is not defined", t.target),
+            ));
+        }
         Some(e) if e.is_source() => {
-            return Err(format!(
-                "target '{}' is a source endpoint (engine {e:?}); a target is local or s3",
-                t.target
+            return Err((
+                "target",
+                format!(
+                    "target '{}' is a source endpoint (engine {e:?}); a target is local or s3",
+                    t.target
+                ),
             ));
         }
         _ => {}
     }
     for rule in t.include.iter().chain(&t.exclude) {
         if rule.split('.').count() != 2 || rule.split('.').any(str::is_empty) {
-            return Err(format!(
-                "selection rule '{rule}' must be schema.table, with % as wildcard (e.g. \"public.%\")"
+            let key = if t.include.contains(rule) {
+                "include"
+            } else {
+                "exclude"
+            };
+            return Err((
+                key,
+                format!(
+                    "selection rule '{rule}' must be schema.table, with % as wildcard (e.g. \"public.%\")"
+                ),
             ));
         }
     }
@@ -508,31 +565,46 @@ fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), String> {
     if s.data_format != DataFormat::Parquet
         && matches!(s.compression, Compression::Snappy | Compression::Zstd)
     {
-        return Err(format!(
-            "compression {:?} applies to parquet only; {} files take gzip or none",
-            s.compression,
-            s.data_format.extension()
-        )
-        .to_lowercase());
+        return Err((
+            "compression",
+            format!(
+                "compression {:?} applies to parquet only; {} files take gzip or none",
+                s.compression,
+                s.data_format.extension()
+            )
+            .to_lowercase(),
+        ));
     }
     if s.max_file_size < 1 {
-        return Err("max_file_size is in KB and must be at least 1".into());
+        return Err((
+            "max_file_size",
+            "max_file_size is in KB and must be at least 1".into(),
+        ));
     }
     if s.bucket_folder.starts_with('/') || s.bucket_folder.split('/').any(|p| p == "..") {
-        return Err(format!(
-            "bucket_folder '{}' must be a relative folder name",
-            s.bucket_folder
+        return Err((
+            "bucket_folder",
+            format!(
+                "bucket_folder '{}' must be a relative folder name",
+                s.bucket_folder
+            ),
         ));
     }
     if t.full_load_settings.max_full_load_sub_tasks == 0 {
-        return Err("full_load_settings.max_full_load_sub_tasks must be at least 1".into());
+        return Err((
+            "max_full_load_sub_tasks",
+            "full_load_settings.max_full_load_sub_tasks must be at least 1".into(),
+        ));
     }
     if t.migration_type != MigrationType::FullLoad {
-        return Err(format!(
-            "migration_type {:?} is not available yet: this build supports full-load",
-            t.migration_type
-        )
-        .to_lowercase());
+        return Err((
+            "migration_type",
+            format!(
+                "migration_type {:?} is not available yet: this build supports full-load",
+                t.migration_type
+            )
+            .to_lowercase(),
+        ));
     }
     Ok(())
 }
@@ -589,12 +661,12 @@ compression = "snappy"
 
     #[test]
     fn plain_password_is_refused_with_line_and_fix() {
-        let text = GOOD.replace("password_env = \"PGPASSWORD\"", "password = \"secret\"");
+        let text = GOOD.replace("password_env = \"PGPASSWORD\"", "password = \"hunter2\"");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
         assert!(err.contains("password_env"), "{err}");
         assert!(
-            !err.contains("secret"),
+            !err.contains("hunter2"),
             "the error must not echo the secret: {err}"
         );
     }
@@ -604,7 +676,7 @@ compression = "snappy"
         let text = GOOD.replace("compression = \"snappy\"", "compresion = \"snappy\"");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("compresion"), "{err}");
-        assert!(err.contains("line 25"), "{err}");
+        assert!(err.contains("line 24"), "{err}");
         assert!(err.contains("compression"), "expected keys listed: {err}");
     }
 
