@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -195,13 +197,15 @@ impl RollingWriter {
                 w.bytes_written() + w.in_progress_size()
             }
             Encoder::Csv(w) => {
-                let batch =
-                    csv_compatible(&batch).map_err(|e| FormatError::encode("csv", &path, e))?;
+                let batch = text_compatible(&batch, true)
+                    .map_err(|e| FormatError::encode("csv", &path, e))?;
                 w.write(&batch)
                     .map_err(|e| FormatError::encode("csv", &path, e))?;
                 open.written.load(Ordering::Relaxed)
             }
             Encoder::Json(w) => {
+                let batch = text_compatible(&batch, false)
+                    .map_err(|e| FormatError::encode("json", &path, e))?;
                 w.write(&batch)
                     .map_err(|e| FormatError::encode("json", &path, e))?;
                 open.written.load(Ordering::Relaxed)
@@ -214,35 +218,18 @@ impl RollingWriter {
         Ok(None)
     }
 
-    /// Closes the open file, if any.
+    /// Closes the open file, if any. A file that cannot be finished (a full disk, say) is
+    /// removed, so no partial file is left behind.
     pub fn close(&mut self) -> Result<Option<FinishedFile>, FormatError> {
         let Some(open) = self.open.take() else {
             return Ok(None);
         };
-        let path = open.path;
-        let file = match open.encoder {
-            Encoder::Parquet(w) => w
-                .into_inner()
-                .map_err(|e| FormatError::encode("parquet", &path, e))?
-                .into_inner()
-                .map_err(|e| FormatError::io(&path, e.into_error()))?,
-            Encoder::Csv(w) => w.into_inner().finish(&path)?,
-            Encoder::Json(mut w) => {
-                w.finish()
-                    .map_err(|e| FormatError::encode("json", &path, e))?;
-                w.into_inner().finish(&path)?
-            }
-        };
-        file.sync_all().map_err(|e| FormatError::io(&path, e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| FormatError::io(&path, e))?
-            .len();
-        Ok(Some(FinishedFile {
-            path,
-            rows: open.rows,
-            bytes,
-        }))
+        let path = open.path.clone();
+        let finished = finish(open);
+        if finished.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        finished.map(Some)
     }
 
     /// Removes the open file without finishing it (after an error).
@@ -262,40 +249,45 @@ impl RollingWriter {
         ));
         let file = File::create(&path).map_err(|e| FormatError::io(&path, e))?;
         let written = Arc::new(AtomicUsize::new(0));
-        let encoder =
-            match self.options.format {
-                DataFormat::Parquet => {
-                    let compression = match self.options.compression {
-                        Compression::None => ParquetCompression::UNCOMPRESSED,
-                        Compression::Snappy => ParquetCompression::SNAPPY,
-                        Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
-                        Compression::Gzip => ParquetCompression::GZIP(GzipLevel::default()),
-                    };
-                    let props = WriterProperties::builder()
-                        .set_compression(compression)
-                        .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
-                        // Row groups are cut by size in `write`; this only caps very narrow tables.
-                        .set_max_row_group_row_count(Some(10_000_000))
-                        .build();
-                    let writer = ArrowWriter::try_new(
-                        BufWriter::with_capacity(1 << 20, file),
-                        self.schema.clone(),
-                        Some(props),
-                    )
-                    .map_err(|e| FormatError::encode("parquet", &path, e))?;
-                    Encoder::Parquet(Box::new(writer))
-                }
-                DataFormat::Csv => {
-                    Encoder::Csv(Box::new(
-                        arrow_csv::WriterBuilder::new().with_header(false).build(
-                            CountingWriter::new(file, self.options.compression, written.clone()),
-                        ),
-                    ))
-                }
-                DataFormat::Json => Encoder::Json(arrow_json::LineDelimitedWriter::new(
-                    CountingWriter::new(file, self.options.compression, written.clone()),
-                )),
-            };
+        let encoder = match self.options.format {
+            DataFormat::Parquet => {
+                let compression = match self.options.compression {
+                    Compression::None => ParquetCompression::UNCOMPRESSED,
+                    Compression::Snappy => ParquetCompression::SNAPPY,
+                    Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
+                    Compression::Gzip => ParquetCompression::GZIP(GzipLevel::default()),
+                };
+                let props = WriterProperties::builder()
+                    .set_compression(compression)
+                    .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
+                    // Row groups are cut by size in `write`; this only caps very narrow tables.
+                    .set_max_row_group_row_count(Some(10_000_000))
+                    .build();
+                let writer = ArrowWriter::try_new(
+                    BufWriter::with_capacity(1 << 20, file),
+                    self.schema.clone(),
+                    Some(props),
+                )
+                .map_err(|e| FormatError::encode("parquet", &path, e))?;
+                Encoder::Parquet(Box::new(writer))
+            }
+            DataFormat::Csv => {
+                Encoder::Csv(Box::new(
+                    // DMS's CSV: no header, timestamps with a space.
+                    arrow_csv::WriterBuilder::new()
+                        .with_header(false)
+                        .with_timestamp_format("%Y-%m-%d %H:%M:%S%.6f".into())
+                        .build(CountingWriter::new(
+                            file,
+                            self.options.compression,
+                            written.clone(),
+                        )),
+                ))
+            }
+            DataFormat::Json => Encoder::Json(arrow_json::LineDelimitedWriter::new(
+                CountingWriter::new(file, self.options.compression, written.clone()),
+            )),
+        };
         Ok(OpenFile {
             encoder,
             path,
@@ -332,6 +324,34 @@ impl RollingWriter {
     }
 }
 
+/// Finishes an open file: footer or gzip trailer written, data synced to disk.
+fn finish(open: OpenFile) -> Result<FinishedFile, FormatError> {
+    let path = open.path;
+    let file = match open.encoder {
+        Encoder::Parquet(w) => w
+            .into_inner()
+            .map_err(|e| FormatError::encode("parquet", &path, e))?
+            .into_inner()
+            .map_err(|e| FormatError::io(&path, e.into_error()))?,
+        Encoder::Csv(w) => w.into_inner().finish(&path)?,
+        Encoder::Json(mut w) => {
+            w.finish()
+                .map_err(|e| FormatError::encode("json", &path, e))?;
+            w.into_inner().finish(&path)?
+        }
+    };
+    file.sync_all().map_err(|e| FormatError::io(&path, e))?;
+    let bytes = file
+        .metadata()
+        .map_err(|e| FormatError::io(&path, e))?
+        .len();
+    Ok(FinishedFile {
+        path,
+        rows: open.rows,
+        bytes,
+    })
+}
+
 impl Drop for RollingWriter {
     fn drop(&mut self) {
         // A writer dropped with a file open failed or was cancelled: leave no partial file.
@@ -339,28 +359,37 @@ impl Drop for RollingWriter {
     }
 }
 
-/// CSV has no nested or binary values: such columns are written as their display text
-/// (lists as `[1, 2]`, binary as hex), the way DMS writes them as text.
-fn csv_compatible(batch: &RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let needs_text = |t: &DataType| {
-        matches!(
-            t,
-            DataType::List(_) | DataType::Binary | DataType::LargeBinary | DataType::Struct(_)
-        )
+/// Prepares a batch for a text format (CSV, JSON lines).
+///
+/// Timestamps with a time zone are written as their UTC wall-clock time: their values are
+/// UTC already, and the text writers cannot resolve zone names without a zone database.
+/// CSV has no nested or binary values, so for CSV (`flatten`) such columns are written as
+/// their display text (lists as `[1, 2]`, binary as hex), the way DMS writes them as text.
+fn text_compatible(
+    batch: &RecordBatch,
+    flatten: bool,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let as_text = |t: &DataType| {
+        flatten
+            && matches!(
+                t,
+                DataType::List(_) | DataType::Binary | DataType::LargeBinary | DataType::Struct(_)
+            )
     };
-    if !batch
-        .schema()
+    let utc = |t: &DataType| matches!(t, DataType::Timestamp(TimeUnit::Microsecond, Some(_)));
+    let schema = batch.schema();
+    if !schema
         .fields()
         .iter()
-        .any(|f| needs_text(f.data_type()))
+        .any(|f| as_text(f.data_type()) || utc(f.data_type()))
     {
         return Ok(batch.clone());
     }
     let options = arrow_cast::display::FormatOptions::default();
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if needs_text(field.data_type()) {
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if as_text(field.data_type()) {
             let formatter =
                 arrow_cast::display::ArrayFormatter::try_new(column.as_ref(), &options)?;
             let text: StringArray = (0..column.len())
@@ -368,6 +397,18 @@ fn csv_compatible(batch: &RecordBatch) -> Result<RecordBatch, arrow_schema::Arro
                 .collect();
             fields.push(Field::new(field.name(), DataType::Utf8, true));
             columns.push(Arc::new(text));
+        } else if utc(field.data_type()) {
+            let naive = column
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone()
+                .with_timezone_opt(None::<String>);
+            fields.push(
+                field
+                    .as_ref()
+                    .clone()
+                    .with_data_type(naive.data_type().clone()),
+            );
+            columns.push(Arc::new(naive));
         } else {
             fields.push(field.as_ref().clone());
             columns.push(column.clone());
