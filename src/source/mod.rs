@@ -31,9 +31,7 @@ pub enum SourceError {
         port: u16,
         reason: String,
     },
-    #[error(
-        "endpoint '{endpoint}': authentication failed for user '{user}'. Check the password in the environment variable named by password_env{hint}"
-    )]
+    #[error("endpoint '{endpoint}': authentication failed for user '{user}'. {hint}")]
     Authentication {
         endpoint: String,
         user: String,

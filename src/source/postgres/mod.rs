@@ -35,6 +35,8 @@ pub struct PgEndpoint {
     pub port: u16,
     pub database: String,
     pub user: String,
+    /// The variable the password came from, to name it in errors.
+    password_env: Option<String>,
     password: Option<String>,
 }
 
@@ -57,6 +59,7 @@ impl PgEndpoint {
             port: e.port.unwrap_or(5432),
             database: e.database.clone().unwrap_or_else(|| "postgres".into()),
             user: e.user.clone().unwrap_or_else(|| "postgres".into()),
+            password_env: e.password_env.clone(),
             password,
         }
     }
@@ -105,12 +108,24 @@ impl PgEndpoint {
                     "28P01" => SourceError::Authentication {
                         endpoint,
                         user: self.user.clone(),
-                        hint: String::new(),
+                        hint: match &self.password_env {
+                            Some(var) => format!(
+                                "Check the password in the environment variable {var} (named by password_env)"
+                            ),
+                            None => {
+                                "The server wants a password: set password_env to the name of an \
+                                     environment variable that holds it"
+                                    .into()
+                            }
+                        },
                     },
                     "28000" => SourceError::Authentication {
                         endpoint,
                         user: self.user.clone(),
-                        hint: format!(" ({}; allow this client in pg_hba.conf)", db.message()),
+                        hint: format!(
+                            "The server refused this client ({}): allow it in pg_hba.conf",
+                            db.message()
+                        ),
                     },
                     "3D000" => SourceError::MissingDatabase {
                         endpoint,
