@@ -201,10 +201,28 @@ pub(super) async fn run<S: Source>(
             for (key, table) in new_states {
                 s.tables.insert(key, table);
             }
-            s.snapshot_position = Some(snapshot.position.clone());
+            // A resumed load reads its remaining ranges from a new, later snapshot. The first
+            // snapshot's position stays the one recorded: changes after it may be missing
+            // from the ranges loaded before the interruption, so CDC must start there.
+            // Replaying them over rows read later is harmless, since every change is a full
+            // image applied by key in position order.
+            s.snapshot_position
+                .get_or_insert_with(|| snapshot.position.clone());
             s.full_load_started_at.get_or_insert_with(chrono::Utc::now);
         })
         .await?;
+    let resumed: usize = state
+        .tables
+        .values()
+        .map(|t| t.ranges.iter().filter(|r| r.done).count())
+        .sum();
+    if resumed > 0 {
+        let total: usize = state.tables.values().map(|t| t.ranges.len()).sum();
+        events.log(
+            LogLevel::Info,
+            format!("resuming an interrupted full load: {resumed} of {total} range(s) already loaded are kept"),
+        );
+    }
     events.log(
         LogLevel::Info,
         format!(
