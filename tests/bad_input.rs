@@ -55,7 +55,7 @@ fn wrong_password() {
     let mut check = tributary_command(&["check", &ws, "--endpoint", "shop"]);
     let output = check.env("TEST_PG_PASSWORD", "nope").output().unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert_mentions(&stdout(&output), &["FAIL", "password", "fix:"]);
+    assert_mentions(&stdout(&output), &["FAIL", "Check the password"]);
 }
 
 #[test]
@@ -84,7 +84,10 @@ fn unreachable_host() {
     assert_mentions(&err, &["shop", "127.0.0.1:1"]);
     let output = tributary(&["check", &ws]);
     assert_eq!(output.status.code(), Some(1));
-    assert_mentions(&stdout(&output), &["FAIL", "127.0.0.1:1", "fix:"]);
+    assert_mentions(
+        &stdout(&output),
+        &["FAIL", "127.0.0.1:1", "Check that the server runs"],
+    );
 }
 
 #[test]
@@ -113,11 +116,11 @@ fn invalid_workspace_names_line_and_key() {
 
     let ws = dir.write_workspace(
         "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\n\
-         user = \"u\"\npassword = \"secret\"\n",
+         user = \"u\"\npassword = \"hunter2\"\n",
     );
     let err = assert_failure(&tributary(&["check", &ws]), 2);
     assert_mentions(&err, &["line 7", "password_env"]);
-    assert!(!err.contains("secret"), "the password was echoed:\n{err}");
+    assert!(!err.contains("hunter2"), "the password was echoed:\n{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -89,7 +89,11 @@ const EVERY_TYPE_TEXT_SQL: &[(&str, &str)] = &[
     ("c_bool", "c_bool::text"),
     ("c_text", "c_text"),
     ("c_varchar", "c_varchar"),
-    ("c_char", "c_char::text"),
+    // char(n) keeps its padding, as the server sends it (a cast to text would trim it).
+    (
+        "c_char",
+        "CASE WHEN c_char IS NOT NULL THEN format('%s', c_char) END",
+    ),
     ("c_bytea", "encode(c_bytea, 'hex')"),
     ("c_date", "c_date::text"),
     ("c_time", "c_time::text"),
@@ -195,8 +199,16 @@ async fn every_type_loads_value_by_value_with_warnings() {
         })
     };
     assert_eq!(logical("c_int2"), int(16, true));
-    assert_eq!(logical("c_int4"), int(32, true));
-    assert_eq!(logical("c_int8"), int(64, true));
+    let physical = |name: &str| {
+        schema
+            .columns()
+            .iter()
+            .find(|c| c.path().parts()[0] == name)
+            .map(|c| c.physical_type())
+    };
+    // 32- and 64-bit integers need no annotation: the physical type says it all.
+    assert_eq!(physical("c_int4"), Some(parquet::basic::Type::INT32));
+    assert_eq!(physical("c_int8"), Some(parquet::basic::Type::INT64));
     assert_eq!(
         logical("c_numeric"),
         Some(LogicalType::Decimal {
@@ -229,7 +241,7 @@ async fn every_type_loads_value_by_value_with_warnings() {
             unit: TimeUnit::MICROS
         })
     );
-    assert_eq!(logical("c_int_array"), int(32, true)); // the list's leaf
+    assert_eq!(physical("c_int_array"), Some(parquet::basic::Type::INT32)); // the list's leaf
     for column in reader.metadata().row_group(0).columns() {
         assert!(
             column.statistics().is_some(),
@@ -282,6 +294,16 @@ async fn every_type_loads_value_by_value_with_warnings() {
         for (name, _) in EVERY_TYPE_TEXT_SQL {
             let expected: Option<String> = row.get(*name);
             let actual = arrow_text(batch.column_by_name(name).unwrap().as_ref(), at);
+            if name.starts_with("c_float") {
+                // The two sides print floats differently (1e-05 / 0.00001): compare values.
+                let value = |s: &Option<String>| s.as_deref().map(|s| s.parse::<f64>().unwrap());
+                let (a, e) = (value(&actual), value(&expected));
+                assert!(
+                    a == e || a.zip(e).is_some_and(|(a, e)| a.is_nan() && e.is_nan()),
+                    "row {id}, column {name}: {actual:?} != {expected:?}"
+                );
+                continue;
+            }
             assert_eq!(actual, expected, "row {id}, column {name}");
         }
     }
