@@ -281,7 +281,7 @@ impl Workspace {
             if let Some(local) = &mut e.path
                 && local.is_relative()
             {
-                *local = base.join(&*local);
+                *local = normalize(&base.join(&*local));
             }
         }
         Ok(workspace)
@@ -412,6 +412,26 @@ fn line_of(text: &str, name: &str, key: &str) -> usize {
         .flatten()
         .unwrap_or(name_at);
     at + 1
+}
+
+/// `a/b/../c` as `a/c`, without touching the file system (the folder may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+                if matches!(
+                    out.components().next_back(),
+                    Some(std::path::Component::Normal(_))
+                ) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Why an endpoint or task is refused: the key at fault (empty: the whole block) and why.
