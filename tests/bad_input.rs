@@ -128,11 +128,7 @@ async fn missing_bucket() {
     let pg = Pg::from_env();
     small_database(&pg, "trib_bad_bucket").await;
     let dir = TestDir::new();
-    let target = format!(
-        "[[endpoints]]\nname = \"lake\"\nengine = \"s3\"\nbucket = \"no-such-bucket-here\"\n\
-         endpoint_url = \"{}\"\nforce_path_style = true\n\n",
-        s3_endpoint()
-    );
+    let target = s3_target_toml("lake", "no-such-bucket-here", &s3_endpoint());
     let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", "trib_bad_bucket"), &target);
     let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
     assert_mentions(
@@ -151,10 +147,7 @@ async fn access_denied() {
     let deny = std::env::var("TRIBUTARY_TEST_S3_DENY_ENDPOINT")
         .expect("TRIBUTARY_TEST_S3_DENY_ENDPOINT: run the tests through scripts/test");
     let dir = TestDir::new();
-    let target = format!(
-        "[[endpoints]]\nname = \"lake\"\nengine = \"s3\"\nbucket = \"somebody-elses\"\n\
-         endpoint_url = \"{deny}\"\nforce_path_style = true\n\n"
-    );
+    let target = s3_target_toml("lake", "somebody-elses", &deny);
     let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", "trib_bad_access"), &target);
     let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
     assert_mentions(

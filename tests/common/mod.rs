@@ -194,6 +194,14 @@ pub fn local_target_toml(name: &str, path: &Path) -> String {
     )
 }
 
+/// An S3 target endpoint block on an S3-compatible server.
+pub fn s3_target_toml(name: &str, bucket: &str, endpoint_url: &str) -> String {
+    format!(
+        "[[endpoints]]\nname = \"{name}\"\nengine = \"s3\"\nbucket = \"{bucket}\"\n\
+         endpoint_url = \"{endpoint_url}\"\nforce_path_style = true\nregion = \"us-east-1\"\n\n"
+    )
+}
+
 /// The files of a folder and below, sorted, relative to it.
 pub fn files_under(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
