@@ -4,7 +4,13 @@
 //! nothing here depends on it): a tuple split across chunks is kept until it is complete, so
 //! builders only ever see whole rows. Batches close at [`BATCH_ROWS`] rows or
 //! [`BATCH_BYTES`] of field data, whichever comes first, which bounds memory per reader.
+//!
+//! [`TextBatchBuilder`] builds the same Arrow types from PostgreSQL's text output (what
+//! pgoutput sends for CDC), with the session settings of [`super::SESSION_SETTINGS`]
+//! (`DateStyle=ISO`, `TimeZone=UTC`, `bytea_output=hex`, `extra_float_digits=1`), so a value
+//! lands in the lake identically whether it came from the full load or from the change stream.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -12,7 +18,7 @@ use arrow_array::builder::{
     Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
     Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, ListArray, RecordBatch};
+use arrow_array::{ArrayRef, ListArray, RecordBatch, RecordBatchOptions};
 use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::SchemaRef;
 
@@ -194,6 +200,123 @@ impl CopyBinaryDecoder {
     }
 }
 
+/// Builds record batches from rows of PostgreSQL text values (pgoutput's `t` values), into
+/// exactly the Arrow types and values [`CopyBinaryDecoder`] produces from binary COPY.
+///
+/// A row is appended whole or not at all: every value is parsed before any is appended, so
+/// after an error the builder holds the rows before it and can go on.
+pub struct TextBatchBuilder {
+    schema: SchemaRef,
+    columns: Vec<ColumnBuilder>,
+    nullable: Vec<bool>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl TextBatchBuilder {
+    /// `schema` has one field per kind, of type [`Kind::data_type`], like the full load's.
+    ///
+    /// # Panics
+    /// When `schema` does not match `kinds` (a programming error, not a data error).
+    pub fn new(schema: SchemaRef, kinds: &[Kind]) -> Self {
+        assert_eq!(
+            schema.fields().len(),
+            kinds.len(),
+            "TextBatchBuilder: the schema has {} fields for {} kinds",
+            schema.fields().len(),
+            kinds.len()
+        );
+        for (field, kind) in schema.fields().iter().zip(kinds) {
+            assert_eq!(
+                field.data_type(),
+                &kind.data_type(),
+                "TextBatchBuilder: field {} does not match its kind {kind:?}",
+                field.name()
+            );
+        }
+        TextBatchBuilder {
+            nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
+            schema,
+            columns: kinds.iter().map(ColumnBuilder::new).collect(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Appends one row: one value per column, in schema order, `None` for SQL NULL.
+    /// On error (its `column` says which value) nothing of the row is appended.
+    pub fn append_row<'a>(
+        &mut self,
+        values: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<(), DecodeError> {
+        let ncols = self.columns.len();
+        let mut parsed = Vec::with_capacity(ncols);
+        let mut bytes = 0;
+        for (i, value) in values.into_iter().enumerate() {
+            let Some(column) = self.columns.get(i) else {
+                return Err(DecodeError::framing(format!(
+                    "row has more than the table's {ncols} values"
+                )));
+            };
+            let error = |message| DecodeError {
+                column: Some(i),
+                message,
+            };
+            match value {
+                None if !self.nullable.get(i).copied().unwrap_or(true) => {
+                    return Err(error("null in a column that is not nullable".into()));
+                }
+                None => parsed.push(None),
+                Some(v) => {
+                    bytes += v.len();
+                    parsed.push(Some(column.parse_text(Cow::Borrowed(v)).map_err(error)?));
+                }
+            }
+        }
+        if parsed.len() != ncols {
+            return Err(DecodeError::framing(format!(
+                "row has {} values, the table has {ncols} columns",
+                parsed.len()
+            )));
+        }
+        for (i, (column, value)) in self.columns.iter_mut().zip(parsed).enumerate() {
+            // Cannot fail: each value was parsed by its own column.
+            column.append_parsed(value).map_err(|message| DecodeError {
+                column: Some(i),
+                message,
+            })?;
+        }
+        self.rows += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes of text appended since the last [`finish`](Self::finish), to bound batches.
+    pub fn text_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The rows appended so far as a batch (possibly empty); the builder starts over.
+    pub fn finish(&mut self) -> RecordBatch {
+        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
+        self.rows = 0;
+        self.bytes = 0;
+        // Types were checked in `new`, nulls in `append_row`: this cannot fail.
+        RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)
+            .unwrap_or_else(|e| panic!("text builder built arrays that do not fit its schema: {e}"))
+    }
+}
+
 fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
@@ -315,6 +438,110 @@ impl ColumnBuilder {
                 offsets.push(last + count as i32);
                 validity.append_non_null();
             }
+        }
+        Ok(())
+    }
+
+    /// Appends one value in PostgreSQL's text output format (`None` is SQL NULL), as the
+    /// same Arrow value [`append`](Self::append) gives for its binary form. On error
+    /// nothing is appended.
+    #[cfg_attr(not(test), allow(dead_code))] // rows go through parse_text + append_parsed
+    fn append_text(&mut self, value: Option<&str>) -> Result<(), String> {
+        let parsed = value
+            .map(|v| self.parse_text(Cow::Borrowed(v)))
+            .transpose()?;
+        self.append_parsed(parsed)
+    }
+
+    /// Parses a text value for this column without appending it.
+    fn parse_text<'a>(&self, v: Cow<'a, str>) -> Result<Parsed<'a>, String> {
+        Ok(match self {
+            ColumnBuilder::Bool(_) => Parsed::Bool(parse_bool(&v)?),
+            ColumnBuilder::Int16(_) => Parsed::Int16(parse_number(&v, "int2")?),
+            ColumnBuilder::Int32(_) => Parsed::Int32(parse_number(&v, "int4")?),
+            ColumnBuilder::Int64(_) => Parsed::Int64(parse_number(&v, "int8")?),
+            ColumnBuilder::Oid(_) => Parsed::Int64(parse_number::<u32>(&v, "oid")?.into()),
+            // Rust's parser reads `NaN`, `Infinity` and `-Infinity`, and rounds correctly,
+            // so PostgreSQL's shortest exact output gives back the very same float.
+            ColumnBuilder::Float32(_) => Parsed::Float32(parse_number(&v, "float4")?),
+            ColumnBuilder::Float64(_) => Parsed::Float64(parse_number(&v, "float8")?),
+            ColumnBuilder::Decimal(_, _, scale) => Parsed::Decimal(parse_numeric(&v, *scale)?),
+            ColumnBuilder::Text(_) | ColumnBuilder::Jsonb(_) | ColumnBuilder::Uuid(..) => {
+                Parsed::Text(v)
+            }
+            ColumnBuilder::Bytea(_) => Parsed::Bytes(parse_bytea(&v)?),
+            ColumnBuilder::Date(_) => Parsed::Date(parse_date(&v)?),
+            ColumnBuilder::Time(_) => Parsed::Time(parse_time(&v)?),
+            ColumnBuilder::Timestamp(_) => Parsed::Timestamp(parse_timestamp(&v, false)?),
+            ColumnBuilder::TimestampTz(_) => Parsed::Timestamp(parse_timestamp(&v, true)?),
+            ColumnBuilder::List { element, child, .. } => {
+                let elements: Vec<Option<Cow<'a, str>>> = match v {
+                    Cow::Borrowed(s) => parse_array_literal(s)?,
+                    Cow::Owned(s) => parse_array_literal(&s)?
+                        .into_iter()
+                        .map(|e| e.map(|e| Cow::Owned(e.into_owned())))
+                        .collect(),
+                };
+                let mut parsed = Vec::with_capacity(elements.len());
+                for e in elements {
+                    parsed.push(
+                        e.map(|e| child.parse_text(e))
+                            .transpose()
+                            .map_err(|m| format!("array element of type {element:?}: {m}"))?,
+                    );
+                }
+                Parsed::List(parsed)
+            }
+        })
+    }
+
+    /// Appends a value [`parse_text`](Self::parse_text) of this column returned.
+    fn append_parsed(&mut self, value: Option<Parsed<'_>>) -> Result<(), String> {
+        let Some(value) = value else {
+            self.append_null();
+            return Ok(());
+        };
+        match (self, value) {
+            (ColumnBuilder::Bool(b), Parsed::Bool(v)) => b.append_value(v),
+            (ColumnBuilder::Int16(b), Parsed::Int16(v)) => b.append_value(v),
+            (ColumnBuilder::Int32(b), Parsed::Int32(v)) => b.append_value(v),
+            (ColumnBuilder::Int64(b) | ColumnBuilder::Oid(b), Parsed::Int64(v)) => {
+                b.append_value(v)
+            }
+            (ColumnBuilder::Float32(b), Parsed::Float32(v)) => b.append_value(v),
+            (ColumnBuilder::Float64(b), Parsed::Float64(v)) => b.append_value(v),
+            (ColumnBuilder::Decimal(b, ..), Parsed::Decimal(v)) => b.append_value(v),
+            (
+                ColumnBuilder::Text(b) | ColumnBuilder::Jsonb(b) | ColumnBuilder::Uuid(b, _),
+                Parsed::Text(v),
+            ) => b.append_value(v),
+            (ColumnBuilder::Bytea(b), Parsed::Bytes(v)) => b.append_value(v),
+            (ColumnBuilder::Date(b), Parsed::Date(v)) => b.append_value(v),
+            (ColumnBuilder::Time(b), Parsed::Time(v)) => b.append_value(v),
+            (ColumnBuilder::Timestamp(b) | ColumnBuilder::TimestampTz(b), Parsed::Timestamp(v)) => {
+                b.append_value(v)
+            }
+            (
+                ColumnBuilder::List {
+                    offsets,
+                    validity,
+                    child,
+                    ..
+                },
+                Parsed::List(elements),
+            ) => {
+                let last = offsets.last().copied().unwrap_or(0);
+                let next = i32::try_from(elements.len())
+                    .ok()
+                    .and_then(|n| last.checked_add(n))
+                    .ok_or("more than 2^31 array elements in one batch")?;
+                for e in elements {
+                    child.append_parsed(e)?;
+                }
+                offsets.push(next);
+                validity.append_non_null();
+            }
+            _ => return Err("internal error: value parsed for a column of another type".into()),
         }
         Ok(())
     }
@@ -470,6 +697,480 @@ fn format_uuid(b: &[u8; 16], out: &mut String) {
     }
 }
 
+/// A text value parsed for one column, not yet appended: parsing a whole row before
+/// appending any of it keeps rows atomic.
+enum Parsed<'a> {
+    Bool(bool),
+    Int16(i16),
+    Int32(i32),
+    Int64(i64),
+    Float32(f32),
+    Float64(f64),
+    Decimal(i128),
+    Text(Cow<'a, str>),
+    Bytes(Vec<u8>),
+    Date(i32),
+    Time(i64),
+    Timestamp(i64),
+    List(Vec<Option<Parsed<'a>>>),
+}
+
+/// `v` for an error message, cut to a readable length.
+fn show(v: &str) -> String {
+    const MAX: usize = 64;
+    if v.chars().count() <= MAX {
+        format!("'{v}'")
+    } else {
+        format!("'{}…'", v.chars().take(MAX).collect::<String>())
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "t" | "true" => Ok(true),
+        "f" | "false" => Ok(false),
+        _ => Err(format!("invalid bool {}", show(v))),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("invalid {what} {}", show(v)))
+}
+
+/// A numeric's text (`-123.450`) as an unscaled i128 at `scale`. Missing decimal places
+/// are zeros; extra ones must be zeros.
+fn parse_numeric(v: &str, scale: i8) -> Result<i128, String> {
+    match v {
+        "NaN" => return Err("NaN does not fit a decimal column".into()),
+        "Infinity" | "-Infinity" => return Err("infinity does not fit a decimal column".into()),
+        _ => {}
+    }
+    let invalid = || format!("invalid numeric {}", show(v));
+    let (negative, digits) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v.strip_prefix('+').unwrap_or(v)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let overflow = || "numeric value exceeds 38 digits".to_string();
+    // Digits kept: those left of the point, plus `scale` after it (fewer if scale < 0).
+    let keep = int.len() as i64 + scale as i64;
+    let mut unscaled: i128 = 0;
+    for (k, b) in int.bytes().chain(frac.bytes()).enumerate() {
+        let digit = i128::from(b - b'0');
+        if (k as i64) < keep {
+            unscaled = unscaled
+                .checked_mul(10)
+                .and_then(|u| u.checked_add(digit))
+                .ok_or_else(overflow)?;
+        } else if digit != 0 {
+            return Err(format!(
+                "numeric {} has more decimal places than the column's scale {scale}",
+                show(v)
+            ));
+        }
+    }
+    let missing = keep - (int.len() + frac.len()) as i64;
+    if missing > 0 {
+        unscaled = u32::try_from(missing)
+            .ok()
+            .and_then(|m| 10i128.checked_pow(m))
+            .and_then(|p| unscaled.checked_mul(p))
+            .ok_or_else(overflow)?;
+    }
+    Ok(if negative { -unscaled } else { unscaled })
+}
+
+/// bytea's hex output (`\x0102`); the escape format is read too.
+fn parse_bytea(v: &str) -> Result<Vec<u8>, String> {
+    let invalid = || format!("invalid bytea {}", show(v));
+    if let Some(hex) = v.strip_prefix("\\x") {
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        };
+        let hex = hex.as_bytes();
+        if hex.len() % 2 != 0 {
+            return Err(invalid());
+        }
+        return hex
+            .chunks_exact(2)
+            .map(|pair| match pair {
+                [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+                _ => None,
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(invalid);
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut bytes = v.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'\\') => out.push(b'\\'),
+            Some(d1 @ b'0'..=b'3') => {
+                let mut value = d1 - b'0';
+                for _ in 0..2 {
+                    match bytes.next() {
+                        Some(d @ b'0'..=b'7') => value = value << 3 | (d - b'0'),
+                        _ => return Err(invalid()),
+                    }
+                }
+                out.push(value);
+            }
+            _ => return Err(invalid()),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits the ` BC` suffix PostgreSQL puts after dates and timestamps before year 1.
+fn strip_bc(v: &str) -> (&str, bool) {
+    match v.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (v, false),
+    }
+}
+
+/// An unsigned decimal field of 1 to `max_len` ASCII digits.
+fn digits(s: &str, max_len: usize) -> Option<i64> {
+    if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// `YYYY-MM-DD` (the year may have more digits; `bc` for a ` BC` suffix) as days since
+/// 1970-01-01 in the proleptic Gregorian calendar, as PostgreSQL counts.
+fn parse_ymd(s: &str, bc: bool) -> Option<i64> {
+    let mut parts = s.splitn(3, '-');
+    let year = digits(parts.next()?, 8)?;
+    let month = digits(parts.next()?, 2)?;
+    let day = digits(parts.next()?, 2)?;
+    if year < 1 {
+        return None;
+    }
+    // Year 1 BC is astronomical year 0.
+    let year = if bc { 1 - year } else { year };
+    let leap = year.rem_euclid(4) == 0 && (year.rem_euclid(100) != 0 || year.rem_euclid(400) == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&day) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    Some(era * 146_097 + day_of_era - 719_468)
+}
+
+/// `HH:MM:SS[.ffffff]` as microseconds since midnight (up to `24:00:00`).
+fn parse_hms(s: &str) -> Option<i64> {
+    let mut parts = s.splitn(3, ':');
+    let hours = digits(parts.next()?, 2)?;
+    let minutes = digits(parts.next()?, 2)?;
+    let last = parts.next()?;
+    let (seconds, fraction) = match last.split_once('.') {
+        Some((seconds, fraction)) => (seconds, Some(fraction)),
+        None => (last, None),
+    };
+    let seconds = digits(seconds, 2)?;
+    let micros = match fraction {
+        None => 0,
+        Some(f) => digits(f, 6)? * 10i64.pow(6 - f.len() as u32),
+    };
+    if minutes > 59 || seconds > 60 {
+        return None;
+    }
+    let total = ((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + micros;
+    (total <= 86_400_000_000).then_some(total)
+}
+
+/// `+HH`, `+HH:MM` or `+HH:MM:SS` (or `-`) as seconds east of UTC.
+fn parse_offset(s: &str) -> Option<i64> {
+    let (sign, rest) = match s.split_at_checked(1)? {
+        ("+", rest) => (1, rest),
+        ("-", rest) => (-1, rest),
+        _ => return None,
+    };
+    let mut seconds = 0;
+    let mut count = 0;
+    for (i, part) in rest.split(':').enumerate() {
+        let value = digits(part, 2)?;
+        if i > 2 || (i > 0 && value > 59) {
+            return None;
+        }
+        seconds += value * [3600, 60, 1].get(i)?;
+        count += 1;
+    }
+    (count > 0).then_some(sign * seconds)
+}
+
+/// A date as days since 1970-01-01; ±infinity as `i32::MAX`/`i32::MIN` like binary COPY.
+fn parse_date(v: &str) -> Result<i32, String> {
+    match v {
+        "infinity" => return Ok(i32::MAX),
+        "-infinity" => return Ok(i32::MIN),
+        _ => {}
+    }
+    let (s, bc) = strip_bc(v);
+    parse_ymd(s, bc)
+        .and_then(|days| i32::try_from(days).ok())
+        .ok_or_else(|| format!("invalid date {}", show(v)))
+}
+
+fn parse_time(v: &str) -> Result<i64, String> {
+    parse_hms(v).ok_or_else(|| format!("invalid time {}", show(v)))
+}
+
+/// A timestamp (`with_zone`: timestamptz, whose offset is subtracted) as µs since the UNIX
+/// epoch; ±infinity as `i64::MAX`/`i64::MIN`, and saturating, like binary COPY.
+fn parse_timestamp(v: &str, with_zone: bool) -> Result<i64, String> {
+    match v {
+        "infinity" => return Ok(i64::MAX),
+        "-infinity" => return Ok(i64::MIN),
+        _ => {}
+    }
+    let invalid = || {
+        let what = if with_zone {
+            "timestamptz"
+        } else {
+            "timestamp"
+        };
+        format!("invalid {what} {}", show(v))
+    };
+    let (s, bc) = strip_bc(v);
+    let (date, rest) = s.split_once(' ').ok_or_else(invalid)?;
+    let (time, offset) = match rest.find(['+', '-']) {
+        Some(i) => {
+            let (time, offset) = rest.split_at_checked(i).ok_or_else(invalid)?;
+            (time, Some(offset))
+        }
+        None => (rest, None),
+    };
+    let offset_seconds = match offset {
+        None => 0,
+        Some(o) if with_zone => parse_offset(o).ok_or_else(invalid)?,
+        Some(_) => {
+            return Err(format!(
+                "{}: a timestamp without time zone has an offset",
+                invalid()
+            ));
+        }
+    };
+    let days = parse_ymd(date, bc).ok_or_else(invalid)?;
+    let time = parse_hms(time).ok_or_else(invalid)?;
+    let micros = i128::from(days) * 86_400_000_000 + i128::from(time)
+        - i128::from(offset_seconds) * 1_000_000;
+    // The binary path saturates at the ends of the range; so does this.
+    Ok(micros.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
+}
+
+/// The deepest array PostgreSQL has (MAXDIM).
+const MAX_ARRAY_DIMENSIONS: usize = 6;
+
+/// The elements of an array literal (`{1,2,NULL}`, `{{1,2},{3,4}}`, `[0:1]={"a b",x}`),
+/// flattened in row order; `None` for an unquoted `NULL`. Elements without escapes borrow
+/// from `v`.
+fn parse_array_literal(v: &str) -> Result<Vec<Option<Cow<'_, str>>>, String> {
+    let invalid = |why: &str| format!("invalid array literal {}: {why}", show(v));
+    let mut body = v.trim_start();
+    if body.starts_with('[') {
+        // Dimension decoration, when a lower bound is not 1: `[0:1][1:2]=`.
+        let (decoration, rest) = body
+            .split_once('=')
+            .ok_or_else(|| invalid("dimensions without '='"))?;
+        if !decoration
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"[]:+- ".contains(&b))
+        {
+            return Err(invalid("malformed dimensions"));
+        }
+        body = rest.trim_start();
+    }
+    let mut parser = ArrayParser {
+        s: body,
+        pos: 0,
+        out: Vec::new(),
+    };
+    parser.level(1).map_err(invalid)?;
+    parser.skip_whitespace();
+    if parser.pos != body.len() {
+        return Err(invalid("text after the closing '}'"));
+    }
+    Ok(parser.out)
+}
+
+struct ArrayParser<'a> {
+    s: &'a str,
+    /// Byte position; only ever moved past ASCII bytes or whole characters.
+    pos: usize,
+    out: Vec<Option<Cow<'a, str>>>,
+}
+
+impl<'a> ArrayParser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.as_bytes().get(self.pos).copied()
+    }
+
+    fn rest(&self) -> &'a str {
+        self.s.get(self.pos..).unwrap_or_default()
+    }
+
+    fn skip_whitespace(&mut self) {
+        let rest = self.rest();
+        self.pos += rest.len() - rest.trim_start().len();
+    }
+
+    /// One `{…}` level, its elements appended to `out`.
+    fn level(&mut self, depth: usize) -> Result<(), &'static str> {
+        if depth > MAX_ARRAY_DIMENSIONS {
+            return Err("more than 6 dimensions");
+        }
+        if self.peek() != Some(b'{') {
+            return Err("expected '{'");
+        }
+        self.pos += 1;
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b'{') => self.level(depth + 1)?,
+                Some(b'"') => {
+                    let element = self.quoted()?;
+                    self.out.push(Some(element));
+                }
+                Some(_) => {
+                    let element = self.unquoted()?;
+                    self.out.push(element);
+                }
+                None => return Err("unexpected end"),
+            }
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err("expected ',' or '}' after an element"),
+                None => return Err("unexpected end"),
+            }
+        }
+    }
+
+    /// A `"…"` element: `\` escapes the next character.
+    fn quoted(&mut self) -> Result<Cow<'a, str>, &'static str> {
+        self.pos += 1; // the opening quote
+        let mut owned: Option<String> = None;
+        loop {
+            let rest = self.rest();
+            let i = rest
+                .find(['"', '\\'])
+                .ok_or("unterminated quoted element")?;
+            let (segment, tail) = rest.split_at_checked(i).ok_or("bad character boundary")?;
+            let mut tail = tail.chars();
+            match tail.next() {
+                Some('"') => {
+                    self.pos += i + 1;
+                    return Ok(match owned {
+                        Some(mut o) => {
+                            o.push_str(segment);
+                            Cow::Owned(o)
+                        }
+                        None => Cow::Borrowed(segment),
+                    });
+                }
+                _ => {
+                    let escaped = tail.next().ok_or("unterminated quoted element")?;
+                    let o = owned.get_or_insert_with(String::new);
+                    o.push_str(segment);
+                    o.push(escaped);
+                    self.pos += i + 1 + escaped.len_utf8();
+                }
+            }
+        }
+    }
+
+    /// An unquoted element up to `,` or `}`: trailing whitespace dropped, `\` escapes the
+    /// next character, and `NULL` (any case, unescaped) is null.
+    fn unquoted(&mut self) -> Result<Option<Cow<'a, str>>, &'static str> {
+        let rest = self.rest();
+        let mut end = None;
+        let mut escaped = false;
+        let mut has_escape = false;
+        for (i, c) in rest.char_indices() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\\' => {
+                    escaped = true;
+                    has_escape = true;
+                }
+                ',' | '}' => {
+                    end = Some(i);
+                    break;
+                }
+                '{' | '"' => return Err("unexpected '{' or '\"' in an unquoted element"),
+                _ => {}
+            }
+        }
+        let end = end.ok_or("unexpected end")?;
+        let raw = rest.get(..end).ok_or("bad character boundary")?;
+        self.pos += end;
+        if !has_escape {
+            let element = raw.trim_end();
+            if element.is_empty() {
+                return Err("empty unquoted element");
+            }
+            if element.eq_ignore_ascii_case("NULL") {
+                return Ok(None);
+            }
+            return Ok(Some(Cow::Borrowed(element)));
+        }
+        // Escaped characters, whitespace included, are kept; trailing plain whitespace is not.
+        let mut element = String::with_capacity(raw.len());
+        let mut keep = 0;
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                element.extend(chars.next());
+                keep = element.len();
+            } else {
+                element.push(c);
+                if !c.is_whitespace() {
+                    keep = element.len();
+                }
+            }
+        }
+        element.truncate(keep);
+        Ok(Some(Cow::Owned(element)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,5 +1302,568 @@ mod tests {
             .feed(&stream[..stream.len() - 2], &mut |_| {})
             .expect("decodes");
         assert!(decoder.finish().is_err());
+    }
+
+    /// Builds a column from binary values and another from text values of `kind`, and
+    /// asserts the two arrays are equal.
+    fn assert_same(kind: Kind, values: &[(Option<Vec<u8>>, Option<&str>)]) {
+        let mut binary = ColumnBuilder::new(&kind);
+        let mut text = ColumnBuilder::new(&kind);
+        for (b, t) in values {
+            binary.append(b.as_deref()).expect("binary decodes");
+            text.append_text(*t)
+                .unwrap_or_else(|e| panic!("{kind:?} text {t:?}: {e}"));
+        }
+        let (binary, text) = (binary.finish(), text.finish());
+        assert_eq!(binary.data_type(), &kind.data_type());
+        assert_eq!(&*binary, &*text, "{kind:?}");
+    }
+
+    fn be<const N: usize>(v: [u8; N]) -> Option<Vec<u8>> {
+        Some(v.to_vec())
+    }
+
+    #[test]
+    fn text_scalars_equal_binary() {
+        assert_same(
+            Kind::Bool,
+            &[(be([1]), Some("t")), (be([0]), Some("f")), (None, None)],
+        );
+        assert_same(
+            Kind::Int16,
+            &[
+                (be(i16::MIN.to_be_bytes()), Some("-32768")),
+                (be(7i16.to_be_bytes()), Some("7")),
+            ],
+        );
+        assert_same(
+            Kind::Int32,
+            &[
+                (be(i32::MAX.to_be_bytes()), Some("2147483647")),
+                (None, None),
+            ],
+        );
+        assert_same(
+            Kind::Int64,
+            &[(be(i64::MIN.to_be_bytes()), Some("-9223372036854775808"))],
+        );
+        assert_same(
+            Kind::Oid,
+            &[(be(u32::MAX.to_be_bytes()), Some("4294967295"))],
+        );
+        assert_same(
+            Kind::Float32,
+            &[
+                (be(0.1f32.to_be_bytes()), Some("0.1")),
+                (be((-0.0f32).to_be_bytes()), Some("-0")),
+                (be(f32::MAX.to_be_bytes()), Some("3.4028235e+38")),
+                (be(1.0e-45f32.to_be_bytes()), Some("1e-45")),
+                (be(f32::NAN.to_be_bytes()), Some("NaN")),
+                (be(f32::INFINITY.to_be_bytes()), Some("Infinity")),
+                (be(f32::NEG_INFINITY.to_be_bytes()), Some("-Infinity")),
+            ],
+        );
+        assert_same(
+            Kind::Float64,
+            &[
+                (be(0.1f64.to_be_bytes()), Some("0.1")),
+                (be((1.0f64 / 3.0).to_be_bytes()), Some("0.3333333333333333")),
+                (be(f64::MIN.to_be_bytes()), Some("-1.7976931348623157e+308")),
+                (be(5e-324f64.to_be_bytes()), Some("5e-324")),
+                (be(123456789012.0f64.to_be_bytes()), Some("123456789012")),
+                (be(f64::NAN.to_be_bytes()), Some("NaN")),
+                (be(f64::INFINITY.to_be_bytes()), Some("Infinity")),
+            ],
+        );
+        assert_same(
+            Kind::Text,
+            &[
+                (Some("héllo".into()), Some("héllo")),
+                (Some(vec![]), Some("")),
+                (None, None),
+            ],
+        );
+        assert_same(
+            Kind::Jsonb,
+            &[(
+                Some(b"\x01{\"a\": [1, 2]}".to_vec()),
+                Some("{\"a\": [1, 2]}"),
+            )],
+        );
+        assert_same(
+            Kind::Uuid,
+            &[(
+                Some(vec![
+                    0x12, 0x3e, 0x45, 0x67, 0xe8, 0x9b, 0x12, 0xd3, 0xa4, 0x56, 0x42, 0x66, 0x14,
+                    0x17, 0x40, 0x00,
+                ]),
+                Some("123e4567-e89b-12d3-a456-426614174000"),
+            )],
+        );
+        assert_same(
+            Kind::Bytea,
+            &[
+                (Some(vec![0, 0xff, 0x10, 0xAB]), Some("\\x00ff10AB")),
+                (Some(vec![]), Some("\\x")),
+                (Some(b"a\\\x01".to_vec()), Some("a\\\\\\001")),
+            ],
+        );
+    }
+
+    #[test]
+    fn text_numerics_equal_binary() {
+        let kind = Kind::Decimal {
+            precision: 12,
+            scale: 3,
+        };
+        assert_same(
+            kind.clone(),
+            &[
+                (Some(numeric(0, 0x4000, 3, &[123, 4500])), Some("-123.450")),
+                (Some(numeric(0, 0, 0, &[])), Some("0.000")),
+                (Some(numeric(1, 0, 3, &[123, 4567])), Some("1234567.000")),
+                (Some(numeric(-1, 0, 3, &[50])), Some("0.005")),
+                // Fewer digits than the scale are padded, extra zeros dropped.
+                (Some(numeric(0, 0, 0, &[5])), Some("5")),
+                (Some(numeric(0, 0, 3, &[1, 5000])), Some("1.50000")),
+                (Some(numeric(0, 0, 3, &[1, 5000])), Some("+1.5")),
+                (None, None),
+            ],
+        );
+        assert_same(
+            Kind::Decimal {
+                precision: 38,
+                scale: 0,
+            },
+            &[(
+                Some(numeric(9, 0, 0, &[1])),
+                Some(&format!("1{}", "0".repeat(36))),
+            )],
+        );
+        let mut b = ColumnBuilder::new(&kind);
+        for bad in [
+            "1.0005",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "",
+            "-",
+            "1.2.3",
+            "1e5",
+            "12a",
+        ] {
+            assert!(b.append_text(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(
+            b.append_text(Some(&"9".repeat(40))),
+            Err("numeric value exceeds 38 digits".to_string())
+        );
+        assert_eq!(b.finish().len(), 0, "failed values append nothing");
+        assert_eq!(parse_numeric(".5", 2), Ok(50));
+        assert_eq!(parse_numeric("-0.5", 0).map_err(|_| ()), Err(()));
+        assert_eq!(parse_numeric("12300", -2), Ok(123));
+        assert!(parse_numeric("12340", -2).is_err());
+    }
+
+    /// Days since 2000-01-01 in binary.
+    fn pg_date(days: i32) -> Option<Vec<u8>> {
+        Some(days.to_be_bytes().to_vec())
+    }
+
+    /// µs since 2000-01-01 in binary.
+    fn pg_ts(micros: i64) -> Option<Vec<u8>> {
+        Some(micros.to_be_bytes().to_vec())
+    }
+
+    const DAY: i64 = 86_400_000_000;
+    /// 4714-11-24 BC (proleptic Gregorian), Julian day 0, PostgreSQL's first date.
+    const JULIAN_ZERO: i32 = -2_451_545;
+
+    #[test]
+    fn text_dates_and_times_equal_binary() {
+        assert_same(
+            Kind::Date,
+            &[
+                (pg_date(0), Some("2000-01-01")),
+                (pg_date(-10_957), Some("1970-01-01")),
+                (pg_date(8_825), Some("2024-02-29")),
+                (pg_date(-1), Some("1999-12-31")),
+                (pg_date(JULIAN_ZERO), Some("4714-11-24 BC")),
+                (pg_date(-730_119), Some("0001-01-01")),
+                (pg_date(-730_120), Some("0001-12-31 BC")),
+                // The last date PostgreSQL has, Julian day 2147483493.
+                (pg_date(2_145_031_948), Some("5874897-12-31")),
+                (pg_date(i32::MAX), Some("infinity")),
+                (pg_date(i32::MIN), Some("-infinity")),
+                (None, None),
+            ],
+        );
+        assert_same(
+            Kind::Time,
+            &[
+                (pg_ts(0), Some("00:00:00")),
+                (pg_ts(DAY - 1), Some("23:59:59.999999")),
+                (pg_ts(DAY), Some("24:00:00")),
+                (pg_ts(45_296_500_000), Some("12:34:56.5")),
+                (pg_ts(1), Some("00:00:00.000001")),
+            ],
+        );
+        let timestamps = [
+            (pg_ts(0), "2000-01-01 00:00:00"),
+            (pg_ts(-946_684_800_000_000), "1970-01-01 00:00:00"),
+            (pg_ts(-1), "1999-12-31 23:59:59.999999"),
+            (pg_ts(8_825 * DAY + 3_723_450_000), "2024-02-29 01:02:03.45"),
+            (pg_ts(JULIAN_ZERO as i64 * DAY), "4714-11-24 00:00:00 BC"),
+            (
+                pg_ts(-730_120 * DAY + DAY - 1),
+                "0001-12-31 23:59:59.999999 BC",
+            ),
+            // PostgreSQL's last timestamp saturates when moved to the UNIX epoch.
+            (
+                pg_ts(9_223_371_331_200_000_000 - 1),
+                "294276-12-31 23:59:59.999999",
+            ),
+            (pg_ts(i64::MAX), "infinity"),
+            (pg_ts(i64::MIN), "-infinity"),
+        ];
+        assert_same(
+            Kind::Timestamp,
+            &timestamps
+                .iter()
+                .map(|(b, t)| (b.clone(), Some(*t)))
+                .collect::<Vec<_>>(),
+        );
+        let mut with_zone: Vec<_> = timestamps
+            .iter()
+            .map(|(b, t)| {
+                let t = match t.strip_suffix(" BC") {
+                    Some(t) => format!("{t}+00 BC"),
+                    None if t.ends_with("infinity") => t.to_string(),
+                    None => format!("{t}+00"),
+                };
+                (b.clone(), t)
+            })
+            .collect();
+        with_zone.extend([
+            (pg_ts(0), "2000-01-01 01:00:00+01".to_string()),
+            (pg_ts(0), "1999-12-31 19:30:00-04:30".to_string()),
+            (pg_ts(0), "2000-01-01 00:53:28+00:53:28".to_string()),
+            (pg_ts(0), "2000-01-01 00:00:00".to_string()),
+        ]);
+        assert_same(
+            Kind::TimestampTz,
+            &with_zone
+                .iter()
+                .map(|(b, t)| (b.clone(), Some(t.as_str())))
+                .collect::<Vec<_>>(),
+        );
+
+        let mut b = ColumnBuilder::new(&Kind::Date);
+        for bad in [
+            "2023-02-29",
+            "2000-13-01",
+            "2000-00-10",
+            "0000-01-01",
+            "2000-01",
+            "2000/01/01",
+            "Infinity",
+            "99999999999999999999-01-01",
+        ] {
+            assert!(b.append_text(Some(bad)).is_err(), "{bad}");
+        }
+        let mut b = ColumnBuilder::new(&Kind::Time);
+        for bad in [
+            "24:00:00.000001",
+            "12:60:00",
+            "12:00",
+            "12:00:00.1234567",
+            "1:2:x",
+        ] {
+            assert!(b.append_text(Some(bad)).is_err(), "{bad}");
+        }
+        let mut b = ColumnBuilder::new(&Kind::Timestamp);
+        for bad in [
+            "2000-01-01",
+            "2000-01-01 00:00:00+00",
+            "2000-01-01T00:00:00",
+        ] {
+            assert!(b.append_text(Some(bad)).is_err(), "{bad}");
+        }
+        let mut b = ColumnBuilder::new(&Kind::TimestampTz);
+        for bad in [
+            "2000-01-01 00:00:00+",
+            "2000-01-01 00:00:00+01:60",
+            "2000-01-01 00:00:00+1:2:3:4",
+        ] {
+            assert!(b.append_text(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// A one- or more-dimensional binary array of int4 (lower bounds 1).
+    fn int_array(dims: &[i32], elements: &[Option<i32>]) -> Option<Vec<u8>> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+        v.extend_from_slice(&0i32.to_be_bytes());
+        v.extend_from_slice(&23i32.to_be_bytes());
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+            v.extend_from_slice(&1i32.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(x) => {
+                    v.extend_from_slice(&4i32.to_be_bytes());
+                    v.extend_from_slice(&x.to_be_bytes());
+                }
+            }
+        }
+        Some(v)
+    }
+
+    /// A one-dimensional binary array of text.
+    fn text_array(elements: &[Option<&str>]) -> Option<Vec<u8>> {
+        let mut v = Vec::new();
+        for x in [1i32, 0, 25, elements.len() as i32, 1] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(s) => {
+                    v.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                    v.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        Some(v)
+    }
+
+    #[test]
+    fn text_arrays_equal_binary() {
+        assert_same(
+            Kind::List(Box::new(Kind::Int32)),
+            &[
+                (
+                    int_array(&[3], &[Some(1), Some(2), None]),
+                    Some("{1,2,NULL}"),
+                ),
+                (
+                    int_array(&[2, 2], &[Some(1), Some(2), Some(3), Some(4)]),
+                    Some("{{1,2},{3,4}}"),
+                ),
+                (int_array(&[], &[]), Some("{}")),
+                (None, None),
+                (int_array(&[2], &[Some(5), Some(-6)]), Some("[0:1]={5,-6}")),
+                (int_array(&[1], &[None]), Some("{ null }")),
+            ],
+        );
+        assert_same(
+            Kind::List(Box::new(Kind::Text)),
+            &[(
+                text_array(&[
+                    Some("a b"),
+                    Some("x, y"),
+                    None,
+                    Some("q\"uote"),
+                    Some("back\\slash"),
+                    Some("NULL"),
+                    Some("plain"),
+                    Some(""),
+                    Some("{}"),
+                ]),
+                Some(r#"{"a b","x, y",NULL,"q\"uote","back\\slash","NULL",plain,"","{}"}"#),
+            )],
+        );
+        let mut ts = Vec::new();
+        for x in [1i32, 0, 1114, 2, 1] {
+            ts.extend_from_slice(&x.to_be_bytes());
+        }
+        for micros in [0i64, i64::MAX] {
+            ts.extend_from_slice(&8i32.to_be_bytes());
+            ts.extend_from_slice(&micros.to_be_bytes());
+        }
+        assert_same(
+            Kind::List(Box::new(Kind::Timestamp)),
+            &[(Some(ts), Some(r#"{"2000-01-01 00:00:00",infinity}"#))],
+        );
+        let mut bytea = Vec::new();
+        for x in [1i32, 0, 17, 1, 1, 2] {
+            bytea.extend_from_slice(&x.to_be_bytes());
+        }
+        bytea.extend_from_slice(&[1, 2]);
+        assert_same(
+            Kind::List(Box::new(Kind::Bytea)),
+            &[(Some(bytea), Some(r#"{"\\x0102"}"#))],
+        );
+
+        let mut b = ColumnBuilder::new(&Kind::List(Box::new(Kind::Int32)));
+        let err = b.append_text(Some("{1,x}")).expect_err("x is not an int");
+        assert!(
+            err.starts_with("array element of type Int32: invalid int4 'x'"),
+            "{err}"
+        );
+        assert_eq!(b.finish().len(), 0, "a failed array appends nothing");
+    }
+
+    fn elements(v: &str) -> Result<Vec<Option<String>>, String> {
+        parse_array_literal(v).map(|e| e.into_iter().map(|e| e.map(Cow::into_owned)).collect())
+    }
+
+    fn some(items: &[&str]) -> Vec<Option<String>> {
+        items.iter().map(|s| Some(s.to_string())).collect()
+    }
+
+    #[test]
+    fn array_literals_parse() {
+        assert_eq!(elements("{}"), Ok(vec![]));
+        assert_eq!(elements(" { } "), Ok(vec![]));
+        assert_eq!(elements("{1,2,3}"), Ok(some(&["1", "2", "3"])));
+        assert_eq!(
+            elements("{NULL,null,\"NULL\",NULLx}"),
+            Ok(vec![None, None, Some("NULL".into()), Some("NULLx".into())])
+        );
+        assert_eq!(
+            elements(r#"{"a b","x, y","q\"uote","back\\slash","{}",""}"#),
+            Ok(some(&["a b", "x, y", "q\"uote", "back\\slash", "{}", ""]))
+        );
+        assert_eq!(
+            elements("{{1,2},{3,4},{5,NULL}}"),
+            Ok(vec![
+                Some("1".into()),
+                Some("2".into()),
+                Some("3".into()),
+                Some("4".into()),
+                Some("5".into()),
+                None
+            ])
+        );
+        assert_eq!(elements("{{{a}},{{b}}}"), Ok(some(&["a", "b"])));
+        assert_eq!(elements("[0:1]={1,2}"), Ok(some(&["1", "2"])));
+        assert_eq!(
+            elements("[1:2][-1:0]={{a,b},{c,d}}"),
+            Ok(some(&["a", "b", "c", "d"]))
+        );
+        // Unquoted: surrounding whitespace is dropped, escapes kept, escaped NULL is text.
+        assert_eq!(elements("{ a b , c }"), Ok(some(&["a b", "c"])));
+        assert_eq!(
+            elements(r"{a\,b,\NULL,x\ }"),
+            Ok(some(&["a,b", "NULL", "x "]))
+        );
+        assert_eq!(elements("{\"é\\ü\",ß}"), Ok(some(&["éü", "ß"])));
+        // Elements without escapes borrow from the input.
+        let v = r#"{"a b",c}"#;
+        assert!(
+            parse_array_literal(v)
+                .expect("parses")
+                .iter()
+                .all(|e| matches!(e, Some(Cow::Borrowed(_))))
+        );
+
+        for bad in [
+            "",
+            "1,2",
+            "{1,2",
+            "{1,2}x",
+            "{1,,2}",
+            "{,}",
+            "{\"a}",
+            "{\"a\"b}",
+            "{a\"b\"}",
+            "{1,{2}",
+            "[0:1]{1,2}",
+            "[x]={1}",
+            "{{{{{{{1}}}}}}}",
+            "{a\\",
+            "{\"a\\",
+        ] {
+            assert!(elements(bad).is_err(), "{bad:?}");
+        }
+        assert!(elements("{{{{{{1}}}}}}").is_ok(), "six dimensions");
+    }
+
+    fn text_schema(kinds: &[Kind], nullable: bool) -> SchemaRef {
+        Arc::new(Schema::new(
+            kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Field::new(format!("c{i}"), k.data_type(), nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[test]
+    fn text_batches_match_the_binary_decoder() {
+        let kinds = [
+            Kind::Int32,
+            Kind::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+            Kind::TimestampTz,
+            Kind::List(Box::new(Kind::Int32)),
+        ];
+        let schema = text_schema(&kinds, true);
+        let mut decoder = CopyBinaryDecoder::new(schema.clone(), &kinds);
+        let stream = copy_stream(&[
+            vec![
+                Some(1i32.to_be_bytes().to_vec()),
+                Some(numeric(0, 0, 2, &[12, 5000])),
+                pg_ts(DAY),
+                int_array(&[2], &[Some(1), None]),
+            ],
+            vec![None, None, None, None],
+        ]);
+        decoder.feed(&stream, &mut |_| {}).expect("decodes");
+        let binary = decoder.finish().expect("trailer").expect("rows");
+
+        let mut builder = TextBatchBuilder::new(schema, &kinds);
+        assert!(builder.is_empty());
+        builder
+            .append_row([
+                Some("1"),
+                Some("12.50"),
+                Some("2000-01-02 00:00:00+00"),
+                Some("{1,NULL}"),
+            ])
+            .expect("appends");
+        // A bad value fails the whole row, which leaves nothing behind.
+        let err = builder
+            .append_row([Some("2"), Some("x"), None, None])
+            .expect_err("x is not numeric");
+        assert_eq!(err.column, Some(1));
+        assert!(builder.append_row([Some("2")]).is_err(), "too few values");
+        assert_eq!(
+            builder
+                .append_row([None, None, None, None, None])
+                .map_err(|e| e.column),
+            Err(None),
+            "too many values"
+        );
+        builder.append_row([None; 4]).expect("appends");
+        assert_eq!(builder.len(), 2);
+        assert_eq!(builder.text_bytes(), 1 + 5 + 22 + 8);
+        assert_eq!(builder.finish(), binary);
+
+        // Reusable after finish; an empty batch has the schema and no rows.
+        assert!(builder.is_empty());
+        assert_eq!(builder.text_bytes(), 0);
+        assert_eq!(builder.finish().num_rows(), 0);
+        builder
+            .append_row([Some("7"), None, None, Some("{}")])
+            .expect("appends");
+        let batch = builder.finish();
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.column(0).as_primitive::<Int32Type>().value(0), 7);
+    }
+
+    #[test]
+    fn text_batch_rejects_null_in_not_null_column() {
+        let kinds = [Kind::Text];
+        let mut builder = TextBatchBuilder::new(text_schema(&kinds, false), &kinds);
+        let err = builder.append_row([None]).expect_err("not nullable");
+        assert_eq!(err.column, Some(0));
+        builder.append_row([Some("x")]).expect("appends");
+        assert_eq!(builder.finish().num_rows(), 1);
     }
 }
