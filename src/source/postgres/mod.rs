@@ -5,7 +5,9 @@
 //! which works for every table, with or without a primary key, and reads each page once.
 //! Partitioned tables load as their leaf partitions (each is a table of its own).
 
-mod copy_binary;
+pub mod copy_binary;
+pub mod pgoutput;
+pub mod replication;
 pub mod types;
 
 use std::sync::Arc;
@@ -26,6 +28,16 @@ use super::{
 use crate::config::EndpointConfig;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Session settings of every connection, so values read as text (types without a Parquet
+/// mapping in the full load, every value in CDC) are formatted the same way everywhere.
+pub const SESSION_SETTINGS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "1"),
+];
 
 /// Connection settings of a PostgreSQL endpoint, password resolved from the environment.
 #[derive(Clone)]
@@ -70,7 +82,8 @@ impl PgEndpoint {
             .port(self.port)
             .username(&self.user)
             .database(&self.database)
-            .application_name("tributary");
+            .application_name("tributary")
+            .options(SESSION_SETTINGS);
         if let Some(p) = &self.password {
             o = o.password(p);
         }
@@ -166,6 +179,8 @@ pub struct PostgresSource {
     /// The connection whose transaction exported the snapshot; it must stay open while
     /// readers import the snapshot.
     snapshot_holder: Mutex<Option<PgConnection>>,
+    /// A snapshot exported by the task's replication slot, used instead of a new one.
+    slot_snapshot: Option<Snapshot>,
 }
 
 impl PostgresSource {
@@ -173,7 +188,19 @@ impl PostgresSource {
         PostgresSource {
             endpoint,
             snapshot_holder: Mutex::new(None),
+            slot_snapshot: None,
         }
+    }
+
+    /// Reads the full load from `snapshot`, exported when the replication slot was created
+    /// (its holder must stay open until the load ends), so CDC starts exactly where it ends.
+    pub fn with_slot_snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.slot_snapshot = Some(snapshot);
+        self
+    }
+
+    pub fn pg(&self) -> &PgEndpoint {
+        &self.endpoint
     }
 
     async fn fetch_checks(&self, conn: &mut PgConnection) -> Result<Vec<CheckResult>, sqlx::Error> {
@@ -286,6 +313,64 @@ WHERE c.relkind = 'r'
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY n.nspname, c.relname, a.attnum";
 
+/// The decode kind of a column from its catalog facts (base type of a domain, element type
+/// of an array), or `None` when it is read as text.
+fn kind_of(
+    base_oid: i64,
+    typmod: i32,
+    typtype: &str,
+    elem_oid: i64,
+    elem_typtype: &str,
+) -> Option<Kind> {
+    if elem_oid != 0 {
+        scalar_kind(elem_oid as u32, typmod, elem_typtype == "e").map(|k| Kind::List(Box::new(k)))
+    } else {
+        scalar_kind(base_oid as u32, typmod, typtype == "e")
+    }
+}
+
+/// The type facts [`kind_of`] needs, for one type OID and typmod (as pgoutput gives them).
+const TYPE_SQL: &str = "
+SELECT bt.oid::int8,
+       (CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE $2 END)::int4,
+       bt.typtype::text,
+       COALESCE(et.oid::int8, 0),
+       COALESCE(et.typtype::text, ''),
+       format_type($1::oid, $2)
+FROM pg_type t
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' AND bt.typlen = -1
+WHERE t.oid = $1::oid";
+
+impl PgEndpoint {
+    /// The decode kind of a column of type `oid` with `typmod` (`None`: read as text), and the
+    /// type's name, e.g. `numeric(12,2)`.
+    pub async fn type_kind(
+        &self,
+        conn: &mut PgConnection,
+        oid: u32,
+        typmod: i32,
+    ) -> Result<(Option<Kind>, String), SourceError> {
+        let row = sqlx::query(TYPE_SQL)
+            .bind(oid as i64)
+            .bind(typmod)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.classify(e, &format!("looking up type {oid}")))?;
+        let get = |e| self.classify(e, "reading pg_type");
+        let base_oid: i64 = row.try_get(0).map_err(get)?;
+        let typmod: i32 = row.try_get(1).map_err(get)?;
+        let typtype: String = row.try_get(2).map_err(get)?;
+        let elem_oid: i64 = row.try_get(3).map_err(get)?;
+        let elem_typtype: String = row.try_get(4).map_err(get)?;
+        let name: String = row.try_get(5).map_err(get)?;
+        Ok((
+            kind_of(base_oid, typmod, &typtype, elem_oid, &elem_typtype),
+            name,
+        ))
+    }
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -346,12 +431,7 @@ impl Source for PostgresSource {
             let elem_oid: i64 = row.try_get(10).map_err(get)?;
             let elem_typtype: String = row.try_get(11).map_err(get)?;
             let key_position: i32 = row.try_get(13).map_err(get)?;
-            let kind = if elem_oid != 0 {
-                scalar_kind(elem_oid as u32, typmod, elem_typtype == "e")
-                    .map(|k| Kind::List(Box::new(k)))
-            } else {
-                scalar_kind(base_oid as u32, typmod, typtype == "e")
-            };
+            let kind = kind_of(base_oid, typmod, &typtype, elem_oid, &elem_typtype);
             let new_table = tables
                 .last()
                 .is_none_or(|t| t.schema != schema || t.name != name);
@@ -442,6 +522,9 @@ impl Source for PostgresSource {
     }
 
     async fn open_snapshot(&self) -> Result<Snapshot, SourceError> {
+        if let Some(snapshot) = &self.slot_snapshot {
+            return Ok(snapshot.clone());
+        }
         let mut conn = self.endpoint.connect().await?;
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await

@@ -1,0 +1,293 @@
+//! Logical replication plumbing: the task's publication and slot, and the pgoutput stream.
+//!
+//! Invariants:
+//! - the slot is created before the full load's snapshot and exports it, so the full load
+//!   sees exactly the transactions committed before the slot's consistent point and the
+//!   stream carries exactly those after it;
+//! - the replication connection that exported the snapshot stays idle until the full load
+//!   is over (any command on it would end the snapshot);
+//! - the slot is only advanced by the caller, through [`ChangeStream::confirm`], once the
+//!   changes up to that position are durable.
+//!
+//! Sessions use `DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`,
+//! `bytea_output=hex` and `extra_float_digits=1` (see [`super::SESSION_SETTINGS`]), so
+//! pgoutput's text values and the full load's text casts are formatted alike.
+
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use sqlx::{PgConnection, Row};
+
+use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
+use crate::source::{Snapshot, SourceError};
+
+/// A slot as the server reports it.
+#[derive(Debug, Clone)]
+pub struct SlotStatus {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub confirmed_flush: Option<String>,
+    /// Bytes of WAL the slot holds back: current WAL position minus `restart_lsn`.
+    pub retained_bytes: i64,
+    pub active: bool,
+}
+
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    Lsn::parse(text).ok().map(|l| l.as_u64())
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    Lsn::from_u64(lsn).to_pg_string()
+}
+
+impl PgEndpoint {
+    fn replication_config(&self, slot: &str, publication: &str) -> ReplicationConfig {
+        let options = SESSION_SETTINGS
+            .iter()
+            .map(|(k, v)| format!("-c {k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone().unwrap_or_default(),
+            self.database.clone(),
+            slot,
+            publication,
+        )
+        .with_port(self.port)
+        .with_tls(TlsConfig::disabled())
+        .with_options(options)
+        .with_application_name("tributary")
+    }
+
+    /// A replication error as a [`SourceError`] naming the endpoint and the fix.
+    pub fn classify_replication(&self, e: PgWireError, context: &str) -> SourceError {
+        let endpoint = self.name.clone();
+        let message = e.to_string();
+        if e.is_auth() || message.contains("28P01") || message.contains("password authentication") {
+            return SourceError::Authentication {
+                endpoint,
+                user: self.user.clone(),
+                hint: "Check the password, and that pg_hba.conf allows replication connections \
+                       (host replication <user> <address> scram-sha-256)"
+                    .into(),
+            };
+        }
+        if e.is_io() {
+            return SourceError::Unreachable {
+                endpoint,
+                host: self.host.clone(),
+                port: self.port,
+                reason: message,
+            };
+        }
+        let fix = if message.contains("does not exist") && message.contains("slot") {
+            " The replication slot is gone: run the task with --reload to load again and \
+             recreate it (changes since the slot was dropped are lost to CDC)"
+        } else if message.contains("must be superuser or replication role")
+            || message.contains("permission denied to start WAL sender")
+        {
+            " Grant the user replication: ALTER ROLE <user> WITH REPLICATION"
+        } else if message.contains("logical decoding requires wal_level") {
+            " Set wal_level = logical in postgresql.conf and restart PostgreSQL"
+        } else if message.contains("all replication slots are in use") {
+            " Raise max_replication_slots, or drop unused slots (pg_drop_replication_slot)"
+        } else {
+            ""
+        };
+        SourceError::Database {
+            endpoint,
+            context: context.to_owned(),
+            message: format!("{message}.{fix}"),
+        }
+    }
+
+    /// The task's publication: created `FOR ALL TABLES` if absent (tables are then picked by
+    /// the task's selection rules, and new tables are captured as they appear).
+    pub async fn ensure_publication(&self, publication: &str) -> Result<bool, SourceError> {
+        let mut conn = self.connect().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+                .bind(publication)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| self.classify(e, "looking up the publication"))?;
+        if exists {
+            return Ok(false);
+        }
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR ALL TABLES",
+            quote_ident(publication)
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| self.classify(e, &format!("creating publication {publication}")))?;
+        Ok(true)
+    }
+
+    pub async fn slot_status(&self, slot: &str) -> Result<Option<SlotStatus>, SourceError> {
+        let mut conn = self.connect().await?;
+        self.slot_status_on(&mut conn, slot).await
+    }
+
+    pub async fn slot_status_on(
+        &self,
+        conn: &mut PgConnection,
+        slot: &str,
+    ) -> Result<Option<SlotStatus>, SourceError> {
+        let row = sqlx::query(
+            "SELECT plugin::text, database::text, confirmed_flush_lsn::text, \
+             COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::int8, active \
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.classify(e, "looking up the replication slot"))?;
+        let Some(row) = row else { return Ok(None) };
+        let get = |e| self.classify(e, "reading the replication slot");
+        Ok(Some(SlotStatus {
+            plugin: row.try_get(0).map_err(get)?,
+            database: row.try_get(1).map_err(get)?,
+            confirmed_flush: row.try_get(2).map_err(get)?,
+            retained_bytes: row.try_get(3).map_err(get)?,
+            active: row.try_get(4).map_err(get)?,
+        }))
+    }
+
+    /// Creates the slot on a replication connection and exports its snapshot. The returned
+    /// holder must stay open, idle, until every reader has imported the snapshot.
+    pub async fn create_slot_with_snapshot(
+        &self,
+        slot: &str,
+        publication: &str,
+    ) -> Result<(SnapshotHolder, Snapshot), SourceError> {
+        let context = format!("creating replication slot {slot}");
+        let mut client =
+            ReplicationClient::connect_gated(self.replication_config(slot, publication))
+                .await
+                .map_err(|e| self.classify_replication(e, &context))?;
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(slot)
+            ))
+            .await
+            .map_err(|e| self.classify_replication(e, &context))?;
+        let field = |i: usize| {
+            rows.first()
+                .and_then(|r| r.get(i))
+                .and_then(|v| v.as_ref())
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+                .ok_or_else(|| SourceError::Database {
+                    endpoint: self.name.clone(),
+                    context: context.clone(),
+                    message: "CREATE_REPLICATION_SLOT returned no slot".into(),
+                })
+        };
+        let snapshot = Snapshot {
+            position: field(1)?,
+            id: field(2)?,
+        };
+        Ok((SnapshotHolder { _client: client }, snapshot))
+    }
+
+    pub async fn drop_slot(&self, slot: &str) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| self.classify(e, &format!("dropping replication slot {slot}")))?;
+        Ok(())
+    }
+
+    pub async fn drop_publication(&self, publication: &str) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| self.classify(e, &format!("dropping publication {publication}")))?;
+        Ok(())
+    }
+
+    /// Streams the slot's changes from after `start` (0: from the slot's confirmed point).
+    pub async fn stream(
+        &self,
+        slot: &str,
+        publication: &str,
+        start: u64,
+    ) -> Result<ChangeStream, SourceError> {
+        let config = self
+            .replication_config(slot, publication)
+            .with_start_lsn(Lsn::from_u64(start));
+        let client = ReplicationClient::connect(config)
+            .await
+            .map_err(|e| self.classify_replication(e, &format!("streaming slot {slot}")))?;
+        Ok(ChangeStream {
+            client,
+            endpoint: self.clone(),
+            slot: slot.to_owned(),
+        })
+    }
+
+    /// Writes a heartbeat into the WAL (a non-transactional logical message, which the
+    /// stream passes by), so a slot on an idle database can advance.
+    pub async fn heartbeat(&self, conn: &mut PgConnection) -> Result<(), SourceError> {
+        sqlx::query("SELECT pg_logical_emit_message(false, 'tributary.heartbeat', now()::text)")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.classify(e, "writing a heartbeat"))?;
+        Ok(())
+    }
+
+    /// The server's current WAL position.
+    pub async fn current_position(&self, conn: &mut PgConnection) -> Result<u64, SourceError> {
+        let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.classify(e, "reading the WAL position"))?;
+        parse_lsn(&text).ok_or_else(|| SourceError::Database {
+            endpoint: self.name.clone(),
+            context: "reading the WAL position".into(),
+            message: format!("unexpected LSN '{text}'"),
+        })
+    }
+}
+
+/// Keeps the replication connection that exported a snapshot open and idle.
+pub struct SnapshotHolder {
+    _client: ReplicationClient,
+}
+
+/// The slot's change stream: pgoutput messages in commit order.
+pub struct ChangeStream {
+    client: ReplicationClient,
+    endpoint: PgEndpoint,
+    slot: String,
+}
+
+impl ChangeStream {
+    pub async fn recv(&mut self) -> Result<Option<ReplicationEvent>, SourceError> {
+        self.client.recv().await.map_err(|e| {
+            self.endpoint
+                .classify_replication(e, &format!("streaming slot {}", self.slot))
+        })
+    }
+
+    /// Lets the server recycle WAL up to `position`: call only once everything before it
+    /// is durable.
+    pub fn confirm(&self, position: u64) {
+        self.client.update_applied_lsn(Lsn::from_u64(position));
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.client.shutdown().await;
+    }
+}
