@@ -153,6 +153,48 @@ pub struct TaskConfig {
     pub target_settings: TargetSettings,
     #[serde(default)]
     pub full_load_settings: FullLoadSettings,
+    #[serde(default)]
+    pub cdc_settings: CdcSettings,
+}
+
+impl TaskConfig {
+    pub fn has_full_load(&self) -> bool {
+        self.migration_type != MigrationType::Cdc
+    }
+
+    pub fn has_cdc(&self) -> bool {
+        self.migration_type != MigrationType::FullLoad
+    }
+
+    /// The replication slot of the task: `cdc_settings.slot_name`, or one named after it.
+    pub fn slot_name(&self) -> String {
+        named_after_task(&self.cdc_settings.slot_name, &self.name)
+    }
+
+    /// The publication of the task: `cdc_settings.publication_name`, or one named after it.
+    pub fn publication_name(&self) -> String {
+        named_after_task(&self.cdc_settings.publication_name, &self.name)
+    }
+}
+
+/// `tributary_<task>` in the alphabet PostgreSQL allows for slot names (lower case, digits,
+/// underscore; at most 63 bytes), unless `given` is set.
+fn named_after_task(given: &str, task: &str) -> String {
+    if !given.is_empty() {
+        return given.to_owned();
+    }
+    let mut name: String = format!("tributary_{task}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(63);
+    name
 }
 
 fn default_migration_type() -> MigrationType {
@@ -255,6 +297,36 @@ pub struct FullLoadSettings {
     pub max_full_load_sub_tasks: usize,
     /// A table larger than this (MB on disk) loads in ranges of about this size.
     pub parallel_load_range_mb: u64,
+}
+
+/// Change data capture settings (PostgreSQL: the slot and publication, as DMS names them,
+/// and slot hygiene).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdcSettings {
+    /// Replication slot; empty: `tributary_<task>`. Created if absent, reused on restart.
+    pub slot_name: String,
+    /// Publication; empty: `tributary_<task>`. Created if absent, reused on restart.
+    pub publication_name: String,
+    /// Write a heartbeat into the WAL so an idle database does not hold WAL forever
+    /// (DMS `HeartbeatEnable`).
+    pub heartbeat_enable: bool,
+    /// Minutes between heartbeats (DMS `HeartbeatFrequency`).
+    pub heartbeat_frequency: u64,
+    /// Warn when the slot holds more WAL than this many MB.
+    pub slot_wal_warning_mb: u64,
+}
+
+impl Default for CdcSettings {
+    fn default() -> Self {
+        CdcSettings {
+            slot_name: String::new(),
+            publication_name: String::new(),
+            heartbeat_enable: true,
+            heartbeat_frequency: 5,
+            slot_wal_warning_mb: 1024,
+        }
+    }
 }
 
 impl Default for FullLoadSettings {
@@ -616,14 +688,26 @@ fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), Refusal> {
             "full_load_settings.max_full_load_sub_tasks must be at least 1".into(),
         ));
     }
-    if t.migration_type != MigrationType::FullLoad {
+    let c = &t.cdc_settings;
+    for (key, name) in [
+        ("slot_name", &c.slot_name),
+        ("publication_name", &c.publication_name),
+    ] {
+        let valid = name.len() <= 63
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+        if !name.is_empty() && !valid {
+            return Err((
+                key,
+                format!("{key} '{name}': use lower-case letters, digits and '_', at most 63"),
+            ));
+        }
+    }
+    if c.heartbeat_frequency == 0 {
         return Err((
-            "migration_type",
-            format!(
-                "migration_type {:?} is not available yet: this build supports full-load",
-                t.migration_type
-            )
-            .to_lowercase(),
+            "heartbeat_frequency",
+            "heartbeat_frequency is in minutes and must be at least 1".into(),
         ));
     }
     Ok(())

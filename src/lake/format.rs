@@ -138,6 +138,8 @@ struct OpenFile {
     encoder: Encoder,
     path: PathBuf,
     rows: u64,
+    /// The file's size as of the last write.
+    size: u64,
     /// Bytes a CSV or JSON encoder has written to the file so far.
     written: Arc<AtomicUsize>,
 }
@@ -171,6 +173,11 @@ impl RollingWriter {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// Bytes of the open file so far (encoded, plus what is buffered for the row group).
+    pub fn open_bytes(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.size)
     }
 
     /// Writes a batch of the table's own columns. Returns a file when this batch filled it.
@@ -212,6 +219,7 @@ impl RollingWriter {
             }
         };
         open.rows += batch.num_rows() as u64;
+        open.size = size as u64;
         if size as u64 >= self.options.max_file_bytes {
             return self.close();
         }
@@ -292,6 +300,7 @@ impl RollingWriter {
             encoder,
             path,
             rows: 0,
+            size: 0,
             written,
         })
     }

@@ -4,6 +4,12 @@
 //! numbered by a hexadecimal counter, as in DMS. A task's own state lives beside the data
 //! under `<bucket_folder>/_tributary/<task>/`, so a task can resume from any machine; readers
 //! such as Glue crawlers and pyarrow skip folders starting with `_`.
+//!
+//! CDC files: `<table folder>/[date partition/]YYYYMMDD-HHMMSSmmm.<ext>`, named by commit
+//! time as DMS names them; the partition (`year=YYYY/month=MM/day=DD` or `YYYY/MM/DD`, in
+//! the configured sequence) comes from the commit date.
+
+use crate::config::{DatePartitionSequence, DatePartitionStyle};
 
 /// Joins non-empty key segments with `/`.
 fn join(parts: &[&str]) -> String {
@@ -44,9 +50,71 @@ pub fn parse_load_number(file_name: &str) -> Option<u32> {
     u32::from_str_radix(hex, 16).ok()
 }
 
+/// The date-partition folder of a commit time, ending with `/`.
+pub fn date_partition(
+    time: chrono::DateTime<chrono::Utc>,
+    sequence: DatePartitionSequence,
+    style: DatePartitionStyle,
+) -> String {
+    use DatePartitionSequence as S;
+    let (y, m, d, h) = (
+        time.format("%Y").to_string(),
+        time.format("%m").to_string(),
+        time.format("%d").to_string(),
+        time.format("%H").to_string(),
+    );
+    let parts: Vec<(&str, String)> = match sequence {
+        S::YyyyMmDd => vec![("year", y), ("month", m), ("day", d)],
+        S::YyyyMmDdHh => vec![("year", y), ("month", m), ("day", d), ("hour", h)],
+        S::YyyyMm => vec![("year", y), ("month", m)],
+        S::MmYyyyDd => vec![("month", m), ("year", y), ("day", d)],
+        S::DdMmYyyy => vec![("day", d), ("month", m), ("year", y)],
+    };
+    let mut out = String::new();
+    for (name, value) in parts {
+        match style {
+            DatePartitionStyle::Hive => out.push_str(&format!("{name}={value}/")),
+            DatePartitionStyle::Dms => out.push_str(&format!("{value}/")),
+        }
+    }
+    out
+}
+
+/// `20240229-134530123.parquet`: a CDC file named by commit time (UTC, milliseconds).
+pub fn cdc_file_name(time: chrono::DateTime<chrono::Utc>, extension: &str) -> String {
+    format!("{}.{extension}", time.format("%Y%m%d-%H%M%S%3f"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cdc_names_and_partitions_follow_dms() {
+        use chrono::TimeZone;
+        let t = chrono::Utc
+            .with_ymd_and_hms(2024, 2, 29, 13, 45, 30)
+            .single()
+            .unwrap()
+            + chrono::Duration::milliseconds(123);
+        assert_eq!(cdc_file_name(t, "parquet"), "20240229-134530123.parquet");
+        assert_eq!(
+            date_partition(t, DatePartitionSequence::YyyyMmDd, DatePartitionStyle::Hive),
+            "year=2024/month=02/day=29/"
+        );
+        assert_eq!(
+            date_partition(
+                t,
+                DatePartitionSequence::YyyyMmDdHh,
+                DatePartitionStyle::Dms
+            ),
+            "2024/02/29/13/"
+        );
+        assert_eq!(
+            date_partition(t, DatePartitionSequence::DdMmYyyy, DatePartitionStyle::Dms),
+            "29/02/2024/"
+        );
+    }
 
     #[test]
     fn names_follow_dms() {
