@@ -38,9 +38,13 @@ enum Command {
         workspace: PathBuf,
         #[arg(long)]
         task: String,
-        /// Delete the task's previous full-load files and load every table again.
+        /// Delete the task's previous full-load files and load every table again (with CDC:
+        /// recreate the replication slot).
         #[arg(long)]
         reload: bool,
+        /// CDC: stop once every change committed before the start is written (for scripts).
+        #[arg(long)]
+        until_caught_up: bool,
     },
     /// Test endpoints' connections and prerequisites, and say how to fix what is wrong.
     Check {
@@ -138,7 +142,18 @@ pub fn main() -> ExitCode {
                 workspace,
                 task,
                 reload,
-            } => run(workspace, task, reload).await,
+                until_caught_up,
+            } => {
+                run(
+                    workspace,
+                    task,
+                    RunOptions {
+                        reload,
+                        until_caught_up,
+                    },
+                )
+                .await
+            }
             Command::Check {
                 workspace,
                 endpoint,
@@ -167,7 +182,7 @@ fn load_workspace(path: &std::path::Path) -> Result<Workspace, ExitCode> {
     Workspace::load(path).map_err(|e| fail(2, e))
 }
 
-async fn run(path: PathBuf, task_name: String, reload: bool) -> ExitCode {
+async fn run(path: PathBuf, task_name: String, options: RunOptions) -> ExitCode {
     let workspace = match load_workspace(&path) {
         Ok(w) => w,
         Err(code) => return code,
@@ -180,7 +195,7 @@ async fn run(path: PathBuf, task_name: String, reload: bool) -> ExitCode {
         Arc::new(workspace),
         path,
         &task_name,
-        RunOptions { reload },
+        options,
     );
     let stopper = handle.stopper();
     tokio::spawn(async move {
@@ -262,6 +277,16 @@ impl Progress {
                     LogLevel::Error => "error",
                 };
                 self.line(format!("{tag}: {message}"));
+            }
+            TaskEvent::Cdc(stats) => {
+                self.line(format!(
+                    "cdc: confirmed {}  batches {}  latency {} ms  {:.0} changes/s  slot lag {} KB",
+                    stats.confirmed_position,
+                    stats.batches,
+                    stats.latency_ms,
+                    stats.changes_per_second,
+                    stats.slot_lag_bytes / 1024
+                ));
             }
             TaskEvent::Planned { tables } => {
                 for t in tables {

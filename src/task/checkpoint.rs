@@ -5,7 +5,12 @@
 //!   range completes, so it always describes files that are durably in place;
 //! - a full-load file that the state does not list belongs to an unfinished range and is
 //!   deleted on resume, so a killed load leaves neither partial nor duplicate files;
-//! - the range plan of a table is fixed when the table is first planned and reused on resume.
+//! - the range plan of a table is fixed when the table is first planned and reused on resume;
+//! - CDC: before a batch's files are put in place, their keys are recorded as the pending
+//!   batch; once all are in place, the batch's end position becomes `confirmed_position` and
+//!   the pending batch is cleared, in one write. Only then is the slot advanced. A restart
+//!   deletes the files of a pending batch and streams again from `confirmed_position`, so
+//!   every change lands in exactly one file.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +54,52 @@ pub struct TaskState {
     pub full_load_completed_at: Option<DateTime<Utc>>,
     /// Keyed by `schema.table`.
     pub tables: BTreeMap<String, TableLoadState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcState>,
+}
+
+/// Where change data capture stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CdcState {
+    pub slot: String,
+    pub publication: String,
+    /// The end of the last transaction whose changes are durably in files (PostgreSQL: an
+    /// LSN). Streaming resumes after it.
+    pub confirmed_position: Option<String>,
+    /// A batch being put in place: on restart its files are deleted and it is redone.
+    pub pending_batch: Option<PendingBatch>,
+    pub batches: u64,
+    /// Milliseconds since the epoch of the newest CDC file name, so names keep increasing.
+    pub last_file_millis: i64,
+    /// Keyed by `schema.table`.
+    pub tables: BTreeMap<String, CdcTableState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingBatch {
+    pub keys: Vec<String>,
+    pub end_position: String,
+}
+
+/// What CDC has written for one table, and its schema history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CdcTableState {
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub ddls: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Schema changes and truncates seen in the stream, oldest first.
+    pub schema_changes: Vec<SchemaChange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchemaChange {
+    /// The `_position` from which the change applies.
+    pub position: String,
+    /// What happened, e.g. `columns: id int8, name text, email text` or `truncate`.
+    pub change: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +219,7 @@ impl Checkpoint {
                 full_load_started_at: None,
                 full_load_completed_at: None,
                 tables: BTreeMap::new(),
+                cdc: None,
             },
         };
         Ok(Checkpoint {
@@ -203,6 +255,7 @@ impl Checkpoint {
             s.snapshot_position = None;
             s.full_load_started_at = None;
             s.full_load_completed_at = None;
+            s.cdc = None;
         })
         .await
     }

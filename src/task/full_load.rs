@@ -61,6 +61,7 @@ impl TableJob {
 pub(super) async fn run<S: Source>(
     source: Arc<S>,
     storage: Storage,
+    checkpoint: Arc<Checkpoint>,
     task: TaskConfig,
     options: RunOptions,
     events: Events,
@@ -68,15 +69,6 @@ pub(super) async fn run<S: Source>(
 ) -> Result<TaskSummary, TaskError> {
     let started = Instant::now();
     let settings = &task.target_settings;
-    let checkpoint = Arc::new(
-        Checkpoint::open(
-            storage.clone(),
-            &settings.bucket_folder,
-            &task.name,
-            source.endpoint(),
-        )
-        .await?,
-    );
     let rules = SelectionRules::new(&task.include, &task.exclude);
     let tables = source.discover(&rules).await?;
     for warning in tables.iter().flat_map(TableInfo::warnings) {

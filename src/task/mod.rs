@@ -5,6 +5,7 @@
 //! [`TaskHandle`]: [`TaskCommand`]s go in, [`TaskEvent`]s come out, and the final
 //! [`TaskSummary`] is awaited on the handle. Nothing here blocks the caller's thread.
 
+mod cdc;
 pub mod checkpoint;
 mod full_load;
 pub mod stats;
@@ -14,11 +15,13 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ConfigError, Engine, Workspace};
+use crate::config::{ConfigError, Engine, MigrationType, TaskConfig, Workspace};
 use crate::lake::format::FormatError;
 use crate::lake::{Storage, StorageError};
 use crate::source::SourceError;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
+pub use cdc::CdcStats;
+use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;
 pub use stats::{TableState, TableStats, TaskSummary};
 
@@ -44,6 +47,10 @@ pub enum TaskError {
     Stopped { task: String },
     #[error("task '{task}': engine {engine:?} is not supported as a source yet")]
     UnsupportedSource { task: String, engine: Engine },
+    #[error(
+        "task '{task}': replication slot {slot} is gone, so changes since the last run are lost to CDC. Run the task with --reload to load every table again and create a new slot"
+    )]
+    SlotLost { task: String, slot: String },
     #[error("task '{task}' failed inside the engine: {message}")]
     Internal { task: String, message: String },
 }
@@ -71,6 +78,8 @@ pub enum TaskEvent {
     },
     /// A table's statistics changed.
     Table(TableStats),
+    /// Task-wide CDC figures: latency, throughput, slot lag.
+    Cdc(CdcStats),
     Log {
         level: LogLevel,
         message: String,
@@ -80,8 +89,11 @@ pub enum TaskEvent {
 /// Options of one run of a task.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Load every table again from scratch, deleting the task's previous full-load files.
+    /// Load every table again from scratch, deleting the task's previous full-load files
+    /// (and, with CDC, recreating the replication slot).
     pub reload: bool,
+    /// CDC: stop once every change committed before the run started is written.
+    pub until_caught_up: bool,
 }
 
 pub struct TaskHandle {
@@ -172,15 +184,160 @@ async fn run(
     let source_endpoint = workspace.endpoint(&task.source, path)?;
     let target_endpoint = workspace.endpoint(&task.target, path)?;
     let storage = Storage::from_endpoint(target_endpoint).await?;
+    let checkpoint = Arc::new(
+        Checkpoint::open(
+            storage.clone(),
+            &task.target_settings.bucket_folder,
+            &task.name,
+            &task.source,
+        )
+        .await?,
+    );
     match source_endpoint.engine {
         Engine::Postgres => {
             let password = source_endpoint.resolve_password()?;
-            let source = PostgresSource::new(PgEndpoint::from_config(source_endpoint, password));
-            full_load::run(Arc::new(source), storage, task, options, events, stop).await
+            let pg = PgEndpoint::from_config(source_endpoint, password);
+            run_postgres(pg, storage, checkpoint, task, options, events, stop).await
         }
         engine => Err(TaskError::UnsupportedSource {
             task: task.name,
             engine,
         }),
     }
+}
+
+/// A PostgreSQL task: the full load, CDC, or the full load from the slot's snapshot and
+/// then CDC from exactly where the snapshot ends.
+async fn run_postgres(
+    pg: PgEndpoint,
+    storage: Storage,
+    checkpoint: Arc<Checkpoint>,
+    task: TaskConfig,
+    options: RunOptions,
+    events: Events,
+    stop: watch::Receiver<Option<TaskCommand>>,
+) -> Result<TaskSummary, TaskError> {
+    let started = std::time::Instant::now();
+    if task.migration_type == MigrationType::FullLoad {
+        let source = Arc::new(PostgresSource::new(pg));
+        return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
+    }
+    let slot = task.slot_name();
+    let publication = task.publication_name();
+    if pg.ensure_publication(&publication).await? {
+        events.log(
+            LogLevel::Info,
+            format!("created publication {publication} FOR ALL TABLES"),
+        );
+    }
+    let mut options = options;
+    if options.reload && pg.slot_status(&slot).await?.is_some() {
+        pg.drop_slot(&slot).await?;
+        events.log(
+            LogLevel::Info,
+            format!("reload: dropped replication slot {slot}"),
+        );
+    }
+    let state = checkpoint.snapshot().await;
+    let mut source = PostgresSource::new(pg.clone());
+    let mut holder = None;
+    if pg.slot_status(&slot).await?.is_none() {
+        if state
+            .cdc
+            .as_ref()
+            .and_then(|c| c.confirmed_position.as_ref())
+            .is_some()
+        {
+            return Err(TaskError::SlotLost {
+                task: task.name.clone(),
+                slot,
+            });
+        }
+        let (h, snapshot) = pg.create_slot_with_snapshot(&slot, &publication).await?;
+        events.log(
+            LogLevel::Info,
+            format!("created replication slot {slot} at {}", snapshot.position),
+        );
+        if task.has_full_load() {
+            // Everything loaded before the slot existed could miss changes: load afresh
+            // from the slot's own snapshot.
+            if !state.tables.is_empty() && !options.reload {
+                events.log(
+                    LogLevel::Info,
+                    "the slot is new, so the full load starts afresh from its snapshot",
+                );
+            }
+            options.reload = !state.tables.is_empty() || options.reload;
+            source = source.with_slot_snapshot(snapshot.clone());
+            holder = Some(h);
+        }
+        checkpoint
+            .update(|s| {
+                let c = s.cdc.get_or_insert_with(Default::default);
+                c.slot = slot.clone();
+                c.publication = publication.clone();
+                if !task.has_full_load() {
+                    c.confirmed_position = Some(snapshot.position.clone());
+                }
+            })
+            .await?;
+    }
+    let mut tables = Vec::new();
+    let mut location = storage.uri(&crate::lake::layout::table_prefix(
+        &task.target_settings.bucket_folder,
+        &task.source,
+        "",
+        "",
+    ));
+    let mut snapshot_position = None;
+    if task.has_full_load() {
+        let summary = full_load::run(
+            Arc::new(source),
+            storage.clone(),
+            checkpoint.clone(),
+            task.clone(),
+            options.clone(),
+            events.clone(),
+            stop.clone(),
+        )
+        .await?;
+        tables = summary.tables;
+        location = summary.location;
+        snapshot_position = summary.snapshot_position;
+    }
+    drop(holder); // the snapshot is no longer needed by anyone
+    let outcome = cdc::CdcRun {
+        pg,
+        storage,
+        task: task.clone(),
+        checkpoint,
+        events,
+        stop,
+        until_caught_up: options.until_caught_up,
+    }
+    .run()
+    .await?;
+    for cdc_table in outcome.tables {
+        match tables
+            .iter_mut()
+            .find(|t: &&mut TableStats| t.qualified_name() == cdc_table.qualified_name())
+        {
+            Some(t) => {
+                t.inserts = cdc_table.inserts;
+                t.updates = cdc_table.updates;
+                t.deletes = cdc_table.deletes;
+                t.ddls = cdc_table.ddls;
+                t.files += cdc_table.files;
+                t.bytes += cdc_table.bytes;
+            }
+            None => tables.push(cdc_table),
+        }
+    }
+    Ok(TaskSummary {
+        task: task.name,
+        tables,
+        seconds: started.elapsed().as_secs_f64(),
+        location,
+        snapshot_position: snapshot_position.or(outcome.confirmed_position),
+    })
 }

@@ -1,0 +1,828 @@
+//! Change data capture from PostgreSQL into the raw zone: pgoutput changes, batched as DMS
+//! batches them, written exactly once.
+//!
+//! Invariants:
+//! - a batch holds whole transactions, in commit order; its files are put in place under the
+//!   pending-batch protocol of [`super::checkpoint`], and the slot is confirmed only after
+//!   the batch's end position is durably the task's `confirmed_position`;
+//! - a transaction that ends at or before `confirmed_position` is skipped, so a restart never
+//!   writes a change twice;
+//! - rows go from the stream to spool files as they come (a builder holds at most
+//!   [`FLUSH_ROWS`] rows per table), so a large transaction never has to fit in memory;
+//! - `_position` is the commit LSN and the change's number in its transaction, both
+//!   zero-padded hexadecimal: it sorts in exact commit order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Utc};
+use pgwire_replication::ReplicationEvent;
+use sqlx::PgConnection;
+use tokio::sync::watch;
+
+use super::checkpoint::{Checkpoint, PendingBatch, SchemaChange};
+use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
+use crate::config::TaskConfig;
+use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
+use crate::lake::{Storage, layout};
+use crate::source::SelectionRules;
+use crate::source::postgres::PgEndpoint;
+use crate::source::postgres::copy_binary::TextBatchBuilder;
+use crate::source::postgres::pgoutput::{
+    self, Message, OldTuple, Relation, ReplicaIdentity, Value,
+};
+use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
+use crate::source::postgres::types::Kind;
+use crate::task::stats::{TableState, TableStats};
+
+/// Rows a table's builder holds before they go to its spool file.
+const FLUSH_ROWS: usize = 8192;
+/// How often slot lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a stop waits for an open transaction to commit before dropping the batch.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Live figures of a CDC task, for the terminal and the app.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CdcStats {
+    /// The end of the last durable batch.
+    pub confirmed_position: String,
+    /// Source commit to file durable, for the last batch's oldest change (ms).
+    pub latency_ms: u64,
+    /// Changes per second over the last batch.
+    pub changes_per_second: f64,
+    /// WAL the slot holds back (bytes).
+    pub slot_lag_bytes: i64,
+    pub batches: u64,
+}
+
+/// How a CDC run ends.
+pub struct CdcOutcome {
+    pub tables: Vec<TableStats>,
+    pub confirmed_position: Option<String>,
+}
+
+pub(super) struct CdcRun {
+    pub pg: PgEndpoint,
+    pub storage: Storage,
+    pub task: TaskConfig,
+    pub checkpoint: Arc<Checkpoint>,
+    pub events: Events,
+    pub stop: watch::Receiver<Option<TaskCommand>>,
+    pub until_caught_up: bool,
+}
+
+/// One relation of the stream, as its last Relation message described it.
+struct RelationInfo {
+    key: String,
+    selected: bool,
+    columns: Vec<String>,
+    kinds: Vec<Kind>,
+    identity: ReplicaIdentity,
+    /// `name type` of each column, to record schema changes.
+    signature: String,
+}
+
+/// What one table has in the open batch.
+struct TableBatch {
+    prefix: String,
+    schema: SchemaRef,
+    builder: TextBatchBuilder,
+    ops: Vec<&'static str>,
+    positions: Vec<String>,
+    commit_times: Vec<i64>,
+    writer: Option<RollingWriter>,
+    /// Files finished in this batch (a second one only after a schema change).
+    finished: Vec<FinishedFile>,
+    stats: TableStats,
+}
+
+struct Batch {
+    started: Instant,
+    end_lsn: u64,
+    first_commit_micros: Option<i64>,
+    last_commit_micros: i64,
+    changes: u64,
+}
+
+impl CdcRun {
+    pub async fn run(mut self) -> Result<CdcOutcome, TaskError> {
+        let slot = self.task.slot_name();
+        let publication = self.task.publication_name();
+        let rules = SelectionRules::new(&self.task.include, &self.task.exclude);
+        let state = self.checkpoint.snapshot().await;
+        let cdc = state.cdc.clone().unwrap_or_default();
+
+        // A batch interrupted while being put in place: remove its files, redo it.
+        if let Some(pending) = &cdc.pending_batch {
+            for key in &pending.keys {
+                self.storage.delete(key).await?;
+            }
+            self.events.log(
+                LogLevel::Info,
+                format!(
+                    "removed {} file(s) of an interrupted CDC batch; it is written again",
+                    pending.keys.len()
+                ),
+            );
+            self.checkpoint
+                .update(|s| {
+                    if let Some(c) = &mut s.cdc {
+                        c.pending_batch = None;
+                    }
+                })
+                .await?;
+        }
+        let confirmed = cdc
+            .confirmed_position
+            .as_deref()
+            .or(state.snapshot_position.as_deref())
+            .and_then(parse_lsn)
+            .unwrap_or(0);
+        let mut control = self.pg.connect().await?;
+        let caught_up_at = if self.until_caught_up {
+            // Everything committed before now is before this message in the stream.
+            Some(self.heartbeat(&mut control).await?)
+        } else {
+            None
+        };
+        let mut stream = self.pg.stream(&slot, &publication, confirmed).await?;
+        self.events.log(
+            LogLevel::Info,
+            format!(
+                "CDC from slot {slot} (publication {publication}) after position {}",
+                format_lsn(confirmed)
+            ),
+        );
+
+        let mut writer = BatchWriter {
+            storage: self.storage.clone(),
+            task: self.task.clone(),
+            checkpoint: self.checkpoint.clone(),
+            events: self.events.clone(),
+            tables: HashMap::new(),
+            batch: None,
+            stats: CdcStats {
+                confirmed_position: format_lsn(confirmed),
+                batches: cdc.batches,
+                ..CdcStats::default()
+            },
+            last_file_millis: cdc.last_file_millis,
+            totals: cdc.tables.clone(),
+        };
+        let mut relations: HashMap<u32, RelationInfo> = HashMap::new();
+        let mut txn: Option<(u64, i64, u32)> = None; // commit LSN, commit time, next seq
+        let mut skipping = false;
+        let mut confirmed_lsn = confirmed;
+        let interval = Duration::from_secs(self.task.target_settings.cdc_max_batch_interval.max(1));
+        let min_bytes = self
+            .task
+            .target_settings
+            .cdc_min_file_size
+            .saturating_mul(1024);
+        let heartbeat_every =
+            Duration::from_secs(self.task.cdc_settings.heartbeat_frequency.max(1) * 60);
+        let mut last_heartbeat = Instant::now();
+        let mut last_lag = Instant::now() - LAG_INTERVAL;
+        let mut stopping: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let event = tokio::select! {
+                event = stream.recv() => event?,
+                _ = tick.tick() => None,
+                _ = self.stop.changed(), if stopping.is_none() => {
+                    stopping = Some(Instant::now());
+                    None
+                }
+            };
+            match event {
+                Some(ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                }) => {
+                    skipping = final_lsn.as_u64() < confirmed_lsn;
+                    txn = Some((final_lsn.as_u64(), pg_to_unix_micros(commit_time_micros), 0));
+                }
+                Some(ReplicationEvent::XLogData { data, .. }) => {
+                    let message = pgoutput::decode(&data).map_err(|e| TaskError::Internal {
+                        task: self.task.name.clone(),
+                        message: format!("decoding the change stream: {e}"),
+                    })?;
+                    match message {
+                        Message::Relation(r) => {
+                            self.relation(&mut control, &rules, &mut relations, &mut writer, r, txn)
+                                .await?
+                        }
+                        Message::Insert { .. }
+                        | Message::Update { .. }
+                        | Message::Delete { .. }
+                        | Message::Truncate { .. }
+                            if !skipping =>
+                        {
+                            let Some((commit_lsn, commit_micros, seq)) = &mut txn else {
+                                return Err(self.internal("a change outside a transaction"));
+                            };
+                            let position = format!("{commit_lsn:016X}{seq:08X}");
+                            *seq += 1;
+                            writer.change(&relations, message, position, *commit_micros)?;
+                        }
+                        _ => {}
+                    }
+                }
+                Some(ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                }) => {
+                    let end = end_lsn.as_u64();
+                    if !skipping {
+                        writer.commit(end, pg_to_unix_micros(commit_time_micros));
+                    }
+                    txn = None;
+                    if writer.is_empty() {
+                        // Nothing of ours in flight: the slot may move past this transaction.
+                        confirmed_lsn = confirmed_lsn.max(end);
+                        stream.confirm(confirmed_lsn);
+                    }
+                }
+                Some(ReplicationEvent::Message { lsn, prefix, .. }) => {
+                    if prefix == "tributary.heartbeat" && txn.is_none() && writer.is_empty() {
+                        confirmed_lsn = confirmed_lsn.max(lsn.as_u64());
+                        stream.confirm(confirmed_lsn);
+                    }
+                    if caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && txn.is_none() {
+                        writer.flush(&stream).await?;
+                        self.events.log(
+                            LogLevel::Info,
+                            "caught up: every change committed before the start is written",
+                        );
+                        break;
+                    }
+                }
+                Some(ReplicationEvent::KeepAlive { .. })
+                | Some(ReplicationEvent::StoppedAt { .. }) => {}
+                None => {}
+            }
+            // Batch boundaries fall between transactions only.
+            if txn.is_none() {
+                let full = writer.largest_file_bytes() >= min_bytes;
+                let due = writer.batch_age().is_some_and(|age| age >= interval);
+                if full || due || stopping.is_some() {
+                    writer.flush(&stream).await?;
+                    if let Some(end) = writer.confirmed() {
+                        confirmed_lsn = confirmed_lsn.max(end);
+                    }
+                }
+                if stopping.is_some() {
+                    self.events.log(
+                        LogLevel::Info,
+                        "stopped cleanly: every finished transaction is written and confirmed",
+                    );
+                    break;
+                }
+            } else if stopping.is_some_and(|at| at.elapsed() > STOP_GRACE) {
+                writer.abandon();
+                self.events.log(
+                    LogLevel::Warn,
+                    "stopped inside a long transaction: its batch is dropped and is written again on the next run",
+                );
+                break;
+            }
+            if self.task.cdc_settings.heartbeat_enable
+                && last_heartbeat.elapsed() >= heartbeat_every
+            {
+                self.heartbeat(&mut control).await?;
+                last_heartbeat = Instant::now();
+            }
+            if last_lag.elapsed() >= LAG_INTERVAL {
+                last_lag = Instant::now();
+                if let Some(status) = self.pg.slot_status_on(&mut control, &slot).await? {
+                    writer.stats.slot_lag_bytes = status.retained_bytes;
+                    let limit = self.task.cdc_settings.slot_wal_warning_mb as i64 * 1024 * 1024;
+                    if status.retained_bytes > limit {
+                        self.events.log(
+                            LogLevel::Warn,
+                            format!(
+                                "slot {slot} holds {} MB of WAL (limit {} MB): the task is behind or stopped too long; disk on the source fills until it catches up",
+                                status.retained_bytes / 1_048_576,
+                                self.task.cdc_settings.slot_wal_warning_mb
+                            ),
+                        );
+                    }
+                    self.events.send(TaskEvent::Cdc(writer.stats.clone()));
+                }
+            }
+        }
+        stream.close().await;
+        let tables = writer.tables.into_values().map(|t| t.stats).collect();
+        Ok(CdcOutcome {
+            tables,
+            confirmed_position: Some(writer.stats.confirmed_position),
+        })
+    }
+
+    fn internal(&self, message: &str) -> TaskError {
+        TaskError::Internal {
+            task: self.task.name.clone(),
+            message: message.to_owned(),
+        }
+    }
+
+    async fn heartbeat(&self, conn: &mut PgConnection) -> Result<u64, TaskError> {
+        self.pg.heartbeat(conn).await?;
+        Ok(self.pg.current_position(conn).await?)
+    }
+
+    /// A Relation message: a table's columns, sent before its first change in a session
+    /// and again after its schema changes.
+    async fn relation(
+        &self,
+        conn: &mut PgConnection,
+        rules: &SelectionRules,
+        relations: &mut HashMap<u32, RelationInfo>,
+        writer: &mut BatchWriter,
+        r: Relation,
+        txn: Option<(u64, i64, u32)>,
+    ) -> Result<(), TaskError> {
+        let schema = if r.schema.is_empty() {
+            "pg_catalog".to_owned()
+        } else {
+            r.schema.clone()
+        };
+        let key = format!("{schema}.{}", r.name);
+        let selected = rules.matches(&schema, &r.name);
+        let mut kinds = Vec::with_capacity(r.columns.len());
+        let mut signature = Vec::with_capacity(r.columns.len());
+        for c in &r.columns {
+            let (kind, type_name) = if selected {
+                self.pg.type_kind(conn, c.type_oid, c.typmod).await?
+            } else {
+                (None, String::new())
+            };
+            signature.push(format!("{} {type_name}", c.name));
+            kinds.push(kind.unwrap_or(Kind::Text));
+        }
+        let info = RelationInfo {
+            key: key.clone(),
+            selected,
+            columns: r.columns.iter().map(|c| c.name.clone()).collect(),
+            kinds,
+            identity: r.replica_identity,
+            signature: signature.join(", "),
+        };
+        if selected {
+            let position = txn
+                .map(|(lsn, _, seq)| format!("{lsn:016X}{seq:08X}"))
+                .unwrap_or_default();
+            writer.schema(&info, &schema, &r.name, position).await?;
+        }
+        relations.insert(r.id, info);
+        Ok(())
+    }
+}
+
+/// Microseconds since 2000-01-01 (PostgreSQL) to since 1970-01-01.
+fn pg_to_unix_micros(pg: i64) -> i64 {
+    pg.saturating_add(946_684_800_000_000)
+}
+
+/// Builds the open batch's files and puts them in place, exactly once.
+struct BatchWriter {
+    storage: Storage,
+    task: TaskConfig,
+    checkpoint: Arc<Checkpoint>,
+    events: Events,
+    tables: HashMap<String, TableBatch>,
+    batch: Option<Batch>,
+    stats: CdcStats,
+    last_file_millis: i64,
+    totals: std::collections::BTreeMap<String, super::checkpoint::CdcTableState>,
+}
+
+impl BatchWriter {
+    fn is_empty(&self) -> bool {
+        self.batch.as_ref().is_none_or(|b| b.changes == 0)
+    }
+
+    fn batch_age(&self) -> Option<Duration> {
+        self.batch
+            .as_ref()
+            .filter(|b| b.changes > 0)
+            .map(|b| b.started.elapsed())
+    }
+
+    fn confirmed(&self) -> Option<u64> {
+        parse_lsn(&self.stats.confirmed_position)
+    }
+
+    fn largest_file_bytes(&self) -> u64 {
+        self.tables
+            .values()
+            .map(|t| t.writer.as_ref().map_or(0, RollingWriter::open_bytes))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn writer_options(&self) -> WriterOptions {
+        let s = &self.task.target_settings;
+        WriterOptions {
+            format: s.data_format,
+            compression: s.compression,
+            // One file per table per batch: the batch decides when files close.
+            max_file_bytes: u64::MAX,
+            op: None,
+            timestamp_column: None,
+            row_group_bytes: crate::lake::format::ROW_GROUP_BYTES / 4,
+        }
+    }
+
+    /// A (new or changed) schema of a selected table: later rows use it.
+    async fn schema(
+        &mut self,
+        info: &RelationInfo,
+        schema: &str,
+        table: &str,
+        position: String,
+    ) -> Result<(), TaskError> {
+        let settings = self.task.target_settings.clone();
+        let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
+        if !settings.timestamp_column_name.is_empty() {
+            fields.push(Field::new(
+                &settings.timestamp_column_name,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ));
+        }
+        fields.push(Field::new("_position", DataType::Utf8, false));
+        let columns: Vec<Field> = info
+            .columns
+            .iter()
+            .zip(&info.kinds)
+            .map(|(c, k)| Field::new(c, k.data_type(), true))
+            .collect();
+        let table_schema = Arc::new(Schema::new(columns));
+        fields.extend(table_schema.fields().iter().map(|f| f.as_ref().clone()));
+        let file_schema = Arc::new(Schema::new(fields));
+
+        let total = self.totals.entry(info.key.clone()).or_default();
+        let last = total.schema_changes.last().map(|c| c.change.clone());
+        let change = format!("columns: {}", info.signature);
+        if last.as_deref() != Some(change.as_str()) {
+            if last.is_some() {
+                total.ddls += 1;
+                self.events.log(
+                    LogLevel::Info,
+                    format!("{}: schema changed at {position}: {change}", info.key),
+                );
+            }
+            total.schema_changes.push(SchemaChange { position, change });
+        }
+        let total = total.clone();
+        if self.tables.contains_key(&info.key) {
+            // Close the file of the old schema; the next rows start a new one.
+            self.finish_table(&info.key)?;
+        }
+        let entry = self.tables.entry(info.key.clone()).or_insert_with(|| {
+            let mut stats = TableStats::new(schema, table, 0);
+            stats.state = TableState::TableCompleted;
+            stats.inserts = total.inserts;
+            stats.updates = total.updates;
+            stats.deletes = total.deletes;
+            stats.files = total.files;
+            stats.bytes = total.bytes;
+            TableBatch {
+                prefix: layout::table_prefix(
+                    &settings.bucket_folder,
+                    &self.task.source,
+                    schema,
+                    table,
+                ),
+                schema: file_schema.clone(),
+                builder: TextBatchBuilder::new(table_schema.clone(), &info.kinds),
+                ops: Vec::new(),
+                positions: Vec::new(),
+                commit_times: Vec::new(),
+                writer: None,
+                finished: Vec::new(),
+                stats,
+            }
+        });
+        entry.schema = file_schema;
+        entry.builder = TextBatchBuilder::new(table_schema, &info.kinds);
+        entry.stats.ddls = total.ddls;
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        relations: &HashMap<u32, RelationInfo>,
+        message: Message,
+        position: String,
+        commit_micros: i64,
+    ) -> Result<(), TaskError> {
+        let table_error = |key: &str, message: String| TaskError::TablesFailed {
+            task: self.task.name.clone(),
+            count: 1,
+            details: format!("{key}: {message}"),
+        };
+        let (relation, op, values) = match message {
+            Message::Insert { relation, new } => (relation, "I", new),
+            Message::Update { relation, old, new } => {
+                let Some(info) = relations.get(&relation) else {
+                    return Ok(());
+                };
+                let mut new = new;
+                if new.iter().any(|v| matches!(v, Value::UnchangedToast)) {
+                    // The value is not in the stream: only a full old image has it.
+                    let Some(OldTuple::Full(old)) = old else {
+                        return Err(table_error(
+                            &info.key,
+                            format!(
+                                "an update left a TOASTed column unchanged, and the table's replica identity is {:?}, so its value is not in the stream. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
+                                info.identity, info.key
+                            ),
+                        ));
+                    };
+                    for (value, old) in new.iter_mut().zip(old) {
+                        if matches!(value, Value::UnchangedToast) {
+                            *value = old;
+                        }
+                    }
+                }
+                (relation, "U", new)
+            }
+            Message::Delete { relation, old } => {
+                let (OldTuple::Key(t) | OldTuple::Full(t)) = old;
+                (relation, "D", t)
+            }
+            Message::Truncate { relations: ids, .. } => {
+                for id in ids {
+                    if let Some(info) = relations.get(&id).filter(|i| i.selected) {
+                        let total = self.totals.entry(info.key.clone()).or_default();
+                        total.ddls += 1;
+                        total.schema_changes.push(SchemaChange {
+                            position: position.clone(),
+                            change: "truncate".into(),
+                        });
+                        if let Some(t) = self.tables.get_mut(&info.key) {
+                            t.stats.ddls = total.ddls;
+                        }
+                        self.events.log(
+                            LogLevel::Info,
+                            format!("{}: truncated at {position}", info.key),
+                        );
+                    }
+                }
+                self.touch(commit_micros);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let Some(info) = relations.get(&relation).filter(|i| i.selected) else {
+            return Ok(());
+        };
+        let Some(table) = self.tables.get_mut(&info.key) else {
+            return Ok(());
+        };
+        let mut texts: Vec<Option<&str>> = Vec::with_capacity(values.len());
+        for (i, v) in values.iter().enumerate() {
+            let column = info.columns.get(i).map_or("?", String::as_str);
+            texts.push(match v {
+                Value::Null => None,
+                Value::Text(b) => Some(std::str::from_utf8(b).map_err(|_| {
+                    table_error(
+                        &info.key,
+                        format!("column {column} at {position} is not valid UTF-8"),
+                    )
+                })?),
+                Value::Binary(_) | Value::UnchangedToast => {
+                    return Err(table_error(
+                        &info.key,
+                        format!("column {column} at {position} arrived without its text value"),
+                    ));
+                }
+            });
+        }
+        table.builder.append_row(texts).map_err(|e| {
+            table_error(
+                &info.key,
+                format!(
+                    "decoding column {} at {position}: {}",
+                    e.column
+                        .and_then(|i| info.columns.get(i))
+                        .map_or("?", String::as_str),
+                    e.message
+                ),
+            )
+        })?;
+        table.ops.push(op);
+        table.positions.push(position);
+        table.commit_times.push(commit_micros);
+        match op {
+            "I" => table.stats.inserts += 1,
+            "U" => table.stats.updates += 1,
+            _ => table.stats.deletes += 1,
+        }
+        let full = table.builder.len() >= FLUSH_ROWS;
+        let key = info.key.clone();
+        self.touch(commit_micros);
+        if full {
+            self.spool(&key)?;
+        }
+        Ok(())
+    }
+
+    fn touch(&mut self, commit_micros: i64) {
+        let batch = self.batch.get_or_insert_with(|| Batch {
+            started: Instant::now(),
+            end_lsn: 0,
+            first_commit_micros: None,
+            last_commit_micros: commit_micros,
+            changes: 0,
+        });
+        batch.changes += 1;
+        batch.first_commit_micros.get_or_insert(commit_micros);
+    }
+
+    fn commit(&mut self, end_lsn: u64, commit_micros: i64) {
+        if let Some(b) = &mut self.batch {
+            b.end_lsn = end_lsn;
+            b.last_commit_micros = commit_micros;
+        }
+    }
+
+    /// Moves a table's buffered rows into its spool file.
+    fn spool(&mut self, key: &str) -> Result<(), TaskError> {
+        let options = self.writer_options();
+        let spool_dir = self.storage.spool_dir()?;
+        let Some(t) = self.tables.get_mut(key) else {
+            return Ok(());
+        };
+        if t.builder.is_empty() {
+            return Ok(());
+        }
+        let data = t.builder.finish();
+        let mut columns: Vec<ArrayRef> =
+            vec![Arc::new(StringArray::from(std::mem::take(&mut t.ops)))];
+        if !self.task.target_settings.timestamp_column_name.is_empty() {
+            columns.push(Arc::new(
+                TimestampMicrosecondArray::from(t.commit_times.clone()).with_timezone("UTC"),
+            ));
+        }
+        t.commit_times.clear();
+        columns.push(Arc::new(StringArray::from(std::mem::take(
+            &mut t.positions,
+        ))));
+        columns.extend(data.columns().iter().cloned());
+        let batch =
+            RecordBatch::try_new(t.schema.clone(), columns).map_err(|e| TaskError::Internal {
+                task: self.task.name.clone(),
+                message: format!("assembling CDC rows of {key}: {e}"),
+            })?;
+        let writer = t.writer.get_or_insert_with(|| {
+            RollingWriter::new(
+                options,
+                &t.schema,
+                spool_dir,
+                format!("cdc-{}-{}", key, crate::lake::storage::unique_suffix()),
+            )
+        });
+        writer.write(&batch)?;
+        Ok(())
+    }
+
+    /// Spools and closes a table's file (at a schema change or the end of a batch).
+    fn finish_table(&mut self, key: &str) -> Result<(), TaskError> {
+        self.spool(key)?;
+        if let Some(t) = self.tables.get_mut(key)
+            && let Some(mut writer) = t.writer.take()
+            && let Some(file) = writer.close()?
+        {
+            t.finished.push(file);
+        }
+        Ok(())
+    }
+
+    /// Drops the open batch (a stop inside a transaction): it is redone on the next run.
+    fn abandon(&mut self) {
+        for t in self.tables.values_mut() {
+            t.builder.finish();
+            t.ops.clear();
+            t.positions.clear();
+            t.commit_times.clear();
+            if let Some(mut w) = t.writer.take() {
+                w.abandon();
+            }
+            for f in t.finished.drain(..) {
+                let _ = std::fs::remove_file(&f.path);
+            }
+        }
+        self.batch = None;
+    }
+
+    /// Writes the open batch: files in place, then the state, then the slot confirmed.
+    async fn flush(&mut self, stream: &ChangeStream) -> Result<(), TaskError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        let keys: Vec<String> = self.tables.keys().cloned().collect();
+        for key in &keys {
+            self.finish_table(key)?;
+        }
+        let settings = self.task.target_settings.clone();
+        let commit_time = DateTime::<Utc>::from_timestamp_micros(batch.last_commit_micros)
+            .unwrap_or_else(Utc::now);
+        let partition = if settings.date_partition_enabled {
+            layout::date_partition(
+                commit_time,
+                settings.date_partition_sequence,
+                settings.date_partition_style,
+            )
+        } else {
+            String::new()
+        };
+        let extension = self.writer_options().extension();
+        // Names keep increasing even when batches share a millisecond; a table with a second
+        // file in the batch (after a schema change) takes the next millisecond.
+        let millis = commit_time
+            .timestamp_millis()
+            .max(self.last_file_millis + 1);
+        let mut newest = millis;
+        let mut placed: Vec<(String, String, FinishedFile)> = Vec::new();
+        for (key, t) in &mut self.tables {
+            for (i, file) in t.finished.drain(..).enumerate() {
+                newest = newest.max(millis + i as i64);
+                let time = DateTime::<Utc>::from_timestamp_millis(millis + i as i64)
+                    .unwrap_or(commit_time);
+                let name = layout::cdc_file_name(time, &extension);
+                placed.push((key.clone(), format!("{}{partition}{name}", t.prefix), file));
+            }
+        }
+        let end_position = format_lsn(batch.end_lsn);
+
+        // 1. Record what is about to appear, so a crash in between can be cleaned up.
+        let pending_keys: Vec<String> = placed.iter().map(|(_, k, _)| k.clone()).collect();
+        self.checkpoint
+            .update(|s| {
+                let c = s.cdc.get_or_insert_with(Default::default);
+                c.pending_batch = Some(PendingBatch {
+                    keys: pending_keys.clone(),
+                    end_position: end_position.clone(),
+                });
+            })
+            .await?;
+        // 2. Put the files in place.
+        for (table, key, file) in &placed {
+            self.storage.put_file(&file.path, key).await?;
+            let total = self.totals.entry(table.clone()).or_default();
+            total.files += 1;
+            total.bytes += file.bytes;
+            if let Some(t) = self.tables.get_mut(table) {
+                t.stats.files += 1;
+                t.stats.bytes += file.bytes;
+            }
+        }
+        // 3. The batch is done: one durable write.
+        for (key, t) in &self.tables {
+            let total = self.totals.entry(key.clone()).or_default();
+            total.inserts = t.stats.inserts;
+            total.updates = t.stats.updates;
+            total.deletes = t.stats.deletes;
+        }
+        let totals = self.totals.clone();
+        let task = self.task.clone();
+        self.checkpoint
+            .update(|s| {
+                let c = s.cdc.get_or_insert_with(Default::default);
+                c.slot = task.slot_name();
+                c.publication = task.publication_name();
+                c.pending_batch = None;
+                c.confirmed_position = Some(end_position.clone());
+                c.batches += 1;
+                c.last_file_millis = newest;
+                c.tables = totals;
+            })
+            .await?;
+        // 4. Only now may the server recycle the WAL behind it.
+        stream.confirm(batch.end_lsn);
+        self.last_file_millis = newest;
+        let now = Utc::now().timestamp_micros();
+        let seconds = batch.started.elapsed().as_secs_f64().max(0.001);
+        self.stats.confirmed_position = end_position;
+        self.stats.batches += 1;
+        self.stats.latency_ms =
+            (now - batch.first_commit_micros.unwrap_or(now)).max(0) as u64 / 1000;
+        self.stats.changes_per_second = batch.changes as f64 / seconds;
+        for t in self.tables.values() {
+            self.events.send(TaskEvent::Table(t.stats.clone()));
+        }
+        self.events.send(TaskEvent::Cdc(self.stats.clone()));
+        Ok(())
+    }
+}
