@@ -50,6 +50,14 @@ impl Pg {
     /// A new empty database (dropped first if a previous run left it).
     pub async fn fresh_database(&self, name: &str) -> PgConnection {
         let mut admin = PgConnection::connect(&self.url("postgres")).await.unwrap();
+        // A replication slot of an earlier run would keep the database from being dropped.
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
+        )
+        .bind(name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
         // Two statements: DROP/CREATE DATABASE cannot share an (implicit) transaction.
         for sql in [
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),

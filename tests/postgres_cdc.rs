@@ -1,0 +1,366 @@
+//! PostgreSQL full load + CDC, end to end through the `tributary` binary against the real
+//! PostgreSQL: each table rebuilt from the raw zone (the full load, then the changes in
+//! `_position` order) must equal a fresh full load of the source, row for row.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use std::sync::Arc;
+
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::DataType;
+use common::*;
+use sqlx::{Connection, Executor, PgConnection};
+
+type Row = BTreeMap<String, String>;
+/// A table's rows by primary key (`id` as text); NULL columns are left out, so a row
+/// written before a column was added equals one that has it NULL.
+type TableRows = BTreeMap<String, Row>;
+
+const META: [&str; 3] = ["Op", "_position", "changed_at"];
+
+fn rows_of(batch: &RecordBatch) -> Vec<Row> {
+    let options = FormatOptions::default();
+    // Timestamps with a zone: the same UTC values without it (no zone database here).
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Timestamp(_, Some(_)) => Arc::new(
+                c.as_primitive::<TimestampMicrosecondType>()
+                    .clone()
+                    .with_timezone_opt(None::<String>),
+            ) as ArrayRef,
+            _ => c.clone(),
+        })
+        .collect();
+    let formatters: Vec<_> = columns
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+        .collect();
+    (0..batch.num_rows())
+        .map(|i| {
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .zip(&formatters)
+                .filter(|((_, c), _)| c.is_valid(i))
+                .map(|((f, _), fmt)| (f.name().clone(), fmt.value(i).to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The table as the raw zone tells it: LOAD files, then every CDC change by `_position`.
+/// Also checks that no change appears twice.
+fn rebuild(table_dir: &Path) -> TableRows {
+    let mut state = TableRows::new();
+    let mut changes: Vec<Row> = Vec::new();
+    for f in files_under(table_dir) {
+        let batches = read_parquet_file(&table_dir.join(&f));
+        let name = f.rsplit('/').next().unwrap();
+        for batch in &batches {
+            for row in rows_of(batch) {
+                if name.starts_with("LOAD") {
+                    state.insert(row["id"].clone(), strip(row));
+                } else {
+                    changes.push(row);
+                }
+            }
+        }
+    }
+    changes.sort_by(|a, b| a["_position"].cmp(&b["_position"]));
+    let mut seen = HashSet::new();
+    for change in changes {
+        assert!(
+            seen.insert(change["_position"].clone()),
+            "change {} written twice",
+            change["_position"]
+        );
+        let id = change["id"].clone();
+        match change["Op"].as_str() {
+            "D" => {
+                state.remove(&id);
+            }
+            "I" | "U" => {
+                state.insert(id, strip(change));
+            }
+            op => panic!("unknown Op {op}"),
+        }
+    }
+    state
+}
+
+fn strip(mut row: Row) -> Row {
+    for m in META {
+        row.remove(m);
+    }
+    row
+}
+
+/// A fresh full load of the source's current state, in the same representation.
+fn fresh_full_load(pg: &Pg, db: &str, tables: &[&str]) -> BTreeMap<String, TableRows> {
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"verify\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\ndata_format = \"parquet\"\n",
+        pg.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    assert_success(&tributary(&["run", &ws, "--task", "verify"]));
+    tables
+        .iter()
+        .map(|t| {
+            (
+                t.to_string(),
+                rebuild(&dir.lake().join(format!("shop/public/{t}"))),
+            )
+        })
+        .collect()
+}
+
+fn cdc_workspace(pg: &Pg, dir: &TestDir, db: &str, task: &str) -> String {
+    dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"{task}\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         timestamp_column_name = \"changed_at\"\ncdc_max_batch_interval = 1\n\
+         date_partition_enabled = true\ndate_partition_style = \"hive\"\n",
+        pg.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ))
+}
+
+fn assert_lake_equals_source(pg: &Pg, db: &str, dir: &TestDir, tables: &[&str]) {
+    let expected = fresh_full_load(pg, db, tables);
+    for t in tables {
+        let actual = rebuild(&dir.lake().join(format!("raw/shop/public/{t}")));
+        let want = &expected[*t];
+        assert_eq!(actual.len(), want.len(), "{t}: row count");
+        for (id, row) in want {
+            assert_eq!(actual.get(id), Some(row), "{t}: row {id}");
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE accounts (id int8 PRIMARY KEY, name text NOT NULL, balance numeric(12,2),
+                       tags text[], opened date);
+CREATE TABLE orders (id int8 PRIMARY KEY, account_id int8, total numeric(12,2), doc text,
+                     placed_at timestamptz);
+ALTER TABLE orders REPLICA IDENTITY FULL;
+INSERT INTO accounts SELECT g, 'account ' || g, g * 1.5, ARRAY['a', 'b' || g], date '2024-01-01' + g
+FROM generate_series(1, 1000) g;
+INSERT INTO orders SELECT g, g % 1000 + 1, g * 2.25, 'small doc ' || g, now() FROM generate_series(1, 2000) g;
+";
+
+async fn exec(conn: &mut PgConnection, sql: String) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+/// A text of about 6 KB that does not compress: stored out of line (TOAST).
+const TOASTED: &str =
+    "(SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 200) g)";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_load_then_cdc_rebuilds_every_table() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(SCHEMA).await.unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_basic");
+    let first = assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_basic",
+        "--until-caught-up",
+    ]));
+    assert!(
+        first.contains("created replication slot tributary_cdc_basic"),
+        "{first}"
+    );
+
+    // Mixed DML, a long transaction, one spanning tables, TOAST, a schema change.
+    conn.execute(
+        "INSERT INTO accounts SELECT g, 'new ' || g, g, NULL, NULL FROM generate_series(1001, 1500) g;
+         UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0;
+         DELETE FROM accounts WHERE id % 11 = 0;
+         UPDATE accounts SET tags = ARRAY['x, y', NULL, 'q\"uote'] WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    for i in 0..200 {
+        exec(
+            &mut tx,
+            format!("UPDATE orders SET total = total + {i} WHERE id % 200 = {i}"),
+        )
+        .await;
+    }
+    tx.execute(
+        "INSERT INTO orders SELECT g, 1, 1, 'bulk', now() FROM generate_series(2001, 40000) g",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    conn.execute(
+        "BEGIN;
+         UPDATE accounts SET balance = 0 WHERE id = 5;
+         INSERT INTO orders VALUES (50000, 5, 99.99, 'both tables', now());
+         DELETE FROM orders WHERE id = 17;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut conn,
+        format!("UPDATE orders SET doc = {TOASTED} WHERE id IN (1, 2, 3)"),
+    )
+    .await;
+    // Other columns of rows with a TOASTed value: the value must survive.
+    conn.execute("UPDATE orders SET total = 7 WHERE id IN (1, 2)")
+        .await
+        .unwrap();
+    conn.execute(
+        "ALTER TABLE accounts ADD COLUMN email text;
+         UPDATE accounts SET email = 'a' || id || '@x.org' WHERE id <= 20;
+         INSERT INTO accounts VALUES (9999, 'late', 1, NULL, NULL, 'late@x.org');",
+    )
+    .await
+    .unwrap();
+
+    let second = assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_basic",
+        "--until-caught-up",
+    ]));
+    assert!(second.contains("caught up"), "{second}");
+    assert_lake_equals_source(&pg, db, &dir, &["accounts", "orders"]);
+
+    // CDC files carry Op, the commit time and _position first, in date partitions.
+    let cdc_files: Vec<String> = files_under(&dir.lake().join("raw/shop/public/accounts"))
+        .into_iter()
+        .filter(|f| !f.starts_with("LOAD"))
+        .collect();
+    assert!(!cdc_files.is_empty());
+    for f in &cdc_files {
+        assert!(f.starts_with("year="), "{f} is not in a date partition");
+        let name = f.rsplit('/').next().unwrap();
+        assert_eq!(name.len(), "20240229-134530123.parquet".len(), "{name}");
+    }
+    let batch = &read_parquet_file(
+        &dir.lake()
+            .join("raw/shop/public/accounts")
+            .join(&cdc_files[0]),
+    )[0];
+    let names: Vec<_> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(&names[..4], ["Op", "changed_at", "_position", "id"]);
+    assert!(batch.column(2).as_string::<i32>().value(0).len() == 24);
+
+    // The state records the schema change and the counts.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.lake().join("raw/_tributary/cdc_basic/state.json")).unwrap(),
+    )
+    .unwrap();
+    let accounts = &state["cdc"]["tables"]["public.accounts"];
+    assert_eq!(accounts["ddls"], 1, "{accounts}");
+    assert!(accounts["inserts"].as_u64().unwrap() >= 501);
+    assert!(
+        accounts["schema_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["change"].as_str().unwrap().contains("email text")),
+        "{accounts}"
+    );
+}
+
+/// Transactions over both tables, forever, until `stop` says so.
+async fn load_generator(pg: &Pg, db: &str, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let mut conn = PgConnection::connect(&pg.url(db)).await.unwrap();
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        n += 1;
+        let id = 100_000 + n as i64;
+        let sql = format!(
+            "BEGIN;
+             INSERT INTO accounts VALUES ({id}, 'gen {n}', {n}, NULL, NULL);
+             UPDATE accounts SET balance = balance + 1 WHERE id = {};
+             DELETE FROM accounts WHERE id = {};
+             INSERT INTO orders VALUES ({id}, {id}, {n}, 'gen', now());
+             COMMIT;",
+            100_000 + (n as i64 / 2).max(1),
+            100_000 + (n as i64 - 50).max(1),
+        );
+        exec(&mut conn, sql).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_then_restart_writes_each_change_once() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc_kill";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(SCHEMA).await.unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_kill");
+    assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_kill",
+        "--until-caught-up",
+    ]));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let generator = tokio::spawn({
+        let pg = Pg::from_env();
+        async move { load_generator(&pg, db, stop_rx).await }
+    });
+    for round in 0..3u64 {
+        let mut child = tributary_command(&["run", &ws, "--task", "cdc_kill"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill at different points: mid-batch, mid-put, between batches.
+        tokio::time::sleep(Duration::from_millis(1500 + round * 700)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    stop_tx.send(true).unwrap();
+    let transactions = generator.await.unwrap();
+    assert!(
+        transactions > 50,
+        "the load generator ran only {transactions} transactions"
+    );
+    assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_kill",
+        "--until-caught-up",
+    ]));
+    assert_lake_equals_source(&pg, db, &dir, &["accounts", "orders"]);
+}
