@@ -64,6 +64,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// Delete a CDC task's replication slot and publication on its source, after asking.
+    /// The lake files and the task's state stay; remove the task from the workspace file.
+    DeleteTask {
+        workspace: PathBuf,
+        #[arg(long)]
+        task: String,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
     /// List lake files: a local folder or s3://bucket/prefix.
     Ls {
         uri: String,
@@ -167,6 +177,11 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, e),
             },
+            Command::DeleteTask {
+                workspace,
+                task,
+                yes,
+            } => delete_task(workspace, task, yes).await,
             Command::Ls { uri, recursive, s3 } => ls(&uri, recursive, &s3).await,
             Command::Preview { file, rows, s3 } => preview(&file, rows, &s3).await,
         }
@@ -220,6 +235,80 @@ async fn run(path: PathBuf, task_name: String, options: RunOptions) -> ExitCode 
         }
         Err(e) => fail(1, e),
     }
+}
+
+async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let task = match workspace.task(&task_name, &path) {
+        Ok(t) => t.clone(),
+        Err(e) => return fail(2, e),
+    };
+    let source = match workspace.endpoint(&task.source, &path) {
+        Ok(e) => e,
+        Err(e) => return fail(2, e),
+    };
+    if source.engine != Engine::Postgres {
+        return fail(
+            2,
+            format!(
+                "endpoint '{}' is not PostgreSQL: no slot to delete",
+                source.name
+            ),
+        );
+    }
+    let password = match source.resolve_password() {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    let pg = PgEndpoint::from_config(source, password);
+    let (slot, publication) = (task.slot_name(), task.publication_name());
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return fail(
+                2,
+                format!(
+                    "not a terminal: pass --yes to drop slot {slot} and publication {publication}"
+                ),
+            );
+        }
+        eprint!(
+            "Drop replication slot {slot} and publication {publication} on endpoint '{}'? \
+             CDC of task '{task_name}' cannot resume afterwards (a --reload starts over). \
+             Type the task name to confirm: ",
+            source.name
+        );
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != task_name {
+            eprintln!("nothing dropped");
+            return ExitCode::from(1);
+        }
+    }
+    match pg.slot_status(&slot).await {
+        Ok(Some(status)) if status.active => {
+            return fail(
+                1,
+                format!("slot {slot} is in use by a running task: stop the task first"),
+            );
+        }
+        Ok(Some(_)) => {
+            if let Err(e) = pg.drop_slot(&slot).await {
+                return fail(1, e);
+            }
+            println!("dropped replication slot {slot}");
+        }
+        Ok(None) => println!("replication slot {slot} does not exist"),
+        Err(e) => return fail(1, e),
+    }
+    if let Err(e) = pg.drop_publication(&publication).await {
+        return fail(1, e);
+    }
+    println!(
+        "dropped publication {publication} (if it existed); lake files and task state are kept"
+    );
+    ExitCode::SUCCESS
 }
 
 async fn wait_for_stop_signal() {

@@ -364,3 +364,118 @@ async fn sigkill_under_load_then_restart_writes_each_change_once() {
     ]));
     assert_lake_equals_source(&pg, db, &dir, &["accounts", "orders"]);
 }
+
+/// Copies every object under `prefix` of `bucket` into `root`, keeping the keys as paths.
+async fn download(bucket: &str, prefix: &str, root: &Path) {
+    let client = s3_client(&s3_endpoint()).await;
+    let list = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    for o in list.contents() {
+        let key = o.key().unwrap();
+        let body = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let path = root.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdc_into_s3_then_delete_the_task() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc_s3";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(SCHEMA).await.unwrap();
+    let bucket = "trib-cdc";
+    fresh_bucket(bucket).await;
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"cdc_s3\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         cdc_max_batch_interval = 1\n",
+        pg.endpoint_toml("shop", db),
+        s3_target_toml("lake", bucket, &s3_endpoint())
+    ));
+    assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_s3",
+        "--until-caught-up",
+    ]));
+    conn.execute(
+        "UPDATE accounts SET balance = -1 WHERE id < 100;
+         DELETE FROM orders WHERE id > 1900;
+         INSERT INTO accounts VALUES (5000, 'five thousand', 5, '{}', '2024-12-31');",
+    )
+    .await
+    .unwrap();
+    let run = assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_s3",
+        "--until-caught-up",
+    ]));
+    assert!(run.contains("inserts"), "no statistics table:\n{run}");
+    download(bucket, "raw/", &dir.lake()).await;
+    assert_lake_equals_source(&pg, db, &dir, &["accounts", "orders"]);
+
+    // check reports the tables whose TOASTable columns lack REPLICA IDENTITY FULL, and the slot.
+    let check = tributary(&["check", &ws, "--endpoint", "shop"]);
+    let text = stdout(&check);
+    assert!(
+        text.contains("WARN TOAST and replica identity") && text.contains("public.accounts"),
+        "{text}"
+    );
+    assert!(text.contains("slot tributary_cdc_s3 is idle"), "{text}");
+
+    // Deleting the task drops its slot and publication, and only when asked to.
+    let refused = tributary_command(&["delete-task", &ws, "--task", "cdc_s3"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_failure(&refused, 2);
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_s3",
+        "--yes",
+    ]));
+    let slots: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_s3'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let publications: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_publication WHERE pubname = 'tributary_cdc_s3'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((slots, publications), (0, 0));
+    // Without its slot, the task refuses to continue rather than miss changes.
+    let err = assert_failure(
+        &tributary(&["run", &ws, "--task", "cdc_s3", "--until-caught-up"]),
+        1,
+    );
+    assert!(err.contains("--reload"), "{err}");
+}

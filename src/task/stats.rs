@@ -77,30 +77,50 @@ pub struct TaskSummary {
 }
 
 impl TaskSummary {
-    /// DMS-like table statistics, one line per table.
+    /// DMS-like table statistics, one line per table: full-load rows, then the changes
+    /// captured (inserts, updates, deletes, DDLs), bytes, files and seconds.
     pub fn table(&self) -> String {
+        let line = |name: &str, state: &str, n: [u64; 7], seconds: f64| {
+            format!(
+                "{name:<36} {state:<16} {:>11} {:>9} {:>9} {:>9} {:>5} {:>12} {:>6} {seconds:>8.1}\n",
+                n[0], n[1], n[2], n[3], n[4], n[5], n[6]
+            )
+        };
         let mut out = format!(
-            "{:<40} {:<16} {:>12} {:>12} {:>6} {:>9}\n",
-            "table", "state", "rows", "bytes", "files", "seconds"
+            "{:<36} {:<16} {:>11} {:>9} {:>9} {:>9} {:>5} {:>12} {:>6} {:>8}\n",
+            "table",
+            "state",
+            "load rows",
+            "inserts",
+            "updates",
+            "deletes",
+            "ddls",
+            "bytes",
+            "files",
+            "seconds"
         );
+        let mut total = [0u64; 7];
         for t in &self.tables {
-            out.push_str(&format!(
-                "{:<40} {:<16} {:>12} {:>12} {:>6} {:>9.1}\n",
-                t.qualified_name(),
-                t.state.to_string(),
+            let n = [
                 t.full_load_rows,
+                t.inserts,
+                t.updates,
+                t.deletes,
+                t.ddls,
                 t.bytes,
                 t.files,
-                t.seconds
+            ];
+            for (sum, v) in total.iter_mut().zip(n) {
+                *sum += v;
+            }
+            out.push_str(&line(
+                &t.qualified_name(),
+                &t.state.to_string(),
+                n,
+                t.seconds,
             ));
         }
-        let rows: u64 = self.tables.iter().map(|t| t.full_load_rows).sum();
-        let bytes: u64 = self.tables.iter().map(|t| t.bytes).sum();
-        let files: u64 = self.tables.iter().map(|t| t.files).sum();
-        out.push_str(&format!(
-            "{:<40} {:<16} {:>12} {:>12} {:>6} {:>9.1}\n",
-            "total", "", rows, bytes, files, self.seconds
-        ));
+        out.push_str(&line("total", "", total, self.seconds));
         out
     }
 }

@@ -283,6 +283,81 @@ impl PostgresSource {
                 "add a primary key, or ALTER TABLE … REPLICA IDENTITY FULL".into(),
             )
         });
+
+        // CDC: what each table's replica identity lets the stream carry.
+        let identities: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT n.nspname || '.' || c.relname, c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                            AND NOT a.attisdropped AND a.attstorage IN ('x', 'e')) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let nothing: Vec<&str> = identities
+            .iter()
+            .filter(|(_, ident, _)| ident == "n")
+            .map(|(t, _, _)| t.as_str())
+            .collect();
+        if !nothing.is_empty() {
+            checks.push(CheckResult::warn(
+                "replica identity",
+                format!(
+                    "REPLICA IDENTITY NOTHING: updates and deletes of {} cannot be captured",
+                    list_some(&nothing)
+                ),
+                "ALTER TABLE … REPLICA IDENTITY FULL (or DEFAULT with a primary key)".into(),
+            ));
+        }
+        let toast: Vec<&str> = identities
+            .iter()
+            .filter(|(_, ident, toastable)| *toastable && ident != "f" && ident != "n")
+            .map(|(t, _, _)| t.as_str())
+            .collect();
+        checks.push(if toast.is_empty() {
+            CheckResult::pass(
+                "TOAST and replica identity",
+                "every table with TOASTable columns has REPLICA IDENTITY FULL".into(),
+            )
+        } else {
+            CheckResult::warn(
+                "TOAST and replica identity",
+                format!(
+                    "{} have TOASTable columns without REPLICA IDENTITY FULL: an UPDATE that leaves \
+                     a large value unchanged does not carry it, and CDC stops on that table rather \
+                     than write it as NULL",
+                    list_some(&toast)
+                ),
+                "ALTER TABLE … REPLICA IDENTITY FULL on tables whose large text/bytea/json values \
+                 can exceed 2 kB (before CDC starts)"
+                    .into(),
+            )
+        });
+        // Slot hygiene: this tool's slots and what they hold back.
+        let slots: Vec<(String, bool, i64)> = sqlx::query_as(
+            "SELECT slot_name::text, active, \
+                    COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::int8 \
+             FROM pg_replication_slots WHERE slot_name LIKE 'tributary%' ORDER BY 1",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for (slot, active, retained) in slots {
+            let detail = format!(
+                "slot {slot} is {} and holds {} MB of WAL",
+                if active { "streaming" } else { "idle" },
+                retained / 1_048_576
+            );
+            checks.push(if !active && retained > 1024 * 1_048_576 {
+                CheckResult::warn(
+                    "replication slot",
+                    detail,
+                    format!("run the task that owns {slot}, or delete it: tributary delete-task WORKSPACE --task NAME"),
+                )
+            } else {
+                CheckResult::pass("replication slot", detail)
+            });
+        }
         Ok(checks)
     }
 }
@@ -312,6 +387,20 @@ WHERE c.relkind = 'r'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
 ORDER BY n.nspname, c.relname, a.attnum";
+
+/// Up to 10 names, then how many more.
+fn list_some(names: &[&str]) -> String {
+    let mut text = names
+        .iter()
+        .take(10)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 10 {
+        text.push_str(&format!(" and {} more", names.len() - 10));
+    }
+    text
+}
 
 /// The decode kind of a column from its catalog facts (base type of a domain, element type
 /// of an array), or `None` when it is read as text.
