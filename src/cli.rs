@@ -16,8 +16,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::config::{Engine, Workspace};
 use crate::lake::inspect::{self, ParquetFile};
 use crate::lake::{S3Options, Storage};
-use crate::source::postgres::{PgEndpoint, PostgresSource};
-use crate::source::{CheckResult, CheckStatus, Source};
+use crate::source::CheckStatus;
+use crate::source::postgres::PgEndpoint;
 use crate::task::{self, LogLevel, RunOptions, TableState, TaskCommand, TaskEvent};
 
 #[derive(Parser)]
@@ -440,7 +440,7 @@ async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
             e.name,
             format!("{:?}", e.engine).to_lowercase()
         );
-        let results = check_endpoint(e).await;
+        let results = task::check_endpoint(&workspace, e).await;
         for r in &results {
             let tag = match r.status {
                 CheckStatus::Pass => "PASS",
@@ -458,30 +458,6 @@ async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-/// The checks of one endpoint, shared by `tributary check` and (later) the app.
-pub async fn check_endpoint(e: &crate::config::EndpointConfig) -> Vec<CheckResult> {
-    match e.engine {
-        Engine::Postgres => match e.resolve_password() {
-            Ok(password) => {
-                PostgresSource::new(PgEndpoint::from_config(e, password))
-                    .check()
-                    .await
-            }
-            Err(err) => vec![CheckResult::fail_from("password", &err)],
-        },
-        Engine::Mysql => vec![CheckResult {
-            name: "engine".into(),
-            status: CheckStatus::Fail,
-            detail: "MySQL/MariaDB sources are not supported by this build yet".into(),
-            fix: None,
-        }],
-        Engine::Local | Engine::S3 => match Storage::from_endpoint(e).await {
-            Ok(storage) => storage.check().await,
-            Err(err) => vec![CheckResult::fail_from("target", &err)],
-        },
     }
 }
 

@@ -356,6 +356,13 @@ async fn full_load_then_cdc_rebuilds_every_table() {
             .any(|c| c["change"].as_str().unwrap().contains("email text")),
         "{accounts}"
     );
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_basic",
+        "--yes",
+    ]));
 }
 
 /// Transactions over both tables, forever, until `stop` says so.
@@ -442,6 +449,14 @@ async fn sigkill_under_load_then_restart_writes_each_change_once() {
         "--until-caught-up",
     ]));
     assert_lake_equals_source(&pg, db, &dir, "cdc_kill", &["accounts", "orders"]);
+    // Leave no slot holding WAL on the test server.
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_kill",
+        "--yes",
+    ]));
 }
 
 /// Copies every object under `prefix` of `bucket` into `root`, keeping the keys as paths.
@@ -524,6 +539,11 @@ async fn cdc_into_s3_then_delete_the_task() {
         "{text}"
     );
     assert!(text.contains("slot tributary_cdc_s3 is idle"), "{text}");
+    assert!(
+        text.contains("PASS task cdc_s3: slot tributary_cdc_s3 exists")
+            && text.contains("publication tributary_cdc_s3 exists"),
+        "{text}"
+    );
 
     // Deleting the task drops its slot and publication, and only when asked to.
     let refused = tributary_command(&["delete-task", &ws, "--task", "cdc_s3"])

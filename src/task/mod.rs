@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ConfigError, Engine, MigrationType, TaskConfig, Workspace};
 use crate::lake::format::FormatError;
 use crate::lake::{Storage, StorageError};
-use crate::source::SourceError;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
+use crate::source::{CheckResult, CheckStatus, Source, SourceError};
 pub use cdc::CdcStats;
 use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;
@@ -145,6 +145,94 @@ impl Events {
             level,
             message: message.into(),
         });
+    }
+}
+
+/// The checks of one endpoint, shared by `tributary check` and the app: connection and
+/// prerequisites, and for a source, the slot and publication of each CDC task reading it.
+pub async fn check_endpoint(
+    workspace: &Workspace,
+    e: &crate::config::EndpointConfig,
+) -> Vec<CheckResult> {
+    match e.engine {
+        Engine::Postgres => {
+            let password = match e.resolve_password() {
+                Ok(p) => p,
+                Err(err) => return vec![CheckResult::fail_from("password", &err)],
+            };
+            let pg = PgEndpoint::from_config(e, password);
+            let mut results = PostgresSource::new(pg.clone()).check().await;
+            if results.iter().any(|r| r.status == CheckStatus::Fail) {
+                return results;
+            }
+            for task in workspace
+                .tasks
+                .iter()
+                .filter(|t| t.source == e.name && t.has_cdc())
+            {
+                results.push(cdc_check(&pg, task).await);
+            }
+            results
+        }
+        Engine::Mysql => vec![CheckResult {
+            name: "engine".into(),
+            status: CheckStatus::Fail,
+            detail: "MySQL/MariaDB sources are not supported by this build yet".into(),
+            fix: None,
+        }],
+        Engine::Local | Engine::S3 => match Storage::from_endpoint(e).await {
+            Ok(storage) => storage.check().await,
+            Err(err) => vec![CheckResult::fail_from("target", &err)],
+        },
+    }
+}
+
+/// A CDC task's slot and publication on its source.
+async fn cdc_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
+    let name = format!("task {}", task.name);
+    let (slot, publication) = (task.slot_name(), task.publication_name());
+    let status = match pg.slot_status(&slot).await {
+        Ok(s) => s,
+        Err(e) => return CheckResult::fail_from(&name, &e),
+    };
+    let publication_exists = match pg.publication_exists(&publication).await {
+        Ok(p) => p,
+        Err(e) => return CheckResult::fail_from(&name, &e),
+    };
+    let publication_text = if publication_exists {
+        format!("publication {publication} exists")
+    } else {
+        format!("publication {publication} is created on the first run")
+    };
+    match status {
+        None => CheckResult::pass(
+            &name,
+            format!("slot {slot} is created on the first run; {publication_text}"),
+        ),
+        Some(s)
+            if s.plugin.as_deref() != Some("pgoutput")
+                || s.database.as_deref() != Some(pg.database.as_str()) =>
+        {
+            CheckResult {
+                name,
+                status: CheckStatus::Fail,
+                detail: format!(
+                    "slot {slot} exists but is not a pgoutput slot of database {} (plugin {:?}, database {:?})",
+                    pg.database, s.plugin, s.database
+                ),
+                fix: Some(format!(
+                    "set cdc_settings.slot_name to another name, or drop it: SELECT pg_drop_replication_slot('{slot}')"
+                )),
+            }
+        }
+        Some(s) => CheckResult::pass(
+            &name,
+            format!(
+                "slot {slot} exists ({}, {} MB of WAL held); {publication_text}",
+                if s.active { "streaming" } else { "idle" },
+                s.retained_bytes / 1_048_576
+            ),
+        ),
     }
 }
 

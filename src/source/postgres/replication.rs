@@ -103,19 +103,22 @@ impl PgEndpoint {
         }
     }
 
+    pub async fn publication_exists(&self, publication: &str) -> Result<bool, SourceError> {
+        let mut conn = self.connect().await?;
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+            .bind(publication)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| self.classify(e, "looking up the publication"))
+    }
+
     /// The task's publication: created `FOR ALL TABLES` if absent (tables are then picked by
     /// the task's selection rules, and new tables are captured as they appear).
     pub async fn ensure_publication(&self, publication: &str) -> Result<bool, SourceError> {
-        let mut conn = self.connect().await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
-                .bind(publication)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| self.classify(e, "looking up the publication"))?;
-        if exists {
+        if self.publication_exists(publication).await? {
             return Ok(false);
         }
+        let mut conn = self.connect().await?;
         let sql = format!(
             "CREATE PUBLICATION {} FOR ALL TABLES",
             quote_ident(publication)
