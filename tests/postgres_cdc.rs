@@ -471,18 +471,7 @@ async fn download(bucket: &str, prefix: &str, root: &Path) {
         .unwrap();
     for o in list.contents() {
         let key = o.key().unwrap();
-        let body = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = get_object(&client, bucket, key).await;
         let path = root.join(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, body).unwrap();

@@ -513,18 +513,7 @@ async fn s3_target_then_ls_and_preview() {
             keys,
             [format!("raw/shop/public/{table}/LOAD00000001.parquet")]
         );
-        let body = client
-            .get_object()
-            .bucket(bucket)
-            .key(keys[0])
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+        let body = get_object(&client, bucket, keys[0]).await;
         let count: usize = read_parquet(body).iter().map(|b| b.num_rows()).sum();
         rows.insert(table, count);
     }

@@ -106,6 +106,22 @@ pub async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
+/// The whole content of an object.
+pub async fn get_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bytes::Bytes {
+    client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+}
+
 /// A bucket that exists and is empty.
 pub async fn fresh_bucket(name: &str) {
     let client = s3_client(&s3_endpoint()).await;
