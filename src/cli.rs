@@ -33,6 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the desktop app (what `tributary` with no arguments does), optionally on a
+    /// workspace file.
+    App { workspace: Option<PathBuf> },
     /// Run a task of a workspace file. A full-load task exits when every table is loaded.
     Run {
         workspace: PathBuf,
@@ -131,11 +134,11 @@ pub fn main() -> ExitCode {
         )
         .init();
     let Some(command) = cli.command else {
-        // The desktop app comes with a later release; until then, help.
-        use clap::CommandFactory;
-        let _ = Cli::command().print_help();
-        return ExitCode::SUCCESS;
+        return crate::ui::run(None);
     };
+    if let Command::App { workspace } = command {
+        return crate::ui::run(workspace);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,6 +186,7 @@ pub fn main() -> ExitCode {
                 yes,
             } => delete_task(workspace, task, yes).await,
             Command::Ls { uri, recursive, s3 } => ls(&uri, recursive, &s3).await,
+            Command::App { .. } => unreachable!("handled before the runtime starts"),
             Command::Preview { file, rows, s3 } => preview(&file, rows, &s3).await,
         }
     })

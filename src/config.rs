@@ -348,15 +348,21 @@ impl Workspace {
             source,
         })?;
         let mut workspace = Workspace::parse(&text, path)?;
+        workspace.resolve_relative_paths(path);
+        Ok(workspace)
+    }
+
+    /// Makes relative local target paths relative to the folder of the workspace file at
+    /// `path`, rather than to the current directory.
+    pub fn resolve_relative_paths(&mut self, path: &Path) {
         let base = path.parent().unwrap_or(Path::new("."));
-        for e in &mut workspace.endpoints {
+        for e in &mut self.endpoints {
             if let Some(local) = &mut e.path
                 && local.is_relative()
             {
                 *local = normalize(&base.join(&*local));
             }
         }
-        Ok(workspace)
     }
 
     /// Parses and validates `text`; `path` only names the file in errors.

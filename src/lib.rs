@@ -3,8 +3,8 @@
 //!
 //! The engine is `config` (the workspace file), `source` (one module per database),
 //! `lake` (layout, formats, storage, inspection) and `task` (runner, checkpoints,
-//! statistics, and the command/event API). `cli` drives the engine from a terminal; the
-//! desktop app will drive it through the same `task` API. The engine never imports UI code.
+//! statistics, and the command/event API). `cli` drives the engine from a terminal; `ui`,
+//! the desktop app, drives it through the same `task` API. The engine never imports UI code.
 
 #[cfg(unix)]
 pub mod bench;
@@ -13,3 +13,4 @@ pub mod config;
 pub mod lake;
 pub mod source;
 pub mod task;
+pub mod ui;

@@ -162,7 +162,7 @@ async fn access_denied() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupt_parquet_file() {
     let dir = TestDir::new();
-    let path = dir.dir.path().join("LOAD00000001.parquet");
+    let path = dir.path().join("LOAD00000001.parquet");
     std::fs::write(&path, b"PAR1 this is not a parquet file at all PAR1").unwrap();
     let err = assert_failure(&tributary(&["preview", &path.to_string_lossy()]), 1);
     assert_mentions(&err, &["LOAD00000001.parquet", "Parquet"]);

@@ -496,9 +496,18 @@ impl Storage {
     }
 
     /// Removes temporary files left by a killed writer. Call only when no task writes here.
-    pub fn clean_spool(&self) {
-        if let Storage::Local(l) = self {
-            let _ = std::fs::remove_dir_all(l.root.join(LOCAL_TMP_DIR));
+    /// Removes the spool files a killed run of `task` left (their names start with
+    /// `<task>-`); other tasks' files, maybe in use, are left alone.
+    pub fn clean_spool(&self, task: &str) {
+        let Ok(dir) = self.spool_dir() else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let prefix = format!("{task}-");
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 

@@ -115,7 +115,7 @@ pub(super) async fn run<S: Source>(
             snapshot_position: state.snapshot_position,
         });
     }
-    storage.clean_spool();
+    storage.clean_spool(&task.name);
 
     // Plan: finished tables stay, unfinished ones lose their unlisted files, new ones get ranges.
     let range_bytes = task.full_load_settings.parallel_load_range_mb.max(1) * 1024 * 1024;
@@ -258,6 +258,7 @@ pub(super) async fn run<S: Source>(
         }
         for range in ranges {
             let job = RangeJob {
+                task: task.name.clone(),
                 source: source.clone(),
                 table: table.clone(),
                 range: range.clone(),
@@ -381,6 +382,7 @@ async fn complete_if_done(
 }
 
 struct RangeJob<S> {
+    task: String,
     source: Arc<S>,
     table: Arc<TableJob>,
     range: TableRange,
@@ -485,7 +487,8 @@ impl<S: Source> RangeJob<S> {
             &self.table.info.arrow_schema,
             spool,
             format!(
-                "{}-{}-r{}",
+                "{}-{}-{}-r{}",
+                self.task,
                 self.table.key.replace('/', "_"),
                 crate::lake::storage::unique_suffix(),
                 self.range.index

@@ -100,7 +100,7 @@ pub struct TaskHandle {
     pub task: String,
     commands: watch::Sender<Option<TaskCommand>>,
     pub events: mpsc::UnboundedReceiver<TaskEvent>,
-    join: tokio::task::JoinHandle<Result<TaskSummary, TaskError>>,
+    join: Option<tokio::task::JoinHandle<Result<TaskSummary, TaskError>>>,
 }
 
 impl TaskHandle {
@@ -114,17 +114,38 @@ impl TaskHandle {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.join.is_finished()
+        self.join.as_ref().is_none_or(|j| j.is_finished())
     }
 
     /// Waits for the task's end.
-    pub async fn finish(self) -> Result<TaskSummary, TaskError> {
+    pub async fn finish(mut self) -> Result<TaskSummary, TaskError> {
         let task = self.task.clone();
-        self.join.await.unwrap_or_else(|e| {
-            Err(TaskError::Internal {
+        match self.join.take() {
+            Some(join) => join.await.unwrap_or_else(|e| {
+                Err(TaskError::Internal {
+                    task,
+                    message: e.to_string(),
+                })
+            }),
+            None => Err(TaskError::Internal {
                 task,
-                message: e.to_string(),
-            })
+                message: "the task's end was already taken".into(),
+            }),
+        }
+    }
+
+    /// The task's end as a future of its own (for a caller that keeps the handle to send
+    /// commands and read events): the summary table, or the error's message.
+    pub fn take_join(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<String, String>> + Send + 'static> {
+        let join = self.join.take()?;
+        Some(async move {
+            match join.await {
+                Ok(Ok(summary)) => Ok(summary.table()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the task failed inside the engine: {e}")),
+            }
         })
     }
 }
@@ -256,7 +277,7 @@ pub fn start_task(
         task,
         commands,
         events,
-        join,
+        join: Some(join),
     }
 }
 

@@ -187,24 +187,39 @@ pub fn assert_failure(output: &Output, code: i32) -> String {
     text
 }
 
-/// A temporary folder with a workspace file in it; the lake goes in `lake/`.
+/// A folder for one test, with a workspace file in it; the lake goes in `lake/`.
 pub struct TestDir {
-    pub dir: tempfile::TempDir,
+    root: PathBuf,
+    /// Removes the folder at the end, unless it is a fixed one.
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl TestDir {
     pub fn new() -> TestDir {
+        let temp = tempfile::tempdir().unwrap();
         TestDir {
-            dir: tempfile::tempdir().unwrap(),
+            root: temp.path().to_owned(),
+            _temp: Some(temp),
         }
     }
 
+    /// A folder at a fixed place, emptied first and kept afterwards (to look at).
+    pub fn at(root: PathBuf) -> TestDir {
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        TestDir { root, _temp: None }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
     pub fn lake(&self) -> PathBuf {
-        self.dir.path().join("lake")
+        self.root.join("lake")
     }
 
     pub fn write_workspace(&self, toml: &str) -> String {
-        let path = self.dir.path().join("workspace.toml");
+        let path = self.root.join("workspace.toml");
         std::fs::write(&path, toml).unwrap();
         path.to_string_lossy().into_owned()
     }

@@ -1,0 +1,293 @@
+//! Endpoints screen: list, add, edit and delete sources and targets, validated as you type,
+//! and "Test connection" with the same checks as `tributary check`.
+//!
+//! Passwords are never entered here: an endpoint names the environment variable that holds
+//! its password (`password_env`), so nothing secret reaches the workspace file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::{Backend, WorkspaceDoc};
+use crate::config::{EndpointConfig, Engine};
+use crate::source::{CheckResult, CheckStatus};
+
+#[derive(Default)]
+pub struct EndpointsScreen {
+    selected: Option<usize>,
+    /// Results of the last test per endpoint; `None` while one runs.
+    checks: HashMap<String, Option<Vec<CheckResult>>>,
+}
+
+const GREEN: egui::Color32 = egui::Color32::from_rgb(60, 170, 90);
+
+impl EndpointsScreen {
+    pub fn checked(&mut self, endpoint: String, results: Vec<CheckResult>) {
+        self.checks.insert(endpoint, Some(results));
+    }
+
+    pub fn endpoints_ui(&mut self, ui: &mut egui::Ui, doc: &mut WorkspaceDoc, backend: &Backend) {
+        egui::Panel::left("endpoint-list")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| self.list_ui(ui, doc));
+        let Some(index) = self.selected.filter(|i| *i < doc.workspace.endpoints.len()) else {
+            ui.label("Select an endpoint, or add one.");
+            return;
+        };
+        let mut delete = false;
+        let mut test = false;
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            let endpoint = &mut doc.workspace.endpoints[index];
+            let before = endpoint.clone();
+            editor_ui(ui, endpoint);
+            ui.add_space(8.0);
+            ui.horizontal(|ui| {
+                test = ui.button("Test connection").clicked();
+                delete = ui.button("Delete endpoint").clicked();
+            });
+            if !same(&before, endpoint) {
+                doc.dirty = true;
+            }
+            if let Some(state) = self.checks.get(&endpoint.name) {
+                checks_ui(ui, state.as_deref());
+            }
+        });
+        if test {
+            let endpoint = doc.workspace.endpoints[index].clone();
+            self.checks.insert(endpoint.name.clone(), None);
+            backend.check_endpoint(&doc.workspace, &endpoint);
+        }
+        if delete {
+            doc.workspace.endpoints.remove(index);
+            self.selected = None;
+            doc.dirty = true;
+        }
+    }
+
+    fn list_ui(&mut self, ui: &mut egui::Ui, doc: &mut WorkspaceDoc) {
+        ui.heading("Endpoints");
+        for (i, e) in doc.workspace.endpoints.iter().enumerate() {
+            let role = if e.engine.is_source() {
+                "source"
+            } else {
+                "target"
+            };
+            let label = format!("{}  ({}, {role})", e.name, engine_name(e.engine));
+            if ui
+                .selectable_label(self.selected == Some(i), label)
+                .clicked()
+            {
+                self.selected = Some(i);
+            }
+        }
+        ui.separator();
+        ui.horizontal_wrapped(|ui| {
+            for (engine, label) in [
+                (Engine::Postgres, "+ PostgreSQL"),
+                (Engine::Mysql, "+ MySQL"),
+                (Engine::Local, "+ Local folder"),
+                (Engine::S3, "+ S3 bucket"),
+            ] {
+                if ui.button(label).clicked() {
+                    let name = unique_name(doc, engine_name(engine));
+                    doc.workspace.endpoints.push(new_endpoint(name, engine));
+                    self.selected = Some(doc.workspace.endpoints.len() - 1);
+                    doc.dirty = true;
+                }
+            }
+        });
+    }
+}
+
+fn same(a: &EndpointConfig, b: &EndpointConfig) -> bool {
+    toml::to_string(a).ok() == toml::to_string(b).ok()
+}
+
+pub fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "postgres",
+        Engine::Mysql => "mysql",
+        Engine::Local => "local",
+        Engine::S3 => "s3",
+    }
+}
+
+fn unique_name(doc: &WorkspaceDoc, base: &str) -> String {
+    (1..)
+        .map(|i| format!("{base}{i}"))
+        .find(|n| !doc.workspace.endpoints.iter().any(|e| &e.name == n))
+        .unwrap_or_else(|| base.to_owned())
+}
+
+fn new_endpoint(name: String, engine: Engine) -> EndpointConfig {
+    let mut e: EndpointConfig = match toml::from_str(&format!(
+        "name = \"{name}\"\nengine = \"{}\"",
+        engine_name(engine)
+    )) {
+        Ok(e) => e,
+        Err(_) => unreachable!("a name and an engine always parse"),
+    };
+    match engine {
+        Engine::Postgres | Engine::Mysql => {
+            e.host = Some("127.0.0.1".into());
+            e.port = Some(if engine == Engine::Postgres {
+                5432
+            } else {
+                3306
+            });
+            e.user = Some(
+                if engine == Engine::Postgres {
+                    "postgres"
+                } else {
+                    "root"
+                }
+                .into(),
+            );
+            e.password_env = Some(
+                if engine == Engine::Postgres {
+                    "PGPASSWORD"
+                } else {
+                    "MYSQL_PWD"
+                }
+                .into(),
+            );
+        }
+        Engine::Local => e.path = Some(PathBuf::from("lake")),
+        Engine::S3 => e.bucket = Some(String::new()),
+    }
+    e
+}
+
+/// A text field for an optional setting, with its problem shown beside it.
+fn field_ui(ui: &mut egui::Ui, label: &str, value: &mut Option<String>, problem: Option<&str>) {
+    let label = ui.label(label);
+    let mut text = value.clone().unwrap_or_default();
+    let response = ui
+        .add_sized([280.0, 20.0], egui::TextEdit::singleline(&mut text))
+        .labelled_by(label.id);
+    if response.changed() {
+        *value = (!text.is_empty()).then_some(text);
+    }
+    match problem {
+        Some(p) => ui.colored_label(ui.visuals().error_fg_color, p),
+        None => ui.label(""),
+    };
+    ui.end_row();
+}
+
+/// The per-engine form; problems show as you type.
+fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
+    ui.heading(format!("{} endpoint", engine_name(e.engine)));
+    egui::Grid::new("endpoint-form")
+        .num_columns(3)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            let mut name = Some(e.name.clone());
+            let name_problem = name_problem(&e.name);
+            field_ui(ui, "Name", &mut name, name_problem.as_deref());
+            e.name = name.unwrap_or_default();
+            match e.engine {
+                Engine::Postgres | Engine::Mysql => {
+                    let host_problem = e.host.is_none().then_some("required");
+                    field_ui(ui, "Host", &mut e.host, host_problem);
+                    let mut port = e.port.map(|p| p.to_string());
+                    let port_problem = port
+                        .as_deref()
+                        .filter(|p| p.parse::<u16>().is_err())
+                        .map(|_| "a port number, 1 to 65535");
+                    field_ui(ui, "Port", &mut port, port_problem);
+                    if let Some(p) = port.as_deref().and_then(|p| p.parse().ok()) {
+                        e.port = Some(p);
+                    } else if port.is_none() {
+                        e.port = None;
+                    }
+                    field_ui(ui, "Database", &mut e.database, None);
+                    let user_problem = e.user.is_none().then_some("required");
+                    field_ui(ui, "User", &mut e.user, user_problem);
+                    let env_problem = match &e.password_env {
+                        Some(var) if std::env::var_os(var).is_none() => {
+                            Some(format!("{var} is not set in this app's environment"))
+                        }
+                        _ => None,
+                    };
+                    field_ui(
+                        ui,
+                        "Password variable",
+                        &mut e.password_env,
+                        env_problem.as_deref(),
+                    );
+                }
+                Engine::Local => {
+                    let mut path = e.path.as_ref().map(|p| p.display().to_string());
+                    let problem = path.is_none().then_some("required");
+                    field_ui(ui, "Folder", &mut path, problem);
+                    e.path = path.map(PathBuf::from);
+                }
+                Engine::S3 => {
+                    let problem = e
+                        .bucket
+                        .as_deref()
+                        .is_none_or(str::is_empty)
+                        .then_some("required");
+                    field_ui(ui, "Bucket", &mut e.bucket, problem);
+                    field_ui(ui, "Region", &mut e.region, None);
+                    let url_problem = e
+                        .endpoint_url
+                        .as_deref()
+                        .filter(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+                        .map(|_| "must start with http:// or https://");
+                    field_ui(ui, "Endpoint URL", &mut e.endpoint_url, url_problem);
+                    field_ui(ui, "Profile", &mut e.profile, None);
+                    ui.label("Path-style");
+                    let mut path_style = e.force_path_style.unwrap_or(false);
+                    if ui.checkbox(&mut path_style, "").changed() {
+                        e.force_path_style = Some(path_style);
+                    }
+                    ui.end_row();
+                }
+            }
+        });
+    if e.engine.is_source() {
+        ui.weak(
+            "The password is read from the named environment variable; it is never stored in \
+             the workspace file.",
+        );
+    } else if e.engine == Engine::S3 {
+        ui.weak("Credentials come from the AWS chain: environment, profile, SSO or instance role.");
+    }
+}
+
+fn name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (!ok).then(|| "letters, digits, '-', '_' and '.'".to_owned())
+}
+
+/// Each prerequisite in green or red, with its fix.
+fn checks_ui(ui: &mut egui::Ui, results: Option<&[CheckResult]>) {
+    ui.separator();
+    let Some(results) = results else {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label("Testing…");
+        });
+        return;
+    };
+    for r in results {
+        let (mark, color) = match r.status {
+            CheckStatus::Pass => ("PASS", GREEN),
+            CheckStatus::Warn => ("WARN", ui.visuals().warn_fg_color),
+            CheckStatus::Fail => ("FAIL", ui.visuals().error_fg_color),
+        };
+        ui.horizontal_wrapped(|ui| {
+            ui.colored_label(color, format!("{mark} {}", r.name));
+            ui.label(&r.detail);
+        });
+        if let Some(fix) = &r.fix {
+            ui.indent(&r.name, |ui| ui.weak(format!("fix: {fix}")));
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Lake browser: a target (local folder or S3) as a tree of folders
+//! (`raw/<source>/<schema>/<table>/<partitions>`), with object counts, sizes, last-modified
+//! times and a small-file warning below a size the user sets.
+//!
+//! Listing is paged and asynchronous: pages of the current folder arrive one after another
+//! in the background, and only the visible rows are drawn, so a folder with 100k objects
+//! never freezes the window.
+
+use crate::lake::storage::ListPage;
+use crate::lake::{ObjectMeta, Storage};
+
+use super::{Backend, UiEvent, WorkspaceDoc};
+
+pub struct LakeScreen {
+    target: Option<String>,
+    storage: Option<Storage>,
+    prefix: String,
+    folders: Vec<String>,
+    objects: Vec<ObjectMeta>,
+    /// Identifies the listing in flight; pages of an older one are dropped.
+    request: u64,
+    listing: bool,
+    error: Option<String>,
+    small_file_kb: u64,
+    /// The next page to ask for: (prefix, continuation token).
+    pending: Option<(String, String)>,
+}
+
+impl LakeScreen {
+    pub fn new(small_file_kb: u64) -> Self {
+        LakeScreen {
+            target: None,
+            storage: None,
+            prefix: String::new(),
+            folders: Vec::new(),
+            objects: Vec::new(),
+            request: 0,
+            listing: false,
+            error: None,
+            small_file_kb,
+            pending: None,
+        }
+    }
+
+    pub fn small_file_kb(&self) -> u64 {
+        self.small_file_kb
+    }
+
+    /// A page of the current listing arrived; asks for the next one.
+    pub fn page(&mut self, request: u64, prefix: String, page: Result<ListPage, String>) {
+        if request != self.request {
+            return;
+        }
+        match page {
+            Ok(page) => {
+                self.folders.extend(page.prefixes);
+                self.objects.extend(page.objects);
+                match page.next {
+                    Some(token) => self.pending = Some((prefix, token)),
+                    None => self.listing = false,
+                }
+            }
+            Err(e) => {
+                self.error = Some(e);
+                self.listing = false;
+            }
+        }
+    }
+
+    /// The chosen target's storage is ready: list its root.
+    pub fn opened(&mut self, backend: &Backend, target: String, storage: Result<Storage, String>) {
+        if self.target.as_deref() != Some(target.as_str()) {
+            return;
+        }
+        match storage {
+            Ok(storage) => {
+                self.storage = Some(storage);
+                self.list(backend, String::new(), None);
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    fn list(&mut self, backend: &Backend, prefix: String, token: Option<String>) {
+        let Some(storage) = self.storage.clone() else {
+            return;
+        };
+        if token.is_none() {
+            self.request += 1;
+            self.folders.clear();
+            self.objects.clear();
+            self.error = None;
+            self.prefix = prefix.clone();
+        }
+        self.listing = true;
+        let request = self.request;
+        backend.spawn(async move {
+            let page = storage
+                .list_page(&prefix, true, token)
+                .await
+                .map_err(|e| e.to_string());
+            UiEvent::LakePage {
+                request,
+                prefix,
+                page,
+            }
+        });
+    }
+
+    /// Draws the browser; returns a file to preview (its URI, storage and key).
+    pub fn lake_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        doc: &WorkspaceDoc,
+        backend: &Backend,
+    ) -> Option<(String, Option<(Storage, String)>)> {
+        if let Some((prefix, token)) = self.pending.take() {
+            self.list(backend, prefix, Some(token));
+        }
+        let targets: Vec<_> = doc
+            .workspace
+            .endpoints
+            .iter()
+            .filter(|e| !e.engine.is_source())
+            .collect();
+        ui.horizontal(|ui| {
+            ui.label("Target");
+            let current = self.target.clone().unwrap_or_else(|| "choose…".into());
+            egui::ComboBox::from_id_salt("lake-target")
+                .selected_text(current)
+                .show_ui(ui, |ui| {
+                    for t in &targets {
+                        if ui
+                            .selectable_label(self.target.as_deref() == Some(&t.name), &t.name)
+                            .clicked()
+                        {
+                            self.target = Some(t.name.clone());
+                            self.storage = None;
+                            self.error = None;
+                            let mut endpoint = (*t).clone();
+                            // A relative folder is relative to the workspace file, as in the CLI.
+                            if let (Some(file), Some(folder)) = (&doc.path, &endpoint.path)
+                                && folder.is_relative()
+                            {
+                                let base = file.parent().unwrap_or(std::path::Path::new("."));
+                                endpoint.path = Some(base.join(folder));
+                            }
+                            // Building an S3 client reads the credential chain: not on this thread.
+                            backend.spawn(async move {
+                                let storage = Storage::from_endpoint(&endpoint)
+                                    .await
+                                    .map_err(|e| e.to_string());
+                                UiEvent::LakeOpened {
+                                    target: endpoint.name,
+                                    storage,
+                                }
+                            });
+                        }
+                    }
+                });
+            ui.separator();
+            ui.label("small files below (KB)");
+            ui.add(egui::DragValue::new(&mut self.small_file_kb).range(1..=10_000_000));
+        });
+        if targets.is_empty() {
+            ui.label("Add a local or S3 target endpoint to browse it.");
+            return None;
+        }
+        if let Some(e) = self.error.as_ref().filter(|_| self.storage.is_none()) {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+        }
+        let storage = self.storage.clone()?;
+        // Breadcrumb.
+        let mut go_to = None;
+        ui.horizontal_wrapped(|ui| {
+            if ui.link(storage.describe()).clicked() {
+                go_to = Some(String::new());
+            }
+            let mut acc = String::new();
+            for part in self.prefix.split('/').filter(|p| !p.is_empty()) {
+                acc.push_str(part);
+                acc.push('/');
+                ui.label("/");
+                if ui.link(part).clicked() {
+                    go_to = Some(acc.clone());
+                }
+            }
+        });
+        let total: u64 = self.objects.iter().map(|o| o.size).sum();
+        let small_limit = self.small_file_kb * 1024;
+        let small = self.objects.iter().filter(|o| o.size < small_limit).count();
+        ui.horizontal(|ui| {
+            ui.label(format!(
+                "{} folder(s), {} object(s), {}",
+                self.folders.len(),
+                self.objects.len(),
+                human_bytes(total)
+            ));
+            if self.listing {
+                ui.spinner();
+                ui.weak("listing…");
+            }
+            if small > 0 {
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!(
+                        "{small} small file(s) below {} KB: query engines read many small files slowly",
+                        self.small_file_kb
+                    ),
+                );
+            }
+        });
+        if let Some(e) = &self.error {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+        }
+        ui.separator();
+        let mut open = None;
+        let rows = self.folders.len() + self.objects.len();
+        let row_height = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
+        egui::ScrollArea::vertical().show_rows(ui, row_height, rows, |ui, range| {
+            for i in range {
+                if let Some(folder) = self.folders.get(i) {
+                    let name = folder
+                        .trim_end_matches('/')
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(folder);
+                    if ui.link(format!("{name}/")).clicked() {
+                        go_to = Some(folder.clone());
+                    }
+                } else if let Some(o) = self.objects.get(i - self.folders.len()) {
+                    let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+                    ui.horizontal(|ui| {
+                        let previewable = [".parquet", ".csv", ".json", ".csv.gz", ".json.gz"]
+                            .iter()
+                            .any(|e| name.ends_with(e));
+                        if previewable {
+                            if ui.link(name).clicked() {
+                                open = Some(o.key.clone());
+                            }
+                        } else {
+                            ui.label(name);
+                        }
+                        ui.weak(human_bytes(o.size));
+                        if let Some(t) = o.last_modified {
+                            ui.weak(t.format("%Y-%m-%d %H:%M:%S").to_string());
+                        }
+                        if o.size < small_limit {
+                            ui.colored_label(ui.visuals().warn_fg_color, "small");
+                        }
+                    });
+                }
+            }
+        });
+        if let Some(prefix) = go_to {
+            self.list(backend, prefix, None);
+        }
+        open.map(|key| (storage.uri(&key), Some((storage.clone(), key))))
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,407 @@
+//! Tasks screen: create and edit tasks (source, target, migration type, selection rules with
+//! the live list of source tables they match, target settings with DMS's defaults shown), and
+//! start, stop, resume or reload them.
+
+use std::collections::HashMap;
+
+use super::monitoring::Runs;
+use super::{Backend, UiEvent, WorkspaceDoc};
+use crate::config::{
+    Compression, DataFormat, DatePartitionSequence, DatePartitionStyle, Engine, MigrationType,
+    TargetSettings, TaskConfig,
+};
+use crate::source::postgres::{PgEndpoint, PostgresSource};
+use crate::source::{SelectionRules, Source};
+use crate::task::RunOptions;
+
+#[derive(Default)]
+pub struct TasksScreen {
+    selected: Option<usize>,
+    /// Every table of each source (`schema.table`), fetched once per source; `None` while
+    /// fetching. Rules are matched against it as they are typed.
+    source_tables: HashMap<String, Option<Result<Vec<String>, String>>>,
+    include_text: String,
+    exclude_text: String,
+}
+
+impl TasksScreen {
+    pub fn source_tables(&mut self, source: String, tables: Result<Vec<String>, String>) {
+        self.source_tables.insert(source, Some(tables));
+    }
+
+    pub fn tasks_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        doc: &mut WorkspaceDoc,
+        backend: &Backend,
+        runs: &mut Runs,
+    ) {
+        egui::Panel::left("task-list")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| self.list_ui(ui, doc, runs));
+        let Some(index) = self.selected.filter(|i| *i < doc.workspace.tasks.len()) else {
+            ui.label("Select a task, or add one.");
+            return;
+        };
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            self.run_controls_ui(ui, doc, backend, runs, index);
+            ui.separator();
+            let before = toml::to_string(&doc.workspace.tasks[index]).ok();
+            self.editor_ui(ui, doc, backend, index);
+            if toml::to_string(&doc.workspace.tasks[index]).ok() != before {
+                doc.dirty = true;
+            }
+        });
+    }
+
+    fn list_ui(&mut self, ui: &mut egui::Ui, doc: &mut WorkspaceDoc, runs: &Runs) {
+        ui.heading("Tasks");
+        for (i, t) in doc.workspace.tasks.iter().enumerate() {
+            let state = if runs.is_running(&t.name) {
+                "  (running)"
+            } else {
+                ""
+            };
+            if ui
+                .selectable_label(self.selected == Some(i), format!("{}{state}", t.name))
+                .clicked()
+            {
+                self.select(doc, i);
+            }
+        }
+        ui.separator();
+        let source = doc
+            .workspace
+            .endpoints
+            .iter()
+            .find(|e| e.engine.is_source());
+        let target = doc
+            .workspace
+            .endpoints
+            .iter()
+            .find(|e| !e.engine.is_source());
+        match (source, target) {
+            (Some(s), Some(t)) => {
+                if ui.button("+ New task").clicked() {
+                    let name = (1..)
+                        .map(|i| format!("task{i}"))
+                        .find(|n| !doc.workspace.tasks.iter().any(|t| &t.name == n))
+                        .unwrap_or_default();
+                    let task: Result<TaskConfig, _> = toml::from_str(&format!(
+                        "name = \"{name}\"\nsource = \"{}\"\ntarget = \"{}\"",
+                        s.name, t.name
+                    ));
+                    if let Ok(task) = task {
+                        doc.workspace.tasks.push(task);
+                        doc.dirty = true;
+                        let i = doc.workspace.tasks.len() - 1;
+                        self.select(doc, i);
+                    }
+                }
+            }
+            _ => {
+                ui.weak("A task needs a source and a target endpoint: add them first.");
+            }
+        }
+    }
+
+    fn select(&mut self, doc: &WorkspaceDoc, i: usize) {
+        self.selected = Some(i);
+        if let Some(t) = doc.workspace.tasks.get(i) {
+            self.include_text = t.include.join(", ");
+            self.exclude_text = t.exclude.join(", ");
+        }
+    }
+
+    fn run_controls_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        doc: &mut WorkspaceDoc,
+        backend: &Backend,
+        runs: &mut Runs,
+        index: usize,
+    ) {
+        let task = doc.workspace.tasks[index].name.clone();
+        let running = runs.is_running(&task);
+        ui.horizontal(|ui| {
+            let Some(path) = doc.path.clone() else {
+                ui.weak("Save the workspace to a file (Export…) before running its tasks.");
+                return;
+            };
+            let can_start = !running && !doc.dirty;
+            let start = ui
+                .add_enabled(can_start, egui::Button::new("Start / resume"))
+                .on_hover_text("Runs the task; a task stopped or killed resumes where it was");
+            let reload = ui
+                .add_enabled(can_start, egui::Button::new("Reload"))
+                .on_hover_text("Deletes the task's load files and loads every table again");
+            if start.clicked() || reload.clicked() {
+                runs.start(
+                    backend,
+                    &doc.workspace,
+                    path,
+                    &task,
+                    RunOptions {
+                        reload: reload.clicked(),
+                        until_caught_up: false,
+                    },
+                );
+            }
+            if ui.add_enabled(running, egui::Button::new("Stop")).clicked() {
+                runs.stop(&task);
+            }
+            if doc.dirty {
+                ui.weak("Save the workspace to run with these settings.");
+            }
+        });
+    }
+
+    fn editor_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        doc: &mut WorkspaceDoc,
+        backend: &Backend,
+        index: usize,
+    ) {
+        let sources: Vec<String> = doc
+            .workspace
+            .endpoints
+            .iter()
+            .filter(|e| e.engine.is_source())
+            .map(|e| e.name.clone())
+            .collect();
+        let targets: Vec<String> = doc
+            .workspace
+            .endpoints
+            .iter()
+            .filter(|e| !e.engine.is_source())
+            .map(|e| e.name.clone())
+            .collect();
+        let task = &mut doc.workspace.tasks[index];
+        egui::Grid::new("task-form")
+            .num_columns(2)
+            .spacing([12.0, 6.0])
+            .show(ui, |ui| {
+                ui.label("Name");
+                ui.text_edit_singleline(&mut task.name);
+                ui.end_row();
+                choice_ui(ui, "Source", &mut task.source, &sources);
+                choice_ui(ui, "Target", &mut task.target, &targets);
+                ui.label("Migration type");
+                ui.horizontal(|ui| {
+                    for (m, label) in [
+                        (MigrationType::FullLoad, "full load"),
+                        (MigrationType::Cdc, "CDC"),
+                        (MigrationType::FullLoadAndCdc, "full load + CDC"),
+                    ] {
+                        ui.radio_value(&mut task.migration_type, m, label);
+                    }
+                });
+                ui.end_row();
+                ui.label("Include");
+                if ui.text_edit_singleline(&mut self.include_text).changed() {
+                    task.include = rules(&self.include_text);
+                }
+                ui.end_row();
+                ui.label("Exclude");
+                if ui.text_edit_singleline(&mut self.exclude_text).changed() {
+                    task.exclude = rules(&self.exclude_text);
+                }
+                ui.end_row();
+            });
+        ui.weak("Rules are schema.table, comma-separated; % matches any run of characters.");
+        self.matched_tables_ui(ui, &doc.workspace, backend, index);
+        ui.separator();
+        let task = &mut doc.workspace.tasks[index];
+        ui.collapsing("Target settings (DMS defaults shown)", |ui| {
+            target_settings_ui(ui, &mut task.target_settings);
+        });
+    }
+
+    /// The source's tables that the rules select, matched locally as they are typed.
+    fn matched_tables_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        workspace: &crate::config::Workspace,
+        backend: &Backend,
+        index: usize,
+    ) {
+        let task = &workspace.tasks[index];
+        let Some(source) = workspace.endpoints.iter().find(|e| e.name == task.source) else {
+            return;
+        };
+        let fetch = ui.button("Refresh source tables").clicked();
+        if fetch || !self.source_tables.contains_key(&source.name) {
+            self.source_tables.insert(source.name.clone(), None);
+            let source = source.clone();
+            backend.spawn(async move {
+                let tables = list_tables(&source).await;
+                UiEvent::SourceTables {
+                    source: source.name,
+                    tables,
+                }
+            });
+        }
+        match self.source_tables.get(&source.name) {
+            Some(None) | None => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("Reading the source's tables…");
+                });
+            }
+            Some(Some(Err(e))) => {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            Some(Some(Ok(all))) => {
+                let rules = SelectionRules::new(&task.include, &task.exclude);
+                let matched: Vec<&String> = all
+                    .iter()
+                    .filter(|t| {
+                        t.split_once('.')
+                            .is_some_and(|(schema, table)| rules.matches(schema, table))
+                    })
+                    .collect();
+                ui.label(format!(
+                    "{} of {} tables selected",
+                    matched.len(),
+                    all.len()
+                ));
+                egui::ScrollArea::vertical()
+                    .id_salt("matched")
+                    .max_height(160.0)
+                    .show(ui, |ui| {
+                        for t in matched {
+                            ui.monospace(t);
+                        }
+                    });
+            }
+        }
+    }
+}
+
+/// Every table of a source, as `schema.table`.
+async fn list_tables(source: &crate::config::EndpointConfig) -> Result<Vec<String>, String> {
+    if source.engine != Engine::Postgres {
+        return Err(format!(
+            "listing tables of a {:?} source is not available yet",
+            source.engine
+        ));
+    }
+    let password = source.resolve_password().map_err(|e| e.to_string())?;
+    let pg = PostgresSource::new(PgEndpoint::from_config(source, password));
+    let tables = pg
+        .discover(&SelectionRules::new(&[], &[]))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tables.iter().map(|t| t.qualified_name()).collect())
+}
+
+fn rules(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn choice_ui(ui: &mut egui::Ui, label: &str, value: &mut String, choices: &[String]) {
+    ui.label(label);
+    egui::ComboBox::from_id_salt(label)
+        .selected_text(value.as_str())
+        .show_ui(ui, |ui| {
+            for c in choices {
+                ui.selectable_value(value, c.clone(), c);
+            }
+        });
+    ui.end_row();
+}
+
+fn target_settings_ui(ui: &mut egui::Ui, s: &mut TargetSettings) {
+    let defaults = TargetSettings::default();
+    egui::Grid::new("target-settings")
+        .num_columns(3)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            ui.label("Bucket folder");
+            ui.text_edit_singleline(&mut s.bucket_folder);
+            ui.weak("default: none");
+            ui.end_row();
+            ui.label("Format");
+            egui::ComboBox::from_id_salt("format")
+                .selected_text(format!("{:?}", s.data_format).to_lowercase())
+                .show_ui(ui, |ui| {
+                    for f in [DataFormat::Parquet, DataFormat::Csv, DataFormat::Json] {
+                        ui.selectable_value(&mut s.data_format, f, format!("{f:?}").to_lowercase());
+                    }
+                });
+            ui.weak(format!("default: {:?}", defaults.data_format).to_lowercase());
+            ui.end_row();
+            ui.label("Compression");
+            egui::ComboBox::from_id_salt("compression")
+                .selected_text(format!("{:?}", s.compression).to_lowercase())
+                .show_ui(ui, |ui| {
+                    for c in [
+                        Compression::Snappy,
+                        Compression::Zstd,
+                        Compression::Gzip,
+                        Compression::None,
+                    ] {
+                        ui.selectable_value(&mut s.compression, c, format!("{c:?}").to_lowercase());
+                    }
+                });
+            ui.weak(format!("default: {:?}", defaults.compression).to_lowercase());
+            ui.end_row();
+            ui.label("Op column in full load");
+            ui.checkbox(&mut s.include_op_for_full_load, "");
+            ui.weak("default: off");
+            ui.end_row();
+            ui.label("Timestamp column");
+            ui.text_edit_singleline(&mut s.timestamp_column_name);
+            ui.weak("default: none");
+            ui.end_row();
+            ui.label("Max file size (KB)");
+            ui.add(egui::DragValue::new(&mut s.max_file_size).range(1..=u64::MAX));
+            ui.weak(format!("default: {}", defaults.max_file_size));
+            ui.end_row();
+            ui.label("Date partitions");
+            ui.checkbox(&mut s.date_partition_enabled, "");
+            ui.weak("default: off");
+            ui.end_row();
+            ui.label("Partition sequence");
+            egui::ComboBox::from_id_salt("sequence")
+                .selected_text(format!("{:?}", s.date_partition_sequence))
+                .show_ui(ui, |ui| {
+                    for q in [
+                        DatePartitionSequence::YyyyMmDd,
+                        DatePartitionSequence::YyyyMmDdHh,
+                        DatePartitionSequence::YyyyMm,
+                        DatePartitionSequence::MmYyyyDd,
+                        DatePartitionSequence::DdMmYyyy,
+                    ] {
+                        ui.selectable_value(&mut s.date_partition_sequence, q, format!("{q:?}"));
+                    }
+                });
+            ui.weak("default: YyyyMmDd");
+            ui.end_row();
+            ui.label("Partition style");
+            ui.horizontal(|ui| {
+                ui.radio_value(
+                    &mut s.date_partition_style,
+                    DatePartitionStyle::Hive,
+                    "hive",
+                );
+                ui.radio_value(&mut s.date_partition_style, DatePartitionStyle::Dms, "dms");
+            });
+            ui.weak("default: dms");
+            ui.end_row();
+            ui.label("CDC batch interval (s)");
+            ui.add(egui::DragValue::new(&mut s.cdc_max_batch_interval).range(1..=86_400));
+            ui.weak(format!("default: {}", defaults.cdc_max_batch_interval));
+            ui.end_row();
+            ui.label("CDC min file size (KB)");
+            ui.add(egui::DragValue::new(&mut s.cdc_min_file_size).range(1..=u64::MAX));
+            ui.weak(format!("default: {}", defaults.cdc_min_file_size));
+            ui.end_row();
+        });
+}

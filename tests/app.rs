@@ -1,0 +1,298 @@
+//! The desktop app, driven with egui_kittest: widgets found by label, clicked, and the
+//! resulting state asserted. Background work (checks, loads, reads) really runs, on a tokio
+//! runtime, against the real PostgreSQL of scripts/test.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use common::*;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use sqlx::Executor;
+use tributary::config::Workspace;
+use tributary::ui::{Tab, TributaryApp};
+
+/// A folder with a fixed name, emptied first: file paths show on screen, and snapshots must
+/// not change from run to run.
+fn fixed_dir(name: &str) -> TestDir {
+    TestDir::at(std::env::temp_dir().join("tributary-app-tests").join(name))
+}
+
+/// Saves what the window shows for the README when TRIBUTARY_SCREENSHOTS names a folder.
+fn screenshot(harness: &mut Harness<'_, TributaryApp>, name: &str) {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_SCREENSHOTS") {
+        let image = harness.render().unwrap();
+        let small =
+            image::imageops::resize(&image, 960, 600, image::imageops::FilterType::Triangle);
+        small
+            .save(PathBuf::from(dir).join(format!("{name}.png")))
+            .unwrap();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn harness(
+    runtime: &tokio::runtime::Runtime,
+    path: PathBuf,
+    workspace: Workspace,
+) -> Harness<'static, TributaryApp> {
+    let handle = runtime.handle().clone();
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| TributaryApp::with_workspace(&cc.egui_ctx, handle, path, workspace))
+}
+
+/// Steps the app until `label` (a substring) shows, as background work completes.
+#[track_caller]
+fn wait_for(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        harness.step();
+        if harness.query_by_label_contains(label).is_some() {
+            return;
+        }
+        if started.elapsed() >= timeout {
+            // What the window showed instead, to look at.
+            let shot = std::env::temp_dir().join("tributary-app-test-failure.png");
+            if let Ok(image) = harness.render() {
+                let _ = image.save(&shot);
+            }
+            panic!(
+                "'{label}' did not appear within {timeout:?} (screen: {})",
+                shot.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Steps the app until no label contains `label` any more.
+#[track_caller]
+fn wait_until_gone(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        harness.step();
+        if harness.query_by_label_contains(label).is_none() {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "'{label}' still shows after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The app reads passwords from the environment as a user's would: PGPASSWORD, which
+/// scripts/test exports.
+fn fixture_workspace(pg: &Pg, dir: &TestDir, db: &str) -> (PathBuf, Workspace) {
+    let text = format!(
+        "{}[[endpoints]]\nname = \"broken\"\nengine = \"postgres\"\nhost = \"127.0.0.1\"\nport = 1\n\
+         user = \"postgres\"\n\n{}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\ndata_format = \"parquet\"\n",
+        pg.endpoint_toml("shop", db)
+            .replace("TEST_PG_PASSWORD", "PGPASSWORD"),
+        local_target_toml("lake", &dir.lake())
+    );
+    let path = PathBuf::from(dir.write_workspace(&text));
+    (path.clone(), Workspace::load(&path).unwrap())
+}
+
+#[test]
+fn endpoints_screen_tests_connections_in_green_and_red() {
+    let pg = Pg::from_env();
+    let dir = fixed_dir("endpoints");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut conn = pg.fresh_database("trib_app_endpoints").await;
+        conn.execute("CREATE TABLE customers (id int PRIMARY KEY); CREATE TABLE orders (id int PRIMARY KEY);")
+            .await
+            .unwrap();
+    });
+    let (path, workspace) = fixture_workspace(&pg, &dir, "trib_app_endpoints");
+    let mut h = harness(&rt, path, workspace);
+    h.state_mut().set_tab(Tab::Endpoints);
+    h.run_steps(4);
+    h.get_by_label("shop  (postgres, source)").click();
+    h.run_steps(4);
+    h.get_by_label("Test connection").click();
+    wait_for(&mut h, "PASS connect", Duration::from_secs(20));
+    assert!(h.query_by_label_contains("PASS wal_level").is_some());
+
+    h.get_by_label("broken  (postgres, source)").click();
+    h.run_steps(4);
+    h.get_by_label("Test connection").click();
+    wait_for(&mut h, "FAIL connect", Duration::from_secs(20));
+    assert!(
+        h.query_by_label_contains("cannot reach 127.0.0.1:1")
+            .is_some()
+    );
+    h.snapshot("endpoints");
+    screenshot(&mut h, "endpoints");
+    h.state_mut().set_tab(Tab::Tasks);
+    h.run_steps(2);
+    h.get_by_label("load").click();
+    wait_for(&mut h, "tables selected", Duration::from_secs(20));
+    screenshot(&mut h, "tasks");
+}
+
+#[test]
+fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
+    let pg = Pg::from_env();
+    let dir = TestDir::new();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut conn = pg.fresh_database("postgres_app").await;
+        conn.execute(
+            "CREATE TABLE people (id int8 PRIMARY KEY, name text);
+             INSERT INTO people SELECT g, 'person ' || g FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    });
+    let path = dir.path().join("workspace.toml");
+    let mut h = harness(&rt, path.clone(), Workspace::default());
+    h.state_mut().set_tab(Tab::Endpoints);
+    h.run_steps(4);
+
+    // A PostgreSQL source: defaults, then the database typed in.
+    h.get_by_label("+ PostgreSQL").click();
+    h.run_steps(4);
+    let database = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Database");
+    database.focus();
+    database.type_text("postgres_app");
+    h.run_steps(4);
+    // A local folder target (relative to the workspace file).
+    h.get_by_label("+ Local folder").click();
+    h.run_steps(4);
+    h.get_by_label("Save").click();
+    wait_until_gone(&mut h, "(modified)", Duration::from_secs(10));
+
+    h.state_mut().set_tab(Tab::Tasks);
+    h.run_steps(4);
+    h.get_by_label("+ New task").click();
+    h.run_steps(4);
+    wait_for(&mut h, "public.people", Duration::from_secs(20));
+    h.get_by_label("Save").click();
+    wait_until_gone(&mut h, "(modified)", Duration::from_secs(10));
+    h.get_by_label("Start / resume").click();
+    h.run_steps(2);
+    assert!(
+        h.state().runs().any_running() || !h.state().runs().runs.is_empty(),
+        "not started"
+    );
+    h.state_mut().set_tab(Tab::Monitoring);
+    wait_for(&mut h, "Task completed", Duration::from_secs(60));
+    assert!(h.query_by_label("public.people").is_some());
+    assert!(h.query_by_label("Table completed").is_some());
+    let saved = Workspace::load(&path).unwrap();
+    assert_eq!(saved.endpoints.len(), 2);
+    let files = files_under(dir.path());
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("postgres1/public/people/LOAD00000001.csv")),
+        "{files:?}"
+    );
+    // Not compared as a snapshot: the log shows the snapshot's LSN, new every run.
+    screenshot(&mut h, "monitoring");
+    h.state_mut().set_tab(Tab::Lake);
+    h.run_steps(2);
+    h.get_by_role(egui::accesskit::Role::ComboBox).click();
+    h.run_steps(2);
+    h.get_by_label("local1").click();
+    wait_for(&mut h, "postgres1/", Duration::from_secs(10));
+    h.get_by_label("postgres1/").click();
+    wait_for(&mut h, "public/", Duration::from_secs(10));
+    screenshot(&mut h, "lake");
+}
+
+fn fixture_parquet(path: &std::path::Path) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(StringArray::from(vec![Some("alpha"), None, Some("gamma")])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn preview_shows_schema_statistics_and_first_rows() {
+    let dir = fixed_dir("preview");
+    let rt = runtime();
+    let file = dir.path().join("fixture.parquet");
+    fixture_parquet(&file);
+    let mut h = harness(&rt, dir.path().join("w.toml"), Workspace::default());
+    h.state_mut().preview_uri(&file.to_string_lossy());
+    wait_for(&mut h, "3 rows, 1 row group(s)", Duration::from_secs(10));
+    assert!(
+        h.query_by_label("Int64").is_some(),
+        "schema shows Arrow types"
+    );
+    // The first rows, read in the background as they come into view.
+    wait_for(&mut h, "gamma", Duration::from_secs(10));
+    assert!(h.query_by_label("alpha").is_some());
+    assert!(
+        h.query_all_by_label("NULL").count() == 1,
+        "the NULL name shows as NULL"
+    );
+    h.get_by_label("Row groups and column statistics").click();
+    wait_for(&mut h, "encodings", Duration::from_secs(10));
+    h.snapshot("preview");
+    screenshot(&mut h, "preview");
+
+    // A corrupt file: a readable error in place.
+    let bad = dir.path().join("bad.parquet");
+    std::fs::write(&bad, b"PAR1 not a parquet file PAR1").unwrap();
+    h.state_mut().preview_uri(&bad.to_string_lossy());
+    wait_for(&mut h, "Parquet", Duration::from_secs(10));
+}
+
+#[test]
+fn a_workspace_that_does_not_parse_shows_an_error() {
+    let dir = TestDir::new();
+    let rt = runtime();
+    let path = PathBuf::from(dir.write_workspace("[[endpoints]]\nname = 3\n"));
+    let handle = rt.handle().clone();
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1000.0, 600.0))
+        .build_eframe(move |cc| TributaryApp::new(&cc.egui_ctx, handle, None, Some(path)));
+    wait_for(&mut h, "invalid workspace file", Duration::from_secs(10));
+}
+
+#[test]
+fn without_a_display_the_app_points_to_the_cli() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("no display") && err.contains("tributary run"),
+        "{err}"
+    );
+}
