@@ -266,6 +266,14 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     )
     .await
     .unwrap();
+    // Key changes: the old row must not survive a rebuild by key.
+    conn.execute(
+        "UPDATE accounts SET id = id + 100000 WHERE id IN (8, 9);
+         UPDATE orders SET id = 90000 WHERE id = 10;
+         ANALYZE accounts;",
+    )
+    .await
+    .unwrap();
     exec(
         &mut conn,
         format!("UPDATE orders SET doc = {TOASTED} WHERE id IN (1, 2, 3)"),
@@ -566,4 +574,53 @@ async fn cdc_into_s3_then_delete_the_task() {
         1,
     );
     assert!(err.contains("--reload"), "{err}");
+    // ...and --reload starts over: a new slot, a new load, the old changes gone.
+    conn.execute(
+        "DELETE FROM accounts WHERE id = 5000; UPDATE orders SET total = 0 WHERE id < 10;",
+    )
+    .await
+    .unwrap();
+    assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "cdc_s3",
+        "--reload",
+        "--until-caught-up",
+    ]));
+    let fresh = TestDir::new();
+    download(bucket, "raw/", &fresh.lake()).await;
+    assert_lake_equals_source(&pg, db, &fresh, "cdc_s3", &["accounts", "orders"]);
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_s3",
+        "--yes",
+    ]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_replica_identity_blocks_the_publication_with_a_fix() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc_nopk";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE loose (a int, b text);
+         INSERT INTO loose VALUES (1, 'x');",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_nopk");
+    let err = assert_failure(
+        &tributary(&["run", &ws, "--task", "cdc_nopk", "--until-caught-up"]),
+        1,
+    );
+    assert!(
+        err.contains("public.loose") && err.contains("REPLICA IDENTITY FULL"),
+        "{err}"
+    );
+    // The application can still update the table: nothing was published.
+    conn.execute("UPDATE loose SET b = 'y'").await.unwrap();
 }

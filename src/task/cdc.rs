@@ -38,8 +38,10 @@ use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
 use crate::source::postgres::types::Kind;
 use crate::task::stats::{TableState, TableStats};
 
-/// Rows a table's builder holds before they go to its spool file.
+/// Rows a table's builder holds before they go to its spool file...
 const FLUSH_ROWS: usize = 8192;
+/// ...or bytes of text, whichever comes first.
+const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 /// How often slot lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a stop waits for an open transaction to commit before dropping the batch.
@@ -84,6 +86,10 @@ struct RelationInfo {
     identity: ReplicaIdentity,
     /// `name type` of each column, to record schema changes.
     signature: String,
+    /// Name, type OID and typmod of each column, as the stream last described them.
+    types: Vec<(String, u32, i32)>,
+    /// Which columns make up the replica identity key.
+    key_columns: Vec<bool>,
 }
 
 /// What one table has in the open batch.
@@ -145,10 +151,11 @@ impl CdcRun {
         let mut control = self.pg.connect().await?;
         let caught_up_at = if self.until_caught_up {
             // Everything committed before now is before this message in the stream.
-            Some(self.heartbeat(&mut control).await?)
+            Some(self.pg.heartbeat(&mut control).await?)
         } else {
             None
         };
+        self.storage.clean_spool(&self.task.name);
         let mut stream = self.pg.stream(&slot, &publication, confirmed).await?;
         self.events.log(
             LogLevel::Info,
@@ -228,9 +235,7 @@ impl CdcRun {
                             let Some((commit_lsn, commit_micros, seq)) = &mut txn else {
                                 return Err(self.internal("a change outside a transaction"));
                             };
-                            let position = format!("{commit_lsn:016X}{seq:08X}");
-                            *seq += 1;
-                            writer.change(&relations, message, position, *commit_micros)?;
+                            writer.change(&relations, message, *commit_lsn, seq, *commit_micros)?;
                         }
                         _ => {}
                     }
@@ -297,21 +302,27 @@ impl CdcRun {
             if self.task.cdc_settings.heartbeat_enable
                 && last_heartbeat.elapsed() >= heartbeat_every
             {
-                self.heartbeat(&mut control).await?;
+                let result = self.pg.heartbeat(&mut control).await;
+                self.side_query(&mut control, "heartbeat", result).await;
                 last_heartbeat = Instant::now();
             }
             if last_lag.elapsed() >= LAG_INTERVAL {
                 last_lag = Instant::now();
-                if let Some(status) = self.pg.slot_status_on(&mut control, &slot).await? {
-                    writer.stats.slot_lag_bytes = status.retained_bytes;
+                let result = self.pg.slot_status_on(&mut control, &slot).await;
+                if let Some(Some(status)) = self
+                    .side_query(&mut control, "measuring slot lag", result)
+                    .await
+                {
+                    writer.stats.slot_lag_bytes = status.lag_bytes;
                     let limit = self.task.cdc_settings.slot_wal_warning_mb as i64 * 1024 * 1024;
                     if status.retained_bytes > limit {
                         self.events.log(
                             LogLevel::Warn,
                             format!(
-                                "slot {slot} holds {} MB of WAL (limit {} MB): the task is behind or stopped too long; disk on the source fills until it catches up",
+                                "slot {slot} holds {} MB of WAL (limit {} MB; {} MB of it not yet captured): the task is behind, or a long transaction on the source holds the WAL; the source's disk fills until it moves on",
                                 status.retained_bytes / 1_048_576,
-                                self.task.cdc_settings.slot_wal_warning_mb
+                                self.task.cdc_settings.slot_wal_warning_mb,
+                                status.lag_bytes / 1_048_576
                             ),
                         );
                     }
@@ -320,6 +331,12 @@ impl CdcRun {
             }
         }
         stream.close().await;
+        // The stream's last status update may not have reached the server before it closed.
+        if let Some(end) = parse_lsn(&writer.stats.confirmed_position) {
+            let result = self.pg.advance_slot(&slot, confirmed_lsn.max(end)).await;
+            self.side_query(&mut control, "confirming the slot", result)
+                .await;
+        }
         let tables = writer.tables.into_values().map(|t| t.stats).collect();
         Ok(CdcOutcome {
             tables,
@@ -334,9 +351,25 @@ impl CdcRun {
         }
     }
 
-    async fn heartbeat(&self, conn: &mut PgConnection) -> Result<u64, TaskError> {
-        self.pg.heartbeat(conn).await?;
-        Ok(self.pg.current_position(conn).await?)
+    /// Side work on the control connection (heartbeat, slot lag): a failure is logged and
+    /// the connection renewed, never a reason to stop capturing.
+    async fn side_query<T>(
+        &self,
+        control: &mut PgConnection,
+        what: &str,
+        result: Result<T, crate::source::SourceError>,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.events
+                    .log(LogLevel::Warn, format!("{what}: {e}; retrying later"));
+                if let Ok(c) = self.pg.connect().await {
+                    *control = c;
+                }
+                None
+            }
+        }
     }
 
     /// A Relation message: a table's columns, sent before its first change in a session
@@ -357,11 +390,29 @@ impl CdcRun {
         };
         let key = format!("{schema}.{}", r.name);
         let selected = rules.matches(&schema, &r.name);
+        let types: Vec<(String, u32, i32)> = r
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_oid, c.typmod))
+            .collect();
+        // pgoutput sends a relation again after any cache invalidation (ANALYZE, VACUUM,
+        // GRANT): only a real change of columns makes a new schema.
+        if let Some(known) = relations.get_mut(&r.id)
+            && known.types == types
+            && known.key == key
+        {
+            known.identity = r.replica_identity;
+            known.key_columns = r.columns.iter().map(|c| c.is_key).collect();
+            return Ok(());
+        }
         let mut kinds = Vec::with_capacity(r.columns.len());
         let mut signature = Vec::with_capacity(r.columns.len());
         for c in &r.columns {
             let (kind, type_name) = if selected {
-                self.pg.type_kind(conn, c.type_oid, c.typmod).await?
+                let result = self.pg.type_kind(conn, c.type_oid, c.typmod).await;
+                self.side_query(conn, "looking up a column type", result)
+                    .await
+                    .unwrap_or((None, format!("type {}", c.type_oid)))
             } else {
                 (None, String::new())
             };
@@ -375,6 +426,8 @@ impl CdcRun {
             kinds,
             identity: r.replica_identity,
             signature: signature.join(", "),
+            types,
+            key_columns: r.columns.iter().map(|c| c.is_key).collect(),
         };
         if selected {
             let position = txn
@@ -385,6 +438,56 @@ impl CdcRun {
         relations.insert(r.id, info);
         Ok(())
     }
+}
+
+/// Whether the key columns of two row images differ.
+fn key_differs(key_columns: &[bool], old: &[Value], new: &[Value]) -> bool {
+    let text = |v: &Value| match v {
+        Value::Text(b) | Value::Binary(b) => Some(b.clone()),
+        _ => None,
+    };
+    key_columns
+        .iter()
+        .zip(old.iter().zip(new))
+        .any(|(is_key, (o, n))| *is_key && text(o) != text(n))
+}
+
+/// Deletes every CDC file of the task's tables (all but `LOAD*` files under each table's
+/// folder) and any file of a pending batch: a reload starts a new stream.
+pub(super) async fn delete_cdc_files(
+    storage: &Storage,
+    task: &TaskConfig,
+    state: &super::checkpoint::TaskState,
+) -> Result<usize, TaskError> {
+    let mut removed = 0;
+    let mut keys: Vec<&String> = state.tables.keys().collect();
+    if let Some(cdc) = &state.cdc {
+        keys.extend(cdc.tables.keys());
+        for key in cdc.pending_batch.iter().flat_map(|p| &p.keys) {
+            storage.delete(key).await?;
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let Some((schema, table)) = key.split_once('.') else {
+            continue;
+        };
+        let prefix = layout::table_prefix(
+            &task.target_settings.bucket_folder,
+            &task.source,
+            schema,
+            table,
+        );
+        for object in storage.list_all(&prefix).await? {
+            let name = object.key.rsplit('/').next().unwrap_or("");
+            if layout::parse_load_number(name).is_none() {
+                storage.delete(&object.key).await?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Microseconds since 2000-01-01 (PostgreSQL) to since 1970-01-01.
@@ -519,29 +622,53 @@ impl BatchWriter {
         Ok(())
     }
 
+    /// One change of the stream. `seq` numbers the changes of the transaction whose commit
+    /// is at `commit_lsn`; a change of primary key takes two numbers (a D, then an I).
     fn change(
         &mut self,
         relations: &HashMap<u32, RelationInfo>,
         message: Message,
-        position: String,
+        commit_lsn: u64,
+        seq: &mut u32,
         commit_micros: i64,
     ) -> Result<(), TaskError> {
-        let table_error = |key: &str, message: String| TaskError::TablesFailed {
-            task: self.task.name.clone(),
-            count: 1,
-            details: format!("{key}: {message}"),
+        let mut next_position = || {
+            let p = format!("{commit_lsn:016X}{seq:08X}");
+            *seq += 1;
+            p
         };
-        let (relation, op, values) = match message {
-            Message::Insert { relation, new } => (relation, "I", new),
-            Message::Update { relation, old, new } => {
-                let Some(info) = relations.get(&relation) else {
-                    return Ok(());
-                };
+        let relation_id = match &message {
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. } => *relation,
+            Message::Truncate { relations: ids, .. } => {
+                let position = next_position();
+                for id in ids {
+                    if let Some(info) = relations.get(id).filter(|i| i.selected) {
+                        self.truncated(&info.key, &position);
+                    }
+                }
+                self.touch(commit_micros);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        // Changes of tables the task does not select are passed by, whatever they hold.
+        let Some(info) = relations.get(&relation_id).filter(|i| i.selected) else {
+            return Ok(());
+        };
+        let rows: Vec<(&'static str, pgoutput::Tuple)> = match message {
+            Message::Insert { new, .. } => vec![("I", new)],
+            Message::Delete { old, .. } => {
+                let (OldTuple::Key(t) | OldTuple::Full(t)) = old;
+                vec![("D", t)]
+            }
+            Message::Update { old, new, .. } => {
                 let mut new = new;
                 if new.iter().any(|v| matches!(v, Value::UnchangedToast)) {
                     // The value is not in the stream: only a full old image has it.
-                    let Some(OldTuple::Full(old)) = old else {
-                        return Err(table_error(
+                    let Some(OldTuple::Full(old)) = &old else {
+                        return Err(self.table_error(
                             &info.key,
                             format!(
                                 "an update left a TOASTed column unchanged, and the table's replica identity is {:?}, so its value is not in the stream. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
@@ -551,66 +678,91 @@ impl BatchWriter {
                     };
                     for (value, old) in new.iter_mut().zip(old) {
                         if matches!(value, Value::UnchangedToast) {
-                            *value = old;
+                            *value = old.clone();
                         }
                     }
                 }
-                (relation, "U", new)
-            }
-            Message::Delete { relation, old } => {
-                let (OldTuple::Key(t) | OldTuple::Full(t)) = old;
-                (relation, "D", t)
-            }
-            Message::Truncate { relations: ids, .. } => {
-                for id in ids {
-                    if let Some(info) = relations.get(&id).filter(|i| i.selected) {
-                        let total = self.totals.entry(info.key.clone()).or_default();
-                        total.ddls += 1;
-                        total.schema_changes.push(SchemaChange {
-                            position: position.clone(),
-                            change: "truncate".into(),
-                        });
-                        if let Some(t) = self.tables.get_mut(&info.key) {
-                            t.stats.ddls = total.ddls;
-                        }
-                        self.events.log(
-                            LogLevel::Info,
-                            format!("{}: truncated at {position}", info.key),
-                        );
-                    }
+                // A changed key: the old row goes away and the new one appears, so a reader
+                // applying rows by key keeps no stale row.
+                let old_key = match old {
+                    Some(OldTuple::Key(k)) => Some(k),
+                    Some(OldTuple::Full(o)) if key_differs(&info.key_columns, &o, &new) => Some(o),
+                    _ => None,
+                };
+                match old_key {
+                    Some(old) => vec![("D", old), ("I", new)],
+                    None => vec![("U", new)],
                 }
-                self.touch(commit_micros);
-                return Ok(());
             }
             _ => return Ok(()),
         };
-        let Some(info) = relations.get(&relation).filter(|i| i.selected) else {
-            return Ok(());
-        };
-        let Some(table) = self.tables.get_mut(&info.key) else {
-            return Ok(());
-        };
+        for (op, values) in rows {
+            let position = next_position();
+            self.append(info, op, &values, position, commit_micros)?;
+        }
+        Ok(())
+    }
+
+    fn table_error(&self, key: &str, message: String) -> TaskError {
+        TaskError::TablesFailed {
+            task: self.task.name.clone(),
+            count: 1,
+            details: format!("{key}: {message}"),
+        }
+    }
+
+    /// Records a truncate of `key` at `position` in the task state (it writes no rows).
+    fn truncated(&mut self, key: &str, position: &str) {
+        let total = self.totals.entry(key.to_owned()).or_default();
+        total.ddls += 1;
+        // Only the latest truncate matters to a reader rebuilding the table from files
+        // written after it; older ones are kept a while for the record.
+        total.schema_changes.retain(|c| c.change != "truncate");
+        total.schema_changes.push(SchemaChange {
+            position: position.to_owned(),
+            change: "truncate".into(),
+        });
+        if let Some(t) = self.tables.get_mut(key) {
+            t.stats.ddls = total.ddls;
+        }
+        self.events
+            .log(LogLevel::Info, format!("{key}: truncated at {position}"));
+    }
+
+    /// Adds one row to its table's builder, spooling the builder when it is full.
+    fn append(
+        &mut self,
+        info: &RelationInfo,
+        op: &'static str,
+        values: &[Value],
+        position: String,
+        commit_micros: i64,
+    ) -> Result<(), TaskError> {
         let mut texts: Vec<Option<&str>> = Vec::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
             let column = info.columns.get(i).map_or("?", String::as_str);
             texts.push(match v {
                 Value::Null => None,
                 Value::Text(b) => Some(std::str::from_utf8(b).map_err(|_| {
-                    table_error(
+                    self.table_error(
                         &info.key,
                         format!("column {column} at {position} is not valid UTF-8"),
                     )
                 })?),
                 Value::Binary(_) | Value::UnchangedToast => {
-                    return Err(table_error(
+                    return Err(self.table_error(
                         &info.key,
                         format!("column {column} at {position} arrived without its text value"),
                     ));
                 }
             });
         }
-        table.builder.append_row(texts).map_err(|e| {
-            table_error(
+        let decoded = match self.tables.get_mut(&info.key) {
+            Some(table) => table.builder.append_row(texts),
+            None => return Ok(()),
+        };
+        decoded.map_err(|e| {
+            self.table_error(
                 &info.key,
                 format!(
                     "decoding column {} at {position}: {}",
@@ -621,6 +773,9 @@ impl BatchWriter {
                 ),
             )
         })?;
+        let Some(table) = self.tables.get_mut(&info.key) else {
+            return Ok(());
+        };
         table.ops.push(op);
         table.positions.push(position);
         table.commit_times.push(commit_micros);
@@ -629,11 +784,11 @@ impl BatchWriter {
             "U" => table.stats.updates += 1,
             _ => table.stats.deletes += 1,
         }
-        let full = table.builder.len() >= FLUSH_ROWS;
-        let key = info.key.clone();
+        // Bounded by rows and by bytes: one huge transaction must not fill the memory.
+        let full = table.builder.len() >= FLUSH_ROWS || table.builder.text_bytes() >= FLUSH_BYTES;
         self.touch(commit_micros);
         if full {
-            self.spool(&key)?;
+            self.spool(&info.key)?;
         }
         Ok(())
     }
@@ -690,7 +845,12 @@ impl BatchWriter {
                 options,
                 &t.schema,
                 spool_dir,
-                format!("cdc-{}-{}", key, crate::lake::storage::unique_suffix()),
+                format!(
+                    "{}-cdc-{}-{}",
+                    self.task.name,
+                    key,
+                    crate::lake::storage::unique_suffix()
+                ),
             )
         });
         writer.write(&batch)?;

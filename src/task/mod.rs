@@ -51,6 +51,10 @@ pub enum TaskError {
         "task '{task}': replication slot {slot} is gone, so changes since the last run are lost to CDC. Run the task with --reload to load every table again and create a new slot"
     )]
     SlotLost { task: String, slot: String },
+    #[error(
+        "task '{task}': replication slot {slot} is in use by another run of this task (the app, a service, a cron job). Stop that run first"
+    )]
+    SlotBusy { task: String, slot: String },
     #[error("task '{task}' failed inside the engine: {message}")]
     Internal { task: String, message: String },
 }
@@ -333,6 +337,14 @@ async fn run_postgres(
     }
     let slot = task.slot_name();
     let publication = task.publication_name();
+    let status = pg.slot_status(&slot).await?;
+    if status.as_ref().is_some_and(|s| s.active) {
+        // Another run streams this slot: touching the state now could undo its batch.
+        return Err(TaskError::SlotBusy {
+            task: task.name.clone(),
+            slot,
+        });
+    }
     if pg.ensure_publication(&publication).await? {
         events.log(
             LogLevel::Info,
@@ -340,23 +352,46 @@ async fn run_postgres(
         );
     }
     let mut options = options;
-    if options.reload && pg.slot_status(&slot).await?.is_some() {
+    let state = checkpoint.snapshot().await;
+    let cdc_started = state
+        .cdc
+        .as_ref()
+        .is_some_and(|c| c.confirmed_position.is_some());
+    // A slot whose start the state never recorded (killed just after creating it, or the
+    // state was moved away) cannot say where CDC starts relative to a load: recreate it.
+    let unanchored = task.has_full_load() && state.snapshot_position.is_none() && !cdc_started;
+    let lost = status.as_ref().is_some_and(|s| s.lost);
+    if status.is_some() && (options.reload || unanchored) {
         pg.drop_slot(&slot).await?;
         events.log(
             LogLevel::Info,
-            format!("reload: dropped replication slot {slot}"),
+            format!("dropped replication slot {slot} to start over"),
         );
     }
-    let state = checkpoint.snapshot().await;
+    if lost && !options.reload && !unanchored {
+        return Err(TaskError::SlotLost {
+            task: task.name.clone(),
+            slot,
+        });
+    }
+    // Old changes would replay over a new load: a reload removes them with the load files.
+    let delete_old_changes = async |events: &Events| -> Result<(), TaskError> {
+        let removed = cdc::delete_cdc_files(&storage, &task, &state).await?;
+        if removed > 0 {
+            events.log(
+                LogLevel::Info,
+                format!("deleted {removed} CDC file(s) of the previous stream"),
+            );
+        }
+        Ok(())
+    };
+    if options.reload {
+        delete_old_changes(&events).await?;
+    }
     let mut source = PostgresSource::new(pg.clone());
     let mut holder = None;
     if pg.slot_status(&slot).await?.is_none() {
-        if state
-            .cdc
-            .as_ref()
-            .and_then(|c| c.confirmed_position.as_ref())
-            .is_some()
-        {
+        if cdc_started && !options.reload {
             return Err(TaskError::SlotLost {
                 task: task.name.clone(),
                 slot,
@@ -376,18 +411,22 @@ async fn run_postgres(
                     "the slot is new, so the full load starts afresh from its snapshot",
                 );
             }
-            options.reload = !state.tables.is_empty() || options.reload;
+            if !options.reload && (!state.tables.is_empty() || state.cdc.is_some()) {
+                delete_old_changes(&events).await?;
+                options.reload = true;
+            }
             source = source.with_slot_snapshot(snapshot.clone());
             holder = Some(h);
         }
         checkpoint
             .update(|s| {
-                let c = s.cdc.get_or_insert_with(Default::default);
-                c.slot = slot.clone();
-                c.publication = publication.clone();
-                if !task.has_full_load() {
-                    c.confirmed_position = Some(snapshot.position.clone());
-                }
+                // A new slot starts a new stream: nothing of the old one applies.
+                s.cdc = Some(checkpoint::CdcState {
+                    slot: slot.clone(),
+                    publication: publication.clone(),
+                    confirmed_position: (!task.has_full_load()).then(|| snapshot.position.clone()),
+                    ..Default::default()
+                });
             })
             .await?;
     }

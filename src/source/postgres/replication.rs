@@ -29,7 +29,12 @@ pub struct SlotStatus {
     pub confirmed_flush: Option<String>,
     /// Bytes of WAL the slot holds back: current WAL position minus `restart_lsn`.
     pub retained_bytes: i64,
+    /// WAL written since the slot's confirmed position (bytes): how far CDC is behind.
+    pub lag_bytes: i64,
     pub active: bool,
+    /// The server removed WAL the slot needed (`wal_status = 'lost'`, past
+    /// `max_slot_wal_keep_size`): it can never stream again.
+    pub lost: bool,
 }
 
 pub fn parse_lsn(text: &str) -> Option<u64> {
@@ -119,6 +124,31 @@ impl PgEndpoint {
             return Ok(false);
         }
         let mut conn = self.connect().await?;
+        // Once a publication covers a table, PostgreSQL refuses UPDATE and DELETE on it
+        // unless it has a replica identity: creating one FOR ALL TABLES would break the
+        // application's writes to such tables.
+        let unidentified: Vec<String> = sqlx::query_scalar(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg_toast%' \
+               AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                    (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+             ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| self.classify(e, "looking for tables without a replica identity"))?;
+        if !unidentified.is_empty() {
+            return Err(SourceError::Database {
+                endpoint: self.name.clone(),
+                context: format!("creating publication {publication}"),
+                message: format!(
+                    "a publication FOR ALL TABLES would make PostgreSQL refuse UPDATE and DELETE on tables without a replica identity: {}. Give each a primary key or run ALTER TABLE … REPLICA IDENTITY FULL, then run the task again",
+                    unidentified.join(", ")
+                ),
+            });
+        }
         let sql = format!(
             "CREATE PUBLICATION {} FOR ALL TABLES",
             quote_ident(publication)
@@ -142,7 +172,9 @@ impl PgEndpoint {
     ) -> Result<Option<SlotStatus>, SourceError> {
         let row = sqlx::query(
             "SELECT plugin::text, database::text, confirmed_flush_lsn::text, \
-             COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::int8, active \
+             COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::int8, active, \
+             COALESCE(pg_current_wal_lsn() - confirmed_flush_lsn, 0)::int8, \
+             COALESCE(wal_status = 'lost', false) \
              FROM pg_replication_slots WHERE slot_name = $1",
         )
         .bind(slot)
@@ -157,6 +189,8 @@ impl PgEndpoint {
             confirmed_flush: row.try_get(2).map_err(get)?,
             retained_bytes: row.try_get(3).map_err(get)?,
             active: row.try_get(4).map_err(get)?,
+            lag_bytes: row.try_get(5).map_err(get)?,
+            lost: row.try_get(6).map_err(get)?,
         }))
     }
 
@@ -241,26 +275,36 @@ impl PgEndpoint {
     }
 
     /// Writes a heartbeat into the WAL (a non-transactional logical message, which the
-    /// stream passes by), so a slot on an idle database can advance.
-    pub async fn heartbeat(&self, conn: &mut PgConnection) -> Result<(), SourceError> {
-        sqlx::query("SELECT pg_logical_emit_message(false, 'tributary.heartbeat', now()::text)")
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| self.classify(e, "writing a heartbeat"))?;
-        Ok(())
-    }
-
-    /// The server's current WAL position.
-    pub async fn current_position(&self, conn: &mut PgConnection) -> Result<u64, SourceError> {
-        let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.classify(e, "reading the WAL position"))?;
+    /// stream passes by), so a slot on an idle database can advance. Returns its position:
+    /// every transaction committed before the call is before it in the stream.
+    pub async fn heartbeat(&self, conn: &mut PgConnection) -> Result<u64, SourceError> {
+        let text: String = sqlx::query_scalar(
+            "SELECT pg_logical_emit_message(false, 'tributary.heartbeat', now()::text)::text",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| self.classify(e, "writing a heartbeat"))?;
         parse_lsn(&text).ok_or_else(|| SourceError::Database {
             endpoint: self.name.clone(),
-            context: "reading the WAL position".into(),
+            context: "writing a heartbeat".into(),
             message: format!("unexpected LSN '{text}'"),
         })
+    }
+
+    /// Moves the slot's confirmed position to `position` (after the stream closed, since
+    /// the stream's last status update may not have reached the server).
+    pub async fn advance_slot(&self, slot: &str, position: u64) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        sqlx::query(
+            "SELECT pg_replication_slot_advance($1, $2::pg_lsn) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND confirmed_flush_lsn < $2::pg_lsn",
+        )
+        .bind(slot)
+        .bind(format_lsn(position))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| self.classify(e, &format!("advancing slot {slot}")))?;
+        Ok(())
     }
 }
 
