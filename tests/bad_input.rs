@@ -123,40 +123,42 @@ fn invalid_workspace_names_line_and_key() {
     assert!(!err.contains("hunter2"), "the password was echoed:\n{err}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn missing_bucket() {
+/// A load into an S3 target that refuses it: `run` and `check` both fail, naming the cause.
+async fn assert_s3_target_refused(db: &str, bucket: &str, endpoint: &str, needles: &[&str]) {
     let pg = Pg::from_env();
-    small_database(&pg, "trib_bad_bucket").await;
+    small_database(&pg, db).await;
     let dir = TestDir::new();
-    let target = s3_target_toml("lake", "no-such-bucket-here", &s3_endpoint());
-    let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", "trib_bad_bucket"), &target);
+    let target = s3_target_toml("lake", bucket, endpoint);
+    let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", db), &target);
     let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
-    assert_mentions(
-        &err,
-        &["no-such-bucket-here", "does not exist", "Create it"],
-    );
+    assert_mentions(&err, needles);
     let output = tributary(&["check", &ws, "--endpoint", "lake"]);
     assert_eq!(output.status.code(), Some(1));
-    assert_mentions(&stdout(&output), &["FAIL", "no-such-bucket-here"]);
+    assert_mentions(&stdout(&output), &["FAIL", needles[0]]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_bucket() {
+    assert_s3_target_refused(
+        "trib_bad_bucket",
+        "no-such-bucket-here",
+        &s3_endpoint(),
+        &["no-such-bucket-here", "does not exist", "Create it"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn access_denied() {
-    let pg = Pg::from_env();
-    small_database(&pg, "trib_bad_access").await;
     let deny = std::env::var("TRIBUTARY_TEST_S3_DENY_ENDPOINT")
         .expect("TRIBUTARY_TEST_S3_DENY_ENDPOINT: run the tests through scripts/test");
-    let dir = TestDir::new();
-    let target = s3_target_toml("lake", "somebody-elses", &deny);
-    let ws = small_source_workspace(&dir, &pg.endpoint_toml("shop", "trib_bad_access"), &target);
-    let err = assert_failure(&tributary(&["run", &ws, "--task", "load"]), 1);
-    assert_mentions(
-        &err,
+    assert_s3_target_refused(
+        "trib_bad_access",
+        "somebody-elses",
+        &deny,
         &["access denied", "s3://somebody-elses", "credentials"],
-    );
-    let output = tributary(&["check", &ws, "--endpoint", "lake"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert_mentions(&stdout(&output), &["FAIL", "access denied"]);
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

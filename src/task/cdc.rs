@@ -213,6 +213,8 @@ impl CdcRun {
                     commit_time_micros,
                     ..
                 }) => {
+                    // The server already starts after the confirmed point; this guard keeps
+                    // the exactly-once promise should a server or library ever resend.
                     skipping = final_lsn.as_u64() < confirmed_lsn;
                     txn = Some((final_lsn.as_u64(), pg_to_unix_micros(commit_time_micros), 0));
                 }
