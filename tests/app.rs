@@ -296,3 +296,57 @@ fn without_a_display_the_app_points_to_the_cli() {
         "{err}"
     );
 }
+
+/// Benchmark (not run by default): frame time of the app while a task loads pgbench's 5M
+/// rows (`scripts/bench` creates the database). Each frame is one harness step: the app's
+/// logic, layout and tessellation, as the window would run them.
+/// `cargo test --release --test app -- --ignored --nocapture frame_time`
+#[test]
+#[ignore]
+fn frame_time_while_loading_5m_rows() {
+    let pg = Pg::from_env();
+    let dir = TestDir::new();
+    let rt = runtime();
+    let text = format!(
+        "{}{}[[tasks]]\nname = \"bench\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         include = [\"public.pgbench_accounts\"]\n\
+         [tasks.target_settings]\ndata_format = \"parquet\"\n",
+        pg.endpoint_toml("shop", "tributary_bench")
+            .replace("TEST_PG_PASSWORD", "PGPASSWORD"),
+        local_target_toml("lake", &dir.lake())
+    );
+    let path = PathBuf::from(dir.write_workspace(&text));
+    let workspace = Workspace::load(&path).unwrap();
+    let mut h = harness(&rt, path, workspace);
+    h.state_mut().set_tab(Tab::Tasks);
+    h.run_steps(2);
+    h.get_by_label("bench").click();
+    h.run_steps(2);
+    h.get_by_label("Start / resume").click();
+    h.run_steps(1);
+    h.state_mut().set_tab(Tab::Monitoring);
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    while h.query_by_label_contains("Task completed").is_none() {
+        let t = Instant::now();
+        h.step();
+        frames.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the load did not finish"
+        );
+        // About 60 frames a second, as a window would draw them.
+        std::thread::sleep(Duration::from_millis(16).saturating_sub(t.elapsed()));
+    }
+    frames.sort_by(f64::total_cmp);
+    let pct = |p: f64| frames[((frames.len() - 1) as f64 * p) as usize];
+    println!(
+        "frames while loading 5M rows: {} over {:.1} s; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        frames.len(),
+        started.elapsed().as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        frames.last().copied().unwrap_or(0.0)
+    );
+    assert!(pct(0.99) < 16.0, "p99 frame time over 16 ms");
+}
