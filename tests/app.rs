@@ -350,3 +350,20 @@ fn frame_time_while_loading_5m_rows() {
     );
     assert!(pct(0.99) < 16.0, "p99 frame time over 16 ms");
 }
+
+#[test]
+fn lake_browser_shows_access_denied_in_place() {
+    let deny = std::env::var("TRIBUTARY_TEST_S3_DENY_ENDPOINT")
+        .expect("TRIBUTARY_TEST_S3_DENY_ENDPOINT: run the tests through scripts/test");
+    let dir = TestDir::new();
+    let rt = runtime();
+    let path = PathBuf::from(dir.write_workspace(&s3_target_toml("lake", "somebody-elses", &deny)));
+    let workspace = Workspace::load(&path).unwrap();
+    let mut h = harness(&rt, path, workspace);
+    h.state_mut().set_tab(Tab::Lake);
+    h.run_steps(2);
+    h.get_by_role(egui::accesskit::Role::ComboBox).click();
+    h.run_steps(2);
+    h.get_by_label("lake").click();
+    wait_for(&mut h, "access denied", Duration::from_secs(20));
+}
