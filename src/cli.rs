@@ -513,10 +513,7 @@ async fn preview(file: &str, rows: usize, s3: &S3Args) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(2, e),
     };
-    let is_text = [".csv", ".json", ".csv.gz", ".json.gz", ".jsonl"]
-        .iter()
-        .any(|ext| key.ends_with(ext));
-    if is_text {
+    if inspect::is_text_file(&key) {
         return match inspect::read_text_lines(&storage, &key, rows).await {
             Ok(lines) => {
                 for l in lines {

@@ -111,6 +111,17 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
+    /// Makes a relative local target path relative to the folder of the workspace file at
+    /// `workspace_file`, rather than to the current directory.
+    pub fn resolve_relative_path(&mut self, workspace_file: &Path) {
+        if let Some(local) = &mut self.path
+            && local.is_relative()
+        {
+            let base = workspace_file.parent().unwrap_or(Path::new("."));
+            *local = normalize(&base.join(&*local));
+        }
+    }
+
     /// The password from the environment variable named by `password_env`, if any.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         match &self.password_env {
@@ -355,13 +366,8 @@ impl Workspace {
     /// Makes relative local target paths relative to the folder of the workspace file at
     /// `path`, rather than to the current directory.
     pub fn resolve_relative_paths(&mut self, path: &Path) {
-        let base = path.parent().unwrap_or(Path::new("."));
         for e in &mut self.endpoints {
-            if let Some(local) = &mut e.path
-                && local.is_relative()
-            {
-                *local = normalize(&base.join(&*local));
-            }
+            e.resolve_relative_path(path);
         }
     }
 

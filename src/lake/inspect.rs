@@ -367,6 +367,14 @@ fn not_parquet(storage: &Storage, key: &str, e: ParquetError) -> InspectError {
     }
 }
 
+/// Whether `key` names a CSV or JSON-lines file (gzip-compressed or not), which
+/// [`read_text_lines`] previews.
+pub fn is_text_file(key: &str) -> bool {
+    [".csv", ".json", ".csv.gz", ".json.gz", ".jsonl"]
+        .iter()
+        .any(|ext| key.ends_with(ext))
+}
+
 /// The first `limit` lines of a CSV or JSON-lines file (gzip-compressed or not), reading at
 /// most a few MB from its start.
 pub async fn read_text_lines(

@@ -264,7 +264,9 @@ impl CdcRun {
                         stream.confirm(confirmed_lsn);
                     }
                     if caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && txn.is_none() {
-                        writer.flush(&stream).await?;
+                        if let Some(end) = writer.flush(&stream).await? {
+                            confirmed_lsn = confirmed_lsn.max(end);
+                        }
                         self.events.log(
                             LogLevel::Info,
                             "caught up: every change committed before the start is written",
@@ -280,11 +282,10 @@ impl CdcRun {
             if txn.is_none() {
                 let full = writer.largest_file_bytes() >= min_bytes;
                 let due = writer.batch_age().is_some_and(|age| age >= interval);
-                if full || due || stopping.is_some() {
-                    writer.flush(&stream).await?;
-                    if let Some(end) = writer.confirmed() {
-                        confirmed_lsn = confirmed_lsn.max(end);
-                    }
+                if (full || due || stopping.is_some())
+                    && let Some(end) = writer.flush(&stream).await?
+                {
+                    confirmed_lsn = confirmed_lsn.max(end);
                 }
                 if stopping.is_some() {
                     self.events.log(
@@ -334,8 +335,8 @@ impl CdcRun {
         }
         stream.close().await;
         // The stream's last status update may not have reached the server before it closed.
-        if let Some(end) = parse_lsn(&writer.stats.confirmed_position) {
-            let result = self.pg.advance_slot(&slot, confirmed_lsn.max(end)).await;
+        if confirmed_lsn > 0 {
+            let result = self.pg.advance_slot(&slot, confirmed_lsn).await;
             self.side_query(&mut control, "confirming the slot", result)
                 .await;
         }
@@ -520,10 +521,6 @@ impl BatchWriter {
             .as_ref()
             .filter(|b| b.changes > 0)
             .map(|b| b.started.elapsed())
-    }
-
-    fn confirmed(&self) -> Option<u64> {
-        parse_lsn(&self.stats.confirmed_position)
     }
 
     fn largest_file_bytes(&self) -> u64 {
@@ -889,9 +886,10 @@ impl BatchWriter {
     }
 
     /// Writes the open batch: files in place, then the state, then the slot confirmed.
-    async fn flush(&mut self, stream: &ChangeStream) -> Result<(), TaskError> {
+    /// Returns the batch's end position, if there was a batch.
+    async fn flush(&mut self, stream: &ChangeStream) -> Result<Option<u64>, TaskError> {
         let Some(batch) = self.batch.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let keys: Vec<String> = self.tables.keys().cloned().collect();
         for key in &keys {
@@ -985,6 +983,6 @@ impl BatchWriter {
             self.events.send(TaskEvent::Table(t.stats.clone()));
         }
         self.events.send(TaskEvent::Cdc(self.stats.clone()));
-        Ok(())
+        Ok(Some(batch.end_lsn))
     }
 }

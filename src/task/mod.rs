@@ -361,7 +361,8 @@ async fn run_postgres(
     // state was moved away) cannot say where CDC starts relative to a load: recreate it.
     let unanchored = task.has_full_load() && state.snapshot_position.is_none() && !cdc_started;
     let lost = status.as_ref().is_some_and(|s| s.lost);
-    if status.is_some() && (options.reload || unanchored) {
+    let start_over = status.is_some() && (options.reload || unanchored);
+    if start_over {
         pg.drop_slot(&slot).await?;
         events.log(
             LogLevel::Info,
@@ -390,7 +391,7 @@ async fn run_postgres(
     }
     let mut source = PostgresSource::new(pg.clone());
     let mut holder = None;
-    if pg.slot_status(&slot).await?.is_none() {
+    if status.is_none() || start_over {
         if cdc_started && !options.reload {
             return Err(TaskError::SlotLost {
                 task: task.name.clone(),

@@ -6,6 +6,7 @@
 //! in the background, and only the visible rows are drawn, so a folder with 100k objects
 //! never freezes the window.
 
+use crate::lake::inspect;
 use crate::lake::storage::ListPage;
 use crate::lake::{ObjectMeta, Storage};
 
@@ -139,11 +140,8 @@ impl LakeScreen {
                             self.error = None;
                             let mut endpoint = (*t).clone();
                             // A relative folder is relative to the workspace file, as in the CLI.
-                            if let (Some(file), Some(folder)) = (&doc.path, &endpoint.path)
-                                && folder.is_relative()
-                            {
-                                let base = file.parent().unwrap_or(std::path::Path::new("."));
-                                endpoint.path = Some(base.join(folder));
+                            if let Some(file) = &doc.path {
+                                endpoint.resolve_relative_path(file);
                             }
                             // Building an S3 client reads the credential chain: not on this thread.
                             backend.spawn(async move {
@@ -231,9 +229,7 @@ impl LakeScreen {
                 } else if let Some(o) = self.objects.get(i - self.folders.len()) {
                     let name = o.key.rsplit('/').next().unwrap_or(&o.key);
                     ui.horizontal(|ui| {
-                        let previewable = [".parquet", ".csv", ".json", ".csv.gz", ".json.gz"]
-                            .iter()
-                            .any(|e| name.ends_with(e));
+                        let previewable = name.ends_with(".parquet") || inspect::is_text_file(name);
                         if previewable {
                             if ui.link(name).clicked() {
                                 open = Some(o.key.clone());

@@ -44,9 +44,7 @@ impl PreviewScreen {
             ..Default::default()
         };
         let uri = uri.to_owned();
-        let is_text = [".csv", ".json", ".csv.gz", ".json.gz", ".jsonl"]
-            .iter()
-            .any(|e| uri.ends_with(e));
+        let is_text = inspect::is_text_file(&uri);
         backend.spawn(async move {
             let (storage, key) = match location {
                 Some(l) => l,

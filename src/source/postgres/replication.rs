@@ -110,9 +110,17 @@ impl PgEndpoint {
 
     pub async fn publication_exists(&self, publication: &str) -> Result<bool, SourceError> {
         let mut conn = self.connect().await?;
+        self.publication_exists_on(&mut conn, publication).await
+    }
+
+    async fn publication_exists_on(
+        &self,
+        conn: &mut PgConnection,
+        publication: &str,
+    ) -> Result<bool, SourceError> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
             .bind(publication)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(|e| self.classify(e, "looking up the publication"))
     }
@@ -120,10 +128,10 @@ impl PgEndpoint {
     /// The task's publication: created `FOR ALL TABLES` if absent (tables are then picked by
     /// the task's selection rules, and new tables are captured as they appear).
     pub async fn ensure_publication(&self, publication: &str) -> Result<bool, SourceError> {
-        if self.publication_exists(publication).await? {
+        let mut conn = self.connect().await?;
+        if self.publication_exists_on(&mut conn, publication).await? {
             return Ok(false);
         }
-        let mut conn = self.connect().await?;
         // Once a publication covers a table, PostgreSQL refuses UPDATE and DELETE on it
         // unless it has a replica identity: creating one FOR ALL TABLES would break the
         // application's writes to such tables.
