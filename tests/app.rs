@@ -57,40 +57,45 @@ fn harness(
 /// Steps the app until `label` (a substring) shows, as background work completes.
 #[track_caller]
 fn wait_for(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        harness.step();
-        if harness.query_by_label_contains(label).is_some() {
-            return;
-        }
-        if started.elapsed() >= timeout {
-            // What the window showed instead, to look at.
-            let shot = std::env::temp_dir().join("tributary-app-test-failure.png");
-            if let Ok(image) = harness.render() {
-                let _ = image.save(&shot);
-            }
-            panic!(
-                "'{label}' did not appear within {timeout:?} (screen: {})",
-                shot.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    step_until(harness, true, label, timeout);
 }
 
 /// Steps the app until no label contains `label` any more.
 #[track_caller]
 fn wait_until_gone(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
+    step_until(harness, false, label, timeout);
+}
+
+/// Steps the app until a label containing `label` shows (`shown`) or is gone; on timeout,
+/// saves what the window showed instead, to look at.
+#[track_caller]
+fn step_until(
+    harness: &mut Harness<'_, TributaryApp>,
+    shown: bool,
+    label: &str,
+    timeout: Duration,
+) {
     let started = Instant::now();
     loop {
         harness.step();
-        if harness.query_by_label_contains(label).is_none() {
+        if harness.query_by_label_contains(label).is_some() == shown {
             return;
         }
-        assert!(
-            started.elapsed() < timeout,
-            "'{label}' still shows after {timeout:?}"
-        );
+        if started.elapsed() >= timeout {
+            let shot = std::env::temp_dir().join("tributary-app-test-failure.png");
+            if let Ok(image) = harness.render() {
+                let _ = image.save(&shot);
+            }
+            let what = if shown {
+                "did not appear"
+            } else {
+                "still shows"
+            };
+            panic!(
+                "'{label}' {what} after {timeout:?} (screen: {})",
+                shot.display()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -102,8 +107,7 @@ fn fixture_workspace(pg: &Pg, dir: &TestDir, db: &str) -> (PathBuf, Workspace) {
         "{}[[endpoints]]\nname = \"broken\"\nengine = \"postgres\"\nhost = \"127.0.0.1\"\nport = 1\n\
          user = \"postgres\"\n\n{}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
          [tasks.target_settings]\ndata_format = \"parquet\"\n",
-        pg.endpoint_toml("shop", db)
-            .replace("TEST_PG_PASSWORD", "PGPASSWORD"),
+        pg.endpoint_toml_with("shop", db, "PGPASSWORD"),
         local_target_toml("lake", &dir.lake())
     );
     let path = PathBuf::from(dir.write_workspace(&text));
@@ -311,8 +315,7 @@ fn frame_time_while_loading_5m_rows() {
         "{}{}[[tasks]]\nname = \"bench\"\nsource = \"shop\"\ntarget = \"lake\"\n\
          include = [\"public.pgbench_accounts\"]\n\
          [tasks.target_settings]\ndata_format = \"parquet\"\n",
-        pg.endpoint_toml("shop", "tributary_bench")
-            .replace("TEST_PG_PASSWORD", "PGPASSWORD"),
+        pg.endpoint_toml_with("shop", "tributary_bench", "PGPASSWORD"),
         local_target_toml("lake", &dir.lake())
     );
     let path = PathBuf::from(dir.write_workspace(&text));

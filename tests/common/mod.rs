@@ -74,9 +74,14 @@ impl Pg {
     /// A source endpoint block for a workspace file; the password comes from
     /// `TEST_PG_PASSWORD`, which [`tributary`] sets.
     pub fn endpoint_toml(&self, name: &str, database: &str) -> String {
+        self.endpoint_toml_with(name, database, "TEST_PG_PASSWORD")
+    }
+
+    /// The same, with the password in the environment variable `password_env`.
+    pub fn endpoint_toml_with(&self, name: &str, database: &str, password_env: &str) -> String {
         format!(
             "[[endpoints]]\nname = \"{name}\"\nengine = \"postgres\"\nhost = \"{}\"\nport = {}\n\
-             database = \"{database}\"\nuser = \"{}\"\npassword_env = \"TEST_PG_PASSWORD\"\n\n",
+             database = \"{database}\"\nuser = \"{}\"\npassword_env = \"{password_env}\"\n\n",
             self.host, self.port, self.user
         )
     }
