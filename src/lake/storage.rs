@@ -28,6 +28,9 @@ const PART_SIZE: usize = 16 * 1024 * 1024;
 /// Local folder, below a local target's root, for files being written. Readers (pyarrow,
 /// Spark, Glue) skip names starting with `.` or `_`.
 const LOCAL_TMP_DIR: &str = ".tributary-tmp";
+/// Spool names of [`Storage::put_bytes`]; followed by [`unique_suffix`], which starts with the
+/// writer's process id, so that [`Storage::clean_spool`] can tell a killed writer's file.
+const PUT_PREFIX: &str = "put-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -270,7 +273,7 @@ impl Storage {
         match self {
             Storage::Local(l) => {
                 let spool = self.spool_dir()?;
-                let tmp = spool.join(format!("put-{}.tmp", unique_suffix()));
+                let tmp = spool.join(format!("{PUT_PREFIX}{}.tmp", unique_suffix()));
                 let path = tmp.clone();
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     use std::io::Write;
@@ -495,9 +498,9 @@ impl Storage {
         }
     }
 
-    /// Removes temporary files left by a killed writer. Call only when no task writes here.
     /// Removes the spool files a killed run of `task` left (their names start with
-    /// `<task>-`); other tasks' files, maybe in use, are left alone.
+    /// `<task>-`), and the small-object files ([`Self::put_bytes`]) of processes that no longer
+    /// run. Other tasks' files, maybe in use, are left alone.
     pub fn clean_spool(&self, task: &str) {
         let Ok(dir) = self.spool_dir() else { return };
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -505,7 +508,12 @@ impl Storage {
         };
         let prefix = format!("{task}-");
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let orphan_put = name
+                .strip_prefix(PUT_PREFIX)
+                .and_then(|rest| rest.split('-').next()?.parse::<u32>().ok())
+                .is_some_and(|pid| !process_is_running(pid));
+            if name.starts_with(&prefix) || orphan_put {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -802,7 +810,27 @@ fn s3_time(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
     DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
-/// A process-unique suffix for temporary names.
+/// Whether a process with this id runs (on Unix; elsewhere assumed, so nothing in use is removed).
+fn process_is_running(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // Signal 0 checks existence only; EPERM means it exists under another user.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
+}
+
+/// `<pid>-<microseconds>-<counter>`: unique across processes and within one.
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -849,5 +877,31 @@ mod tests {
             storage.head("nope").await,
             Err(StorageError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn clean_spool_removes_killed_writers_files_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::local(dir.path());
+        let spool = storage.spool_dir().expect("spool");
+        let dead_pid = i32::MAX; // above any pid_max
+        let names = [
+            format!("{PUT_PREFIX}{dead_pid}-1-0.tmp"),
+            format!("{PUT_PREFIX}{}.tmp", unique_suffix()),
+            "load-public.t-1.parquet".to_owned(),
+            "other-public.t-1.parquet".to_owned(),
+        ];
+        for name in &names {
+            std::fs::write(spool.join(name), b"x").expect("write");
+        }
+        storage.clean_spool("load");
+        let mut left: Vec<_> = std::fs::read_dir(&spool)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![names[1].clone(), names[3].clone()];
+        expected.sort();
+        assert_eq!(left, expected, "own process's and other tasks' files stay");
     }
 }
