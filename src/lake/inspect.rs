@@ -326,6 +326,56 @@ impl ParquetFile {
     }
 }
 
+impl ParquetFile {
+    pub fn metadata(&self) -> &Arc<ParquetMetaData> {
+        &self.metadata
+    }
+
+    /// The named columns (those the file has, in file order) of the given row groups.
+    pub async fn read_columns(
+        &self,
+        columns: &[&str],
+        row_groups: Vec<usize>,
+    ) -> Result<Vec<RecordBatch>, InspectError> {
+        if row_groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reader = StorageReader {
+            storage: self.storage.clone(),
+            key: self.key.clone(),
+            size: self.size,
+        };
+        let uri = self.storage.uri(&self.key);
+        let read_error = |e: ParquetError| InspectError::Read {
+            uri: uri.clone(),
+            message: e.to_string(),
+        };
+        let arrow_metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
+            self.metadata.clone(),
+            Default::default(),
+        )
+        .map_err(|e| not_parquet(&self.storage, &self.key, e))?;
+        let roots: Vec<usize> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = parquet::arrow::ProjectionMask::roots(
+            self.metadata.file_metadata().schema_descr(),
+            roots,
+        );
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_metadata)
+            .with_row_groups(row_groups)
+            .with_projection(mask)
+            .build()
+            .map_err(read_error)?;
+        stream.try_collect().await.map_err(read_error)
+    }
+}
+
 /// The array with named time zones replaced by `+00:00`, the same instants: formatting a
 /// named zone needs the tz database (chrono-tz), which the build leaves out.
 pub fn displayable(array: &ArrayRef) -> ArrayRef {

@@ -10,7 +10,9 @@
 //! - rows go from the stream to spool files as they come (a builder holds at most
 //!   [`FLUSH_ROWS`] rows per table), so a large transaction never has to fit in memory;
 //! - `_position` is the commit LSN and the change's number in its transaction, both
-//!   zero-padded hexadecimal: it sorts in exact commit order.
+//!   zero-padded hexadecimal: it sorts in exact commit order;
+//! - every U row is a whole after-image: unchanged TOASTed values come from the old tuple
+//!   (REPLICA IDENTITY FULL) or are recovered by [`super::toast`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::source::postgres::pgoutput::{
 use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
 use crate::source::postgres::types::Kind;
 use crate::task::stats::{TableState, TableStats};
+use crate::task::toast::{self, ToastRecovery};
 
 /// Rows a table's builder holds before they go to its spool file...
 const FLUSH_ROWS: usize = 8192;
@@ -81,8 +84,10 @@ pub(super) struct CdcRun {
 struct RelationInfo {
     key: String,
     selected: bool,
-    columns: Vec<String>,
+    columns: Arc<[String]>,
     kinds: Vec<Kind>,
+    /// Variable-length columns, which PostgreSQL may store out of line (TOAST).
+    toastable: Vec<bool>,
     identity: ReplicaIdentity,
     /// `name type` of each column, to record schema changes.
     signature: String,
@@ -179,6 +184,8 @@ impl CdcRun {
             },
             last_file_millis: cdc.last_file_millis,
             totals: cdc.tables.clone(),
+            toast: ToastRecovery::new(self.storage.clone(), toast::CACHE_BYTES),
+            toast_logged: Default::default(),
         };
         let mut relations: HashMap<u32, RelationInfo> = HashMap::new();
         let mut txn: Option<(u64, i64, u32)> = None; // commit LSN, commit time, next seq
@@ -237,7 +244,9 @@ impl CdcRun {
                             let Some((commit_lsn, commit_micros, seq)) = &mut txn else {
                                 return Err(self.internal("a change outside a transaction"));
                             };
-                            writer.change(&relations, message, *commit_lsn, seq, *commit_micros)?;
+                            writer
+                                .change(&relations, message, *commit_lsn, seq, *commit_micros)
+                                .await?;
                         }
                         _ => {}
                     }
@@ -426,6 +435,7 @@ impl CdcRun {
             key: key.clone(),
             selected,
             columns: r.columns.iter().map(|c| c.name.clone()).collect(),
+            toastable: kinds.iter().map(toast::is_toastable).collect(),
             kinds,
             identity: r.replica_identity,
             signature: signature.join(", "),
@@ -440,6 +450,15 @@ impl CdcRun {
         }
         relations.insert(r.id, info);
         Ok(())
+    }
+}
+
+fn toast_columns(info: &RelationInfo) -> toast::Columns<'_> {
+    toast::Columns {
+        names: &info.columns,
+        kinds: &info.kinds,
+        key: &info.key_columns,
+        toastable: &info.toastable,
     }
 }
 
@@ -509,6 +528,9 @@ struct BatchWriter {
     stats: CdcStats,
     last_file_millis: i64,
     totals: std::collections::BTreeMap<String, super::checkpoint::CdcTableState>,
+    toast: ToastRecovery,
+    /// Tables whose TOAST recovery has been logged in this run.
+    toast_logged: std::collections::HashSet<String>,
 }
 
 impl BatchWriter {
@@ -623,7 +645,7 @@ impl BatchWriter {
 
     /// One change of the stream. `seq` numbers the changes of the transaction whose commit
     /// is at `commit_lsn`; a change of primary key takes two numbers (a D, then an I).
-    fn change(
+    async fn change(
         &mut self,
         relations: &HashMap<u32, RelationInfo>,
         message: Message,
@@ -645,6 +667,7 @@ impl BatchWriter {
                 for id in ids {
                     if let Some(info) = relations.get(id).filter(|i| i.selected) {
                         self.truncated(&info.key, &position);
+                        self.toast.truncated(&info.key);
                     }
                 }
                 self.touch(commit_micros);
@@ -665,20 +688,16 @@ impl BatchWriter {
             Message::Update { old, new, .. } => {
                 let mut new = new;
                 if new.iter().any(|v| matches!(v, Value::UnchangedToast)) {
-                    // The value is not in the stream: only a full old image has it.
-                    let Some(OldTuple::Full(old)) = &old else {
-                        return Err(self.table_error(
-                            &info.key,
-                            format!(
-                                "an update left a TOASTed column unchanged, and the table's replica identity is {:?}, so its value is not in the stream. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
-                                info.identity, info.key
-                            ),
-                        ));
-                    };
-                    for (value, old) in new.iter_mut().zip(old) {
-                        if matches!(value, Value::UnchangedToast) {
-                            *value = old.clone();
+                    // The value is not in the stream: a full old image has it; otherwise
+                    // it is recovered from this run's rows or the raw zone.
+                    if let Some(OldTuple::Full(old)) = &old {
+                        for (value, old) in new.iter_mut().zip(old) {
+                            if matches!(value, Value::UnchangedToast) {
+                                *value = old.clone();
+                            }
                         }
+                    } else {
+                        self.recover_toast(info, &mut new).await?;
                     }
                 }
                 // A changed key: the old row goes away and the new one appears, so a reader
@@ -698,8 +717,62 @@ impl BatchWriter {
         for (op, values) in rows {
             let position = next_position();
             self.append(info, op, &values, position, commit_micros)?;
+            if info.identity == ReplicaIdentity::Full {
+                self.toast.not_cached(&info.key);
+            } else if op == "D" {
+                self.toast.forget(&info.key, &info.key_columns, &values);
+            } else {
+                self.toast
+                    .remember(&info.key, &toast_columns(info), &values);
+            }
         }
         Ok(())
+    }
+
+    /// Fills the unchanged TOASTed values of an update's new tuple ([`toast`]).
+    async fn recover_toast(
+        &mut self,
+        info: &RelationInfo,
+        new: &mut [Value],
+    ) -> Result<(), TaskError> {
+        if self.toast_logged.insert(info.key.clone()) {
+            self.events.log(
+                LogLevel::Info,
+                format!(
+                    "{}: recovering unchanged TOASTed values of updates from this run's rows or the raw zone (replica identity {:?}; FULL puts them in the stream)",
+                    info.key, info.identity
+                ),
+            );
+        }
+        let truncated_at = self.totals.get(&info.key).and_then(|t| {
+            t.schema_changes
+                .iter()
+                .rfind(|c| c.change == "truncate")
+                .map(|c| c.position.clone())
+        });
+        let prefix = match self.tables.get(&info.key) {
+            Some(t) => t.prefix.clone(),
+            None => return Ok(()),
+        };
+        let result = self
+            .toast
+            .recover(
+                &info.key,
+                &prefix,
+                &toast_columns(info),
+                new,
+                truncated_at.as_deref(),
+            )
+            .await;
+        result.map_err(|e| {
+            self.table_error(
+                &info.key,
+                format!(
+                    "an update left a TOASTed column unchanged (replica identity {:?}, so the value is not in the stream), and it could not be recovered: {e}. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
+                    info.identity, info.key
+                ),
+            )
+        })
     }
 
     fn table_error(&self, key: &str, message: String) -> TaskError {
@@ -971,6 +1044,11 @@ impl BatchWriter {
             .await?;
         // 4. Only now may the server recycle the WAL behind it.
         stream.confirm(batch.end_lsn);
+        self.toast.batch_written(
+            placed
+                .iter()
+                .map(|(table, key, _)| (table.as_str(), key.as_str())),
+        );
         self.last_file_millis = newest;
         let now = Utc::now().timestamp_micros();
         let seconds = batch.started.elapsed().as_secs_f64().max(0.001);

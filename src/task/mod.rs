@@ -9,6 +9,7 @@ mod cdc;
 pub mod checkpoint;
 mod full_load;
 pub mod stats;
+mod toast;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -325,12 +325,12 @@ impl PostgresSource {
                 "TOAST and replica identity",
                 format!(
                     "{} have TOASTable columns without REPLICA IDENTITY FULL: an UPDATE that leaves \
-                     a large value unchanged does not carry it, and CDC stops on that table rather \
-                     than write it as NULL",
+                     a large value unchanged does not carry it, so CDC recovers it from its own \
+                     rows or by a lookup in the raw zone, which costs time on large tables",
                     list_some(&toast)
                 ),
                 "ALTER TABLE … REPLICA IDENTITY FULL on tables whose large text/bytea/json values \
-                 can exceed 2 kB (before CDC starts)"
+                 can exceed 2 kB and are often left unchanged by updates"
                     .into(),
             )
         });
