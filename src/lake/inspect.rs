@@ -331,11 +331,13 @@ impl ParquetFile {
         &self.metadata
     }
 
-    /// The named columns (those the file has, in file order) of the given row groups.
+    /// The named columns (those the file has, in file order) of the given row groups, and
+    /// of only the selected rows of them when `rows` is given.
     pub async fn read_columns(
         &self,
         columns: &[&str],
         row_groups: Vec<usize>,
+        rows: Option<parquet::arrow::arrow_reader::RowSelection>,
     ) -> Result<Vec<RecordBatch>, InspectError> {
         if row_groups.is_empty() {
             return Ok(Vec::new());
@@ -367,11 +369,14 @@ impl ParquetFile {
             self.metadata.file_metadata().schema_descr(),
             roots,
         );
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_metadata)
-            .with_row_groups(row_groups)
-            .with_projection(mask)
-            .build()
-            .map_err(read_error)?;
+        let mut builder =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_metadata)
+                .with_row_groups(row_groups)
+                .with_projection(mask);
+        if let Some(rows) = rows {
+            builder = builder.with_row_selection(rows);
+        }
+        let stream = builder.build().map_err(read_error)?;
         stream.try_collect().await.map_err(read_error)
     }
 }

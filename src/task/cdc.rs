@@ -409,12 +409,20 @@ impl CdcRun {
             .collect();
         // pgoutput sends a relation again after any cache invalidation (ANALYZE, VACUUM,
         // GRANT): only a real change of columns makes a new schema.
+        let key_columns: Vec<bool> = r.columns.iter().map(|c| c.is_key).collect();
+        if relations
+            .get(&r.id)
+            .is_some_and(|known| known.key_columns != key_columns)
+        {
+            // Kept rows are keyed by the old key's values: they no longer name the same rows.
+            writer.toast.reset(&key);
+        }
         if let Some(known) = relations.get_mut(&r.id)
             && known.types == types
             && known.key == key
         {
             known.identity = r.replica_identity;
-            known.key_columns = r.columns.iter().map(|c| c.is_key).collect();
+            known.key_columns = key_columns;
             return Ok(());
         }
         let mut kinds = Vec::with_capacity(r.columns.len());
@@ -440,7 +448,7 @@ impl CdcRun {
             identity: r.replica_identity,
             signature: signature.join(", "),
             types,
-            key_columns: r.columns.iter().map(|c| c.is_key).collect(),
+            key_columns,
         };
         if selected {
             let position = txn
@@ -697,7 +705,11 @@ impl BatchWriter {
                             }
                         }
                     } else {
-                        self.recover_toast(info, &mut new).await?;
+                        let old_key = match &old {
+                            Some(OldTuple::Key(k)) => Some(k.as_slice()),
+                            _ => None,
+                        };
+                        self.recover_toast(info, &mut new, old_key).await?;
                     }
                 }
                 // A changed key: the old row goes away and the new one appears, so a reader
@@ -717,10 +729,12 @@ impl BatchWriter {
         for (op, values) in rows {
             let position = next_position();
             self.append(info, op, &values, position, commit_micros)?;
-            if info.identity == ReplicaIdentity::Full {
-                self.toast.not_cached(&info.key);
-            } else if op == "D" {
+            if info.identity == ReplicaIdentity::Full || op == "D" {
+                // FULL rows need no recovery and are not kept: forget what was kept.
                 self.toast.forget(&info.key, &info.key_columns, &values);
+                if info.identity == ReplicaIdentity::Full {
+                    self.toast.not_cached(&info.key);
+                }
             } else {
                 self.toast
                     .remember(&info.key, &toast_columns(info), &values);
@@ -734,6 +748,7 @@ impl BatchWriter {
         &mut self,
         info: &RelationInfo,
         new: &mut [Value],
+        old_key: Option<&[Value]>,
     ) -> Result<(), TaskError> {
         if self.toast_logged.insert(info.key.clone()) {
             self.events.log(
@@ -750,9 +765,11 @@ impl BatchWriter {
                 .rfind(|c| c.change == "truncate")
                 .map(|c| c.position.clone())
         });
-        let prefix = match self.tables.get(&info.key) {
-            Some(t) => t.prefix.clone(),
-            None => return Ok(()),
+        let Some(prefix) = self.tables.get(&info.key).map(|t| t.prefix.clone()) else {
+            return Err(TaskError::Internal {
+                task: self.task.name.clone(),
+                message: format!("{}: an update before the table's schema", info.key),
+            });
         };
         let result = self
             .toast
@@ -761,17 +778,26 @@ impl BatchWriter {
                 &prefix,
                 &toast_columns(info),
                 new,
+                old_key,
                 truncated_at.as_deref(),
             )
             .await;
-        result.map_err(|e| {
-            self.table_error(
-                &info.key,
-                format!(
-                    "an update left a TOASTed column unchanged (replica identity {:?}, so the value is not in the stream), and it could not be recovered: {e}. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
-                    info.identity, info.key
-                ),
-            )
+        result.map_err(|e| match e {
+            // The target failing is not the table's fault: the usual storage error.
+            toast::ToastError::Storage(e)
+            | toast::ToastError::Read(crate::lake::inspect::InspectError::Storage(e)) => {
+                TaskError::Storage(e)
+            }
+            e => {
+                let (schema, table) = info.key.split_once('.').unwrap_or(("", &info.key));
+                self.table_error(
+                    &info.key,
+                    format!(
+                        "an update left a TOASTed column unchanged (replica identity {:?}, so the value is not in the stream), and it could not be recovered: {e}. Run ALTER TABLE \"{schema}\".\"{table}\" REPLICA IDENTITY FULL, then reload the task (--reload)",
+                        info.identity
+                    ),
+                )
+            }
         })
     }
 

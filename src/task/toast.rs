@@ -24,6 +24,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, Scalar};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
@@ -35,6 +36,8 @@ use crate::source::postgres::types::Kind;
 pub(super) const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Bookkeeping per cached row, beyond its values.
 const ROW_OVERHEAD: usize = 96;
+/// Raw files whose footers stay in memory between lookups; later ones are opened each time.
+const MAX_OPEN_FILES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToastError {
@@ -43,6 +46,14 @@ pub enum ToastError {
         CACHE_BYTES / 1_048_576
     )]
     EvictedInBatch { key: String },
+    #[error(
+        "the row with key {key} changed earlier in this batch while the table's replica identity was FULL or its key was being redefined, so its values were not kept"
+    )]
+    UncachedInBatch { key: String },
+    #[error(
+        "column {column} is not among the values kept of the row with key {key}, which changed earlier in this batch"
+    )]
+    NotKept { column: String, key: String },
     #[error("the key columns of the row are not in the stream")]
     NoKey,
     #[error("no earlier row with key {key} in the raw zone")]
@@ -159,7 +170,8 @@ impl ToastRecovery {
             match value {
                 Value::Text(b) => {
                     bytes += b.len();
-                    kept.push((i, Some(b.clone())));
+                    // A copy: a slice would keep the whole stream message alive.
+                    kept.push((i, Some(Bytes::copy_from_slice(b))));
                 }
                 Value::Null => kept.push((i, None)),
                 Value::Binary(_) | Value::UnchangedToast => {
@@ -184,6 +196,22 @@ impl ToastRecovery {
         self.used += bytes;
         self.order.push_back((table.to_owned(), key, self.stamp));
         self.evict();
+        self.compact_order();
+    }
+
+    /// Drops the eviction order's stale entries (keys cached again since), so that many
+    /// updates of a few keys do not grow it without bound.
+    fn compact_order(&mut self) {
+        let cached: usize = self.tables.values().map(|t| t.rows.len()).sum();
+        if self.order.len() > 2 * cached + 1024 {
+            let tables = &self.tables;
+            self.order.retain(|(table, key, stamp)| {
+                tables
+                    .get(table)
+                    .and_then(|t| t.rows.get(key))
+                    .is_some_and(|r| r.stamp == *stamp)
+            });
+        }
     }
 
     /// A delete: the key has no row until it is inserted again.
@@ -204,6 +232,12 @@ impl ToastRecovery {
             .entry(table.to_owned())
             .or_default()
             .uncached_in_batch = true;
+    }
+
+    /// The table's key columns changed: cached keys no longer mean the same rows.
+    pub fn reset(&mut self, table: &str) {
+        self.truncated(table);
+        self.not_cached(table);
     }
 
     /// A truncate: no earlier row of the table can be the latest for a key any more.
@@ -256,46 +290,60 @@ impl ToastRecovery {
     }
 
     /// Replaces every [`Value::UnchangedToast`] of `values` (a U's new tuple) by the value
-    /// the key's latest earlier row has. `prefix` is the table's raw-zone folder;
-    /// `truncated_at`, the position of its last truncate.
+    /// the row's latest earlier version has. `old_key` is the U's old key, when the update
+    /// changed it; `prefix` is the table's raw-zone folder; `truncated_at`, the position of
+    /// its last truncate.
     pub async fn recover(
         &mut self,
         table: &str,
         prefix: &str,
         columns: &Columns<'_>,
         values: &mut [Value],
+        old_key: Option<&[Value]>,
         truncated_at: Option<&str>,
     ) -> Result<(), ToastError> {
-        let key = key_of(columns.key, values).ok_or(ToastError::NoKey)?;
+        let key = key_of(columns.key, old_key.unwrap_or(values)).ok_or(ToastError::NoKey)?;
         let missing: Vec<usize> = values
             .iter()
             .enumerate()
             .filter(|(_, v)| matches!(v, Value::UnchangedToast))
             .map(|(i, _)| i)
             .collect();
+        let shown = show_key(&key);
         let cache = self.tables.entry(table.to_owned()).or_default();
         if let Some(row) = cache.rows.get(&key) {
             let cached = |name: &str| {
                 let index = row.names.iter().position(|n| n == name)?;
                 row.values.iter().find(|(i, _)| *i == index).map(|(_, v)| v)
             };
-            let found: Option<Vec<Value>> = missing
-                .iter()
-                .map(|&i| {
-                    cached(&columns.names[i])
-                        .map(|v| v.as_ref().map_or(Value::Null, |b| Value::Text(b.clone())))
-                })
-                .collect();
-            if let Some(found) = found {
+            let mut found = Vec::with_capacity(missing.len());
+            for &i in &missing {
+                match cached(&columns.names[i]) {
+                    Some(v) => {
+                        found.push(v.as_ref().map_or(Value::Null, |b| Value::Text(b.clone())))
+                    }
+                    // The raw zone has only older versions of a row of the open batch.
+                    None if row.batch == self.batch => {
+                        return Err(ToastError::NotKept {
+                            column: columns.names[i].clone(),
+                            key: shown,
+                        });
+                    }
+                    None => break,
+                }
+            }
+            if found.len() == missing.len() {
                 for (&i, value) in missing.iter().zip(found) {
                     values[i] = value;
                 }
                 return Ok(());
             }
         }
-        let shown = show_key(&key);
-        if cache.evicted_in_batch.contains(&key) || cache.uncached_in_batch {
+        if cache.evicted_in_batch.contains(&key) {
             return Err(ToastError::EvictedInBatch { key: shown });
+        }
+        if cache.uncached_in_batch {
+            return Err(ToastError::UncachedInBatch { key: shown });
         }
         if cache.files.is_none() {
             cache.files = Some(list_raw_files(&self.storage, prefix).await?);
@@ -340,6 +388,10 @@ async fn list_raw_files(storage: &Storage, prefix: &str) -> Result<Vec<RawFile>,
     let mut files = Vec::new();
     for object in storage.list_all(prefix).await? {
         let name = object.key.rsplit('/').next().unwrap_or_default().to_owned();
+        // Folder markers and readers' side files (_SUCCESS, .crc) are not data.
+        if name.is_empty() || name.starts_with(['.', '_']) {
+            continue;
+        }
         if !name.ends_with(".parquet") {
             return Err(ToastError::NotParquet {
                 uri: storage.uri(&object.key),
@@ -374,9 +426,8 @@ async fn lookup<'a>(
         message,
     })?;
     let mut read: Vec<&str> = key_arrays.iter().map(|(n, _)| n.as_str()).collect();
-    read.extend(wanted);
     read.extend(["Op", "_position"]);
-    for raw in files {
+    for (opened, raw) in files.enumerate() {
         // A truncate after the full load leaves nothing of it.
         if raw.is_load && truncated_at.is_some() {
             continue;
@@ -385,38 +436,54 @@ async fn lookup<'a>(
             Some(f) => f.clone(),
             None => {
                 let f = Arc::new(ParquetFile::open(storage, &raw.key).await?);
-                raw.open = Some(f.clone());
+                if opened < MAX_OPEN_FILES {
+                    raw.open = Some(f.clone());
+                }
                 f
             }
         };
         let uri = storage.uri(&raw.key);
-        let groups = candidate_row_groups(&file, &key_arrays[0].0, &key_arrays[0].1);
-        let mut latest: Option<(RecordBatch, usize)> = None;
-        for batch in file.read_columns(&read, groups).await? {
-            let matches = key_mask(&batch, &key_arrays, &uri)?;
-            let positions = batch
-                .column_by_name("_position")
-                .and_then(|c| c.as_string_opt::<i32>());
-            for row in (0..batch.num_rows()).filter(|&r| matches.value(r) && !matches.is_null(r)) {
-                let after_truncate = match (truncated_at, positions) {
-                    (Some(at), Some(p)) => p.value(row) > at,
-                    _ => true,
-                };
-                if after_truncate {
-                    latest = Some((batch.clone(), row));
+        // First the keys (small), then the wanted values of the one row that matches.
+        let mut latest: Option<(usize, usize, bool)> = None; // group, row in it, is a delete
+        for group in candidate_row_groups(&file, &key_arrays[0].0, &key_arrays[0].1) {
+            let mut row_in_group = 0;
+            for batch in file.read_columns(&read, vec![group], None).await? {
+                let matches = key_mask(&batch, &key_arrays, &shown, &uri)?;
+                let positions = batch
+                    .column_by_name("_position")
+                    .and_then(|c| c.as_string_opt::<i32>());
+                let ops = batch
+                    .column_by_name("Op")
+                    .and_then(|c| c.as_string_opt::<i32>());
+                for row in
+                    (0..batch.num_rows()).filter(|&r| matches.is_valid(r) && matches.value(r))
+                {
+                    let after_truncate = match (truncated_at, positions) {
+                        (Some(at), Some(p)) => p.value(row) > at,
+                        _ => true,
+                    };
+                    if after_truncate {
+                        let delete = ops.is_some_and(|o| o.value(row) == "D");
+                        latest = Some((group, row_in_group + row, delete));
+                    }
                 }
+                row_in_group += batch.num_rows();
             }
         }
-        let Some((batch, row)) = latest else {
+        let Some((group, row, delete)) = latest else {
             continue;
         };
-        if let Some(op) = batch
-            .column_by_name("Op")
-            .and_then(|c| c.as_string_opt::<i32>())
-            && op.value(row) == "D"
-        {
+        if delete {
             return Err(ToastError::Deleted { key: shown, uri });
         }
+        let selection = RowSelection::from(vec![RowSelector::skip(row), RowSelector::select(1)]);
+        let batches = file
+            .read_columns(wanted, vec![group], Some(selection))
+            .await?;
+        let batch = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| ToastError::NotFound { key: shown.clone() })?;
         return wanted
             .iter()
             .map(|&column| {
@@ -428,7 +495,7 @@ async fn lookup<'a>(
                             key: shown.clone(),
                             uri: uri.clone(),
                         })?;
-                pg_text(array, row).map_err(|message| ToastError::Convert {
+                pg_text(array, 0).map_err(|message| ToastError::Convert {
                     column: column.to_owned(),
                     uri: uri.clone(),
                     message,
@@ -472,6 +539,7 @@ fn parse_key(columns: &Columns, key: &Key) -> Result<Vec<(String, ArrayRef)>, St
 fn key_mask(
     batch: &RecordBatch,
     key: &[(String, ArrayRef)],
+    shown_key: &str,
     uri: &str,
 ) -> Result<BooleanArray, ToastError> {
     let mut mask = BooleanArray::from(vec![true; batch.num_rows()]);
@@ -480,7 +548,7 @@ fn key_mask(
             .column_by_name(name)
             .ok_or_else(|| ToastError::MissingColumn {
                 column: name.clone(),
-                key: String::new(),
+                key: shown_key.to_owned(),
                 uri: uri.to_owned(),
             })?;
         let convert = |e: arrow_schema::ArrowError| ToastError::Convert {
@@ -657,7 +725,7 @@ mod tests {
         toast.remember("t", &cols, &[text("1"), text(&"a".repeat(100))]);
         let mut update = vec![text("1"), Value::UnchangedToast];
         toast
-            .recover("t", "raw/t/", &cols, &mut update, None)
+            .recover("t", "raw/t/", &cols, &mut update, None, None)
             .await
             .expect("from the cache");
         assert_eq!(update[1], text(&"a".repeat(100)));
@@ -665,7 +733,7 @@ mod tests {
         toast.remember("t", &cols, &[text("2"), text(&"b".repeat(100))]);
         let mut update = vec![text("1"), Value::UnchangedToast];
         let err = toast
-            .recover("t", "raw/t/", &cols, &mut update, None)
+            .recover("t", "raw/t/", &cols, &mut update, None, None)
             .await
             .expect_err("evicted in the open batch");
         assert!(matches!(err, ToastError::EvictedInBatch { .. }), "{err}");
@@ -673,7 +741,7 @@ mod tests {
         // Once the batch is written, the raw zone is asked (here: empty).
         toast.batch_written([]);
         let err = toast
-            .recover("t", "raw/t/", &cols, &mut update, None)
+            .recover("t", "raw/t/", &cols, &mut update, None, None)
             .await
             .expect_err("nothing in the raw zone");
         assert!(matches!(err, ToastError::NotFound { .. }), "{err}");
