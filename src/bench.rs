@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::config::{Engine, Workspace};
+use arrow_array::cast::AsArray;
+
+use crate::config::{Engine, MigrationType, Workspace};
 use crate::lake::{Storage, layout};
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, TableInfo};
@@ -211,21 +213,43 @@ fn measure(mut command: Command, what: &str) -> Result<Measured, String> {
 }
 
 /// Reaps process `pid`: its exit status and its peak RSS in KB.
+///
+/// The peak is the child's own `VmHWM`, sampled from /proc while it runs: Linux starts a
+/// child's `ru_maxrss` at its parent's resident size when it execs, so `wait4` alone would
+/// report this process's memory for a small child.
 fn wait_with_rusage(pid: i32) -> std::io::Result<(i32, u64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data that wait4 fills in; pid is our own child, reaped once here
-    // (the `Child` handle is never waited on afterwards).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
+    let status_file = format!("/proc/{pid}/status");
+    let mut peak_kb = 0u64;
+    loop {
+        if let Some(kb) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak_kb = peak_kb.max(kb);
+        }
+        let mut status = 0;
+        // SAFETY: rusage is plain data that wait4 fills in; pid is our own child, reaped once
+        // here (the `Child` handle is never waited on afterwards).
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if r == pid {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -1
+            };
+            // Without /proc (not Linux), wait4's figure is the best there is.
+            if peak_kb == 0 {
+                peak_kb = usage.ru_maxrss as u64;
+            }
+            return Ok((code, peak_kb));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((code, usage.ru_maxrss as u64))
 }
 
 /// What the task's last run wrote: the size of every file under its tables' folders.
@@ -242,7 +266,17 @@ async fn written_bytes(
     let storage = Storage::from_endpoint(target)
         .await
         .map_err(|e| e.to_string())?;
-    let mut bytes = 0;
+    let files = table_files(&storage, task, tables).await?;
+    Ok(files.iter().map(|f| f.size).sum())
+}
+
+/// Every file under the folders of the task's tables.
+async fn table_files(
+    storage: &Storage,
+    task: &crate::config::TaskConfig,
+    tables: &[TableInfo],
+) -> Result<Vec<crate::lake::ObjectMeta>, String> {
+    let mut files = Vec::new();
     for t in tables {
         let prefix = layout::table_prefix(
             &task.target_settings.bucket_folder,
@@ -250,8 +284,254 @@ async fn written_bytes(
             &t.schema,
             &t.name,
         );
-        let files = storage.list_all(&prefix).await.map_err(|e| e.to_string())?;
-        bytes += files.iter().map(|f| f.size).sum::<u64>();
+        files.extend(storage.list_all(&prefix).await.map_err(|e| e.to_string())?);
     }
-    Ok(bytes)
+    Ok(files)
+}
+
+/// `tributary bench --cdc`: the CDC benchmark of a `migration_type = "cdc"` task.
+///
+/// 1. Live: the task runs (a child process) while `pgbench -c 4 -j 2 -T <seconds>` commits
+///    on its source. Changes captured per second are set beside changes committed per second
+///    (pgbench's TPC-B transaction makes 4: three updates and an insert); the lag of each
+///    change is its file's modification time (when the file was put in place) minus its
+///    commit time (the task's timestamp column), reported as p50 and p99; peak RSS is the
+///    child's (`wait4`).
+/// 2. Decode: a second slot (pgoutput) is created beside the task's, then `decode_changes`
+///    inserts into pgbench_history fill both. `pg_recvlogical` reads its slot to /dev/null
+///    and the task reads its own with `--until-caught-up` (writing Parquet), one after the
+///    other, and the ratio of their times is reported.
+pub async fn cdc(
+    workspace_path: &Path,
+    task_name: &str,
+    seconds: u64,
+    decode_changes: u64,
+) -> Result<(), String> {
+    let workspace = Workspace::load(workspace_path).map_err(|e| e.to_string())?;
+    let task = workspace
+        .task(task_name, workspace_path)
+        .map_err(|e| e.to_string())?;
+    let source = workspace
+        .endpoint(&task.source, workspace_path)
+        .map_err(|e| e.to_string())?;
+    if source.engine != Engine::Postgres || task.migration_type != MigrationType::Cdc {
+        return Err(format!(
+            "bench --cdc needs a PostgreSQL task with migration_type = \"cdc\"; '{task_name}' is not one"
+        ));
+    }
+    let timestamp_column = task.target_settings.timestamp_column_name.clone();
+    if timestamp_column.is_empty() {
+        return Err(format!(
+            "bench --cdc measures lag from the commit time: set timestamp_column_name in task '{task_name}'"
+        ));
+    }
+    let password = source.resolve_password().map_err(|e| e.to_string())?;
+    let pg = PgEndpoint::from_config(source, password.clone());
+    let target = workspace
+        .endpoint(&task.target, workspace_path)
+        .map_err(|e| e.to_string())?;
+    let storage = Storage::from_endpoint(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tables = PostgresSource::new(pg.clone())
+        .discover(&SelectionRules::new(&task.include, &task.exclude))
+        .await
+        .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("locating tributary itself: {e}"))?;
+    let tributary = |args: &[&str]| {
+        let mut command = Command::new(&exe);
+        command
+            .arg("run")
+            .arg(workspace_path)
+            .args(["--task", task_name])
+            .args(args)
+            .stdout(Stdio::null());
+        command
+    };
+    let client_args = |command: &mut Command| {
+        command
+            .args(["-h", source.host.as_deref().unwrap_or("127.0.0.1")])
+            .args(["-p", &source.port.unwrap_or(5432).to_string()])
+            .args(["-U", source.user.as_deref().unwrap_or("postgres")])
+            .args(["-d", source.database.as_deref().unwrap_or("postgres")]);
+        if let Some(p) = &password {
+            command.env("PGPASSWORD", p);
+        }
+    };
+
+    // A fresh slot at the current end of the WAL, and no files.
+    measure(
+        tributary(&["--reload", "--until-caught-up"]),
+        "tributary run",
+    )?;
+    let before = cdc_files(&storage, task, &tables).await?;
+
+    // 1. Live.
+    println!("bench --cdc: pgbench -c 4 -j 2 -T {seconds} while task {task_name} runs");
+    let mut run = tributary(&[]);
+    run.stderr(Stdio::null());
+    let child = run
+        .spawn()
+        .map_err(|e| format!("starting tributary run: {e}"))?;
+    std::thread::sleep(std::time::Duration::from_secs(2)); // connected and streaming
+    let mut pgbench = Command::new("pgbench");
+    pgbench.args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string()]);
+    client_args(&mut pgbench);
+    let output = pgbench
+        .output()
+        .map_err(|e| format!("starting pgbench (install the PostgreSQL client): {e}"))?;
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(format!(
+            "pgbench failed:\n{report}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let transactions: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .ok_or_else(|| format!("no transaction count in pgbench's report:\n{report}"))?;
+    // Two batch intervals for the last changes, then a clean stop (SIGTERM flushes).
+    let interval = task.target_settings.cdc_max_batch_interval.max(1);
+    std::thread::sleep(std::time::Duration::from_secs(2 * interval + 1));
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (status, peak_rss_kb) =
+        wait_with_rusage(child.id() as i32).map_err(|e| format!("waiting for tributary: {e}"))?;
+    if status != 0 {
+        return Err(format!("tributary run exited with status {status}"));
+    }
+    let mut lags_ms = Vec::new();
+    for key in cdc_files(&storage, task, &tables).await? {
+        if before.iter().any(|b| b.key == key.key) {
+            continue;
+        }
+        let Some(put) = key.last_modified else {
+            continue;
+        };
+        let file = crate::lake::inspect::ParquetFile::open(&storage, &key.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let groups = (0..file.metadata().num_row_groups()).collect();
+        for batch in file
+            .read_columns(&[timestamp_column.as_str()], groups, None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let commits = batch
+                .column(0)
+                .as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                .ok_or("the timestamp column is not a timestamp")?;
+            let put_micros = put.timestamp_micros();
+            lags_ms.extend(
+                commits
+                    .iter()
+                    .flatten()
+                    .map(|c| (put_micros - c).max(0) as f64 / 1000.0),
+            );
+        }
+    }
+    lags_ms.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        lags_ms
+            .get(((lags_ms.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let committed = transactions * 4;
+    let captured = lags_ms.len() as u64;
+    println!();
+    println!(
+        "committed by pgbench  {committed:>9} changes  {:>9.0} changes/s",
+        committed as f64 / seconds as f64
+    );
+    println!(
+        "captured by tributary {captured:>9} changes  {:>9.0} changes/s  (ratio {:.3})",
+        captured as f64 / seconds as f64,
+        captured as f64 / committed.max(1) as f64
+    );
+    println!(
+        "lag commit → file in place: p50 {:.0} ms, p99 {:.0} ms (batch interval {interval} s)",
+        percentile(0.5),
+        percentile(0.99)
+    );
+    println!("tributary peak RSS {:.0} MB", peak_rss_kb as f64 / 1024.0);
+
+    // 2. Decode a pre-filled slot.
+    let recv_slot = "tributary_bench_recv";
+    let mut conn = pg.connect().await.map_err(|e| e.to_string())?;
+    let sql = |s: String| sqlx::raw_sql(sqlx::AssertSqlSafe(s));
+    let _ = pg.drop_slot(recv_slot).await;
+    sql(format!(
+        "SELECT pg_create_logical_replication_slot('{recv_slot}', 'pgoutput')"
+    ))
+    .execute(&mut conn)
+    .await
+    .map_err(|e| format!("creating slot {recv_slot}: {e}"))?;
+    println!();
+    println!("bench --cdc: filling both slots with {decode_changes} inserts (10 transactions)");
+    let per_txn = decode_changes.div_ceil(10);
+    for _ in 0..10 {
+        sql(format!(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime, filler) \
+             SELECT 1, 1, g, g % 1000, now(), 'bench' FROM generate_series(1, {per_txn}) g"
+        ))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("filling pgbench_history: {e}"))?;
+    }
+    let end_lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A record past the end, so pg_recvlogical sees it and stops there (and does not wait
+    // for the server's next keepalive).
+    sql("SELECT pg_logical_emit_message(false, 'tributary.bench', 'end')".into())
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut recv = Command::new("pg_recvlogical");
+    recv.args(["-S", recv_slot, "--start", "--no-loop", "-f", "/dev/null"])
+        .args(["-E", &end_lsn])
+        .args(["-o", "proto_version=1", "-o", "messages=true"])
+        .arg("-o")
+        .arg(format!("publication_names={}", task.publication_name()));
+    client_args(&mut recv);
+    let reference = measure(recv, "pg_recvlogical (install the PostgreSQL client)");
+    let _ = pg.drop_slot(recv_slot).await;
+    let reference = reference?;
+    let subject = measure(tributary(&["--until-caught-up"]), "tributary run")?;
+    let changes = (per_txn * 10) as f64;
+    println!();
+    println!("                          seconds   changes/s   peak MB");
+    for (name, m) in [
+        ("pg_recvlogical > /dev/null", reference),
+        ("tributary (to Parquet)    ", subject),
+    ] {
+        println!(
+            "{name} {:>7.2} {:>11.0} {:>9.0}",
+            m.seconds,
+            changes / m.seconds,
+            m.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "ratio tributary / pg_recvlogical: {:.2}",
+        subject.seconds / reference.seconds
+    );
+    Ok(())
+}
+
+/// The CDC files (all but `LOAD*`) under the task's tables.
+async fn cdc_files(
+    storage: &Storage,
+    task: &crate::config::TaskConfig,
+    tables: &[TableInfo],
+) -> Result<Vec<crate::lake::ObjectMeta>, String> {
+    let mut files = table_files(storage, task, tables).await?;
+    files.retain(|f| {
+        layout::parse_load_number(f.key.rsplit('/').next().unwrap_or_default()).is_none()
+    });
+    Ok(files)
 }

@@ -56,8 +56,9 @@ enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
-    /// Benchmark a full-load task beside psql's binary \copy of the same tables (PostgreSQL).
-    /// Reloads the task's tables into its target each run.
+    /// Benchmark a full-load task beside psql's binary \copy of the same tables (PostgreSQL),
+    /// reloading the task's tables into its target each run; or, with --cdc, a CDC task
+    /// under pgbench and decoding a pre-filled slot beside pg_recvlogical.
     #[cfg(unix)]
     Bench {
         workspace: PathBuf,
@@ -66,6 +67,15 @@ enum Command {
         /// Measured runs of each side (the best is reported).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// The CDC benchmark (the task must have migration_type = "cdc").
+        #[arg(long)]
+        cdc: bool,
+        /// --cdc: how long pgbench runs, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// --cdc: changes in the pre-filled slot.
+        #[arg(long, default_value_t = 5_000_000)]
+        decode_changes: u64,
     },
     /// Delete a CDC task's replication slot and publication on its source, after asking.
     /// The lake files and the task's state stay; remove the task from the workspace file.
@@ -176,10 +186,20 @@ pub fn main() -> ExitCode {
                 workspace,
                 task,
                 runs,
-            } => match crate::bench::full_load(&workspace, &task, runs.max(1)).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(1, e),
-            },
+                cdc,
+                seconds,
+                decode_changes,
+            } => {
+                let result = if cdc {
+                    crate::bench::cdc(&workspace, &task, seconds.max(1), decode_changes).await
+                } else {
+                    crate::bench::full_load(&workspace, &task, runs.max(1)).await
+                };
+                match result {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(1, e),
+                }
+            }
             Command::DeleteTask {
                 workspace,
                 task,
