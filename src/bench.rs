@@ -1,10 +1,13 @@
-//! `tributary bench`: a full load measured beside the source's own export, in one run.
+//! `tributary bench`: the engine measured beside PostgreSQL's own tools, in one run.
 //!
-//! The reference is what PostgreSQL itself can export: `psql -c "\copy (select * from t) to
-//! /dev/null with (format binary)"`, one table after another. The subject is `tributary run
-//! --reload` of the same task, in a child process so its peak RSS is its own (`wait4`). Both
-//! run back to back `runs` times after one unmeasured warm-up export, so they see the same
-//! cache; the best time of each is reported, with the ratio tributary / reference.
+//! Full load ([`full_load`]): the reference is what PostgreSQL itself can export: `psql -c
+//! "\copy (select * from t) to /dev/null with (format binary)"`, one table after another. The
+//! subject is `tributary run --reload` of the same task, in a child process so its peak RSS
+//! is its own. Both run back to back `runs` times after one unmeasured warm-up export, so
+//! they see the same cache; the best time of each is reported, with the ratio.
+//!
+//! CDC ([`cdc`]): pgbench's committed changes beside the captured ones, with lag and RSS,
+//! then a pre-filled slot read by the task beside `pg_recvlogical`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
