@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use std::sync::Arc;
@@ -666,4 +666,113 @@ async fn a_table_without_replica_identity_blocks_the_publication_with_a_fix() {
     );
     // The application can still update the table: nothing was published.
     conn.execute("UPDATE loose SET b = 'y'").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_table() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc_bad";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         DROP PUBLICATION IF EXISTS trib_partial; CREATE PUBLICATION trib_partial FOR TABLE a;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+
+    // A publication made by hand that leaves out a selected table.
+    let ws = dir.write_workspace(&format!(
+        "{}[tasks.cdc_settings]\npublication_name = \"trib_partial\"\n",
+        std::fs::read_to_string(cdc_workspace(&pg, &dir, db, "cdc_partial")).unwrap()
+    ));
+    let err = assert_failure(
+        &tributary(&["run", &ws, "--task", "cdc_partial", "--until-caught-up"]),
+        1,
+    );
+    assert!(
+        err.contains("does not publish public.b") && err.contains("ALTER PUBLICATION"),
+        "{err}"
+    );
+
+    // A user without the REPLICATION attribute.
+    conn.execute(
+        "DROP ROLE IF EXISTS trib_norepl; CREATE ROLE trib_norepl LOGIN PASSWORD 'norepl';
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO trib_norepl;
+         DROP PUBLICATION IF EXISTS trib_all; CREATE PUBLICATION trib_all FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let ws_norepl = dir.write_workspace(&format!(
+        "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"{}\"\nport = {}\n\
+         database = \"{db}\"\nuser = \"trib_norepl\"\npassword_env = \"TEST_NOREPL_PASSWORD\"\n\n\
+         {}[[tasks]]\nname = \"cdc_norepl\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"cdc\"\n[tasks.cdc_settings]\npublication_name = \"trib_all\"\n",
+        pg.host,
+        pg.port,
+        local_target_toml("lake", &dir.lake())
+    ));
+    let output = tributary_command(&[
+        "run",
+        &ws_norepl,
+        "--task",
+        "cdc_norepl",
+        "--until-caught-up",
+    ])
+    .env("TEST_NOREPL_PASSWORD", "norepl")
+    .output()
+    .unwrap();
+    let err = assert_failure(&output, 1);
+    assert!(
+        err.contains("ALTER ROLE") && err.contains("REPLICATION"),
+        "{err}"
+    );
+
+    // A slot another run of the task streams.
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_busy");
+    let mut first = tributary_command(&["run", &ws, "--task", "cdc_busy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let active: Option<bool> = sqlx::query_scalar(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_busy'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if active == Some(true) {
+            break;
+        }
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = assert_failure(
+        &tributary(&["run", &ws, "--task", "cdc_busy", "--until-caught-up"]),
+        1,
+    );
+    assert!(err.contains("in use by another run"), "{err}");
+    // A clean stop, then the task is deleted: no slot is left behind.
+    let stopped = std::process::Command::new("kill")
+        .arg(first.id().to_string())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(first.wait().unwrap().success(), "a SIGTERM stop exits 0");
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_busy",
+        "--yes",
+    ]));
+    conn.execute("DROP PUBLICATION trib_partial; DROP PUBLICATION trib_all; DROP OWNED BY trib_norepl; DROP ROLE trib_norepl;")
+        .await
+        .unwrap();
 }

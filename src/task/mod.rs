@@ -351,6 +351,29 @@ async fn run_postgres(
             LogLevel::Info,
             format!("created publication {publication} FOR ALL TABLES"),
         );
+    } else {
+        // A publication made by hand may leave out tables the task selects: their changes
+        // would silently never come.
+        let rules = crate::source::SelectionRules::new(&task.include, &task.exclude);
+        let selected: Vec<String> = PostgresSource::new(pg.clone())
+            .discover(&rules)
+            .await?
+            .iter()
+            .map(|t| t.qualified_name())
+            .collect();
+        let missing = pg.unpublished(&publication, &selected).await?;
+        if !missing.is_empty() {
+            return Err(TaskError::Source(SourceError::Database {
+                endpoint: pg.name.clone(),
+                context: format!("checking publication {publication}"),
+                message: format!(
+                    "publication {publication} does not publish {}, which task '{}' selects: their changes would never reach the task. Run ALTER PUBLICATION {publication} ADD TABLE {} (or drop it and let the task create one FOR ALL TABLES), or exclude them",
+                    missing.join(", "),
+                    task.name,
+                    missing.join(", ")
+                ),
+            }));
+        }
     }
     let mut options = options;
     let state = checkpoint.snapshot().await;

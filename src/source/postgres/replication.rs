@@ -168,6 +168,33 @@ impl PgEndpoint {
         Ok(true)
     }
 
+    /// Of `tables` (`schema.table`), those `publication` does not publish: their changes
+    /// would never reach the stream. Empty for a publication FOR ALL TABLES.
+    pub async fn unpublished(
+        &self,
+        publication: &str,
+        tables: &[String],
+    ) -> Result<Vec<String>, SourceError> {
+        let mut conn = self.connect().await?;
+        let published: Vec<String> = sqlx::query_scalar(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+        )
+        .bind(publication)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| {
+            self.classify(
+                e,
+                &format!("listing the tables of publication {publication}"),
+            )
+        })?;
+        Ok(tables
+            .iter()
+            .filter(|t| !published.contains(t))
+            .cloned()
+            .collect())
+    }
+
     pub async fn slot_status(&self, slot: &str) -> Result<Option<SlotStatus>, SourceError> {
         let mut conn = self.connect().await?;
         self.slot_status_on(&mut conn, slot).await
