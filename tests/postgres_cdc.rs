@@ -776,3 +776,30 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_level_not_logical_is_refused_with_the_fix() {
+    // The second cluster of scripts/services runs with wal_level = replica.
+    let pg = Pg::from_url_env("TRIBUTARY_TEST_PG_NOLOGIC_URL");
+    let db = "trib_cdc_nologic";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_nologic");
+    let err = assert_failure(
+        &tributary(&["run", &ws, "--task", "cdc_nologic", "--until-caught-up"]),
+        1,
+    );
+    assert!(
+        err.contains("wal_level = logical") && err.contains("restart PostgreSQL"),
+        "{err}"
+    );
+    let check = stdout(&tributary(&["check", &ws, "--endpoint", "shop"]));
+    assert!(
+        check.contains("wal_level = replica")
+            && check.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{check}"
+    );
+}

@@ -336,6 +336,7 @@ async fn run_postgres(
         let source = Arc::new(PostgresSource::new(pg));
         return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
     }
+    pg.require_logical_wal().await?;
     let slot = task.slot_name();
     let publication = task.publication_name();
     let status = pg.slot_status(&slot).await?;

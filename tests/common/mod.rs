@@ -25,7 +25,12 @@ fn required_env(name: &str) -> String {
 
 impl Pg {
     pub fn from_env() -> Pg {
-        let url = required_env("TRIBUTARY_TEST_PG_URL");
+        Pg::from_url_env("TRIBUTARY_TEST_PG_URL")
+    }
+
+    /// A server whose URL is in the environment variable `var`.
+    pub fn from_url_env(var: &str) -> Pg {
+        let url = required_env(var);
         // postgres://user:password@host:port/db
         let rest = url.split_once("://").expect("URL with a scheme").1;
         let (auth, host_part) = rest.rsplit_once('@').expect("URL with user@host");

@@ -168,6 +168,26 @@ impl PgEndpoint {
         Ok(true)
     }
 
+    /// Fails with the fix unless the server runs with `wal_level = logical`, before the task
+    /// creates anything on it.
+    pub async fn require_logical_wal(&self) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        let level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| self.classify(e, "reading wal_level"))?;
+        if level == "logical" {
+            return Ok(());
+        }
+        Err(SourceError::Database {
+            endpoint: self.name.clone(),
+            context: "checking wal_level".into(),
+            message: format!(
+                "wal_level is {level}, and CDC needs wal_level = logical. Run ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL"
+            ),
+        })
+    }
+
     /// Of `tables` (`schema.table`), those `publication` does not publish: their changes
     /// would never reach the stream. Empty for a publication FOR ALL TABLES.
     pub async fn unpublished(
