@@ -694,6 +694,11 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
         err.contains("does not publish public.b") && err.contains("ALTER PUBLICATION"),
         "{err}"
     );
+    let check = stdout(&tributary(&["check", &ws, "--endpoint", "shop"]));
+    assert!(
+        check.contains("FAIL task cdc_partial: publication trib_partial does not publish public.b"),
+        "{check}"
+    );
 
     // A user without the REPLICATION attribute.
     conn.execute(

@@ -213,6 +213,38 @@ pub async fn check_endpoint(
     }
 }
 
+/// What is wrong when the task's (existing) publication leaves out tables the task selects.
+struct Unpublished {
+    detail: String,
+    fix: String,
+}
+
+async fn unpublished_tables(
+    pg: &PgEndpoint,
+    task: &TaskConfig,
+) -> Result<Option<Unpublished>, SourceError> {
+    let publication = task.publication_name();
+    let rules = crate::source::SelectionRules::new(&task.include, &task.exclude);
+    let selected: Vec<String> = PostgresSource::new(pg.clone())
+        .discover(&rules)
+        .await?
+        .iter()
+        .map(|t| t.qualified_name())
+        .collect();
+    let missing = pg.unpublished(&publication, &selected).await?;
+    Ok((!missing.is_empty()).then(|| Unpublished {
+        detail: format!(
+            "publication {publication} does not publish {}, which task '{}' selects: their changes would never reach the task",
+            missing.join(", "),
+            task.name
+        ),
+        fix: format!(
+            "Run ALTER PUBLICATION {publication} ADD TABLE {} (or drop it and let the task create one FOR ALL TABLES), or exclude them",
+            missing.join(", ")
+        ),
+    }))
+}
+
 /// A CDC task's slot and publication on its source.
 async fn cdc_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
     let name = format!("task {}", task.name);
@@ -225,6 +257,20 @@ async fn cdc_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
         Ok(p) => p,
         Err(e) => return CheckResult::fail_from(&name, &e),
     };
+    if publication_exists {
+        match unpublished_tables(pg, task).await {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                return CheckResult {
+                    name,
+                    status: CheckStatus::Fail,
+                    detail: problem.detail,
+                    fix: Some(problem.fix),
+                };
+            }
+            Err(e) => return CheckResult::fail_from(&name, &e),
+        }
+    }
     let publication_text = if publication_exists {
         format!("publication {publication} exists")
     } else {
@@ -352,29 +398,14 @@ async fn run_postgres(
             LogLevel::Info,
             format!("created publication {publication} FOR ALL TABLES"),
         );
-    } else {
+    } else if let Some(problem) = unpublished_tables(&pg, &task).await? {
         // A publication made by hand may leave out tables the task selects: their changes
         // would silently never come.
-        let rules = crate::source::SelectionRules::new(&task.include, &task.exclude);
-        let selected: Vec<String> = PostgresSource::new(pg.clone())
-            .discover(&rules)
-            .await?
-            .iter()
-            .map(|t| t.qualified_name())
-            .collect();
-        let missing = pg.unpublished(&publication, &selected).await?;
-        if !missing.is_empty() {
-            return Err(TaskError::Source(SourceError::Database {
-                endpoint: pg.name.clone(),
-                context: format!("checking publication {publication}"),
-                message: format!(
-                    "publication {publication} does not publish {}, which task '{}' selects: their changes would never reach the task. Run ALTER PUBLICATION {publication} ADD TABLE {} (or drop it and let the task create one FOR ALL TABLES), or exclude them",
-                    missing.join(", "),
-                    task.name,
-                    missing.join(", ")
-                ),
-            }));
-        }
+        return Err(TaskError::Source(SourceError::Database {
+            endpoint: pg.name.clone(),
+            context: format!("checking publication {publication}"),
+            message: format!("{}. {}", problem.detail, problem.fix),
+        }));
     }
     let mut options = options;
     let state = checkpoint.snapshot().await;
