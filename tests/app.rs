@@ -274,6 +274,78 @@ fn preview_shows_schema_statistics_and_first_rows() {
     wait_for(&mut h, "Parquet", Duration::from_secs(10));
 }
 
+/// A partition of two files whose schemas differ (the second has a column more).
+fn fixture_partition(folder: &std::path::Path) {
+    std::fs::create_dir_all(folder).unwrap();
+    let write = |name: &str, batch: RecordBatch| {
+        let file = std::fs::File::create(folder.join(name)).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    };
+    let ids = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as arrow_array::ArrayRef;
+    let texts = |v: Vec<&str>| Arc::new(StringArray::from(v)) as arrow_array::ArrayRef;
+    write(
+        "LOAD00000001.parquet",
+        RecordBatch::try_from_iter([
+            ("id", ids(vec![1, 2])),
+            ("city", texts(vec!["Lyon", "Oslo"])),
+        ])
+        .unwrap(),
+    );
+    write(
+        "20240101-000000000.parquet",
+        RecordBatch::try_from_iter([
+            ("Op", texts(vec!["I", "U"])),
+            ("id", ids(vec![3, 1])),
+            ("city", texts(vec!["Lima", "Lyon-Est"])),
+        ])
+        .unwrap(),
+    );
+}
+
+#[test]
+fn a_folder_previews_as_one_table_with_a_column_filter() {
+    let dir = fixed_dir("folder");
+    let rt = runtime();
+    fixture_partition(&dir.lake().join("raw/shop/public/cities"));
+    let text = local_target_toml("lake", &dir.lake());
+    let path = PathBuf::from(dir.write_workspace(&text));
+    let workspace = Workspace::load(&path).unwrap();
+    let mut h = harness(&rt, path, workspace);
+    h.state_mut().set_tab(Tab::Lake);
+    h.run_steps(2);
+    h.get_by_role(egui::accesskit::Role::ComboBox).click();
+    h.run_steps(2);
+    h.get_by_label("lake").click();
+    wait_for(&mut h, "raw/", Duration::from_secs(10));
+    h.get_by_label("raw/").click();
+    wait_for(&mut h, "shop/", Duration::from_secs(10));
+    h.get_by_label("Preview as one table").click();
+    wait_for(&mut h, "4 rows in 2 file(s)", Duration::from_secs(10));
+    // The merged schema: Op is in one file of two; its rows show NULL in the other.
+    assert!(h.query_by_label("1 of 2").is_some(), "Op is in one file");
+    wait_for(&mut h, "Lima", Duration::from_secs(10));
+    assert_eq!(h.query_all_by_label("NULL").count(), 2, "no Op in the load");
+
+    // A filter on a column: scanned in the background, matches as they come.
+    h.get_by_role(egui::accesskit::Role::ComboBox).click();
+    h.run_steps(2);
+    h.get_by_role_and_label(egui::accesskit::Role::Button, "city").click();
+    h.run_steps(1);
+    let needle = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "contains");
+    needle.focus();
+    needle.type_text("lyon");
+    h.run_steps(1);
+    h.get_by_label("Apply").click();
+    wait_for(&mut h, "2 matching row(s)", Duration::from_secs(10));
+    assert!(h.query_by_label("Lyon-Est").is_some());
+    assert!(h.query_by_label("Lima").is_none(), "filtered out");
+    screenshot(&mut h, "folder");
+    h.get_by_label("Clear filter").click();
+    wait_for(&mut h, "Lima", Duration::from_secs(10));
+}
+
 #[test]
 fn a_workspace_that_does_not_parse_shows_an_error() {
     let dir = TestDir::new();

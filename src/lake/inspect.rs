@@ -11,7 +11,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
@@ -158,6 +158,14 @@ impl ParquetFile {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     pub fn num_rows(&self) -> i64 {
@@ -378,6 +386,201 @@ impl ParquetFile {
         }
         let stream = builder.build().map_err(read_error)?;
         stream.try_collect().await.map_err(read_error)
+    }
+}
+
+/// Files a folder preview opens at most (each costs a footer read).
+pub const MAX_DATASET_FILES: usize = 2000;
+
+/// Several Parquet files read as one table: a folder or a partition. The schema is the
+/// union of the files' columns by name, in order of first appearance; a column whose type
+/// differs between files is read as text. Rows are numbered across the files in key order.
+pub struct ParquetDataset {
+    files: Vec<(String, Arc<ParquetFile>)>,
+    /// Row number at which each file starts.
+    starts: Vec<usize>,
+    schema: SchemaRef,
+    /// Files that were not opened because of [`MAX_DATASET_FILES`].
+    pub skipped_files: usize,
+}
+
+impl ParquetDataset {
+    /// The Parquet files below `prefix` (footers read a few at a time).
+    pub async fn open(storage: &Storage, prefix: &str) -> Result<ParquetDataset, InspectError> {
+        let mut keys: Vec<String> = storage
+            .list_all(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| {
+                let name = k.rsplit('/').next().unwrap_or_default();
+                name.ends_with(".parquet") && !name.starts_with(['.', '_'])
+            })
+            .collect();
+        keys.sort();
+        let skipped_files = keys.len().saturating_sub(MAX_DATASET_FILES);
+        keys.truncate(MAX_DATASET_FILES);
+        let files: Vec<(String, Arc<ParquetFile>)> =
+            futures::stream::iter(keys.into_iter().map(|key| async move {
+                let file = ParquetFile::open(storage, &key).await?;
+                Ok::<_, InspectError>((key, Arc::new(file)))
+            }))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(Self::from_files(files, skipped_files))
+    }
+
+    /// One file as a dataset (no I/O).
+    pub fn single(file: Arc<ParquetFile>) -> ParquetDataset {
+        Self::from_files(vec![(file.key().to_owned(), file)], 0)
+    }
+
+    fn from_files(files: Vec<(String, Arc<ParquetFile>)>, skipped_files: usize) -> Self {
+        let mut fields: Vec<Field> = Vec::new();
+        for (_, file) in &files {
+            for f in file.schema().fields() {
+                match fields.iter_mut().find(|m| m.name() == f.name()) {
+                    Some(m) if m.data_type() != f.data_type() => {
+                        *m = Field::new(f.name(), DataType::Utf8, true);
+                    }
+                    Some(_) => {}
+                    None => fields.push(f.as_ref().clone().with_nullable(true)),
+                }
+            }
+        }
+        let mut starts = Vec::with_capacity(files.len());
+        let mut rows = 0usize;
+        for (_, file) in &files {
+            starts.push(rows);
+            rows += file.num_rows().max(0) as usize;
+        }
+        ParquetDataset {
+            files,
+            starts,
+            schema: Arc::new(Schema::new(fields)),
+            skipped_files,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, &ParquetFile)> {
+        self.files.iter().map(|(k, f)| (k.as_str(), f.as_ref()))
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+            + self
+                .files
+                .last()
+                .map_or(0, |(_, f)| f.num_rows().max(0) as usize)
+    }
+
+    /// Rows `[offset, offset + limit)` across files, in the merged schema.
+    pub async fn read_rows(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RecordBatch>, InspectError> {
+        let mut out = Vec::new();
+        let end = offset + limit;
+        for ((_, file), &start) in self.files.iter().zip(&self.starts) {
+            let rows = file.num_rows().max(0) as usize;
+            if start + rows <= offset || start >= end {
+                continue;
+            }
+            let from = offset.saturating_sub(start);
+            let take = (end.min(start + rows)) - (start + from);
+            for batch in file.read_rows(from, take).await? {
+                out.push(self.conform(&batch)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The rows of one row group of file `file` whose column `column` shows `needle`
+    /// (case-insensitive), in the merged schema: one step of a filter over the dataset.
+    pub async fn filter_row_group(
+        &self,
+        file: usize,
+        row_group: usize,
+        column: &str,
+        needle: &str,
+    ) -> Result<Vec<RecordBatch>, InspectError> {
+        let Some((_, f)) = self.files.get(file) else {
+            return Ok(Vec::new());
+        };
+        if f.schema().field_with_name(column).is_err() {
+            return Ok(Vec::new());
+        }
+        let needle = needle.to_lowercase();
+        let columns: Vec<&str> = f
+            .schema()
+            .fields()
+            .iter()
+            .map(|c| c.name().as_str())
+            .collect();
+        let mut out = Vec::new();
+        for batch in f.read_columns(&columns, vec![row_group], None).await? {
+            let Some(values) = batch.column_by_name(column) else {
+                continue;
+            };
+            let formatter = arrow_cast::display::ArrayFormatter::try_new(
+                values.as_ref(),
+                &arrow_cast::display::FormatOptions::default(),
+            )
+            .map_err(|e| InspectError::Read {
+                uri: f.storage.uri(&f.key),
+                message: e.to_string(),
+            })?;
+            let keep: arrow_array::BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    Some(
+                        values.is_valid(i)
+                            && formatter
+                                .value(i)
+                                .to_string()
+                                .to_lowercase()
+                                .contains(&needle),
+                    )
+                })
+                .collect();
+            let matched =
+                arrow_select::filter::filter_record_batch(&batch, &keep).map_err(|e| {
+                    InspectError::Read {
+                        uri: f.storage.uri(&f.key),
+                        message: e.to_string(),
+                    }
+                })?;
+            if matched.num_rows() > 0 {
+                out.push(self.conform(&matched)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A file's batch in the merged schema: missing columns null, differing types as text.
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch, InspectError> {
+        let rows = batch.num_rows();
+        let error = |e: arrow_schema::ArrowError| InspectError::Read {
+            uri: String::from("(merged schema)"),
+            message: e.to_string(),
+        };
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| match batch.column_by_name(field.name()) {
+                Some(c) if c.data_type() == field.data_type() => Ok(c.clone()),
+                Some(c) => arrow_cast::cast(c, field.data_type()).map_err(error),
+                None => Ok(arrow_array::new_null_array(field.data_type(), rows)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options).map_err(error)
     }
 }
 

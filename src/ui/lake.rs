@@ -108,13 +108,13 @@ impl LakeScreen {
         });
     }
 
-    /// Draws the browser; returns a file to preview (its URI, storage and key).
+    /// Draws the browser; returns what to preview, when the user picks something.
     pub fn lake_ui(
         &mut self,
         ui: &mut egui::Ui,
         doc: &WorkspaceDoc,
         backend: &Backend,
-    ) -> Option<(String, Option<(Storage, String)>)> {
+    ) -> Option<Open> {
         if let Some((prefix, token)) = self.pending.take() {
             self.list(backend, prefix, Some(token));
         }
@@ -184,6 +184,7 @@ impl LakeScreen {
                 }
             }
         });
+        let mut preview_folder = false;
         let total: u64 = self.objects.iter().map(|o| o.size).sum();
         let small_limit = self.small_file_kb * 1024;
         let small = self.objects.iter().filter(|o| o.size < small_limit).count();
@@ -197,6 +198,16 @@ impl LakeScreen {
             if self.listing {
                 ui.spinner();
                 ui.weak("listing…");
+            }
+            let has_parquet = !self.folders.is_empty()
+                || self.objects.iter().any(|o| o.key.ends_with(".parquet"));
+            if has_parquet
+                && ui
+                    .button("Preview as one table")
+                    .on_hover_text("every Parquet file below this folder, schemas merged")
+                    .clicked()
+            {
+                preview_folder = true;
             }
             if small > 0 {
                 ui.colored_label(
@@ -251,8 +262,29 @@ impl LakeScreen {
         if let Some(prefix) = go_to {
             self.list(backend, prefix, None);
         }
-        open.map(|key| (storage.uri(&key), Some((storage.clone(), key))))
+        if preview_folder {
+            return Some(Open::Folder {
+                storage,
+                prefix: self.prefix.clone(),
+            });
+        }
+        open.map(|key| Open::File {
+            uri: storage.uri(&key),
+            storage: storage.clone(),
+            key,
+        })
     }
+}
+
+/// What the browser asks to preview.
+pub enum Open {
+    File {
+        uri: String,
+        storage: Storage,
+        key: String,
+    },
+    /// Every Parquet file below `prefix`, as one table.
+    Folder { storage: Storage, prefix: String },
 }
 
 pub fn human_bytes(bytes: u64) -> String {

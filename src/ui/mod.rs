@@ -18,12 +18,10 @@ pub mod preview;
 pub mod tasks;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::config::{EndpointConfig, Workspace};
-use crate::lake::inspect::{ParquetFile, ParquetSummary};
 use crate::lake::storage::ListPage;
 use crate::source::CheckResult;
 
@@ -50,7 +48,12 @@ pub enum UiEvent {
     },
     PreviewOpened {
         request: u64,
-        result: Result<(Arc<ParquetFile>, ParquetSummary), String>,
+        result: Result<preview::Opened, String>,
+    },
+    PreviewFiltered {
+        request: u64,
+        filter: u64,
+        result: Result<Vec<Vec<String>>, String>,
     },
     PreviewRows {
         request: u64,
@@ -273,7 +276,8 @@ impl TributaryApp {
             } => self.lake.page(request, prefix, page),
             event @ (UiEvent::PreviewOpened { .. }
             | UiEvent::PreviewRows { .. }
-            | UiEvent::PreviewText { .. }) => self.preview.handle(event),
+            | UiEvent::PreviewText { .. }
+            | UiEvent::PreviewFiltered { .. }) => self.preview.handle(&self.backend, event),
         }
     }
 
@@ -361,12 +365,17 @@ impl eframe::App for TributaryApp {
                 .tasks
                 .tasks_ui(ui, &mut self.doc, &self.backend, &mut self.runs),
             Tab::Monitoring => self.monitoring.monitoring_ui(ui, &mut self.runs),
-            Tab::Lake => {
-                if let Some((uri, location)) = self.lake.lake_ui(ui, &self.doc, &self.backend) {
-                    self.preview.open(&self.backend, &uri, location);
+            Tab::Lake => match self.lake.lake_ui(ui, &self.doc, &self.backend) {
+                Some(lake::Open::File { uri, storage, key }) => {
+                    self.preview.open(&self.backend, &uri, Some((storage, key)));
                     self.tab = Tab::Preview;
                 }
-            }
+                Some(lake::Open::Folder { storage, prefix }) => {
+                    self.preview.open_folder(&self.backend, storage, prefix);
+                    self.tab = Tab::Preview;
+                }
+                None => {}
+            },
             Tab::Preview => self.preview.preview_ui(ui, &self.backend),
         });
     }
