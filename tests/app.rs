@@ -331,7 +331,8 @@ fn a_folder_previews_as_one_table_with_a_column_filter() {
     // A filter on a column: scanned in the background, matches as they come.
     h.get_by_role(egui::accesskit::Role::ComboBox).click();
     h.run_steps(2);
-    h.get_by_role_and_label(egui::accesskit::Role::Button, "city").click();
+    h.get_by_role_and_label(egui::accesskit::Role::Button, "city")
+        .click();
     h.run_steps(1);
     let needle = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "contains");
     needle.focus();

@@ -330,7 +330,7 @@ impl PreviewScreen {
 
     fn filter_ui(&mut self, ui: &mut egui::Ui, backend: &Backend, dataset: &ParquetDataset) {
         ui.horizontal(|ui| {
-            ui.label("Filter");
+            let filter_label = ui.label("Filter on");
             egui::ComboBox::from_id_salt("filter-column")
                 .selected_text(if self.filter_column.is_empty() {
                     "column…"
@@ -341,7 +341,9 @@ impl PreviewScreen {
                     for f in dataset.schema().fields() {
                         ui.selectable_value(&mut self.filter_column, f.name().clone(), f.name());
                     }
-                });
+                })
+                .response
+                .labelled_by(filter_label.id);
             let contains = ui.label("contains");
             let response = ui
                 .add(
