@@ -45,6 +45,10 @@ enum Command {
         /// recreate the replication slot).
         #[arg(long)]
         reload: bool,
+        /// Full-load tasks: load this table (schema.table) again, replacing its files; the
+        /// other tables stay. Repeat for several.
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        reload_table: Vec<String>,
         /// CDC: stop once every change committed before the start is written (for scripts).
         #[arg(long)]
         until_caught_up: bool,
@@ -165,6 +169,7 @@ pub fn main() -> ExitCode {
                 workspace,
                 task,
                 reload,
+                reload_table,
                 until_caught_up,
             } => {
                 run(
@@ -173,6 +178,7 @@ pub fn main() -> ExitCode {
                     RunOptions {
                         reload,
                         until_caught_up,
+                        reload_tables: reload_table,
                     },
                 )
                 .await

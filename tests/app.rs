@@ -78,7 +78,7 @@ fn step_until(
     let started = Instant::now();
     loop {
         harness.step();
-        if harness.query_by_label_contains(label).is_some() == shown {
+        if harness.query_all_by_label_contains(label).next().is_some() == shown {
             return;
         }
         if started.elapsed() >= timeout {
@@ -212,6 +212,14 @@ fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
     );
     // Not compared as a snapshot: the log shows the snapshot's LSN, new every run.
     screenshot(&mut h, "monitoring");
+    // One table loaded again on its own.
+    h.state_mut().set_tab(Tab::Tasks);
+    h.run_steps(4);
+    h.get_by_label("Reload public.people").click();
+    h.run_steps(4);
+    h.state_mut().set_tab(Tab::Monitoring);
+    wait_for(&mut h, "reloading public.people", Duration::from_secs(60));
+    wait_for(&mut h, "Task completed", Duration::from_secs(60));
     h.state_mut().set_tab(Tab::Lake);
     h.run_steps(2);
     h.get_by_role(egui::accesskit::Role::ComboBox).click();

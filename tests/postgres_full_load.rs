@@ -612,3 +612,67 @@ async fn csv_and_json_lines_targets() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_table_reloads_alone() {
+    let pg = Pg::from_env();
+    let db = "trib_reload_table";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a SELECT generate_series(1, 10); INSERT INTO b SELECT generate_series(1, 10);",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let parquet = "[tasks.target_settings]\ndata_format = \"parquet\"\n";
+    let ws = local_workspace(&pg, &dir, db, parquet);
+    assert_success(&tributary(&["run", &ws, "--task", "load"]));
+    let rows = |table: &str| -> usize {
+        table_batches(&dir.lake().join(format!("shop/public/{table}")))
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum()
+    };
+    let b_file = dir.lake().join("shop/public/b/LOAD00000001.parquet");
+    let b_written = std::fs::metadata(&b_file).unwrap().modified().unwrap();
+
+    conn.execute("INSERT INTO a SELECT generate_series(11, 25); INSERT INTO b VALUES (11);")
+        .await
+        .unwrap();
+    let text = assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "load",
+        "--reload-table",
+        "public.a",
+    ]));
+    assert!(text.contains("reloading public.a"), "{text}");
+    assert_eq!(rows("a"), 25, "a is loaded again");
+    assert_eq!(rows("b"), 10, "b stays as it was");
+    assert_eq!(
+        std::fs::metadata(&b_file).unwrap().modified().unwrap(),
+        b_written
+    );
+
+    // A table the task does not select, and a CDC task: clear refusals.
+    let err = assert_failure(
+        &tributary(&[
+            "run",
+            &ws,
+            "--task",
+            "load",
+            "--reload-table",
+            "public.nope",
+        ]),
+        1,
+    );
+    assert!(err.contains("does not select table public.nope"), "{err}");
+    let cdc = local_workspace(&pg, &dir, db, "migration_type = \"full-load-and-cdc\"\n");
+    let err = assert_failure(
+        &tributary(&["run", &cdc, "--task", "load", "--reload-table", "public.a"]),
+        1,
+    );
+    assert!(err.contains("Reload the whole task"), "{err}");
+}

@@ -96,6 +96,32 @@ pub(super) async fn run<S: Source>(
         checkpoint.reset().await?;
         events.log(LogLevel::Info, "reload: previous full-load files deleted");
     }
+    if !options.reload_tables.is_empty() {
+        if let Some(table) = options
+            .reload_tables
+            .iter()
+            .find(|t| !tables.iter().any(|i| &i.qualified_name() == *t))
+        {
+            return Err(TaskError::NotSelected {
+                task: task.name.clone(),
+                table: table.clone(),
+            });
+        }
+        // Forgetting a table's state is enough: the plan below deletes the files of a table
+        // it knows nothing of before loading it, so a crash in between loses nothing.
+        checkpoint
+            .update(|s| {
+                for t in &options.reload_tables {
+                    s.tables.remove(t);
+                }
+                s.full_load_completed_at = None;
+            })
+            .await?;
+        events.log(
+            LogLevel::Info,
+            format!("reloading {}", options.reload_tables.join(", ")),
+        );
+    }
     let state = checkpoint.snapshot().await;
     if let Some(done) = state.full_load_completed_at {
         events.log(

@@ -58,6 +58,14 @@ pub enum TaskError {
     SlotBusy { task: String, slot: String },
     #[error("task '{task}' failed inside the engine: {message}")]
     Internal { task: String, message: String },
+    #[error(
+        "task '{task}' does not select table {table} (check its include and exclude rules), so it cannot reload it"
+    )]
+    NotSelected { task: String, table: String },
+    #[error(
+        "task '{task}' captures changes: reloading one of its tables alone would leave its files inconsistent with the stream. Reload the whole task (--reload)"
+    )]
+    ReloadTableOfCdcTask { task: String },
 }
 
 /// What a caller can ask of a running task.
@@ -99,6 +107,9 @@ pub struct RunOptions {
     pub reload: bool,
     /// CDC: stop once every change committed before the run started is written.
     pub until_caught_up: bool,
+    /// Full-load tasks: load these tables (`schema.table`) again, replacing their files;
+    /// the other tables stay as they are.
+    pub reload_tables: Vec<String>,
 }
 
 pub struct TaskHandle {
@@ -378,6 +389,9 @@ async fn run_postgres(
     stop: watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
     let started = std::time::Instant::now();
+    if !options.reload_tables.is_empty() && task.migration_type != MigrationType::FullLoad {
+        return Err(TaskError::ReloadTableOfCdcTask { task: task.name });
+    }
     if task.migration_type == MigrationType::FullLoad {
         let source = Arc::new(PostgresSource::new(pg));
         return full_load::run(source, storage, checkpoint, task, options, events, stop).await;

@@ -22,6 +22,8 @@ pub struct TasksScreen {
     source_tables: HashMap<String, Option<Result<Vec<String>, String>>>,
     include_text: String,
     exclude_text: String,
+    /// A table whose Reload button was clicked: the run controls start it.
+    reload_table: Option<String>,
 }
 
 impl TasksScreen {
@@ -136,7 +138,8 @@ impl TasksScreen {
             let reload = ui
                 .add_enabled(can_start, egui::Button::new("Reload"))
                 .on_hover_text("Deletes the task's load files and loads every table again");
-            if start.clicked() || reload.clicked() {
+            let reload_table = self.reload_table.take().filter(|_| can_start);
+            if start.clicked() || reload.clicked() || reload_table.is_some() {
                 runs.start(
                     backend,
                     &doc.workspace,
@@ -145,6 +148,7 @@ impl TasksScreen {
                     RunOptions {
                         reload: reload.clicked(),
                         until_caught_up: false,
+                        reload_tables: reload_table.into_iter().collect(),
                     },
                 );
             }
@@ -267,12 +271,24 @@ impl TasksScreen {
                     matched.len(),
                     all.len()
                 ));
+                // One table of a full-load task can be loaded again on its own.
+                let reloadable = task.migration_type == MigrationType::FullLoad;
                 egui::ScrollArea::vertical()
                     .id_salt("matched")
                     .max_height(160.0)
                     .show(ui, |ui| {
                         for t in matched {
-                            ui.monospace(t);
+                            ui.horizontal(|ui| {
+                                ui.monospace(t);
+                                if reloadable
+                                    && ui
+                                        .small_button(format!("Reload {t}"))
+                                        .on_hover_text("Loads this table again, replacing its files; the others stay")
+                                        .clicked()
+                                {
+                                    self.reload_table = Some(t.clone());
+                                }
+                            });
                         }
                     });
             }
