@@ -27,22 +27,34 @@ struct Measured {
     peak_rss_kb: u64,
 }
 
-pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> Result<(), String> {
+/// A benchmarked task: its workspace, its PostgreSQL source and the tables it selects.
+struct BenchTask {
+    workspace: Workspace,
+    task: crate::config::TaskConfig,
+    source: crate::config::EndpointConfig,
+    password: Option<String>,
+    pg: PgEndpoint,
+    tables: Vec<TableInfo>,
+}
+
+async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask, String> {
     let workspace = Workspace::load(workspace_path).map_err(|e| e.to_string())?;
     let task = workspace
         .task(task_name, workspace_path)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .clone();
     let source = workspace
         .endpoint(&task.source, workspace_path)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .clone();
     if source.engine != Engine::Postgres {
         return Err(format!(
-            "bench compares with psql's \\copy; endpoint '{}' is not PostgreSQL",
+            "bench measures PostgreSQL tasks beside PostgreSQL's own tools; endpoint '{}' is not PostgreSQL",
             source.name
         ));
     }
     let password = source.resolve_password().map_err(|e| e.to_string())?;
-    let pg = PgEndpoint::from_config(source, password.clone());
+    let pg = PgEndpoint::from_config(&source, password.clone());
     let tables = PostgresSource::new(pg.clone())
         .discover(&SelectionRules::new(&task.include, &task.exclude))
         .await
@@ -50,6 +62,26 @@ pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> R
     if tables.is_empty() {
         return Err(format!("task '{task_name}' selects no table"));
     }
+    Ok(BenchTask {
+        workspace,
+        task,
+        source,
+        password,
+        pg,
+        tables,
+    })
+}
+
+pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> Result<(), String> {
+    let BenchTask {
+        workspace,
+        source,
+        password,
+        pg,
+        tables,
+        ..
+    } = bench_task(workspace_path, task_name).await?;
+    let source = &source;
     let rows = count_rows(&pg, &tables).await?;
     let heap_bytes: u64 = tables.iter().map(|t| t.size_bytes).sum();
     println!(
@@ -310,16 +342,17 @@ pub async fn cdc(
     seconds: u64,
     decode_changes: u64,
 ) -> Result<(), String> {
-    let workspace = Workspace::load(workspace_path).map_err(|e| e.to_string())?;
-    let task = workspace
-        .task(task_name, workspace_path)
-        .map_err(|e| e.to_string())?;
-    let source = workspace
-        .endpoint(&task.source, workspace_path)
-        .map_err(|e| e.to_string())?;
-    if source.engine != Engine::Postgres || task.migration_type != MigrationType::Cdc {
+    let BenchTask {
+        workspace,
+        task,
+        source,
+        password,
+        pg,
+        tables,
+    } = bench_task(workspace_path, task_name).await?;
+    if task.migration_type != MigrationType::Cdc {
         return Err(format!(
-            "bench --cdc needs a PostgreSQL task with migration_type = \"cdc\"; '{task_name}' is not one"
+            "bench --cdc needs a task with migration_type = \"cdc\"; '{task_name}' is not one"
         ));
     }
     let timestamp_column = task.target_settings.timestamp_column_name.clone();
@@ -328,16 +361,10 @@ pub async fn cdc(
             "bench --cdc measures lag from the commit time: set timestamp_column_name in task '{task_name}'"
         ));
     }
-    let password = source.resolve_password().map_err(|e| e.to_string())?;
-    let pg = PgEndpoint::from_config(source, password.clone());
     let target = workspace
         .endpoint(&task.target, workspace_path)
         .map_err(|e| e.to_string())?;
     let storage = Storage::from_endpoint(target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tables = PostgresSource::new(pg.clone())
-        .discover(&SelectionRules::new(&task.include, &task.exclude))
         .await
         .map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("locating tributary itself: {e}"))?;
@@ -367,7 +394,7 @@ pub async fn cdc(
         tributary(&["--reload", "--until-caught-up"]),
         "tributary run",
     )?;
-    let before = cdc_files(&storage, task, &tables).await?;
+    let before = cdc_files(&storage, &task, &tables).await?;
 
     // 1. Live.
     println!("bench --cdc: pgbench -c 4 -j 2 -T {seconds} while task {task_name} runs");
@@ -406,7 +433,7 @@ pub async fn cdc(
         return Err(format!("tributary run exited with status {status}"));
     }
     let mut lags_ms = Vec::new();
-    for key in cdc_files(&storage, task, &tables).await? {
+    for key in cdc_files(&storage, &task, &tables).await? {
         if before.iter().any(|b| b.key == key.key) {
             continue;
         }
@@ -523,6 +550,10 @@ pub async fn cdc(
         "ratio tributary / pg_recvlogical: {:.2}",
         subject.seconds / reference.seconds
     );
+    // An idle slot would hold the source's WAL until the next benchmark.
+    pg.drop_slot(&task.slot_name())
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

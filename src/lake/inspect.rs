@@ -303,38 +303,43 @@ impl ParquetFile {
         if groups.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let reader = StorageReader {
-            storage: self.storage.clone(),
-            key: self.key.clone(),
-            size: self.size,
-        };
-        let uri = self.storage.uri(&self.key);
-        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-            reader,
-            parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
-                self.metadata.clone(),
-                Default::default(),
-            )
-            .map_err(|e| not_parquet(&self.storage, &self.key, e))?,
-        );
-        let stream = builder
+        let stream = self
+            .stream_builder()?
             .with_row_groups(groups)
             .with_offset(skip)
             .with_limit(limit)
             .with_batch_size(limit.clamp(1, 8192))
             .build()
-            .map_err(|e| InspectError::Read {
-                uri: uri.clone(),
-                message: e.to_string(),
-            })?;
-        stream.try_collect().await.map_err(|e| InspectError::Read {
-            uri,
-            message: e.to_string(),
-        })
+            .map_err(|e| self.read_error(e))?;
+        stream.try_collect().await.map_err(|e| self.read_error(e))
     }
-}
 
-impl ParquetFile {
+    /// A reader of this file's rows, from the metadata already read.
+    fn stream_builder(
+        &self,
+    ) -> Result<ParquetRecordBatchStreamBuilder<StorageReader>, InspectError> {
+        let reader = StorageReader {
+            storage: self.storage.clone(),
+            key: self.key.clone(),
+            size: self.size,
+        };
+        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
+            self.metadata.clone(),
+            Default::default(),
+        )
+        .map_err(|e| not_parquet(&self.storage, &self.key, e))?;
+        Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+            reader, metadata,
+        ))
+    }
+
+    fn read_error(&self, e: impl std::fmt::Display) -> InspectError {
+        InspectError::Read {
+            uri: self.storage.uri(&self.key),
+            message: e.to_string(),
+        }
+    }
+
     pub fn metadata(&self) -> &Arc<ParquetMetaData> {
         &self.metadata
     }
@@ -350,21 +355,6 @@ impl ParquetFile {
         if row_groups.is_empty() {
             return Ok(Vec::new());
         }
-        let reader = StorageReader {
-            storage: self.storage.clone(),
-            key: self.key.clone(),
-            size: self.size,
-        };
-        let uri = self.storage.uri(&self.key);
-        let read_error = |e: ParquetError| InspectError::Read {
-            uri: uri.clone(),
-            message: e.to_string(),
-        };
-        let arrow_metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
-            self.metadata.clone(),
-            Default::default(),
-        )
-        .map_err(|e| not_parquet(&self.storage, &self.key, e))?;
         let roots: Vec<usize> = self
             .schema
             .fields()
@@ -377,15 +367,15 @@ impl ParquetFile {
             self.metadata.file_metadata().schema_descr(),
             roots,
         );
-        let mut builder =
-            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_metadata)
-                .with_row_groups(row_groups)
-                .with_projection(mask);
+        let mut builder = self
+            .stream_builder()?
+            .with_row_groups(row_groups)
+            .with_projection(mask);
         if let Some(rows) = rows {
             builder = builder.with_row_selection(rows);
         }
-        let stream = builder.build().map_err(read_error)?;
-        stream.try_collect().await.map_err(read_error)
+        let stream = builder.build().map_err(|e| self.read_error(e))?;
+        stream.try_collect().await.map_err(|e| self.read_error(e))
     }
 }
 
@@ -532,10 +522,7 @@ impl ParquetDataset {
                 values.as_ref(),
                 &arrow_cast::display::FormatOptions::default(),
             )
-            .map_err(|e| InspectError::Read {
-                uri: f.storage.uri(&f.key),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| f.read_error(e))?;
             let keep: arrow_array::BooleanArray = (0..batch.num_rows())
                 .map(|i| {
                     Some(
