@@ -732,6 +732,23 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
         err.contains("ALTER ROLE") && err.contains("REPLICATION"),
         "{err}"
     );
+    // With REPLICATION but not a superuser: the task cannot publish FOR ALL TABLES itself.
+    conn.execute("ALTER ROLE trib_norepl WITH REPLICATION")
+        .await
+        .unwrap();
+    let ws_repl = dir.write_workspace(&std::fs::read_to_string(&ws_norepl).unwrap().replace(
+        "publication_name = \"trib_all\"",
+        "publication_name = \"trib_own\"",
+    ));
+    let output = tributary_command(&["run", &ws_repl, "--task", "cdc_norepl", "--until-caught-up"])
+        .env("TEST_NOREPL_PASSWORD", "norepl")
+        .output()
+        .unwrap();
+    let err = assert_failure(&output, 1);
+    assert!(
+        err.contains("CREATE PUBLICATION trib_own FOR TABLE"),
+        "{err}"
+    );
 
     // A slot another run of the task streams.
     let ws = cdc_workspace(&pg, &dir, db, "cdc_busy");

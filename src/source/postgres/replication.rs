@@ -161,10 +161,28 @@ impl PgEndpoint {
             "CREATE PUBLICATION {} FOR ALL TABLES",
             quote_ident(publication)
         );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        let created = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
-            .await
-            .map_err(|e| self.classify(e, &format!("creating publication {publication}")))?;
+            .await;
+        created.map_err(|e| {
+            match self.classify(e, &format!("creating publication {publication}")) {
+                // Only a superuser may publish FOR ALL TABLES.
+                SourceError::PermissionDenied {
+                    endpoint,
+                    context,
+                    message,
+                    ..
+                } => SourceError::PermissionDenied {
+                    endpoint,
+                    context,
+                    message,
+                    fix: format!(
+                        "A publication FOR ALL TABLES needs a superuser: have one create a publication of the task's tables (CREATE PUBLICATION {publication} FOR TABLE …), or set cdc_settings.publication_name to an existing one; the task checks that it publishes every table it selects"
+                    ),
+                },
+                other => other,
+            }
+        })?;
         Ok(true)
     }
 
