@@ -54,6 +54,15 @@ fn harness(
         .build_eframe(move |cc| TributaryApp::with_workspace(&cc.egui_ctx, handle, path, workspace))
 }
 
+/// Opens the lake browser on target `target`.
+fn open_lake(harness: &mut Harness<'_, TributaryApp>, target: &str) {
+    harness.state_mut().set_tab(Tab::Lake);
+    harness.run_steps(2);
+    harness.get_by_role(egui::accesskit::Role::ComboBox).click();
+    harness.run_steps(2);
+    harness.get_by_label(target).click();
+}
+
 /// Steps the app until `label` (a substring) shows, as background work completes.
 #[track_caller]
 fn wait_for(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
@@ -220,11 +229,7 @@ fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
     h.state_mut().set_tab(Tab::Monitoring);
     wait_for(&mut h, "reloading public.people", Duration::from_secs(60));
     wait_for(&mut h, "Task completed", Duration::from_secs(60));
-    h.state_mut().set_tab(Tab::Lake);
-    h.run_steps(2);
-    h.get_by_role(egui::accesskit::Role::ComboBox).click();
-    h.run_steps(2);
-    h.get_by_label("local1").click();
+    open_lake(&mut h, "local1");
     wait_for(&mut h, "postgres1/", Duration::from_secs(10));
     h.get_by_label("postgres1/").click();
     wait_for(&mut h, "public/", Duration::from_secs(10));
@@ -321,11 +326,7 @@ fn a_folder_previews_as_one_table_with_a_column_filter() {
     let path = PathBuf::from(dir.write_workspace(&text));
     let workspace = Workspace::load(&path).unwrap();
     let mut h = harness(&rt, path, workspace);
-    h.state_mut().set_tab(Tab::Lake);
-    h.run_steps(2);
-    h.get_by_role(egui::accesskit::Role::ComboBox).click();
-    h.run_steps(2);
-    h.get_by_label("lake").click();
+    open_lake(&mut h, "lake");
     wait_for(&mut h, "raw/", Duration::from_secs(10));
     h.get_by_label("raw/").click();
     wait_for(&mut h, "shop/", Duration::from_secs(10));
@@ -444,10 +445,6 @@ fn lake_browser_shows_access_denied_in_place() {
     let path = PathBuf::from(dir.write_workspace(&s3_target_toml("lake", "somebody-elses", &deny)));
     let workspace = Workspace::load(&path).unwrap();
     let mut h = harness(&rt, path, workspace);
-    h.state_mut().set_tab(Tab::Lake);
-    h.run_steps(2);
-    h.get_by_role(egui::accesskit::Role::ComboBox).click();
-    h.run_steps(2);
-    h.get_by_label("lake").click();
+    open_lake(&mut h, "lake");
     wait_for(&mut h, "access denied", Duration::from_secs(20));
 }

@@ -203,6 +203,11 @@ CREATE TABLE wiped (id int8 PRIMARY KEY);
 INSERT INTO wiped SELECT generate_series(1, 10);
 ";
 
+/// `tributary run WS --task TASK --until-caught-up`.
+fn run_until_caught_up(ws: &str, task: &str) -> std::process::Output {
+    tributary(&["run", ws, "--task", task, "--until-caught-up"])
+}
+
 async fn exec(conn: &mut PgConnection, sql: String) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(conn)
@@ -232,13 +237,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     .await;
     let dir = TestDir::new();
     let ws = cdc_workspace(&pg, &dir, db, "cdc_basic");
-    let first = assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_basic",
-        "--until-caught-up",
-    ]));
+    let first = assert_success(&run_until_caught_up(&ws, "cdc_basic"));
     assert!(
         first.contains("created replication slot tributary_cdc_basic"),
         "{first}"
@@ -327,13 +326,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     .await
     .unwrap();
 
-    let second = assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_basic",
-        "--until-caught-up",
-    ]));
+    let second = assert_success(&run_until_caught_up(&ws, "cdc_basic"));
     assert!(second.contains("caught up"), "{second}");
     assert!(
         second.contains("public.docs: recovering unchanged TOASTed values"),
@@ -346,13 +339,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     conn.execute("UPDATE docs SET title = 'third' WHERE id IN (1, 3, 100)")
         .await
         .unwrap();
-    assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_basic",
-        "--until-caught-up",
-    ]));
+    assert_success(&run_until_caught_up(&ws, "cdc_basic"));
     assert_lake_equals_source(&pg, db, &dir, "cdc_basic", &tables);
     let docs = dir.lake().join("raw/shop/public/docs");
     for f in files_under(&docs) {
@@ -446,13 +433,7 @@ async fn sigkill_under_load_then_restart_writes_each_change_once() {
     conn.execute(SCHEMA).await.unwrap();
     let dir = TestDir::new();
     let ws = cdc_workspace(&pg, &dir, db, "cdc_kill");
-    assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_kill",
-        "--until-caught-up",
-    ]));
+    assert_success(&run_until_caught_up(&ws, "cdc_kill"));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let generator = tokio::spawn({
@@ -492,13 +473,7 @@ async fn sigkill_under_load_then_restart_writes_each_change_once() {
         transactions > 50,
         "the load generator ran only {transactions} transactions"
     );
-    assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_kill",
-        "--until-caught-up",
-    ]));
+    assert_success(&run_until_caught_up(&ws, "cdc_kill"));
     assert_lake_equals_source(&pg, db, &dir, "cdc_kill", &["accounts", "orders"]);
     // Leave no slot holding WAL on the test server.
     assert_success(&tributary(&[
@@ -546,13 +521,7 @@ async fn cdc_into_s3_then_delete_the_task() {
         pg.endpoint_toml("shop", db),
         s3_target_toml("lake", bucket, &s3_endpoint())
     ));
-    assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_s3",
-        "--until-caught-up",
-    ]));
+    assert_success(&run_until_caught_up(&ws, "cdc_s3"));
     conn.execute(
         "UPDATE accounts SET balance = -1 WHERE id < 100;
          DELETE FROM orders WHERE id > 1900;
@@ -560,13 +529,7 @@ async fn cdc_into_s3_then_delete_the_task() {
     )
     .await
     .unwrap();
-    let run = assert_success(&tributary(&[
-        "run",
-        &ws,
-        "--task",
-        "cdc_s3",
-        "--until-caught-up",
-    ]));
+    let run = assert_success(&run_until_caught_up(&ws, "cdc_s3"));
     assert!(run.contains("inserts"), "no statistics table:\n{run}");
     download(bucket, "raw/", &dir.lake()).await;
     assert_lake_equals_source(&pg, db, &dir, "cdc_s3", &["accounts", "orders"]);
@@ -612,10 +575,7 @@ async fn cdc_into_s3_then_delete_the_task() {
     .unwrap();
     assert_eq!((slots, publications), (0, 0));
     // Without its slot, the task refuses to continue rather than miss changes.
-    let err = assert_failure(
-        &tributary(&["run", &ws, "--task", "cdc_s3", "--until-caught-up"]),
-        1,
-    );
+    let err = assert_failure(&run_until_caught_up(&ws, "cdc_s3"), 1);
     assert!(err.contains("--reload"), "{err}");
     // ...and --reload starts over: a new slot, a new load, the old changes gone.
     conn.execute(
@@ -656,10 +616,7 @@ async fn a_table_without_replica_identity_blocks_the_publication_with_a_fix() {
     .unwrap();
     let dir = TestDir::new();
     let ws = cdc_workspace(&pg, &dir, db, "cdc_nopk");
-    let err = assert_failure(
-        &tributary(&["run", &ws, "--task", "cdc_nopk", "--until-caught-up"]),
-        1,
-    );
+    let err = assert_failure(&run_until_caught_up(&ws, "cdc_nopk"), 1);
     assert!(
         err.contains("public.loose") && err.contains("REPLICA IDENTITY FULL"),
         "{err}"
@@ -686,10 +643,7 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
         "{}[tasks.cdc_settings]\npublication_name = \"trib_partial\"\n",
         std::fs::read_to_string(cdc_workspace(&pg, &dir, db, "cdc_partial")).unwrap()
     ));
-    let err = assert_failure(
-        &tributary(&["run", &ws, "--task", "cdc_partial", "--until-caught-up"]),
-        1,
-    );
+    let err = assert_failure(&run_until_caught_up(&ws, "cdc_partial"), 1);
     assert!(
         err.contains("does not publish public.b") && err.contains("ALTER PUBLICATION"),
         "{err}"
@@ -775,10 +729,7 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let err = assert_failure(
-        &tributary(&["run", &ws, "--task", "cdc_busy", "--until-caught-up"]),
-        1,
-    );
+    let err = assert_failure(&run_until_caught_up(&ws, "cdc_busy"), 1);
     assert!(err.contains("in use by another run"), "{err}");
     // A clean stop, then the task is deleted: no slot is left behind.
     let stopped = std::process::Command::new("kill")
@@ -810,10 +761,7 @@ async fn wal_level_not_logical_is_refused_with_the_fix() {
         .unwrap();
     let dir = TestDir::new();
     let ws = cdc_workspace(&pg, &dir, db, "cdc_nologic");
-    let err = assert_failure(
-        &tributary(&["run", &ws, "--task", "cdc_nologic", "--until-caught-up"]),
-        1,
-    );
+    let err = assert_failure(&run_until_caught_up(&ws, "cdc_nologic"), 1);
     assert!(
         err.contains("wal_level = logical") && err.contains("restart PostgreSQL"),
         "{err}"
