@@ -29,12 +29,13 @@ struct Measured {
 
 /// A benchmarked task: its workspace, its PostgreSQL source and the tables it selects.
 struct BenchTask {
-    workspace: Workspace,
     task: crate::config::TaskConfig,
     source: crate::config::EndpointConfig,
     password: Option<String>,
     pg: PgEndpoint,
     tables: Vec<TableInfo>,
+    /// The task's target.
+    storage: Storage,
 }
 
 async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask, String> {
@@ -62,24 +63,30 @@ async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask,
     if tables.is_empty() {
         return Err(format!("task '{task_name}' selects no table"));
     }
+    let target = workspace
+        .endpoint(&task.target, workspace_path)
+        .map_err(|e| e.to_string())?;
+    let storage = Storage::from_endpoint(target)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(BenchTask {
-        workspace,
         task,
         source,
         password,
         pg,
         tables,
+        storage,
     })
 }
 
 pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> Result<(), String> {
     let BenchTask {
-        workspace,
+        task,
         source,
         password,
         pg,
         tables,
-        ..
+        storage,
     } = bench_task(workspace_path, task_name).await?;
     let source = &source;
     let rows = count_rows(&pg, &tables).await?;
@@ -120,7 +127,11 @@ pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> R
             })
     };
     let (r, t) = (best(&reference), best(&subject));
-    let written = written_bytes(&workspace, workspace_path, task_name, &tables).await?;
+    let written: u64 = table_files(&storage, &task, &tables)
+        .await?
+        .iter()
+        .map(|f| f.size)
+        .sum();
     let peak_rss = subject.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0);
     println!();
     println!("                     seconds     rows/s   source MB/s");
@@ -287,24 +298,6 @@ fn wait_with_rusage(pid: i32) -> std::io::Result<(i32, u64)> {
     }
 }
 
-/// What the task's last run wrote: the size of every file under its tables' folders.
-async fn written_bytes(
-    workspace: &Workspace,
-    path: &Path,
-    task_name: &str,
-    tables: &[TableInfo],
-) -> Result<u64, String> {
-    let task = workspace.task(task_name, path).map_err(|e| e.to_string())?;
-    let target = workspace
-        .endpoint(&task.target, path)
-        .map_err(|e| e.to_string())?;
-    let storage = Storage::from_endpoint(target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let files = table_files(&storage, task, tables).await?;
-    Ok(files.iter().map(|f| f.size).sum())
-}
-
 /// Every file under the folders of the task's tables.
 async fn table_files(
     storage: &Storage,
@@ -343,12 +336,12 @@ pub async fn cdc(
     decode_changes: u64,
 ) -> Result<(), String> {
     let BenchTask {
-        workspace,
         task,
         source,
         password,
         pg,
         tables,
+        storage,
     } = bench_task(workspace_path, task_name).await?;
     if task.migration_type != MigrationType::Cdc {
         return Err(format!(
@@ -361,12 +354,6 @@ pub async fn cdc(
             "bench --cdc measures lag from the commit time: set timestamp_column_name in task '{task_name}'"
         ));
     }
-    let target = workspace
-        .endpoint(&task.target, workspace_path)
-        .map_err(|e| e.to_string())?;
-    let storage = Storage::from_endpoint(target)
-        .await
-        .map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("locating tributary itself: {e}"))?;
     let tributary = |args: &[&str]| {
         let mut command = Command::new(&exe);

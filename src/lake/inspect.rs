@@ -404,7 +404,7 @@ impl ParquetDataset {
             .map(|o| o.key)
             .filter(|k| {
                 let name = k.rsplit('/').next().unwrap_or_default();
-                name.ends_with(".parquet") && !name.starts_with(['.', '_'])
+                name.ends_with(".parquet") && !super::layout::is_hidden_name(name)
             })
             .collect();
         keys.sort();

@@ -26,6 +26,12 @@ fn segment(name: &str) -> String {
     name.replace('%', "%25").replace('/', "%2F")
 }
 
+/// Whether a file name is hidden from readers: Spark, Glue and pyarrow skip names starting
+/// with `.` or `_` (and an empty name is an S3 folder marker).
+pub fn is_hidden_name(name: &str) -> bool {
+    name.is_empty() || name.starts_with(['.', '_'])
+}
+
 /// The folder of a table's files, ending with `/`.
 pub fn table_prefix(bucket_folder: &str, source: &str, schema: &str, table: &str) -> String {
     format!(

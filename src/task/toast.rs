@@ -389,7 +389,7 @@ async fn list_raw_files(storage: &Storage, prefix: &str) -> Result<Vec<RawFile>,
     for object in storage.list_all(prefix).await? {
         let name = object.key.rsplit('/').next().unwrap_or_default().to_owned();
         // Folder markers and readers' side files (_SUCCESS, .crc) are not data.
-        if name.is_empty() || name.starts_with(['.', '_']) {
+        if layout::is_hidden_name(&name) {
             continue;
         }
         if !name.ends_with(".parquet") {
