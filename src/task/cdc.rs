@@ -1,14 +1,11 @@
 //! Change data capture from PostgreSQL into the raw zone: pgoutput changes, batched as DMS
-//! batches them, written exactly once.
+//! batches them ([`super::batch`]), written exactly once.
 //!
 //! Invariants:
-//! - a batch holds whole transactions, in commit order; its files are put in place under the
-//!   pending-batch protocol of [`super::checkpoint`], and the slot is confirmed only after
-//!   the batch's end position is durably the task's `confirmed_position`;
+//! - the slot is confirmed only after the batch's end position is durably the task's
+//!   `confirmed_position`;
 //! - a transaction that ends at or before `confirmed_position` is skipped, so a restart never
 //!   writes a change twice;
-//! - rows go from the stream to spool files as they come (a builder holds at most
-//!   [`FLUSH_ROWS`] rows per table), so a large transaction never has to fit in memory;
 //! - `_position` is the commit LSN and the change's number in its transaction, both
 //!   zero-padded hexadecimal: it sorts in exact commit order;
 //! - every U row is a whole after-image: unchanged TOASTed values come from the old tuple
@@ -18,17 +15,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::{DateTime, Utc};
+use arrow_schema::{Field, Schema};
 use pgwire_replication::ReplicationEvent;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
-use super::checkpoint::{Checkpoint, PendingBatch, SchemaChange};
+use super::batch::{BatchWriter, Rows};
+use super::checkpoint::Checkpoint;
 use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
-use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
 use crate::source::SelectionRules;
 use crate::source::postgres::PgEndpoint;
@@ -36,15 +31,11 @@ use crate::source::postgres::copy_binary::TextBatchBuilder;
 use crate::source::postgres::pgoutput::{
     self, Message, OldTuple, Relation, ReplicaIdentity, Value,
 };
-use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
+use crate::source::postgres::replication::{format_lsn, parse_lsn};
 use crate::source::postgres::types::Kind;
-use crate::task::stats::{TableState, TableStats};
-use crate::task::toast::{self, ToastRecovery};
+use crate::task::stats::TableStats;
+use crate::task::toast;
 
-/// Rows a table's builder holds before they go to its spool file...
-const FLUSH_ROWS: usize = 8192;
-/// ...or bytes of text, whichever comes first.
-const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 /// How often slot lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a stop waits for an open transaction to commit before dropping the batch.
@@ -97,28 +88,6 @@ struct RelationInfo {
     key_columns: Vec<bool>,
 }
 
-/// What one table has in the open batch.
-struct TableBatch {
-    prefix: String,
-    schema: SchemaRef,
-    builder: TextBatchBuilder,
-    ops: Vec<&'static str>,
-    positions: Vec<String>,
-    commit_times: Vec<i64>,
-    writer: Option<RollingWriter>,
-    /// Files finished in this batch (a second one only after a schema change).
-    finished: Vec<FinishedFile>,
-    stats: TableStats,
-}
-
-struct Batch {
-    started: Instant,
-    end_lsn: u64,
-    first_commit_micros: Option<i64>,
-    last_commit_micros: i64,
-    changes: u64,
-}
-
 impl CdcRun {
     pub async fn run(mut self) -> Result<CdcOutcome, TaskError> {
         let slot = self.task.slot_name();
@@ -127,26 +96,8 @@ impl CdcRun {
         let state = self.checkpoint.snapshot().await;
         let cdc = state.cdc.clone().unwrap_or_default();
 
-        // A batch interrupted while being put in place: remove its files, redo it.
-        if let Some(pending) = &cdc.pending_batch {
-            for key in &pending.keys {
-                self.storage.delete(key).await?;
-            }
-            self.events.log(
-                LogLevel::Info,
-                format!(
-                    "removed {} file(s) of an interrupted CDC batch; it is written again",
-                    pending.keys.len()
-                ),
-            );
-            self.checkpoint
-                .update(|s| {
-                    if let Some(c) = &mut s.cdc {
-                        c.pending_batch = None;
-                    }
-                })
-                .await?;
-        }
+        super::batch::remove_pending_batch(&self.storage, &self.checkpoint, &self.events, &cdc)
+            .await?;
         let confirmed = cdc
             .confirmed_position
             .as_deref()
@@ -170,23 +121,15 @@ impl CdcRun {
             ),
         );
 
-        let mut writer = BatchWriter {
-            storage: self.storage.clone(),
-            task: self.task.clone(),
-            checkpoint: self.checkpoint.clone(),
-            events: self.events.clone(),
-            tables: HashMap::new(),
-            batch: None,
-            stats: CdcStats {
-                confirmed_position: format_lsn(confirmed),
-                batches: cdc.batches,
-                ..CdcStats::default()
-            },
-            last_file_millis: cdc.last_file_millis,
-            totals: cdc.tables.clone(),
-            toast: ToastRecovery::new(self.storage.clone(), toast::CACHE_BYTES),
-            toast_logged: Default::default(),
-        };
+        let mut writer = BatchWriter::new(
+            self.storage.clone(),
+            self.task.clone(),
+            self.checkpoint.clone(),
+            self.events.clone(),
+            &cdc,
+            format_lsn(confirmed),
+            (slot.clone(), publication.clone()),
+        );
         let mut relations: HashMap<u32, RelationInfo> = HashMap::new();
         let mut txn: Option<(u64, i64, u32)> = None; // commit LSN, commit time, next seq
         let mut skipping = false;
@@ -258,7 +201,7 @@ impl CdcRun {
                 }) => {
                     let end = end_lsn.as_u64();
                     if !skipping {
-                        writer.commit(end, pg_to_unix_micros(commit_time_micros));
+                        writer.commit(format_lsn(end), pg_to_unix_micros(commit_time_micros));
                     }
                     txn = None;
                     if writer.is_empty() {
@@ -273,7 +216,8 @@ impl CdcRun {
                         stream.confirm(confirmed_lsn);
                     }
                     if caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && txn.is_none() {
-                        if let Some(end) = writer.flush(&stream).await? {
+                        if let Some(end) = writer.flush().await?.as_deref().and_then(parse_lsn) {
+                            stream.confirm(end);
                             confirmed_lsn = confirmed_lsn.max(end);
                         }
                         self.events.log(
@@ -292,8 +236,9 @@ impl CdcRun {
                 let full = writer.largest_file_bytes() >= min_bytes;
                 let due = writer.batch_age().is_some_and(|age| age >= interval);
                 if (full || due || stopping.is_some())
-                    && let Some(end) = writer.flush(&stream).await?
+                    && let Some(end) = writer.flush().await?.as_deref().and_then(parse_lsn)
                 {
+                    stream.confirm(end);
                     confirmed_lsn = confirmed_lsn.max(end);
                 }
                 if stopping.is_some() {
@@ -454,7 +399,15 @@ impl CdcRun {
             let position = txn
                 .map(|(lsn, _, seq)| format!("{lsn:016X}{seq:08X}"))
                 .unwrap_or_default();
-            writer.schema(&info, &schema, &r.name, position).await?;
+            let table_schema = Arc::new(Schema::new(
+                info.columns
+                    .iter()
+                    .zip(&info.kinds)
+                    .map(|(c, k)| Field::new(c, k.data_type(), true))
+                    .collect::<Vec<_>>(),
+            ));
+            let builder = Rows::Postgres(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
+            writer.schema(&key, &info.signature, table_schema, builder, position)?;
         }
         relations.insert(r.id, info);
         Ok(())
@@ -525,132 +478,8 @@ fn pg_to_unix_micros(pg: i64) -> i64 {
     pg.saturating_add(946_684_800_000_000)
 }
 
-/// Builds the open batch's files and puts them in place, exactly once.
-struct BatchWriter {
-    storage: Storage,
-    task: TaskConfig,
-    checkpoint: Arc<Checkpoint>,
-    events: Events,
-    tables: HashMap<String, TableBatch>,
-    batch: Option<Batch>,
-    stats: CdcStats,
-    last_file_millis: i64,
-    totals: std::collections::BTreeMap<String, super::checkpoint::CdcTableState>,
-    toast: ToastRecovery,
-    /// Tables whose TOAST recovery has been logged in this run.
-    toast_logged: std::collections::HashSet<String>,
-}
-
+/// PostgreSQL changes into the open batch.
 impl BatchWriter {
-    fn is_empty(&self) -> bool {
-        self.batch.as_ref().is_none_or(|b| b.changes == 0)
-    }
-
-    fn batch_age(&self) -> Option<Duration> {
-        self.batch
-            .as_ref()
-            .filter(|b| b.changes > 0)
-            .map(|b| b.started.elapsed())
-    }
-
-    fn largest_file_bytes(&self) -> u64 {
-        self.tables
-            .values()
-            .map(|t| t.writer.as_ref().map_or(0, RollingWriter::open_bytes))
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn writer_options(&self) -> WriterOptions {
-        let s = &self.task.target_settings;
-        WriterOptions {
-            format: s.data_format,
-            compression: s.compression,
-            // One file per table per batch: the batch decides when files close.
-            max_file_bytes: u64::MAX,
-            op: None,
-            timestamp_column: None,
-            row_group_bytes: crate::lake::format::ROW_GROUP_BYTES / 4,
-        }
-    }
-
-    /// A (new or changed) schema of a selected table: later rows use it.
-    async fn schema(
-        &mut self,
-        info: &RelationInfo,
-        schema: &str,
-        table: &str,
-        position: String,
-    ) -> Result<(), TaskError> {
-        let settings = self.task.target_settings.clone();
-        let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
-        if !settings.timestamp_column_name.is_empty() {
-            fields.push(Field::new(
-                &settings.timestamp_column_name,
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ));
-        }
-        fields.push(Field::new("_position", DataType::Utf8, false));
-        let columns: Vec<Field> = info
-            .columns
-            .iter()
-            .zip(&info.kinds)
-            .map(|(c, k)| Field::new(c, k.data_type(), true))
-            .collect();
-        let table_schema = Arc::new(Schema::new(columns));
-        fields.extend(table_schema.fields().iter().map(|f| f.as_ref().clone()));
-        let file_schema = Arc::new(Schema::new(fields));
-
-        let total = self.totals.entry(info.key.clone()).or_default();
-        let last = total.schema_changes.last().map(|c| c.change.clone());
-        let change = format!("columns: {}", info.signature);
-        if last.as_deref() != Some(change.as_str()) {
-            if last.is_some() {
-                total.ddls += 1;
-                self.events.log(
-                    LogLevel::Info,
-                    format!("{}: schema changed at {position}: {change}", info.key),
-                );
-            }
-            total.schema_changes.push(SchemaChange { position, change });
-        }
-        let total = total.clone();
-        if self.tables.contains_key(&info.key) {
-            // Close the file of the old schema; the next rows start a new one.
-            self.finish_table(&info.key)?;
-        }
-        let entry = self.tables.entry(info.key.clone()).or_insert_with(|| {
-            let mut stats = TableStats::new(schema, table, 0);
-            stats.state = TableState::TableCompleted;
-            stats.inserts = total.inserts;
-            stats.updates = total.updates;
-            stats.deletes = total.deletes;
-            stats.files = total.files;
-            stats.bytes = total.bytes;
-            TableBatch {
-                prefix: layout::table_prefix(
-                    &settings.bucket_folder,
-                    &self.task.source,
-                    schema,
-                    table,
-                ),
-                schema: file_schema.clone(),
-                builder: TextBatchBuilder::new(table_schema.clone(), &info.kinds),
-                ops: Vec::new(),
-                positions: Vec::new(),
-                commit_times: Vec::new(),
-                writer: None,
-                finished: Vec::new(),
-                stats,
-            }
-        });
-        entry.schema = file_schema;
-        entry.builder = TextBatchBuilder::new(table_schema, &info.kinds);
-        entry.stats.ddls = total.ddls;
-        Ok(())
-    }
-
     /// One change of the stream. `seq` numbers the changes of the transaction whose commit
     /// is at `commit_lsn`; a change of primary key takes two numbers (a D, then an I).
     async fn change(
@@ -801,33 +630,7 @@ impl BatchWriter {
         })
     }
 
-    fn table_error(&self, key: &str, message: String) -> TaskError {
-        TaskError::TablesFailed {
-            task: self.task.name.clone(),
-            count: 1,
-            details: format!("{key}: {message}"),
-        }
-    }
-
-    /// Records a truncate of `key` at `position` in the task state (it writes no rows).
-    fn truncated(&mut self, key: &str, position: &str) {
-        let total = self.totals.entry(key.to_owned()).or_default();
-        total.ddls += 1;
-        // Only the latest truncate matters to a reader rebuilding the table from files
-        // written after it; older ones are kept a while for the record.
-        total.schema_changes.retain(|c| c.change != "truncate");
-        total.schema_changes.push(SchemaChange {
-            position: position.to_owned(),
-            change: "truncate".into(),
-        });
-        if let Some(t) = self.tables.get_mut(key) {
-            t.stats.ddls = total.ddls;
-        }
-        self.events
-            .log(LogLevel::Info, format!("{key}: truncated at {position}"));
-    }
-
-    /// Adds one row to its table's builder, spooling the builder when it is full.
+    /// Adds one row of pgoutput values to its table's batch.
     fn append(
         &mut self,
         info: &RelationInfo,
@@ -855,238 +658,19 @@ impl BatchWriter {
                 }
             });
         }
-        let decoded = match self.tables.get_mut(&info.key) {
-            Some(table) => table.builder.append_row(texts),
-            None => return Ok(()),
-        };
-        decoded.map_err(|e| {
-            self.table_error(
-                &info.key,
+        self.append_row(&info.key, op, position, commit_micros, |rows| {
+            let Rows::Postgres(builder) = rows else {
+                return Err("a PostgreSQL row for a table of another source".into());
+            };
+            builder.append_row(texts).map_err(|e| {
                 format!(
-                    "decoding column {} at {position}: {}",
+                    "decoding column {}: {}",
                     e.column
                         .and_then(|i| info.columns.get(i))
                         .map_or("?", String::as_str),
                     e.message
-                ),
-            )
-        })?;
-        let Some(table) = self.tables.get_mut(&info.key) else {
-            return Ok(());
-        };
-        table.ops.push(op);
-        table.positions.push(position);
-        table.commit_times.push(commit_micros);
-        match op {
-            "I" => table.stats.inserts += 1,
-            "U" => table.stats.updates += 1,
-            _ => table.stats.deletes += 1,
-        }
-        // Bounded by rows and by bytes: one huge transaction must not fill the memory.
-        let full = table.builder.len() >= FLUSH_ROWS || table.builder.text_bytes() >= FLUSH_BYTES;
-        self.touch(commit_micros);
-        if full {
-            self.spool(&info.key)?;
-        }
-        Ok(())
-    }
-
-    fn touch(&mut self, commit_micros: i64) {
-        let batch = self.batch.get_or_insert_with(|| Batch {
-            started: Instant::now(),
-            end_lsn: 0,
-            first_commit_micros: None,
-            last_commit_micros: commit_micros,
-            changes: 0,
-        });
-        batch.changes += 1;
-        batch.first_commit_micros.get_or_insert(commit_micros);
-    }
-
-    fn commit(&mut self, end_lsn: u64, commit_micros: i64) {
-        if let Some(b) = &mut self.batch {
-            b.end_lsn = end_lsn;
-            b.last_commit_micros = commit_micros;
-        }
-    }
-
-    /// Moves a table's buffered rows into its spool file.
-    fn spool(&mut self, key: &str) -> Result<(), TaskError> {
-        let options = self.writer_options();
-        let spool_dir = self.storage.spool_dir()?;
-        let Some(t) = self.tables.get_mut(key) else {
-            return Ok(());
-        };
-        if t.builder.is_empty() {
-            return Ok(());
-        }
-        let data = t.builder.finish();
-        let mut columns: Vec<ArrayRef> =
-            vec![Arc::new(StringArray::from(std::mem::take(&mut t.ops)))];
-        if !self.task.target_settings.timestamp_column_name.is_empty() {
-            columns.push(Arc::new(
-                TimestampMicrosecondArray::from(t.commit_times.clone()).with_timezone("UTC"),
-            ));
-        }
-        t.commit_times.clear();
-        columns.push(Arc::new(StringArray::from(std::mem::take(
-            &mut t.positions,
-        ))));
-        columns.extend(data.columns().iter().cloned());
-        let batch =
-            RecordBatch::try_new(t.schema.clone(), columns).map_err(|e| TaskError::Internal {
-                task: self.task.name.clone(),
-                message: format!("assembling CDC rows of {key}: {e}"),
-            })?;
-        let writer = t.writer.get_or_insert_with(|| {
-            RollingWriter::new(
-                options,
-                &t.schema,
-                spool_dir,
-                format!(
-                    "{}-cdc-{}-{}",
-                    self.task.name,
-                    key,
-                    crate::lake::storage::unique_suffix()
-                ),
-            )
-        });
-        writer.write(&batch)?;
-        Ok(())
-    }
-
-    /// Spools and closes a table's file (at a schema change or the end of a batch).
-    fn finish_table(&mut self, key: &str) -> Result<(), TaskError> {
-        self.spool(key)?;
-        if let Some(t) = self.tables.get_mut(key)
-            && let Some(mut writer) = t.writer.take()
-            && let Some(file) = writer.close()?
-        {
-            t.finished.push(file);
-        }
-        Ok(())
-    }
-
-    /// Drops the open batch (a stop inside a transaction): it is redone on the next run.
-    fn abandon(&mut self) {
-        for t in self.tables.values_mut() {
-            t.builder.finish();
-            t.ops.clear();
-            t.positions.clear();
-            t.commit_times.clear();
-            if let Some(mut w) = t.writer.take() {
-                w.abandon();
-            }
-            for f in t.finished.drain(..) {
-                let _ = std::fs::remove_file(&f.path);
-            }
-        }
-        self.batch = None;
-    }
-
-    /// Writes the open batch: files in place, then the state, then the slot confirmed.
-    /// Returns the batch's end position, if there was a batch.
-    async fn flush(&mut self, stream: &ChangeStream) -> Result<Option<u64>, TaskError> {
-        let Some(batch) = self.batch.take() else {
-            return Ok(None);
-        };
-        let keys: Vec<String> = self.tables.keys().cloned().collect();
-        for key in &keys {
-            self.finish_table(key)?;
-        }
-        let settings = self.task.target_settings.clone();
-        let commit_time = DateTime::<Utc>::from_timestamp_micros(batch.last_commit_micros)
-            .unwrap_or_else(Utc::now);
-        let partition = if settings.date_partition_enabled {
-            layout::date_partition(
-                commit_time,
-                settings.date_partition_sequence,
-                settings.date_partition_style,
-            )
-        } else {
-            String::new()
-        };
-        let extension = self.writer_options().extension();
-        // Names keep increasing even when batches share a millisecond; a table with a second
-        // file in the batch (after a schema change) takes the next millisecond.
-        let millis = commit_time
-            .timestamp_millis()
-            .max(self.last_file_millis + 1);
-        let mut newest = millis;
-        let mut placed: Vec<(String, String, FinishedFile)> = Vec::new();
-        for (key, t) in &mut self.tables {
-            for (i, file) in t.finished.drain(..).enumerate() {
-                newest = newest.max(millis + i as i64);
-                let time = DateTime::<Utc>::from_timestamp_millis(millis + i as i64)
-                    .unwrap_or(commit_time);
-                let name = layout::cdc_file_name(time, &extension);
-                placed.push((key.clone(), format!("{}{partition}{name}", t.prefix), file));
-            }
-        }
-        let end_position = format_lsn(batch.end_lsn);
-
-        // 1. Record what is about to appear, so a crash in between can be cleaned up.
-        let pending_keys: Vec<String> = placed.iter().map(|(_, k, _)| k.clone()).collect();
-        self.checkpoint
-            .update(|s| {
-                let c = s.cdc.get_or_insert_with(Default::default);
-                c.pending_batch = Some(PendingBatch {
-                    keys: pending_keys.clone(),
-                    end_position: end_position.clone(),
-                });
+                )
             })
-            .await?;
-        // 2. Put the files in place.
-        for (table, key, file) in &placed {
-            self.storage.put_file(&file.path, key).await?;
-            let total = self.totals.entry(table.clone()).or_default();
-            total.files += 1;
-            total.bytes += file.bytes;
-            if let Some(t) = self.tables.get_mut(table) {
-                t.stats.files += 1;
-                t.stats.bytes += file.bytes;
-            }
-        }
-        // 3. The batch is done: one durable write.
-        for (key, t) in &self.tables {
-            let total = self.totals.entry(key.clone()).or_default();
-            total.inserts = t.stats.inserts;
-            total.updates = t.stats.updates;
-            total.deletes = t.stats.deletes;
-        }
-        let totals = self.totals.clone();
-        let task = self.task.clone();
-        self.checkpoint
-            .update(|s| {
-                let c = s.cdc.get_or_insert_with(Default::default);
-                c.slot = task.slot_name();
-                c.publication = task.publication_name();
-                c.pending_batch = None;
-                c.confirmed_position = Some(end_position.clone());
-                c.batches += 1;
-                c.last_file_millis = newest;
-                c.tables = totals;
-            })
-            .await?;
-        // 4. Only now may the server recycle the WAL behind it.
-        stream.confirm(batch.end_lsn);
-        self.toast.batch_written(
-            placed
-                .iter()
-                .map(|(table, key, _)| (table.as_str(), key.as_str())),
-        );
-        self.last_file_millis = newest;
-        let now = Utc::now().timestamp_micros();
-        let seconds = batch.started.elapsed().as_secs_f64().max(0.001);
-        self.stats.confirmed_position = end_position;
-        self.stats.batches += 1;
-        self.stats.latency_ms =
-            (now - batch.first_commit_micros.unwrap_or(now)).max(0) as u64 / 1000;
-        self.stats.changes_per_second = batch.changes as f64 / seconds;
-        for t in self.tables.values() {
-            self.events.send(TaskEvent::Table(t.stats.clone()));
-        }
-        self.events.send(TaskEvent::Cdc(self.stats.clone()));
-        Ok(Some(batch.end_lsn))
+        })
     }
 }

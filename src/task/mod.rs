@@ -5,6 +5,8 @@
 //! [`TaskHandle`]: [`TaskCommand`]s go in, [`TaskEvent`]s come out, and the final
 //! [`TaskSummary`] is awaited on the handle. Nothing here blocks the caller's thread.
 
+mod batch;
+mod binlog_cdc;
 mod cdc;
 pub mod checkpoint;
 mod full_load;
@@ -19,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ConfigError, Engine, MigrationType, TaskConfig, Workspace};
 use crate::lake::format::FormatError;
 use crate::lake::{Storage, StorageError};
+use crate::source::mysql::{MyEndpoint, MysqlSource};
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{CheckResult, CheckStatus, Source, SourceError};
 pub use cdc::CdcStats;
@@ -211,12 +214,14 @@ pub async fn check_endpoint(
             }
             results
         }
-        Engine::Mysql => vec![CheckResult {
-            name: "engine".into(),
-            status: CheckStatus::Fail,
-            detail: "MySQL/MariaDB sources are not supported by this build yet".into(),
-            fix: None,
-        }],
+        Engine::Mysql => {
+            let password = match e.resolve_password() {
+                Ok(p) => p,
+                Err(err) => return vec![CheckResult::fail_from("password", &err)],
+            };
+            let endpoint = MyEndpoint::from_config(e, password);
+            MysqlSource::new(endpoint, 1).check().await
+        }
         Engine::Local | Engine::S3 => match Storage::from_endpoint(e).await {
             Ok(storage) => storage.check().await,
             Err(err) => vec![CheckResult::fail_from("target", &err)],
@@ -369,6 +374,11 @@ async fn run(
             let password = source_endpoint.resolve_password()?;
             let pg = PgEndpoint::from_config(source_endpoint, password);
             run_postgres(pg, storage, checkpoint, task, options, events, stop).await
+        }
+        Engine::Mysql => {
+            let password = source_endpoint.resolve_password()?;
+            let endpoint = MyEndpoint::from_config(source_endpoint, password);
+            run_mysql(endpoint, storage, checkpoint, task, options, events, stop).await
         }
         engine => Err(TaskError::UnsupportedSource {
             task: task.name,
@@ -536,7 +546,19 @@ async fn run_postgres(
     }
     .run()
     .await?;
-    for cdc_table in outcome.tables {
+    merge_cdc_stats(&mut tables, outcome.tables);
+    Ok(TaskSummary {
+        task: task.name,
+        tables,
+        seconds: started.elapsed().as_secs_f64(),
+        location,
+        snapshot_position: snapshot_position.or(outcome.confirmed_position),
+    })
+}
+
+/// Adds what CDC wrote to the full load's table statistics.
+fn merge_cdc_stats(tables: &mut Vec<TableStats>, cdc_tables: Vec<TableStats>) {
+    for cdc_table in cdc_tables {
         match tables
             .iter_mut()
             .find(|t: &&mut TableStats| t.qualified_name() == cdc_table.qualified_name())
@@ -552,6 +574,112 @@ async fn run_postgres(
             None => tables.push(cdc_table),
         }
     }
+}
+
+/// A MySQL/MariaDB task: the full load, CDC from the binlog, or the full load and then CDC
+/// from the snapshot's binlog position.
+async fn run_mysql(
+    endpoint: MyEndpoint,
+    storage: Storage,
+    checkpoint: Arc<Checkpoint>,
+    task: TaskConfig,
+    options: RunOptions,
+    events: Events,
+    stop: watch::Receiver<Option<TaskCommand>>,
+) -> Result<TaskSummary, TaskError> {
+    let started = std::time::Instant::now();
+    if !options.reload_tables.is_empty() && task.migration_type != MigrationType::FullLoad {
+        return Err(TaskError::ReloadTableOfCdcTask { task: task.name });
+    }
+    let source = Arc::new(MysqlSource::new(
+        endpoint.clone(),
+        task.full_load_settings.max_full_load_sub_tasks,
+    ));
+    if task.migration_type == MigrationType::FullLoad {
+        return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
+    }
+    // Every CDC prerequisite is checked before anything is created.
+    let mut conn = endpoint.connect().await?;
+    endpoint
+        .binlog_settings(&mut conn)
+        .await?
+        .require_cdc(&endpoint.name)?;
+    let current = endpoint.current_position(&mut conn).await?;
+    let _ = conn.disconnect().await;
+    let state = checkpoint.snapshot().await;
+    if options.reload {
+        let removed = cdc::delete_cdc_files(&storage, &task, &state).await?;
+        if removed > 0 {
+            events.log(
+                LogLevel::Info,
+                format!("deleted {removed} CDC file(s) of the previous stream"),
+            );
+        }
+        checkpoint.update(|s| s.cdc = None).await?;
+    }
+    let state = checkpoint.snapshot().await;
+    let mut tables = Vec::new();
+    let mut location = storage.uri(&crate::lake::layout::table_prefix(
+        &task.target_settings.bucket_folder,
+        &task.source,
+        "",
+        "",
+    ));
+    let mut snapshot_position = None;
+    if task.has_full_load() {
+        let summary = full_load::run(
+            source,
+            storage.clone(),
+            checkpoint.clone(),
+            task.clone(),
+            options.clone(),
+            events.clone(),
+            stop.clone(),
+        )
+        .await?;
+        tables = summary.tables;
+        location = summary.location;
+        snapshot_position = summary.snapshot_position;
+    } else if state
+        .cdc
+        .as_ref()
+        .is_none_or(|c| c.confirmed_position.is_none())
+    {
+        // CDC only: changes from now on.
+        let Some(position) = current else {
+            return Err(TaskError::Internal {
+                task: task.name,
+                message: "the server reports no binlog position".into(),
+            });
+        };
+        events.log(
+            LogLevel::Info,
+            format!("CDC starts at the binlog's end, {position}"),
+        );
+        let text = position.to_string();
+        checkpoint
+            .update(|s| {
+                s.cdc
+                    .get_or_insert_with(Default::default)
+                    .confirmed_position = Some(text.clone());
+            })
+            .await?;
+    }
+    if stop.borrow().is_some() {
+        return Err(TaskError::Stopped { task: task.name });
+    }
+    let outcome = binlog_cdc::BinlogCdcRun {
+        endpoint,
+        storage,
+        task: task.clone(),
+        checkpoint,
+        events,
+        stop,
+        until_caught_up: options.until_caught_up,
+    }
+    .run()
+    .await?;
+    merge_cdc_stats(&mut tables, outcome.tables);
     Ok(TaskSummary {
         task: task.name,
         tables,

@@ -739,7 +739,7 @@ fn parse_number<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> 
 
 /// A numeric's text (`-123.450`) as an unscaled i128 at `scale`. Missing decimal places
 /// are zeros; extra ones must be zeros.
-fn parse_numeric(v: &str, scale: i8) -> Result<i128, String> {
+pub(crate) fn parse_numeric(v: &str, scale: i8) -> Result<i128, String> {
     match v {
         "NaN" => return Err("NaN does not fit a decimal column".into()),
         "Infinity" | "-Infinity" => return Err("infinity does not fit a decimal column".into()),

@@ -1,0 +1,575 @@
+//! The binlog replication stream of a MySQL/MariaDB server, as events the CDC runner
+//! understands: transaction boundaries with their positions, table maps that describe the
+//! columns of the rows that follow, row changes as [`Value`]s, and statements (DDL).
+//!
+//! Invariants:
+//! - the stream starts at a transaction boundary given by file and position, and every
+//!   [`BinlogEvent::Commit`] carries the position right after its transaction, where a later
+//!   stream can start without loss or repeat;
+//! - columns are read from the table map's own metadata (`binlog_row_metadata = FULL`), so
+//!   a row is always decoded with the schema it was written with, even long after an ALTER;
+//! - the replica's server id is derived from the task name, so two tasks on one server do
+//!   not cut each other's streams.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mysql_async::binlog::events::{
+    EventData, OptionalMetaExtractor, OptionalMetadataField, RowsEventData, TableMapEvent,
+};
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Value};
+
+use super::types::{ColumnDecoder, Kind};
+use super::{BinlogPosition, MyEndpoint};
+use crate::source::SourceError;
+
+/// How often an idle server sends a heartbeat, so the runner sees where the binlog ends.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+// Event type codes of the events read here (MariaDB's are not known to mysql_common).
+const QUERY_EVENT: u8 = 2;
+const MARIADB_GTID_EVENT: u8 = 162;
+const MARIADB_QUERY_COMPRESSED: u8 = 165;
+const MARIADB_ROWS_COMPRESSED_FIRST: u8 = 166;
+const MARIADB_ROWS_COMPRESSED_LAST: u8 = 171;
+
+/// The columns of a table as a table map describes them.
+#[derive(Debug, Clone)]
+pub struct TableMap {
+    pub schema: String,
+    pub table: String,
+    pub names: Vec<String>,
+    pub decoders: Vec<ColumnDecoder>,
+    /// Primary key columns, by name.
+    pub key: Vec<String>,
+}
+
+impl TableMap {
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+
+    /// `name kind` of each column, to tell when a table's schema changed.
+    pub fn signature(&self) -> String {
+        self.names
+            .iter()
+            .zip(&self.decoders)
+            .map(|(n, d)| format!("{n} {}", d.kind.describe()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Row images of a rows event: `(before, after)`, one side empty for inserts and deletes.
+pub type RowImages = Vec<(Option<Vec<Value>>, Option<Vec<Value>>)>;
+
+/// What the runner reads from the stream.
+#[derive(Debug)]
+pub enum BinlogEvent {
+    /// A transaction begins at `position` (the end of its GTID or BEGIN event); `time` is
+    /// the event header's (seconds since the epoch).
+    Begin {
+        position: u64,
+        gtid: Option<String>,
+        time: u32,
+    },
+    TableMap {
+        table_id: u64,
+        map: TableMap,
+    },
+    Rows {
+        table_id: u64,
+        op: RowOp,
+        rows: RowImages,
+    },
+    /// A statement other than BEGIN/COMMIT (DDL, TRUNCATE), with its default schema.
+    Statement {
+        schema: String,
+        sql: String,
+        /// Where the stream stands after it.
+        position: BinlogPosition,
+        time: u32,
+    },
+    /// The transaction ends; the stream stands at `position`.
+    Commit {
+        position: BinlogPosition,
+        time: u32,
+    },
+    /// The server is idle at `position` (or this event is not of interest).
+    Heartbeat {
+        position: BinlogPosition,
+    },
+}
+
+/// A binlog stream from a position.
+pub struct BinlogReader {
+    endpoint: MyEndpoint,
+    stream: mysql_async::BinlogStream,
+    file: String,
+    gtid: Option<String>,
+    /// Collation id → charset name, to decode text columns.
+    charsets: HashMap<u16, String>,
+}
+
+/// A server id in 0x5400_0000..0x5500_0000 from the task name (FNV-1a), unique enough
+/// among the replicas of one server and stable across runs.
+pub fn server_id(task: &str) -> u32 {
+    let hash = task.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    0x5400_0000 | (hash & 0x00ff_ffff)
+}
+
+impl BinlogReader {
+    /// Streams the binlog from `start`, as replica `server_id`.
+    pub async fn open(
+        endpoint: &MyEndpoint,
+        start: &BinlogPosition,
+        server_id: u32,
+    ) -> Result<Self, SourceError> {
+        let e = endpoint;
+        let mut conn = e.connect().await?;
+        // MariaDB lists some collations without an id (UCA 14 aliases): Options, or the
+        // driver panics on the NULL.
+        let collations: Vec<(Option<u64>, Option<String>)> = conn
+            .query("SELECT id, character_set_name FROM information_schema.collations")
+            .await
+            .map_err(|err| e.classify(err, "reading collations"))?;
+        let files = e.binlog_files(&mut conn).await?;
+        if !files.contains(&start.file) {
+            return Err(SourceError::Database {
+                endpoint: e.name.clone(),
+                context: format!("resuming the binlog at {start}"),
+                message: format!(
+                    "binlog file {} is no longer on the server (it has {}): it was purged before the task read it, so changes are lost to CDC. Run the task with --reload to load every table again, and keep binlogs longer (expire_logs_days / binlog_expire_logs_seconds)",
+                    start.file,
+                    match (files.first(), files.last()) {
+                        (Some(a), Some(b)) => format!("{a} to {b}"),
+                        _ => "none".into(),
+                    }
+                ),
+            });
+        }
+        let settings = [
+            format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
+            // MariaDB: send GTID events as they are (not as BEGIN), so each transaction's
+            // GTID is known.
+            "SET @mariadb_slave_capability = 4".to_string(),
+        ];
+        for sql in settings {
+            conn.query_drop(&sql)
+                .await
+                .map_err(|err| e.classify(err, "preparing the binlog stream"))?;
+        }
+        let request = BinlogStreamRequest::new(server_id)
+            .with_filename(start.file.as_bytes())
+            .with_pos(start.pos);
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|err| e.classify(err, "requesting the binlog stream"))?;
+        Ok(BinlogReader {
+            endpoint: endpoint.clone(),
+            stream,
+            file: start.file.clone(),
+            gtid: start.gtid.clone(),
+            charsets: collations
+                .into_iter()
+                .filter_map(|(id, name)| Some((id? as u16, name?.to_ascii_lowercase())))
+                .collect(),
+        })
+    }
+
+    fn error(&self, context: &str, message: impl Into<String>) -> SourceError {
+        SourceError::Database {
+            endpoint: self.endpoint.name.clone(),
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
+    fn position(&self, pos: u32) -> BinlogPosition {
+        BinlogPosition {
+            file: self.file.clone(),
+            pos: pos as u64,
+            gtid: self.gtid.clone(),
+        }
+    }
+
+    /// The next event of interest; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<BinlogEvent>, SourceError> {
+        let Some(event) = self.stream.next().await else {
+            return Ok(None);
+        };
+        let event = event.map_err(|err| match err {
+            mysql_async::Error::Server(s) if s.code == 1236 => self.error(
+                "reading the binlog",
+                format!(
+                    "{} (error 1236): the position the task needs is not readable; if the binlog was purged, run the task with --reload",
+                    s.message
+                ),
+            ),
+            err => self.endpoint.classify(err, "reading the binlog"),
+        })?;
+        let header = event.header();
+        let log_pos = header.log_pos();
+        let time = header.timestamp();
+        let raw_type = header.event_type_raw();
+        if raw_type == MARIADB_GTID_EVENT {
+            // seq_no (8 bytes), domain id (4), flags (1); the server id is the header's.
+            let data = event.data();
+            let gtid = (data.len() >= 12).then(|| {
+                let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or([0; 8]));
+                let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or([0; 4]));
+                format!("{domain}-{}-{seq}", header.server_id())
+            });
+            self.gtid = gtid.clone();
+            return Ok(Some(BinlogEvent::Begin {
+                position: log_pos as u64,
+                gtid,
+                time,
+            }));
+        }
+        if raw_type == MARIADB_QUERY_COMPRESSED
+            || (MARIADB_ROWS_COMPRESSED_FIRST..=MARIADB_ROWS_COMPRESSED_LAST).contains(&raw_type)
+        {
+            return Err(self.error(
+                "reading the binlog",
+                "the server writes compressed binlog events (log_bin_compress = ON), which tributary does not read. SET GLOBAL log_bin_compress = OFF, then reload the task",
+            ));
+        }
+        let data = event
+            .read_data()
+            .map_err(|err| self.error("decoding a binlog event", err.to_string()))?;
+        let heartbeat = BinlogEvent::Heartbeat {
+            position: self.position(log_pos),
+        };
+        let Some(data) = data else {
+            return Ok(Some(heartbeat));
+        };
+        Ok(Some(match data {
+            EventData::RotateEvent(r) => {
+                self.file = rotate_file_name(&r.name());
+                BinlogEvent::Heartbeat {
+                    position: BinlogPosition {
+                        file: self.file.clone(),
+                        pos: r.position(),
+                        gtid: self.gtid.clone(),
+                    },
+                }
+            }
+            EventData::GtidEvent(g) => {
+                let sid = g.sid();
+                let uuid: String = sid
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let dash = matches!(i, 4 | 6 | 8 | 10);
+                        format!("{}{b:02x}", if dash { "-" } else { "" })
+                    })
+                    .collect();
+                let gtid = format!("{uuid}:{}", g.gno());
+                self.gtid = Some(gtid.clone());
+                BinlogEvent::Begin {
+                    position: log_pos as u64,
+                    gtid: Some(gtid),
+                    time,
+                }
+            }
+            EventData::QueryEvent(q) if raw_type == QUERY_EVENT => {
+                let sql = q.query().trim().to_string();
+                if sql.eq_ignore_ascii_case("BEGIN") {
+                    BinlogEvent::Begin {
+                        position: log_pos as u64,
+                        gtid: None,
+                        time,
+                    }
+                } else if sql.eq_ignore_ascii_case("COMMIT") {
+                    BinlogEvent::Commit {
+                        position: self.position(log_pos),
+                        time,
+                    }
+                } else {
+                    BinlogEvent::Statement {
+                        schema: q.schema().into_owned(),
+                        sql,
+                        position: self.position(log_pos),
+                        time,
+                    }
+                }
+            }
+            EventData::XidEvent(_) => BinlogEvent::Commit {
+                position: self.position(log_pos),
+                time,
+            },
+            EventData::TableMapEvent(tme) => BinlogEvent::TableMap {
+                table_id: tme.table_id(),
+                map: self.table_map(&tme)?,
+            },
+            EventData::RowsEvent(rows) => self.rows(&rows)?,
+            _ => heartbeat,
+        }))
+    }
+
+    fn table_map(&self, tme: &TableMapEvent<'_>) -> Result<TableMap, SourceError> {
+        let schema = tme.database_name().into_owned();
+        let table = tme.table_name().into_owned();
+        let context = format!("reading the binlog table map of {schema}.{table}");
+        let bad = |m: String| self.error(&context, m);
+        let meta = OptionalMetaExtractor::new(tme.iter_optional_meta())
+            .map_err(|err| bad(err.to_string()))?;
+        let mut names = Vec::new();
+        let mut enum_labels: Vec<Vec<String>> = Vec::new();
+        let mut set_labels: Vec<Vec<String>> = Vec::new();
+        for field in tme.iter_optional_meta() {
+            match field.map_err(|err| bad(err.to_string()))? {
+                OptionalMetadataField::ColumnName(n) => {
+                    for name in n.iter_names() {
+                        names.push(
+                            name.map_err(|err| bad(err.to_string()))?
+                                .name()
+                                .into_owned(),
+                        );
+                    }
+                }
+                OptionalMetadataField::EnumStrValue(values) => {
+                    for v in values.iter_values() {
+                        let v = v.map_err(|err| bad(err.to_string()))?;
+                        enum_labels
+                            .push(v.values().iter().map(|l| l.value().into_owned()).collect());
+                    }
+                }
+                OptionalMetadataField::SetStrValue(values) => {
+                    for v in values.iter_values() {
+                        let v = v.map_err(|err| bad(err.to_string()))?;
+                        set_labels
+                            .push(v.values().iter().map(|l| l.value().into_owned()).collect());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let count = tme.columns_count() as usize;
+        if names.len() != count {
+            return Err(bad(
+                "the table map carries no column names: binlog_row_metadata is not FULL (SET GLOBAL binlog_row_metadata = 'FULL', then reload the task)".into(),
+            ));
+        }
+        let mut signedness = meta.iter_signedness();
+        let mut charsets = meta.iter_charset();
+        let mut enum_set_charsets = meta.iter_enum_and_set_charset();
+        let (mut enums, mut sets) = (enum_labels.into_iter(), set_labels.into_iter());
+        let mut decoders = Vec::with_capacity(count);
+        for (i, name) in names.iter().enumerate() {
+            let column_type = tme
+                .get_column_type(i)
+                .map_err(|err| bad(err.to_string()))?
+                .ok_or_else(|| bad(format!("column {i} has no type")))?;
+            let column_meta = tme.get_column_metadata(i).unwrap_or(&[]);
+            let unsigned = if column_type.is_numeric_type() {
+                signedness.next().unwrap_or(false)
+            } else {
+                false
+            };
+            let charset = if column_type.is_character_type() {
+                charsets
+                    .next()
+                    .transpose()
+                    .map_err(|err| bad(err.to_string()))?
+            } else if column_type.is_enum_or_set_type() {
+                enum_set_charsets
+                    .next()
+                    .transpose()
+                    .map_err(|err| bad(err.to_string()))?
+            } else {
+                None
+            };
+            let charset = charset.and_then(|id| self.charsets.get(&id).cloned());
+            let kind =
+                binlog_kind(column_type, column_meta, unsigned, charset).ok_or_else(|| {
+                    bad(format!(
+                        "column {name} has binlog type {column_type:?}, which tributary cannot read"
+                    ))
+                })?;
+            let mut decoder = ColumnDecoder::new(kind);
+            match decoder.kind {
+                Kind::Enum => decoder.labels = enums.next().unwrap_or_default(),
+                Kind::Set => decoder.labels = sets.next().unwrap_or_default(),
+                _ => {}
+            }
+            decoders.push(decoder);
+        }
+        let key = meta
+            .iter_primary_key()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| names.get(k as usize).cloned())
+            .collect();
+        Ok(TableMap {
+            schema,
+            table,
+            names,
+            decoders,
+            key,
+        })
+    }
+
+    fn rows(&self, event: &RowsEventData<'_>) -> Result<BinlogEvent, SourceError> {
+        let table_id = event.table_id();
+        let op = match event {
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => RowOp::Insert,
+            RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => {
+                RowOp::Update
+            }
+            RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => {
+                RowOp::Delete
+            }
+            RowsEventData::PartialUpdateRowsEvent(_) => {
+                return Err(self.error(
+                    "reading the binlog",
+                    "a partial JSON update event (binlog_row_value_options = PARTIAL_JSON): its rows are not whole. SET GLOBAL binlog_row_value_options = '', then reload the task",
+                ));
+            }
+        };
+        let Some(tme) = self.stream.get_tme(table_id) else {
+            return Err(self.error(
+                "reading the binlog",
+                format!("a rows event for table id {table_id} without its table map"),
+            ));
+        };
+        let context = format!(
+            "decoding a row of {}.{}",
+            tme.database_name(),
+            tme.table_name()
+        );
+        let mut rows = Vec::new();
+        for row in event.rows(tme) {
+            let (before, after) = row.map_err(|err| self.error(&context, err.to_string()))?;
+            let image = |row: Option<mysql_async::binlog::row::BinlogRow>| {
+                row.map(|r| {
+                    r.unwrap()
+                        .into_iter()
+                        .map(|v| match v {
+                            BinlogValue::Value(v) => Ok(v),
+                            other => Value::try_from(other).map_err(|e| e.to_string()),
+                        })
+                        .collect::<Result<Vec<Value>, String>>()
+                })
+                .transpose()
+            };
+            let before = image(before).map_err(|m| self.error(&context, m))?;
+            let after = image(after).map_err(|m| self.error(&context, m))?;
+            if before.as_ref().or(after.as_ref()).map(Vec::len)
+                != Some(tme.columns_count() as usize)
+            {
+                return Err(self.error(
+                    &context,
+                    "a row image does not hold every column: binlog_row_image is not FULL (SET GLOBAL binlog_row_image = 'FULL', then reload the task)",
+                ));
+            }
+            rows.push((before, after));
+        }
+        Ok(BinlogEvent::Rows { table_id, op, rows })
+    }
+
+    /// The binlog file the stream is in.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    pub async fn close(self) {
+        let _ = self.stream.close().await;
+    }
+}
+
+/// The file name of a rotate event. The first (fake) one arrives before the format
+/// description, so its name still carries the event's 4-byte checksum: the name ends with
+/// the digits after its last dot.
+fn rotate_file_name(name: &str) -> String {
+    let Some(dot) = name.rfind('.') else {
+        return name.to_string();
+    };
+    let digits = name[dot + 1..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    name[..dot + 1 + digits].to_string()
+}
+
+/// The kind of a binlog column, as [`Kind::from_information_schema`] gives for the same
+/// column, so full-load and CDC files agree.
+fn binlog_kind(
+    column_type: ColumnType,
+    meta: &[u8],
+    unsigned: bool,
+    charset: Option<String>,
+) -> Option<Kind> {
+    use ColumnType::*;
+    let byte = |i: usize| meta.get(i).copied().unwrap_or(0) as u32;
+    Some(match column_type {
+        MYSQL_TYPE_TINY if unsigned => Kind::Int16,
+        MYSQL_TYPE_TINY => Kind::Int8,
+        MYSQL_TYPE_SHORT if unsigned => Kind::Int32,
+        MYSQL_TYPE_SHORT => Kind::Int16,
+        MYSQL_TYPE_INT24 => Kind::Int32,
+        MYSQL_TYPE_LONG if unsigned => Kind::Int64,
+        MYSQL_TYPE_LONG => Kind::Int32,
+        MYSQL_TYPE_LONGLONG if unsigned => Kind::UInt64,
+        MYSQL_TYPE_LONGLONG => Kind::Int64,
+        MYSQL_TYPE_FLOAT => Kind::Float32,
+        MYSQL_TYPE_DOUBLE => Kind::Float64,
+        MYSQL_TYPE_NEWDECIMAL => Kind::decimal(byte(0), byte(1)),
+        MYSQL_TYPE_BIT => Kind::bits(byte(1) * 8 + byte(0)),
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Kind::DateTime,
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
+        MYSQL_TYPE_YEAR => Kind::Year,
+        MYSQL_TYPE_ENUM => Kind::Enum,
+        MYSQL_TYPE_SET => Kind::Set,
+        MYSQL_TYPE_JSON => Kind::Json,
+        MYSQL_TYPE_VARCHAR
+        | MYSQL_TYPE_VAR_STRING
+        | MYSQL_TYPE_STRING
+        | MYSQL_TYPE_BLOB
+        | MYSQL_TYPE_TINY_BLOB
+        | MYSQL_TYPE_MEDIUM_BLOB
+        | MYSQL_TYPE_LONG_BLOB => match charset {
+            Some(c) if c != "binary" => Kind::Text { charset: c },
+            _ => Kind::Binary,
+        },
+        MYSQL_TYPE_GEOMETRY | MYSQL_TYPE_VECTOR => Kind::Binary,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotate_names_lose_their_checksum() {
+        assert_eq!(
+            rotate_file_name("mysql-bin.000002\u{1}\u{fffd}A7"),
+            "mysql-bin.000002"
+        );
+        assert_eq!(rotate_file_name("mysql-bin.000002"), "mysql-bin.000002");
+    }
+
+    #[test]
+    fn server_ids_are_stable_and_distinct() {
+        assert_eq!(server_id("orders"), server_id("orders"));
+        assert_ne!(server_id("orders"), server_id("customers"));
+        assert_eq!(server_id("x") & 0xff00_0000, 0x5400_0000);
+    }
+}

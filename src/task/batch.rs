@@ -1,0 +1,541 @@
+//! The open CDC batch of any source: rows of whole transactions, per table, spooled to
+//! files as they come and put in place exactly once.
+//!
+//! Invariants:
+//! - a batch holds whole transactions, in commit order; its files are put in place under the
+//!   pending-batch protocol of [`super::checkpoint`], and [`BatchWriter::flush`] returns only
+//!   after the batch's end position is durably the task's `confirmed_position`, so the
+//!   caller may then let the source forget what came before (confirm a slot);
+//! - rows go to spool files as they come (a builder holds at most [`FLUSH_ROWS`] rows per
+//!   table), so a large transaction never has to fit in memory;
+//! - a table's schema change closes its file: the next rows start a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Utc};
+
+use super::cdc::CdcStats;
+use super::checkpoint::{Checkpoint, PendingBatch, SchemaChange};
+use super::{Events, LogLevel, TaskError, TaskEvent};
+use crate::config::TaskConfig;
+use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
+use crate::lake::{Storage, layout};
+use crate::source::mysql::types::RowBuilder;
+use crate::source::postgres::copy_binary::TextBatchBuilder;
+use crate::task::stats::{TableState, TableStats};
+use crate::task::toast::ToastRecovery;
+
+/// Rows a table's builder holds before they go to its spool file...
+pub(super) const FLUSH_ROWS: usize = 8192;
+/// ...or bytes of values, whichever comes first.
+pub(super) const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+
+/// A table's rows of the open batch, as its source's builder holds them.
+pub(super) enum Rows {
+    Postgres(TextBatchBuilder),
+    Mysql(RowBuilder),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Postgres(b) => b.len(),
+            Rows::Mysql(b) => b.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Rows::Postgres(b) => b.text_bytes(),
+            Rows::Mysql(b) => b.bytes(),
+        }
+    }
+
+    fn finish(&mut self) -> RecordBatch {
+        match self {
+            Rows::Postgres(b) => b.finish(),
+            Rows::Mysql(b) => b.finish(),
+        }
+    }
+}
+
+/// What one table has in the open batch.
+pub(super) struct TableBatch {
+    pub(super) prefix: String,
+    schema: SchemaRef,
+    pub(super) builder: Rows,
+    ops: Vec<&'static str>,
+    positions: Vec<String>,
+    commit_times: Vec<i64>,
+    writer: Option<RollingWriter>,
+    /// Files finished in this batch (a second one only after a schema change).
+    finished: Vec<FinishedFile>,
+    pub(super) stats: TableStats,
+}
+
+struct Batch {
+    started: Instant,
+    /// Where the source stands after the batch's last transaction.
+    end_position: String,
+    first_commit_micros: Option<i64>,
+    last_commit_micros: i64,
+    changes: u64,
+}
+
+/// Builds the open batch's files and puts them in place, exactly once.
+pub(super) struct BatchWriter {
+    pub(super) storage: Storage,
+    pub(super) task: TaskConfig,
+    checkpoint: Arc<Checkpoint>,
+    pub(super) events: Events,
+    pub(super) tables: HashMap<String, TableBatch>,
+    batch: Option<Batch>,
+    pub(super) stats: CdcStats,
+    last_file_millis: i64,
+    pub(super) totals: std::collections::BTreeMap<String, super::checkpoint::CdcTableState>,
+    /// PostgreSQL: unchanged TOASTed values of updates (unused by other sources).
+    pub(super) toast: ToastRecovery,
+    /// Tables whose TOAST recovery has been logged in this run.
+    pub(super) toast_logged: std::collections::HashSet<String>,
+    /// The source-side names recorded with each batch: slot and publication (PostgreSQL).
+    stream_names: (String, String),
+}
+
+impl BatchWriter {
+    /// A writer that goes on from the task's CDC state `cdc`.
+    pub(super) fn new(
+        storage: Storage,
+        task: TaskConfig,
+        checkpoint: Arc<Checkpoint>,
+        events: Events,
+        cdc: &super::checkpoint::CdcState,
+        confirmed_position: String,
+        stream_names: (String, String),
+    ) -> Self {
+        BatchWriter {
+            toast: ToastRecovery::new(storage.clone(), super::toast::CACHE_BYTES),
+            storage,
+            task,
+            checkpoint,
+            events,
+            tables: HashMap::new(),
+            batch: None,
+            stats: CdcStats {
+                confirmed_position,
+                batches: cdc.batches,
+                ..CdcStats::default()
+            },
+            last_file_millis: cdc.last_file_millis,
+            totals: cdc.tables.clone(),
+            toast_logged: Default::default(),
+            stream_names,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.batch.as_ref().is_none_or(|b| b.changes == 0)
+    }
+
+    pub(super) fn batch_age(&self) -> Option<Duration> {
+        self.batch
+            .as_ref()
+            .filter(|b| b.changes > 0)
+            .map(|b| b.started.elapsed())
+    }
+
+    pub(super) fn largest_file_bytes(&self) -> u64 {
+        self.tables
+            .values()
+            .map(|t| t.writer.as_ref().map_or(0, RollingWriter::open_bytes))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn writer_options(&self) -> WriterOptions {
+        let s = &self.task.target_settings;
+        WriterOptions {
+            format: s.data_format,
+            compression: s.compression,
+            // One file per table per batch: the batch decides when files close.
+            max_file_bytes: u64::MAX,
+            op: None,
+            timestamp_column: None,
+            row_group_bytes: crate::lake::format::ROW_GROUP_BYTES / 4,
+        }
+    }
+
+    /// A (new or changed) schema of selected table `key` (`schema.table`): later rows
+    /// use it. `signature` describes the columns, to record what changed; `builder` builds
+    /// rows of `table_schema`.
+    pub(super) fn schema(
+        &mut self,
+        key: &str,
+        signature: &str,
+        table_schema: SchemaRef,
+        builder: Rows,
+        position: String,
+    ) -> Result<(), TaskError> {
+        let (schema, table) = key.split_once('.').unwrap_or(("", key));
+        let settings = self.task.target_settings.clone();
+        let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
+        if !settings.timestamp_column_name.is_empty() {
+            fields.push(Field::new(
+                &settings.timestamp_column_name,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ));
+        }
+        fields.push(Field::new("_position", DataType::Utf8, false));
+        fields.extend(table_schema.fields().iter().map(|f| f.as_ref().clone()));
+        let file_schema = Arc::new(Schema::new(fields));
+
+        let total = self.totals.entry(key.to_owned()).or_default();
+        let last = total.schema_changes.last().map(|c| c.change.clone());
+        let change = format!("columns: {signature}");
+        if last.as_deref() != Some(change.as_str()) {
+            if last.is_some() {
+                total.ddls += 1;
+                self.events.log(
+                    LogLevel::Info,
+                    format!("{key}: schema changed at {position}: {change}"),
+                );
+            }
+            total.schema_changes.push(SchemaChange { position, change });
+        }
+        let total = total.clone();
+        if self.tables.contains_key(key) {
+            // Close the file of the old schema; the next rows start a new one.
+            self.finish_table(key)?;
+        }
+        if let Some(entry) = self.tables.get_mut(key) {
+            entry.schema = file_schema;
+            entry.builder = builder;
+            entry.stats.ddls = total.ddls;
+            return Ok(());
+        }
+        let mut stats = TableStats::new(schema, table, 0);
+        stats.state = TableState::TableCompleted;
+        stats.inserts = total.inserts;
+        stats.updates = total.updates;
+        stats.deletes = total.deletes;
+        stats.ddls = total.ddls;
+        stats.files = total.files;
+        stats.bytes = total.bytes;
+        let prefix =
+            layout::table_prefix(&settings.bucket_folder, &self.task.source, schema, table);
+        self.tables.insert(
+            key.to_owned(),
+            TableBatch {
+                prefix,
+                schema: file_schema,
+                builder,
+                ops: Vec::new(),
+                positions: Vec::new(),
+                commit_times: Vec::new(),
+                writer: None,
+                finished: Vec::new(),
+                stats,
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) fn table_error(&self, key: &str, message: String) -> TaskError {
+        TaskError::TablesFailed {
+            task: self.task.name.clone(),
+            count: 1,
+            details: format!("{key}: {message}"),
+        }
+    }
+
+    /// Records a truncate of `key` at `position` in the task state (it writes no rows).
+    pub(super) fn truncated(&mut self, key: &str, position: &str) {
+        let total = self.totals.entry(key.to_owned()).or_default();
+        total.ddls += 1;
+        // Only the latest truncate matters to a reader rebuilding the table from files
+        // written after it; older ones are kept a while for the record.
+        total.schema_changes.retain(|c| c.change != "truncate");
+        total.schema_changes.push(SchemaChange {
+            position: position.to_owned(),
+            change: "truncate".into(),
+        });
+        if let Some(t) = self.tables.get_mut(key) {
+            t.stats.ddls = total.ddls;
+        }
+        self.events
+            .log(LogLevel::Info, format!("{key}: truncated at {position}"));
+    }
+
+    /// Adds one row to its table's builder, spooling the builder when it is full.
+    /// Adds one row of table `key` to its builder (`append` appends the values, whole or
+    /// not at all), spooling the builder when it is full. A table without a schema (not
+    /// selected) is passed by.
+    pub(super) fn append_row(
+        &mut self,
+        key: &str,
+        op: &'static str,
+        position: String,
+        commit_micros: i64,
+        append: impl FnOnce(&mut Rows) -> Result<(), String>,
+    ) -> Result<(), TaskError> {
+        let Some(table) = self.tables.get_mut(key) else {
+            return Ok(());
+        };
+        if let Err(message) = append(&mut table.builder) {
+            return Err(self.table_error(key, format!("at {position}: {message}")));
+        }
+        table.ops.push(op);
+        table.positions.push(position);
+        table.commit_times.push(commit_micros);
+        match op {
+            "I" => table.stats.inserts += 1,
+            "U" => table.stats.updates += 1,
+            _ => table.stats.deletes += 1,
+        }
+        // Bounded by rows and by bytes: one huge transaction must not fill the memory.
+        let full = table.builder.len() >= FLUSH_ROWS || table.builder.bytes() >= FLUSH_BYTES;
+        self.touch(commit_micros);
+        if full {
+            self.spool(key)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a change in the open batch (starting one if needed).
+    pub(super) fn touch(&mut self, commit_micros: i64) {
+        let batch = self.batch.get_or_insert_with(|| Batch {
+            started: Instant::now(),
+            end_position: String::new(),
+            first_commit_micros: None,
+            last_commit_micros: commit_micros,
+            changes: 0,
+        });
+        batch.changes += 1;
+        batch.first_commit_micros.get_or_insert(commit_micros);
+    }
+
+    /// A transaction of the open batch committed; the source stands at `end_position`.
+    pub(super) fn commit(&mut self, end_position: String, commit_micros: i64) {
+        if let Some(b) = &mut self.batch {
+            b.end_position = end_position;
+            b.last_commit_micros = commit_micros;
+        }
+    }
+
+    /// Moves a table's buffered rows into its spool file.
+    fn spool(&mut self, key: &str) -> Result<(), TaskError> {
+        let options = self.writer_options();
+        let spool_dir = self.storage.spool_dir()?;
+        let Some(t) = self.tables.get_mut(key) else {
+            return Ok(());
+        };
+        if t.builder.is_empty() {
+            return Ok(());
+        }
+        let data = t.builder.finish();
+        let mut columns: Vec<ArrayRef> =
+            vec![Arc::new(StringArray::from(std::mem::take(&mut t.ops)))];
+        if !self.task.target_settings.timestamp_column_name.is_empty() {
+            columns.push(Arc::new(
+                TimestampMicrosecondArray::from(t.commit_times.clone()).with_timezone("UTC"),
+            ));
+        }
+        t.commit_times.clear();
+        columns.push(Arc::new(StringArray::from(std::mem::take(
+            &mut t.positions,
+        ))));
+        columns.extend(data.columns().iter().cloned());
+        let batch =
+            RecordBatch::try_new(t.schema.clone(), columns).map_err(|e| TaskError::Internal {
+                task: self.task.name.clone(),
+                message: format!("assembling CDC rows of {key}: {e}"),
+            })?;
+        let writer = t.writer.get_or_insert_with(|| {
+            RollingWriter::new(
+                options,
+                &t.schema,
+                spool_dir,
+                format!(
+                    "{}-cdc-{}-{}",
+                    self.task.name,
+                    key,
+                    crate::lake::storage::unique_suffix()
+                ),
+            )
+        });
+        writer.write(&batch)?;
+        Ok(())
+    }
+
+    /// Spools and closes a table's file (at a schema change or the end of a batch).
+    fn finish_table(&mut self, key: &str) -> Result<(), TaskError> {
+        self.spool(key)?;
+        if let Some(t) = self.tables.get_mut(key)
+            && let Some(mut writer) = t.writer.take()
+            && let Some(file) = writer.close()?
+        {
+            t.finished.push(file);
+        }
+        Ok(())
+    }
+
+    /// Drops the open batch (a stop inside a transaction): it is redone on the next run.
+    pub(super) fn abandon(&mut self) {
+        for t in self.tables.values_mut() {
+            t.builder.finish();
+            t.ops.clear();
+            t.positions.clear();
+            t.commit_times.clear();
+            if let Some(mut w) = t.writer.take() {
+                w.abandon();
+            }
+            for f in t.finished.drain(..) {
+                let _ = std::fs::remove_file(&f.path);
+            }
+        }
+        self.batch = None;
+    }
+
+    /// Writes the open batch: files in place, then the state, then the slot confirmed.
+    /// Returns the batch's end position, if there was a batch.
+    pub(super) async fn flush(&mut self) -> Result<Option<String>, TaskError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(None);
+        };
+        let keys: Vec<String> = self.tables.keys().cloned().collect();
+        for key in &keys {
+            self.finish_table(key)?;
+        }
+        let settings = self.task.target_settings.clone();
+        let commit_time = DateTime::<Utc>::from_timestamp_micros(batch.last_commit_micros)
+            .unwrap_or_else(Utc::now);
+        let partition = if settings.date_partition_enabled {
+            layout::date_partition(
+                commit_time,
+                settings.date_partition_sequence,
+                settings.date_partition_style,
+            )
+        } else {
+            String::new()
+        };
+        let extension = self.writer_options().extension();
+        // Names keep increasing even when batches share a millisecond; a table with a second
+        // file in the batch (after a schema change) takes the next millisecond.
+        let millis = commit_time
+            .timestamp_millis()
+            .max(self.last_file_millis + 1);
+        let mut newest = millis;
+        let mut placed: Vec<(String, String, FinishedFile)> = Vec::new();
+        for (key, t) in &mut self.tables {
+            for (i, file) in t.finished.drain(..).enumerate() {
+                newest = newest.max(millis + i as i64);
+                let time = DateTime::<Utc>::from_timestamp_millis(millis + i as i64)
+                    .unwrap_or(commit_time);
+                let name = layout::cdc_file_name(time, &extension);
+                placed.push((key.clone(), format!("{}{partition}{name}", t.prefix), file));
+            }
+        }
+        let end_position = batch.end_position.clone();
+
+        // 1. Record what is about to appear, so a crash in between can be cleaned up.
+        let pending_keys: Vec<String> = placed.iter().map(|(_, k, _)| k.clone()).collect();
+        self.checkpoint
+            .update(|s| {
+                let c = s.cdc.get_or_insert_with(Default::default);
+                c.pending_batch = Some(PendingBatch {
+                    keys: pending_keys.clone(),
+                    end_position: end_position.clone(),
+                });
+            })
+            .await?;
+        // 2. Put the files in place.
+        for (table, key, file) in &placed {
+            self.storage.put_file(&file.path, key).await?;
+            let total = self.totals.entry(table.clone()).or_default();
+            total.files += 1;
+            total.bytes += file.bytes;
+            if let Some(t) = self.tables.get_mut(table) {
+                t.stats.files += 1;
+                t.stats.bytes += file.bytes;
+            }
+        }
+        // 3. The batch is done: one durable write.
+        for (key, t) in &self.tables {
+            let total = self.totals.entry(key.clone()).or_default();
+            total.inserts = t.stats.inserts;
+            total.updates = t.stats.updates;
+            total.deletes = t.stats.deletes;
+        }
+        let totals = self.totals.clone();
+        let names = self.stream_names.clone();
+        self.checkpoint
+            .update(|s| {
+                let c = s.cdc.get_or_insert_with(Default::default);
+                c.slot = names.0.clone();
+                c.publication = names.1.clone();
+                c.pending_batch = None;
+                c.confirmed_position = Some(end_position.clone());
+                c.batches += 1;
+                c.last_file_millis = newest;
+                c.tables = totals;
+            })
+            .await?;
+        // 4. Only now may the source forget what came before: the caller confirms.
+        self.toast.batch_written(
+            placed
+                .iter()
+                .map(|(table, key, _)| (table.as_str(), key.as_str())),
+        );
+        self.last_file_millis = newest;
+        let now = Utc::now().timestamp_micros();
+        let seconds = batch.started.elapsed().as_secs_f64().max(0.001);
+        self.stats.confirmed_position = end_position;
+        self.stats.batches += 1;
+        self.stats.latency_ms =
+            (now - batch.first_commit_micros.unwrap_or(now)).max(0) as u64 / 1000;
+        self.stats.changes_per_second = batch.changes as f64 / seconds;
+        for t in self.tables.values() {
+            self.events.send(TaskEvent::Table(t.stats.clone()));
+        }
+        self.events.send(TaskEvent::Cdc(self.stats.clone()));
+        Ok(Some(batch.end_position))
+    }
+}
+
+/// A batch interrupted while being put in place: removes its files, so it is written again.
+pub(super) async fn remove_pending_batch(
+    storage: &Storage,
+    checkpoint: &Checkpoint,
+    events: &Events,
+    cdc: &super::checkpoint::CdcState,
+) -> Result<(), TaskError> {
+    let Some(pending) = &cdc.pending_batch else {
+        return Ok(());
+    };
+    for key in &pending.keys {
+        storage.delete(key).await?;
+    }
+    events.log(
+        LogLevel::Info,
+        format!(
+            "removed {} file(s) of an interrupted CDC batch; it is written again",
+            pending.keys.len()
+        ),
+    );
+    checkpoint
+        .update(|s| {
+            if let Some(c) = &mut s.cdc {
+                c.pending_batch = None;
+            }
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! Change data capture from MySQL/MariaDB into the raw zone: binlog row events, batched as
+//! PostgreSQL's are ([`super::batch`]), written exactly once.
+//!
+//! Invariants:
+//! - the stream starts at the task's `confirmed_position` (a binlog file and position at a
+//!   transaction boundary), which moves only when a batch is durably in place, or, while
+//!   no change of a selected table is in flight, to the end of the last transaction read;
+//!   a restart never writes a change twice and never skips one;
+//! - `_position` is the binlog file's number, the transaction's start offset in it and the
+//!   change's number in the transaction, zero-padded hexadecimal: transactions are written
+//!   to the binlog whole and in commit order, so it sorts in exact commit order;
+//! - every U row is a whole after-image (`binlog_row_image = FULL` is required); an update
+//!   that changes the primary key is a D of the old row then an I of the new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::Value;
+use tokio::sync::watch;
+
+use super::batch::{BatchWriter, Rows};
+use super::cdc::CdcOutcome;
+use super::checkpoint::Checkpoint;
+use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
+use crate::config::TaskConfig;
+use crate::lake::Storage;
+use crate::source::SelectionRules;
+use crate::source::mysql::binlog::{self, BinlogEvent, BinlogReader, RowOp, TableMap};
+use crate::source::mysql::types::RowBuilder;
+use crate::source::mysql::{BinlogPosition, MyEndpoint, file_index};
+
+/// How often the binlog lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a stop waits for an open transaction to commit before dropping the batch.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) struct BinlogCdcRun {
+    pub endpoint: MyEndpoint,
+    pub storage: Storage,
+    pub task: TaskConfig,
+    pub checkpoint: Arc<Checkpoint>,
+    pub events: Events,
+    pub stop: watch::Receiver<Option<TaskCommand>>,
+    pub until_caught_up: bool,
+}
+
+/// The open transaction.
+struct Txn {
+    /// File number and start offset: the transaction's place in commit order.
+    file: u64,
+    start: u64,
+    /// Changes numbered so far.
+    seq: u32,
+    commit_micros: i64,
+    /// Opened by BEGIN (or a GTID event): ends at COMMIT or XID. Otherwise a single
+    /// statement is its own transaction.
+    explicit: bool,
+}
+
+impl Txn {
+    fn next_position(&mut self) -> String {
+        let p = format!("{:06X}{:010X}{:08X}", self.file, self.start, self.seq);
+        self.seq += 1;
+        p
+    }
+}
+
+/// Whether position `a` is at or after `b`.
+fn reached(a: &BinlogPosition, b: &BinlogPosition) -> bool {
+    (a.file_index(), a.pos) >= (b.file_index(), b.pos)
+}
+
+impl BinlogCdcRun {
+    pub async fn run(mut self) -> Result<CdcOutcome, TaskError> {
+        let rules = SelectionRules::new(&self.task.include, &self.task.exclude);
+        let state = self.checkpoint.snapshot().await;
+        let cdc = state.cdc.clone().unwrap_or_default();
+        super::batch::remove_pending_batch(&self.storage, &self.checkpoint, &self.events, &cdc)
+            .await?;
+        let start_text = cdc
+            .confirmed_position
+            .clone()
+            .or(state.snapshot_position.clone())
+            .unwrap_or_default();
+        let Some(start) = BinlogPosition::parse(&start_text) else {
+            return Err(self.internal(&format!(
+                "the task state has no binlog position to start from ({start_text:?})"
+            )));
+        };
+        let mut control = self.endpoint.connect().await?;
+        let caught_up_at = if self.until_caught_up {
+            self.endpoint.current_position(&mut control).await?
+        } else {
+            None
+        };
+        self.storage.clean_spool(&self.task.name);
+        let server_id = binlog::server_id(&self.task.name);
+        let mut reader = BinlogReader::open(&self.endpoint, &start, server_id).await?;
+        self.events.log(
+            LogLevel::Info,
+            format!("CDC from the binlog at {start} (replica server id {server_id})"),
+        );
+        let mut writer = BatchWriter::new(
+            self.storage.clone(),
+            self.task.clone(),
+            self.checkpoint.clone(),
+            self.events.clone(),
+            &cdc,
+            start.to_string(),
+            (format!("binlog replica {server_id}"), String::new()),
+        );
+        // Table id → its map, for selected tables; None for the others.
+        let mut maps: HashMap<u64, Option<TableMap>> = HashMap::new();
+        // Table → the signature its files are written with in this run.
+        let mut signatures: HashMap<String, String> = HashMap::new();
+        let mut txn: Option<Txn> = None;
+        let mut confirmed = start.clone();
+        let mut persisted = start.clone();
+        let mut last_persist = Instant::now();
+        let interval = Duration::from_secs(self.task.target_settings.cdc_max_batch_interval.max(1));
+        let min_bytes = self
+            .task
+            .target_settings
+            .cdc_min_file_size
+            .saturating_mul(1024);
+        let mut last_lag = Instant::now() - LAG_INTERVAL;
+        let mut stopping: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let event = tokio::select! {
+                event = reader.next() => match event? {
+                    Some(e) => Some(e),
+                    None => return Err(self.internal("the server closed the binlog stream")),
+                },
+                _ = tick.tick() => None,
+                _ = self.stop.changed(), if stopping.is_none() => {
+                    stopping = Some(Instant::now());
+                    None
+                }
+            };
+            let mut idle_at = None;
+            match event {
+                Some(BinlogEvent::Begin { position, time, .. }) => {
+                    txn = Some(Txn {
+                        file: file_index(reader.file()),
+                        start: position,
+                        seq: 0,
+                        commit_micros: time as i64 * 1_000_000,
+                        explicit: true,
+                    });
+                }
+                Some(BinlogEvent::TableMap { table_id, map }) => {
+                    let selected = rules.matches(&map.schema, &map.table);
+                    if selected {
+                        let key = map.qualified_name();
+                        let signature = map.signature();
+                        if signatures.get(&key) != Some(&signature) {
+                            let position = txn
+                                .as_ref()
+                                .map(|t| format!("{:06X}{:010X}{:08X}", t.file, t.start, t.seq))
+                                .unwrap_or_default();
+                            let schema = RowBuilder::schema_for(&map.names, &map.decoders);
+                            let builder =
+                                Rows::Mysql(RowBuilder::new(schema.clone(), map.decoders.clone()));
+                            writer.schema(&key, &signature, schema, builder, position)?;
+                            signatures.insert(key, signature);
+                        }
+                    }
+                    maps.insert(table_id, selected.then_some(map));
+                }
+                Some(BinlogEvent::Rows { table_id, op, rows }) => {
+                    let Some(Some(map)) = maps.get(&table_id) else {
+                        continue;
+                    };
+                    let Some(t) = txn.as_mut() else {
+                        return Err(self.internal("a row change outside a transaction"));
+                    };
+                    for (before, after) in rows {
+                        for (op, values) in split_change(map, op, before, after) {
+                            let position = t.next_position();
+                            writer.append_row(
+                                &map.qualified_name(),
+                                op,
+                                position,
+                                t.commit_micros,
+                                |rows| append(rows, map, &values),
+                            )?;
+                        }
+                    }
+                }
+                Some(BinlogEvent::Statement {
+                    schema,
+                    sql,
+                    position,
+                    time,
+                }) => {
+                    if let Some((s, table)) = truncated_table(&schema, &sql)
+                        && rules.matches(&s, &table)
+                    {
+                        let t = txn.get_or_insert(Txn {
+                            file: position.file_index(),
+                            start: position.pos,
+                            seq: 0,
+                            commit_micros: time as i64 * 1_000_000,
+                            explicit: false,
+                        });
+                        let at = t.next_position();
+                        writer.truncated(&format!("{s}.{table}"), &at);
+                        writer.touch(t.commit_micros);
+                    }
+                    if txn.as_ref().is_none_or(|t| !t.explicit) {
+                        // DDL commits on its own.
+                        writer.commit(position.to_string(), time as i64 * 1_000_000);
+                        txn = None;
+                        idle_at = Some(position);
+                    }
+                }
+                Some(BinlogEvent::Commit { position, time }) => {
+                    writer.commit(position.to_string(), time as i64 * 1_000_000);
+                    txn = None;
+                    idle_at = Some(position);
+                }
+                Some(BinlogEvent::Heartbeat { position }) if txn.is_none() && position.pos > 0 => {
+                    idle_at = Some(position);
+                }
+                Some(BinlogEvent::Heartbeat { .. }) => {}
+                None => {}
+            }
+            if let Some(at) = idle_at {
+                if writer.is_empty() && reached(&at, &confirmed) {
+                    // Nothing of ours in flight: the task may start after this point.
+                    confirmed = at.clone();
+                }
+                if let Some(target) = &caught_up_at
+                    && reached(&at, target)
+                    && txn.is_none()
+                {
+                    if let Some(end) = writer.flush().await? {
+                        confirmed = BinlogPosition::parse(&end).unwrap_or(confirmed);
+                    }
+                    self.persist(&confirmed, &mut persisted).await?;
+                    self.events.log(
+                        LogLevel::Info,
+                        "caught up: every change committed before the start is written",
+                    );
+                    break;
+                }
+            }
+            // Batch boundaries fall between transactions only.
+            if txn.is_none() {
+                let full = writer.largest_file_bytes() >= min_bytes;
+                let due = writer.batch_age().is_some_and(|age| age >= interval);
+                if (full || due || stopping.is_some())
+                    && let Some(end) = writer.flush().await?
+                {
+                    confirmed = BinlogPosition::parse(&end).unwrap_or(confirmed);
+                    persisted = confirmed.clone();
+                }
+                if writer.is_empty() && last_persist.elapsed() >= interval {
+                    // Traffic of other tables moves the start on, so a restart does not
+                    // reread it (and a purge of old binlogs does not strand the task).
+                    self.persist(&confirmed, &mut persisted).await?;
+                    last_persist = Instant::now();
+                }
+                if stopping.is_some() {
+                    self.persist(&confirmed, &mut persisted).await?;
+                    self.events.log(
+                        LogLevel::Info,
+                        "stopped cleanly: every finished transaction is written",
+                    );
+                    break;
+                }
+            } else if stopping.is_some_and(|at| at.elapsed() > STOP_GRACE) {
+                writer.abandon();
+                self.events.log(
+                    LogLevel::Warn,
+                    "stopped inside a long transaction: its batch is dropped and is written again on the next run",
+                );
+                break;
+            }
+            if last_lag.elapsed() >= LAG_INTERVAL {
+                last_lag = Instant::now();
+                match self.lag_bytes(&mut control, &confirmed).await {
+                    Ok(lag) => {
+                        writer.stats.slot_lag_bytes = lag;
+                        self.events.send(TaskEvent::Cdc(writer.stats.clone()));
+                    }
+                    Err(e) => {
+                        self.events.log(
+                            LogLevel::Warn,
+                            format!("measuring binlog lag: {e}; retrying later"),
+                        );
+                        if let Ok(c) = self.endpoint.connect().await {
+                            control = c;
+                        }
+                    }
+                }
+            }
+        }
+        reader.close().await;
+        let _ = control.disconnect().await;
+        let tables = writer.tables.into_values().map(|t| t.stats).collect();
+        Ok(CdcOutcome {
+            tables,
+            confirmed_position: Some(confirmed.to_string()),
+        })
+    }
+
+    fn internal(&self, message: &str) -> TaskError {
+        TaskError::Internal {
+            task: self.task.name.clone(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// Records `confirmed` as where the next run starts, if it moved.
+    async fn persist(
+        &self,
+        confirmed: &BinlogPosition,
+        persisted: &mut BinlogPosition,
+    ) -> Result<(), TaskError> {
+        if confirmed == persisted {
+            return Ok(());
+        }
+        let text = confirmed.to_string();
+        self.checkpoint
+            .update(|s| {
+                let c = s.cdc.get_or_insert_with(Default::default);
+                if c.pending_batch.is_none() {
+                    c.confirmed_position = Some(text.clone());
+                }
+            })
+            .await?;
+        *persisted = confirmed.clone();
+        Ok(())
+    }
+
+    /// Bytes of binlog written after `at`.
+    async fn lag_bytes(
+        &self,
+        conn: &mut mysql_async::Conn,
+        at: &BinlogPosition,
+    ) -> Result<i64, crate::source::SourceError> {
+        use mysql_async::prelude::Queryable;
+        let files: Vec<mysql_async::Row> = conn
+            .query("SHOW BINARY LOGS")
+            .await
+            .map_err(|e| self.endpoint.classify(e, "listing binlog files"))?;
+        let mut lag = 0i64;
+        for row in files {
+            let (Some(name), Some(size)) = (row.get::<String, _>(0), row.get::<u64, _>(1)) else {
+                continue;
+            };
+            match file_index(&name).cmp(&at.file_index()) {
+                std::cmp::Ordering::Greater => lag += size as i64,
+                std::cmp::Ordering::Equal => lag += size as i64 - at.pos as i64,
+                std::cmp::Ordering::Less => {}
+            }
+        }
+        Ok(lag.max(0))
+    }
+}
+
+/// Appends one row image to a table's MySQL builder.
+fn append(rows: &mut Rows, map: &TableMap, values: &[Value]) -> Result<(), String> {
+    let Rows::Mysql(builder) = rows else {
+        return Err("a MySQL row for a table of another source".into());
+    };
+    builder.append_row(values).map_err(|(i, m)| {
+        format!(
+            "decoding column {}: {m}",
+            map.names.get(i).map_or("?", String::as_str)
+        )
+    })
+}
+
+/// The rows a change writes: an insert's after-image, a delete's before-image, an update's
+/// after-image, or, when the update changes the primary key, a D then an I.
+fn split_change(
+    map: &TableMap,
+    op: RowOp,
+    before: Option<Vec<Value>>,
+    after: Option<Vec<Value>>,
+) -> Vec<(&'static str, Vec<Value>)> {
+    match (op, before, after) {
+        (RowOp::Insert, _, Some(a)) => vec![("I", a)],
+        (RowOp::Delete, Some(b), _) => vec![("D", b)],
+        (RowOp::Update, Some(b), Some(a)) => {
+            let key_changed = map
+                .names
+                .iter()
+                .enumerate()
+                .any(|(i, n)| map.key.contains(n) && b.get(i) != a.get(i));
+            if key_changed {
+                vec![("D", b), ("I", a)]
+            } else {
+                vec![("U", a)]
+            }
+        }
+        (RowOp::Update, None, Some(a)) => vec![("U", a)],
+        _ => Vec::new(),
+    }
+}
+
+/// The table a `TRUNCATE [TABLE] [schema.]table` statement empties, with `default_schema`
+/// where it names none.
+fn truncated_table(default_schema: &str, sql: &str) -> Option<(String, String)> {
+    // Skip leading comments MariaDB may add (`/* … */`).
+    let mut rest = sql.trim_start();
+    while let Some(after) = rest.strip_prefix("/*") {
+        rest = after.split_once("*/")?.1.trim_start();
+    }
+    let mut words = rest.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("truncate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("table") {
+        name = words.next()?;
+    }
+    let name = name.trim_end_matches(';');
+    let parts: Vec<String> = split_identifier(name);
+    match parts.as_slice() {
+        [table] => Some((default_schema.to_string(), table.clone())),
+        [schema, table] => Some((schema.clone(), table.clone())),
+        _ => None,
+    }
+}
+
+/// `` `a`.`b` `` or `a.b` into its parts, backquotes undone.
+fn split_identifier(name: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '`' if quoted && chars.peek() == Some(&'`') => {
+                chars.next();
+                if let Some(p) = parts.last_mut() {
+                    p.push('`');
+                }
+            }
+            '`' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => {
+                if let Some(p) = parts.last_mut() {
+                    p.push(c);
+                }
+            }
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_statements_name_their_table() {
+        assert_eq!(
+            truncated_table("shop", "TRUNCATE TABLE `orders`"),
+            Some(("shop".into(), "orders".into()))
+        );
+        assert_eq!(
+            truncated_table("x", "truncate `shop`.`a.b`"),
+            Some(("shop".into(), "a.b".into()))
+        );
+        assert_eq!(truncated_table("x", "ALTER TABLE t ADD c INT"), None);
+    }
+}
