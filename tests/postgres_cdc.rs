@@ -9,128 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
-use std::sync::Arc;
 
-use arrow_array::types::TimestampMicrosecondType;
-use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use arrow_schema::DataType;
+use common::rebuild::*;
 use common::*;
 use sqlx::{Connection, Executor, PgConnection};
-
-type Row = BTreeMap<String, String>;
-/// A table's rows by primary key (`id` as text); NULL columns are left out, so a row
-/// written before a column was added equals one that has it NULL.
-type TableRows = BTreeMap<String, Row>;
-
-const META: [&str; 3] = ["Op", "_position", "changed_at"];
-
-fn rows_of(batch: &RecordBatch) -> Vec<Row> {
-    let options = FormatOptions::default();
-    // Timestamps with a zone: the same UTC values without it (no zone database here).
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Timestamp(_, Some(_)) => Arc::new(
-                c.as_primitive::<TimestampMicrosecondType>()
-                    .clone()
-                    .with_timezone_opt(None::<String>),
-            ) as ArrayRef,
-            _ => c.clone(),
-        })
-        .collect();
-    let formatters: Vec<_> = columns
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-        .collect();
-    (0..batch.num_rows())
-        .map(|i| {
-            batch
-                .schema()
-                .fields()
-                .iter()
-                .zip(batch.columns())
-                .zip(&formatters)
-                .filter(|((_, c), _)| c.is_valid(i))
-                .map(|((f, _), fmt)| (f.name().clone(), fmt.value(i).to_string()))
-                .collect()
-        })
-        .collect()
-}
-
-/// The table as the raw zone tells it: LOAD files, then every CDC change by `_position`,
-/// with the truncates the task state records at their positions. Also checks that no
-/// change appears twice.
-fn rebuild(table_dir: &Path, truncates: &[String]) -> TableRows {
-    let mut state = TableRows::new();
-    let mut changes: Vec<Row> = Vec::new();
-    for f in files_under(table_dir) {
-        let batches = read_parquet_file(&table_dir.join(&f));
-        let name = f.rsplit('/').next().unwrap();
-        for batch in &batches {
-            for row in rows_of(batch) {
-                if name.starts_with("LOAD") {
-                    state.insert(row["id"].clone(), strip(row));
-                } else {
-                    changes.push(row);
-                }
-            }
-        }
-    }
-    changes.sort_by(|a, b| a["_position"].cmp(&b["_position"]));
-    let mut seen = HashSet::new();
-    let mut truncates = truncates.iter().peekable();
-    for change in changes {
-        while truncates.next_if(|t| **t < change["_position"]).is_some() {
-            state.clear();
-        }
-        assert!(
-            seen.insert(change["_position"].clone()),
-            "change {} written twice",
-            change["_position"]
-        );
-        let id = change["id"].clone();
-        match change["Op"].as_str() {
-            "D" => {
-                state.remove(&id);
-            }
-            "I" | "U" => {
-                state.insert(id, strip(change));
-            }
-            op => panic!("unknown Op {op}"),
-        }
-    }
-    if truncates.next().is_some() {
-        state.clear();
-    }
-    state
-}
-
-/// The positions of the truncates of `table` recorded in the task's state.
-fn truncates(state_file: &Path, table: &str) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(state_file) else {
-        return Vec::new();
-    };
-    let state: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    state["cdc"]["tables"][format!("public.{table}")]["schema_changes"]
-        .as_array()
-        .map(|changes| {
-            changes
-                .iter()
-                .filter(|c| c["change"] == "truncate")
-                .map(|c| c["position"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn strip(mut row: Row) -> Row {
-    for m in META {
-        row.remove(m);
-    }
-    row
-}
 
 /// A fresh full load of the source's current state, in the same representation.
 fn fresh_full_load(pg: &Pg, db: &str, tables: &[&str]) -> BTreeMap<String, TableRows> {
@@ -173,7 +55,7 @@ fn assert_lake_equals_source(pg: &Pg, db: &str, dir: &TestDir, task: &str, table
     for t in tables {
         let actual = rebuild(
             &dir.lake().join(format!("raw/shop/public/{t}")),
-            &truncates(&state, t),
+            &truncates(&state, &format!("public.{t}")),
         );
         let want = &expected[*t];
         let columns: HashSet<&String> = want.values().flat_map(|r| r.keys()).collect();

@@ -198,7 +198,12 @@ impl BatchWriter {
         let file_schema = Arc::new(Schema::new(fields));
 
         let total = self.totals.entry(key.to_owned()).or_default();
-        let last = total.schema_changes.last().map(|c| c.change.clone());
+        // Truncates are recorded among the changes too: compare with the last schema.
+        let last = total
+            .schema_changes
+            .iter()
+            .rfind(|c| c.change != "truncate")
+            .map(|c| c.change.clone());
         let change = format!("columns: {signature}");
         if last.as_deref() != Some(change.as_str()) {
             if last.is_some() {

@@ -96,7 +96,22 @@ impl BinlogCdcRun {
         };
         self.storage.clean_spool(&self.task.name);
         let server_id = binlog::server_id(&self.task.name);
-        let mut reader = BinlogReader::open(&self.endpoint, &start, server_id).await?;
+        let mut reader =
+            BinlogReader::open(&self.endpoint, &start, server_id, rules.clone()).await?;
+        if state.cdc.is_none() {
+            // The stream's record starts here, before its first batch.
+            let text = start.to_string();
+            let replica = format!("binlog replica {server_id}");
+            self.checkpoint
+                .update(|s| {
+                    s.cdc = Some(super::checkpoint::CdcState {
+                        slot: replica.clone(),
+                        confirmed_position: Some(text.clone()),
+                        ..Default::default()
+                    });
+                })
+                .await?;
+        }
         self.events.log(
             LogLevel::Info,
             format!("CDC from the binlog at {start} (replica server id {server_id})"),
@@ -110,8 +125,8 @@ impl BinlogCdcRun {
             start.to_string(),
             (format!("binlog replica {server_id}"), String::new()),
         );
-        // Table id → its map, for selected tables; None for the others.
-        let mut maps: HashMap<u64, Option<TableMap>> = HashMap::new();
+        // Table id → its map (selected tables only).
+        let mut maps: HashMap<u64, TableMap> = HashMap::new();
         // Table → the signature its files are written with in this run.
         let mut signatures: HashMap<String, String> = HashMap::new();
         let mut txn: Option<Txn> = None;
@@ -153,26 +168,24 @@ impl BinlogCdcRun {
                     });
                 }
                 Some(BinlogEvent::TableMap { table_id, map }) => {
-                    let selected = rules.matches(&map.schema, &map.table);
-                    if selected {
-                        let key = map.qualified_name();
-                        let signature = map.signature();
-                        if signatures.get(&key) != Some(&signature) {
-                            let position = txn
-                                .as_ref()
-                                .map(|t| format!("{:06X}{:010X}{:08X}", t.file, t.start, t.seq))
-                                .unwrap_or_default();
-                            let schema = RowBuilder::schema_for(&map.names, &map.decoders);
-                            let builder =
-                                Rows::Mysql(RowBuilder::new(schema.clone(), map.decoders.clone()));
-                            writer.schema(&key, &signature, schema, builder, position)?;
-                            signatures.insert(key, signature);
-                        }
+                    // The reader maps selected tables only.
+                    let key = map.qualified_name();
+                    let signature = map.signature();
+                    if signatures.get(&key) != Some(&signature) {
+                        let position = txn
+                            .as_ref()
+                            .map(|t| format!("{:06X}{:010X}{:08X}", t.file, t.start, t.seq))
+                            .unwrap_or_default();
+                        let schema = RowBuilder::schema_for(&map.names, &map.decoders);
+                        let builder =
+                            Rows::Mysql(RowBuilder::new(schema.clone(), map.decoders.clone()));
+                        writer.schema(&key, &signature, schema, builder, position)?;
+                        signatures.insert(key, signature);
                     }
-                    maps.insert(table_id, selected.then_some(map));
+                    maps.insert(table_id, map);
                 }
                 Some(BinlogEvent::Rows { table_id, op, rows }) => {
-                    let Some(Some(map)) = maps.get(&table_id) else {
+                    let Some(map) = maps.get(&table_id) else {
                         continue;
                     };
                     let Some(t) = txn.as_mut() else {
@@ -226,8 +239,7 @@ impl BinlogCdcRun {
                 Some(BinlogEvent::Heartbeat { position }) if txn.is_none() && position.pos > 0 => {
                     idle_at = Some(position);
                 }
-                Some(BinlogEvent::Heartbeat { .. }) => {}
-                None => {}
+                Some(BinlogEvent::Heartbeat { .. } | BinlogEvent::Other) | None => {}
             }
             if let Some(at) = idle_at {
                 if writer.is_empty() && reached(&at, &confirmed) {

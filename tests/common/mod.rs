@@ -2,6 +2,8 @@
 //! (PostgreSQL, moto), throw-away databases and lakes, and the `tributary` binary.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod rebuild;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -161,6 +163,7 @@ pub fn tributary_command(args: &[&str]) -> Command {
     command
         .args(args)
         .env("TEST_PG_PASSWORD", &pg.password)
+        .env("TEST_MY_PASSWORD", My::from_env().password)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
@@ -289,4 +292,72 @@ pub fn read_parquet(data: bytes::Bytes) -> Vec<RecordBatch> {
 
 pub fn read_parquet_file(path: &Path) -> Vec<RecordBatch> {
     read_parquet(bytes::Bytes::from(std::fs::read(path).unwrap()))
+}
+
+/// The MySQL/MariaDB the tests use, from `TRIBUTARY_TEST_MYSQL_URL` (set by `scripts/test`).
+/// Its user may create and drop databases named `tributary_*`.
+pub struct My {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl My {
+    pub fn from_env() -> My {
+        let url = required_env("TRIBUTARY_TEST_MYSQL_URL");
+        // mysql://user:password@host:port
+        let rest = url.split_once("://").expect("URL with a scheme").1;
+        let (auth, host_part) = rest.rsplit_once('@').expect("URL with user@host");
+        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+        let host_port = host_part.split('/').next().unwrap_or(host_part);
+        let (host, port) = host_port.split_once(':').unwrap_or((host_port, "3306"));
+        My {
+            host: host.into(),
+            port: port.parse().expect("numeric port"),
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    pub async fn connect(&self, database: Option<&str>) -> mysql_async::Conn {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(self.host.clone())
+            .tcp_port(self.port)
+            .prefer_socket(false)
+            .user(Some(self.user.clone()))
+            .pass(Some(self.password.clone()))
+            .db_name(database.map(str::to_owned));
+        mysql_async::Conn::new(opts).await.unwrap()
+    }
+
+    /// A new empty database (dropped first if a previous run left it).
+    pub async fn fresh_database(&self, name: &str) -> mysql_async::Conn {
+        use mysql_async::prelude::Queryable;
+        let mut admin = self.connect(None).await;
+        admin
+            .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+            .await
+            .unwrap();
+        admin
+            .query_drop(format!("CREATE DATABASE `{name}`"))
+            .await
+            .unwrap();
+        self.connect(Some(name)).await
+    }
+
+    /// A source endpoint block; the password comes from `TEST_MY_PASSWORD`, which
+    /// [`tributary`] sets.
+    pub fn endpoint_toml(&self, name: &str, database: &str) -> String {
+        self.endpoint_toml_as(name, database, &self.user)
+    }
+
+    /// The same, as another user with the same password.
+    pub fn endpoint_toml_as(&self, name: &str, database: &str, user: &str) -> String {
+        format!(
+            "[[endpoints]]\nname = \"{name}\"\nengine = \"mysql\"\nhost = \"{}\"\nport = {}\n\
+             database = \"{database}\"\nuser = \"{user}\"\npassword_env = \"TEST_MY_PASSWORD\"\n\n",
+            self.host, self.port
+        )
+    }
 }

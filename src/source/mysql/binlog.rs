@@ -25,7 +25,7 @@ use mysql_async::{BinlogStreamRequest, Value};
 
 use super::types::{ColumnDecoder, Kind};
 use super::{BinlogPosition, MyEndpoint};
-use crate::source::SourceError;
+use crate::source::{SelectionRules, SourceError};
 
 /// How often an idle server sends a heartbeat, so the runner sees where the binlog ends.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -106,10 +106,12 @@ pub enum BinlogEvent {
         position: BinlogPosition,
         time: u32,
     },
-    /// The server is idle at `position` (or this event is not of interest).
+    /// The server is idle at `position`.
     Heartbeat {
         position: BinlogPosition,
     },
+    /// An event of no interest (format description, a table not selected, …).
+    Other,
 }
 
 /// A binlog stream from a position.
@@ -120,6 +122,8 @@ pub struct BinlogReader {
     gtid: Option<String>,
     /// Collation id → charset name, to decode text columns.
     charsets: HashMap<u16, String>,
+    /// The task's tables: rows of other tables are passed by undecoded.
+    rules: SelectionRules,
 }
 
 /// A server id in 0x5400_0000..0x5500_0000 from the task name (FNV-1a), unique enough
@@ -137,6 +141,7 @@ impl BinlogReader {
         endpoint: &MyEndpoint,
         start: &BinlogPosition,
         server_id: u32,
+        rules: SelectionRules,
     ) -> Result<Self, SourceError> {
         let e = endpoint;
         let mut conn = e.connect().await?;
@@ -188,6 +193,7 @@ impl BinlogReader {
                 .into_iter()
                 .filter_map(|(id, name)| Some((id? as u16, name?.to_ascii_lowercase())))
                 .collect(),
+            rules,
         })
     }
 
@@ -252,11 +258,8 @@ impl BinlogReader {
         let data = event
             .read_data()
             .map_err(|err| self.error("decoding a binlog event", err.to_string()))?;
-        let heartbeat = BinlogEvent::Heartbeat {
-            position: self.position(log_pos),
-        };
         let Some(data) = data else {
-            return Ok(Some(heartbeat));
+            return Ok(Some(BinlogEvent::Other));
         };
         Ok(Some(match data {
             EventData::RotateEvent(r) => {
@@ -313,12 +316,19 @@ impl BinlogReader {
                 position: self.position(log_pos),
                 time,
             },
-            EventData::TableMapEvent(tme) => BinlogEvent::TableMap {
-                table_id: tme.table_id(),
-                map: self.table_map(&tme)?,
-            },
+            EventData::TableMapEvent(tme)
+                if self.rules.matches(&tme.database_name(), &tme.table_name()) =>
+            {
+                BinlogEvent::TableMap {
+                    table_id: tme.table_id(),
+                    map: self.table_map(&tme)?,
+                }
+            }
             EventData::RowsEvent(rows) => self.rows(&rows)?,
-            _ => heartbeat,
+            EventData::HeartbeatEvent => BinlogEvent::Heartbeat {
+                position: self.position(log_pos),
+            },
+            _ => BinlogEvent::Other,
         }))
     }
 
@@ -377,6 +387,16 @@ impl BinlogReader {
                 .map_err(|err| bad(err.to_string()))?
                 .ok_or_else(|| bad(format!("column {i} has no type")))?;
             let column_meta = tme.get_column_metadata(i).unwrap_or(&[]);
+            if column_type == ColumnType::MYSQL_TYPE_TIME2
+                && matches!(column_meta.first(), Some(1 | 2))
+            {
+                // mysql_common 0.37 decodes negative TIME(1)/TIME(2) values with a fraction
+                // wrongly (an unsigned underflow): refuse rather than write a wrong value.
+                return Err(bad(format!(
+                    "column {name} is TIME({}), whose negative values the binlog decoder cannot read exactly. Widen it without loss (ALTER TABLE `{schema}`.`{table}` MODIFY {name} TIME(3)), then reload the task",
+                    column_meta[0]
+                )));
+            }
             let unsigned = if column_type.is_numeric_type() {
                 signedness.next().unwrap_or(false)
             } else {
@@ -447,6 +467,9 @@ impl BinlogReader {
                 format!("a rows event for table id {table_id} without its table map"),
             ));
         };
+        if !self.rules.matches(&tme.database_name(), &tme.table_name()) {
+            return Ok(BinlogEvent::Other);
+        }
         let context = format!(
             "decoding a row of {}.{}",
             tme.database_name(),
@@ -521,7 +544,8 @@ fn binlog_kind(
         MYSQL_TYPE_TINY => Kind::Int8,
         MYSQL_TYPE_SHORT if unsigned => Kind::Int32,
         MYSQL_TYPE_SHORT => Kind::Int16,
-        MYSQL_TYPE_INT24 => Kind::Int32,
+        MYSQL_TYPE_INT24 if unsigned => Kind::Int32,
+        MYSQL_TYPE_INT24 => Kind::Int24,
         MYSQL_TYPE_LONG if unsigned => Kind::Int64,
         MYSQL_TYPE_LONG => Kind::Int32,
         MYSQL_TYPE_LONGLONG if unsigned => Kind::UInt64,

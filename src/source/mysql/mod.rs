@@ -711,13 +711,10 @@ impl Source for MysqlSource {
                 } else {
                     quote(column)
                 });
-                let mut decoder = ColumnDecoder::new(kind.unwrap_or(Kind::Text {
+                // Enum and set values arrive as their text here: no labels needed.
+                decoders.push(ColumnDecoder::new(kind.unwrap_or(Kind::Text {
                     charset: "utf8mb4".into(),
-                }));
-                if matches!(decoder.kind, Kind::Enum | Kind::Set) {
-                    decoder.labels = enum_labels(column_type);
-                }
-                decoders.push(decoder);
+                })));
                 infos.push(ColumnInfo {
                     name: column.clone(),
                     source_type: column_type.clone(),
@@ -738,7 +735,7 @@ impl Source for MysqlSource {
                         &c.name == key
                             && matches!(
                                 d.kind,
-                                Kind::Int8 | Kind::Int16 | Kind::Int32 | Kind::Int64
+                                Kind::Int8 | Kind::Int16 | Kind::Int24 | Kind::Int32 | Kind::Int64
                             )
                     }) =>
                 {
@@ -874,53 +871,9 @@ impl Source for MysqlSource {
     }
 }
 
-/// The labels of `enum('a','b')` or `set('a','b')`, quotes undone.
-pub fn enum_labels(column_type: &str) -> Vec<String> {
-    let Some(inner) = column_type
-        .find('(')
-        .and_then(|i| column_type.rfind(')').map(|j| &column_type[i + 1..j]))
-    else {
-        return Vec::new();
-    };
-    let mut labels = Vec::new();
-    let mut chars = inner.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\'' {
-            continue;
-        }
-        let mut label = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\'' if chars.peek() == Some(&'\'') => {
-                    chars.next();
-                    label.push('\'');
-                }
-                '\'' => break,
-                '\\' => {
-                    if let Some(n) = chars.next() {
-                        label.push(n);
-                    }
-                }
-                c => label.push(c),
-            }
-        }
-        labels.push(label);
-    }
-    labels
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn enum_labels_undo_quotes() {
-        assert_eq!(
-            enum_labels("enum('a','it''s','b,c')"),
-            vec!["a".to_string(), "it's".into(), "b,c".into()]
-        );
-        assert_eq!(enum_labels("set('x')"), vec!["x".to_string()]);
-    }
 
     #[test]
     fn positions_round_trip() {

@@ -6,7 +6,7 @@
 //!   `int unsigned` → int64); `bigint unsigned` is `decimal(20,0)`, which holds all of it and
 //!   which Athena, Spark and DuckDB read (Parquet's UINT_64 is not read everywhere).
 //! - `decimal(p,s)` with p ≤ 38 is `decimal(p,s)`; wider ones are text (lossless).
-//! - `bit(1)` is a boolean, other `bit(n)` an int64 (`bit(64)` a decimal(20,0)).
+//! - `bit(1)` is a boolean, `bit(2..=63)` an int64, `bit(64)` a decimal(20,0).
 //! - `timestamp` is a UTC timestamp; `datetime` a timestamp without zone; zero dates
 //!   (`0000-00-00`) are NULL, as DMS writes them.
 //! - `time` is text (`-838:59:59.000000` is a valid TIME; Parquet's TIME is a time of day).
@@ -40,6 +40,9 @@ const MAX_DECIMAL128_PRECISION: u32 = 38;
 pub enum Kind {
     Int8,
     Int16,
+    /// Signed `mediumint`: an int32, whose binlog values arrive without their sign (see
+    /// [`decode`]).
+    Int24,
     Int32,
     Int64,
     /// `bigint unsigned`, written as decimal(20,0).
@@ -87,7 +90,8 @@ impl Kind {
             "tinyint" => Kind::Int8,
             "smallint" if unsigned => Kind::Int32,
             "smallint" => Kind::Int16,
-            "mediumint" => Kind::Int32,
+            "mediumint" if unsigned => Kind::Int32,
+            "mediumint" => Kind::Int24,
             "int" | "integer" if unsigned => Kind::Int64,
             "int" | "integer" => Kind::Int32,
             "bigint" if unsigned => Kind::UInt64,
@@ -128,14 +132,18 @@ impl Kind {
     }
 
     pub fn bits(n: u32) -> Kind {
-        if n <= 1 { Kind::Bool } else { Kind::Bits }
+        match n {
+            0 | 1 => Kind::Bool,
+            2..=63 => Kind::Bits,
+            _ => Kind::UInt64,
+        }
     }
 
     pub fn data_type(&self) -> DataType {
         match self {
             Kind::Int8 => DataType::Int8,
             Kind::Int16 | Kind::Year => DataType::Int16,
-            Kind::Int32 => DataType::Int32,
+            Kind::Int24 | Kind::Int32 => DataType::Int32,
             Kind::Int64 | Kind::Bits => DataType::Int64,
             Kind::UInt64 => DataType::Decimal128(20, 0),
             Kind::Float32 => DataType::Float32,
@@ -165,7 +173,8 @@ impl Kind {
     }
 }
 
-/// A column's kind plus what its binlog values need to be read: enum and set labels.
+/// A column's kind plus what its binlog values need to be read: enum and set labels
+/// (empty for the full load, which receives enum and set values as text).
 #[derive(Debug, Clone)]
 pub struct ColumnDecoder {
     pub kind: Kind,
@@ -365,8 +374,20 @@ fn decode(decoder: &ColumnDecoder, value: &Value) -> Result<Cell, String> {
         Kind::Int8 => Cell::Int(ranged::<i8>(integer(value)?, "tinyint")? as i64),
         Kind::Int16 => Cell::Int(ranged::<i16>(integer(value)?, "int16")? as i64),
         Kind::Int32 => Cell::Int(ranged::<i32>(integer(value)?, "int32")? as i64),
+        // mysql_common 0.37 reads a signed 24-bit binlog value without extending its sign;
+        // no signed mediumint is 2^23 or more, so such a value is a negative one.
+        Kind::Int24 => match integer(value)? {
+            v @ 0x80_0000..=0xff_ffff => Cell::Int(v as i64 - 0x100_0000),
+            v => Cell::Int(ranged::<i32>(v, "mediumint")? as i64),
+        },
         Kind::Int64 => Cell::Int(ranged::<i64>(integer(value)?, "int64")?),
-        Kind::UInt64 => Cell::Wide(ranged::<u64>(integer(value)?, "bigint unsigned")? as i128),
+        Kind::UInt64 => match value {
+            // bit(64): big-endian bytes.
+            Value::Bytes(b) if b.len() <= 8 => {
+                Cell::Wide(b.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64) as i128)
+            }
+            v => Cell::Wide(ranged::<u64>(integer(v)?, "bigint unsigned")? as i128),
+        },
         Kind::Year => match integer(value)? {
             // The binlog stores year 0000 as 0, which mysql_common reads as 1900 (not a
             // valid YEAR value: the range is 1901..=2155 and 0000).
@@ -483,7 +504,7 @@ impl Column {
         match kind {
             Kind::Int8 => Column::Int8(Int8Builder::new()),
             Kind::Int16 | Kind::Year => Column::Int16(Int16Builder::new()),
-            Kind::Int32 => Column::Int32(Int32Builder::new()),
+            Kind::Int24 | Kind::Int32 => Column::Int32(Int32Builder::new()),
             Kind::Int64 | Kind::Bits => Column::Int64(Int64Builder::new()),
             Kind::UInt64 => Column::Decimal(Decimal128Builder::new(), 20, 0),
             Kind::Decimal { precision, scale } => {
@@ -585,6 +606,15 @@ mod tests {
         assert_eq!(
             cell(Kind::Timestamp, Value::Date(2024, 2, 29, 12, 0, 1, 500_000)),
             cell(Kind::Timestamp, Value::Bytes(b"1709208001.500000".to_vec()))
+        );
+        // Signed mediumint, as the binlog gives it.
+        assert_eq!(
+            cell(Kind::Int24, Value::Int(8_388_608)),
+            Cell::Int(-8_388_608)
+        );
+        assert_eq!(
+            cell(Kind::Int24, Value::Int(-8_388_608)),
+            Cell::Int(-8_388_608)
         );
         // Year 0000.
         assert_eq!(

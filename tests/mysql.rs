@@ -1,0 +1,368 @@
+//! MySQL/MariaDB full load + binlog CDC, end to end through the `tributary` binary against
+//! the real MariaDB: each table rebuilt from the raw zone (the full load, then the changes
+//! in `_position` order) must equal a fresh full load of the source, row for row. Since
+//! the fresh load reads every value through the full-load path and the rebuild through
+//! CDC, equal rows also mean both paths give the same values for every type.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::rebuild::*;
+use common::*;
+use mysql_async::prelude::Queryable;
+
+async fn exec(conn: &mut mysql_async::Conn, sql: &str) {
+    conn.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"));
+}
+
+/// Every type of the issue's table, with edge values (MariaDB's JSON is LONGTEXT).
+const SCHEMA: &str = "
+SET SESSION sql_mode = '';
+CREATE TABLE typed (
+  id int PRIMARY KEY, ti tinyint, tu tinyint unsigned, si smallint, su smallint unsigned,
+  mi mediumint, mu mediumint unsigned, i int, iu int unsigned, bi bigint, bu bigint unsigned,
+  d decimal(12,2), dw decimal(40,5), f float, db double, b bit(5), b1 bit(1), b64 bit(64),
+  da date, dt datetime(6), ts timestamp(3) NULL DEFAULT NULL, tm time(3), y year,
+  c char(5), vc varchar(30), l1 varchar(30) CHARACTER SET latin1, tx text,
+  bn binary(3), vb varbinary(10), bl blob, j json, e enum('red','green','it''s'),
+  s set('a','b','c'));
+INSERT INTO typed VALUES
+ (1, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295,
+  -9223372036854775808, 18446744073709551615, -1234567890.12, 123456789012345678901234567890.12345,
+  1.2345678, 2.718281828459045, b'10101', b'1', b'1111111111111111111111111111111111111111111111111111111111111111',
+  '2024-02-29', '2024-02-29 23:59:59.999999', '2038-01-19 03:14:07.999', '-838:59:59.99', 2155,
+  'abc', 'ünïcödé ✓ 🎉', 'café €', 'long text', x'000102', x'ff00', x'deadbeef',
+  '{\"a\": [1, 2.5, null], \"b\": \"x\"}', 'it''s', 'a,c'),
+ (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'0', b'0', b'0', '0000-00-00', '0000-00-00 00:00:00',
+  '1970-01-01 00:00:01', '00:00:00', 0, '', '', '', '', x'', x'', x'', '[]', 'red', '');
+CREATE TABLE accounts (id bigint PRIMARY KEY, name varchar(50) NOT NULL, balance decimal(12,2), opened date);
+CREATE TABLE orders (id bigint PRIMARY KEY, account_id bigint, total decimal(12,2), placed_at datetime);
+INSERT INTO accounts SELECT seq, concat('account ', seq), seq * 1.5, '2024-01-01' + INTERVAL seq DAY FROM seq_1_to_1000;
+INSERT INTO orders SELECT seq, seq % 1000 + 1, seq * 2.25, '2024-06-01 10:00:00' FROM seq_1_to_2000;
+CREATE TABLE wiped (id int PRIMARY KEY);
+INSERT INTO wiped SELECT seq FROM seq_1_to_10;
+";
+
+/// Changes of every kind, in the middle of which the schema changes.
+const CHANGES: &str = "
+SET SESSION sql_mode = '';
+INSERT INTO typed VALUES
+ (4, 127, 0, 32767, 1, 8388607, 1, 2147483647, 1, 9223372036854775807, 9223372036854775808,
+  0.01, -0.00001, -3.4e38, -1e-300, b'11111', b'0', b'1000000000000000000000000000000000000000000000000000000000000000',
+  '1000-01-01', '1000-01-01 00:00:00', '2001-09-09 01:46:40.123', '838:59:59', 1901,
+  'zz', '日本語', 'Ünïcode', repeat('x', 3000), x'ffffff', x'00', repeat(x'ab', 5000),
+  '{\"nested\": {\"k\": true}}', 'green', 'a,b,c');
+UPDATE typed SET l1 = 'naïve', tx = 'changed', f = f * 2, ts = '2024-01-01 00:00:00', e = 'red', s = 'b' WHERE id = 1;
+UPDATE typed SET vc = 'now set', b64 = b'1', da = '2024-12-31' WHERE id = 2;
+DELETE FROM typed WHERE id = 3;
+BEGIN;
+INSERT INTO accounts VALUES (5000, 'in a transaction', 1.00, '2025-01-01');
+UPDATE orders SET total = total + 1 WHERE id <= 20;
+DELETE FROM accounts WHERE id BETWEEN 900 AND 910;
+COMMIT;
+UPDATE accounts SET id = id + 10000 WHERE id = 5;
+ALTER TABLE orders ADD COLUMN note varchar(20);
+UPDATE orders SET note = 'after add' WHERE id <= 10;
+INSERT INTO orders VALUES (5000, 1, 9.99, '2025-01-01 00:00:00', 'with note');
+ALTER TABLE accounts MODIFY COLUMN balance decimal(14,3);
+UPDATE accounts SET balance = balance + 1;
+ALTER TABLE orders DROP COLUMN placed_at;
+UPDATE orders SET total = total * 2 WHERE id > 1990;
+CREATE TABLE fresh (id int PRIMARY KEY, v varchar(10));
+INSERT INTO fresh VALUES (1, 'one'), (2, 'two');
+TRUNCATE TABLE wiped;
+INSERT INTO wiped VALUES (100);
+";
+
+const TABLES: [&str; 5] = ["typed", "accounts", "orders", "fresh", "wiped"];
+
+fn cdc_workspace(my: &My, dir: &TestDir, db: &str, task: &str) -> String {
+    dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"{task}\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\ninclude = [\"{db}.%\"]\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         timestamp_column_name = \"changed_at\"\ncdc_max_batch_interval = 1\n\
+         date_partition_enabled = true\ndate_partition_style = \"hive\"\n\
+         [tasks.full_load_settings]\nparallel_load_range_mb = 1\n",
+        my.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ))
+}
+
+/// A fresh full load of the source's current state, table by table.
+fn fresh_full_load(my: &My, db: &str, tables: &[&str]) -> BTreeMap<String, TableRows> {
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"verify\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         include = [\"{db}.%\"]\n[tasks.target_settings]\ndata_format = \"parquet\"\n",
+        my.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    assert_success(&tributary(&["run", &ws, "--task", "verify"]));
+    tables
+        .iter()
+        .map(|t| {
+            (
+                t.to_string(),
+                rebuild(&dir.lake().join(format!("shop/{db}/{t}")), &[]),
+            )
+        })
+        .collect()
+}
+
+/// Rebuilds each table of CDC task `task` and compares it with a fresh full load, on the
+/// columns the source has now.
+fn assert_lake_equals_source(my: &My, db: &str, dir: &TestDir, task: &str, tables: &[&str]) {
+    let expected = fresh_full_load(my, db, tables);
+    let state = dir.lake().join(format!("raw/_tributary/{task}/state.json"));
+    for t in tables {
+        let actual = rebuild(
+            &dir.lake().join(format!("raw/shop/{db}/{t}")),
+            &truncates(&state, &format!("{db}.{t}")),
+        );
+        let want = &expected[*t];
+        let columns: HashSet<&String> = want.values().flat_map(|r| r.keys()).collect();
+        assert_eq!(actual.len(), want.len(), "{t}: row count");
+        for (id, row) in want {
+            let got: Option<Row> = actual.get(id).map(|r| {
+                r.iter()
+                    .filter(|(k, _)| columns.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            });
+            assert_eq!(got.as_ref(), Some(row), "{t}: row {id}");
+        }
+    }
+}
+
+fn run_until_caught_up(ws: &str, task: &str) -> std::process::Output {
+    tributary(&["run", ws, "--task", task, "--until-caught-up"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_load_then_binlog_cdc_rebuilds_every_table() {
+    let my = My::from_env();
+    let db = "tributary_mycdc";
+    let mut conn = my.fresh_database(db).await;
+    exec(&mut conn, SCHEMA).await;
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&my, &dir, db, "mycdc");
+    let text = assert_success(&run_until_caught_up(&ws, "mycdc"));
+    assert!(text.contains("snapshot position: mysql-bin."), "{text}");
+    // 1 MB ranges: the two larger tables load in key ranges.
+    let loads = files_under(&dir.lake().join(format!("raw/shop/{db}/orders")));
+    assert!(
+        !loads.is_empty() && loads.iter().all(|f| f.starts_with("LOAD")),
+        "{loads:?}"
+    );
+
+    exec(&mut conn, CHANGES).await;
+    let text = assert_success(&run_until_caught_up(&ws, "mycdc"));
+    assert!(text.contains("caught up"), "{text}");
+    assert_lake_equals_source(&my, db, &dir, "mycdc", &TABLES);
+
+    // Counted as DMS counts them: the PK change is a D and an I; ALTERs and the truncate
+    // are DDLs; the statistics are in the state.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.lake().join("raw/_tributary/mycdc/state.json")).unwrap(),
+    )
+    .unwrap();
+    let table = |t: &str| state["cdc"]["tables"][format!("{db}.{t}")].clone();
+    assert_eq!(table("typed")["inserts"], 1);
+    assert_eq!(table("typed")["updates"], 2);
+    assert_eq!(table("typed")["deletes"], 1);
+    assert_eq!(
+        table("accounts")["deletes"],
+        12,
+        "11 deleted + the old key of id 5"
+    );
+    assert_eq!(table("orders")["ddls"], 2, "ADD and DROP COLUMN");
+    assert_eq!(
+        table("wiped")["ddls"],
+        1,
+        "the truncate: {}",
+        table("wiped")
+    );
+    // A file per schema: the rows after ADD COLUMN are in a file with `note`.
+    let orders = dir.lake().join(format!("raw/shop/{db}/orders"));
+    let with_note = files_under(&orders)
+        .iter()
+        .filter(|f| !f.starts_with("LOAD"))
+        .flat_map(|f| read_parquet_file(&orders.join(f)))
+        .filter(|b| b.schema().field_with_name("note").is_ok())
+        .count();
+    assert!(with_note > 0, "no CDC file of orders has the added column");
+
+    // Nothing new: a second catch-up writes nothing and keeps the position.
+    let again = assert_success(&run_until_caught_up(&ws, "mycdc"));
+    assert!(again.contains("caught up"), "{again}");
+    assert_lake_equals_source(&my, db, &dir, "mycdc", &TABLES);
+}
+
+async fn load_generator(my: &My, db: &str, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let mut conn = my.connect(Some(db)).await;
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        n += 1;
+        let id = 100_000 + n as i64;
+        let sql = format!(
+            "BEGIN;
+             INSERT INTO accounts VALUES ({id}, 'gen {n}', {n}, NULL);
+             UPDATE accounts SET balance = balance + 1 WHERE id = {};
+             DELETE FROM accounts WHERE id = {};
+             INSERT INTO orders VALUES ({id}, {id}, {n}, now());
+             COMMIT;",
+            100_000 + (n as i64 / 2).max(1),
+            100_000 + (n as i64 - 50).max(1),
+        );
+        exec(&mut conn, &sql).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_then_restart_writes_each_change_once() {
+    let my = My::from_env();
+    let db = "tributary_mykill";
+    let mut conn = my.fresh_database(db).await;
+    exec(&mut conn, SCHEMA).await;
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&my, &dir, db, "mykill");
+    assert_success(&run_until_caught_up(&ws, "mykill"));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let generator = tokio::spawn({
+        let my = My::from_env();
+        async move { load_generator(&my, db, stop_rx).await }
+    });
+    for round in 0..3u64 {
+        let mut child = tributary_command(&["run", &ws, "--task", "mykill"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill at different points: mid-batch, mid-put, between batches.
+        tokio::time::sleep(Duration::from_millis(1500 + round * 700)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // A clean stop (SIGINT) under load: flushes, checkpoints, exits 0.
+    let child = tributary_command(&["run", &ws, "--task", "mykill"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let signal = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let output = child.wait_with_output().unwrap();
+    let text = assert_success(&output);
+    assert!(text.contains("stopped cleanly"), "{text}");
+
+    stop_tx.send(true).unwrap();
+    let transactions = generator.await.unwrap();
+    assert!(
+        transactions > 50,
+        "the load generator ran only {transactions} transactions"
+    );
+    assert_success(&run_until_caught_up(&ws, "mykill"));
+    assert_lake_equals_source(&my, db, &dir, "mykill", &["accounts", "orders"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_missing_grants_purged_binlog_wrong_password() {
+    let my = My::from_env();
+    let db = "tributary_mybad";
+    let mut conn = my.fresh_database(db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1); CREATE TABLE nokey (v int);",
+    )
+    .await;
+    let dir = TestDir::new();
+
+    // A user who may read the tables but not the binlog: the full load works, CDC is
+    // refused with the GRANT to run, and `check` names both grants.
+    let user = "tributary_norepl";
+    let admin = std::process::Command::new("mariadb")
+        .arg("-e")
+        .arg(format!(
+            "CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{pw}';
+             CREATE USER IF NOT EXISTS '{user}'@'localhost' IDENTIFIED BY '{pw}';
+             GRANT SELECT ON `{db}`.* TO '{user}'@'%';
+             GRANT SELECT ON `{db}`.* TO '{user}'@'localhost';",
+            pw = my.password
+        ))
+        .status()
+        .expect("the mariadb client (installed by scripts/services)");
+    assert!(admin.success());
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"norepl\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"cdc\"\ninclude = [\"{db}.%\"]\n",
+        my.endpoint_toml_as("shop", db, user),
+        local_target_toml("lake", &dir.lake())
+    ));
+    let check = stdout(&tributary(&["check", &ws]));
+    assert!(
+        check.contains("GRANT REPLICATION SLAVE ON *.* TO 'tributary_norepl'"),
+        "{check}"
+    );
+    assert!(
+        check.contains("tables without a primary key: tributary_mybad.nokey"),
+        "{check}"
+    );
+    let refused = assert_failure(&tributary(&["run", &ws, "--task", "norepl"]), 1);
+    assert!(refused.contains("GRANT"), "{refused}");
+    assert!(refused.contains("REPLICATION"), "{refused}");
+
+    // A checkpoint in a binlog file the server no longer has: said, with the way out.
+    let ws = cdc_workspace(&my, &dir, db, "purged");
+    assert_success(&run_until_caught_up(&ws, "purged"));
+    let state_file = dir.lake().join("raw/_tributary/purged/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["cdc"]["confirmed_position"] = "mysql-bin.000000:4".into();
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let purged = assert_failure(&run_until_caught_up(&ws, "purged"), 1);
+    assert!(
+        purged.contains("binlog file mysql-bin.000000 is no longer on the server"),
+        "{purged}"
+    );
+    assert!(purged.contains("--reload"), "{purged}");
+    // And the way out works.
+    assert_success(&tributary(&[
+        "run",
+        &ws,
+        "--task",
+        "purged",
+        "--reload",
+        "--until-caught-up",
+    ]));
+
+    // A wrong password names the variable to fix.
+    let ws = dir.write_workspace(&format!(
+        "{}{}",
+        my.endpoint_toml_as("shop", db, user)
+            .replace("TEST_MY_PASSWORD", "WRONG_PW"),
+        local_target_toml("lake", &dir.lake())
+    ));
+    let output = tributary_command(&["check", &ws])
+        .env("WRONG_PW", "not the password")
+        .output()
+        .unwrap();
+    let text = stdout(&output) + &stderr(&output);
+    assert!(
+        text.contains("authentication failed for user 'tributary_norepl'"),
+        "{text}"
+    );
+    assert!(text.contains("WRONG_PW"), "{text}");
+}
