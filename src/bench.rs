@@ -17,6 +17,7 @@ use arrow_array::cast::AsArray;
 
 use crate::config::{Engine, MigrationType, Workspace};
 use crate::lake::{Storage, layout};
+use crate::source::mysql::{MyEndpoint, MysqlSource, quote as mysql_quote};
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, TableInfo};
 
@@ -27,12 +28,18 @@ struct Measured {
     peak_rss_kb: u64,
 }
 
-/// A benchmarked task: its workspace, its PostgreSQL source and the tables it selects.
+/// The source database of a benchmarked task.
+enum BenchSource {
+    Postgres(PgEndpoint),
+    Mysql(MyEndpoint),
+}
+
+/// A benchmarked task: its workspace, its source and the tables it selects.
 struct BenchTask {
     task: crate::config::TaskConfig,
     source: crate::config::EndpointConfig,
     password: Option<String>,
-    pg: PgEndpoint,
+    engine: BenchSource,
     tables: Vec<TableInfo>,
     /// The task's target.
     storage: Storage,
@@ -48,18 +55,27 @@ async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask,
         .endpoint(&task.source, workspace_path)
         .map_err(|e| e.to_string())?
         .clone();
-    if source.engine != Engine::Postgres {
-        return Err(format!(
-            "bench measures PostgreSQL tasks beside PostgreSQL's own tools; endpoint '{}' is not PostgreSQL",
-            source.name
-        ));
-    }
     let password = source.resolve_password().map_err(|e| e.to_string())?;
-    let pg = PgEndpoint::from_config(&source, password.clone());
-    let tables = PostgresSource::new(pg.clone())
-        .discover(&SelectionRules::new(&task.include, &task.exclude))
-        .await
-        .map_err(|e| e.to_string())?;
+    let rules = SelectionRules::new(&task.include, &task.exclude);
+    let (engine, tables) = match source.engine {
+        Engine::Postgres => {
+            let pg = PgEndpoint::from_config(&source, password.clone());
+            let tables = PostgresSource::new(pg.clone()).discover(&rules).await;
+            (BenchSource::Postgres(pg), tables)
+        }
+        Engine::Mysql => {
+            let my = MyEndpoint::from_config(&source, password.clone());
+            let tables = MysqlSource::new(my.clone(), 1).discover(&rules).await;
+            (BenchSource::Mysql(my), tables)
+        }
+        _ => {
+            return Err(format!(
+                "bench measures a task's source database; endpoint '{}' is a target",
+                source.name
+            ));
+        }
+    };
+    let tables = tables.map_err(|e| e.to_string())?;
     if tables.is_empty() {
         return Err(format!("task '{task_name}' selects no table"));
     }
@@ -73,7 +89,7 @@ async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask,
         task,
         source,
         password,
-        pg,
+        engine,
         tables,
         storage,
     })
@@ -84,12 +100,15 @@ pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> R
         task,
         source,
         password,
-        pg,
+        engine,
         tables,
         storage,
     } = bench_task(workspace_path, task_name).await?;
     let source = &source;
-    let rows = count_rows(&pg, &tables).await?;
+    let (reference_name, rows) = match &engine {
+        BenchSource::Postgres(pg) => ("psql \\copy binary", count_rows(pg, &tables).await?),
+        BenchSource::Mysql(my) => ("mariadb --quick", count_mysql_rows(my, &tables).await?),
+    };
     let heap_bytes: u64 = tables.iter().map(|t| t.size_bytes).sum();
     println!(
         "bench: task {task_name}, {} table(s), {rows} rows, {:.1} MB on disk in the source, {runs} run(s)",
@@ -97,20 +116,24 @@ pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> R
         mb(heap_bytes)
     );
 
-    let copy = || psql_copy(source, password.as_deref(), &tables);
+    let copy = || match &engine {
+        BenchSource::Postgres(_) => psql_copy(source, password.as_deref(), &tables),
+        BenchSource::Mysql(_) => mariadb_select(source, password.as_deref(), &tables),
+    };
     copy()?; // warm-up: both sides then read from the same cache
     let mut reference = Vec::new();
     let mut subject = Vec::new();
     for run in 1..=runs {
         let r = copy()?;
         println!(
-            "run {run}: psql \\copy binary {:>8.2} s  ({:.0} MB peak)",
+            "run {run}: {reference_name:<18} {:>8.2} s  ({:.0} MB peak)",
             r.seconds,
             r.peak_rss_kb as f64 / 1024.0
         );
         let t = tributary_run(workspace_path, task_name)?;
         println!(
-            "run {run}: tributary run    {:>8.2} s  ({:.0} MB peak)",
+            "run {run}: {:<18} {:>8.2} s  ({:.0} MB peak)",
+            "tributary run",
             t.seconds,
             t.peak_rss_kb as f64 / 1024.0
         );
@@ -136,7 +159,7 @@ pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> R
     println!();
     println!("                     seconds     rows/s   source MB/s");
     println!(
-        "psql \\copy binary  {:>9.2} {:>10.0} {:>13.1}",
+        "{reference_name:<18} {:>9.2} {:>10.0} {:>13.1}",
         r.seconds,
         rows as f64 / r.seconds,
         mb(heap_bytes) / r.seconds
@@ -147,7 +170,10 @@ pub async fn full_load(workspace_path: &Path, task_name: &str, runs: usize) -> R
         rows as f64 / t.seconds,
         mb(heap_bytes) / t.seconds
     );
-    println!("ratio tributary / psql: {:.2}", t.seconds / r.seconds);
+    println!(
+        "ratio tributary / {reference_name}: {:.2}",
+        t.seconds / r.seconds
+    );
     println!(
         "tributary wrote {:.1} MB ({:.1} MB/s), peak RSS {:.0} MB",
         mb(written),
@@ -177,6 +203,58 @@ async fn count_rows(pg: &PgEndpoint, tables: &[TableInfo]) -> Result<u64, String
         rows += n as u64;
     }
     Ok(rows)
+}
+
+async fn count_mysql_rows(my: &MyEndpoint, tables: &[TableInfo]) -> Result<u64, String> {
+    use mysql_async::prelude::Queryable;
+    let mut conn = my.connect().await.map_err(|e| e.to_string())?;
+    let mut rows = 0u64;
+    for t in tables {
+        let sql = format!("SELECT count(*) FROM {}.{}", mysql_quote(&t.schema), mysql_quote(&t.name));
+        let n: Option<u64> = conn
+            .query_first(sql)
+            .await
+            .map_err(|e| format!("counting rows of {}: {e}", t.qualified_name()))?;
+        rows += n.unwrap_or(0);
+    }
+    let _ = conn.disconnect().await;
+    Ok(rows)
+}
+
+/// The MySQL reference: each table read by the `mariadb` client row by row (`--quick`, no
+/// buffering of the result) to /dev/null, in turn.
+fn mariadb_select(
+    source: &crate::config::EndpointConfig,
+    password: Option<&str>,
+    tables: &[TableInfo],
+) -> Result<Measured, String> {
+    let mut total = Measured {
+        seconds: 0.0,
+        peak_rss_kb: 0,
+    };
+    for t in tables {
+        let mut command = Command::new("mariadb");
+        command
+            .args(["--quick", "--batch", "--skip-column-names", "--protocol=tcp"])
+            .args(["-h", source.host.as_deref().unwrap_or("127.0.0.1")])
+            .args(["-P", &source.port.unwrap_or(3306).to_string()])
+            .args(["-u", source.user.as_deref().unwrap_or("root")])
+            .arg("-e")
+            .arg(format!(
+                "select * from {}.{}",
+                mysql_quote(&t.schema),
+                mysql_quote(&t.name)
+            ))
+            .stdout(Stdio::null());
+        if let Some(p) = password {
+            // The client reads MYSQL_PWD, so the password is not on the command line.
+            command.env("MYSQL_PWD", p);
+        }
+        let m = measure(command, "mariadb (install the MariaDB client)")?;
+        total.seconds += m.seconds;
+        total.peak_rss_kb = total.peak_rss_kb.max(m.peak_rss_kb);
+    }
+    Ok(total)
 }
 
 fn quote_ident(name: &str) -> String {
@@ -339,10 +417,15 @@ pub async fn cdc(
         task,
         source,
         password,
-        pg,
+        engine,
         tables,
         storage,
     } = bench_task(workspace_path, task_name).await?;
+    let BenchSource::Postgres(pg) = engine else {
+        return Err(
+            "bench --cdc measures PostgreSQL tasks beside pg_recvlogical; see scripts/bench for MySQL".into(),
+        );
+    };
     if task.migration_type != MigrationType::Cdc {
         return Err(format!(
             "bench --cdc needs a task with migration_type = \"cdc\"; '{task_name}' is not one"

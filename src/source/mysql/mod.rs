@@ -876,6 +876,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_binlog_setting_cdc_needs_is_checked_with_its_fix() {
+        let good = BinlogSettings {
+            version: "10.11.19-MariaDB".into(),
+            mariadb: true,
+            log_bin: true,
+            format: "ROW".into(),
+            row_image: "FULL".into(),
+            row_metadata: "FULL".into(),
+        };
+        assert!(good.checks().iter().all(|c| c.status == CheckStatus::Pass));
+        assert!(good.require_cdc("m").is_ok());
+        let bad = BinlogSettings {
+            log_bin: false,
+            format: "STATEMENT".into(),
+            row_image: "MINIMAL".into(),
+            row_metadata: "MINIMAL".into(),
+            ..good
+        };
+        let checks = bad.checks();
+        assert_eq!(
+            checks.iter().filter(|c| c.status == CheckStatus::Warn).count(),
+            4
+        );
+        let fixes: Vec<String> = checks.iter().filter_map(|c| c.fix.clone()).collect();
+        assert!(fixes[0].contains("log_bin"));
+        assert!(fixes[1].contains("binlog_format = 'ROW'"));
+        assert!(fixes[2].contains("binlog_row_image = 'FULL'"));
+        assert!(fixes[3].contains("binlog_row_metadata = 'FULL'"));
+        let error = bad.require_cdc("m").unwrap_err().to_string();
+        assert!(error.contains("the binary log is off"), "{error}");
+        assert!(error.contains("Fix: set log_bin"), "{error}");
+    }
+
+    #[test]
     fn positions_round_trip() {
         let p = BinlogPosition {
             file: "mysql-bin.000012".into(),
