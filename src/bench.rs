@@ -210,7 +210,11 @@ async fn count_mysql_rows(my: &MyEndpoint, tables: &[TableInfo]) -> Result<u64, 
     let mut conn = my.connect().await.map_err(|e| e.to_string())?;
     let mut rows = 0u64;
     for t in tables {
-        let sql = format!("SELECT count(*) FROM {}.{}", mysql_quote(&t.schema), mysql_quote(&t.name));
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            mysql_quote(&t.schema),
+            mysql_quote(&t.name)
+        );
         let n: Option<u64> = conn
             .query_first(sql)
             .await
@@ -221,44 +225,28 @@ async fn count_mysql_rows(my: &MyEndpoint, tables: &[TableInfo]) -> Result<u64, 
     Ok(rows)
 }
 
-/// The MySQL reference: each table read by the `mariadb` client row by row (`--quick`, no
-/// buffering of the result) to /dev/null, in turn.
-fn mariadb_select(
-    source: &crate::config::EndpointConfig,
-    password: Option<&str>,
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs the reference command of each table in turn: total time, largest peak.
+fn each_table(
     tables: &[TableInfo],
+    what: &str,
+    command: impl Fn(&TableInfo) -> Command,
 ) -> Result<Measured, String> {
     let mut total = Measured {
         seconds: 0.0,
         peak_rss_kb: 0,
     };
     for t in tables {
-        let mut command = Command::new("mariadb");
-        command
-            .args(["--quick", "--batch", "--skip-column-names", "--protocol=tcp"])
-            .args(["-h", source.host.as_deref().unwrap_or("127.0.0.1")])
-            .args(["-P", &source.port.unwrap_or(3306).to_string()])
-            .args(["-u", source.user.as_deref().unwrap_or("root")])
-            .arg("-e")
-            .arg(format!(
-                "select * from {}.{}",
-                mysql_quote(&t.schema),
-                mysql_quote(&t.name)
-            ))
-            .stdout(Stdio::null());
-        if let Some(p) = password {
-            // The client reads MYSQL_PWD, so the password is not on the command line.
-            command.env("MYSQL_PWD", p);
-        }
-        let m = measure(command, "mariadb (install the MariaDB client)")?;
+        let mut c = command(t);
+        c.stdout(Stdio::null());
+        let m = measure(c, what)?;
         total.seconds += m.seconds;
         total.peak_rss_kb = total.peak_rss_kb.max(m.peak_rss_kb);
     }
     Ok(total)
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The reference: each table exported by psql's binary `\copy` to /dev/null, in turn.
@@ -267,11 +255,7 @@ fn psql_copy(
     password: Option<&str>,
     tables: &[TableInfo],
 ) -> Result<Measured, String> {
-    let mut total = Measured {
-        seconds: 0.0,
-        peak_rss_kb: 0,
-    };
-    for t in tables {
+    each_table(tables, "psql (install the PostgreSQL client)", |t| {
         let mut command = Command::new("psql");
         command
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
@@ -284,16 +268,45 @@ fn psql_copy(
                 "\\copy (select * from {}.{}) to /dev/null with (format binary)",
                 quote_ident(&t.schema),
                 quote_ident(&t.name)
-            ))
-            .stdout(Stdio::null());
+            ));
         if let Some(p) = password {
             command.env("PGPASSWORD", p);
         }
-        let m = measure(command, "psql (install the PostgreSQL client)")?;
-        total.seconds += m.seconds;
-        total.peak_rss_kb = total.peak_rss_kb.max(m.peak_rss_kb);
-    }
-    Ok(total)
+        command
+    })
+}
+
+/// The MySQL reference: each table read by the `mariadb` client row by row (`--quick`, no
+/// buffering of the result) to /dev/null, in turn.
+fn mariadb_select(
+    source: &crate::config::EndpointConfig,
+    password: Option<&str>,
+    tables: &[TableInfo],
+) -> Result<Measured, String> {
+    each_table(tables, "mariadb (install the MariaDB client)", |t| {
+        let mut command = Command::new("mariadb");
+        command
+            .args([
+                "--quick",
+                "--batch",
+                "--skip-column-names",
+                "--protocol=tcp",
+            ])
+            .args(["-h", source.host.as_deref().unwrap_or("127.0.0.1")])
+            .args(["-P", &source.port.unwrap_or(3306).to_string()])
+            .args(["-u", source.user.as_deref().unwrap_or("root")])
+            .arg("-e")
+            .arg(format!(
+                "select * from {}.{}",
+                mysql_quote(&t.schema),
+                mysql_quote(&t.name)
+            ));
+        if let Some(p) = password {
+            // The client reads MYSQL_PWD, so the password is not on the command line.
+            command.env("MYSQL_PWD", p);
+        }
+        command
+    })
 }
 
 /// The subject: this very binary running the task from scratch.

@@ -511,29 +511,16 @@ async fn run_postgres(
             })
             .await?;
     }
-    let mut tables = Vec::new();
-    let mut location = storage.uri(&crate::lake::layout::table_prefix(
-        &task.target_settings.bucket_folder,
-        &task.source,
-        "",
-        "",
-    ));
-    let mut snapshot_position = None;
-    if task.has_full_load() {
-        let summary = full_load::run(
-            Arc::new(source),
-            storage.clone(),
-            checkpoint.clone(),
-            task.clone(),
-            options.clone(),
-            events.clone(),
-            stop.clone(),
-        )
-        .await?;
-        tables = summary.tables;
-        location = summary.location;
-        snapshot_position = summary.snapshot_position;
-    }
+    let load = load_before_cdc(
+        Arc::new(source),
+        &storage,
+        &checkpoint,
+        &task,
+        &options,
+        &events,
+        &stop,
+    )
+    .await?;
     drop(holder); // the snapshot is no longer needed by anyone
     let outcome = cdc::CdcRun {
         pg,
@@ -546,14 +533,48 @@ async fn run_postgres(
     }
     .run()
     .await?;
-    merge_cdc_stats(&mut tables, outcome.tables);
+    Ok(cdc_summary(load, outcome, started))
+}
+
+/// The full load that comes before CDC, if the task has one; its summary (empty without).
+async fn load_before_cdc<S: Source>(
+    source: Arc<S>,
+    storage: &Storage,
+    checkpoint: &Arc<Checkpoint>,
+    task: &TaskConfig,
+    options: &RunOptions,
+    events: &Events,
+    stop: &watch::Receiver<Option<TaskCommand>>,
+) -> Result<TaskSummary, TaskError> {
+    if task.has_full_load() {
+        let (storage, checkpoint, task) = (storage.clone(), checkpoint.clone(), task.clone());
+        let (options, events, stop) = (options.clone(), events.clone(), stop.clone());
+        return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
+    }
     Ok(TaskSummary {
-        task: task.name,
-        tables,
-        seconds: started.elapsed().as_secs_f64(),
-        location,
-        snapshot_position: snapshot_position.or(outcome.confirmed_position),
+        task: task.name.clone(),
+        tables: Vec::new(),
+        seconds: 0.0,
+        location: storage.uri(&crate::lake::layout::table_prefix(
+            &task.target_settings.bucket_folder,
+            &task.source,
+            "",
+            "",
+        )),
+        snapshot_position: None,
     })
+}
+
+/// A load-then-CDC run's summary: the load's, with what CDC wrote added.
+fn cdc_summary(
+    mut load: TaskSummary,
+    outcome: cdc::CdcOutcome,
+    started: std::time::Instant,
+) -> TaskSummary {
+    merge_cdc_stats(&mut load.tables, outcome.tables);
+    load.seconds = started.elapsed().as_secs_f64();
+    load.snapshot_position = load.snapshot_position.or(outcome.confirmed_position);
+    load
 }
 
 /// Adds what CDC wrote to the full load's table statistics.
@@ -618,32 +639,21 @@ async fn run_mysql(
         checkpoint.update(|s| s.cdc = None).await?;
     }
     let state = checkpoint.snapshot().await;
-    let mut tables = Vec::new();
-    let mut location = storage.uri(&crate::lake::layout::table_prefix(
-        &task.target_settings.bucket_folder,
-        &task.source,
-        "",
-        "",
-    ));
-    let mut snapshot_position = None;
-    if task.has_full_load() {
-        let summary = full_load::run(
-            source,
-            storage.clone(),
-            checkpoint.clone(),
-            task.clone(),
-            options.clone(),
-            events.clone(),
-            stop.clone(),
-        )
-        .await?;
-        tables = summary.tables;
-        location = summary.location;
-        snapshot_position = summary.snapshot_position;
-    } else if state
-        .cdc
-        .as_ref()
-        .is_none_or(|c| c.confirmed_position.is_none())
+    let load = load_before_cdc(
+        source,
+        &storage,
+        &checkpoint,
+        &task,
+        &options,
+        &events,
+        &stop,
+    )
+    .await?;
+    if !task.has_full_load()
+        && state
+            .cdc
+            .as_ref()
+            .is_none_or(|c| c.confirmed_position.is_none())
     {
         // CDC only: changes from now on.
         let Some(position) = current else {
@@ -679,12 +689,5 @@ async fn run_mysql(
     }
     .run()
     .await?;
-    merge_cdc_stats(&mut tables, outcome.tables);
-    Ok(TaskSummary {
-        task: task.name,
-        tables,
-        seconds: started.elapsed().as_secs_f64(),
-        location,
-        snapshot_position: snapshot_position.or(outcome.confirmed_position),
-    })
+    Ok(cdc_summary(load, outcome, started))
 }

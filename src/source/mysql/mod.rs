@@ -896,7 +896,10 @@ mod tests {
         };
         let checks = bad.checks();
         assert_eq!(
-            checks.iter().filter(|c| c.status == CheckStatus::Warn).count(),
+            checks
+                .iter()
+                .filter(|c| c.status == CheckStatus::Warn)
+                .count(),
             4
         );
         let fixes: Vec<String> = checks.iter().filter_map(|c| c.fix.clone()).collect();
