@@ -366,3 +366,51 @@ async fn bad_inputs_missing_grants_purged_binlog_wrong_password() {
     );
     assert!(text.contains("WRONG_PW"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_a_row_binlog_is_refused_for_cdc_with_each_fix() {
+    // scripts/services runs it with the binlog off, STATEMENT format, MINIMAL images.
+    let my = My::from_url_env("TRIBUTARY_TEST_MYSQL_NOBINLOG_URL");
+    let db = "tributary_nobinlog";
+    let mut conn = my.fresh_database(db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+    )
+    .await;
+    let dir = TestDir::new();
+    let task = |name: &str, migration: &str| {
+        format!(
+            "[[tasks]]\nname = \"{name}\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+             migration_type = \"{migration}\"\ninclude = [\"{db}.%\"]\n\
+             [tasks.target_settings]\ndata_format = \"parquet\"\n"
+        )
+    };
+    let ws = dir.write_workspace(&format!(
+        "{}{}{}{}",
+        my.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake()),
+        task("load", "full-load"),
+        task("changes", "full-load-and-cdc"),
+    ));
+    let check = stdout(&tributary(&["check", &ws]));
+    for fix in [
+        "set log_bin = mysql-bin and server_id = 1",
+        "SET GLOBAL binlog_format = 'ROW'",
+        "SET GLOBAL binlog_row_image = 'FULL'",
+        "SET GLOBAL binlog_row_metadata = 'FULL'",
+    ] {
+        assert!(check.contains(fix), "check does not say {fix:?}:\n{check}");
+    }
+    // A full load needs no binlog.
+    let loaded = assert_success(&tributary(&["run", &ws, "--task", "load"]));
+    assert!(loaded.contains("completed, 2 rows"), "{loaded}");
+    // CDC is refused before anything is written, with the first fix.
+    let refused = assert_failure(&tributary(&["run", &ws, "--task", "changes"]), 1);
+    assert!(refused.contains("the binary log is off"), "{refused}");
+    assert!(refused.contains("Fix: set log_bin"), "{refused}");
+    assert!(
+        files_under(&dir.lake().join("_tributary/changes")).is_empty(),
+        "the CDC task wrote its state before refusing"
+    );
+}

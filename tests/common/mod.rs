@@ -305,7 +305,12 @@ pub struct My {
 
 impl My {
     pub fn from_env() -> My {
-        let url = required_env("TRIBUTARY_TEST_MYSQL_URL");
+        My::from_url_env("TRIBUTARY_TEST_MYSQL_URL")
+    }
+
+    /// A server whose URL is in the environment variable `var`.
+    pub fn from_url_env(var: &str) -> My {
+        let url = required_env(var);
         // mysql://user:password@host:port
         let rest = url.split_once("://").expect("URL with a scheme").1;
         let (auth, host_part) = rest.rsplit_once('@').expect("URL with user@host");
