@@ -114,7 +114,14 @@ impl BinlogCdcRun {
         }
         self.events.log(
             LogLevel::Info,
-            format!("CDC from the binlog at {start} (replica server id {server_id})"),
+            format!(
+                "CDC from the binlog at {start}, resuming by {} (replica server id {server_id})",
+                if reader.by_gtid() {
+                    "GTID"
+                } else {
+                    "file and position"
+                }
+            ),
         );
         let mut writer = BatchWriter::new(
             self.storage.clone(),

@@ -11,7 +11,7 @@
 //! - the replica's server id is derived from the task name, so two tasks on one server do
 //!   not cut each other's streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -120,6 +120,10 @@ pub struct BinlogReader {
     stream: mysql_async::BinlogStream,
     file: String,
     gtid: Option<String>,
+    /// MariaDB: the last GTID of each replication domain, what [`BinlogPosition::gtid`]
+    /// lists (a connect state resumes after all of them).
+    gtids: BTreeMap<u32, String>,
+    by_gtid: bool,
     /// Collation id → charset name, to decode text columns.
     charsets: HashMap<u16, String>,
     /// The task's tables: rows of other tables are passed by undecoded.
@@ -151,8 +155,17 @@ impl BinlogReader {
             .query("SELECT id, character_set_name FROM information_schema.collations")
             .await
             .map_err(|err| e.classify(err, "reading collations"))?;
+        let version: Option<String> = conn.query_first("SELECT @@version").await.unwrap_or(None);
+        let mariadb = version.is_some_and(|v| v.to_ascii_lowercase().contains("mariadb"));
+        // MariaDB resumes by GTID (exact on this server and on a replica that takes over);
+        // otherwise by file and position, which must still be on the server.
+        let gtids = start
+            .gtid
+            .as_deref()
+            .filter(|_| mariadb)
+            .and_then(parse_mariadb_gtids);
         let files = e.binlog_files(&mut conn).await?;
-        if !files.contains(&start.file) {
+        if gtids.is_none() && !files.contains(&start.file) {
             return Err(SourceError::Database {
                 endpoint: e.name.clone(),
                 context: format!("resuming the binlog at {start}"),
@@ -166,20 +179,34 @@ impl BinlogReader {
                 ),
             });
         }
-        let settings = [
+        let mut settings = vec![
             format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
             // MariaDB: send GTID events as they are (not as BEGIN), so each transaction's
             // GTID is known.
             "SET @mariadb_slave_capability = 4".to_string(),
         ];
+        if let Some(g) = &gtids {
+            settings.push(format!(
+                "SET @slave_connect_state = '{}'",
+                join_gtids(g).replace('\'', "")
+            ));
+            settings.push("SET @slave_gtid_strict_mode = 1".into());
+            settings.push("SET @slave_gtid_ignore_duplicates = 0".into());
+        }
         for sql in settings {
             conn.query_drop(&sql)
                 .await
                 .map_err(|err| e.classify(err, "preparing the binlog stream"))?;
         }
-        let request = BinlogStreamRequest::new(server_id)
-            .with_filename(start.file.as_bytes())
-            .with_pos(start.pos);
+        let request = match &gtids {
+            // With a connect state the server finds the file itself.
+            Some(_) => BinlogStreamRequest::new(server_id)
+                .with_filename(b"")
+                .with_pos(4u64),
+            None => BinlogStreamRequest::new(server_id)
+                .with_filename(start.file.as_bytes())
+                .with_pos(start.pos),
+        };
         let stream = conn
             .get_binlog_stream(request)
             .await
@@ -189,6 +216,8 @@ impl BinlogReader {
             stream,
             file: start.file.clone(),
             gtid: start.gtid.clone(),
+            by_gtid: gtids.is_some(),
+            gtids: gtids.unwrap_or_default(),
             charsets: collations
                 .into_iter()
                 .filter_map(|(id, name)| Some((id? as u16, name?.to_ascii_lowercase())))
@@ -238,9 +267,11 @@ impl BinlogReader {
             let gtid = (data.len() >= 12).then(|| {
                 let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or([0; 8]));
                 let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or([0; 4]));
-                format!("{domain}-{}-{seq}", header.server_id())
+                let gtid = format!("{domain}-{}-{seq}", header.server_id());
+                self.gtids.insert(domain, gtid.clone());
+                gtid
             });
-            self.gtid = gtid.clone();
+            self.gtid = Some(join_gtids(&self.gtids)).filter(|g| !g.is_empty());
             return Ok(Some(BinlogEvent::Begin {
                 position: log_pos as u64,
                 gtid,
@@ -505,6 +536,11 @@ impl BinlogReader {
         Ok(BinlogEvent::Rows { table_id, op, rows })
     }
 
+    /// Whether the stream resumed by GTID (MariaDB) rather than by file and position.
+    pub fn by_gtid(&self) -> bool {
+        self.by_gtid
+    }
+
     /// The binlog file the stream is in.
     pub fn file(&self) -> &str {
         &self.file
@@ -513,6 +549,26 @@ impl BinlogReader {
     pub async fn close(self) {
         let _ = self.stream.close().await;
     }
+}
+
+/// A MariaDB GTID position (`0-1-100,1-1-7`) by domain; `None` for another form (MySQL's
+/// `uuid:1-100`).
+fn parse_mariadb_gtids(text: &str) -> Option<BTreeMap<u32, String>> {
+    let mut gtids = BTreeMap::new();
+    for gtid in text.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let parts: Vec<&str> = gtid.split('-').collect();
+        let [domain, server, seq] = parts.as_slice() else {
+            return None;
+        };
+        server.parse::<u32>().ok()?;
+        seq.parse::<u64>().ok()?;
+        gtids.insert(domain.parse().ok()?, gtid.to_string());
+    }
+    (!gtids.is_empty()).then_some(gtids)
+}
+
+fn join_gtids(gtids: &BTreeMap<u32, String>) -> String {
+    gtids.values().cloned().collect::<Vec<_>>().join(",")
 }
 
 /// The file name of a rotate event. The first (fake) one arrives before the format
@@ -580,6 +636,18 @@ fn binlog_kind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mariadb_gtid_positions_parse_by_domain() {
+        let g = parse_mariadb_gtids("0-1-100,2-5-7").expect("parses");
+        assert_eq!(g[&2], "2-5-7");
+        assert_eq!(join_gtids(&g), "0-1-100,2-5-7");
+        assert_eq!(
+            parse_mariadb_gtids("3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5"),
+            None
+        );
+        assert_eq!(parse_mariadb_gtids(""), None);
+    }
 
     #[test]
     fn rotate_names_lose_their_checksum() {
