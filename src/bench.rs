@@ -17,7 +17,7 @@ use arrow_array::cast::AsArray;
 
 use crate::config::{Engine, MigrationType, Workspace};
 use crate::lake::{Storage, layout};
-use crate::source::mysql::{MyEndpoint, MysqlSource, quote as mysql_quote};
+use crate::source::mysql::{MyEndpoint, MysqlSource, file_index, quote as mysql_quote};
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, TableInfo};
 
@@ -434,32 +434,23 @@ pub async fn cdc(
         tables,
         storage,
     } = bench_task(workspace_path, task_name).await?;
-    let BenchSource::Postgres(pg) = engine else {
-        return Err(
-            "bench --cdc measures PostgreSQL tasks beside pg_recvlogical; see scripts/bench for MySQL".into(),
-        );
-    };
     if task.migration_type != MigrationType::Cdc {
         return Err(format!(
             "bench --cdc needs a task with migration_type = \"cdc\"; '{task_name}' is not one"
         ));
     }
-    let timestamp_column = task.target_settings.timestamp_column_name.clone();
-    if timestamp_column.is_empty() {
+    if task.target_settings.timestamp_column_name.is_empty() {
         return Err(format!(
             "bench --cdc measures lag from the commit time: set timestamp_column_name in task '{task_name}'"
         ));
     }
-    let exe = std::env::current_exe().map_err(|e| format!("locating tributary itself: {e}"))?;
-    let tributary = |args: &[&str]| {
-        let mut command = Command::new(&exe);
-        command
-            .arg("run")
-            .arg(workspace_path)
-            .args(["--task", task_name])
-            .args(args)
-            .stdout(Stdio::null());
-        command
+    let tributary = |args: &[&str]| tributary_command(workspace_path, task_name, args);
+    let pg = match engine {
+        BenchSource::Postgres(pg) => pg,
+        BenchSource::Mysql(my) => {
+            return mysql_cdc(my, &tributary, &storage, &task, &tables, seconds, decode_changes)
+                .await;
+        }
     };
     let client_args = |command: &mut Command| {
         command
@@ -474,14 +465,14 @@ pub async fn cdc(
 
     // A fresh slot at the current end of the WAL, and no files.
     measure(
-        tributary(&["--reload", "--until-caught-up"]),
+        tributary(&["--reload", "--until-caught-up"])?,
         "tributary run",
     )?;
     let before = cdc_files(&storage, &task, &tables).await?;
 
     // 1. Live.
     println!("bench --cdc: pgbench -c 4 -j 2 -T {seconds} while task {task_name} runs");
-    let mut run = tributary(&[]);
+    let mut run = tributary(&[])?;
     run.stderr(Stdio::null());
     let child = run
         .spawn()
@@ -515,61 +506,8 @@ pub async fn cdc(
     if status != 0 {
         return Err(format!("tributary run exited with status {status}"));
     }
-    let mut lags_ms = Vec::new();
-    for key in cdc_files(&storage, &task, &tables).await? {
-        if before.iter().any(|b| b.key == key.key) {
-            continue;
-        }
-        let Some(put) = key.last_modified else {
-            continue;
-        };
-        let file = crate::lake::inspect::ParquetFile::open(&storage, &key.key)
-            .await
-            .map_err(|e| e.to_string())?;
-        let groups = (0..file.metadata().num_row_groups()).collect();
-        for batch in file
-            .read_columns(&[timestamp_column.as_str()], groups, None)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let commits = batch
-                .column(0)
-                .as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
-                .ok_or("the timestamp column is not a timestamp")?;
-            let put_micros = put.timestamp_micros();
-            lags_ms.extend(
-                commits
-                    .iter()
-                    .flatten()
-                    .map(|c| (put_micros - c).max(0) as f64 / 1000.0),
-            );
-        }
-    }
-    lags_ms.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        lags_ms
-            .get(((lags_ms.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let committed = transactions * 4;
-    let captured = lags_ms.len() as u64;
-    println!();
-    println!(
-        "committed by pgbench  {committed:>9} changes  {:>9.0} changes/s",
-        committed as f64 / seconds as f64
-    );
-    println!(
-        "captured by tributary {captured:>9} changes  {:>9.0} changes/s  (ratio {:.3})",
-        captured as f64 / seconds as f64,
-        captured as f64 / committed.max(1) as f64
-    );
-    println!(
-        "lag commit → file in place: p50 {:.0} ms, p99 {:.0} ms (batch interval {interval} s)",
-        percentile(0.5),
-        percentile(0.99)
-    );
-    println!("tributary peak RSS {:.0} MB", peak_rss_kb as f64 / 1024.0);
+    let lags_ms = change_lags(&storage, &task, &tables, &before).await?;
+    report_live("pgbench", transactions * 4, seconds, &lags_ms, interval, peak_rss_kb);
 
     // 2. Decode a pre-filled slot.
     let recv_slot = "tributary_bench_recv";
@@ -614,7 +552,7 @@ pub async fn cdc(
     let reference = measure(recv, "pg_recvlogical (install the PostgreSQL client)");
     let _ = pg.drop_slot(recv_slot).await;
     let reference = reference?;
-    let subject = measure(tributary(&["--until-caught-up"]), "tributary run")?;
+    let subject = measure(tributary(&["--until-caught-up"])?, "tributary run")?;
     let changes = (per_txn * 10) as f64;
     println!();
     println!("                          seconds   changes/s   peak MB");
@@ -638,6 +576,247 @@ pub async fn cdc(
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// `bench --cdc` of a MySQL/MariaDB task (selecting `accounts` and `history` of the
+/// endpoint's database, see `scripts/bench mysql-cdc`):
+///
+/// 1. Live: the task runs while 4 connections commit transactions for `seconds` (two
+///    updates of `accounts` and an insert into `history`: 3 changes each).
+/// 2. Decode: `decode_changes` inserts into `history` in 10 transactions, read from the
+///    server by `mariadb-binlog --verbose` (rows decoded to text) to /dev/null, beside the
+///    task catching up on them.
+async fn mysql_cdc(
+    my: MyEndpoint,
+    tributary: &impl Fn(&[&str]) -> Result<Command, String>,
+    storage: &Storage,
+    task: &crate::config::TaskConfig,
+    tables: &[TableInfo],
+    seconds: u64,
+    decode_changes: u64,
+) -> Result<(), String> {
+    use mysql_async::prelude::Queryable;
+    let error = |e: mysql_async::Error| e.to_string();
+    measure(tributary(&["--reload", "--until-caught-up"])?, "tributary run")?;
+    let before = cdc_files(storage, task, tables).await?;
+
+    // 1. Live.
+    println!(
+        "bench --cdc: 4 connections commit transactions for {seconds} s while task {} runs",
+        task.name
+    );
+    let mut run = tributary(&[])?;
+    run.stderr(Stdio::null());
+    let child = run
+        .spawn()
+        .map_err(|e| format!("starting tributary run: {e}"))?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await; // connected and streaming
+    let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for worker in 0..4u64 {
+        let my = my.clone();
+        workers.push(tokio::spawn(async move {
+            let mut conn = my.connect().await.map_err(|e| e.to_string())?;
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ worker;
+            let mut transactions = 0u64;
+            while Instant::now() < deadline {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let (a, b) = ((seed >> 33) % 5_000_000 + 1, (seed >> 13) % 5_000_000 + 1);
+                let delta = (seed % 2000) as i64 - 1000;
+                conn.query_drop("BEGIN").await.map_err(error)?;
+                conn.exec_drop(
+                    "UPDATE accounts SET abalance = abalance + ? WHERE aid = ?",
+                    (delta, a),
+                )
+                .await
+                .map_err(error)?;
+                conn.exec_drop(
+                    "UPDATE accounts SET abalance = abalance - ? WHERE aid = ?",
+                    (delta, b),
+                )
+                .await
+                .map_err(error)?;
+                conn.exec_drop(
+                    "INSERT INTO history (aid, delta, mtime) VALUES (?, ?, NOW(6))",
+                    (a, delta),
+                )
+                .await
+                .map_err(error)?;
+                conn.query_drop("COMMIT").await.map_err(error)?;
+                transactions += 1;
+            }
+            Ok::<u64, String>(transactions)
+        }));
+    }
+    let mut transactions = 0;
+    for w in workers {
+        transactions += w.await.map_err(|e| e.to_string())??;
+    }
+    let interval = task.target_settings.cdc_max_batch_interval.max(1);
+    tokio::time::sleep(std::time::Duration::from_secs(2 * interval + 1)).await;
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (status, peak_rss_kb) =
+        wait_with_rusage(child.id() as i32).map_err(|e| format!("waiting for tributary: {e}"))?;
+    if status != 0 {
+        return Err(format!("tributary run exited with status {status}"));
+    }
+    let lags_ms = change_lags(storage, task, tables, &before).await?;
+    report_live("the load", transactions * 3, seconds, &lags_ms, interval, peak_rss_kb);
+
+    // 2. Decode.
+    let mut conn = my.connect().await.map_err(|e| e.to_string())?;
+    let start = my
+        .current_position(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the server has no binlog")?;
+    println!();
+    println!("bench --cdc: {decode_changes} inserts into history (10 transactions)");
+    let per_txn = decode_changes.div_ceil(10);
+    for _ in 0..10 {
+        conn.query_drop(format!(
+            "INSERT INTO history (aid, delta, mtime) SELECT seq, seq % 1000, NOW(6) FROM seq_1_to_{per_txn}"
+        ))
+        .await
+        .map_err(error)?;
+    }
+    let end = my
+        .current_position(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the server has no binlog")?;
+    let files: Vec<String> = my
+        .binlog_files(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| (start.file_index()..=end.file_index()).contains(&file_index(f)))
+        .collect();
+    let _ = conn.disconnect().await;
+    let mut reference = Command::new("mariadb-binlog");
+    reference
+        .args(["--read-from-remote-server", "--verbose", "--base64-output=DECODE-ROWS"])
+        .args(["--host", &my.host, "--port", &my.port.to_string(), "--user", &my.user])
+        .arg(format!("--start-position={}", start.pos))
+        .arg(format!("--stop-position={}", end.pos))
+        .args(&files)
+        .stdout(Stdio::null());
+    if let Some(p) = my.password() {
+        reference.env("MYSQL_PWD", p);
+    }
+    let reference = measure(reference, "mariadb-binlog (install the MariaDB client)")?;
+    let subject = measure(tributary(&["--until-caught-up"])?, "tributary run")?;
+    let changes = (per_txn * 10) as f64;
+    println!();
+    println!("                          seconds   changes/s   peak MB");
+    for (name, m) in [
+        ("mariadb-binlog --verbose ", reference),
+        ("tributary (to Parquet)   ", subject),
+    ] {
+        println!(
+            "{name} {:>7.2} {:>11.0} {:>9.0}",
+            m.seconds,
+            changes / m.seconds,
+            m.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "ratio tributary / mariadb-binlog: {:.2}",
+        subject.seconds / reference.seconds
+    );
+    Ok(())
+}
+
+/// `tributary run WORKSPACE --task TASK ARGS…`, this very binary, its output discarded.
+fn tributary_command(workspace: &Path, task: &str, args: &[&str]) -> Result<Command, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating tributary itself: {e}"))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("run")
+        .arg(workspace)
+        .args(["--task", task])
+        .args(args)
+        .stdout(Stdio::null());
+    Ok(command)
+}
+
+/// The lag of every change in the CDC files written since `before`: the time its file was put
+/// in place minus its commit time (the task's timestamp column), in ms, sorted.
+async fn change_lags(
+    storage: &Storage,
+    task: &crate::config::TaskConfig,
+    tables: &[TableInfo],
+    before: &[crate::lake::ObjectMeta],
+) -> Result<Vec<f64>, String> {
+    let timestamp_column = task.target_settings.timestamp_column_name.as_str();
+    let mut lags_ms = Vec::new();
+    for key in cdc_files(storage, task, tables).await? {
+        if before.iter().any(|b| b.key == key.key) {
+            continue;
+        }
+        let Some(put) = key.last_modified else {
+            continue;
+        };
+        let file = crate::lake::inspect::ParquetFile::open(storage, &key.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let groups = (0..file.metadata().num_row_groups()).collect();
+        for batch in file
+            .read_columns(&[timestamp_column], groups, None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let commits = batch
+                .column(0)
+                .as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
+                .ok_or("the timestamp column is not a timestamp")?;
+            let put_micros = put.timestamp_micros();
+            lags_ms.extend(
+                commits
+                    .iter()
+                    .flatten()
+                    .map(|c| (put_micros - c).max(0) as f64 / 1000.0),
+            );
+        }
+    }
+    lags_ms.sort_by(f64::total_cmp);
+    Ok(lags_ms)
+}
+
+/// Prints the live figures: changes committed by the load beside those captured, lag
+/// percentiles and peak RSS.
+fn report_live(
+    load: &str,
+    committed: u64,
+    seconds: u64,
+    lags_ms: &[f64],
+    interval: u64,
+    peak_rss_kb: u64,
+) {
+    let percentile = |p: f64| {
+        lags_ms
+            .get(((lags_ms.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let captured = lags_ms.len() as u64;
+    println!();
+    println!(
+        "committed by {load:<9}{committed:>9} changes  {:>9.0} changes/s",
+        committed as f64 / seconds as f64
+    );
+    println!(
+        "captured by tributary {captured:>9} changes  {:>9.0} changes/s  (ratio {:.3})",
+        captured as f64 / seconds as f64,
+        captured as f64 / committed.max(1) as f64
+    );
+    println!(
+        "lag commit → file in place: p50 {:.0} ms, p99 {:.0} ms (batch interval {interval} s)",
+        percentile(0.5),
+        percentile(0.99)
+    );
+    println!("tributary peak RSS {:.0} MB", peak_rss_kb as f64 / 1024.0);
 }
 
 /// The CDC files (all but `LOAD*`) under the task's tables.

@@ -60,9 +60,10 @@ enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
-    /// Benchmark a full-load task beside psql's binary \copy of the same tables (PostgreSQL),
-    /// reloading the task's tables into its target each run; or, with --cdc, a CDC task
-    /// under pgbench and decoding a pre-filled slot beside pg_recvlogical.
+    /// Benchmark a full-load task beside its database's own export of the same tables (psql's
+    /// binary \copy, `mariadb --quick`), reloading the task's tables into its target each
+    /// run; or, with --cdc, a CDC task under a concurrent load (pgbench, or 4 connections on
+    /// MySQL) and decoding pre-written changes beside pg_recvlogical / mariadb-binlog.
     #[cfg(unix)]
     Bench {
         workspace: PathBuf,
@@ -74,10 +75,10 @@ enum Command {
         /// The CDC benchmark (the task must have migration_type = "cdc").
         #[arg(long)]
         cdc: bool,
-        /// --cdc: how long pgbench runs, in seconds.
+        /// --cdc: how long the load runs, in seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// --cdc: changes in the pre-filled slot.
+        /// --cdc: changes written before the decode comparison.
         #[arg(long, default_value_t = 5_000_000)]
         decode_changes: u64,
     },

@@ -213,6 +213,11 @@ impl MyEndpoint {
             .into()
     }
 
+    /// The password, for tools run beside the task (the benchmark's reference client).
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
     pub async fn connect(&self) -> Result<Conn, SourceError> {
         match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts())).await {
             Ok(Ok(conn)) => Ok(conn),
