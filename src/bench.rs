@@ -448,8 +448,16 @@ pub async fn cdc(
     let pg = match engine {
         BenchSource::Postgres(pg) => pg,
         BenchSource::Mysql(my) => {
-            return mysql_cdc(my, &tributary, &storage, &task, &tables, seconds, decode_changes)
-                .await;
+            return mysql_cdc(
+                my,
+                &tributary,
+                &storage,
+                &task,
+                &tables,
+                seconds,
+                decode_changes,
+            )
+            .await;
         }
     };
     let client_args = |command: &mut Command| {
@@ -507,7 +515,14 @@ pub async fn cdc(
         return Err(format!("tributary run exited with status {status}"));
     }
     let lags_ms = change_lags(&storage, &task, &tables, &before).await?;
-    report_live("pgbench", transactions * 4, seconds, &lags_ms, interval, peak_rss_kb);
+    report_live(
+        "pgbench",
+        transactions * 4,
+        seconds,
+        &lags_ms,
+        interval,
+        peak_rss_kb,
+    );
 
     // 2. Decode a pre-filled slot.
     let recv_slot = "tributary_bench_recv";
@@ -597,7 +612,10 @@ async fn mysql_cdc(
 ) -> Result<(), String> {
     use mysql_async::prelude::Queryable;
     let error = |e: mysql_async::Error| e.to_string();
-    measure(tributary(&["--reload", "--until-caught-up"])?, "tributary run")?;
+    measure(
+        tributary(&["--reload", "--until-caught-up"])?,
+        "tributary run",
+    )?;
     let before = cdc_files(storage, task, tables).await?;
 
     // 1. Live.
@@ -662,7 +680,14 @@ async fn mysql_cdc(
         return Err(format!("tributary run exited with status {status}"));
     }
     let lags_ms = change_lags(storage, task, tables, &before).await?;
-    report_live("the load", transactions * 3, seconds, &lags_ms, interval, peak_rss_kb);
+    report_live(
+        "the load",
+        transactions * 3,
+        seconds,
+        &lags_ms,
+        interval,
+        peak_rss_kb,
+    );
 
     // 2. Decode.
     let mut conn = my.connect().await.map_err(|e| e.to_string())?;
@@ -696,8 +721,19 @@ async fn mysql_cdc(
     let _ = conn.disconnect().await;
     let mut reference = Command::new("mariadb-binlog");
     reference
-        .args(["--read-from-remote-server", "--verbose", "--base64-output=DECODE-ROWS"])
-        .args(["--host", &my.host, "--port", &my.port.to_string(), "--user", &my.user])
+        .args([
+            "--read-from-remote-server",
+            "--verbose",
+            "--base64-output=DECODE-ROWS",
+        ])
+        .args([
+            "--host",
+            &my.host,
+            "--port",
+            &my.port.to_string(),
+            "--user",
+            &my.user,
+        ])
         .arg(format!("--start-position={}", start.pos))
         .arg(format!("--stop-position={}", end.pos))
         .args(&files)

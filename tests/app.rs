@@ -162,6 +162,62 @@ fn endpoints_screen_tests_connections_in_green_and_red() {
 }
 
 #[test]
+fn a_mysql_endpoint_shows_its_binlog_checks_and_loads_from_the_app() {
+    let my = My::from_env();
+    let dir = fixed_dir("mysql");
+    let rt = runtime();
+    rt.block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut conn = my.fresh_database("tributary_app").await;
+        conn.query_drop("CREATE TABLE customers (id int PRIMARY KEY, name varchar(20)); INSERT INTO customers VALUES (1, 'ada'), (2, 'bob')")
+            .await
+            .unwrap();
+    });
+    // The password variable is exported by scripts/test, as a user's shell would.
+    let text = format!(
+        "{}{}[[tasks]]\nname = \"maria-load\"\nsource = \"maria\"\ntarget = \"lake\"\n\
+         include = [\"tributary_app.%\"]\n[tasks.target_settings]\ndata_format = \"parquet\"\n",
+        my.endpoint_toml("maria", "tributary_app")
+            .replace("TEST_MY_PASSWORD", "TRIBUTARY_TEST_MYSQL_PASSWORD"),
+        local_target_toml("lake", &dir.lake())
+    );
+    let path = PathBuf::from(dir.write_workspace(&text));
+    let workspace = Workspace::load(&path).unwrap();
+    let mut h = harness(&rt, path, workspace);
+    h.state_mut().set_tab(Tab::Endpoints);
+    h.run_steps(4);
+    h.get_by_label("maria  (mysql, source)").click();
+    h.run_steps(4);
+    h.get_by_label("Test connection").click();
+    wait_for(&mut h, "PASS connect", Duration::from_secs(20));
+    for check in [
+        "PASS binlog_format",
+        "PASS binlog_row_image",
+        "PASS binlog_row_metadata",
+        "PASS REPLICATION SLAVE",
+    ] {
+        assert!(h.query_by_label_contains(check).is_some(), "no {check}");
+    }
+    screenshot(&mut h, "endpoints-mysql");
+
+    h.state_mut().set_tab(Tab::Tasks);
+    h.run_steps(2);
+    h.get_by_label("maria-load").click();
+    wait_for(&mut h, "tributary_app.customers", Duration::from_secs(20));
+    h.get_by_label("Start / resume").click();
+    h.run_steps(2);
+    h.state_mut().set_tab(Tab::Monitoring);
+    wait_for(&mut h, "Task completed", Duration::from_secs(60));
+    assert!(h.query_by_label("tributary_app.customers").is_some());
+    assert!(h.query_by_label("Table completed").is_some());
+    assert!(
+        dir.lake()
+            .join("maria/tributary_app/customers/LOAD00000001.parquet")
+            .exists()
+    );
+}
+
+#[test]
 fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
     let pg = Pg::from_env();
     let dir = TestDir::new();

@@ -229,6 +229,33 @@ pub async fn check_endpoint(
     }
 }
 
+/// The tables of source endpoint `e` that `rules` select, as `schema.table`.
+pub async fn list_source_tables(
+    e: &crate::config::EndpointConfig,
+    rules: &crate::source::SelectionRules,
+) -> Result<Vec<String>, TaskError> {
+    let password = e.resolve_password()?;
+    let tables = match e.engine {
+        Engine::Postgres => {
+            PostgresSource::new(PgEndpoint::from_config(e, password))
+                .discover(rules)
+                .await?
+        }
+        Engine::Mysql => {
+            MysqlSource::new(MyEndpoint::from_config(e, password), 1)
+                .discover(rules)
+                .await?
+        }
+        engine => {
+            return Err(TaskError::UnsupportedSource {
+                task: String::new(),
+                engine,
+            });
+        }
+    };
+    Ok(tables.iter().map(|t| t.qualified_name()).collect())
+}
+
 /// What is wrong when the task's (existing) publication leaves out tables the task selects.
 struct Unpublished {
     detail: String,

@@ -7,11 +7,10 @@ use std::collections::HashMap;
 use super::monitoring::Runs;
 use super::{Backend, UiEvent, WorkspaceDoc};
 use crate::config::{
-    Compression, DataFormat, DatePartitionSequence, DatePartitionStyle, Engine, MigrationType,
+    Compression, DataFormat, DatePartitionSequence, DatePartitionStyle, MigrationType,
     TargetSettings, TaskConfig,
 };
-use crate::source::postgres::{PgEndpoint, PostgresSource};
-use crate::source::{SelectionRules, Source};
+use crate::source::SelectionRules;
 use crate::task::RunOptions;
 
 #[derive(Default)]
@@ -298,19 +297,9 @@ impl TasksScreen {
 
 /// Every table of a source, as `schema.table`.
 async fn list_tables(source: &crate::config::EndpointConfig) -> Result<Vec<String>, String> {
-    if source.engine != Engine::Postgres {
-        return Err(format!(
-            "listing tables of a {:?} source is not available yet",
-            source.engine
-        ));
-    }
-    let password = source.resolve_password().map_err(|e| e.to_string())?;
-    let pg = PostgresSource::new(PgEndpoint::from_config(source, password));
-    let tables = pg
-        .discover(&SelectionRules::new(&[], &[]))
+    crate::task::list_source_tables(source, &SelectionRules::new(&[], &[]))
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(tables.iter().map(|t| t.qualified_name()).collect())
+        .map_err(|e| e.to_string())
 }
 
 fn rules(text: &str) -> Vec<String> {
