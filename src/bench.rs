@@ -640,7 +640,8 @@ async fn mysql_cdc(
             while Instant::now() < deadline {
                 seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 let (a, b) = ((seed >> 33) % 5_000_000 + 1, (seed >> 13) % 5_000_000 + 1);
-                let delta = (seed % 2000) as i64 - 1000;
+                // Never 0: an UPDATE that changes nothing writes no row event.
+                let delta = (seed % 1000) as i64 + 1;
                 conn.query_drop("BEGIN").await.map_err(error)?;
                 conn.exec_drop(
                     "UPDATE accounts SET abalance = abalance + ? WHERE aid = ?",

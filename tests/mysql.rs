@@ -414,3 +414,87 @@ async fn a_server_without_a_row_binlog_is_refused_for_cdc_with_each_fix() {
         "the CDC task wrote its state before refusing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_full_load_resumes_without_loss_or_duplicates() {
+    let my = My::from_env();
+    let db = "tributary_myresume";
+    let mut conn = my.fresh_database(db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE big (id bigint PRIMARY KEY, v varchar(60));
+         INSERT INTO big SELECT seq, concat('row ', seq, ' ', repeat('x', 40)) FROM seq_1_to_1000000;
+         ANALYZE TABLE big;",
+    )
+    .await;
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         include = [\"{db}.%\"]\n[tasks.target_settings]\ndata_format = \"parquet\"\n\
+         [tasks.full_load_settings]\nparallel_load_range_mb = 8\nmax_full_load_sub_tasks = 2\n",
+        my.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    let state_path = dir.lake().join("_tributary/load/state.json");
+    let key = format!("{db}.big");
+    let done_ranges = || -> Option<(usize, usize)> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_path).ok()?).ok()?;
+        let ranges = state["tables"][&key]["ranges"].as_array()?.clone();
+        Some((ranges.iter().filter(|r| r["done"] == true).count(), ranges.len()))
+    };
+    // Kill it twice at different points, then let it finish.
+    for kill_after_done in [1, 3] {
+        let mut child = tributary_command(&["run", &ws, "--task", "load"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            if let Some((done, total)) = done_ranges() {
+                assert!(total >= 5, "expected the table in key ranges, got {total}");
+                if done >= kill_after_done {
+                    assert!(done < total, "the load finished before the kill");
+                    break;
+                }
+            }
+            assert!(child.try_wait().unwrap().is_none(), "run ended before the kill");
+            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let text = assert_success(&tributary(&["run", &ws, "--task", "load"]));
+    assert!(text.contains("resum"), "no resume message in:\n{text}");
+
+    // Every row once, in exactly the files the checkpoint lists.
+    let table_dir = dir.lake().join(format!("shop/{db}/big"));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let mut listed: Vec<String> = state["tables"][&key]["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["files"].as_array().unwrap().clone())
+        .map(|f| f["key"].as_str().unwrap().rsplit('/').next().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(files_under(&table_dir), listed);
+    let mut ids = Vec::new();
+    for f in files_under(&table_dir) {
+        for batch in read_parquet_file(&table_dir.join(f)) {
+            let column = batch.column_by_name("id").unwrap();
+            let id = column
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            ids.extend(id.values().iter().copied());
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids.len(), 1_000_000, "rows loaded");
+    assert!(ids.iter().copied().eq(1..=1_000_000), "each id exactly once");
+    assert!(files_under(&dir.lake().join(".tributary-tmp")).is_empty());
+}
