@@ -441,7 +441,10 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
         let state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&state_path).ok()?).ok()?;
         let ranges = state["tables"][&key]["ranges"].as_array()?.clone();
-        Some((ranges.iter().filter(|r| r["done"] == true).count(), ranges.len()))
+        Some((
+            ranges.iter().filter(|r| r["done"] == true).count(),
+            ranges.len(),
+        ))
     };
     // Kill it twice at different points, then let it finish.
     for kill_after_done in [1, 3] {
@@ -459,7 +462,10 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
                     break;
                 }
             }
-            assert!(child.try_wait().unwrap().is_none(), "run ended before the kill");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "run ended before the kill"
+            );
             assert!(started.elapsed() < Duration::from_secs(120), "no progress");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -478,7 +484,15 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
         .unwrap()
         .iter()
         .flat_map(|r| r["files"].as_array().unwrap().clone())
-        .map(|f| f["key"].as_str().unwrap().rsplit('/').next().unwrap().to_owned())
+        .map(|f| {
+            f["key"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     listed.sort();
     assert_eq!(files_under(&table_dir), listed);
@@ -495,6 +509,9 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
     }
     ids.sort_unstable();
     assert_eq!(ids.len(), 1_000_000, "rows loaded");
-    assert!(ids.iter().copied().eq(1..=1_000_000), "each id exactly once");
+    assert!(
+        ids.iter().copied().eq(1..=1_000_000),
+        "each id exactly once"
+    );
     assert!(files_under(&dir.lake().join(".tributary-tmp")).is_empty());
 }

@@ -22,6 +22,7 @@ use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Value};
+use mysql_common::io::ParseBuf;
 
 use super::types::{ColumnDecoder, Kind};
 use super::{BinlogPosition, MyEndpoint};
@@ -126,6 +127,8 @@ pub struct BinlogReader {
     by_gtid: bool,
     /// Collation id → charset name, to decode text columns.
     charsets: HashMap<u16, String>,
+    /// How to read the rows of each selected table id, from its last table map.
+    columns: HashMap<u64, Vec<ColumnCtx>>,
     /// The task's tables: rows of other tables are passed by undecoded.
     rules: SelectionRules,
 }
@@ -217,6 +220,7 @@ impl BinlogReader {
             file: start.file.clone(),
             gtid: start.gtid.clone(),
             by_gtid: gtids.is_some(),
+            columns: HashMap::new(),
             gtids: gtids.unwrap_or_default(),
             charsets: collations
                 .into_iter()
@@ -363,7 +367,7 @@ impl BinlogReader {
         }))
     }
 
-    fn table_map(&self, tme: &TableMapEvent<'_>) -> Result<TableMap, SourceError> {
+    fn table_map(&mut self, tme: &TableMapEvent<'_>) -> Result<TableMap, SourceError> {
         let schema = tme.database_name().into_owned();
         let table = tme.table_name().into_owned();
         let context = format!("reading the binlog table map of {schema}.{table}");
@@ -412,6 +416,7 @@ impl BinlogReader {
         let mut enum_set_charsets = meta.iter_enum_and_set_charset();
         let (mut enums, mut sets) = (enum_labels.into_iter(), set_labels.into_iter());
         let mut decoders = Vec::with_capacity(count);
+        let mut contexts = Vec::with_capacity(count);
         for (i, name) in names.iter().enumerate() {
             let column_type = tme
                 .get_column_type(i)
@@ -453,6 +458,11 @@ impl BinlogReader {
                         "column {name} has binlog type {column_type:?}, which tributary cannot read"
                     ))
                 })?;
+            contexts.push(ColumnCtx {
+                column_type,
+                meta: column_meta.to_vec(),
+                unsigned,
+            });
             let mut decoder = ColumnDecoder::new(kind);
             match decoder.kind {
                 Kind::Enum => decoder.labels = enums.next().unwrap_or_default(),
@@ -466,6 +476,7 @@ impl BinlogReader {
             .filter_map(|k| k.ok())
             .filter_map(|k| names.get(k as usize).cloned())
             .collect();
+        self.columns.insert(tme.table_id(), contexts);
         Ok(TableMap {
             schema,
             table,
@@ -506,31 +517,34 @@ impl BinlogReader {
             tme.database_name(),
             tme.table_name()
         );
+        let Some(columns) = self.columns.get(&table_id) else {
+            return Err(self.error(&context, "a rows event before its table map"));
+        };
+        let full = [event.columns_before_image(), event.columns_after_image()]
+            .into_iter()
+            .flatten()
+            .all(|present| present.count_ones() == columns.len());
+        if !full {
+            return Err(self.error(
+                &context,
+                "a row image does not hold every column: binlog_row_image is not FULL (SET GLOBAL binlog_row_image = 'FULL', then reload the task)",
+            ));
+        }
+        let mut buf = ParseBuf(event.rows_data());
         let mut rows = Vec::new();
-        for row in event.rows(tme) {
-            let (before, after) = row.map_err(|err| self.error(&context, err.to_string()))?;
-            let image = |row: Option<mysql_async::binlog::row::BinlogRow>| {
-                row.map(|r| {
-                    r.unwrap()
-                        .into_iter()
-                        .map(|v| match v {
-                            BinlogValue::Value(v) => Ok(v),
-                            other => Value::try_from(other).map_err(|e| e.to_string()),
-                        })
-                        .collect::<Result<Vec<Value>, String>>()
-                })
-                .transpose()
-            };
-            let before = image(before).map_err(|m| self.error(&context, m))?;
-            let after = image(after).map_err(|m| self.error(&context, m))?;
-            if before.as_ref().or(after.as_ref()).map(Vec::len)
-                != Some(tme.columns_count() as usize)
-            {
-                return Err(self.error(
-                    &context,
-                    "a row image does not hold every column: binlog_row_image is not FULL (SET GLOBAL binlog_row_image = 'FULL', then reload the task)",
-                ));
+        while !buf.is_empty() {
+            let before = match event.columns_before_image() {
+                Some(_) => Some(read_image(&mut buf, columns)),
+                None => None,
             }
+            .transpose()
+            .map_err(|m| self.error(&context, m))?;
+            let after = match event.columns_after_image() {
+                Some(_) => Some(read_image(&mut buf, columns)),
+                None => None,
+            }
+            .transpose()
+            .map_err(|m| self.error(&context, m))?;
             rows.push((before, after));
         }
         Ok(BinlogEvent::Rows { table_id, op, rows })
@@ -583,6 +597,37 @@ fn rotate_file_name(name: &str) -> String {
         .take_while(u8::is_ascii_digit)
         .count();
     name[..dot + 1 + digits].to_string()
+}
+
+/// How one column's binlog values are read.
+struct ColumnCtx {
+    column_type: ColumnType,
+    meta: Vec<u8>,
+    unsigned: bool,
+}
+
+/// One row image (every column present): a null bitmap, then each non-null value. Values
+/// are decoded by mysql_common's column decoder, without building its per-row column
+/// descriptions (which cost more than the values).
+fn read_image<'a>(buf: &mut ParseBuf<'a>, columns: &'a [ColumnCtx]) -> Result<Vec<Value>, String> {
+    let nulls = buf
+        .checked_eat(columns.len().div_ceil(8))
+        .ok_or("a row image ends inside its null bitmap")?;
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        if nulls[i / 8] & (1 << (i % 8)) != 0 {
+            values.push(Value::NULL);
+            continue;
+        }
+        let value: BinlogValue<'a> = buf
+            .parse((c.column_type, c.meta.as_slice(), c.unsigned, false))
+            .map_err(|e| e.to_string())?;
+        values.push(match value {
+            BinlogValue::Value(v) => v,
+            other => Value::try_from(other).map_err(|e| e.to_string())?,
+        });
+    }
+    Ok(values)
 }
 
 /// The kind of a binlog column, as [`Kind::from_information_schema`] gives for the same
