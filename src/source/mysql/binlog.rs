@@ -533,18 +533,16 @@ impl BinlogReader {
         let mut buf = ParseBuf(event.rows_data());
         let mut rows = Vec::new();
         while !buf.is_empty() {
-            let before = match event.columns_before_image() {
-                Some(_) => Some(read_image(&mut buf, columns)),
-                None => None,
-            }
-            .transpose()
-            .map_err(|m| self.error(&context, m))?;
-            let after = match event.columns_after_image() {
-                Some(_) => Some(read_image(&mut buf, columns)),
-                None => None,
-            }
-            .transpose()
-            .map_err(|m| self.error(&context, m))?;
+            let before = event
+                .columns_before_image()
+                .map(|_| read_image(&mut buf, columns))
+                .transpose()
+                .map_err(|m| self.error(&context, m))?;
+            let after = event
+                .columns_after_image()
+                .map(|_| read_image(&mut buf, columns))
+                .transpose()
+                .map_err(|m| self.error(&context, m))?;
             rows.push((before, after));
         }
         Ok(BinlogEvent::Rows { table_id, op, rows })
