@@ -313,6 +313,10 @@ async fn bad_inputs_missing_grants_purged_binlog_wrong_password() {
     ));
     let check = stdout(&tributary(&["check", &ws]));
     assert!(
+        check.contains("(no TLS: the server does not offer it)"),
+        "{check}"
+    );
+    assert!(
         check.contains("GRANT REPLICATION SLAVE ON *.* TO 'tributary_norepl'"),
         "{check}"
     );
@@ -394,6 +398,8 @@ async fn a_server_without_a_row_binlog_is_refused_for_cdc_with_each_fix() {
         task("changes", "full-load-and-cdc"),
     ));
     let check = stdout(&tributary(&["check", &ws]));
+    // This server offers TLS (scripts/services gives it a certificate): it is used.
+    assert!(check.contains(" as cdc (TLS)"), "{check}");
     for fix in [
         "set log_bin = mysql-bin and server_id = 1",
         "SET GLOBAL binlog_format = 'ROW'",

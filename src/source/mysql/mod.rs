@@ -47,6 +47,8 @@ pub struct MyEndpoint {
     pub user: String,
     password_env: Option<String>,
     password: Option<String>,
+    /// Whether the server offers TLS, learnt on the first connection (see [`Self::connect`]).
+    tls: Arc<std::sync::OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for MyEndpoint {
@@ -193,11 +195,20 @@ impl MyEndpoint {
             user: e.user.clone().unwrap_or_else(|| "root".into()),
             password_env: e.password_env.clone(),
             password,
+            tls: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
-    fn opts(&self) -> Opts {
+    fn opts(&self, tls: bool) -> Opts {
+        // TLS as PostgreSQL's default `sslmode=prefer`: encrypted whenever the server offers
+        // it, certificates not verified (there is no CA to verify against in the workspace).
+        let ssl = tls.then(|| {
+            mysql_async::SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true)
+        });
         OptsBuilder::default()
+            .ssl_opts(ssl)
             .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
             .prefer_socket(false)
@@ -218,8 +229,30 @@ impl MyEndpoint {
         self.password.as_deref()
     }
 
+    /// Whether connections are encrypted (known after the first one).
+    pub fn uses_tls(&self) -> Option<bool> {
+        self.tls.get().copied()
+    }
+
+    /// A connection, over TLS when the server offers it. The first connection tries TLS and
+    /// remembers whether the server has it, so later ones connect once.
     pub async fn connect(&self) -> Result<Conn, SourceError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts())).await {
+        let tls = self.tls.get().copied().unwrap_or(true);
+        let attempt = |tls| tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts(tls)));
+        let result = match attempt(tls).await {
+            Ok(Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            ))) => {
+                let _ = self.tls.set(false);
+                attempt(false).await
+            }
+            Ok(Ok(conn)) => {
+                let _ = self.tls.set(tls);
+                Ok(Ok(conn))
+            }
+            other => other,
+        };
+        match result {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.classify(e, "connecting")),
             Err(_) => Err(SourceError::Unreachable {
@@ -625,12 +658,16 @@ impl Source for MysqlSource {
                 checks.push(CheckResult::pass(
                     "connect",
                     format!(
-                        "connected to {} {} at {}:{} as {}",
+                        "connected to {} {} at {}:{} as {} ({})",
                         if s.mariadb { "MariaDB" } else { "MySQL" },
                         s.version,
                         e.host,
                         e.port,
-                        e.user
+                        e.user,
+                        match e.uses_tls() {
+                            Some(true) => "TLS",
+                            _ => "no TLS: the server does not offer it",
+                        }
                     ),
                 ));
                 checks.extend(s.checks());
