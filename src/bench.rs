@@ -568,23 +568,11 @@ pub async fn cdc(
     let _ = pg.drop_slot(recv_slot).await;
     let reference = reference?;
     let subject = measure(tributary(&["--until-caught-up"])?, "tributary run")?;
-    let changes = (per_txn * 10) as f64;
-    println!();
-    println!("                          seconds   changes/s   peak MB");
-    for (name, m) in [
-        ("pg_recvlogical > /dev/null", reference),
-        ("tributary (to Parquet)    ", subject),
-    ] {
-        println!(
-            "{name} {:>7.2} {:>11.0} {:>9.0}",
-            m.seconds,
-            changes / m.seconds,
-            m.peak_rss_kb as f64 / 1024.0
-        );
-    }
-    println!(
-        "ratio tributary / pg_recvlogical: {:.2}",
-        subject.seconds / reference.seconds
+    report_decode(
+        "pg_recvlogical > /dev/null",
+        reference,
+        subject,
+        per_txn * 10,
     );
     // An idle slot would hold the source's WAL until the next benchmark.
     pg.drop_slot(&task.slot_name())
@@ -744,24 +732,7 @@ async fn mysql_cdc(
     }
     let reference = measure(reference, "mariadb-binlog (install the MariaDB client)")?;
     let subject = measure(tributary(&["--until-caught-up"])?, "tributary run")?;
-    let changes = (per_txn * 10) as f64;
-    println!();
-    println!("                          seconds   changes/s   peak MB");
-    for (name, m) in [
-        ("mariadb-binlog --verbose ", reference),
-        ("tributary (to Parquet)   ", subject),
-    ] {
-        println!(
-            "{name} {:>7.2} {:>11.0} {:>9.0}",
-            m.seconds,
-            changes / m.seconds,
-            m.peak_rss_kb as f64 / 1024.0
-        );
-    }
-    println!(
-        "ratio tributary / mariadb-binlog: {:.2}",
-        subject.seconds / reference.seconds
-    );
+    report_decode("mariadb-binlog --verbose", reference, subject, per_txn * 10);
     Ok(())
 }
 
@@ -854,6 +825,31 @@ fn report_live(
         percentile(0.99)
     );
     println!("tributary peak RSS {:.0} MB", peak_rss_kb as f64 / 1024.0);
+}
+
+/// Prints the decode comparison: the reference reader beside tributary, on `changes`.
+fn report_decode(reference_name: &str, reference: Measured, subject: Measured, changes: u64) {
+    println!();
+    println!("{:<26} seconds   changes/s   peak MB", "");
+    for (name, m) in [
+        (reference_name, reference),
+        ("tributary (to Parquet)", subject),
+    ] {
+        println!(
+            "{name:<26} {:>7.2} {:>11.0} {:>9.0}",
+            m.seconds,
+            changes as f64 / m.seconds,
+            m.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    let short = reference_name
+        .split_whitespace()
+        .next()
+        .unwrap_or(reference_name);
+    println!(
+        "ratio tributary / {short}: {:.2}",
+        subject.seconds / reference.seconds
+    );
 }
 
 /// The CDC files (all but `LOAD*`) under the task's tables.

@@ -396,6 +396,9 @@ async fn run(
         )
         .await?,
     );
+    if !options.reload_tables.is_empty() && task.migration_type != MigrationType::FullLoad {
+        return Err(TaskError::ReloadTableOfCdcTask { task: task.name });
+    }
     match source_endpoint.engine {
         Engine::Postgres => {
             let password = source_endpoint.resolve_password()?;
@@ -426,9 +429,6 @@ async fn run_postgres(
     stop: watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
     let started = std::time::Instant::now();
-    if !options.reload_tables.is_empty() && task.migration_type != MigrationType::FullLoad {
-        return Err(TaskError::ReloadTableOfCdcTask { task: task.name });
-    }
     if task.migration_type == MigrationType::FullLoad {
         let source = Arc::new(PostgresSource::new(pg));
         return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
@@ -636,9 +636,6 @@ async fn run_mysql(
     stop: watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
     let started = std::time::Instant::now();
-    if !options.reload_tables.is_empty() && task.migration_type != MigrationType::FullLoad {
-        return Err(TaskError::ReloadTableOfCdcTask { task: task.name });
-    }
     let source = Arc::new(MysqlSource::new(
         endpoint.clone(),
         task.full_load_settings.max_full_load_sub_tasks,
