@@ -649,6 +649,7 @@ async fn run_mysql(
         .binlog_settings(&mut conn)
         .await?
         .require_cdc(&endpoint.name)?;
+    binlog_cdc::refuse_text_cast_columns(&endpoint, &task).await?;
     let current = endpoint.current_position(&mut conn).await?;
     let _ = conn.disconnect().await;
     let state = checkpoint.snapshot().await;

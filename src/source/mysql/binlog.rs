@@ -28,6 +28,9 @@ use super::types::{ColumnDecoder, Kind};
 use super::{BinlogPosition, MyEndpoint};
 use crate::source::{SelectionRules, SourceError};
 
+/// Charsets whose binlog bytes are decoded (binary is bytes; the rest is UTF-8 or Windows-1252).
+const DECODED_CHARSETS: [&str; 6] = ["utf8mb4", "utf8mb3", "utf8", "ascii", "latin1", "binary"];
+
 /// How often an idle server sends a heartbeat, so the runner sees where the binlog ends.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -84,6 +87,9 @@ pub enum BinlogEvent {
         position: u64,
         gtid: Option<String>,
         time: u32,
+        /// Ends with COMMIT or XID; otherwise the next statement (a DDL) is the whole
+        /// transaction.
+        explicit: bool,
     },
     TableMap {
         table_id: u64,
@@ -152,12 +158,21 @@ impl BinlogReader {
     ) -> Result<Self, SourceError> {
         let e = endpoint;
         let mut conn = e.connect().await?;
-        // MariaDB lists some collations without an id (UCA 14 aliases): Options, or the
-        // driver panics on the NULL.
-        let collations: Vec<(Option<u64>, Option<String>)> = conn
+        // MariaDB 10.10+ lists its UCA 14 collations without an id in COLLATIONS; their ids
+        // are in COLLATION_CHARACTER_SET_APPLICABILITY (which has no ids in MySQL). Options:
+        // the driver panics on a NULL read as a number.
+        let mut collations: Vec<(Option<u64>, Option<String>)> = conn
             .query("SELECT id, character_set_name FROM information_schema.collations")
             .await
             .map_err(|err| e.classify(err, "reading collations"))?;
+        if let Ok(more) = conn
+            .query::<(Option<u64>, Option<String>), _>(
+                "SELECT id, character_set_name FROM information_schema.collation_character_set_applicability",
+            )
+            .await
+        {
+            collations.extend(more);
+        }
         let version: Option<String> = conn.query_first("SELECT @@version").await.unwrap_or(None);
         let mariadb = version.is_some_and(|v| v.to_ascii_lowercase().contains("mariadb"));
         // MariaDB resumes by GTID (exact on this server and on a replica that takes over);
@@ -230,6 +245,13 @@ impl BinlogReader {
         })
     }
 
+    fn xa_error(&self) -> SourceError {
+        self.error(
+            "reading the binlog",
+            "an XA transaction: its rows are binlogged at XA PREPARE, before the outcome is known, and tributary does not capture XA yet. Keep XA off the replicated databases",
+        )
+    }
+
     fn error(&self, context: &str, message: impl Into<String>) -> SourceError {
         SourceError::Database {
             endpoint: self.endpoint.name.clone(),
@@ -268,6 +290,11 @@ impl BinlogReader {
         if raw_type == MARIADB_GTID_EVENT {
             // seq_no (8 bytes), domain id (4), flags (1); the server id is the header's.
             let data = event.data();
+            // Flag FL_STANDALONE (1): a single statement (DDL) without BEGIN/COMMIT.
+            let standalone = data.get(12).is_some_and(|f| f & 1 != 0);
+            if data.get(12).is_some_and(|f| f & 0x40 != 0) {
+                return Err(self.xa_error());
+            }
             let gtid = (data.len() >= 12).then(|| {
                 let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or([0; 8]));
                 let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or([0; 4]));
@@ -280,6 +307,7 @@ impl BinlogReader {
                 position: log_pos as u64,
                 gtid,
                 time,
+                explicit: !standalone,
             }));
         }
         if raw_type == MARIADB_QUERY_COMPRESSED
@@ -319,10 +347,12 @@ impl BinlogReader {
                     .collect();
                 let gtid = format!("{uuid}:{}", g.gno());
                 self.gtid = Some(gtid.clone());
+                // MySQL: a BEGIN query follows for a multi-statement transaction.
                 BinlogEvent::Begin {
                     position: log_pos as u64,
                     gtid: Some(gtid),
                     time,
+                    explicit: false,
                 }
             }
             EventData::QueryEvent(q) if raw_type == QUERY_EVENT => {
@@ -332,8 +362,14 @@ impl BinlogReader {
                         position: log_pos as u64,
                         gtid: None,
                         time,
+                        explicit: true,
                     }
-                } else if sql.eq_ignore_ascii_case("COMMIT") {
+                } else if sql.len() > 3 && sql[..3].eq_ignore_ascii_case("XA ") {
+                    return Err(self.xa_error());
+                } else if sql.eq_ignore_ascii_case("COMMIT") || sql.eq_ignore_ascii_case("ROLLBACK")
+                {
+                    // A ROLLBACK is binlogged only when non-transactional tables changed, and
+                    // their changes stay: it ends the transaction as a COMMIT does.
                     BinlogEvent::Commit {
                         position: self.position(log_pos),
                         time,
@@ -423,6 +459,13 @@ impl BinlogReader {
                 .map_err(|err| bad(err.to_string()))?
                 .ok_or_else(|| bad(format!("column {i} has no type")))?;
             let column_meta = tme.get_column_metadata(i).unwrap_or(&[]);
+            // mysql_common indexes the metadata without checking its length.
+            if column_meta.len() < metadata_len(column_type) {
+                return Err(bad(format!(
+                    "column {name} ({column_type:?}) has {} bytes of metadata, fewer than its type needs",
+                    column_meta.len()
+                )));
+            }
             if column_type == ColumnType::MYSQL_TYPE_TIME2
                 && matches!(column_meta.first(), Some(1 | 2))
             {
@@ -451,7 +494,28 @@ impl BinlogReader {
             } else {
                 None
             };
-            let charset = charset.and_then(|id| self.charsets.get(&id).cloned());
+            let charset = match charset {
+                Some(id) => match self.charsets.get(&id) {
+                    Some(c) if DECODED_CHARSETS.contains(&c.as_str()) => Some(c.clone()),
+                    Some(c) => {
+                        return Err(bad(format!(
+                            "column {name} is in charset {c}, which tributary does not decode from the binlog (it decodes {}). Convert it (ALTER TABLE `{schema}`.`{table}` MODIFY {name} … CHARACTER SET utf8mb4), then reload the task",
+                            DECODED_CHARSETS.join(", ")
+                        )));
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "column {name} has collation id {id}, which the server does not list"
+                        )));
+                    }
+                },
+                None if column_type.is_character_type() => {
+                    return Err(bad(format!(
+                        "column {name} has no charset in the table map: binlog_row_metadata is not FULL"
+                    )));
+                }
+                None => None,
+            };
             let kind =
                 binlog_kind(column_type, column_meta, unsigned, charset).ok_or_else(|| {
                     bad(format!(
@@ -595,6 +659,31 @@ fn rotate_file_name(name: &str) -> String {
         .take_while(u8::is_ascii_digit)
         .count();
     name[..dot + 1 + digits].to_string()
+}
+
+/// Bytes of table-map metadata a column type's value decoder reads.
+fn metadata_len(column_type: ColumnType) -> usize {
+    use ColumnType::*;
+    match column_type {
+        MYSQL_TYPE_STRING
+        | MYSQL_TYPE_VARCHAR
+        | MYSQL_TYPE_VAR_STRING
+        | MYSQL_TYPE_NEWDECIMAL
+        | MYSQL_TYPE_BIT
+        | MYSQL_TYPE_ENUM
+        | MYSQL_TYPE_SET => 2,
+        MYSQL_TYPE_BLOB
+        | MYSQL_TYPE_TINY_BLOB
+        | MYSQL_TYPE_MEDIUM_BLOB
+        | MYSQL_TYPE_LONG_BLOB
+        | MYSQL_TYPE_GEOMETRY
+        | MYSQL_TYPE_VECTOR
+        | MYSQL_TYPE_TIMESTAMP2
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIME2
+        | MYSQL_TYPE_TYPED_ARRAY => 1,
+        _ => 0,
+    }
 }
 
 /// How one column's binlog values are read.

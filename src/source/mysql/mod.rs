@@ -349,10 +349,13 @@ impl MyEndpoint {
         &self,
         conn: &mut Conn,
     ) -> Result<Option<BinlogPosition>, SourceError> {
-        let row: Option<mysql_async::Row> = conn
-            .query_first("SHOW MASTER STATUS")
-            .await
-            .map_err(|e| self.classify(e, "reading the binlog position (SHOW MASTER STATUS)"))?;
+        // MySQL 8.4 renamed SHOW MASTER STATUS; MariaDB and older MySQL know only that.
+        let row: Option<mysql_async::Row> = match conn.query_first("SHOW BINARY LOG STATUS").await {
+            Ok(row) => row,
+            Err(_) => conn.query_first("SHOW MASTER STATUS").await.map_err(|e| {
+                self.classify(e, "reading the binlog position (SHOW MASTER STATUS)")
+            })?,
+        };
         let Some(row) = row else {
             return Ok(None);
         };
@@ -547,10 +550,17 @@ impl MysqlSource {
                         ),
                     });
                 };
+                let pos: u64 = pos.parse().unwrap_or(4);
+                // The GTID position of every domain at that point, so a resume by GTID
+                // leaves no domain out.
+                let gtid: Option<String> = c
+                    .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos))
+                    .await
+                    .unwrap_or(None);
                 let position = (!file.is_empty()).then(|| BinlogPosition {
                     file,
-                    pos: pos.parse().unwrap_or(4),
-                    gtid: None,
+                    pos,
+                    gtid: gtid.filter(|g| !g.is_empty()),
                 });
                 Ok((vec![c], position))
             }

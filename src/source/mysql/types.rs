@@ -403,7 +403,16 @@ fn decode(decoder: &ColumnDecoder, value: &Value) -> Result<Cell, String> {
             let text = std::str::from_utf8(bytes_of(value)?).map_err(|e| e.to_string())?;
             Cell::Wide(parse_numeric(text, *scale)?)
         }
-        Kind::DecimalText | Kind::Json => Cell::Text(utf8(value)?),
+        Kind::DecimalText => Cell::Text(utf8(value)?),
+        // MySQL's JSON type: the full load gets the server's text (`{"a": 1}`), the binlog a
+        // binary document printed compactly. Both are written as serde_json prints them.
+        Kind::Json => {
+            let text = utf8(value)?;
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(json) => Cell::Text(json.to_string()),
+                Err(e) => return Err(format!("invalid JSON ({e})")),
+            }
+        }
         Kind::Bool | Kind::Bits => {
             let bits = match value {
                 Value::Bytes(b) if b.len() <= 8 => {
