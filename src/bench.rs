@@ -567,7 +567,9 @@ pub async fn cdc(
     let reference = measure(recv, "pg_recvlogical (install the PostgreSQL client)");
     let _ = pg.drop_slot(recv_slot).await;
     let reference = reference?;
+    let before_decode = cdc_files(&storage, &task, &tables).await?;
     let subject = measure(tributary(&["--until-caught-up"])?, "tributary run")?;
+    check_decoded(&storage, &task, &tables, &before_decode, per_txn * 10).await?;
     report_decode(
         "pg_recvlogical > /dev/null",
         reference,
@@ -731,7 +733,9 @@ async fn mysql_cdc(
         reference.env("MYSQL_PWD", p);
     }
     let reference = measure(reference, "mariadb-binlog (install the MariaDB client)")?;
+    let before_decode = cdc_files(storage, task, tables).await?;
     let subject = measure(tributary(&["--until-caught-up"])?, "tributary run")?;
+    check_decoded(storage, task, tables, &before_decode, per_txn * 10).await?;
     report_decode("mariadb-binlog --verbose", reference, subject, per_txn * 10);
     Ok(())
 }
@@ -825,6 +829,24 @@ fn report_live(
         percentile(0.99)
     );
     println!("tributary peak RSS {:.0} MB", peak_rss_kb as f64 / 1024.0);
+}
+
+/// Fails unless the decode run wrote every change (a catch-up that stops early would look
+/// fast).
+async fn check_decoded(
+    storage: &Storage,
+    task: &crate::config::TaskConfig,
+    tables: &[TableInfo],
+    before: &[crate::lake::ObjectMeta],
+    changes: u64,
+) -> Result<(), String> {
+    let written = change_lags(storage, task, tables, before).await?.len() as u64;
+    if written < changes {
+        return Err(format!(
+            "the decode run wrote {written} of the {changes} changes"
+        ));
+    }
+    Ok(())
 }
 
 /// Prints the decode comparison: the reference reader beside tributary, on `changes`.

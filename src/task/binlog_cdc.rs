@@ -59,8 +59,13 @@ struct Txn {
 }
 
 impl Txn {
+    /// The `_position` of the transaction's next change.
+    fn position(&self) -> String {
+        format!("{:06X}{:010X}{:08X}", self.file, self.start, self.seq)
+    }
+
     fn next_position(&mut self) -> String {
-        let p = format!("{:06X}{:010X}{:08X}", self.file, self.start, self.seq);
+        let p = self.position();
         self.seq += 1;
         p
     }
@@ -190,10 +195,7 @@ impl BinlogCdcRun {
                     let key = map.qualified_name();
                     let signature = map.signature();
                     if signatures.get(&key) != Some(&signature) {
-                        let position = txn
-                            .as_ref()
-                            .map(|t| format!("{:06X}{:010X}{:08X}", t.file, t.start, t.seq))
-                            .unwrap_or_default();
+                        let position = txn.as_ref().map(Txn::position).unwrap_or_default();
                         let schema = RowBuilder::schema_for(&map.names, &map.decoders);
                         let builder =
                             Rows::Mysql(RowBuilder::new(schema.clone(), map.decoders.clone()));

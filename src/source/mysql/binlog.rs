@@ -133,6 +133,10 @@ pub struct BinlogReader {
     by_gtid: bool,
     /// Collation id → charset name, to decode text columns.
     charsets: HashMap<u16, String>,
+    /// Whether events carry checksums (`binlog_checksum`), and whether the stream's format
+    /// description has come: a rotate before it still has its checksum in its name.
+    checksums: bool,
+    format_seen: bool,
     /// How to read the rows of each selected table id, from its last table map.
     columns: HashMap<u64, Vec<ColumnCtx>>,
     /// The task's tables: rows of other tables are passed by undecoded.
@@ -183,6 +187,11 @@ impl BinlogReader {
             .filter(|_| mariadb)
             .and_then(parse_mariadb_gtids);
         let files = e.binlog_files(&mut conn).await?;
+        let checksum: Option<String> = conn
+            .query_first("SELECT @@global.binlog_checksum")
+            .await
+            .map_err(|err| e.classify(err, "reading binlog_checksum"))?;
+        let checksums = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
         if gtids.is_none() && !files.contains(&start.file) {
             return Err(SourceError::Database {
                 endpoint: e.name.clone(),
@@ -235,6 +244,8 @@ impl BinlogReader {
             file: start.file.clone(),
             gtid: start.gtid.clone(),
             by_gtid: gtids.is_some(),
+            checksums,
+            format_seen: false,
             columns: HashMap::new(),
             gtids: gtids.unwrap_or_default(),
             charsets: collations
@@ -326,7 +337,7 @@ impl BinlogReader {
         };
         Ok(Some(match data {
             EventData::RotateEvent(r) => {
-                self.file = rotate_file_name(&r.name());
+                self.file = rotate_file_name(r.name_raw(), !self.format_seen, self.checksums);
                 BinlogEvent::Heartbeat {
                     position: BinlogPosition {
                         file: self.file.clone(),
@@ -382,6 +393,10 @@ impl BinlogReader {
                         time,
                     }
                 }
+            }
+            EventData::FormatDescriptionEvent(_) => {
+                self.format_seen = true;
+                BinlogEvent::Other
             }
             EventData::XidEvent(_) => BinlogEvent::Commit {
                 position: self.position(log_pos),
@@ -647,18 +662,15 @@ fn join_gtids(gtids: &BTreeMap<u32, String>) -> String {
     gtids.values().cloned().collect::<Vec<_>>().join(",")
 }
 
-/// The file name of a rotate event. The first (fake) one arrives before the format
-/// description, so its name still carries the event's 4-byte checksum: the name ends with
-/// the digits after its last dot.
-fn rotate_file_name(name: &str) -> String {
-    let Some(dot) = name.rfind('.') else {
-        return name.to_string();
+/// The file name of a rotate event. One that arrives before the format description (the
+/// stream's first, fake one) was parsed without knowing that events carry a 4-byte
+/// checksum, so its name still ends with it (bytes that may well be digits).
+fn rotate_file_name(raw: &[u8], before_format_description: bool, checksums: bool) -> String {
+    let name = match raw.len().checked_sub(4) {
+        Some(end) if before_format_description && checksums => &raw[..end],
+        _ => raw,
     };
-    let digits = name[dot + 1..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .count();
-    name[..dot + 1 + digits].to_string()
+    String::from_utf8_lossy(name).into_owned()
 }
 
 /// Bytes of table-map metadata a column type's value decoder reads.
@@ -784,10 +796,17 @@ mod tests {
     #[test]
     fn rotate_names_lose_their_checksum() {
         assert_eq!(
-            rotate_file_name("mysql-bin.000002\u{1}\u{fffd}A7"),
+            rotate_file_name(b"mysql-bin.0000023\x01\xff7", true, true),
             "mysql-bin.000002"
         );
-        assert_eq!(rotate_file_name("mysql-bin.000002"), "mysql-bin.000002");
+        assert_eq!(
+            rotate_file_name(b"mysql-bin.000002", false, true),
+            "mysql-bin.000002"
+        );
+        assert_eq!(
+            rotate_file_name(b"mysql-bin.000002", true, false),
+            "mysql-bin.000002"
+        );
     }
 
     #[test]
