@@ -72,53 +72,33 @@ pub struct BinlogSettings {
 impl BinlogSettings {
     /// One check per setting; `Warn` rather than `Fail` because a full load needs none.
     pub fn checks(&self) -> Vec<CheckResult> {
-        let mut checks = Vec::new();
-        let restart = "in the server's option file ([mysqld] section), then restart it";
-        checks.push(if self.log_bin {
+        let binlog = if self.log_bin {
             CheckResult::pass("binlog", "the binary log is on".into())
         } else {
             CheckResult::warn(
                 "binlog",
                 "the binary log is off: full load works, CDC needs it".into(),
-                format!("set log_bin = mysql-bin and server_id = 1 {restart}"),
+                format!("set log_bin = mysql-bin and server_id = 1 {RESTART}"),
             )
-        });
-        checks.push(if self.format.eq_ignore_ascii_case("ROW") {
-            CheckResult::pass("binlog_format", "binlog_format = ROW".into())
-        } else {
-            CheckResult::warn(
-                "binlog_format",
-                format!("binlog_format = {}: CDC needs ROW", self.format),
-                format!("SET GLOBAL binlog_format = 'ROW', and set binlog_format = ROW {restart}"),
-            )
-        });
-        checks.push(if self.row_image.eq_ignore_ascii_case("FULL") {
-            CheckResult::pass("binlog_row_image", "binlog_row_image = FULL".into())
-        } else {
-            CheckResult::warn(
+        };
+        vec![
+            binlog,
+            setting_check("binlog_format", &self.format, "ROW", "", ""),
+            setting_check(
                 "binlog_row_image",
-                format!(
-                    "binlog_row_image = {}: CDC needs FULL (whole rows before and after each change)",
-                    self.row_image
-                ),
-                format!("SET GLOBAL binlog_row_image = 'FULL', and set binlog_row_image = FULL {restart}"),
-            )
-        });
-        checks.push(if self.row_metadata.eq_ignore_ascii_case("FULL") {
-            CheckResult::pass("binlog_row_metadata", "binlog_row_metadata = FULL".into())
-        } else {
-            CheckResult::warn(
+                &self.row_image,
+                "FULL",
+                " (whole rows before and after each change)",
+                "",
+            ),
+            setting_check(
                 "binlog_row_metadata",
-                format!(
-                    "binlog_row_metadata = {}: CDC needs FULL (column names, signedness and charsets in the binlog, so every change is read with the schema it was written with)",
-                    if self.row_metadata.is_empty() { "unsupported" } else { &self.row_metadata }
-                ),
-                format!(
-                    "SET GLOBAL binlog_row_metadata = 'FULL', and set binlog_row_metadata = FULL {restart} (MariaDB 10.5+, MySQL 8.0.1+)"
-                ),
-            )
-        });
-        checks
+                &self.row_metadata,
+                "FULL",
+                " (column names, signedness and charsets in the binlog, so every change is read with the schema it was written with)",
+                " (MariaDB 10.5+, MySQL 8.0.1+)",
+            ),
+        ]
     }
 
     /// The first unmet CDC prerequisite, as an error.
@@ -136,6 +116,27 @@ impl BinlogSettings {
             }),
         }
     }
+}
+
+/// Where a server setting is made to last.
+const RESTART: &str = "in the server's option file ([mysqld] section), then restart it";
+
+/// The check that global variable `name` (now `value`, empty when the server has no such
+/// variable) is `want`; `why` says what CDC needs it for, `since` which servers have it.
+fn setting_check(name: &str, value: &str, want: &str, why: &str, since: &str) -> CheckResult {
+    if value.eq_ignore_ascii_case(want) {
+        return CheckResult::pass(name, format!("{name} = {want}"));
+    }
+    let value = if value.is_empty() {
+        "unsupported"
+    } else {
+        value
+    };
+    CheckResult::warn(
+        name,
+        format!("{name} = {value}: CDC needs {want}{why}"),
+        format!("SET GLOBAL {name} = '{want}', and set {name} = {want} {RESTART}{since}"),
+    )
 }
 
 /// A position in the binlog: the file and the offset after an event, and the GTID of the
