@@ -375,7 +375,7 @@ impl BinlogReader {
                         time,
                         explicit: true,
                     }
-                } else if sql.len() > 3 && sql[..3].eq_ignore_ascii_case("XA ") {
+                } else if sql.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("XA ")) {
                     return Err(self.xa_error());
                 } else if sql.eq_ignore_ascii_case("COMMIT") || sql.eq_ignore_ascii_case("ROLLBACK")
                 {
