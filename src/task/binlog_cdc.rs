@@ -103,10 +103,10 @@ impl BinlogCdcRun {
         let server_id = binlog::server_id(&self.task.name);
         let mut reader =
             BinlogReader::open(&self.endpoint, &start, server_id, rules.clone()).await?;
+        let replica = format!("binlog replica {server_id}");
         if state.cdc.is_none() {
             // The stream's record starts here, before its first batch.
             let text = start.to_string();
-            let replica = format!("binlog replica {server_id}");
             self.checkpoint
                 .update(|s| {
                     s.cdc = Some(super::checkpoint::CdcState {
@@ -135,7 +135,7 @@ impl BinlogCdcRun {
             self.events.clone(),
             &cdc,
             start.to_string(),
-            (format!("binlog replica {server_id}"), String::new()),
+            (replica, String::new()),
         );
         // Table id → its map (selected tables only).
         let mut maps: HashMap<u64, TableMap> = HashMap::new();
@@ -211,16 +211,13 @@ impl BinlogCdcRun {
                     let Some(t) = txn.as_mut() else {
                         return Err(self.internal("a row change outside a transaction"));
                     };
+                    let key = map.qualified_name();
                     for (before, after) in rows {
                         for (op, values) in split_change(map, op, before, after) {
                             let position = t.next_position();
-                            writer.append_row(
-                                &map.qualified_name(),
-                                op,
-                                position,
-                                t.commit_micros,
-                                |rows| append(rows, map, &values),
-                            )?;
+                            writer.append_row(&key, op, position, t.commit_micros, |rows| {
+                                append(rows, map, &values)
+                            })?;
                         }
                     }
                 }

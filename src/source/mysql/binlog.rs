@@ -37,6 +37,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 // Event type codes of the events read here (MariaDB's are not known to mysql_common).
 const QUERY_EVENT: u8 = 2;
 const MARIADB_GTID_EVENT: u8 = 162;
+// Flags of a MariaDB GTID event: a single statement (DDL) without BEGIN/COMMIT; the first
+// half of an XA transaction.
+const FL_STANDALONE: u8 = 1;
+const FL_PREPARED_XA: u8 = 0x40;
 const MARIADB_QUERY_COMPRESSED: u8 = 165;
 const MARIADB_ROWS_COMPRESSED_FIRST: u8 = 166;
 const MARIADB_ROWS_COMPRESSED_LAST: u8 = 171;
@@ -82,10 +86,10 @@ pub type RowImages = Vec<(Option<Vec<Value>>, Option<Vec<Value>>)>;
 #[derive(Debug)]
 pub enum BinlogEvent {
     /// A transaction begins at `position` (the end of its GTID or BEGIN event); `time` is
-    /// the event header's (seconds since the epoch).
+    /// the event header's (seconds since the epoch). Its GTID goes into the positions that
+    /// follow ([`BinlogPosition::gtid`]).
     Begin {
         position: u64,
-        gtid: Option<String>,
         time: u32,
         /// Ends with COMMIT or XID; otherwise the next statement (a DDL) is the whole
         /// transaction.
@@ -301,24 +305,21 @@ impl BinlogReader {
         if raw_type == MARIADB_GTID_EVENT {
             // seq_no (8 bytes), domain id (4), flags (1); the server id is the header's.
             let data = event.data();
-            // Flag FL_STANDALONE (1): a single statement (DDL) without BEGIN/COMMIT.
-            let standalone = data.get(12).is_some_and(|f| f & 1 != 0);
-            if data.get(12).is_some_and(|f| f & 0x40 != 0) {
+            let flags = data.get(12).copied().unwrap_or(0);
+            if flags & FL_PREPARED_XA != 0 {
                 return Err(self.xa_error());
             }
-            let gtid = (data.len() >= 12).then(|| {
+            if data.len() >= 12 {
                 let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or([0; 8]));
                 let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or([0; 4]));
                 let gtid = format!("{domain}-{}-{seq}", header.server_id());
-                self.gtids.insert(domain, gtid.clone());
-                gtid
-            });
+                self.gtids.insert(domain, gtid);
+            }
             self.gtid = Some(join_gtids(&self.gtids)).filter(|g| !g.is_empty());
             return Ok(Some(BinlogEvent::Begin {
                 position: log_pos as u64,
-                gtid,
                 time,
-                explicit: !standalone,
+                explicit: flags & FL_STANDALONE == 0,
             }));
         }
         if raw_type == MARIADB_QUERY_COMPRESSED
@@ -356,12 +357,10 @@ impl BinlogReader {
                         format!("{}{b:02x}", if dash { "-" } else { "" })
                     })
                     .collect();
-                let gtid = format!("{uuid}:{}", g.gno());
-                self.gtid = Some(gtid.clone());
+                self.gtid = Some(format!("{uuid}:{}", g.gno()));
                 // MySQL: a BEGIN query follows for a multi-statement transaction.
                 BinlogEvent::Begin {
                     position: log_pos as u64,
-                    gtid: Some(gtid),
                     time,
                     explicit: false,
                 }
@@ -371,7 +370,6 @@ impl BinlogReader {
                 if sql.eq_ignore_ascii_case("BEGIN") {
                     BinlogEvent::Begin {
                         position: log_pos as u64,
-                        gtid: None,
                         time,
                         explicit: true,
                     }
