@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use common::rebuild::*;
 use common::*;
@@ -142,29 +141,6 @@ fn assert_lake_equals_source(my: &My, db: &str, dir: &TestDir, task: &str, table
     }
 }
 
-/// `tributary run WS --task TASK --until-caught-up`, killed (and failed) after 2 minutes:
-/// a catch-up that never ends is a bug to report, not a test run to wait for.
-fn run_until_caught_up(ws: &str, task: &str) -> std::process::Output {
-    let mut child = tributary_command(&["run", ws, "--task", task, "--until-caught-up"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "--until-caught-up did not end within 2 minutes:\n{}",
-                stderr(&output)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn full_load_then_binlog_cdc_rebuilds_every_table() {
     let my = My::from_env();
@@ -261,32 +237,7 @@ async fn sigkill_under_load_then_restart_writes_each_change_once() {
         let my = My::from_env();
         async move { load_generator(&my, db, stop_rx).await }
     });
-    for round in 0..3u64 {
-        let mut child = tributary_command(&["run", &ws, "--task", "mykill"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Kill at different points: mid-batch, mid-put, between batches.
-        tokio::time::sleep(Duration::from_millis(1500 + round * 700)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    // A clean stop (SIGINT) under load: flushes, checkpoints, exits 0.
-    let child = tributary_command(&["run", &ws, "--task", "mykill"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let signal = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signal.success());
-    let output = child.wait_with_output().unwrap();
-    let text = assert_success(&output);
-    assert!(text.contains("stopped cleanly"), "{text}");
+    kill_three_times_then_interrupt(&ws, "mykill").await;
 
     stop_tx.send(true).unwrap();
     let transactions = generator.await.unwrap();
@@ -479,41 +430,8 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
     ));
     let state_path = dir.lake().join("_tributary/load/state.json");
     let key = format!("{db}.big");
-    let done_ranges = || -> Option<(usize, usize)> {
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&state_path).ok()?).ok()?;
-        let ranges = state["tables"][&key]["ranges"].as_array()?.clone();
-        Some((
-            ranges.iter().filter(|r| r["done"] == true).count(),
-            ranges.len(),
-        ))
-    };
     // Kill it twice at different points, then let it finish.
-    for kill_after_done in [1, 3] {
-        let mut child = tributary_command(&["run", &ws, "--task", "load"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        loop {
-            if let Some((done, total)) = done_ranges() {
-                assert!(total >= 5, "expected the table in key ranges, got {total}");
-                if done >= kill_after_done {
-                    assert!(done < total, "the load finished before the kill");
-                    break;
-                }
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "run ended before the kill"
-            );
-            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
+    kill_load_at(&ws, "load", &state_path, &key, &[1, 3], 5);
     let text = assert_success(&tributary(&["run", &ws, "--task", "load"]));
     assert!(text.contains("resum"), "no resume message in:\n{text}");
 

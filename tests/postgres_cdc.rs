@@ -85,11 +85,6 @@ CREATE TABLE wiped (id int8 PRIMARY KEY);
 INSERT INTO wiped SELECT generate_series(1, 10);
 ";
 
-/// `tributary run WS --task TASK --until-caught-up`.
-fn run_until_caught_up(ws: &str, task: &str) -> std::process::Output {
-    tributary(&["run", ws, "--task", task, "--until-caught-up"])
-}
-
 async fn exec(conn: &mut PgConnection, sql: String) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(conn)
@@ -322,32 +317,7 @@ async fn sigkill_under_load_then_restart_writes_each_change_once() {
         let pg = Pg::from_env();
         async move { load_generator(&pg, db, stop_rx).await }
     });
-    for round in 0..3u64 {
-        let mut child = tributary_command(&["run", &ws, "--task", "cdc_kill"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Kill at different points: mid-batch, mid-put, between batches.
-        tokio::time::sleep(Duration::from_millis(1500 + round * 700)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    // A clean stop (SIGINT) under load: flushes, checkpoints, exits 0.
-    let child = tributary_command(&["run", &ws, "--task", "cdc_kill"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let signal = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signal.success());
-    let output = child.wait_with_output().unwrap();
-    let text = assert_success(&output);
-    assert!(text.contains("stopped cleanly"), "{text}");
+    kill_three_times_then_interrupt(&ws, "cdc_kill").await;
 
     stop_tx.send(true).unwrap();
     let transactions = generator.await.unwrap();

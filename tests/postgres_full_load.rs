@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
@@ -414,40 +413,8 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
          [tasks.full_load_settings]\nparallel_load_range_mb = 8\nmax_full_load_sub_tasks = 2\n",
     );
     let state_path = dir.lake().join("raw/_tributary/load/state.json");
-    let done_ranges = || -> Option<(usize, usize)> {
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&state_path).ok()?).ok()?;
-        let ranges = state["tables"]["public.big"]["ranges"].as_array()?.clone();
-        let done = ranges.iter().filter(|r| r["done"] == true).count();
-        Some((done, ranges.len()))
-    };
-
     // Kill it twice at different points, then let it finish.
-    for kill_after_done in [1, 4] {
-        let mut child = tributary_command(&["run", &ws, "--task", "load"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        loop {
-            if let Some((done, total)) = done_ranges() {
-                assert!(total >= 8, "expected the table in many ranges, got {total}");
-                if done >= kill_after_done {
-                    assert!(done < total, "the load finished before the kill");
-                    break;
-                }
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "run ended before the kill"
-            );
-            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
+    kill_load_at(&ws, "load", &state_path, "public.big", &[1, 4], 8);
     let text = assert_success(&tributary(&["run", &ws, "--task", "load"]));
     assert!(text.contains("resum"), "no resume message in:\n{text}");
 

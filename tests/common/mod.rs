@@ -366,3 +366,109 @@ impl My {
         )
     }
 }
+
+/// `tributary run WS --task TASK --until-caught-up`, killed (and failed) after 2 minutes:
+/// a catch-up that never ends is a bug to report, not a test run to wait for.
+pub fn run_until_caught_up(ws: &str, task: &str) -> Output {
+    let mut child = tributary_command(&["run", ws, "--task", task, "--until-caught-up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "--until-caught-up did not end within 2 minutes:\n{}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs CDC task `task` three times under the caller's load, killing it with SIGKILL at
+/// different points (mid-batch, mid-put, between batches), then once more, stopped with
+/// SIGINT: that run must flush, checkpoint and exit 0.
+pub async fn kill_three_times_then_interrupt(ws: &str, task: &str) {
+    use std::time::Duration;
+    for round in 0..3u64 {
+        let mut child = tributary_command(&["run", ws, "--task", task])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500 + round * 700)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let child = tributary_command(&["run", ws, "--task", task])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let signal = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let output = child.wait_with_output().unwrap();
+    let text = assert_success(&output);
+    assert!(text.contains("stopped cleanly"), "{text}");
+}
+
+/// Runs full-load task `task` once per entry of `kill_after_done`, killing it with SIGKILL
+/// as soon as that many ranges of table `table` (`schema.table`) are done in its state file
+/// `state_path`. The table must load in at least `min_ranges` ranges and not be finished
+/// at a kill.
+pub fn kill_load_at(
+    ws: &str,
+    task: &str,
+    state_path: &Path,
+    table: &str,
+    kill_after_done: &[usize],
+    min_ranges: usize,
+) {
+    use std::time::{Duration, Instant};
+    let done_ranges = || -> Option<(usize, usize)> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state_path).ok()?).ok()?;
+        let ranges = state["tables"][table]["ranges"].as_array()?.clone();
+        Some((
+            ranges.iter().filter(|r| r["done"] == true).count(),
+            ranges.len(),
+        ))
+    };
+    for &kill_after in kill_after_done {
+        let mut child = tributary_command(&["run", ws, "--task", task])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some((done, total)) = done_ranges() {
+                assert!(
+                    total >= min_ranges,
+                    "expected the table in at least {min_ranges} ranges, got {total}"
+                );
+                if done >= kill_after {
+                    assert!(done < total, "the load finished before the kill");
+                    break;
+                }
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "run ended before the kill"
+            );
+            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+}
