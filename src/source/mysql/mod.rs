@@ -484,6 +484,21 @@ impl MysqlSource {
         }
     }
 
+    /// A connection inside a consistent snapshot of its own.
+    async fn snapshot_connection(&self) -> Result<Conn, SourceError> {
+        let e = &self.endpoint;
+        let mut c = e.connect().await?;
+        for sql in [
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+        ] {
+            c.query_drop(sql)
+                .await
+                .map_err(|err| e.classify(err, "opening the snapshot"))?;
+        }
+        Ok(c)
+    }
+
     /// Opens `count` connections on one snapshot; returns them and the snapshot's position.
     async fn snapshot_connections(
         &self,
@@ -491,13 +506,7 @@ impl MysqlSource {
     ) -> Result<(Vec<Conn>, Option<BinlogPosition>), SourceError> {
         let e = &self.endpoint;
         let mut lock = e.connect().await?;
-        let start = "START TRANSACTION WITH CONSISTENT SNAPSHOT";
-        let isolation = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ";
-        let locked = lock
-            .query_drop("SET SESSION lock_wait_timeout = 60")
-            .await
-            .and(Ok(()));
-        let locked = match locked {
+        let locked = match lock.query_drop("SET SESSION lock_wait_timeout = 60").await {
             Ok(()) => lock.query_drop("FLUSH TABLES WITH READ LOCK").await,
             Err(err) => Err(err),
         };
@@ -505,14 +514,7 @@ impl MysqlSource {
             Ok(()) => {
                 let mut conns = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let mut c = e.connect().await?;
-                    c.query_drop(isolation)
-                        .await
-                        .map_err(|err| e.classify(err, "opening the snapshot"))?;
-                    c.query_drop(start)
-                        .await
-                        .map_err(|err| e.classify(err, "opening the snapshot"))?;
-                    conns.push(c);
+                    conns.push(self.snapshot_connection().await?);
                 }
                 let position = e.current_position(&mut lock).await;
                 let _ = lock.query_drop("UNLOCK TABLES").await;
@@ -522,13 +524,7 @@ impl MysqlSource {
             Err(mysql_async::Error::Server(s)) if s.code == 1227 => {
                 // No RELOAD: MariaDB reports the exact position of a snapshot on its own.
                 let _ = lock.disconnect().await;
-                let mut c = e.connect().await?;
-                c.query_drop(isolation)
-                    .await
-                    .map_err(|err| e.classify(err, "opening the snapshot"))?;
-                c.query_drop(start)
-                    .await
-                    .map_err(|err| e.classify(err, "opening the snapshot"))?;
+                let mut c = self.snapshot_connection().await?;
                 let rows: Vec<(String, String)> = c
                     .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
                     .await
