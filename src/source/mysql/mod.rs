@@ -14,6 +14,7 @@
 pub mod binlog;
 pub mod types;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -744,13 +745,30 @@ impl Source for MysqlSource {
             .await
             .map_err(|err| e.classify(err, "listing primary keys"))?;
 
+        // Both listings are ordered by table: one pass groups them, however many tables
+        // the server has.
+        let mut columns_of: HashMap<(String, String), Vec<&ColumnRow>> = HashMap::new();
+        for c in &columns {
+            columns_of
+                .entry((c.0.clone(), c.1.clone()))
+                .or_default()
+                .push(c);
+        }
+        let mut keys_of: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for (schema, table, column) in keys {
+            keys_of.entry((schema, table)).or_default().push(column);
+        }
         let mut found = Vec::new();
         for (schema, name, size, rows) in tables {
             let mut infos = Vec::new();
             let mut decoders = Vec::new();
             let mut select = Vec::new();
+            let table_key = (schema, name);
+            let table_columns = columns_of.remove(&table_key);
+            let primary_key = keys_of.remove(&table_key).unwrap_or_default();
+            let (schema, name) = table_key;
             for (_, _, column, data_type, column_type, precision, scale, nullable) in
-                columns.iter().filter(|c| c.0 == schema && c.1 == name)
+                table_columns.into_iter().flatten()
             {
                 let kind =
                     Kind::from_information_schema(data_type, column_type, *precision, *scale);
@@ -771,11 +789,7 @@ impl Source for MysqlSource {
                     cast_to_text,
                 });
             }
-            let primary_key: Vec<String> = keys
-                .iter()
-                .filter(|k| k.0 == schema && k.1 == name)
-                .map(|k| k.2.clone())
-                .collect();
+
             let names: Vec<String> = infos.iter().map(|c| c.name.clone()).collect();
             let arrow_schema = RowBuilder::schema_for(&names, &decoders);
             let int_key = match primary_key.as_slice() {
