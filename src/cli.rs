@@ -45,8 +45,9 @@ enum Command {
         /// recreate the replication slot).
         #[arg(long)]
         reload: bool,
-        /// Full-load tasks: load this table (schema.table) again, replacing its files; the
-        /// other tables stay. Repeat for several.
+        /// Load this table (schema.table) again, replacing its files; the other tables stay.
+        /// In a full load + CDC task, the table is read from a new snapshot and the stream
+        /// goes on, passing by its changes that snapshot holds. Repeat for several.
         #[arg(long, value_name = "SCHEMA.TABLE")]
         reload_table: Vec<String>,
         /// CDC: stop once every change committed before the start is written (for scripts).

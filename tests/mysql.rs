@@ -464,3 +464,48 @@ async fn killed_full_load_resumes_without_loss_or_duplicates() {
     );
     assert!(files_under(&dir.lake().join(".tributary-tmp")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
+    let my = My::from_env();
+    let db = "tributary_my_reload";
+    let mut conn = my.fresh_database(db).await;
+    exec(
+        &mut conn,
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, name varchar(50), balance decimal(12,2));
+         CREATE TABLE orders (id bigint PRIMARY KEY, total decimal(12,2));
+         INSERT INTO accounts SELECT seq, concat('account ', seq), seq FROM seq_1_to_1000;
+         INSERT INTO orders SELECT seq, seq * 2 FROM seq_1_to_1000;",
+    )
+    .await;
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&my, &dir, db, "my_reload");
+    assert_success(&run_until_caught_up(&ws, "my_reload"));
+    let dml = |from: i64| {
+        format!(
+            "UPDATE accounts SET balance = balance + 1 WHERE id % 10 = 0;
+             DELETE FROM accounts WHERE id BETWEEN {from} AND {from} + 9;
+             INSERT INTO accounts SELECT seq, 'new', 1 FROM seq_{a}_to_{b};
+             BEGIN; UPDATE orders SET total = total + 1 WHERE id % 7 = 0;
+             DELETE FROM orders WHERE id BETWEEN {from} AND {from} + 4; COMMIT;",
+            a = from + 5000,
+            b = from + 5049
+        )
+    };
+    exec(&mut conn, &dml(100)).await;
+    let table = format!("{db}.accounts");
+    let state = dir.lake().join("raw/_tributary/my_reload/state.json");
+    kill_once_reload_is_recorded(&ws, "my_reload", &table, &state);
+    exec(&mut conn, &dml(200)).await;
+    let text = assert_success(&run_until_caught_up(&ws, "my_reload"));
+    assert!(text.contains(&format!("reloading {table}")), "{text}");
+    assert_lake_equals_source(&my, db, &dir, "my_reload", &["accounts", "orders"]);
+    let lake = dir.lake().join(format!("raw/shop/{db}"));
+    assert_eq!(cdc_changes(&lake.join("accounts")), Vec::new());
+    assert!(cdc_changes(&lake.join("orders")).contains(&("D".into(), "200".into())));
+
+    exec(&mut conn, &dml(300)).await;
+    assert_success(&run_until_caught_up(&ws, "my_reload"));
+    assert_lake_equals_source(&my, db, &dir, "my_reload", &["accounts", "orders"]);
+    assert!(cdc_changes(&lake.join("accounts")).contains(&("D".into(), "300".into())));
+}

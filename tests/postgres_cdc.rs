@@ -614,3 +614,81 @@ async fn wal_level_not_logical_is_refused_with_the_fix() {
         "{check}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc_reload_table";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(SCHEMA).await.unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_reload");
+    assert_success(&run_until_caught_up(&ws, "cdc_reload"));
+
+    // Changes the stream holds past the task's position, to both tables; then accounts'
+    // load is damaged (a file lost), which is what a reload of one table is for.
+    let dml = |from: i64| {
+        format!(
+            "UPDATE accounts SET balance = balance + 1 WHERE id % 10 = 0;
+             DELETE FROM accounts WHERE id BETWEEN {from} AND {from} + 9;
+             INSERT INTO accounts SELECT g, 'new ' || g, 1, NULL, NULL FROM generate_series({from} + 5000, {from} + 5049) g;
+             UPDATE orders SET total = total + 1 WHERE id % 7 = 0;
+             DELETE FROM orders WHERE id BETWEEN {from} AND {from} + 4;"
+        )
+    };
+    exec(&mut conn, dml(100)).await;
+    let accounts = dir.lake().join("raw/shop/public/accounts");
+    for f in files_under(&accounts) {
+        std::fs::remove_file(accounts.join(f)).unwrap();
+    }
+
+    let state = dir.lake().join("raw/_tributary/cdc_reload/state.json");
+    kill_once_reload_is_recorded(&ws, "cdc_reload", "public.accounts", &state);
+    exec(&mut conn, dml(200)).await;
+    let text = assert_success(&run_until_caught_up(&ws, "cdc_reload"));
+    assert!(text.contains("reloading public.accounts"), "{text}");
+    assert_lake_equals_source(&pg, db, &dir, "cdc_reload", &["accounts", "orders"]);
+    // Every change to accounts so far is in its new load: the stream's copies were passed
+    // by. Those to orders, which was not reloaded, were written.
+    assert_eq!(
+        cdc_changes(&dir.lake().join("raw/shop/public/accounts")),
+        Vec::new()
+    );
+    assert!(
+        cdc_changes(&dir.lake().join("raw/shop/public/orders"))
+            .contains(&("D".into(), "200".into()))
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(saved.get("reloading").is_none(), "{saved}");
+    assert!(saved["tables"]["public.accounts"]["changes_from"].is_string());
+    assert!(saved["tables"]["public.orders"]["changes_from"].is_null());
+
+    // After the reload, the stream applies to the table again.
+    exec(&mut conn, dml(300)).await;
+    assert_success(&run_until_caught_up(&ws, "cdc_reload"));
+    assert_lake_equals_source(&pg, db, &dir, "cdc_reload", &["accounts", "orders"]);
+    assert!(
+        cdc_changes(&dir.lake().join("raw/shop/public/accounts"))
+            .contains(&("D".into(), "300".into()))
+    );
+
+    let err = assert_failure(
+        &tributary(&[
+            "run",
+            &ws,
+            "--task",
+            "cdc_reload",
+            "--reload-table",
+            "public.nope",
+        ]),
+        1,
+    );
+    assert!(err.contains("does not select table public.nope"), "{err}");
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_reload",
+        "--yes",
+    ]));
+}

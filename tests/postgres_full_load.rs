@@ -623,7 +623,8 @@ async fn one_table_reloads_alone() {
         b_written
     );
 
-    // A table the task does not select, and a CDC task: clear refusals.
+    // A table the task does not select, and a CDC-only task (no load to redo): clear refusals.
+    // (Reloading a table of a full load + CDC task: tests/postgres_cdc.rs.)
     let err = assert_failure(
         &tributary(&[
             "run",
@@ -636,10 +637,10 @@ async fn one_table_reloads_alone() {
         1,
     );
     assert!(err.contains("does not select table public.nope"), "{err}");
-    let cdc = local_workspace(&pg, &dir, db, "migration_type = \"full-load-and-cdc\"\n");
+    let cdc = local_workspace(&pg, &dir, db, "migration_type = \"cdc\"\n");
     let err = assert_failure(
         &tributary(&["run", &cdc, "--task", "load", "--reload-table", "public.a"]),
         1,
     );
-    assert!(err.contains("Reload the whole task"), "{err}");
+    assert!(err.contains("captures changes only"), "{err}");
 }

@@ -107,19 +107,28 @@ pub(super) struct BatchWriter {
     pub(super) toast_logged: std::collections::HashSet<String>,
     /// The source-side names recorded with each batch: slot and publication (PostgreSQL).
     stream_names: (String, String),
+    /// Tables reloaded alone: the first `_position` that applies to each
+    /// ([`TableLoadState::changes_from`](super::checkpoint::TableLoadState::changes_from)).
+    changes_from: HashMap<String, String>,
 }
 
 impl BatchWriter {
-    /// A writer that goes on from the task's CDC state `cdc`.
+    /// A writer that goes on from the task's state.
     pub(super) fn new(
         storage: Storage,
         task: TaskConfig,
         checkpoint: Arc<Checkpoint>,
         events: Events,
-        cdc: &super::checkpoint::CdcState,
+        state: &super::checkpoint::TaskState,
         confirmed_position: String,
         stream_names: (String, String),
     ) -> Self {
+        let cdc = state.cdc.clone().unwrap_or_default();
+        let changes_from = state
+            .tables
+            .iter()
+            .filter_map(|(key, t)| Some((key.clone(), t.changes_from.clone()?)))
+            .collect();
         BatchWriter {
             toast: ToastRecovery::new(storage.clone(), super::toast::CACHE_BYTES),
             storage,
@@ -134,9 +143,10 @@ impl BatchWriter {
                 ..CdcStats::default()
             },
             last_file_millis: cdc.last_file_millis,
-            totals: cdc.tables.clone(),
+            totals: cdc.tables,
             toast_logged: Default::default(),
             stream_names,
+            changes_from,
         }
     }
 
@@ -261,8 +271,19 @@ impl BatchWriter {
         }
     }
 
+    /// Whether the change of table `key` at `position` is already in the table's load: the
+    /// table was reloaded alone from a snapshot that comes after it.
+    pub(super) fn in_reload(&self, key: &str, position: &str) -> bool {
+        self.changes_from
+            .get(key)
+            .is_some_and(|from| position < from.as_str())
+    }
+
     /// Records a truncate of `key` at `position` in the task state (it writes no rows).
     pub(super) fn truncated(&mut self, key: &str, position: &str) {
+        if self.in_reload(key, position) {
+            return;
+        }
         let total = self.totals.entry(key.to_owned()).or_default();
         total.ddls += 1;
         // Only the latest truncate matters to a reader rebuilding the table from files
@@ -291,6 +312,9 @@ impl BatchWriter {
         commit_micros: i64,
         append: impl FnOnce(&mut Rows) -> Result<(), String>,
     ) -> Result<(), TaskError> {
+        if self.in_reload(key, &position) {
+            return Ok(());
+        }
         let Some(table) = self.tables.get_mut(key) else {
             return Ok(());
         };

@@ -61,7 +61,7 @@ struct Txn {
 impl Txn {
     /// The `_position` of the transaction's next change.
     fn position(&self) -> String {
-        format!("{:06X}{:010X}{:08X}", self.file, self.start, self.seq)
+        change_position(self.file, self.start, self.seq)
     }
 
     fn next_position(&mut self) -> String {
@@ -69,6 +69,13 @@ impl Txn {
         self.seq += 1;
         p
     }
+}
+
+/// The `_position` of change `seq` of the transaction starting at offset `start` of binlog
+/// file number `file`. With `seq` 0 and a snapshot's binlog position, it is the first
+/// position the snapshot does not hold: the position falls between transactions.
+pub(super) fn change_position(file: u64, start: u64, seq: u32) -> String {
+    format!("{file:06X}{start:010X}{seq:08X}")
 }
 
 /// Whether position `a` is at or after `b`.
@@ -133,7 +140,7 @@ impl BinlogCdcRun {
             self.task.clone(),
             self.checkpoint.clone(),
             self.events.clone(),
-            &cdc,
+            &state,
             start.to_string(),
             (replica, String::new()),
         );

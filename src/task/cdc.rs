@@ -126,7 +126,7 @@ impl CdcRun {
             self.task.clone(),
             self.checkpoint.clone(),
             self.events.clone(),
-            &cdc,
+            &state,
             format_lsn(confirmed),
             (slot.clone(), publication.clone()),
         );
@@ -453,24 +453,44 @@ pub(super) async fn delete_cdc_files(
     keys.sort();
     keys.dedup();
     for key in keys {
-        let Some((schema, table)) = key.split_once('.') else {
-            continue;
-        };
-        let prefix = layout::table_prefix(
-            &task.target_settings.bucket_folder,
-            &task.source,
-            schema,
-            table,
-        );
-        for object in storage.list_all(&prefix).await? {
-            let name = object.key.rsplit('/').next().unwrap_or("");
-            if layout::parse_load_number(name).is_none() {
-                storage.delete(&object.key).await?;
-                removed += 1;
-            }
+        removed += delete_table_cdc_files(storage, task, key).await?;
+    }
+    Ok(removed)
+}
+
+/// Deletes the CDC files (all but `LOAD*`) of table `key` (`schema.table`); returns how
+/// many there were.
+pub(super) async fn delete_table_cdc_files(
+    storage: &Storage,
+    task: &TaskConfig,
+    key: &str,
+) -> Result<usize, TaskError> {
+    let Some((schema, table)) = key.split_once('.') else {
+        return Ok(0);
+    };
+    let prefix = layout::table_prefix(
+        &task.target_settings.bucket_folder,
+        &task.source,
+        schema,
+        table,
+    );
+    let mut removed = 0;
+    for object in storage.list_all(&prefix).await? {
+        let name = object.key.rsplit('/').next().unwrap_or("");
+        if layout::parse_load_number(name).is_none() {
+            storage.delete(&object.key).await?;
+            removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// The `_position` of change number `seq` of the transaction that commits at `commit_lsn`.
+/// With `seq` 0 and a snapshot's LSN, it is the first position the snapshot does not hold:
+/// a transaction is in a slot's snapshot exactly when its commit record comes before the
+/// slot's consistent point.
+pub(super) fn change_position(commit_lsn: u64, seq: u32) -> String {
+    format!("{commit_lsn:016X}{seq:08X}")
 }
 
 /// Microseconds since 2000-01-01 (PostgreSQL) to since 1970-01-01.
@@ -490,8 +510,10 @@ impl BatchWriter {
         seq: &mut u32,
         commit_micros: i64,
     ) -> Result<(), TaskError> {
+        // Every change of a transaction compares alike with a reload's mark: by commit LSN.
+        let position = change_position(commit_lsn, *seq);
         let mut next_position = || {
-            let p = format!("{commit_lsn:016X}{seq:08X}");
+            let p = change_position(commit_lsn, *seq);
             *seq += 1;
             p
         };
@@ -516,6 +538,11 @@ impl BatchWriter {
         let Some(info) = relations.get(&relation_id).filter(|i| i.selected) else {
             return Ok(());
         };
+        // Before any TOAST recovery: a change already in a reloaded table's load is not
+        // looked at at all.
+        if self.in_reload(&info.key, &position) {
+            return Ok(());
+        }
         let rows: Vec<(&'static str, pgoutput::Tuple)> = match message {
             Message::Insert { new, .. } => vec![("I", new)],
             Message::Delete { old, .. } => {

@@ -10,7 +10,10 @@
 //!   batch; once all are in place, the batch's end position becomes `confirmed_position` and
 //!   the pending batch is cleared, in one write. Only then is the slot advanced. A restart
 //!   deletes the files of a pending batch and streams again from `confirmed_position`, so
-//!   every change lands in exactly one file.
+//!   every change lands in exactly one file;
+//! - a table reloaded alone while CDC goes on ([`super::reload`]) carries `changes_from`:
+//!   the stream's changes to it before that `_position` are in its new load, and are
+//!   never written.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +59,11 @@ pub struct TaskState {
     pub tables: BTreeMap<String, TableLoadState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdc: Option<CdcState>,
+    /// Tables (`schema.table`) of a CDC task to load again, alone, from a new snapshot.
+    /// Recorded before anything is deleted and cleared when their loads complete, so an
+    /// interrupted reload starts over on the next run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reloading: Vec<String>,
 }
 
 /// Where change data capture stands.
@@ -119,6 +127,14 @@ pub struct TableLoadState {
     /// The next `LOADxxxxxxxx` counter to use.
     pub next_file_number: u32,
     pub last_error: Option<String>,
+    /// Source position of the snapshot the table was first read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_position: Option<String>,
+    /// The first `_position` of the change stream that applies to this table, when it was
+    /// reloaded alone from a snapshot later than where the stream stands: the changes
+    /// before it are in the load, so the stream's copies of them are passed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +172,8 @@ impl TableLoadState {
                 .collect(),
             next_file_number: 1,
             last_error: None,
+            snapshot_position: None,
+            changes_from: None,
         }
     }
 
@@ -220,6 +238,7 @@ impl Checkpoint {
                 full_load_completed_at: None,
                 tables: BTreeMap::new(),
                 cdc: None,
+                reloading: Vec::new(),
             },
         };
         Ok(Checkpoint {
@@ -256,6 +275,7 @@ impl Checkpoint {
             s.full_load_started_at = None;
             s.full_load_completed_at = None;
             s.cdc = None;
+            s.reloading.clear();
         })
         .await
     }

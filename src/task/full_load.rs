@@ -216,7 +216,8 @@ pub(super) async fn run<S: Source>(
     let snapshot = source.open_snapshot().await?;
     checkpoint
         .update(|s| {
-            for (key, table) in new_states {
+            for (key, mut table) in new_states {
+                table.snapshot_position = Some(snapshot.position.clone());
                 s.tables.insert(key, table);
             }
             // A resumed load reads its remaining ranges from a new, later snapshot. The first

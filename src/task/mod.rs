@@ -10,6 +10,7 @@ mod binlog_cdc;
 mod cdc;
 pub mod checkpoint;
 mod full_load;
+mod reload;
 pub mod stats;
 mod toast;
 
@@ -21,7 +22,8 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ConfigError, Engine, MigrationType, TaskConfig, Workspace};
 use crate::lake::format::FormatError;
 use crate::lake::{Storage, StorageError};
-use crate::source::mysql::{MyEndpoint, MysqlSource};
+use crate::source::mysql::{BinlogPosition, MyEndpoint, MysqlSource};
+use crate::source::postgres::replication::parse_lsn;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{CheckResult, CheckStatus, Source, SourceError};
 pub use cdc::CdcStats;
@@ -66,9 +68,9 @@ pub enum TaskError {
     )]
     NotSelected { task: String, table: String },
     #[error(
-        "task '{task}' captures changes: reloading one of its tables alone would leave its files inconsistent with the stream. Reload the whole task (--reload)"
+        "task '{task}' captures changes only: it has no full load to redo for one table. Use migration_type = \"full-load-and-cdc\" to load tables and then capture their changes"
     )]
-    ReloadTableOfCdcTask { task: String },
+    ReloadTableWithoutLoad { task: String },
 }
 
 /// What a caller can ask of a running task.
@@ -110,8 +112,8 @@ pub struct RunOptions {
     pub reload: bool,
     /// CDC: stop once every change committed before the run started is written.
     pub until_caught_up: bool,
-    /// Full-load tasks: load these tables (`schema.table`) again, replacing their files;
-    /// the other tables stay as they are.
+    /// Load these tables (`schema.table`) again, replacing their files; the other tables
+    /// stay as they are. With CDC, from their own snapshot ([`reload`]).
     pub reload_tables: Vec<String>,
 }
 
@@ -396,8 +398,8 @@ async fn run(
         )
         .await?,
     );
-    if !options.reload_tables.is_empty() && task.migration_type != MigrationType::FullLoad {
-        return Err(TaskError::ReloadTableOfCdcTask { task: task.name });
+    if !options.reload_tables.is_empty() && !task.has_full_load() {
+        return Err(TaskError::ReloadTableWithoutLoad { task: task.name });
     }
     match source_endpoint.engine {
         Engine::Postgres => {
@@ -505,7 +507,9 @@ async fn run_postgres(
                 slot,
             });
         }
-        let (h, snapshot) = pg.create_slot_with_snapshot(&slot, &publication).await?;
+        let (h, snapshot) = pg
+            .create_slot_with_snapshot(&slot, &publication, false)
+            .await?;
         events.log(
             LogLevel::Info,
             format!("created replication slot {slot} at {}", snapshot.position),
@@ -538,6 +542,7 @@ async fn run_postgres(
             })
             .await?;
     }
+    request_reload(&source, &checkpoint, &task, &mut options, &events).await?;
     let load = load_before_cdc(
         Arc::new(source),
         &storage,
@@ -549,6 +554,27 @@ async fn run_postgres(
     )
     .await?;
     drop(holder); // the snapshot is no longer needed by anyone
+    let load = if checkpoint.snapshot().await.reloading.is_empty() {
+        load
+    } else {
+        // A temporary slot's snapshot: its consistent point says exactly which changes it
+        // holds, while the task's own slot stays where it is.
+        // Named per process: a killed run's slot may outlive it for a moment.
+        let temporary = format!(
+            "{}_reload_{}",
+            &slot[..slot.len().min(44)],
+            std::process::id()
+        );
+        let (holder, snapshot) = pg
+            .create_slot_with_snapshot(&temporary, &publication, true)
+            .await?;
+        let source = Arc::new(PostgresSource::new(pg.clone()).with_slot_snapshot(snapshot));
+        let mark = |p: &str| parse_lsn(p).map(|lsn| cdc::change_position(lsn, 0));
+        let reloaded =
+            reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await?;
+        drop(holder);
+        reloaded
+    };
     let outcome = cdc::CdcRun {
         pg,
         storage,
@@ -561,6 +587,29 @@ async fn run_postgres(
     .run()
     .await?;
     Ok(cdc_summary(load, outcome, started))
+}
+
+/// Records the tables of `options.reload_tables` for a reload from their own snapshot
+/// ([`reload`]), unless the whole task loads again anyway.
+async fn request_reload<S: Source>(
+    source: &S,
+    checkpoint: &Checkpoint,
+    task: &TaskConfig,
+    options: &mut RunOptions,
+    events: &Events,
+) -> Result<(), TaskError> {
+    let tables = std::mem::take(&mut options.reload_tables);
+    if tables.is_empty() {
+        return Ok(());
+    }
+    if options.reload {
+        events.log(
+            LogLevel::Info,
+            format!("the whole task loads again, {} included", tables.join(", ")),
+        );
+        return Ok(());
+    }
+    reload::request(source, checkpoint, task, &tables).await
 }
 
 /// The full load that comes before CDC, if the task has one; its summary (empty without).
@@ -663,9 +712,11 @@ async fn run_mysql(
         }
         checkpoint.update(|s| s.cdc = None).await?;
     }
+    let mut options = options;
+    request_reload(&*source, &checkpoint, &task, &mut options, &events).await?;
     let state = checkpoint.snapshot().await;
     let load = load_before_cdc(
-        source,
+        source.clone(),
         &storage,
         &checkpoint,
         &task,
@@ -674,6 +725,14 @@ async fn run_mysql(
         &stop,
     )
     .await?;
+    let load = if checkpoint.snapshot().await.reloading.is_empty() {
+        load
+    } else {
+        let mark = |p: &str| {
+            BinlogPosition::parse(p).map(|b| binlog_cdc::change_position(b.file_index(), b.pos, 0))
+        };
+        reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await?
+    };
     if !task.has_full_load()
         && state
             .cdc

@@ -270,8 +270,9 @@ impl TasksScreen {
                     matched.len(),
                     all.len()
                 ));
-                // One table of a full-load task can be loaded again on its own.
-                let reloadable = task.migration_type == MigrationType::FullLoad;
+                // One table of a task with a full load can be loaded again on its own; in a
+                // CDC task, the stream then goes on from the table's new snapshot.
+                let reloadable = task.has_full_load();
                 egui::ScrollArea::vertical()
                     .id_salt("matched")
                     .max_height(160.0)
@@ -282,7 +283,7 @@ impl TasksScreen {
                                 if reloadable
                                     && ui
                                         .small_button(format!("Reload {t}"))
-                                        .on_hover_text("Loads this table again, replacing its files; the others stay")
+                                        .on_hover_text("Loads this table again from a new snapshot, replacing its files; the others stay, and changes go on being captured")
                                         .clicked()
                                 {
                                     self.reload_table = Some(t.clone());

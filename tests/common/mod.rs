@@ -472,3 +472,28 @@ pub fn kill_load_at(
         child.wait().unwrap();
     }
 }
+
+/// Runs CDC task `task` with `--reload-table table` and kills it with SIGKILL as soon as its
+/// state file `state_path` records the reload, before the reload can finish.
+pub fn kill_once_reload_is_recorded(ws: &str, task: &str, table: &str, state_path: &Path) {
+    use std::time::{Duration, Instant};
+    let mut child = tributary_command(&["run", ws, "--task", task, "--reload-table", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(state_path)
+        .unwrap_or_default()
+        .contains("\"reloading\"")
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no reload recorded"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -143,3 +143,14 @@ pub fn assert_table_equals(t: &str, actual: &TableRows, want: &TableRows) {
         assert_eq!(got.as_ref(), Some(row), "{t}: row {id}");
     }
 }
+
+/// The `Op` and `id` of every change in the CDC files (all but `LOAD*`) of a table.
+pub fn cdc_changes(table_dir: &Path) -> Vec<(String, String)> {
+    files_under(table_dir)
+        .iter()
+        .filter(|f| !f.rsplit('/').next().unwrap().starts_with("LOAD"))
+        .flat_map(|f| read_parquet_file(&table_dir.join(f)))
+        .flat_map(|b| rows_of(&b))
+        .map(|r| (r["Op"].clone(), r["id"].clone()))
+        .collect()
+}

@@ -268,11 +268,14 @@ impl PgEndpoint {
     }
 
     /// Creates the slot on a replication connection and exports its snapshot. The returned
-    /// holder must stay open, idle, until every reader has imported the snapshot.
+    /// holder must stay open, idle, until every reader has imported the snapshot. A
+    /// temporary slot lives only as long as the holder: it is made just for its snapshot,
+    /// whose position is exact.
     pub async fn create_slot_with_snapshot(
         &self,
         slot: &str,
         publication: &str,
+        temporary: bool,
     ) -> Result<(SnapshotHolder, Snapshot), SourceError> {
         let context = format!("creating replication slot {slot}");
         let mut client =
@@ -281,8 +284,9 @@ impl PgEndpoint {
                 .map_err(|e| self.classify_replication(e, &context))?;
         let rows = client
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-                quote_ident(slot)
+                "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(slot),
+                if temporary { " TEMPORARY" } else { "" }
             ))
             .await
             .map_err(|e| self.classify_replication(e, &context))?;
