@@ -93,6 +93,13 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Store or remove a source endpoint's password in the OS keyring (Secret Service). The
+    /// password is read from standard input (not echoed on a terminal); the endpoint then
+    /// needs password_keyring = true.
+    Password {
+        #[command(subcommand)]
+        action: PasswordAction,
+    },
     /// List lake files: a local folder or s3://bucket/prefix.
     Ls {
         uri: String,
@@ -111,6 +118,22 @@ enum Command {
         rows: usize,
         #[command(flatten)]
         s3: S3Args,
+    },
+}
+
+#[derive(Subcommand)]
+enum PasswordAction {
+    /// Store (or replace) the endpoint's password.
+    Set {
+        workspace: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+    },
+    /// Remove the endpoint's password.
+    Delete {
+        workspace: PathBuf,
+        #[arg(long)]
+        endpoint: String,
     },
 }
 
@@ -213,6 +236,7 @@ pub fn main() -> ExitCode {
                 task,
                 yes,
             } => delete_task(workspace, task, yes).await,
+            Command::Password { action } => password(action).await,
             Command::Ls { uri, recursive, s3 } => ls(&uri, recursive, &s3).await,
             Command::App { .. } => unreachable!("handled before the runtime starts"),
             Command::Preview { file, rows, s3 } => preview(&file, rows, &s3).await,
@@ -447,6 +471,106 @@ impl Progress {
     fn clear(&self) {
         if let Some((multi, _)) = &self.bars {
             let _ = multi.clear();
+        }
+    }
+}
+
+async fn password(action: PasswordAction) -> ExitCode {
+    let (PasswordAction::Set {
+        workspace: path,
+        endpoint,
+    }
+    | PasswordAction::Delete {
+        workspace: path,
+        endpoint,
+    }) = &action;
+    let workspace = match load_workspace(path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let e = match workspace.endpoint(endpoint, path) {
+        Ok(e) if e.engine.is_source() => e.clone(),
+        Ok(_) => {
+            return fail(
+                2,
+                format!("endpoint '{endpoint}' is a target: only source databases have passwords"),
+            );
+        }
+        Err(e) => return fail(2, e),
+    };
+    let entry = crate::secret::entry_name(&e);
+    let result = match action {
+        PasswordAction::Set { .. } => {
+            let password = match read_password() {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => return fail(2, "no password on standard input"),
+                Err(err) => return fail(1, format!("reading the password: {err}")),
+            };
+            tokio::task::spawn_blocking(move || crate::secret::set(&e, &password)).await
+        }
+        PasswordAction::Delete { .. } => {
+            tokio::task::spawn_blocking(move || crate::secret::delete(&e)).await
+        }
+    };
+    match result {
+        Ok(Ok(())) => {
+            match action {
+                PasswordAction::Set { .. } => println!(
+                    "stored the password of endpoint '{endpoint}' in the OS keyring as {entry}; the endpoint reads it with password_keyring = true"
+                ),
+                PasswordAction::Delete { .. } => println!(
+                    "removed the password of endpoint '{endpoint}' ({entry}) from the OS keyring"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(1, e),
+        Err(e) => fail(1, format!("the keyring call failed: {e}")),
+    }
+}
+
+/// One line from standard input, not echoed when it is a terminal.
+fn read_password() -> std::io::Result<String> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    let echo_off = stdin.is_terminal().then(|| {
+        eprint!("password: ");
+        EchoOff::new()
+    });
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    if echo_off.is_some() {
+        eprintln!();
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// Turns the terminal's echo off until dropped.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> Self {
+        // SAFETY: termios is plain data; tcgetattr fills it or fails, and then it is unused.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return EchoOff(None);
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &quiet);
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the settings tcgetattr read.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
         }
     }
 }

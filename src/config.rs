@@ -44,6 +44,8 @@ pub enum ConfigError {
          export it before running (e.g. `export {var}=...`)"
     )]
     MissingPasswordEnv { endpoint: String, var: String },
+    #[error(transparent)]
+    Keyring(#[from] crate::secret::SecretError),
 }
 
 /// A parsed and validated workspace file.
@@ -91,6 +93,10 @@ pub struct EndpointConfig {
     /// lives in the workspace file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// The password is in the OS keyring ([`crate::secret`]), under the endpoint's server
+    /// and user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub password_keyring: bool,
     /// Refused on parse with an explanation; declared so the error can say why.
     #[serde(default, skip_serializing)]
     pub password: Option<toml::Value>,
@@ -122,18 +128,38 @@ impl EndpointConfig {
         }
     }
 
-    /// The password from the environment variable named by `password_env`, if any.
+    /// The password from the environment variable named by `password_env`, or from the OS
+    /// keyring with `password_keyring`; `None` when the endpoint names neither.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| ConfigError::MissingPasswordEnv {
+                    endpoint: self.name.clone(),
+                    var: var.clone(),
+                });
+        }
+        if self.password_keyring {
+            return Ok(Some(crate::secret::get(self)?));
+        }
+        Ok(None)
+    }
+
+    /// What to check when the server refuses the password: where it comes from.
+    pub fn password_hint(&self) -> String {
         match &self.password_env {
-            None => Ok(None),
             Some(var) => {
-                std::env::var(var)
-                    .map(Some)
-                    .map_err(|_| ConfigError::MissingPasswordEnv {
-                        endpoint: self.name.clone(),
-                        var: var.clone(),
-                    })
+                format!(
+                    "Check the password in the environment variable {var} (named by password_env)"
+                )
             }
+            None if self.password_keyring => format!(
+                "Check the password stored in the OS keyring as {} (password_keyring); replace it with the app's \"Save in keyring\" or `tributary password set`",
+                crate::secret::entry_name(self)
+            ),
+            None => "The server wants a password: name an environment variable that holds it \
+                     (password_env), or store it in the OS keyring (password_keyring)"
+                .into(),
         }
     }
 }
@@ -526,8 +552,15 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
         return Err((
             "password",
             "a plain `password` key is refused: secrets never live in the workspace file. \
-             Put the password in an environment variable and name it, e.g. password_env = \"PGPASSWORD\""
+             Put the password in an environment variable and name it, e.g. password_env = \"PGPASSWORD\", \
+             or store it in the OS keyring and set password_keyring = true"
                 .into(),
+        ));
+    }
+    if e.password_env.is_some() && e.password_keyring {
+        return Err((
+            "password_keyring",
+            "password_env and password_keyring both say where the password is: keep one".into(),
         ));
     }
     let present = |field: &str| -> bool {
@@ -537,6 +570,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             "database" => e.database.is_some(),
             "user" => e.user.is_some(),
             "password_env" => e.password_env.is_some(),
+            "password_keyring" => e.password_keyring,
             "path" => e.path.is_some(),
             "bucket" => e.bucket.is_some(),
             "region" => e.region.is_some(),
@@ -549,7 +583,14 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
     let (required, allowed): (&[&str], &[&str]) = match e.engine {
         Engine::Postgres | Engine::Mysql => (
             &["host", "user"],
-            &["host", "port", "database", "user", "password_env"],
+            &[
+                "host",
+                "port",
+                "database",
+                "user",
+                "password_env",
+                "password_keyring",
+            ],
         ),
         Engine::Local => (&["path"], &["path"]),
         Engine::S3 => (
@@ -571,12 +612,13 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             ));
         }
     }
-    const ALL: [&str; 11] = [
+    const ALL: [&str; 12] = [
         "host",
         "port",
         "database",
         "user",
         "password_env",
+        "password_keyring",
         "path",
         "bucket",
         "region",

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod lake;
+pub mod secret;
 pub mod source;
 pub mod task;
 pub mod ui;

@@ -2,12 +2,15 @@
 //! resulting state asserted. Background work (checks, loads, reads) really runs, on a tokio
 //! runtime, against the real PostgreSQL of scripts/test.
 
+#[path = "common/app.rs"]
+mod app_harness;
 mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use app_harness::*;
 use arrow_array::{Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use common::*;
@@ -17,43 +20,6 @@ use sqlx::Executor;
 use tributary::config::Workspace;
 use tributary::ui::{Tab, TributaryApp};
 
-/// A folder with a fixed name, emptied first: file paths show on screen, and snapshots must
-/// not change from run to run.
-fn fixed_dir(name: &str) -> TestDir {
-    TestDir::at(std::env::temp_dir().join("tributary-app-tests").join(name))
-}
-
-/// Saves what the window shows for the README when TRIBUTARY_SCREENSHOTS names a folder.
-fn screenshot(harness: &mut Harness<'_, TributaryApp>, name: &str) {
-    if let Some(dir) = std::env::var_os("TRIBUTARY_SCREENSHOTS") {
-        let image = harness.render().unwrap();
-        let small =
-            image::imageops::resize(&image, 960, 600, image::imageops::FilterType::Triangle);
-        small
-            .save(PathBuf::from(dir).join(format!("{name}.png")))
-            .unwrap();
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn harness(
-    runtime: &tokio::runtime::Runtime,
-    path: PathBuf,
-    workspace: Workspace,
-) -> Harness<'static, TributaryApp> {
-    let handle = runtime.handle().clone();
-    Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_eframe(move |cc| TributaryApp::with_workspace(&cc.egui_ctx, handle, path, workspace))
-}
-
 /// Opens the lake browser on target `target`.
 fn open_lake(harness: &mut Harness<'_, TributaryApp>, target: &str) {
     harness.state_mut().set_tab(Tab::Lake);
@@ -61,52 +27,6 @@ fn open_lake(harness: &mut Harness<'_, TributaryApp>, target: &str) {
     harness.get_by_role(egui::accesskit::Role::ComboBox).click();
     harness.run_steps(2);
     harness.get_by_label(target).click();
-}
-
-/// Steps the app until `label` (a substring) shows, as background work completes.
-#[track_caller]
-fn wait_for(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
-    step_until(harness, true, label, timeout);
-}
-
-/// Steps the app until no label contains `label` any more.
-#[track_caller]
-fn wait_until_gone(harness: &mut Harness<'_, TributaryApp>, label: &str, timeout: Duration) {
-    step_until(harness, false, label, timeout);
-}
-
-/// Steps the app until a label containing `label` shows (`shown`) or is gone; on timeout,
-/// saves what the window showed instead, to look at.
-#[track_caller]
-fn step_until(
-    harness: &mut Harness<'_, TributaryApp>,
-    shown: bool,
-    label: &str,
-    timeout: Duration,
-) {
-    let started = Instant::now();
-    loop {
-        harness.step();
-        if harness.query_all_by_label_contains(label).next().is_some() == shown {
-            return;
-        }
-        if started.elapsed() >= timeout {
-            let shot = std::env::temp_dir().join("tributary-app-test-failure.png");
-            if let Ok(image) = harness.render() {
-                let _ = image.save(&shot);
-            }
-            let what = if shown {
-                "did not appear"
-            } else {
-                "still shows"
-            };
-            panic!(
-                "'{label}' {what} after {timeout:?} (screen: {})",
-                shot.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The app reads passwords from the environment as a user's would: PGPASSWORD, which
@@ -504,3 +424,4 @@ fn lake_browser_shows_access_denied_in_place() {
     open_lake(&mut h, "lake");
     wait_for(&mut h, "access denied", Duration::from_secs(20));
 }
+

@@ -1,8 +1,10 @@
 //! Endpoints screen: list, add, edit and delete sources and targets, validated as you type,
 //! and "Test connection" with the same checks as `tributary check`.
 //!
-//! Passwords are never entered here: an endpoint names the environment variable that holds
-//! its password (`password_env`), so nothing secret reaches the workspace file.
+//! Passwords never reach the workspace file: an endpoint names the environment variable
+//! that holds its password (`password_env`), or keeps it in the OS keyring
+//! (`password_keyring`). A password typed here lives in this screen's state until "Save in
+//! keyring" hands it to the background runtime, which stores it and drops it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +18,10 @@ pub struct EndpointsScreen {
     selected: Option<usize>,
     /// Results of the last test per endpoint; `None` while one runs.
     checks: HashMap<String, Option<Vec<CheckResult>>>,
+    /// The password being typed for the keyring (never saved anywhere else).
+    keyring_password: String,
+    /// The last keyring save per endpoint: `None` while it runs, then what happened.
+    keyring_saves: HashMap<String, Option<Result<String, String>>>,
 }
 
 const GREEN: egui::Color32 = egui::Color32::from_rgb(60, 170, 90);
@@ -23,6 +29,11 @@ const GREEN: egui::Color32 = egui::Color32::from_rgb(60, 170, 90);
 impl EndpointsScreen {
     pub fn checked(&mut self, endpoint: String, results: Vec<CheckResult>) {
         self.checks.insert(endpoint, Some(results));
+    }
+
+    /// A keyring save ended: `Ok` names the entry.
+    pub fn password_saved(&mut self, endpoint: String, result: Result<String, String>) {
+        self.keyring_saves.insert(endpoint, Some(result));
     }
 
     pub fn endpoints_ui(&mut self, ui: &mut egui::Ui, doc: &mut WorkspaceDoc, backend: &Backend) {
@@ -40,6 +51,10 @@ impl EndpointsScreen {
             let endpoint = &mut doc.workspace.endpoints[index];
             let before = endpoint.clone();
             editor_ui(ui, endpoint);
+            if endpoint.engine.is_source() && endpoint.password_keyring {
+                self.keyring_ui(ui, endpoint, backend);
+            }
+            secrets_note_ui(ui, endpoint.engine);
             ui.add_space(8.0);
             ui.horizontal(|ui| {
                 test = ui.button("Test connection").clicked();
@@ -61,6 +76,46 @@ impl EndpointsScreen {
             doc.workspace.endpoints.remove(index);
             self.selected = None;
             doc.dirty = true;
+        }
+    }
+
+    /// The password field and "Save in keyring" of an endpoint that keeps it in the keyring.
+    fn keyring_ui(&mut self, ui: &mut egui::Ui, endpoint: &EndpointConfig, backend: &Backend) {
+        ui.horizontal(|ui| {
+            let label = ui.label("Keyring password");
+            ui.add_sized(
+                [200.0, 20.0],
+                egui::TextEdit::singleline(&mut self.keyring_password).password(true),
+            )
+            .labelled_by(label.id);
+            let save = egui::Button::new("Save in keyring");
+            if ui
+                .add_enabled(!self.keyring_password.is_empty(), save)
+                .on_hover_text(format!(
+                    "Stores the password in the OS keyring as {}",
+                    crate::secret::entry_name(endpoint)
+                ))
+                .clicked()
+            {
+                let password = std::mem::take(&mut self.keyring_password);
+                self.keyring_saves.insert(endpoint.name.clone(), None);
+                backend.save_password(endpoint, password);
+            }
+        });
+        match self.keyring_saves.get(&endpoint.name) {
+            Some(None) => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("Saving in the keyring…");
+                });
+            }
+            Some(Some(Ok(entry))) => {
+                ui.colored_label(GREEN, format!("Saved in the OS keyring as {entry}"));
+            }
+            Some(Some(Err(e))) => {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            None => {}
         }
     }
 
@@ -143,14 +198,7 @@ fn new_endpoint(name: String, engine: Engine) -> EndpointConfig {
                 }
                 .into(),
             );
-            e.password_env = Some(
-                if engine == Engine::Postgres {
-                    "PGPASSWORD"
-                } else {
-                    "MYSQL_PWD"
-                }
-                .into(),
-            );
+            e.password_env = Some(default_password_env(engine).into());
         }
         Engine::Local => e.path = Some(PathBuf::from("lake")),
         Engine::S3 => e.bucket = Some(String::new()),
@@ -204,18 +252,7 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                     field_ui(ui, "Database", &mut e.database, None);
                     let user_problem = e.user.is_none().then_some("required");
                     field_ui(ui, "User", &mut e.user, user_problem);
-                    let env_problem = match &e.password_env {
-                        Some(var) if std::env::var_os(var).is_none() => {
-                            Some(format!("{var} is not set in this app's environment"))
-                        }
-                        _ => None,
-                    };
-                    field_ui(
-                        ui,
-                        "Password variable",
-                        &mut e.password_env,
-                        env_problem.as_deref(),
-                    );
+                    password_source_ui(ui, e);
                 }
                 Engine::Local => {
                     let mut path = e.path.as_ref().map(|p| p.display().to_string());
@@ -247,13 +284,66 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                 }
             }
         });
-    if e.engine.is_source() {
+}
+
+/// Where an endpoint's secrets come from, said under its form.
+fn secrets_note_ui(ui: &mut egui::Ui, engine: Engine) {
+    if engine.is_source() {
         ui.weak(
-            "The password is read from the named environment variable; it is never stored in \
-             the workspace file.",
+            "The password is read from the named environment variable or from the OS keyring; \
+             it is never stored in the workspace file.",
         );
-    } else if e.engine == Engine::S3 {
+    } else if engine == Engine::S3 {
         ui.weak("Credentials come from the AWS chain: environment, profile, SSO or instance role.");
+    }
+}
+
+/// Where a source's password comes from: an environment variable, or the OS keyring.
+fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
+    ui.label("Password from");
+    ui.horizontal(|ui| {
+        if ui
+            .radio(!e.password_keyring, "Environment variable")
+            .clicked()
+            && e.password_keyring
+        {
+            e.password_keyring = false;
+            e.password_env = Some(default_password_env(e.engine).into());
+        }
+        if ui.radio(e.password_keyring, "OS keyring").clicked() {
+            e.password_keyring = true;
+            e.password_env = None;
+        }
+    });
+    ui.label("");
+    ui.end_row();
+    if e.password_keyring {
+        ui.label("Keyring entry");
+        ui.monospace(crate::secret::entry_name(e));
+        ui.label("");
+        ui.end_row();
+    } else {
+        let env_problem = match &e.password_env {
+            Some(var) if std::env::var_os(var).is_none() => {
+                Some(format!("{var} is not set in this app's environment"))
+            }
+            _ => None,
+        };
+        field_ui(
+            ui,
+            "Password variable",
+            &mut e.password_env,
+            env_problem.as_deref(),
+        );
+    }
+}
+
+/// The variable a new endpoint names for its password: the one the engine's own tools read.
+fn default_password_env(engine: Engine) -> &'static str {
+    if engine == Engine::Postgres {
+        "PGPASSWORD"
+    } else {
+        "MYSQL_PWD"
     }
 }
 

@@ -33,6 +33,11 @@ pub enum UiEvent {
         endpoint: String,
         results: Vec<CheckResult>,
     },
+    /// A password was stored in the OS keyring (`Ok`: the entry's name).
+    PasswordSaved {
+        endpoint: String,
+        result: Result<String, String>,
+    },
     SourceTables {
         source: String,
         tables: Result<Vec<String>, String>,
@@ -126,6 +131,25 @@ impl Backend {
                     .map_err(|e| format!("writing {}: {e}", path.display())),
             };
             UiEvent::WorkspaceSaved(saved)
+        });
+    }
+
+    /// Stores `password` in the OS keyring for `endpoint`; the password is dropped after.
+    pub fn save_password(&self, endpoint: &EndpointConfig, password: String) {
+        let endpoint = endpoint.clone();
+        self.spawn(async move {
+            let name = endpoint.name.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                crate::secret::set(&endpoint, &password)
+                    .map(|()| crate::secret::entry_name(&endpoint))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            UiEvent::PasswordSaved {
+                endpoint: name,
+                result,
+            }
         });
     }
 
@@ -265,6 +289,9 @@ impl TributaryApp {
             }
             UiEvent::WorkspaceSaved(Err(e)) => self.doc.error = Some(e),
             UiEvent::CheckDone { endpoint, results } => self.endpoints.checked(endpoint, results),
+            UiEvent::PasswordSaved { endpoint, result } => {
+                self.endpoints.password_saved(endpoint, result)
+            }
             UiEvent::SourceTables { source, tables } => self.tasks.source_tables(source, tables),
             UiEvent::LakeOpened { target, storage } => {
                 self.lake.opened(&self.backend, target, storage)

@@ -46,7 +46,8 @@ pub struct MyEndpoint {
     /// The default database; tables of every schema can be selected.
     pub database: Option<String>,
     pub user: String,
-    password_env: Option<String>,
+    /// Where the password comes from, to say so when it is refused.
+    password_hint: String,
     password: Option<String>,
     /// Whether the server offers TLS, learnt on the first connection (see [`Self::connect`]).
     tls: Arc<std::sync::OnceLock<bool>>,
@@ -195,7 +196,7 @@ impl MyEndpoint {
             port: e.port.unwrap_or(3306),
             database: e.database.clone().filter(|d| !d.is_empty()),
             user: e.user.clone().unwrap_or_else(|| "root".into()),
-            password_env: e.password_env.clone(),
+            password_hint: e.password_hint(),
             password,
             tls: Arc::new(std::sync::OnceLock::new()),
         }
@@ -280,13 +281,10 @@ impl MyEndpoint {
                 1045 => SourceError::Authentication {
                     endpoint,
                     user: self.user.clone(),
-                    hint: match &self.password_env {
-                        Some(var) => format!(
-                            "Check the password in the environment variable {var} (named by password_env) and that '{}' may connect from this host",
-                            self.user
-                        ),
-                        None => "The server wants a password: set password_env to the name of an environment variable that holds it".into(),
-                    },
+                    hint: format!(
+                        "{}; and check that '{}' may connect from this host",
+                        self.password_hint, self.user
+                    ),
                 },
                 1049 => SourceError::MissingDatabase {
                     endpoint,

@@ -47,8 +47,8 @@ pub struct PgEndpoint {
     pub port: u16,
     pub database: String,
     pub user: String,
-    /// The variable the password came from, to name it in errors.
-    password_env: Option<String>,
+    /// Where the password comes from, to say so when it is refused.
+    password_hint: String,
     password: Option<String>,
 }
 
@@ -71,7 +71,7 @@ impl PgEndpoint {
             port: e.port.unwrap_or(5432),
             database: e.database.clone().unwrap_or_else(|| "postgres".into()),
             user: e.user.clone().unwrap_or_else(|| "postgres".into()),
-            password_env: e.password_env.clone(),
+            password_hint: e.password_hint(),
             password,
         }
     }
@@ -121,16 +121,7 @@ impl PgEndpoint {
                     "28P01" => SourceError::Authentication {
                         endpoint,
                         user: self.user.clone(),
-                        hint: match &self.password_env {
-                            Some(var) => format!(
-                                "Check the password in the environment variable {var} (named by password_env)"
-                            ),
-                            None => {
-                                "The server wants a password: set password_env to the name of an \
-                                     environment variable that holds it"
-                                    .into()
-                            }
-                        },
+                        hint: self.password_hint.clone(),
                     },
                     "28000" => SourceError::Authentication {
                         endpoint,
