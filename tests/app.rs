@@ -18,6 +18,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use sqlx::Executor;
 use tributary::config::Workspace;
+use tributary::task::{CdcStats, LogLevel, TableState, TableStats, TaskEvent};
 use tributary::ui::{Tab, TributaryApp};
 
 /// Opens the lake browser on target `target`.
@@ -195,8 +196,8 @@ fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
             .any(|f| f.ends_with("postgres1/public/people/LOAD00000001.csv")),
         "{files:?}"
     );
-    // Not compared as a snapshot: the log shows the snapshot's LSN, new every run.
-    screenshot(&mut h, "monitoring");
+    // Not compared as a snapshot: the log shows the snapshot's LSN, new every run (the
+    // fixture test below compares one).
     // One table loaded again on its own.
     h.state_mut().set_tab(Tab::Tasks);
     h.run_steps(4);
@@ -423,5 +424,116 @@ fn lake_browser_shows_access_denied_in_place() {
     let mut h = harness(&rt, path, workspace);
     open_lake(&mut h, "lake");
     wait_for(&mut h, "access denied", Duration::from_secs(20));
+}
+
+/// A full load + CDC run as its events told it, at fixed times: the same screen every run.
+fn monitoring_fixture() -> Vec<(f64, TaskEvent)> {
+    let table = |name: &str, estimated: u64| TableStats::new("public", name, estimated);
+    let mut events = vec![(
+        0.0,
+        TaskEvent::Planned {
+            tables: vec![
+                table("customers", 50_000),
+                table("orders", 400_000),
+                table("audit", 10),
+            ],
+        },
+    )];
+    let log = |level, message: &str| TaskEvent::Log {
+        level,
+        message: message.into(),
+    };
+    events.push((
+        0.0,
+        log(
+            LogLevel::Info,
+            "created replication slot tributary_shop at 0/3A2F1C8",
+        ),
+    ));
+    for second in 1..=20u64 {
+        let mut customers = table("customers", 50_000);
+        customers.full_load_rows = (second * 5_000).min(50_000);
+        customers.state = if customers.full_load_rows == 50_000 {
+            TableState::TableCompleted
+        } else {
+            TableState::FullLoad
+        };
+        let mut orders = table("orders", 400_000);
+        orders.full_load_rows = second * 9_000;
+        orders.state = TableState::FullLoad;
+        events.push((second as f64, TaskEvent::Table(customers)));
+        events.push((second as f64, TaskEvent::Table(orders)));
+    }
+    let mut audit = table("audit", 10);
+    audit.state = TableState::TableError;
+    audit.last_error = Some("column 'payload' is not valid UTF-8".into());
+    events.push((12.0, TaskEvent::Table(audit)));
+    events.push((
+        12.0,
+        log(
+            LogLevel::Warn,
+            "table public.audit has no primary key: it is loaded, but CDC needs a replica identity",
+        ),
+    ));
+    events.push((
+        12.0,
+        log(
+            LogLevel::Error,
+            "public.audit: column 'payload' is not valid UTF-8",
+        ),
+    ));
+    for second in 10..=20u64 {
+        let mut customers = table("customers", 50_000);
+        customers.full_load_rows = 50_000;
+        customers.state = TableState::TableCompleted;
+        customers.inserts = second * 40;
+        customers.updates = second * 95;
+        customers.deletes = second * 3;
+        customers.ddls = u64::from(second >= 15);
+        events.push((second as f64, TaskEvent::Table(customers)));
+        events.push((
+            second as f64,
+            TaskEvent::Cdc(CdcStats {
+                confirmed_position: "0/3B90A10".into(),
+                latency_ms: 600 + (second % 4) * 150,
+                changes_per_second: 130.0,
+                slot_lag_bytes: ((20 - second) * 700_000) as i64,
+                batches: second - 9,
+            }),
+        ));
+    }
+    events
+}
+
+#[test]
+fn monitoring_shows_statistics_plots_and_the_log_from_events() {
+    let rt = runtime();
+    let dir = fixed_dir("monitoring");
+    let mut h = harness(&rt, dir.path().join("workspace.toml"), Workspace::default());
+    h.state_mut()
+        .runs_mut()
+        .replay("shop-to-lake", monitoring_fixture(), None);
+    h.state_mut().set_tab(Tab::Monitoring);
+    h.run_steps(4);
+    assert!(h.query_by_label("shop-to-lake (running)").is_some());
+    assert!(h.query_by_label("Stop").is_some());
+    assert!(h.query_by_label("public.customers").is_some());
+    assert!(h.query_by_label("Table completed").is_some());
+    assert!(h.query_by_label("Full load").is_some());
+    // The failed table shows its state and error in the grid, and the error in the log.
+    assert!(h.query_by_label("Table error").is_some());
+    assert_eq!(
+        h.query_all_by_label("column 'payload' is not valid UTF-8")
+            .count(),
+        1
+    );
+    assert!(
+        h.query_by_label("public.audit: column 'payload' is not valid UTF-8")
+            .is_some()
+    );
+    assert!(h.query_by_label_contains("confirmed 0/3B90A10").is_some());
+    assert!(h.query_by_label("800").is_some(), "customers' inserts");
+    h.snapshot("monitoring");
+    screenshot(&mut h, "monitoring");
 }
 

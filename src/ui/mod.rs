@@ -265,6 +265,10 @@ impl TributaryApp {
         &self.runs
     }
 
+    pub fn runs_mut(&mut self) -> &mut monitoring::Runs {
+        &mut self.runs
+    }
+
     /// Opens a lake file in the preview tab.
     pub fn preview_uri(&mut self, uri: &str) {
         self.preview.open(&self.backend, uri, None);

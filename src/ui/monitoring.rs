@@ -32,13 +32,30 @@ pub struct Run {
     latency: Vec<[f64; 2]>,
     /// (seconds since start, slot lag in MB).
     lag: Vec<[f64; 2]>,
-    last_sample: Option<(Instant, u64)>,
+    /// (seconds since start, rows counted then), for the next throughput point.
+    last_sample: Option<(f64, u64)>,
     /// How it ended: `Ok(summary)` or the error.
     pub outcome: Option<Result<String, String>>,
     outcome_rx: Option<tokio::sync::oneshot::Receiver<Result<String, String>>>,
 }
 
 impl Run {
+    fn new(handle: Option<TaskHandle>) -> Run {
+        Run {
+            handle,
+            started: Instant::now(),
+            tables: BTreeMap::new(),
+            log: Vec::new(),
+            cdc: None,
+            throughput: Vec::new(),
+            latency: Vec::new(),
+            lag: Vec::new(),
+            last_sample: None,
+            outcome: None,
+            outcome_rx: None,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.outcome.is_none()
     }
@@ -50,7 +67,8 @@ impl Run {
             .sum()
     }
 
-    fn apply(&mut self, event: TaskEvent) {
+    /// Applies one event that arrived `at` seconds after the start.
+    fn apply(&mut self, event: TaskEvent, at: f64) {
         match event {
             TaskEvent::Planned { tables } => {
                 for t in tables {
@@ -62,7 +80,6 @@ impl Run {
             }
             TaskEvent::Log { level, message } => self.log.push((level, message)),
             TaskEvent::Cdc(stats) => {
-                let at = self.started.elapsed().as_secs_f64();
                 push(&mut self.latency, [at, stats.latency_ms as f64]);
                 push(
                     &mut self.lag,
@@ -73,18 +90,14 @@ impl Run {
         }
     }
 
-    /// One throughput point per second, from the rows counted so far.
-    fn sample(&mut self) {
-        let now = Instant::now();
+    /// At most one throughput point per second, from the rows counted by `now` (seconds
+    /// since the start).
+    fn sample(&mut self, now: f64) {
         let rows = self.rows();
         match self.last_sample {
-            Some((at, before)) if now.duration_since(at).as_secs_f64() >= 1.0 => {
-                let rate =
-                    rows.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64();
-                push(
-                    &mut self.throughput,
-                    [self.started.elapsed().as_secs_f64(), rate],
-                );
+            Some((at, before)) if now - at >= 1.0 => {
+                let rate = rows.saturating_sub(before) as f64 / (now - at);
+                push(&mut self.throughput, [now, rate]);
                 self.last_sample = Some((now, rows));
             }
             None => self.last_sample = Some((now, rows)),
@@ -143,22 +156,28 @@ impl Runs {
             let _ = tx.send(result);
             ctx.request_repaint();
         });
-        self.runs.insert(
-            task.to_owned(),
-            Run {
-                handle: Some(handle),
-                started: Instant::now(),
-                tables: BTreeMap::new(),
-                log: Vec::new(),
-                cdc: None,
-                throughput: Vec::new(),
-                latency: Vec::new(),
-                lag: Vec::new(),
-                last_sample: None,
-                outcome: None,
-                outcome_rx: Some(rx),
-            },
-        );
+        let mut run = Run::new(Some(handle));
+        run.outcome_rx = Some(rx);
+        self.runs.insert(task.to_owned(), run);
+        self.selected = Some(task.to_owned());
+    }
+
+    /// Shows a run rebuilt from recorded events, each with its time in seconds since the
+    /// start, and how it ended (`None`: still running). For fixtures: the app's tests and
+    /// screenshots, which must look the same on every run.
+    pub fn replay(
+        &mut self,
+        task: &str,
+        events: Vec<(f64, TaskEvent)>,
+        outcome: Option<Result<String, String>>,
+    ) {
+        let mut run = Run::new(None);
+        for (at, event) in events {
+            run.apply(event, at);
+            run.sample(at);
+        }
+        run.outcome = outcome;
+        self.runs.insert(task.to_owned(), run);
         self.selected = Some(task.to_owned());
     }
 
@@ -176,8 +195,9 @@ impl Runs {
                 while let Ok(event) = handle.events.try_recv() {
                     events.push(event);
                 }
+                let at = run.started.elapsed().as_secs_f64();
                 for e in events {
-                    run.apply(e);
+                    run.apply(e, at);
                 }
             }
             if let Some(rx) = &mut run.outcome_rx
@@ -186,8 +206,8 @@ impl Runs {
                 run.outcome = Some(outcome);
                 run.outcome_rx = None;
             }
-            if run.is_running() {
-                run.sample();
+            if run.is_running() && run.handle.is_some() {
+                run.sample(run.started.elapsed().as_secs_f64());
             }
         }
     }
@@ -249,7 +269,8 @@ impl MonitoringScreen {
         }
         table_stats_ui(ui, run);
         ui.separator();
-        ui.columns(2, |columns| {
+        // One plot per unit: slot lag in MB beside latency in ms would be a flat line.
+        ui.columns(3, |columns| {
             plot_ui(
                 &mut columns[0],
                 "throughput",
@@ -259,8 +280,14 @@ impl MonitoringScreen {
             plot_ui(
                 &mut columns[1],
                 "latency",
-                "ms / MB",
-                &[("latency (ms)", &run.latency), ("slot lag (MB)", &run.lag)],
+                "ms",
+                &[("latency, commit to file (ms)", &run.latency)],
+            );
+            plot_ui(
+                &mut columns[2],
+                "slot lag",
+                "MB",
+                &[("slot lag (MB)", &run.lag)],
             );
         });
         ui.separator();
