@@ -100,6 +100,21 @@ enum Command {
         #[command(subcommand)]
         action: PasswordAction,
     },
+    /// Crawl a target's raw zone, as a Glue crawler does: its tables, their schemas
+    /// (versions kept) and partitions, kept in `<bucket_folder>/_tributary/catalog.json`.
+    /// Only new or changed files are read.
+    Catalog {
+        workspace: PathBuf,
+        /// The target endpoint.
+        #[arg(long)]
+        target: String,
+        /// The raw zone's folder (default: the bucket_folder of every task on the target).
+        #[arg(long)]
+        folder: Vec<String>,
+        /// Also list every table's columns and partitions.
+        #[arg(long)]
+        details: bool,
+    },
     /// List lake files: a local folder or s3://bucket/prefix.
     Ls {
         uri: String,
@@ -237,6 +252,12 @@ pub fn main() -> ExitCode {
                 yes,
             } => delete_task(workspace, task, yes).await,
             Command::Password { action } => password(action).await,
+            Command::Catalog {
+                workspace,
+                target,
+                folder,
+                details,
+            } => catalog(workspace, target, folder, details).await,
             Command::Ls { uri, recursive, s3 } => ls(&uri, recursive, &s3).await,
             Command::App { .. } => unreachable!("handled before the runtime starts"),
             Command::Preview { file, rows, s3 } => preview(&file, rows, &s3).await,
@@ -615,6 +636,97 @@ async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+async fn catalog(path: PathBuf, target: String, folders: Vec<String>, details: bool) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let endpoint = match workspace.endpoint(&target, &path) {
+        Ok(e) if !e.engine.is_source() => e,
+        Ok(_) => {
+            return fail(
+                2,
+                format!("endpoint '{target}' is a source: crawl a target"),
+            );
+        }
+        Err(e) => return fail(2, e),
+    };
+    let storage = match Storage::from_endpoint(endpoint).await {
+        Ok(s) => s,
+        Err(e) => return fail(1, e),
+    };
+    let folders = if folders.is_empty() {
+        workspace.raw_folders(&target)
+    } else {
+        folders
+    };
+    let mut unreadable = false;
+    for folder in folders {
+        let (catalog, report) = match crate::catalog::crawl(&storage, &folder).await {
+            Ok(x) => x,
+            Err(e) => return fail(1, e),
+        };
+        println!(
+            "crawled {}: {} new table(s), {} removed; {} file(s) added, {} changed, {} removed; {} new partition(s); {} footer(s) read",
+            storage.uri(&folder),
+            report.tables_added.len(),
+            report.tables_removed.len(),
+            report.files_added,
+            report.files_changed,
+            report.files_removed,
+            report.partitions_added.len(),
+            report.footers_read
+        );
+        for table in &report.schema_changes {
+            println!("  schema changed: {table} (a new version)");
+        }
+        for (key, reason) in &report.unreadable {
+            println!("  UNREADABLE {key}: {reason}");
+            unreadable = true;
+        }
+        for t in catalog.tables.values() {
+            let formats: Vec<&str> = t.formats.iter().map(String::as_str).collect();
+            let partitions = t.partitions();
+            println!(
+                "{}  {}  {} file(s)  {} row(s)  {}  {} partition(s)  schema v{}",
+                t.qualified_name(),
+                formats.join("+"),
+                t.files.len(),
+                t.rows(),
+                crate::lake::human_bytes(t.bytes()),
+                partitions.len(),
+                t.versions.len()
+            );
+            if details {
+                let columns: Vec<String> = t
+                    .columns()
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.data_type))
+                    .collect();
+                println!("  columns: {}", columns.join(", "));
+                for (name, p) in &partitions {
+                    let name = if name.is_empty() {
+                        "(table folder)"
+                    } else {
+                        name
+                    };
+                    println!(
+                        "  partition {name}: {} file(s), {} row(s), {}",
+                        p.files,
+                        p.rows,
+                        crate::lake::human_bytes(p.bytes)
+                    );
+                }
+            }
+        }
+    }
+    if unreadable {
+        // The rest is cataloged; a script must still notice.
+        return fail(1, "some files could not be read (listed above)");
+    }
+    ExitCode::SUCCESS
 }
 
 async fn ls(uri: &str, recursive: bool, s3: &S3Args) -> ExitCode {

@@ -423,6 +423,23 @@ impl Workspace {
             })
     }
 
+    /// The raw zone folders (`bucket_folder`) of the tasks that write to target `target`; the
+    /// target's root when no task does.
+    pub fn raw_folders(&self, target: &str) -> Vec<String> {
+        let mut folders: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| t.target == target)
+            .map(|t| t.target_settings.bucket_folder.clone())
+            .collect();
+        folders.sort();
+        folders.dedup();
+        if folders.is_empty() {
+            folders.push(String::new());
+        }
+        folders
+    }
+
     pub fn endpoint(&self, name: &str, path: &Path) -> Result<&EndpointConfig, ConfigError> {
         self.endpoints
             .iter()

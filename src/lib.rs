@@ -8,6 +8,7 @@
 
 #[cfg(unix)]
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod lake;

@@ -537,3 +537,62 @@ fn monitoring_shows_statistics_plots_and_the_log_from_events() {
     screenshot(&mut h, "monitoring");
 }
 
+#[test]
+fn the_lake_browser_lists_the_catalog_tables_a_crawl_finds() {
+    let pg = Pg::from_env();
+    let dir = fixed_dir("catalog");
+    let rt = runtime();
+    fixture_partition(&dir.lake().join("raw/shop/public/cities"));
+    fixture_partition(
+        &dir.lake()
+            .join("raw/shop/public/towns/year=2024/month=01/day=01"),
+    );
+    // The task says where its raw zone is: `raw`.
+    let text = format!(
+        "{}{}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\n",
+        pg.endpoint_toml("shop", "postgres"),
+        local_target_toml("lake", &dir.lake())
+    );
+    let path = PathBuf::from(dir.write_workspace(&text));
+    let mut h = harness(&rt, path.clone(), Workspace::load(&path).unwrap());
+    open_lake(&mut h, "lake");
+    wait_for(&mut h, "raw: not crawled yet", Duration::from_secs(10));
+    // The panel settles its width over a few frames; a click before would miss.
+    h.run_steps(4);
+    h.get_by_label("Crawl").click();
+    wait_for(
+        &mut h,
+        "raw: 2 new table(s), 4 file(s) added, 2 new partition(s)",
+        Duration::from_secs(20),
+    );
+    h.get_by_label("shop.public.towns").click();
+    h.run_steps(4);
+    assert!(
+        h.query_by_label_contains("parquet, 2 file(s), 4 row(s)")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label("city  Utf8").is_some(),
+        "the merged schema"
+    );
+    assert!(
+        h.query_by_label("Op  Utf8").is_some(),
+        "a column of one file of two"
+    );
+    assert!(
+        h.query_by_label_contains("year=2024/month=01/day=01: 2 file(s), 4 row(s)")
+            .is_some()
+    );
+    screenshot(&mut h, "catalog");
+    // A table opens in the browser.
+    h.get_by_label("open raw/shop/public/towns/").click();
+    wait_for(&mut h, "year=2024/", Duration::from_secs(10));
+    // A second crawl finds nothing new, and says so.
+    h.get_by_label("Crawl").click();
+    wait_for(
+        &mut h,
+        "raw: 0 new table(s), 0 file(s) added",
+        Duration::from_secs(20),
+    );
+}

@@ -372,6 +372,12 @@ async fn cdc_into_s3_then_delete_the_task() {
     .unwrap();
     let run = assert_success(&run_until_caught_up(&ws, "cdc_s3"));
     assert!(run.contains("inserts"), "no statistics table:\n{run}");
+    // The crawler reads the raw zone on S3 as it does on disk.
+    let crawled = assert_success(&tributary(&["catalog", &ws, "--target", "lake"]));
+    assert!(
+        crawled.contains("3 new table(s)") && crawled.contains("shop.public.accounts  parquet"),
+        "{crawled}"
+    );
     download(bucket, "raw/", &dir.lake()).await;
     assert_lake_equals_source(&pg, db, &dir, "cdc_s3", &["accounts", "orders"]);
 
@@ -689,6 +695,107 @@ async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
         &ws,
         "--task",
         "cdc_reload",
+        "--yes",
+    ]));
+}
+
+/// The catalog file the crawler keeps beside the raw zone.
+fn catalog_json(dir: &TestDir) -> serde_json::Value {
+    let path = dir.lake().join("raw/_tributary/catalog.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_crawls_tables_partitions_and_schema_versions_incrementally() {
+    let pg = Pg::from_env();
+    let db = "trib_cdc_catalog";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(SCHEMA).await.unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(&pg, &dir, db, "cdc_catalog");
+    assert_success(&run_until_caught_up(&ws, "cdc_catalog"));
+    exec(
+        &mut conn,
+        "UPDATE accounts SET balance = 0 WHERE id <= 30; DELETE FROM accounts WHERE id > 990;"
+            .into(),
+    )
+    .await;
+    assert_success(&run_until_caught_up(&ws, "cdc_catalog"));
+
+    let crawl = || tributary(&["catalog", &ws, "--target", "lake", "--details"]);
+    let first = assert_success(&crawl());
+    assert!(first.contains("3 new table(s)"), "{first}");
+    assert!(first.contains("partition (table folder)"), "{first}");
+    assert!(first.contains("partition year="), "{first}");
+    let catalog = catalog_json(&dir);
+    let accounts = &catalog["tables"]["shop.public.accounts"];
+    let rows: u64 = accounts["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 1000 + 30 + 10, "the load and every change");
+    let columns: Vec<&str> = accounts["versions"][0]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for c in ["Op", "changed_at", "_position", "id", "name", "balance"] {
+        assert!(columns.contains(&c), "{columns:?}");
+    }
+
+    // Nothing new: nothing read.
+    let again = assert_success(&crawl());
+    assert!(
+        again.contains("0 new table(s)")
+            && again.contains("0 file(s) added")
+            && again.contains("0 footer(s) read"),
+        "{again}"
+    );
+
+    // A new column: a new schema version, from the new files only.
+    exec(
+        &mut conn,
+        "ALTER TABLE accounts ADD COLUMN note text; UPDATE accounts SET note = 'n' WHERE id = 1;"
+            .into(),
+    )
+    .await;
+    assert_success(&run_until_caught_up(&ws, "cdc_catalog"));
+    let changed = assert_success(&crawl());
+    assert!(
+        changed.contains("schema changed: shop.public.accounts"),
+        "{changed}"
+    );
+    assert!(
+        changed.contains("1 file(s) added") && changed.contains("1 footer(s) read"),
+        "{changed}"
+    );
+    let versions = catalog_json(&dir)["tables"]["shop.public.accounts"]["versions"].clone();
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert!(versions[1]["columns"].to_string().contains("\"note\""));
+
+    // A corrupt file is named with the reason; the rest stays cataloged.
+    std::fs::write(
+        dir.lake().join("raw/shop/public/orders/broken.parquet"),
+        b"not parquet",
+    )
+    .unwrap();
+    let out = crawl();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("UNREADABLE raw/shop/public/orders/broken.parquet")
+            && text.contains("not a readable Parquet file"),
+        "{text}"
+    );
+    assert!(text.contains("shop.public.accounts  parquet"), "{text}");
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_catalog",
         "--yes",
     ]));
 }

@@ -8,7 +8,7 @@
 
 use crate::lake::inspect;
 use crate::lake::storage::ListPage;
-use crate::lake::{ObjectMeta, Storage};
+use crate::lake::{ObjectMeta, Storage, human_bytes};
 
 use super::{Backend, UiEvent, WorkspaceDoc};
 
@@ -25,6 +25,9 @@ pub struct LakeScreen {
     small_file_kb: u64,
     /// The next page to ask for: (prefix, continuation token).
     pending: Option<(String, String)>,
+    /// The raw zone folders of the tasks writing to the target (`bucket_folder`).
+    raw_folders: Vec<String>,
+    pub catalog: super::catalog::CatalogPanel,
 }
 
 impl LakeScreen {
@@ -40,6 +43,8 @@ impl LakeScreen {
             error: None,
             small_file_kb,
             pending: None,
+            raw_folders: Vec::new(),
+            catalog: Default::default(),
         }
     }
 
@@ -75,6 +80,8 @@ impl LakeScreen {
         }
         match storage {
             Ok(storage) => {
+                self.catalog
+                    .load(backend, storage.clone(), self.raw_folders.clone(), false);
                 self.storage = Some(storage);
                 self.list(backend, String::new(), None);
             }
@@ -138,6 +145,7 @@ impl LakeScreen {
                             self.target = Some(t.name.clone());
                             self.storage = None;
                             self.error = None;
+                            self.raw_folders = doc.workspace.raw_folders(&t.name);
                             let mut endpoint = (*t).clone();
                             // A relative folder is relative to the workspace file, as in the CLI.
                             if let Some(file) = &doc.path {
@@ -168,8 +176,20 @@ impl LakeScreen {
             ui.colored_label(ui.visuals().error_fg_color, e);
         }
         let storage = self.storage.clone()?;
-        // Breadcrumb.
         let mut go_to = None;
+        egui::Panel::right("lake-catalog")
+            .resizable(true)
+            .default_size(440.0)
+            .min_size(360.0)
+            .show(ui, |ui| {
+                let (crawl, open) = self.catalog.catalog_ui(ui);
+                if crawl {
+                    self.catalog
+                        .load(backend, storage.clone(), self.raw_folders.clone(), true);
+                }
+                go_to = go_to.take().or(open);
+            });
+        // Breadcrumb.
         ui.horizontal_wrapped(|ui| {
             if ui.link(storage.describe()).clicked() {
                 go_to = Some(String::new());
@@ -285,19 +305,4 @@ pub enum Open {
     },
     /// Every Parquet file below `prefix`, as one table.
     Folder { storage: Storage, prefix: String },
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

@@ -11,6 +11,7 @@
 //! - Preferences (the open workspace, the small-file threshold, the tab) persist through
 //!   eframe storage.
 
+pub mod catalog;
 pub mod endpoints;
 pub mod lake;
 pub mod monitoring;
@@ -45,6 +46,10 @@ pub enum UiEvent {
     LakeOpened {
         target: String,
         storage: Result<crate::lake::Storage, String>,
+    },
+    Catalog {
+        request: u64,
+        result: Result<Vec<catalog::FolderCatalog>, String>,
     },
     LakePage {
         request: u64,
@@ -305,6 +310,7 @@ impl TributaryApp {
                 prefix,
                 page,
             } => self.lake.page(request, prefix, page),
+            UiEvent::Catalog { request, result } => self.lake.catalog.loaded(request, result),
             event @ (UiEvent::PreviewOpened { .. }
             | UiEvent::PreviewRows { .. }
             | UiEvent::PreviewText { .. }

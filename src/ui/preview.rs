@@ -311,7 +311,7 @@ impl PreviewScreen {
                     "{} rows, {} row group(s), {}, written by {}",
                     summary.num_rows,
                     summary.row_groups.len(),
-                    super::lake::human_bytes(summary.size),
+                    crate::lake::human_bytes(summary.size),
                     summary.created_by.as_deref().unwrap_or("?")
                 ));
                 egui::CollapsingHeader::new("Schema")
@@ -491,7 +491,7 @@ fn folder_ui(ui: &mut egui::Ui, dataset: &ParquetDataset) {
         "{} rows in {} file(s), {}, as one table{}",
         dataset.num_rows(),
         files.len(),
-        super::lake::human_bytes(bytes),
+        crate::lake::human_bytes(bytes),
         if dataset.skipped_files > 0 {
             format!(
                 " (the first {}; {} more not shown)",
@@ -531,7 +531,7 @@ fn folder_ui(ui: &mut egui::Ui, dataset: &ParquetDataset) {
                 for (key, f) in &files {
                     ui.label(*key);
                     ui.label(format!("{} rows", f.num_rows()));
-                    ui.label(super::lake::human_bytes(f.size()));
+                    ui.label(crate::lake::human_bytes(f.size()));
                     ui.end_row();
                 }
             });
@@ -582,8 +582,8 @@ fn row_groups_ui(ui: &mut egui::Ui, summary: &ParquetSummary) {
         ui.label(format!(
             "row group {i}: {} rows, {} compressed, {} uncompressed",
             rg.rows,
-            super::lake::human_bytes(rg.compressed_bytes.max(0) as u64),
-            super::lake::human_bytes(rg.uncompressed_bytes.max(0) as u64)
+            crate::lake::human_bytes(rg.compressed_bytes.max(0) as u64),
+            crate::lake::human_bytes(rg.uncompressed_bytes.max(0) as u64)
         ));
         egui::Grid::new(("rg", i)).striped(true).show(ui, |ui| {
             for h in [
@@ -606,8 +606,8 @@ fn row_groups_ui(ui: &mut egui::Ui, summary: &ParquetSummary) {
                 ui.label(c.nulls.map_or("-".into(), |n| n.to_string()));
                 ui.label(&c.encodings);
                 ui.label(&c.compression);
-                ui.label(super::lake::human_bytes(c.compressed_bytes.max(0) as u64));
-                ui.label(super::lake::human_bytes(c.uncompressed_bytes.max(0) as u64));
+                ui.label(crate::lake::human_bytes(c.compressed_bytes.max(0) as u64));
+                ui.label(crate::lake::human_bytes(c.uncompressed_bytes.max(0) as u64));
                 ui.end_row();
             }
         });

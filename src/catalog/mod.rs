@@ -1,0 +1,415 @@
+//! The catalog of the raw zone: its tables, their schemas and partitions, found by crawling
+//! a target the way a Glue crawler does.
+//!
+//! A raw table is the folder `<bucket_folder>/<source>/<schema>/<table>/`; the folders
+//! between it and a file are the file's partition (`year=2026/month=11/day=25`, or DMS's
+//! `2026/11/25`). The catalog is kept beside the data, at
+//! `<bucket_folder>/_tributary/catalog.json`, and invariants hold on it:
+//! - a crawl is incremental: a file whose key, size and modification time are unchanged is
+//!   not read again; only new or changed files have their Parquet footer read;
+//! - a table's schema is the union of its Parquet files' columns, by name; every change of
+//!   it is a new schema version, the newest last, as Glue keeps table versions;
+//! - a file that cannot be read is reported with the reason and kept out of the schema,
+//!   never a reason to stop the crawl;
+//! - CSV files have no header (as DMS writes them), so a CSV table's columns are unknown
+//!   here; its files and partitions are still listed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow_schema::Schema;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::lake::inspect::{InspectError, ParquetFile};
+use crate::lake::layout;
+use crate::lake::{Storage, StorageError};
+
+/// How many Parquet footers a crawl reads at once.
+const FOOTERS_AT_ONCE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(
+        "the catalog {uri} is unreadable ({message}). Delete it: the next crawl rebuilds it from the files"
+    )]
+    Corrupt { uri: String, message: String },
+}
+
+/// The raw tables under one `bucket_folder` of a target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Keyed by `source.schema.table`.
+    pub tables: BTreeMap<String, RawTable>,
+    pub crawled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawTable {
+    pub source: String,
+    pub schema: String,
+    pub table: String,
+    /// The table folder's key, ending with `/`.
+    pub location: String,
+    /// `parquet`, `csv`, `json`, with `.gz` when compressed; several when files differ.
+    pub formats: BTreeSet<String>,
+    /// Schema versions, oldest first; the last is the current one.
+    pub versions: Vec<SchemaVersion>,
+    /// Keyed by the file's key.
+    pub files: BTreeMap<String, RawFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    pub columns: Vec<CatalogColumn>,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogColumn {
+    pub name: String,
+    /// The Arrow type; `mixed: a | b` when files disagree.
+    pub data_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawFile {
+    pub size: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+    /// The partition folders between the table folder and the file, e.g. `year=2026/month=11/day=25`.
+    pub partition: String,
+    /// Parquet: rows and columns from the footer.
+    pub rows: Option<u64>,
+    pub columns: Option<Vec<CatalogColumn>>,
+    /// Why the file could not be read, if it could not.
+    pub unreadable: Option<String>,
+}
+
+/// What one partition of a table holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionSummary {
+    pub files: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+impl RawTable {
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}.{}", self.source, self.schema, self.table)
+    }
+
+    pub fn columns(&self) -> &[CatalogColumn] {
+        self.versions.last().map_or(&[], |v| v.columns.as_slice())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.files.values().filter_map(|f| f.rows).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+
+    /// Partitions by name (`""`: files directly in the table folder, such as full-load files).
+    pub fn partitions(&self) -> BTreeMap<&str, PartitionSummary> {
+        let mut out: BTreeMap<&str, PartitionSummary> = BTreeMap::new();
+        for f in self.files.values() {
+            let p = out.entry(f.partition.as_str()).or_default();
+            p.files += 1;
+            p.bytes += f.size;
+            p.rows += f.rows.unwrap_or(0);
+            p.last_modified = p.last_modified.max(f.last_modified);
+        }
+        out
+    }
+
+    /// The union of the readable Parquet files' columns, in first-seen order.
+    fn merged_columns(&self) -> Vec<CatalogColumn> {
+        let mut merged: Vec<CatalogColumn> = Vec::new();
+        for columns in self.files.values().filter_map(|f| f.columns.as_ref()) {
+            for c in columns {
+                match merged.iter_mut().find(|m| m.name == c.name) {
+                    None => merged.push(c.clone()),
+                    Some(m)
+                        if m.data_type != c.data_type && !m.data_type.contains(&c.data_type) =>
+                    {
+                        let base = m.data_type.trim_start_matches("mixed: ").to_owned();
+                        m.data_type = format!("mixed: {base} | {}", c.data_type);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        merged
+    }
+}
+
+/// What a crawl found, for the terminal and the app.
+#[derive(Debug, Clone, Default)]
+pub struct CrawlReport {
+    pub tables_added: Vec<String>,
+    pub tables_removed: Vec<String>,
+    /// `(table, partition)`.
+    pub partitions_added: Vec<(String, String)>,
+    pub files_added: usize,
+    pub files_changed: usize,
+    pub files_removed: usize,
+    /// Footers read in this crawl (new or changed Parquet files).
+    pub footers_read: usize,
+    /// Tables whose schema got a new version.
+    pub schema_changes: Vec<String>,
+    /// `(file key, reason)`.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// The key of the catalog of the raw zone under `bucket_folder`.
+pub fn catalog_key(bucket_folder: &str) -> String {
+    let folder = bucket_folder.trim_matches('/');
+    if folder.is_empty() {
+        "_tributary/catalog.json".into()
+    } else {
+        format!("{folder}/_tributary/catalog.json")
+    }
+}
+
+/// Reads the catalog of `bucket_folder` (empty when none was written yet).
+pub async fn load(storage: &Storage, bucket_folder: &str) -> Result<Catalog, CatalogError> {
+    let key = catalog_key(bucket_folder);
+    match storage.get_bytes(&key).await? {
+        None => Ok(Catalog::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt {
+            uri: storage.uri(&key),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Crawls the raw zone under `bucket_folder`, updates its catalog from what changed, and
+/// writes the catalog back.
+pub async fn crawl(
+    storage: &Storage,
+    bucket_folder: &str,
+) -> Result<(Catalog, CrawlReport), CatalogError> {
+    let mut catalog = load(storage, bucket_folder).await?;
+    let root = match bucket_folder.trim_matches('/') {
+        "" => String::new(),
+        folder => format!("{folder}/"),
+    };
+    let mut report = CrawlReport::default();
+    let now = Utc::now();
+
+    // What the target holds now, table by table.
+    let mut found: BTreeMap<String, Vec<(String, crate::lake::storage::ObjectMeta)>> =
+        BTreeMap::new();
+    let mut places: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
+    for object in storage.list_all(&root).await? {
+        let Some(rest) = object.key.strip_prefix(&root) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        // source/schema/table/[partition/…]file; names readers skip are not data.
+        if parts.len() < 4 || parts.iter().any(|p| layout::is_hidden_name(p)) {
+            continue;
+        }
+        let (source, schema, table) = (parts[0], parts[1], parts[2]);
+        let name = format!("{source}.{schema}.{table}");
+        let partition = parts[3..parts.len() - 1].join("/");
+        places.entry(name.clone()).or_insert_with(|| {
+            (
+                source.to_owned(),
+                schema.to_owned(),
+                table.to_owned(),
+                format!("{root}{source}/{schema}/{table}/"),
+            )
+        });
+        found.entry(name).or_default().push((partition, object));
+    }
+
+    let gone: Vec<String> = catalog
+        .tables
+        .keys()
+        .filter(|k| !found.contains_key(*k))
+        .cloned()
+        .collect();
+    for name in gone {
+        catalog.tables.remove(&name);
+        report.tables_removed.push(name);
+    }
+
+    for (name, objects) in found {
+        let (source, schema, table, location) = places.remove(&name).unwrap_or_default();
+        let entry = catalog.tables.entry(name.clone()).or_insert_with(|| {
+            report.tables_added.push(name.clone());
+            RawTable {
+                source,
+                schema,
+                table,
+                location,
+                formats: BTreeSet::new(),
+                versions: Vec::new(),
+                files: BTreeMap::new(),
+            }
+        });
+        let known_partitions: BTreeSet<String> =
+            entry.files.values().map(|f| f.partition.clone()).collect();
+        let keys: BTreeSet<&str> = objects.iter().map(|(_, o)| o.key.as_str()).collect();
+        let before = entry.files.len();
+        entry.files.retain(|k, _| keys.contains(k.as_str()));
+        report.files_removed += before - entry.files.len();
+
+        let mut to_read = Vec::new();
+        for (partition, object) in &objects {
+            let unchanged = entry
+                .files
+                .get(&object.key)
+                .is_some_and(|f| f.size == object.size && f.last_modified == object.last_modified);
+            if unchanged {
+                continue;
+            }
+            if entry.files.contains_key(&object.key) {
+                report.files_changed += 1;
+            } else {
+                report.files_added += 1;
+            }
+            if !known_partitions.contains(partition) {
+                let p = (name.clone(), partition.clone());
+                if !report.partitions_added.contains(&p) {
+                    report.partitions_added.push(p);
+                }
+            }
+            entry.files.insert(
+                object.key.clone(),
+                RawFile {
+                    size: object.size,
+                    last_modified: object.last_modified,
+                    partition: partition.clone(),
+                    rows: None,
+                    columns: None,
+                    unreadable: None,
+                },
+            );
+            if format_of(&object.key) == "parquet" {
+                to_read.push(object.key.clone());
+            }
+        }
+        for chunk in to_read.chunks(FOOTERS_AT_ONCE) {
+            let reads = chunk
+                .iter()
+                .map(|key| async move { (key.clone(), ParquetFile::open(storage, key).await) });
+            for (key, result) in futures::future::join_all(reads).await {
+                report.footers_read += 1;
+                let Some(file) = entry.files.get_mut(&key) else {
+                    continue;
+                };
+                match result {
+                    Ok(parquet) => {
+                        file.rows = Some(parquet.num_rows().max(0) as u64);
+                        file.columns = Some(columns_of(parquet.schema()));
+                    }
+                    // The target failing is not the file's fault: the crawl stops.
+                    Err(InspectError::Storage(e)) => return Err(e.into()),
+                    Err(e) => {
+                        file.unreadable = Some(e.to_string());
+                        report.unreadable.push((key.clone(), e.to_string()));
+                    }
+                }
+            }
+        }
+        entry.formats = entry.files.keys().map(|k| format_of(k)).collect();
+        let columns = entry.merged_columns();
+        if entry.versions.last().map(|v| &v.columns) != Some(&columns) {
+            if !entry.versions.is_empty() {
+                report.schema_changes.push(name.clone());
+            }
+            entry.versions.push(SchemaVersion {
+                columns,
+                since: now,
+            });
+        }
+    }
+    catalog.crawled_at = Some(now);
+    let json = serde_json::to_vec_pretty(&catalog).map_err(|e| CatalogError::Corrupt {
+        uri: storage.uri(&catalog_key(bucket_folder)),
+        message: e.to_string(),
+    })?;
+    storage
+        .put_bytes(&catalog_key(bucket_folder), Bytes::from(json))
+        .await?;
+    Ok((catalog, report))
+}
+
+/// `parquet`, `csv`, `json`, `csv.gz`, … from a file name; `other` for anything else.
+fn format_of(key: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let gz = name.ends_with(".gz");
+    let base = name.trim_end_matches(".gz");
+    let format = match base.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("parquet") => "parquet",
+        Some("csv") => "csv",
+        Some("json") | Some("jsonl") => "json",
+        _ => "other",
+    };
+    if gz {
+        format!("{format}.gz")
+    } else {
+        format.to_owned()
+    }
+}
+
+fn columns_of(schema: &Schema) -> Vec<CatalogColumn> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| CatalogColumn {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_come_from_names() {
+        assert_eq!(format_of("raw/s/p/t/LOAD00000001.parquet"), "parquet");
+        assert_eq!(
+            format_of("raw/s/p/t/year=2026/20261125-101010123.csv.gz"),
+            "csv.gz"
+        );
+        assert_eq!(format_of("raw/s/p/t/x.json"), "json");
+        assert_eq!(format_of("raw/s/p/t/README"), "other");
+    }
+
+    #[test]
+    fn differing_types_are_marked_mixed_once() {
+        let file = |t: &str| RawFile {
+            size: 1,
+            last_modified: None,
+            partition: String::new(),
+            rows: Some(1),
+            columns: Some(vec![CatalogColumn {
+                name: "v".into(),
+                data_type: t.into(),
+            }]),
+            unreadable: None,
+        };
+        let table = RawTable {
+            source: "s".into(),
+            schema: "p".into(),
+            table: "t".into(),
+            location: "s/p/t/".into(),
+            formats: BTreeSet::new(),
+            versions: Vec::new(),
+            files: [("a", "Int32"), ("b", "Utf8"), ("c", "Utf8")]
+                .into_iter()
+                .map(|(k, t)| (k.to_string(), file(t)))
+                .collect(),
+        };
+        assert_eq!(table.merged_columns()[0].data_type, "mixed: Int32 | Utf8");
+    }
+}

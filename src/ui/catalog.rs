@@ -1,0 +1,151 @@
+//! The catalog beside the lake browser's files: the raw tables a crawl found (formats,
+//! files, rows, size, partitions, schema versions), each openable in the browser.
+//!
+//! Loading the saved catalog and crawling both run on the background runtime; a result
+//! for a target that is no longer shown is dropped.
+
+use crate::catalog::{Catalog, CrawlReport};
+use crate::lake::{Storage, human_bytes};
+
+use super::{Backend, UiEvent};
+
+/// One raw zone folder's catalog, and what the crawl that made it found (`None`: loaded).
+pub type FolderCatalog = (String, Catalog, Option<CrawlReport>);
+
+#[derive(Default)]
+pub struct CatalogPanel {
+    request: u64,
+    busy: bool,
+    catalogs: Vec<FolderCatalog>,
+    error: Option<String>,
+}
+
+impl CatalogPanel {
+    /// Loads the saved catalogs of `folders` (or crawls them, with `crawl`).
+    pub fn load(&mut self, backend: &Backend, storage: Storage, folders: Vec<String>, crawl: bool) {
+        self.request += 1;
+        self.busy = true;
+        self.error = None;
+        let request = self.request;
+        backend.spawn(async move {
+            let mut out = Vec::new();
+            for folder in folders {
+                let result = if crawl {
+                    crate::catalog::crawl(&storage, &folder)
+                        .await
+                        .map(|(c, r)| (c, Some(r)))
+                } else {
+                    crate::catalog::load(&storage, &folder)
+                        .await
+                        .map(|c| (c, None))
+                };
+                match result {
+                    Ok((catalog, report)) => out.push((folder, catalog, report)),
+                    Err(e) => {
+                        return UiEvent::Catalog {
+                            request,
+                            result: Err(e.to_string()),
+                        };
+                    }
+                }
+            }
+            UiEvent::Catalog {
+                request,
+                result: Ok(out),
+            }
+        });
+    }
+
+    pub fn loaded(&mut self, request: u64, result: Result<Vec<FolderCatalog>, String>) {
+        if request != self.request {
+            return;
+        }
+        self.busy = false;
+        match result {
+            Ok(catalogs) => self.catalogs = catalogs,
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Draws the catalog; returns `(crawl, folder to open)` as the user asks.
+    pub fn catalog_ui(&mut self, ui: &mut egui::Ui) -> (bool, Option<String>) {
+        let mut crawl = false;
+        let mut open = None;
+        ui.horizontal(|ui| {
+            ui.heading("Catalog");
+            crawl = ui
+                .add_enabled(!self.busy, egui::Button::new("Crawl"))
+                .on_hover_text("Finds new tables, files, partitions and schema changes; reads only new or changed files")
+                .clicked();
+            if self.busy {
+                ui.spinner();
+            }
+        });
+        if let Some(e) = &self.error {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+        }
+        egui::ScrollArea::vertical()
+            .id_salt("catalog-tables")
+            .show(ui, |ui| {
+                for (folder, catalog, report) in &self.catalogs {
+                    let root = if folder.is_empty() { "(root)" } else { folder };
+                    match (&catalog.crawled_at, report) {
+                        (None, _) => {
+                            ui.weak(format!("{root}: not crawled yet"));
+                        }
+                        (Some(at), None) => {
+                            ui.weak(format!("{root}: crawled {}", at.format("%Y-%m-%d %H:%M:%S")));
+                        }
+                        (Some(_), Some(r)) => {
+                            ui.label(format!(
+                                "{root}: {} new table(s), {} file(s) added, {} new partition(s), {} schema change(s)",
+                                r.tables_added.len(),
+                                r.files_added,
+                                r.partitions_added.len(),
+                                r.schema_changes.len()
+                            ));
+                            for (key, reason) in &r.unreadable {
+                                ui.colored_label(
+                                    ui.visuals().error_fg_color,
+                                    format!("unreadable {key}: {reason}"),
+                                );
+                            }
+                        }
+                    }
+                    for t in catalog.tables.values() {
+                        let partitions = t.partitions();
+                        let formats: Vec<&str> = t.formats.iter().map(String::as_str).collect();
+                        egui::CollapsingHeader::new(t.qualified_name())
+                            .id_salt(&t.location)
+                            .show(ui, |ui| {
+                                ui.label(format!(
+                                    "{}, {} file(s), {} row(s), {}, {} partition(s), schema v{}",
+                                    formats.join("+"),
+                                    t.files.len(),
+                                    t.rows(),
+                                    human_bytes(t.bytes()),
+                                    partitions.len(),
+                                    t.versions.len()
+                                ));
+                                if ui.link(format!("open {}", t.location)).clicked() {
+                                    open = Some(t.location.clone());
+                                }
+                                for c in t.columns() {
+                                    ui.monospace(format!("{}  {}", c.name, c.data_type));
+                                }
+                                for (name, p) in &partitions {
+                                    let name = if name.is_empty() { "(table folder)" } else { name };
+                                    ui.weak(format!(
+                                        "{name}: {} file(s), {} row(s), {}",
+                                        p.files,
+                                        p.rows,
+                                        human_bytes(p.bytes)
+                                    ));
+                                }
+                            });
+                    }
+                }
+            });
+        (crawl, open)
+    }
+}
