@@ -597,29 +597,26 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             _ => false,
         }
     };
+    const DATABASE_KEYS: &[&str] = &[
+        "host",
+        "port",
+        "database",
+        "user",
+        "password_env",
+        "password_keyring",
+    ];
+    const LOCAL_KEYS: &[&str] = &["path"];
+    const S3_KEYS: &[&str] = &[
+        "bucket",
+        "region",
+        "endpoint_url",
+        "force_path_style",
+        "profile",
+    ];
     let (required, allowed): (&[&str], &[&str]) = match e.engine {
-        Engine::Postgres | Engine::Mysql => (
-            &["host", "user"],
-            &[
-                "host",
-                "port",
-                "database",
-                "user",
-                "password_env",
-                "password_keyring",
-            ],
-        ),
-        Engine::Local => (&["path"], &["path"]),
-        Engine::S3 => (
-            &["bucket"],
-            &[
-                "bucket",
-                "region",
-                "endpoint_url",
-                "force_path_style",
-                "profile",
-            ],
-        ),
+        Engine::Postgres | Engine::Mysql => (&["host", "user"], DATABASE_KEYS),
+        Engine::Local => (&["path"], LOCAL_KEYS),
+        Engine::S3 => (&["bucket"], S3_KEYS),
     };
     for field in required {
         if !present(field) {
@@ -629,21 +626,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             ));
         }
     }
-    const ALL: [&str; 12] = [
-        "host",
-        "port",
-        "database",
-        "user",
-        "password_env",
-        "password_keyring",
-        "path",
-        "bucket",
-        "region",
-        "endpoint_url",
-        "force_path_style",
-        "profile",
-    ];
-    for field in ALL {
+    for &field in DATABASE_KEYS.iter().chain(LOCAL_KEYS).chain(S3_KEYS) {
         if present(field) && !allowed.contains(&field) {
             return Err((
                 field,
