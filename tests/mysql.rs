@@ -470,14 +470,7 @@ async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
     let my = My::from_env();
     let db = "tributary_my_reload";
     let mut conn = my.fresh_database(db).await;
-    exec(
-        &mut conn,
-        "CREATE TABLE accounts (id bigint PRIMARY KEY, name varchar(50), balance decimal(12,2));
-         CREATE TABLE orders (id bigint PRIMARY KEY, total decimal(12,2));
-         INSERT INTO accounts SELECT seq, concat('account ', seq), seq FROM seq_1_to_1000;
-         INSERT INTO orders SELECT seq, seq * 2 FROM seq_1_to_1000;",
-    )
-    .await;
+    exec(&mut conn, SCHEMA).await;
     let dir = TestDir::new();
     let ws = cdc_workspace(&my, &dir, db, "my_reload");
     assert_success(&run_until_caught_up(&ws, "my_reload"));
@@ -485,7 +478,7 @@ async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
         format!(
             "UPDATE accounts SET balance = balance + 1 WHERE id % 10 = 0;
              DELETE FROM accounts WHERE id BETWEEN {from} AND {from} + 9;
-             INSERT INTO accounts SELECT seq, 'new', 1 FROM seq_{a}_to_{b};
+             INSERT INTO accounts SELECT seq, 'new', 1, NULL FROM seq_{a}_to_{b};
              BEGIN; UPDATE orders SET total = total + 1 WHERE id % 7 = 0;
              DELETE FROM orders WHERE id BETWEEN {from} AND {from} + 4; COMMIT;",
             a = from + 5000,
@@ -508,4 +501,11 @@ async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
     assert_success(&run_until_caught_up(&ws, "my_reload"));
     assert_lake_equals_source(&my, db, &dir, "my_reload", &["accounts", "orders"]);
     assert!(cdc_changes(&lake.join("accounts")).contains(&("D".into(), "300".into())));
+    // Again while transactions commit all along.
+    reload_under_load(&ws, "my_reload", &table, {
+        let my = My::from_env();
+        move |stop| async move { load_generator(&my, db, stop).await }
+    })
+    .await;
+    assert_lake_equals_source(&my, db, &dir, "my_reload", &["accounts", "orders"]);
 }

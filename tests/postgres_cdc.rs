@@ -677,6 +677,14 @@ async fn reloading_one_table_of_a_cdc_task_keeps_every_change_once() {
         cdc_changes(&dir.lake().join("raw/shop/public/accounts"))
             .contains(&("D".into(), "300".into()))
     );
+    // Again while transactions commit all along: the snapshot's mark must split the stream
+    // with nothing lost on either side.
+    reload_under_load(&ws, "cdc_reload", "public.accounts", {
+        let pg = Pg::from_env();
+        move |stop| async move { load_generator(&pg, db, stop).await }
+    })
+    .await;
+    assert_lake_equals_source(&pg, db, &dir, "cdc_reload", &["accounts", "orders"]);
 
     let err = assert_failure(
         &tributary(&[

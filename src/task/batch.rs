@@ -124,11 +124,15 @@ impl BatchWriter {
         stream_names: (String, String),
     ) -> Self {
         let cdc = state.cdc.clone().unwrap_or_default();
-        let changes_from = state
+        let mut changes_from: HashMap<String, String> = state
             .tables
             .iter()
             .filter_map(|(key, t)| Some((key.clone(), t.changes_from.clone()?)))
             .collect();
+        // A table waiting for its reload passes every change by: its snapshot will hold it.
+        for key in &state.reloading {
+            changes_from.insert(key.clone(), "\u{10FFFF}".into());
+        }
         BatchWriter {
             toast: ToastRecovery::new(storage.clone(), super::toast::CACHE_BYTES),
             storage,
@@ -279,10 +283,11 @@ impl BatchWriter {
             .is_some_and(|from| position < from.as_str())
     }
 
-    /// Records a truncate of `key` at `position` in the task state (it writes no rows).
-    pub(super) fn truncated(&mut self, key: &str, position: &str) {
+    /// Records a truncate of `key` at `position` in the task state (it writes no rows);
+    /// false when the truncate is already in a reloaded table's load.
+    pub(super) fn truncated(&mut self, key: &str, position: &str) -> bool {
         if self.in_reload(key, position) {
-            return;
+            return false;
         }
         let total = self.totals.entry(key.to_owned()).or_default();
         total.ddls += 1;
@@ -298,6 +303,7 @@ impl BatchWriter {
         }
         self.events
             .log(LogLevel::Info, format!("{key}: truncated at {position}"));
+        true
     }
 
     /// Adds one row to its table's builder, spooling the builder when it is full.

@@ -245,8 +245,9 @@ impl BinlogCdcRun {
                             explicit: false,
                         });
                         let at = t.next_position();
-                        writer.truncated(&format!("{s}.{table}"), &at);
-                        writer.touch(t.commit_micros);
+                        if writer.truncated(&format!("{s}.{table}"), &at) {
+                            writer.touch(t.commit_micros);
+                        }
                     }
                     if txn.as_ref().is_none_or(|t| !t.explicit) {
                         // DDL commits on its own.

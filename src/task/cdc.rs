@@ -397,7 +397,7 @@ impl CdcRun {
         };
         if selected {
             let position = txn
-                .map(|(lsn, _, seq)| format!("{lsn:016X}{seq:08X}"))
+                .map(|(lsn, _, seq)| change_position(lsn, seq))
                 .unwrap_or_default();
             let table_schema = Arc::new(Schema::new(
                 info.columns
@@ -523,13 +523,18 @@ impl BatchWriter {
             | Message::Delete { relation, .. } => *relation,
             Message::Truncate { relations: ids, .. } => {
                 let position = next_position();
+                let mut recorded = false;
                 for id in ids {
-                    if let Some(info) = relations.get(id).filter(|i| i.selected) {
-                        self.truncated(&info.key, &position);
+                    if let Some(info) = relations.get(id).filter(|i| i.selected)
+                        && self.truncated(&info.key, &position)
+                    {
                         self.toast.truncated(&info.key);
+                        recorded = true;
                     }
                 }
-                self.touch(commit_micros);
+                if recorded {
+                    self.touch(commit_micros);
+                }
                 return Ok(());
             }
             _ => return Ok(()),

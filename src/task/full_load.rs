@@ -70,7 +70,14 @@ pub(super) async fn run<S: Source>(
     let started = Instant::now();
     let settings = &task.target_settings;
     let rules = SelectionRules::new(&task.include, &task.exclude);
-    let tables = source.discover(&rules).await?;
+    let mut tables = source.discover(&rules).await?;
+    // A table waiting to be reloaded from its own snapshot ([`super::reload`]) loads only
+    // in that reload.
+    let waiting = checkpoint.snapshot().await.reloading;
+    tables.retain(|t| {
+        let name = t.qualified_name();
+        !waiting.contains(&name) || options.reload_tables.contains(&name)
+    });
     for warning in tables.iter().flat_map(TableInfo::warnings) {
         events.log(LogLevel::Warn, warning);
     }

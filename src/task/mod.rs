@@ -565,15 +565,18 @@ async fn run_postgres(
             &slot[..slot.len().min(44)],
             std::process::id()
         );
-        let (holder, snapshot) = pg
-            .create_slot_with_snapshot(&temporary, &publication, true)
-            .await?;
-        let source = Arc::new(PostgresSource::new(pg.clone()).with_slot_snapshot(snapshot));
-        let mark = |p: &str| parse_lsn(p).map(|lsn| cdc::change_position(lsn, 0));
-        let reloaded =
-            reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await?;
-        drop(holder);
-        reloaded
+        let reloaded = async {
+            let (holder, snapshot) = pg
+                .create_slot_with_snapshot(&temporary, &publication, true)
+                .await?;
+            let source = Arc::new(PostgresSource::new(pg.clone()).with_slot_snapshot(snapshot));
+            let mark = |p: &str| parse_lsn(p).map(|lsn| cdc::change_position(lsn, 0));
+            let reloaded =
+                reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await;
+            drop(holder);
+            reloaded
+        };
+        reload::outcome(reloaded.await, load, &events)?
     };
     let outcome = cdc::CdcRun {
         pg,
@@ -731,7 +734,9 @@ async fn run_mysql(
         let mark = |p: &str| {
             BinlogPosition::parse(p).map(|b| binlog_cdc::change_position(b.file_index(), b.pos, 0))
         };
-        reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await?
+        let reloaded =
+            reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await;
+        reload::outcome(reloaded, load, &events)?
     };
     if !task.has_full_load()
         && state

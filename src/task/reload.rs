@@ -10,11 +10,15 @@
 //!   lock); the stream's changes to it before that position are in the load and are passed
 //!   by, the ones after are written, so nothing is lost or written twice;
 //! - the table's earlier files, load and changes, are deleted before it loads again; until
-//!   the load completes, readers see the table partly loaded (DMS truncates it likewise).
+//!   the load completes, readers see the table partly loaded (DMS truncates it likewise);
+//! - while a table waits for its reload, no other load touches it, and the stream's changes
+//!   to it are passed by (its new snapshot will hold them): a failed reload stops neither
+//!   the stream nor the other tables.
 //!
 //! [`TaskState::reloading`]: super::checkpoint::TaskState::reloading
 //! [`TableLoadState::changes_from`]: super::checkpoint::TableLoadState::changes_from
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -23,7 +27,7 @@ use super::checkpoint::Checkpoint;
 use super::{Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskSummary, cdc, full_load};
 use crate::config::TaskConfig;
 use crate::lake::Storage;
-use crate::source::{SelectionRules, Source};
+use crate::source::{SelectionRules, Source, TableInfo};
 
 /// Records that `tables` are to be reloaded, once each is known to be one the task selects.
 pub(super) async fn request<S: Source>(
@@ -67,52 +71,82 @@ pub(super) async fn run<S: Source>(
     events: &Events,
     stop: &watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
-    let tables = checkpoint.snapshot().await.reloading;
+    let requested = checkpoint.snapshot().await.reloading;
+    // A table no longer selected (its rules edited, or dropped at the source) cannot load:
+    // its request goes, rather than fail every later run.
+    let rules = SelectionRules::new(&task.include, &task.exclude);
+    let selected: HashSet<String> = source
+        .discover(&rules)
+        .await?
+        .iter()
+        .map(TableInfo::qualified_name)
+        .collect();
+    let (tables, gone): (Vec<String>, Vec<String>) =
+        requested.into_iter().partition(|t| selected.contains(t));
+    if !gone.is_empty() {
+        events.log(
+            LogLevel::Warn,
+            format!(
+                "{}: no longer selected, or no longer in the source; not reloaded",
+                gone.join(", ")
+            ),
+        );
+    }
     let mut removed = 0;
     for key in &tables {
         removed += cdc::delete_table_cdc_files(storage, task, key).await?;
     }
-    // With its state gone, the full load deletes the table's load files and plans it anew.
-    checkpoint
+    let loaded_before: HashSet<String> = checkpoint
         .update(|s| {
+            s.reloading.retain(|t| tables.contains(t));
             for t in &tables {
-                s.tables.remove(t);
                 if let Some(c) = &mut s.cdc {
                     c.tables.remove(t);
                 }
             }
-            s.full_load_completed_at = None;
+            s.tables
+                .keys()
+                .filter(|k| !tables.contains(k))
+                .cloned()
+                .collect()
         })
         .await?;
-    events.log(
-        LogLevel::Info,
-        format!(
-            "reloading {} from a new snapshot while the stream goes on ({removed} CDC file(s) of theirs deleted)",
-            tables.join(", ")
-        ),
-    );
+    if removed > 0 {
+        events.log(
+            LogLevel::Info,
+            format!("deleted {removed} CDC file(s) of {}", tables.join(", ")),
+        );
+    }
+    let options = RunOptions {
+        reload_tables: tables,
+        ..RunOptions::default()
+    };
+    let (storage, checkpoint_arc) = (storage.clone(), checkpoint.clone());
     let summary = full_load::run(
         source,
-        storage.clone(),
-        checkpoint.clone(),
+        storage,
+        checkpoint_arc,
         task.clone(),
-        RunOptions::default(),
+        options,
         events.clone(),
         stop.clone(),
     )
     .await?;
+    // Every table this load planned (the reloaded ones, and any newly selected) holds what
+    // the stream carried before its snapshot.
     let state = checkpoint.snapshot().await;
     let mut marks = Vec::new();
-    for t in &tables {
-        let position = state
-            .tables
-            .get(t)
-            .and_then(|l| l.snapshot_position.clone());
+    for (t, load) in state
+        .tables
+        .iter()
+        .filter(|(k, _)| !loaded_before.contains(*k))
+    {
+        let position = load.snapshot_position.clone();
         let Some(from) = position.as_deref().and_then(&mark) else {
             return Err(TaskError::Internal {
                 task: task.name.clone(),
                 message: format!(
-                    "{t} was reloaded from a snapshot without a usable source position ({position:?})"
+                    "{t} was loaded from a snapshot without a usable source position ({position:?}); reload the whole task (--reload)"
                 ),
             });
         };
@@ -137,4 +171,28 @@ pub(super) async fn run<S: Source>(
         ),
     );
     Ok(summary)
+}
+
+/// The load summary after a reload: its own, or on a failure other than a stop, the one
+/// before it, with the failure logged. One table's failed reload must not stop capture
+/// for the others (the source keeps its WAL or binlog meanwhile); the failed table's
+/// changes are passed by until its reload, tried again on the next run, succeeds.
+pub(super) fn outcome(
+    reloaded: Result<TaskSummary, TaskError>,
+    before: TaskSummary,
+    events: &Events,
+) -> Result<TaskSummary, TaskError> {
+    match reloaded {
+        Ok(summary) => Ok(summary),
+        Err(e @ TaskError::Stopped { .. }) => Err(e),
+        Err(e) => {
+            events.log(
+                LogLevel::Error,
+                format!(
+                    "{e}. The other tables' changes go on being captured; the reload is tried again on the next run"
+                ),
+            );
+            Ok(before)
+        }
+    }
 }

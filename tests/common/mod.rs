@@ -497,3 +497,37 @@ pub fn kill_once_reload_is_recorded(ws: &str, task: &str, table: &str, state_pat
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Reloads `table` of CDC task `task` while `load` commits transactions (it runs until told
+/// to stop and returns how many it committed), then catches up once the load has stopped.
+pub async fn reload_under_load<F, Fut>(ws: &str, task: &str, table: &str, load: F)
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let generator = tokio::spawn(load(stop_rx));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (ws2, task2, table2) = (ws.to_owned(), task.to_owned(), table.to_owned());
+    let run = tokio::task::spawn_blocking(move || {
+        tributary(&[
+            "run",
+            &ws2,
+            "--task",
+            &task2,
+            "--reload-table",
+            &table2,
+            "--until-caught-up",
+        ])
+    })
+    .await
+    .unwrap();
+    stop_tx.send(true).unwrap();
+    let committed = generator.await.unwrap();
+    assert_success(&run);
+    assert!(
+        committed > 10,
+        "the load committed only {committed} transactions"
+    );
+    assert_success(&run_until_caught_up(ws, task));
+}
