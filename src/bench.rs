@@ -55,7 +55,7 @@ async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask,
         .endpoint(&task.source, workspace_path)
         .map_err(|e| e.to_string())?
         .clone();
-    let password = source.resolve_password().map_err(|e| e.to_string())?;
+    let password = source.resolve_password().await.map_err(|e| e.to_string())?;
     let rules = SelectionRules::new(&task.include, &task.exclude);
     let (engine, tables) = match source.engine {
         Engine::Postgres => {

@@ -336,7 +336,7 @@ async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
             ),
         );
     }
-    let password = match source.resolve_password() {
+    let password = match source.resolve_password().await {
         Ok(p) => p,
         Err(e) => return fail(1, e),
     };
@@ -566,17 +566,34 @@ fn read_password() -> std::io::Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
-/// Turns the terminal's echo off until dropped.
+/// Turns the terminal's echo off until dropped, or until Ctrl-C ends the process.
 struct EchoOff(Option<libc::termios>);
+
+/// The terminal settings to put back if Ctrl-C ends the process at the prompt.
+static SAVED_TERMINAL: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+
+extern "C" fn restore_terminal_and_exit(_: libc::c_int) {
+    if let Some(saved) = SAVED_TERMINAL.get() {
+        // SAFETY: tcsetattr and _exit are async-signal-safe; `saved` is initialised.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, saved);
+            libc::_exit(130);
+        }
+    }
+}
 
 impl EchoOff {
     fn new() -> Self {
         // SAFETY: termios is plain data; tcgetattr fills it or fails, and then it is unused.
+        // The handler only reads SAVED_TERMINAL, set before it is installed.
         unsafe {
             let mut saved: libc::termios = std::mem::zeroed();
             if libc::tcgetattr(0, &mut saved) != 0 {
                 return EchoOff(None);
             }
+            let _ = SAVED_TERMINAL.set(saved);
+            let handler = restore_terminal_and_exit as extern "C" fn(libc::c_int);
+            libc::signal(libc::SIGINT, handler as libc::sighandler_t);
             let mut quiet = saved;
             quiet.c_lflag &= !libc::ECHO;
             libc::tcsetattr(0, libc::TCSANOW, &quiet);
@@ -588,9 +605,10 @@ impl EchoOff {
 impl Drop for EchoOff {
     fn drop(&mut self) {
         if let Some(saved) = &self.0 {
-            // SAFETY: restores the settings tcgetattr read.
+            // SAFETY: restores the settings tcgetattr read, then Ctrl-C's default.
             unsafe {
                 libc::tcsetattr(0, libc::TCSANOW, saved);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
             }
         }
     }

@@ -130,7 +130,7 @@ impl EndpointConfig {
 
     /// The password from the environment variable named by `password_env`, or from the OS
     /// keyring with `password_keyring`; `None` when the endpoint names neither.
-    pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+    pub async fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         if let Some(var) = &self.password_env {
             return std::env::var(var)
                 .map(Some)
@@ -140,7 +140,17 @@ impl EndpointConfig {
                 });
         }
         if self.password_keyring {
-            return Ok(Some(crate::secret::get(self)?));
+            // A blocking D-Bus call (it may wait on an unlock prompt): off the async workers.
+            let endpoint = self.clone();
+            let got = tokio::task::spawn_blocking(move || crate::secret::get(&endpoint)).await;
+            let got = got.unwrap_or_else(|e| {
+                Err(crate::secret::SecretError::Failed {
+                    endpoint: self.name.clone(),
+                    entry: crate::secret::entry_name(self),
+                    reason: e.to_string(),
+                })
+            });
+            return Ok(Some(got?));
         }
         Ok(None)
     }

@@ -198,7 +198,7 @@ pub async fn check_endpoint(
 ) -> Vec<CheckResult> {
     match e.engine {
         Engine::Postgres => {
-            let password = match e.resolve_password() {
+            let password = match e.resolve_password().await {
                 Ok(p) => p,
                 Err(err) => return vec![CheckResult::fail_from("password", &err)],
             };
@@ -217,7 +217,7 @@ pub async fn check_endpoint(
             results
         }
         Engine::Mysql => {
-            let password = match e.resolve_password() {
+            let password = match e.resolve_password().await {
                 Ok(p) => p,
                 Err(err) => return vec![CheckResult::fail_from("password", &err)],
             };
@@ -236,7 +236,7 @@ pub async fn list_source_tables(
     e: &crate::config::EndpointConfig,
     rules: &crate::source::SelectionRules,
 ) -> Result<Vec<String>, TaskError> {
-    let password = e.resolve_password()?;
+    let password = e.resolve_password().await?;
     let tables = match e.engine {
         Engine::Postgres => {
             PostgresSource::new(PgEndpoint::from_config(e, password))
@@ -403,12 +403,12 @@ async fn run(
     }
     match source_endpoint.engine {
         Engine::Postgres => {
-            let password = source_endpoint.resolve_password()?;
+            let password = source_endpoint.resolve_password().await?;
             let pg = PgEndpoint::from_config(source_endpoint, password);
             run_postgres(pg, storage, checkpoint, task, options, events, stop).await
         }
         Engine::Mysql => {
-            let password = source_endpoint.resolve_password()?;
+            let password = source_endpoint.resolve_password().await?;
             let endpoint = MyEndpoint::from_config(source_endpoint, password);
             run_mysql(endpoint, storage, checkpoint, task, options, events, stop).await
         }

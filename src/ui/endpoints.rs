@@ -18,8 +18,10 @@ pub struct EndpointsScreen {
     selected: Option<usize>,
     /// Results of the last test per endpoint; `None` while one runs.
     checks: HashMap<String, Option<Vec<CheckResult>>>,
-    /// The password being typed for the keyring (never saved anywhere else).
+    /// The password being typed for the keyring (never saved anywhere else), and the entry
+    /// it was typed for: it is dropped when the endpoint's server or user changes.
     keyring_password: String,
+    keyring_entry: String,
     /// The last keyring save per endpoint: `None` while it runs, then what happened.
     keyring_saves: HashMap<String, Option<Result<String, String>>>,
 }
@@ -81,6 +83,12 @@ impl EndpointsScreen {
 
     /// The password field and "Save in keyring" of an endpoint that keeps it in the keyring.
     fn keyring_ui(&mut self, ui: &mut egui::Ui, endpoint: &EndpointConfig, backend: &Backend) {
+        let entry = crate::secret::entry_user(endpoint);
+        if entry != self.keyring_entry {
+            self.keyring_password.clear();
+            self.keyring_entry = entry;
+        }
+        let complete = endpoint.host.is_some() && endpoint.user.is_some();
         ui.horizontal(|ui| {
             let label = ui.label("Keyring password");
             ui.add_sized(
@@ -90,7 +98,7 @@ impl EndpointsScreen {
             .labelled_by(label.id);
             let save = egui::Button::new("Save in keyring");
             if ui
-                .add_enabled(!self.keyring_password.is_empty(), save)
+                .add_enabled(complete && !self.keyring_password.is_empty(), save)
                 .on_hover_text(format!(
                     "Stores the password in the OS keyring as {}",
                     crate::secret::entry_name(endpoint)
