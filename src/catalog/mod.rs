@@ -12,7 +12,9 @@
 //! - a file that cannot be read is reported with the reason and kept out of the schema,
 //!   never a reason to stop the crawl;
 //! - CSV files have no header (as DMS writes them), so a CSV table's columns are unknown
-//!   here; its files and partitions are still listed.
+//!   here; its files and partitions are still listed;
+//! - names readers skip (a leading `.` or `_`, as Glue and Spark skip them) are not data:
+//!   a schema or table whose name starts with `_` is not cataloged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +59,10 @@ pub struct RawTable {
     pub formats: BTreeSet<String>,
     /// Schema versions, oldest first; the last is the current one.
     pub versions: Vec<SchemaVersion>,
+    /// The distinct column lists of the table's Parquet files, which files point into:
+    /// thousands of CDC files share a handful of schemas.
+    #[serde(default)]
+    pub file_schemas: Vec<Vec<CatalogColumn>>,
     /// Keyed by the file's key.
     pub files: BTreeMap<String, RawFile>,
 }
@@ -80,9 +86,10 @@ pub struct RawFile {
     pub last_modified: Option<DateTime<Utc>>,
     /// The partition folders between the table folder and the file, e.g. `year=2026/month=11/day=25`.
     pub partition: String,
-    /// Parquet: rows and columns from the footer.
+    /// Parquet: rows from the footer, and its columns as an index into
+    /// [`RawTable::file_schemas`].
     pub rows: Option<u64>,
-    pub columns: Option<Vec<CatalogColumn>>,
+    pub schema: Option<usize>,
     /// Why the file could not be read, if it could not.
     pub unreadable: Option<String>,
 }
@@ -126,24 +133,62 @@ impl RawTable {
         out
     }
 
-    /// The union of the readable Parquet files' columns, in first-seen order.
+    /// The index of `columns` in [`Self::file_schemas`], added when new.
+    fn schema_index(&mut self, columns: Vec<CatalogColumn>) -> usize {
+        match self.file_schemas.iter().position(|s| *s == columns) {
+            Some(i) => i,
+            None => {
+                self.file_schemas.push(columns);
+                self.file_schemas.len() - 1
+            }
+        }
+    }
+
+    /// Drops the file schemas no file points to any more.
+    fn prune_schemas(&mut self) {
+        let used: BTreeSet<usize> = self.files.values().filter_map(|f| f.schema).collect();
+        if used.len() == self.file_schemas.len() {
+            return;
+        }
+        let mut renumbered = BTreeMap::new();
+        let schemas = std::mem::take(&mut self.file_schemas);
+        for (old, columns) in schemas.into_iter().enumerate() {
+            if used.contains(&old) {
+                renumbered.insert(old, self.file_schemas.len());
+                self.file_schemas.push(columns);
+            }
+        }
+        for f in self.files.values_mut() {
+            f.schema = f.schema.and_then(|s| renumbered.get(&s).copied());
+        }
+    }
+
+    /// The union of the readable Parquet files' columns, in first-seen order; a column
+    /// whose type differs between files is `mixed: a | b`.
     fn merged_columns(&self) -> Vec<CatalogColumn> {
-        let mut merged: Vec<CatalogColumn> = Vec::new();
-        for columns in self.files.values().filter_map(|f| f.columns.as_ref()) {
+        let mut merged: Vec<(String, Vec<String>)> = Vec::new();
+        let used: BTreeSet<usize> = self.files.values().filter_map(|f| f.schema).collect();
+        for columns in used.iter().filter_map(|&i| self.file_schemas.get(i)) {
             for c in columns {
-                match merged.iter_mut().find(|m| m.name == c.name) {
-                    None => merged.push(c.clone()),
-                    Some(m)
-                        if m.data_type != c.data_type && !m.data_type.contains(&c.data_type) =>
-                    {
-                        let base = m.data_type.trim_start_matches("mixed: ").to_owned();
-                        m.data_type = format!("mixed: {base} | {}", c.data_type);
+                match merged.iter_mut().find(|(name, _)| *name == c.name) {
+                    None => merged.push((c.name.clone(), vec![c.data_type.clone()])),
+                    Some((_, types)) if !types.contains(&c.data_type) => {
+                        types.push(c.data_type.clone())
                     }
                     Some(_) => {}
                 }
             }
         }
         merged
+            .into_iter()
+            .map(|(name, types)| CatalogColumn {
+                name,
+                data_type: match types.as_slice() {
+                    [one] => one.clone(),
+                    many => format!("mixed: {}", many.join(" | ")),
+                },
+            })
+            .collect()
     }
 }
 
@@ -250,6 +295,7 @@ pub async fn crawl(
                 location,
                 formats: BTreeSet::new(),
                 versions: Vec::new(),
+                file_schemas: Vec::new(),
                 files: BTreeMap::new(),
             }
         });
@@ -287,7 +333,7 @@ pub async fn crawl(
                     last_modified: object.last_modified,
                     partition: partition.clone(),
                     rows: None,
-                    columns: None,
+                    schema: None,
                     unreadable: None,
                 },
             );
@@ -301,21 +347,33 @@ pub async fn crawl(
                 .map(|key| async move { (key.clone(), ParquetFile::open(storage, key).await) });
             for (key, result) in futures::future::join_all(reads).await {
                 report.footers_read += 1;
-                let Some(file) = entry.files.get_mut(&key) else {
-                    continue;
-                };
                 match result {
                     Ok(parquet) => {
-                        file.rows = Some(parquet.num_rows().max(0) as u64);
-                        file.columns = Some(columns_of(parquet.schema()));
+                        let schema = entry.schema_index(columns_of(parquet.schema()));
+                        if let Some(file) = entry.files.get_mut(&key) {
+                            file.rows = Some(parquet.num_rows().max(0) as u64);
+                            file.schema = Some(schema);
+                        }
+                    }
+                    // Deleted since the listing (a reload, a batch redone): gone.
+                    Err(InspectError::Storage(StorageError::NotFound { .. })) => {
+                        entry.files.remove(&key);
                     }
                     // The target failing is not the file's fault: the crawl stops.
                     Err(InspectError::Storage(e)) => return Err(e.into()),
                     Err(e) => {
-                        file.unreadable = Some(e.to_string());
-                        report.unreadable.push((key.clone(), e.to_string()));
+                        if let Some(file) = entry.files.get_mut(&key) {
+                            file.unreadable = Some(e.to_string());
+                        }
                     }
                 }
+            }
+        }
+        entry.prune_schemas();
+        // Every unreadable file, on every crawl, until it is replaced or removed.
+        for (key, file) in &entry.files {
+            if let Some(reason) = &file.unreadable {
+                report.unreadable.push((key.clone(), reason.clone()));
             }
         }
         entry.formats = entry.files.keys().map(|k| format_of(k)).collect();
@@ -331,7 +389,7 @@ pub async fn crawl(
         }
     }
     catalog.crawled_at = Some(now);
-    let json = serde_json::to_vec_pretty(&catalog).map_err(|e| CatalogError::Corrupt {
+    let json = serde_json::to_vec(&catalog).map_err(|e| CatalogError::Corrupt {
         uri: storage.uri(&catalog_key(bucket_folder)),
         message: e.to_string(),
     })?;
@@ -386,30 +444,54 @@ mod tests {
     }
 
     #[test]
-    fn differing_types_are_marked_mixed_once() {
-        let file = |t: &str| RawFile {
+    fn differing_types_are_marked_mixed_once_and_unused_schemas_go() {
+        let column = |t: &str| {
+            vec![CatalogColumn {
+                name: "v".into(),
+                data_type: t.into(),
+            }]
+        };
+        let file = RawFile {
             size: 1,
             last_modified: None,
             partition: String::new(),
             rows: Some(1),
-            columns: Some(vec![CatalogColumn {
-                name: "v".into(),
-                data_type: t.into(),
-            }]),
+            schema: None,
             unreadable: None,
         };
-        let table = RawTable {
+        let mut table = RawTable {
             source: "s".into(),
             schema: "p".into(),
             table: "t".into(),
             location: "s/p/t/".into(),
             formats: BTreeSet::new(),
             versions: Vec::new(),
-            files: [("a", "Int32"), ("b", "Utf8"), ("c", "Utf8")]
-                .into_iter()
-                .map(|(k, t)| (k.to_string(), file(t)))
-                .collect(),
+            file_schemas: Vec::new(),
+            files: BTreeMap::new(),
         };
-        assert_eq!(table.merged_columns()[0].data_type, "mixed: Int32 | Utf8");
+        for (key, t) in [
+            ("a", "Utf8"),
+            ("b", "LargeUtf8"),
+            ("c", "Utf8"),
+            ("d", "Int8"),
+        ] {
+            let schema = table.schema_index(column(t));
+            let f = RawFile {
+                schema: Some(schema),
+                ..file.clone()
+            };
+            table.files.insert(key.into(), f);
+        }
+        assert_eq!(table.file_schemas.len(), 3, "one entry per distinct schema");
+        assert_eq!(
+            table.merged_columns()[0].data_type,
+            "mixed: Utf8 | LargeUtf8 | Int8"
+        );
+        table.files.remove("b");
+        table.files.remove("d");
+        table.prune_schemas();
+        assert_eq!(table.file_schemas, vec![column("Utf8")]);
+        assert_eq!(table.merged_columns()[0].data_type, "Utf8");
+        assert!(table.files.values().all(|f| f.schema == Some(0)));
     }
 }

@@ -113,11 +113,13 @@ impl CatalogPanel {
                         }
                     }
                     for t in catalog.tables.values() {
-                        let partitions = t.partitions();
-                        let formats: Vec<&str> = t.formats.iter().map(String::as_str).collect();
                         egui::CollapsingHeader::new(t.qualified_name())
                             .id_salt(&t.location)
                             .show(ui, |ui| {
+                                // Summed over the files only while the table is open.
+                                let partitions = t.partitions();
+                                let formats: Vec<&str> =
+                                    t.formats.iter().map(String::as_str).collect();
                                 ui.label(format!(
                                     "{}, {} file(s), {} row(s), {}, {} partition(s), schema v{}",
                                     formats.join("+"),
