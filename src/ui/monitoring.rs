@@ -163,8 +163,9 @@ impl Runs {
     }
 
     /// Shows a run rebuilt from recorded events, each with its time in seconds since the
-    /// start, and how it ended (`None`: still running). For fixtures: the app's tests and
+    /// start, and how it ended (`None`: shown as running). For fixtures: the app's tests and
     /// screenshots, which must look the same on every run.
+    #[doc(hidden)]
     pub fn replay(
         &mut self,
         task: &str,
