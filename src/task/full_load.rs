@@ -58,6 +58,24 @@ impl TableJob {
     }
 }
 
+/// Refuses the first of `requested` (`schema.table`) that is not among `selected`.
+pub(super) fn require_selected(
+    task: &TaskConfig,
+    requested: &[String],
+    selected: &[TableInfo],
+) -> Result<(), TaskError> {
+    match requested
+        .iter()
+        .find(|t| !selected.iter().any(|i| &i.qualified_name() == *t))
+    {
+        Some(table) => Err(TaskError::NotSelected {
+            task: task.name.clone(),
+            table: table.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(super) async fn run<S: Source>(
     source: Arc<S>,
     storage: Storage,
@@ -104,16 +122,7 @@ pub(super) async fn run<S: Source>(
         events.log(LogLevel::Info, "reload: previous full-load files deleted");
     }
     if !options.reload_tables.is_empty() {
-        if let Some(table) = options
-            .reload_tables
-            .iter()
-            .find(|t| !tables.iter().any(|i| &i.qualified_name() == *t))
-        {
-            return Err(TaskError::NotSelected {
-                task: task.name.clone(),
-                table: table.clone(),
-            });
-        }
+        require_selected(&task, &options.reload_tables, &tables)?;
         // Forgetting a table's state is enough: the plan below deletes the files of a table
         // it knows nothing of before loading it, so a crash in between loses nothing.
         checkpoint

@@ -37,16 +37,7 @@ pub(super) async fn request<S: Source>(
     tables: &[String],
 ) -> Result<(), TaskError> {
     let rules = SelectionRules::new(&task.include, &task.exclude);
-    let selected = source.discover(&rules).await?;
-    if let Some(table) = tables
-        .iter()
-        .find(|t| !selected.iter().any(|i| &i.qualified_name() == *t))
-    {
-        return Err(TaskError::NotSelected {
-            task: task.name.clone(),
-            table: table.clone(),
-        });
-    }
+    full_load::require_selected(task, tables, &source.discover(&rules).await?)?;
     checkpoint
         .update(|s| {
             for t in tables {
