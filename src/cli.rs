@@ -714,7 +714,7 @@ async fn catalog(path: PathBuf, target: String, folders: Vec<String>, details: b
                 t.files.len(),
                 t.rows(),
                 crate::lake::human_bytes(t.bytes()),
-                partitions.len(),
+                crate::catalog::RawTable::partition_count(&partitions),
                 t.versions.len()
             );
             if details {

@@ -563,7 +563,7 @@ fn the_lake_browser_lists_the_catalog_tables_a_crawl_finds() {
     h.get_by_label("Crawl").click();
     wait_for(
         &mut h,
-        "raw: 2 new table(s), 4 file(s) added, 2 new partition(s)",
+        "raw: 2 new table(s), 4 file(s) added, 1 new partition(s)",
         Duration::from_secs(20),
     );
     h.get_by_label("shop.public.towns").click();

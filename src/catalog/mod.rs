@@ -120,6 +120,11 @@ impl RawTable {
         self.files.values().map(|f| f.size).sum()
     }
 
+    /// How many partitions the table has; files directly in its folder are in none.
+    pub fn partition_count(partitions: &BTreeMap<&str, PartitionSummary>) -> usize {
+        partitions.keys().filter(|p| !p.is_empty()).count()
+    }
+
     /// Partitions by name (`""`: files directly in the table folder, such as full-load files).
     pub fn partitions(&self) -> BTreeMap<&str, PartitionSummary> {
         let mut out: BTreeMap<&str, PartitionSummary> = BTreeMap::new();
@@ -320,7 +325,7 @@ pub async fn crawl(
             } else {
                 report.files_added += 1;
             }
-            if !known_partitions.contains(partition) {
+            if !partition.is_empty() && !known_partitions.contains(partition) {
                 let p = (name.clone(), partition.clone());
                 if !report.partitions_added.contains(&p) {
                     report.partitions_added.push(p);

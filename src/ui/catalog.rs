@@ -126,7 +126,7 @@ impl CatalogPanel {
                                     t.files.len(),
                                     t.rows(),
                                     human_bytes(t.bytes()),
-                                    partitions.len(),
+                                    crate::catalog::RawTable::partition_count(&partitions),
                                     t.versions.len()
                                 ));
                                 if ui.link(format!("open {}", t.location)).clicked() {
