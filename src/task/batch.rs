@@ -33,6 +33,22 @@ use crate::task::toast::ToastRecovery;
 pub(super) const FLUSH_ROWS: usize = 8192;
 /// ...or bytes of values, whichever comes first.
 pub(super) const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+/// How long a stop waits for an open transaction to commit before dropping the batch.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a CDC loop's turn ends ([`BatchWriter::end_of_turn`]); `written` is the end
+/// position of a batch just written.
+pub(super) enum Turn {
+    Go {
+        written: Option<String>,
+    },
+    /// Stopped between transactions: everything finished is written.
+    Stopped {
+        written: Option<String>,
+    },
+    /// Stopped inside a transaction that did not commit in time: its batch is dropped.
+    Abandoned,
+}
 
 /// A table's rows of the open batch, as its source's builder holds them.
 pub(super) enum Rows {
@@ -420,6 +436,45 @@ impl BatchWriter {
             t.finished.push(file);
         }
         Ok(())
+    }
+
+    /// The end of a CDC loop's turn. Between transactions, the batch is written when its
+    /// largest file reaches `min_bytes`, when it is `interval` old, or on a stop, which then
+    /// ends the loop. Inside a transaction, a stop waits up to [`STOP_GRACE`] for it to
+    /// commit; after that the batch is dropped and redone on the next run.
+    pub(super) async fn end_of_turn(
+        &mut self,
+        in_transaction: bool,
+        stopping: Option<Instant>,
+        min_bytes: u64,
+        interval: Duration,
+    ) -> Result<Turn, TaskError> {
+        if in_transaction {
+            if stopping.is_some_and(|at| at.elapsed() > STOP_GRACE) {
+                self.abandon();
+                self.events.log(
+                    LogLevel::Warn,
+                    "stopped inside a long transaction: its batch is dropped and is written again on the next run",
+                );
+                return Ok(Turn::Abandoned);
+            }
+            return Ok(Turn::Go { written: None });
+        }
+        let full = self.largest_file_bytes() >= min_bytes;
+        let due = self.batch_age().is_some_and(|age| age >= interval);
+        let written = if full || due || stopping.is_some() {
+            self.flush().await?
+        } else {
+            None
+        };
+        if stopping.is_some() {
+            self.events.log(
+                LogLevel::Info,
+                "stopped cleanly: every finished transaction is written and confirmed",
+            );
+            return Ok(Turn::Stopped { written });
+        }
+        Ok(Turn::Go { written })
     }
 
     /// Drops the open batch (a stop inside a transaction): it is redone on the next run.

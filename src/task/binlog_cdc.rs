@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use mysql_async::Value;
 use tokio::sync::watch;
 
-use super::batch::{BatchWriter, Rows};
+use super::batch::{BatchWriter, Rows, Turn};
 use super::cdc::CdcOutcome;
 use super::checkpoint::Checkpoint;
 use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
@@ -32,8 +32,6 @@ use crate::source::mysql::{BinlogPosition, MyEndpoint, file_index};
 
 /// How often the binlog lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a stop waits for an open transaction to commit before dropping the batch.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) struct BinlogCdcRun {
     pub endpoint: MyEndpoint,
@@ -287,35 +285,25 @@ impl BinlogCdcRun {
                 }
             }
             // Batch boundaries fall between transactions only.
-            if txn.is_none() {
-                let full = writer.largest_file_bytes() >= min_bytes;
-                let due = writer.batch_age().is_some_and(|age| age >= interval);
-                if (full || due || stopping.is_some())
-                    && let Some(end) = writer.flush().await?
-                {
-                    confirmed = BinlogPosition::parse(&end).unwrap_or(confirmed);
-                    persisted = confirmed.clone();
-                }
-                if writer.is_empty() && last_persist.elapsed() >= interval {
-                    // Traffic of other tables moves the start on, so a restart does not
-                    // reread it (and a purge of old binlogs does not strand the task).
-                    self.persist(&confirmed, &mut persisted).await?;
-                    last_persist = Instant::now();
-                }
-                if stopping.is_some() {
-                    self.persist(&confirmed, &mut persisted).await?;
-                    self.events.log(
-                        LogLevel::Info,
-                        "stopped cleanly: every finished transaction is written",
-                    );
-                    break;
-                }
-            } else if stopping.is_some_and(|at| at.elapsed() > STOP_GRACE) {
-                writer.abandon();
-                self.events.log(
-                    LogLevel::Warn,
-                    "stopped inside a long transaction: its batch is dropped and is written again on the next run",
-                );
+            let turn = writer
+                .end_of_turn(txn.is_some(), stopping, min_bytes, interval)
+                .await?;
+            let (Turn::Go { written } | Turn::Stopped { written }) = &turn else {
+                break;
+            };
+            if let Some(end) = written {
+                confirmed = BinlogPosition::parse(end).unwrap_or(confirmed);
+                persisted = confirmed.clone();
+            }
+            let stopped = matches!(turn, Turn::Stopped { .. });
+            if txn.is_none() && writer.is_empty() && (stopped || last_persist.elapsed() >= interval)
+            {
+                // Traffic of other tables moves the start on, so a restart does not reread
+                // it (and a purge of old binlogs does not strand the task).
+                self.persist(&confirmed, &mut persisted).await?;
+                last_persist = Instant::now();
+            }
+            if stopped {
                 break;
             }
             if last_lag.elapsed() >= LAG_INTERVAL {

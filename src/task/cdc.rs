@@ -20,7 +20,7 @@ use pgwire_replication::ReplicationEvent;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
-use super::batch::{BatchWriter, Rows};
+use super::batch::{BatchWriter, Rows, Turn};
 use super::checkpoint::Checkpoint;
 use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
@@ -38,8 +38,6 @@ use crate::task::toast;
 
 /// How often slot lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a stop waits for an open transaction to commit before dropping the batch.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Live figures of a CDC task, for the terminal and the app.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -232,28 +230,17 @@ impl CdcRun {
                 None => {}
             }
             // Batch boundaries fall between transactions only.
-            if txn.is_none() {
-                let full = writer.largest_file_bytes() >= min_bytes;
-                let due = writer.batch_age().is_some_and(|age| age >= interval);
-                if (full || due || stopping.is_some())
-                    && let Some(end) = writer.flush().await?.as_deref().and_then(parse_lsn)
-                {
-                    stream.confirm(end);
-                    confirmed_lsn = confirmed_lsn.max(end);
-                }
-                if stopping.is_some() {
-                    self.events.log(
-                        LogLevel::Info,
-                        "stopped cleanly: every finished transaction is written and confirmed",
-                    );
-                    break;
-                }
-            } else if stopping.is_some_and(|at| at.elapsed() > STOP_GRACE) {
-                writer.abandon();
-                self.events.log(
-                    LogLevel::Warn,
-                    "stopped inside a long transaction: its batch is dropped and is written again on the next run",
-                );
+            let turn = writer
+                .end_of_turn(txn.is_some(), stopping, min_bytes, interval)
+                .await?;
+            let (Turn::Go { written } | Turn::Stopped { written }) = &turn else {
+                break;
+            };
+            if let Some(end) = written.as_deref().and_then(parse_lsn) {
+                stream.confirm(end);
+                confirmed_lsn = confirmed_lsn.max(end);
+            }
+            if matches!(turn, Turn::Stopped { .. }) {
                 break;
             }
             if self.task.cdc_settings.heartbeat_enable
