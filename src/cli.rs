@@ -705,18 +705,7 @@ async fn catalog(path: PathBuf, target: String, folders: Vec<String>, details: b
             unreadable = true;
         }
         for t in catalog.tables.values() {
-            let formats: Vec<&str> = t.formats.iter().map(String::as_str).collect();
-            let partitions = t.partitions();
-            println!(
-                "{}  {}  {} file(s)  {} row(s)  {}  {} partition(s)  schema v{}",
-                t.qualified_name(),
-                formats.join("+"),
-                t.files.len(),
-                t.rows(),
-                crate::lake::human_bytes(t.bytes()),
-                crate::catalog::RawTable::partition_count(&partitions),
-                t.versions.len()
-            );
+            println!("{}  {}", t.qualified_name(), t.summary());
             if details {
                 let columns: Vec<String> = t
                     .columns()
@@ -724,18 +713,8 @@ async fn catalog(path: PathBuf, target: String, folders: Vec<String>, details: b
                     .map(|c| format!("{} {}", c.name, c.data_type))
                     .collect();
                 println!("  columns: {}", columns.join(", "));
-                for (name, p) in &partitions {
-                    let name = if name.is_empty() {
-                        "(table folder)"
-                    } else {
-                        name
-                    };
-                    println!(
-                        "  partition {name}: {} file(s), {} row(s), {}",
-                        p.files,
-                        p.rows,
-                        crate::lake::human_bytes(p.bytes)
-                    );
+                for (name, p) in &t.partitions() {
+                    println!("  partition {}", p.describe(name));
                 }
             }
         }

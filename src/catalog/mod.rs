@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::layout;
-use crate::lake::{Storage, StorageError};
+use crate::lake::{ObjectMeta, Storage, StorageError, human_bytes};
 
 /// How many Parquet footers a crawl reads at once.
 const FOOTERS_AT_ONCE: usize = 16;
@@ -103,6 +103,23 @@ pub struct PartitionSummary {
     pub last_modified: Option<DateTime<Utc>>,
 }
 
+impl PartitionSummary {
+    /// One line for people about partition `name` (`""`: the table folder itself).
+    pub fn describe(&self, name: &str) -> String {
+        let name = if name.is_empty() {
+            "(table folder)"
+        } else {
+            name
+        };
+        format!(
+            "{name}: {} file(s), {} row(s), {}",
+            self.files,
+            self.rows,
+            human_bytes(self.bytes)
+        )
+    }
+}
+
 impl RawTable {
     pub fn qualified_name(&self) -> String {
         format!("{}.{}.{}", self.source, self.schema, self.table)
@@ -120,9 +137,21 @@ impl RawTable {
         self.files.values().map(|f| f.size).sum()
     }
 
-    /// How many partitions the table has; files directly in its folder are in none.
-    pub fn partition_count(partitions: &BTreeMap<&str, PartitionSummary>) -> usize {
-        partitions.keys().filter(|p| !p.is_empty()).count()
+    /// One line for people: `parquet, 3 file(s), 1040 row(s), 52.1 KB, 1 partition(s),
+    /// schema v1`. Files directly in the table folder are in no partition.
+    pub fn summary(&self) -> String {
+        let formats: Vec<&str> = self.formats.iter().map(String::as_str).collect();
+        let partitions = self.files.values().map(|f| f.partition.as_str());
+        let partitions: BTreeSet<&str> = partitions.filter(|p| !p.is_empty()).collect();
+        format!(
+            "{}, {} file(s), {} row(s), {}, {} partition(s), schema v{}",
+            formats.join("+"),
+            self.files.len(),
+            self.rows(),
+            human_bytes(self.bytes()),
+            partitions.len(),
+            self.versions.len()
+        )
     }
 
     /// Partitions by name (`""`: files directly in the table folder, such as full-load files).
@@ -251,10 +280,9 @@ pub async fn crawl(
     let mut report = CrawlReport::default();
     let now = Utc::now();
 
-    // What the target holds now, table by table.
-    let mut found: BTreeMap<String, Vec<(String, crate::lake::storage::ObjectMeta)>> =
-        BTreeMap::new();
-    let mut places: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
+    // What the target holds now, table by table: an empty entry for a table not seen
+    // before, and its files with their partitions.
+    let mut found: BTreeMap<String, (RawTable, Vec<(String, ObjectMeta)>)> = BTreeMap::new();
     for object in storage.list_all(&root).await? {
         let Some(rest) = object.key.strip_prefix(&root) else {
             continue;
@@ -267,15 +295,20 @@ pub async fn crawl(
         let (source, schema, table) = (parts[0], parts[1], parts[2]);
         let name = format!("{source}.{schema}.{table}");
         let partition = parts[3..parts.len() - 1].join("/");
-        places.entry(name.clone()).or_insert_with(|| {
-            (
-                source.to_owned(),
-                schema.to_owned(),
-                table.to_owned(),
-                format!("{root}{source}/{schema}/{table}/"),
-            )
+        let (_, objects) = found.entry(name).or_insert_with(|| {
+            let table = RawTable {
+                source: source.to_owned(),
+                schema: schema.to_owned(),
+                table: table.to_owned(),
+                location: format!("{root}{source}/{schema}/{table}/"),
+                formats: BTreeSet::new(),
+                versions: Vec::new(),
+                file_schemas: Vec::new(),
+                files: BTreeMap::new(),
+            };
+            (table, Vec::new())
         });
-        found.entry(name).or_default().push((partition, object));
+        objects.push((partition, object));
     }
 
     let gone: Vec<String> = catalog
@@ -289,20 +322,10 @@ pub async fn crawl(
         report.tables_removed.push(name);
     }
 
-    for (name, objects) in found {
-        let (source, schema, table, location) = places.remove(&name).unwrap_or_default();
+    for (name, (new_table, objects)) in found {
         let entry = catalog.tables.entry(name.clone()).or_insert_with(|| {
             report.tables_added.push(name.clone());
-            RawTable {
-                source,
-                schema,
-                table,
-                location,
-                formats: BTreeSet::new(),
-                versions: Vec::new(),
-                file_schemas: Vec::new(),
-                files: BTreeMap::new(),
-            }
+            new_table
         });
         let known_partitions: BTreeSet<String> =
             entry.files.values().map(|f| f.partition.clone()).collect();
@@ -394,13 +417,12 @@ pub async fn crawl(
         }
     }
     catalog.crawled_at = Some(now);
+    let key = catalog_key(bucket_folder);
     let json = serde_json::to_vec(&catalog).map_err(|e| CatalogError::Corrupt {
-        uri: storage.uri(&catalog_key(bucket_folder)),
+        uri: storage.uri(&key),
         message: e.to_string(),
     })?;
-    storage
-        .put_bytes(&catalog_key(bucket_folder), Bytes::from(json))
-        .await?;
+    storage.put_bytes(&key, Bytes::from(json)).await?;
     Ok((catalog, report))
 }
 

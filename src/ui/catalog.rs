@@ -5,7 +5,7 @@
 //! for a target that is no longer shown is dropped.
 
 use crate::catalog::{Catalog, CrawlReport};
-use crate::lake::{Storage, human_bytes};
+use crate::lake::Storage;
 
 use super::{Backend, UiEvent};
 
@@ -117,32 +117,15 @@ impl CatalogPanel {
                             .id_salt(&t.location)
                             .show(ui, |ui| {
                                 // Summed over the files only while the table is open.
-                                let partitions = t.partitions();
-                                let formats: Vec<&str> =
-                                    t.formats.iter().map(String::as_str).collect();
-                                ui.label(format!(
-                                    "{}, {} file(s), {} row(s), {}, {} partition(s), schema v{}",
-                                    formats.join("+"),
-                                    t.files.len(),
-                                    t.rows(),
-                                    human_bytes(t.bytes()),
-                                    crate::catalog::RawTable::partition_count(&partitions),
-                                    t.versions.len()
-                                ));
+                                ui.label(t.summary());
                                 if ui.link(format!("open {}", t.location)).clicked() {
                                     open = Some(t.location.clone());
                                 }
                                 for c in t.columns() {
                                     ui.monospace(format!("{}  {}", c.name, c.data_type));
                                 }
-                                for (name, p) in &partitions {
-                                    let name = if name.is_empty() { "(table folder)" } else { name };
-                                    ui.weak(format!(
-                                        "{name}: {} file(s), {} row(s), {}",
-                                        p.files,
-                                        p.rows,
-                                        human_bytes(p.bytes)
-                                    ));
+                                for (name, p) in &t.partitions() {
+                                    ui.weak(p.describe(name));
                                 }
                             });
                     }
