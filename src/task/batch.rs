@@ -291,6 +291,12 @@ impl BatchWriter {
         }
     }
 
+    /// Whether table `key` was reloaded alone, so that [`Self::in_reload`] can pass some
+    /// of its changes by (for callers whose `_position` costs a format to build).
+    pub(super) fn has_reload_mark(&self, key: &str) -> bool {
+        self.changes_from.contains_key(key)
+    }
+
     /// Whether the change of table `key` at `position` is already in the table's load: the
     /// table was reloaded alone from a snapshot that comes after it.
     pub(super) fn in_reload(&self, key: &str, position: &str) -> bool {

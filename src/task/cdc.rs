@@ -497,8 +497,6 @@ impl BatchWriter {
         seq: &mut u32,
         commit_micros: i64,
     ) -> Result<(), TaskError> {
-        // Every change of a transaction compares alike with a reload's mark: by commit LSN.
-        let position = change_position(commit_lsn, *seq);
         let mut next_position = || {
             let p = change_position(commit_lsn, *seq);
             *seq += 1;
@@ -531,8 +529,10 @@ impl BatchWriter {
             return Ok(());
         };
         // Before any TOAST recovery: a change already in a reloaded table's load is not
-        // looked at at all.
-        if self.in_reload(&info.key, &position) {
+        // looked at at all. (All changes of a transaction compare alike: by commit LSN.)
+        if self.has_reload_mark(&info.key)
+            && self.in_reload(&info.key, &change_position(commit_lsn, 0))
+        {
             return Ok(());
         }
         let rows: Vec<(&'static str, pgoutput::Tuple)> = match message {

@@ -112,11 +112,10 @@ pub(super) async fn run<S: Source>(
         reload_tables: tables,
         ..RunOptions::default()
     };
-    let (storage, checkpoint_arc) = (storage.clone(), checkpoint.clone());
     let summary = full_load::run(
         source,
-        storage,
-        checkpoint_arc,
+        storage.clone(),
+        checkpoint.clone(),
         task.clone(),
         options,
         events.clone(),
