@@ -630,11 +630,7 @@ async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
         .iter()
         .filter(|e| only.as_ref().is_none_or(|n| *n == e.name))
     {
-        println!(
-            "endpoint {} ({})",
-            e.name,
-            format!("{:?}", e.engine).to_lowercase()
-        );
+        println!("endpoint {} ({})", e.name, e.engine.name());
         let results = task::check_endpoint(&workspace, e).await;
         for r in &results {
             let tag = match r.status {

@@ -68,6 +68,16 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The name the workspace file uses: `postgres`, `mysql`, `local`, `s3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Local => "local",
+            Engine::S3 => "s3",
+        }
+    }
+
     pub fn is_source(self) -> bool {
         matches!(self, Engine::Postgres | Engine::Mysql)
     }
@@ -630,10 +640,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
     };
     for field in required {
         if !present(field) {
-            return Err((
-                "",
-                format!("engine {:?} needs `{field}`", e.engine).to_lowercase(),
-            ));
+            return Err(("", format!("engine {} needs `{field}`", e.engine.name())));
         }
     }
     for &field in DATABASE_KEYS.iter().chain(LOCAL_KEYS).chain(S3_KEYS) {
@@ -642,7 +649,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
                 field,
                 format!(
                     "`{field}` does not apply to engine {} (it takes: {})",
-                    format!("{:?}", e.engine).to_lowercase(),
+                    e.engine.name(),
                     allowed.join(", ")
                 ),
             ));

@@ -44,7 +44,7 @@ pub enum SecretError {
 
 /// The keyring user an endpoint's password is stored under: `engine://user@host:port`.
 pub fn entry_user(e: &EndpointConfig) -> String {
-    let engine = format!("{:?}", e.engine).to_lowercase();
+    let engine = e.engine.name();
     let port = e.port.map(|p| format!(":{p}")).unwrap_or_default();
     format!(
         "{engine}://{}@{}{port}",

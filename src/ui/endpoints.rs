@@ -135,7 +135,7 @@ impl EndpointsScreen {
             } else {
                 "target"
             };
-            let label = format!("{}  ({}, {role})", e.name, engine_name(e.engine));
+            let label = format!("{}  ({}, {role})", e.name, e.engine.name());
             if ui
                 .selectable_label(self.selected == Some(i), label)
                 .clicked()
@@ -152,7 +152,7 @@ impl EndpointsScreen {
                 (Engine::S3, "+ S3 bucket"),
             ] {
                 if ui.button(label).clicked() {
-                    let name = unique_name(doc, engine_name(engine));
+                    let name = unique_name(doc, engine.name());
                     doc.workspace.endpoints.push(new_endpoint(name, engine));
                     self.selected = Some(doc.workspace.endpoints.len() - 1);
                     doc.dirty = true;
@@ -166,15 +166,6 @@ fn same(a: &EndpointConfig, b: &EndpointConfig) -> bool {
     toml::to_string(a).ok() == toml::to_string(b).ok()
 }
 
-pub fn engine_name(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => "postgres",
-        Engine::Mysql => "mysql",
-        Engine::Local => "local",
-        Engine::S3 => "s3",
-    }
-}
-
 fn unique_name(doc: &WorkspaceDoc, base: &str) -> String {
     (1..)
         .map(|i| format!("{base}{i}"))
@@ -185,7 +176,7 @@ fn unique_name(doc: &WorkspaceDoc, base: &str) -> String {
 fn new_endpoint(name: String, engine: Engine) -> EndpointConfig {
     let mut e: EndpointConfig = match toml::from_str(&format!(
         "name = \"{name}\"\nengine = \"{}\"",
-        engine_name(engine)
+        engine.name()
     )) {
         Ok(e) => e,
         Err(_) => unreachable!("a name and an engine always parse"),
@@ -233,7 +224,7 @@ fn field_ui(ui: &mut egui::Ui, label: &str, value: &mut Option<String>, problem:
 
 /// The per-engine form; problems show as you type.
 fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
-    ui.heading(format!("{} endpoint", engine_name(e.engine)));
+    ui.heading(format!("{} endpoint", e.engine.name()));
     egui::Grid::new("endpoint-form")
         .num_columns(3)
         .spacing([12.0, 6.0])
