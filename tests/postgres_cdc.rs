@@ -553,11 +553,7 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
 
     // A slot another run of the task streams.
     let ws = cdc_workspace(&pg, &dir, db, "cdc_busy");
-    let mut first = tributary_command(&["run", &ws, "--task", "cdc_busy"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_quiet(&["run", &ws, "--task", "cdc_busy"]);
     let started = Instant::now();
     loop {
         let active: Option<bool> = sqlx::query_scalar(

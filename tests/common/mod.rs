@@ -171,6 +171,15 @@ pub fn tributary_command(args: &[&str]) -> Command {
     command
 }
 
+/// `tributary` started in the background, its output discarded (for runs a test kills).
+pub fn spawn_quiet(args: &[&str]) -> std::process::Child {
+    tributary_command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -396,11 +405,7 @@ pub fn run_until_caught_up(ws: &str, task: &str) -> Output {
 pub async fn kill_three_times_then_interrupt(ws: &str, task: &str) {
     use std::time::Duration;
     for round in 0..3u64 {
-        let mut child = tributary_command(&["run", ws, "--task", task])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(&["run", ws, "--task", task]);
         tokio::time::sleep(Duration::from_millis(1500 + round * 700)).await;
         child.kill().unwrap();
         child.wait().unwrap();
@@ -444,11 +449,7 @@ pub fn kill_load_at(
         ))
     };
     for &kill_after in kill_after_done {
-        let mut child = tributary_command(&["run", ws, "--task", task])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(&["run", ws, "--task", task]);
         let started = Instant::now();
         loop {
             if let Some((done, total)) = done_ranges() {
@@ -477,11 +478,7 @@ pub fn kill_load_at(
 /// state file `state_path` records the reload, before the reload can finish.
 pub fn kill_once_reload_is_recorded(ws: &str, task: &str, table: &str, state_path: &Path) {
     use std::time::{Duration, Instant};
-    let mut child = tributary_command(&["run", ws, "--task", task, "--reload-table", table])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&["run", ws, "--task", task, "--reload-table", table]);
     let started = Instant::now();
     while !std::fs::read_to_string(state_path)
         .unwrap_or_default()
