@@ -25,8 +25,6 @@ pub struct LakeScreen {
     small_file_kb: u64,
     /// The next page to ask for: (prefix, continuation token).
     pending: Option<(String, String)>,
-    /// The raw zone folders of the tasks writing to the target (`bucket_folder`).
-    raw_folders: Vec<String>,
     pub catalog: super::catalog::CatalogPanel,
 }
 
@@ -43,7 +41,6 @@ impl LakeScreen {
             error: None,
             small_file_kb,
             pending: None,
-            raw_folders: Vec::new(),
             catalog: Default::default(),
         }
     }
@@ -73,15 +70,22 @@ impl LakeScreen {
         }
     }
 
-    /// The chosen target's storage is ready: list its root.
-    pub fn opened(&mut self, backend: &Backend, target: String, storage: Result<Storage, String>) {
+    /// The chosen target's storage is ready: list its root, and show the catalog of the raw
+    /// zones in it (`doc` says which folders those are).
+    pub fn opened(
+        &mut self,
+        backend: &Backend,
+        doc: &WorkspaceDoc,
+        target: String,
+        storage: Result<Storage, String>,
+    ) {
         if self.target.as_deref() != Some(target.as_str()) {
             return;
         }
         match storage {
             Ok(storage) => {
-                self.catalog
-                    .load(backend, storage.clone(), self.raw_folders.clone(), false);
+                let folders = doc.workspace.raw_folders(&target);
+                self.catalog.load(backend, storage.clone(), folders, false);
                 self.storage = Some(storage);
                 self.list(backend, String::new(), None);
             }
@@ -145,7 +149,6 @@ impl LakeScreen {
                             self.target = Some(t.name.clone());
                             self.storage = None;
                             self.error = None;
-                            self.raw_folders = doc.workspace.raw_folders(&t.name);
                             let mut endpoint = (*t).clone();
                             // A relative folder is relative to the workspace file, as in the CLI.
                             if let Some(file) = &doc.path {
@@ -183,11 +186,11 @@ impl LakeScreen {
             .min_size(360.0)
             .show(ui, |ui| {
                 let (crawl, open) = self.catalog.catalog_ui(ui);
-                if crawl {
-                    self.catalog
-                        .load(backend, storage.clone(), self.raw_folders.clone(), true);
+                if crawl && let Some(target) = &self.target {
+                    let folders = doc.workspace.raw_folders(target);
+                    self.catalog.load(backend, storage.clone(), folders, true);
                 }
-                go_to = go_to.take().or(open);
+                go_to = open;
             });
         // Breadcrumb.
         ui.horizontal_wrapped(|ui| {

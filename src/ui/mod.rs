@@ -303,7 +303,7 @@ impl TributaryApp {
             }
             UiEvent::SourceTables { source, tables } => self.tasks.source_tables(source, tables),
             UiEvent::LakeOpened { target, storage } => {
-                self.lake.opened(&self.backend, target, storage)
+                self.lake.opened(&self.backend, &self.doc, target, storage)
             }
             UiEvent::LakePage {
                 request,
