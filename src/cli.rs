@@ -520,29 +520,29 @@ async fn password(action: PasswordAction) -> ExitCode {
         Err(e) => return fail(2, e),
     };
     let entry = crate::secret::entry_name(&e);
-    let result = match action {
+    let (result, done) = match action {
         PasswordAction::Set { .. } => {
             let password = match read_password() {
                 Ok(p) if !p.is_empty() => p,
                 Ok(_) => return fail(2, "no password on standard input"),
                 Err(err) => return fail(1, format!("reading the password: {err}")),
             };
-            tokio::task::spawn_blocking(move || crate::secret::set(&e, &password)).await
+            let stored = tokio::task::spawn_blocking(move || crate::secret::set(&e, &password));
+            (
+                stored.await,
+                format!(
+                    "stored the password of endpoint '{endpoint}' in the OS keyring as {entry}; the endpoint reads it with password_keyring = true"
+                ),
+            )
         }
-        PasswordAction::Delete { .. } => {
-            tokio::task::spawn_blocking(move || crate::secret::delete(&e)).await
-        }
+        PasswordAction::Delete { .. } => (
+            tokio::task::spawn_blocking(move || crate::secret::delete(&e)).await,
+            format!("removed the password of endpoint '{endpoint}' ({entry}) from the OS keyring"),
+        ),
     };
     match result {
         Ok(Ok(())) => {
-            match action {
-                PasswordAction::Set { .. } => println!(
-                    "stored the password of endpoint '{endpoint}' in the OS keyring as {entry}; the endpoint reads it with password_keyring = true"
-                ),
-                PasswordAction::Delete { .. } => println!(
-                    "removed the password of endpoint '{endpoint}' ({entry}) from the OS keyring"
-                ),
-            }
+            println!("{done}");
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => fail(1, e),
