@@ -1,4 +1,5 @@
-//! The `tributary` command line: run and check tasks, list and preview lake files.
+//! The `tributary` command line: run and check tasks, list and preview lake files, curate
+//! and query the lake.
 //!
 //! Exit codes: 0 success, 1 the work failed (a task, a check, a read), 2 the command or the
 //! workspace file is wrong. Every error is printed as one `error:` line saying what is wrong
@@ -13,7 +14,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use tokio::sync::watch;
+
 use crate::config::{Engine, Workspace};
+use crate::curate::CurateOptions;
 use crate::lake::inspect::{self, ParquetFile};
 use crate::lake::{S3Options, Storage};
 use crate::source::CheckStatus;
@@ -76,6 +80,11 @@ enum Command {
         /// The CDC benchmark (the task must have migration_type = "cdc").
         #[arg(long)]
         cdc: bool,
+        /// The curated zone: `tributary curate --rebuild` of the task's tables beside DuckDB
+        /// merging the same raw files, then `tributary query` beside DuckDB's iceberg_scan
+        /// (the task must have run; DuckDB from .venv, see scripts/services).
+        #[arg(long, conflicts_with = "cdc")]
+        curate: bool,
         /// --cdc: how long the load runs, in seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
@@ -114,6 +123,42 @@ enum Command {
         /// Also list every table's columns and partitions.
         #[arg(long)]
         details: bool,
+    },
+    /// Curate: merge each table's raw LOAD and CDC files by primary key into a current-state
+    /// Apache Iceberg table (`<source>.<schema>.<table>`) in the curated zone, registered in
+    /// the workspace's Iceberg SQL catalog. Only changes since the last run are read.
+    Curate {
+        workspace: PathBuf,
+        /// Only this task's tables (default: every task's).
+        #[arg(long)]
+        task: Option<String>,
+        /// Rebuild every table from its LOAD files and all of its changes.
+        #[arg(long)]
+        rebuild: bool,
+        /// Curate again every SECONDS until stopped (Ctrl-C), while CDC runs.
+        #[arg(long, value_name = "SECONDS")]
+        every: Option<u64>,
+    },
+    /// Run the workspace's SQL models ([[models]]): each query's rows pass its data-quality
+    /// checks (fail, quarantine or warn, as declared) and become the Iceberg table
+    /// `<schema>.<name>`. Exit code 1 if a check that fails the run failed.
+    Transform {
+        workspace: PathBuf,
+        /// Only this model (`name` or `schema.name`).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Run SQL over the lake: curated tables as `<source>.<schema>.<table>`, the raw zone's
+    /// as `<source>_raw.<schema>.<table>`. `SHOW TABLES` lists them.
+    Query {
+        workspace: PathBuf,
+        sql: String,
+        /// Write the whole result to a file instead of printing it (.csv or .parquet).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// How many rows to print (the rest is counted, not printed).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// List lake files: a local folder or s3://bucket/prefix.
     Ls {
@@ -233,11 +278,14 @@ pub fn main() -> ExitCode {
                 task,
                 runs,
                 cdc,
+                curate,
                 seconds,
                 decode_changes,
             } => {
                 let result = if cdc {
                     crate::bench::cdc(&workspace, &task, seconds.max(1), decode_changes).await
+                } else if curate {
+                    crate::bench::curate(&workspace, &task, runs.max(1)).await
                 } else {
                     crate::bench::full_load(&workspace, &task, runs.max(1)).await
                 };
@@ -258,6 +306,19 @@ pub fn main() -> ExitCode {
                 folder,
                 details,
             } => catalog(workspace, target, folder, details).await,
+            Command::Curate {
+                workspace,
+                task,
+                rebuild,
+                every,
+            } => curate(workspace, CurateOptions { task, rebuild }, every).await,
+            Command::Transform { workspace, model } => transform(workspace, model).await,
+            Command::Query {
+                workspace,
+                sql,
+                output,
+                limit,
+            } => query(workspace, &sql, output, limit).await,
             Command::Ls { uri, recursive, s3 } => ls(&uri, recursive, &s3).await,
             Command::App { .. } => unreachable!("handled before the runtime starts"),
             Command::Preview { file, rows, s3 } => preview(&file, rows, &s3).await,
@@ -649,6 +710,100 @@ async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+async fn curate(path: PathBuf, options: CurateOptions, every: Option<u64>) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let (stop_tx, mut stop) = watch::channel(false);
+    if every.is_some() {
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            eprintln!("stopping after this round");
+            let _ = stop_tx.send(true);
+        });
+    }
+    loop {
+        let started = std::time::Instant::now();
+        let result = crate::curate::curate(&workspace, &path, &options, |t| {
+            println!("{}", t.describe())
+        })
+        .await;
+        match result {
+            Ok(outcomes) => println!(
+                "curated {} table(s) in {:.1}s; catalog {}",
+                outcomes.len(),
+                started.elapsed().as_secs_f64(),
+                crate::curate::catalog_path(&workspace.curate, &path).display()
+            ),
+            Err(e) if every.is_none() => return fail(1, e),
+            // Continuous: a failed round (the source's files mid-reload, a busy catalog) is
+            // reported and the next round tries again.
+            Err(e) => eprintln!("error: {e}"),
+        }
+        let Some(seconds) = every else {
+            return ExitCode::SUCCESS;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(seconds)) => {}
+            _ = stop.changed() => return ExitCode::SUCCESS,
+        }
+        if *stop.borrow() {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+async fn transform(path: PathBuf, model: Option<String>) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let result = crate::curate::models::run_models(&workspace, &path, model.as_deref(), |m| {
+        println!("{}", m.describe())
+    })
+    .await;
+    match result {
+        Ok(outcomes) if outcomes.iter().any(|m| m.failed) => fail(
+            1,
+            "a model's check failed (FAIL above); its table keeps its previous rows",
+        ),
+        Ok(outcomes) => {
+            println!("ran {} model(s)", outcomes.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn query(path: PathBuf, sql: &str, output: Option<PathBuf>, limit: usize) -> ExitCode {
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let ctx = match crate::query::lake_session(&workspace, &path).await {
+        Ok(c) => c,
+        Err(e) => return fail(1, e),
+    };
+    let frame = match ctx.sql(sql).await {
+        Ok(f) => f,
+        Err(e) => return fail(1, format!("query: {e}")),
+    };
+    if let Some(output) = output {
+        return match crate::query::export(frame, &output).await {
+            Ok(rows) => {
+                println!("wrote {rows} row(s) to {}", output.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        };
+    }
+    match crate::query::print(frame, limit, &mut std::io::stdout()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
     }
 }
 

@@ -56,6 +56,127 @@ pub struct Workspace {
     pub endpoints: Vec<EndpointConfig>,
     #[serde(default)]
     pub tasks: Vec<TaskConfig>,
+    #[serde(default)]
+    pub curate: CurateSettings,
+    /// SQL models over the lake (`tributary transform`), run in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelConfig>,
+}
+
+/// A SQL model, as dbt has them: a table the query builds over curated, raw and earlier
+/// models' tables, and the data-quality checks its rows must pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    /// The Iceberg namespace of its table: query it as `<schema>.<name>`.
+    #[serde(default = "default_model_schema")]
+    pub schema: String,
+    pub sql: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckConfig>,
+}
+
+fn default_model_schema() -> String {
+    "analytics".into()
+}
+
+/// One data-quality check of a model's rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub check: CheckKind,
+    /// not_null, unique: the columns; accepted_values, freshness: one column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// accepted_values: the values allowed (as text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// row_count: bounds on the rows the model keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
+    /// freshness: the newest value of the column is at most this old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_hours: Option<f64>,
+    #[serde(default)]
+    pub on_fail: OnFail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    NotNull,
+    Unique,
+    AcceptedValues,
+    RowCount,
+    Freshness,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::NotNull => "not_null",
+            CheckKind::Unique => "unique",
+            CheckKind::AcceptedValues => "accepted_values",
+            CheckKind::RowCount => "row_count",
+            CheckKind::Freshness => "freshness",
+        }
+    }
+
+    /// Whether the check judges single rows (which can then be quarantined).
+    pub fn is_per_row(self) -> bool {
+        matches!(
+            self,
+            CheckKind::NotNull | CheckKind::Unique | CheckKind::AcceptedValues
+        )
+    }
+}
+
+/// What a failing check does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFail {
+    /// The model's run fails and its table keeps its previous rows.
+    #[default]
+    Fail,
+    /// The failing rows go to `<name>_quarantine` instead of the model's table.
+    Quarantine,
+    /// Reported, nothing else.
+    Warn,
+}
+
+/// The curated zone (`tributary curate`, [`crate::curate`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CurateSettings {
+    /// The curated zone's folder in each task's target, beside its raw zone.
+    pub folder: String,
+    /// The target whose curated zone holds the models' tables (default: the first task's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The Iceberg SQL catalog's SQLite file, relative to the workspace file's folder.
+    pub catalog: PathBuf,
+    /// Data files are rolled at this size, so no small files remain (MB).
+    pub target_file_size_mb: u64,
+    /// How many snapshots of a curated table to keep for time travel (at least 1).
+    pub keep_snapshots: usize,
+    /// Memory for a merge's sorts and joins before they spill to disk (MB).
+    pub memory_limit_mb: u64,
+}
+
+impl Default for CurateSettings {
+    fn default() -> Self {
+        CurateSettings {
+            folder: "curated".into(),
+            target: None,
+            catalog: PathBuf::from("catalog.db"),
+            target_file_size_mb: 256,
+            keep_snapshots: 3,
+            memory_limit_mb: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,6 +624,24 @@ impl Workspace {
             validate_task(self, t)
                 .map_err(|(key, m)| invalid_at(&t.name, key, format!("task '{}': {m}", t.name)))?;
         }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.models {
+            check_name("model", &m.name).map_err(|e| invalid(&m.name, e))?;
+            if !seen.insert((m.schema.as_str(), m.name.as_str())) {
+                return Err(invalid(
+                    &m.name,
+                    format!("model {}.{} is declared twice", m.schema, m.name),
+                ));
+            }
+            validate_model(self, m)
+                .map_err(|(key, e)| invalid_at(&m.name, key, format!("model '{}': {e}", m.name)))?;
+        }
+        if self.curate.keep_snapshots == 0 {
+            return Err(invalid(
+                "",
+                "[curate] keep_snapshots must be at least 1 (the current snapshot)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -517,6 +656,55 @@ fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// Names become path segments in the lake, so keep them to a portable alphabet.
+fn validate_model(workspace: &Workspace, m: &ModelConfig) -> Result<(), Refusal> {
+    check_name("schema", &m.schema).map_err(|e| ("schema", e))?;
+    if workspace.endpoints.iter().any(|e| e.name == m.schema) {
+        return Err((
+            "schema",
+            format!(
+                "schema '{}' is also an endpoint's name, whose curated tables are `{}.<schema>.<table>`: choose another",
+                m.schema, m.schema
+            ),
+        ));
+    }
+    if m.sql.trim().is_empty() {
+        return Err(("sql", "sql is empty: give the model's SELECT".into()));
+    }
+    for c in &m.checks {
+        let kind = c.check.name();
+        let needs = |ok: bool, what: &str| -> Result<(), Refusal> {
+            if ok {
+                Ok(())
+            } else {
+                Err(("check", format!("check {kind} needs {what}")))
+            }
+        };
+        match c.check {
+            CheckKind::NotNull | CheckKind::Unique => {
+                needs(!c.columns.is_empty(), "columns = [\"...\"]")?
+            }
+            CheckKind::AcceptedValues => needs(
+                c.columns.len() == 1 && !c.values.is_empty(),
+                "one column (columns = [\"status\"]) and values = [...]",
+            )?,
+            CheckKind::RowCount => needs(c.min.is_some() || c.max.is_some(), "min or max")?,
+            CheckKind::Freshness => needs(
+                c.columns.len() == 1 && c.max_age_hours.is_some(),
+                "one column and max_age_hours",
+            )?,
+        }
+        if c.on_fail == OnFail::Quarantine && !c.check.is_per_row() {
+            return Err((
+                "on_fail",
+                format!(
+                    "check {kind} judges the whole table, not rows: it can fail or warn, not quarantine"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name

@@ -16,6 +16,8 @@
 //! - names readers skip (a leading `.` or `_`, as Glue and Spark skip them) are not data:
 //!   a schema or table whose name starts with `_` is not cataloged.
 
+pub mod iceberg;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow_schema::Schema;
@@ -92,6 +94,10 @@ pub struct RawFile {
     pub schema: Option<usize>,
     /// Why the file could not be read, if it could not.
     pub unreadable: Option<String>,
+    /// The largest `_position` in a CDC file, from its statistics: curation reads only the
+    /// files with changes after what it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position: Option<String>,
 }
 
 /// What one partition of a table holds.
@@ -363,6 +369,7 @@ pub async fn crawl(
                     rows: None,
                     schema: None,
                     unreadable: None,
+                    max_position: None,
                 },
             );
             if format_of(&object.key) == "parquet" {
@@ -381,6 +388,7 @@ pub async fn crawl(
                         if let Some(file) = entry.files.get_mut(&key) {
                             file.rows = Some(parquet.num_rows().max(0) as u64);
                             file.schema = Some(schema);
+                            file.max_position = max_position(parquet.metadata());
                         }
                     }
                     // Deleted since the listing (a reload, a batch redone): gone.
@@ -444,6 +452,28 @@ fn format_of(key: &str) -> String {
     }
 }
 
+/// The largest `_position` of a Parquet file, if every row group's statistics hold it
+/// exactly.
+fn max_position(metadata: &parquet::file::metadata::ParquetMetaData) -> Option<String> {
+    use parquet::file::statistics::Statistics;
+    let columns = metadata.file_metadata().schema_descr();
+    let index = (0..columns.num_columns()).find(|i| columns.column(*i).name() == "_position")?;
+    let mut max: Option<String> = None;
+    for row_group in metadata.row_groups() {
+        let Some(Statistics::ByteArray(stats)) = row_group.column(index).statistics() else {
+            return None;
+        };
+        if !stats.max_is_exact() {
+            return None;
+        }
+        let value = std::str::from_utf8(stats.max_opt()?.data()).ok()?;
+        if max.as_deref().is_none_or(|m| value > m) {
+            max = Some(value.to_owned());
+        }
+    }
+    max
+}
+
 fn columns_of(schema: &Schema) -> Vec<CatalogColumn> {
     schema
         .fields()
@@ -485,6 +515,7 @@ mod tests {
             rows: Some(1),
             schema: None,
             unreadable: None,
+            max_position: None,
         };
         let mut table = RawTable {
             source: "s".into(),

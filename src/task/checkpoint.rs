@@ -64,6 +64,10 @@ pub struct TaskState {
     /// interrupted reload starts over on the next run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reloading: Vec<String>,
+    /// The primary key columns of every table the task selects (`schema.table`), as last
+    /// discovered: curation merges changes by them without asking the source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub primary_keys: BTreeMap<String, Vec<String>>,
 }
 
 /// Where change data capture stands.
@@ -239,6 +243,7 @@ impl Checkpoint {
                 tables: BTreeMap::new(),
                 cdc: None,
                 reloading: Vec::new(),
+                primary_keys: BTreeMap::new(),
             },
         };
         Ok(Checkpoint {
@@ -265,6 +270,22 @@ impl Checkpoint {
         })?;
         self.storage.put_bytes(&self.key, Bytes::from(json)).await?;
         Ok(result)
+    }
+
+    /// Records the primary keys of `tables` (written only when they changed).
+    pub async fn record_primary_keys(
+        &self,
+        tables: &[crate::source::TableInfo],
+    ) -> Result<(), CheckpointError> {
+        let keys: BTreeMap<String, Vec<String>> = tables
+            .iter()
+            .map(|t| (t.qualified_name(), t.primary_key.clone()))
+            .collect();
+        let known = self.state.lock().await.primary_keys.clone();
+        if keys.iter().all(|(t, k)| known.get(t) == Some(k)) {
+            return Ok(());
+        }
+        self.update(|s| s.primary_keys.extend(keys)).await
     }
 
     /// Forgets everything (for a reload); the caller deletes the data files.

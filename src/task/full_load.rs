@@ -89,6 +89,7 @@ pub(super) async fn run<S: Source>(
     let settings = &task.target_settings;
     let rules = SelectionRules::new(&task.include, &task.exclude);
     let mut tables = source.discover(&rules).await?;
+    checkpoint.record_primary_keys(&tables).await?;
     // A table waiting to be reloaded from its own snapshot ([`super::reload`]) loads only
     // in that reload.
     let waiting = checkpoint.snapshot().await.reloading;

@@ -25,7 +25,7 @@ use crate::lake::{Storage, StorageError};
 use crate::source::mysql::{BinlogPosition, MyEndpoint, MysqlSource};
 use crate::source::postgres::replication::parse_lsn;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
-use crate::source::{CheckResult, CheckStatus, Source, SourceError};
+use crate::source::{CheckResult, CheckStatus, Source, SourceError, TableInfo};
 pub use cdc::CdcStats;
 use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;
@@ -236,6 +236,14 @@ pub async fn list_source_tables(
     e: &crate::config::EndpointConfig,
     rules: &crate::source::SelectionRules,
 ) -> Result<Vec<String>, TaskError> {
+    let tables = discover_tables(e, rules).await?;
+    Ok(tables.iter().map(|t| t.qualified_name()).collect())
+}
+
+async fn discover_tables(
+    e: &crate::config::EndpointConfig,
+    rules: &crate::source::SelectionRules,
+) -> Result<Vec<TableInfo>, TaskError> {
     let password = e.resolve_password().await?;
     let tables = match e.engine {
         Engine::Postgres => {
@@ -255,7 +263,7 @@ pub async fn list_source_tables(
             });
         }
     };
-    Ok(tables.iter().map(|t| t.qualified_name()).collect())
+    Ok(tables)
 }
 
 /// What is wrong when the task's (existing) publication leaves out tables the task selects.
@@ -400,6 +408,15 @@ async fn run(
     );
     if !options.reload_tables.is_empty() && !task.has_full_load() {
         return Err(TaskError::ReloadTableWithoutLoad { task: task.name });
+    }
+    if !task.has_full_load() {
+        // A load records the keys curation merges by; a CDC-only task has none to do it.
+        let rules = crate::source::SelectionRules::new(&task.include, &task.exclude);
+        match discover_tables(source_endpoint, &rules).await {
+            Ok(tables) => checkpoint.record_primary_keys(&tables).await?,
+            Err(TaskError::Source(SourceError::NoTables { .. })) => {}
+            Err(e) => return Err(e),
+        }
     }
     match source_endpoint.engine {
         Engine::Postgres => {

@@ -1,0 +1,923 @@
+//! Curation: for every table a task replicates, a current-state Apache Iceberg table in
+//! the curated zone, merged from the raw zone's LOAD and CDC files.
+//!
+//! Where things are (see README "Curated zone"): the tables live in the task's target under
+//! `[curate] folder` (default `curated/<source>/<schema>/<table>/`, Iceberg's `data/` and
+//! `metadata/` inside), registered in the workspace's Iceberg SQL catalog
+//! ([`crate::catalog::iceberg`]) as namespace `<source>.<schema>`, table `<table>`.
+//!
+//! Invariants:
+//! - a curated table equals the source table as of the last change it applied: its LOAD
+//!   files, then every change in `_position` order, deletes applied, truncates clearing it;
+//! - incremental: a run reads the current state and only the CDC files holding changes
+//!   after the last applied position (`tributary.position` in the snapshot summary, which
+//!   the raw catalog's per-file maximum `_position` is compared with). When the table's
+//!   load changed (a reload) or its columns did, it is rebuilt from its LOAD files;
+//! - what a snapshot applied and its data files commit together, so a crash at any point
+//!   leaves the table at its last commit, and the next run applies the same changes once;
+//!   files a crashed run left behind are removed by the next run of that table;
+//! - one curate at a time per catalog (a lock file beside it).
+
+pub mod iceberg;
+mod merge;
+pub mod models;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::iceberg::io::FileIO;
+use ::iceberg::spec::Schema;
+use ::iceberg::{NamespaceIdent, TableCreation, TableIdent};
+use arrow_schema::Schema as ArrowSchema;
+use datafusion::catalog::TableProvider;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use crate::catalog::iceberg::{IcebergCatalog, IcebergCatalogError, IcebergTable};
+use crate::catalog::{self, CatalogError, RawTable};
+use crate::config::{ConfigError, CurateSettings, Engine, TaskConfig, Workspace};
+use crate::lake::inspect::{InspectError, ParquetFile};
+use crate::lake::{Storage, StorageError, layout};
+use crate::task::CheckpointError;
+use crate::task::checkpoint::{Checkpoint, LoadStatus, TaskState};
+
+pub use merge::{OP, POSITION, files_table};
+
+/// Snapshot summary keys: what a snapshot applied.
+const APPLIED_POSITION: &str = "tributary.position";
+const APPLIED_LOAD: &str = "tributary.load";
+const APPLIED_TASK: &str = "tributary.task";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CurateError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    RawCatalog(#[from] CatalogError),
+    #[error(transparent)]
+    Catalog(#[from] IcebergCatalogError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "task '{task}' writes to target '{target}', an {engine} target; curating into S3 is not supported yet. Curate a local target (see README \"Curated zone\")"
+    )]
+    NotLocal {
+        task: String,
+        target: String,
+        engine: &'static str,
+    },
+    #[error(
+        "table {table} has {format} files; curation reads Parquet. Set data_format = \"parquet\" in the task's target_settings and reload it"
+    )]
+    NotParquet { table: String, format: String },
+    #[error(
+        "table {table}: raw file {file} is unreadable ({reason}); replace or delete it, then curate again"
+    )]
+    Unreadable {
+        table: String,
+        file: String,
+        reason: String,
+    },
+    #[error(
+        "table {table}: task '{task}' recorded no primary key for it, and curation merges changes by key. Run the task once more (it records the keys of the tables it discovers), or give the table a primary key"
+    )]
+    NoPrimaryKey { table: String, task: String },
+    #[error("table {table}: {message}")]
+    Schema { table: String, message: String },
+    #[error("Iceberg table {table}: {source}")]
+    Iceberg {
+        table: String,
+        #[source]
+        source: Box<::iceberg::Error>,
+    },
+    #[error("table {table}: the merge query failed: {source}")]
+    Sql {
+        table: String,
+        #[source]
+        source: DataFusionError,
+    },
+    #[error(
+        "another tributary curate holds {lock}; wait for it to finish (one curate at a time per catalog)"
+    )]
+    Busy { lock: PathBuf },
+    #[error(
+        "task '{task}' writes its raw zone at the target's root (or in '{folder}'), so the curated zone '{folder}/' would be inside it and read as raw tables. Give the task a bucket_folder (e.g. \"raw\") and reload it, or set [curate] folder elsewhere"
+    )]
+    CuratedInsideRaw { task: String, folder: String },
+    #[error("model {name} is not in the workspace; its models are: {known}")]
+    UnknownModel { name: String, known: String },
+    #[error("model {model}: {message}")]
+    Model { model: String, message: String },
+    #[error(
+        "the workspace has models but no target for their tables: set [curate] target = \"<a local target>\""
+    )]
+    NoModelsTarget,
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CurateError {
+    fn iceberg(table: impl Into<String>, source: ::iceberg::Error) -> CurateError {
+        CurateError::Iceberg {
+            table: table.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// What `tributary curate` does.
+#[derive(Debug, Clone, Default)]
+pub struct CurateOptions {
+    /// Only this task's tables (default: every task's).
+    pub task: Option<String>,
+    /// Rebuild every table from its LOAD files and all its changes.
+    pub rebuild: bool,
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Created,
+    Rebuilt(String),
+    Merged,
+    UpToDate,
+    Skipped(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TableOutcome {
+    /// `source.schema.table`, the curated table's catalog name.
+    pub table: String,
+    pub action: Action,
+    /// Raw files read (LOAD and CDC) and the changes among them applied.
+    pub raw_files: usize,
+    pub rows: u64,
+    pub data_files: usize,
+    pub seconds: f64,
+}
+
+impl TableOutcome {
+    pub fn describe(&self) -> String {
+        let what = match &self.action {
+            Action::Created => "created".to_owned(),
+            Action::Rebuilt(why) => format!("rebuilt ({why})"),
+            Action::Merged => "merged".to_owned(),
+            Action::UpToDate => return format!("{}: up to date", self.table),
+            Action::Skipped(why) => return format!("{}: skipped, {why}", self.table),
+        };
+        format!(
+            "{}: {what} from {} raw file(s): {} rows in {} data file(s), {:.1}s",
+            self.table, self.raw_files, self.rows, self.data_files, self.seconds
+        )
+    }
+}
+
+/// The Iceberg SQL catalog's file for the workspace at `workspace_path`.
+pub fn catalog_path(settings: &CurateSettings, workspace_path: &Path) -> PathBuf {
+    let base = workspace_path.parent().unwrap_or(Path::new("."));
+    base.join(&settings.catalog)
+}
+
+/// Opens the workspace's Iceberg catalog (local files only, for now).
+pub async fn open_catalog(
+    workspace: &Workspace,
+    workspace_path: &Path,
+) -> Result<IcebergCatalog, CurateError> {
+    let path = catalog_path(&workspace.curate, workspace_path);
+    Ok(IcebergCatalog::open(&path, FileIO::new_with_fs()).await?)
+}
+
+/// A curated (or model) table as the catalog and its current snapshot's summary tell it.
+#[derive(Debug, Clone)]
+pub struct CuratedSummary {
+    /// The SQL name: `source.schema.table`, or `schema.name` for a model's table.
+    pub name: String,
+    pub location: String,
+    pub rows: u64,
+    pub data_files: u64,
+    pub bytes: u64,
+    pub snapshots: usize,
+    pub updated: Option<chrono::DateTime<chrono::Utc>>,
+    pub columns: Vec<(String, String)>,
+}
+
+impl CuratedSummary {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} rows, {} data file(s), {}, {} snapshot(s){}",
+            self.rows,
+            self.data_files,
+            crate::lake::human_bytes(self.bytes),
+            self.snapshots,
+            self.updated
+                .map(|t| format!(", updated {}", t.format("%Y-%m-%d %H:%M:%S")))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// Every table of the workspace's Iceberg catalog, from metadata only (no data is read).
+pub async fn curated_tables(
+    workspace: &Workspace,
+    workspace_path: &Path,
+) -> Result<Vec<CuratedSummary>, CurateError> {
+    let catalog = open_catalog(workspace, workspace_path).await?;
+    let mut tables = Vec::new();
+    for entry in catalog.list().await? {
+        let Some(table) = catalog.load(&entry.ident).await? else {
+            continue;
+        };
+        let metadata = &table.metadata;
+        let summary = metadata
+            .current_snapshot()
+            .map(|s| s.summary().additional_properties.clone())
+            .unwrap_or_default();
+        let number = |key: &str| summary.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let columns = iceberg::arrow_schema(metadata.current_schema())
+            .map(|s| {
+                s.fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tables.push(CuratedSummary {
+            name: table.name(),
+            location: metadata.location().to_owned(),
+            rows: number("total-records"),
+            data_files: number("total-data-files"),
+            bytes: number("total-files-size"),
+            snapshots: metadata.snapshots().len(),
+            updated: metadata.current_snapshot().and_then(|s| s.timestamp().ok()),
+            columns,
+        });
+    }
+    Ok(tables)
+}
+
+/// Curates every table of the selected tasks, reporting each as it is done.
+pub async fn curate(
+    workspace: &Workspace,
+    workspace_path: &Path,
+    options: &CurateOptions,
+    mut on_table: impl FnMut(&TableOutcome),
+) -> Result<Vec<TableOutcome>, CurateError> {
+    let tasks: Vec<&TaskConfig> = match &options.task {
+        Some(name) => vec![workspace.task(name, workspace_path)?],
+        None => workspace.tasks.iter().collect(),
+    };
+    let catalog = open_catalog(workspace, workspace_path).await?;
+    let _lock = CurateLock::take(catalog.path())?;
+    let settings = &workspace.curate;
+    let ctx = session(settings).map_err(|source| CurateError::Sql {
+        table: String::new(),
+        source,
+    })?;
+    let mut outcomes = Vec::new();
+    // One crawl per raw zone, however many tasks write to it.
+    let mut crawled: BTreeMap<(String, String), catalog::Catalog> = BTreeMap::new();
+    for task in tasks {
+        let target = workspace.endpoint(&task.target, workspace_path)?;
+        let root = match (target.engine, &target.path) {
+            (Engine::Local, Some(path)) => path.clone(),
+            _ => {
+                return Err(CurateError::NotLocal {
+                    task: task.name.clone(),
+                    target: target.name.clone(),
+                    engine: target.engine.name(),
+                });
+            }
+        };
+        let storage = Storage::from_endpoint(target).await?;
+        let bucket_folder = &task.target_settings.bucket_folder;
+        let raw_root = bucket_folder.trim_matches('/');
+        if raw_root.is_empty() || raw_root.split('/').next() == Some(settings.folder.as_str()) {
+            return Err(CurateError::CuratedInsideRaw {
+                task: task.name.clone(),
+                folder: settings.folder.clone(),
+            });
+        }
+        let raw_key = (target.name.clone(), bucket_folder.clone());
+        if !crawled.contains_key(&raw_key) {
+            let (raw, _) = catalog::crawl(&storage, bucket_folder).await?;
+            crawled.insert(raw_key.clone(), raw);
+        }
+        let raw = &crawled[&raw_key];
+        let state = Checkpoint::open(storage.clone(), bucket_folder, &task.name, &task.source)
+            .await?
+            .snapshot()
+            .await;
+        let zone = Zone {
+            root: root.clone(),
+            folder: settings.folder.clone(),
+        };
+        for table in task_tables(&state) {
+            let started = Instant::now();
+            let mut outcome = curate_table(
+                &TableJob {
+                    task,
+                    state: &state,
+                    table: &table,
+                    raw: raw.tables.get(&format!("{}.{table}", task.source)),
+                    storage: &storage,
+                    zone: &zone,
+                    catalog: &catalog,
+                    ctx: &ctx,
+                    settings,
+                },
+                options.rebuild,
+            )
+            .await?;
+            outcome.seconds = started.elapsed().as_secs_f64();
+            on_table(&outcome);
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The tables a task's state knows, as `schema.table`.
+fn task_tables(state: &TaskState) -> Vec<String> {
+    let mut tables: Vec<String> = state.tables.keys().cloned().collect();
+    if let Some(cdc) = &state.cdc {
+        tables.extend(cdc.tables.keys().cloned());
+    }
+    tables.sort();
+    tables.dedup();
+    tables
+}
+
+/// Where the curated zone of a local target is.
+struct Zone {
+    root: PathBuf,
+    folder: String,
+}
+
+impl Zone {
+    fn table_location(&self, source: &str, schema: &str, table: &str) -> String {
+        let key = layout::table_prefix(&self.folder, source, schema, table);
+        self.root
+            .join(key.trim_end_matches('/'))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+struct TableJob<'a> {
+    task: &'a TaskConfig,
+    state: &'a TaskState,
+    /// `schema.table`.
+    table: &'a str,
+    raw: Option<&'a RawTable>,
+    storage: &'a Storage,
+    zone: &'a Zone,
+    catalog: &'a IcebergCatalog,
+    ctx: &'a SessionContext,
+    settings: &'a CurateSettings,
+}
+
+impl TableJob<'_> {
+    fn name(&self) -> String {
+        format!("{}.{}", self.task.source, self.table)
+    }
+
+    fn outcome(&self, action: Action) -> TableOutcome {
+        TableOutcome {
+            table: self.name(),
+            action,
+            raw_files: 0,
+            rows: 0,
+            data_files: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// What identifies the table's current full load: its snapshot position and files.
+    /// A reload changes it, and the curated table is then rebuilt.
+    fn load_id(&self) -> String {
+        match self.state.tables.get(self.table) {
+            Some(load) => {
+                let position = load
+                    .snapshot_position
+                    .as_deref()
+                    .or(self.state.snapshot_position.as_deref())
+                    .unwrap_or("");
+                let bytes: u64 = load.files().map(|f| f.bytes).sum();
+                format!("{position}|{} files|{bytes} bytes", load.files().count())
+            }
+            None => "no load".to_owned(),
+        }
+    }
+
+    /// Truncate positions recorded for the table, in order: those since its load (a
+    /// reloaded table's earlier truncates are in its new load already).
+    fn truncates(&self) -> Vec<String> {
+        let since = self
+            .state
+            .tables
+            .get(self.table)
+            .and_then(|t| t.changes_from.as_deref());
+        let mut positions: Vec<String> = self
+            .state
+            .cdc
+            .as_ref()
+            .and_then(|c| c.tables.get(self.table))
+            .map(|t| {
+                t.schema_changes
+                    .iter()
+                    .filter(|c| c.change == "truncate" && since.is_none_or(|s| *c.position >= *s))
+                    .map(|c| c.position.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        positions.sort();
+        positions
+    }
+
+    fn location_of(&self, key: &str) -> String {
+        self.zone.root.join(key).to_string_lossy().into_owned()
+    }
+
+    async fn raw_schema(&self, keys: &[&String]) -> Result<ArrowSchema, CurateError> {
+        raw_schema(self.storage, &self.name(), keys).await
+    }
+}
+
+/// The Arrow schema of the raw files `keys` of `table`, merged by column name.
+pub async fn raw_schema(
+    storage: &Storage,
+    table: &str,
+    keys: &[&String],
+) -> Result<ArrowSchema, CurateError> {
+    let mut merged = ArrowSchema::empty();
+    for key in keys {
+        let file = ParquetFile::open(storage, key).await.map_err(|e| match e {
+            InspectError::Storage(e) => CurateError::Storage(e),
+            e => CurateError::Unreadable {
+                table: table.to_owned(),
+                file: storage.uri(key),
+                reason: e.to_string(),
+            },
+        })?;
+        let schema = ArrowSchema::new(
+            file.schema()
+                .fields()
+                .iter()
+                // Nullable: a file without the column (a LOAD file has no `Op`) reads NULL.
+                .map(|f| {
+                    f.as_ref()
+                        .clone()
+                        .with_metadata(Default::default())
+                        .with_nullable(true)
+                })
+                .collect::<Vec<_>>(),
+        );
+        merged = ArrowSchema::try_merge([merged, schema]).map_err(|e| CurateError::Schema {
+            table: table.to_owned(),
+            message: format!(
+                "{} disagrees with the table's other files: {e}. A column changed type; reload the table",
+                storage.uri(key)
+            ),
+        })?;
+    }
+    Ok(merged)
+}
+
+/// A session for merges and queries, spilling beyond the configured memory.
+pub fn session(settings: &CurateSettings) -> Result<SessionContext, DataFusionError> {
+    merge::session(settings.memory_limit_mb as usize * 1024 * 1024)
+}
+
+/// The curated table's current snapshot as a SQL table.
+pub async fn table_provider(
+    table: &IcebergTable,
+    file_io: &FileIO,
+) -> Result<Arc<dyn TableProvider>, CurateError> {
+    let schema = iceberg::arrow_schema(table.metadata.current_schema())
+        .map_err(|source| CurateError::iceberg(table.name(), source))?;
+    let files: Vec<String> = iceberg::current_data_files(table, file_io)
+        .await?
+        .iter()
+        .map(|f| f.file_path().to_owned())
+        .collect();
+    files_table(&files, Arc::new(schema)).map_err(|source| CurateError::Sql {
+        table: table.name(),
+        source,
+    })
+}
+
+async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome, CurateError> {
+    let name = job.name();
+    if let Some(load) = job.state.tables.get(job.table)
+        && load.status != LoadStatus::Completed
+    {
+        return Ok(job.outcome(Action::Skipped("its full load is not complete".into())));
+    }
+    let Some(raw) = job.raw else {
+        return Ok(job.outcome(Action::Skipped("no files in the raw zone yet".into())));
+    };
+    if let Some((file, reason)) = raw
+        .files
+        .iter()
+        .find_map(|(k, f)| f.unreadable.as_ref().map(|r| (k, r)))
+    {
+        return Err(CurateError::Unreadable {
+            table: name,
+            file: job.storage.uri(file),
+            reason: reason.clone(),
+        });
+    }
+    if let Some(format) = raw.formats.iter().find(|f| *f != "parquet") {
+        return Err(CurateError::NotParquet {
+            table: name,
+            format: format.clone(),
+        });
+    }
+    let key = job
+        .state
+        .primary_keys
+        .get(job.table)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| CurateError::NoPrimaryKey {
+            table: name.clone(),
+            task: job.task.name.clone(),
+        })?
+        .clone();
+    let (schema_name, table_name) = job.table.split_once('.').unwrap_or(("", job.table));
+    let ident = TableIdent::new(
+        NamespaceIdent::from_vec(vec![job.task.source.clone(), schema_name.to_owned()])
+            .map_err(|source| CurateError::iceberg(name.clone(), source))?,
+        table_name.to_owned(),
+    );
+    let load_id = job.load_id();
+    let existing = job.catalog.load(&ident).await?;
+    let summary = existing
+        .as_ref()
+        .and_then(|t| t.metadata.current_snapshot())
+        .map(|s| s.summary().additional_properties.clone());
+    let applied = summary
+        .as_ref()
+        .filter(|s| s.get(APPLIED_LOAD) == Some(&load_id))
+        .map(|s| s.get(APPLIED_POSITION).cloned());
+    // Rebuild reasons; `None`: merge into the current state.
+    let mut rebuild_reason = match (&existing, &applied) {
+        (None, _) => Some(String::new()),
+        _ if rebuild => Some("asked".to_owned()),
+        (Some(_), None) if summary.is_some() => Some("its full load changed".to_owned()),
+        (Some(_), None) => Some(String::new()),
+        (Some(_), Some(_)) => None,
+    };
+    let mut after: Option<String> = applied.clone().flatten();
+    if rebuild_reason.is_some() {
+        after = None;
+    }
+
+    let (load_files, cdc_files): (Vec<&String>, Vec<&String>) = raw.files.keys().partition(|k| {
+        raw.files[*k].partition.is_empty()
+            && layout::parse_load_number(k.rsplit('/').next().unwrap_or("")).is_some()
+    });
+    // CDC files that may hold changes after `after` (all, when their maximum is unknown).
+    let changes_after = |after: Option<&String>| -> Vec<&String> {
+        cdc_files
+            .iter()
+            .filter(|k| match (after, &raw.files[**k].max_position) {
+                (Some(after), Some(max)) => max > after,
+                _ => true,
+            })
+            .copied()
+            .collect()
+    };
+    let mut changes = changes_after(after.as_ref());
+    let mut raw_schema = match &rebuild_reason {
+        Some(_) => {
+            job.raw_schema(&[&load_files[..], &changes[..]].concat())
+                .await?
+        }
+        None => job.raw_schema(&changes).await?,
+    };
+    let mut current_columns = None;
+    if rebuild_reason.is_none() {
+        let newer_truncate = job
+            .truncates()
+            .iter()
+            .any(|t| after.as_ref().is_none_or(|a| t > a));
+        if changes.is_empty() && !newer_truncate {
+            return Ok(job.outcome(Action::UpToDate));
+        }
+        // New columns (or types) in the new files: the table gets a new schema, rebuilt.
+        let current_schema = existing
+            .as_ref()
+            .map(|t| t.metadata.current_schema().clone());
+        let current = current_schema
+            .as_deref()
+            .map(iceberg::arrow_schema)
+            .transpose()
+            .map_err(|source| CurateError::iceberg(name.clone(), source))?
+            .unwrap_or_else(ArrowSchema::empty);
+        let columns_changed = normalized(&data_columns(&raw_schema, job))
+            .ok()
+            .and_then(|new| ArrowSchema::try_merge([current.clone(), new]).ok())
+            .is_none_or(|merged| merged != current);
+        if columns_changed {
+            rebuild_reason = Some("its columns changed".to_owned());
+            after = None;
+            changes = changes_after(None);
+            raw_schema = job
+                .raw_schema(&[&load_files[..], &changes[..]].concat())
+                .await?;
+        } else {
+            current_columns = Some(current);
+        }
+    }
+    // A merge keeps the table's columns (one the source dropped stays, NULL from then on);
+    // a rebuild takes every column its files have.
+    let columns_arrow =
+        current_columns.unwrap_or_else(|| nullable(&data_columns(&raw_schema, job)));
+    for k in &key {
+        if columns_arrow.field_with_name(k).is_err() {
+            return Err(CurateError::Schema {
+                table: name,
+                message: format!("primary key column {k} is not in the raw files"),
+            });
+        }
+    }
+    let truncated_at = job
+        .truncates()
+        .into_iter()
+        .filter(|t| after.as_ref().is_none_or(|a| t > a))
+        .max();
+
+    // The table to write into: created, or with a new schema for a rebuild.
+    let existed = existing.is_some();
+    let (table, new_schema) = prepare_table(
+        job.catalog,
+        existing,
+        &ident,
+        job.zone
+            .table_location(&job.task.source, schema_name, table_name),
+        &columns_arrow,
+        [("tributary.primary-key".to_owned(), key.join(","))],
+    )
+    .await?;
+    debug_assert!(existed || new_schema.is_none());
+    let write_schema = new_schema
+        .clone()
+        .unwrap_or_else(|| table.metadata.current_schema().as_ref().clone());
+    let base_arrow = Arc::new(
+        iceberg::arrow_schema(&write_schema)
+            .map_err(|source| CurateError::iceberg(name.clone(), source))?,
+    );
+
+    // The base: the LOAD files (rebuild), the current data files (merge), nothing (after a
+    // truncate).
+    let base_files: Vec<String> = if truncated_at.is_some() {
+        Vec::new()
+    } else if rebuild_reason.is_some() {
+        load_files.iter().map(|k| job.location_of(k)).collect()
+    } else {
+        iceberg::current_data_files(&table, job.catalog.file_io())
+            .await?
+            .iter()
+            .map(|f| f.file_path().to_owned())
+            .collect()
+    };
+    let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
+    // The changes are read as the table's columns (cast from the files' types by
+    // DataFusion, NULL where a file lacks one) and the raw zone's two.
+    let change_schema = ArrowSchema::new(
+        base_arrow
+            .fields()
+            .iter()
+            .cloned()
+            .chain([OP, POSITION].map(|c| {
+                Arc::new(arrow_schema::Field::new(
+                    c,
+                    arrow_schema::DataType::Utf8,
+                    true,
+                ))
+            }))
+            .collect::<Vec<_>>(),
+    );
+    let sql_error = |source| CurateError::Sql {
+        table: name.clone(),
+        source,
+    };
+    let _ = job.ctx.deregister_table("base").map_err(sql_error)?;
+    let _ = job.ctx.deregister_table("changes").map_err(sql_error)?;
+    job.ctx
+        .register_table(
+            "base",
+            merge::files_table(&base_files, base_arrow.clone()).map_err(sql_error)?,
+        )
+        .map_err(sql_error)?;
+    job.ctx
+        .register_table(
+            "changes",
+            merge::files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
+        )
+        .map_err(sql_error)?;
+    let after_all = match (&after, &truncated_at) {
+        (Some(a), Some(t)) => Some(a.max(t).clone()),
+        (a, t) => a.clone().or(t.clone()),
+    };
+    let columns: Vec<String> = base_arrow
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let merge = merge::Merge {
+        columns: &columns,
+        key: &key,
+        after: after_all.as_deref(),
+    };
+    let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
+    let rows = merge.rows(job.ctx).await.map_err(sql_error)?;
+    let applied_position = last_position.or(after_all).unwrap_or_default();
+    let properties = [
+        (APPLIED_POSITION, applied_position),
+        (APPLIED_LOAD, load_id),
+        (APPLIED_TASK, job.task.name.clone()),
+    ];
+    let written = write_snapshot(
+        job.catalog,
+        &table,
+        new_schema,
+        rows,
+        properties.map(|(k, v)| (k.to_owned(), v)),
+        job.settings,
+    )
+    .await?;
+    let raw_files = change_files.len()
+        + if rebuild_reason.is_some() && truncated_at.is_none() {
+            load_files.len()
+        } else {
+            0
+        };
+    let action = match rebuild_reason {
+        Some(reason) if reason.is_empty() => Action::Created,
+        Some(reason) => Action::Rebuilt(reason),
+        None => Action::Merged,
+    };
+    Ok(TableOutcome {
+        table: name,
+        action,
+        raw_files,
+        rows: written.rows,
+        data_files: written.data_files,
+        seconds: 0.0,
+    })
+}
+
+/// The table `ident` ready to take rows with `columns`: created at `location` if it does
+/// not exist, else with a new schema (returned, to commit with the rows) if its columns
+/// differ. Files a crashed run left in it are removed.
+async fn prepare_table(
+    catalog: &IcebergCatalog,
+    existing: Option<IcebergTable>,
+    ident: &TableIdent,
+    location: String,
+    columns: &ArrowSchema,
+    properties: impl IntoIterator<Item = (String, String)>,
+) -> Result<(IcebergTable, Option<Schema>), CurateError> {
+    let iceberg_error =
+        |source| CurateError::iceberg(crate::catalog::iceberg::display_ident(ident), source);
+    let (table, new_schema) = match existing {
+        None => {
+            let schema = iceberg::schema_from_arrow(columns, 1).map_err(iceberg_error)?;
+            let creation = TableCreation::builder()
+                .name(ident.name().to_owned())
+                .location(location)
+                .schema(schema)
+                .properties(
+                    properties
+                        .into_iter()
+                        .chain([("write.format.default".to_owned(), "parquet".to_owned())]),
+                )
+                .build();
+            (catalog.create(ident, creation).await?, None)
+        }
+        Some(table) => {
+            let first_id = table.metadata.last_column_id() + 1;
+            let candidate = iceberg::schema_from_arrow(columns, first_id).map_err(iceberg_error)?;
+            let changed = !iceberg::same_columns(&candidate, table.metadata.current_schema());
+            (table, changed.then_some(candidate))
+        }
+    };
+    iceberg::remove_orphans(&table, catalog.file_io()).await?;
+    Ok((table, new_schema))
+}
+
+/// What a snapshot holds.
+struct Written {
+    rows: u64,
+    data_files: usize,
+}
+
+/// Writes `rows` as the table's whole content and commits it as a new snapshot.
+async fn write_snapshot(
+    catalog: &IcebergCatalog,
+    table: &IcebergTable,
+    new_schema: Option<Schema>,
+    rows: datafusion::physical_plan::SendableRecordBatchStream,
+    properties: impl IntoIterator<Item = (String, String)>,
+    settings: &CurateSettings,
+) -> Result<Written, CurateError> {
+    let schema = new_schema
+        .clone()
+        .unwrap_or_else(|| table.metadata.current_schema().as_ref().clone());
+    let files = iceberg::write_data_files(
+        table,
+        &schema,
+        catalog.file_io(),
+        rows,
+        settings.target_file_size_mb as usize * 1024 * 1024,
+    )
+    .await?;
+    let written = Written {
+        rows: files.iter().map(|f| f.record_count()).sum(),
+        data_files: files.len(),
+    };
+    iceberg::replace(
+        catalog,
+        table,
+        iceberg::Replacement {
+            schema: new_schema,
+            files,
+            properties: properties.into_iter().collect(),
+            keep_snapshots: settings.keep_snapshots,
+        },
+    )
+    .await?;
+    Ok(written)
+}
+
+/// The table's own columns: the raw zone's additions (`Op`, `_position`, the task's
+/// timestamp column) left out.
+fn data_columns(schema: &ArrowSchema, job: &TableJob<'_>) -> ArrowSchema {
+    let timestamp = &job.task.target_settings.timestamp_column_name;
+    ArrowSchema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| {
+                let n = f.name();
+                n != OP && n != POSITION && (timestamp.is_empty() || n != timestamp)
+            })
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// `schema` as the data files hold it: the types Iceberg lacks widened (Int16 to Int32).
+fn normalized(schema: &ArrowSchema) -> Result<ArrowSchema, ::iceberg::Error> {
+    iceberg::arrow_schema(&iceberg::schema_from_arrow(schema, 1)?)
+}
+
+/// `schema` with every column nullable: curated columns follow the source's, whose
+/// constraints are not the lake's to enforce.
+fn nullable(schema: &ArrowSchema) -> ArrowSchema {
+    ArrowSchema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// An exclusive lock on the catalog, held for a curate run.
+struct CurateLock {
+    _file: std::fs::File,
+}
+
+impl CurateLock {
+    fn take(catalog: &Path) -> Result<CurateLock, CurateError> {
+        let mut lock = catalog.as_os_str().to_owned();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|source| CurateError::Io {
+                path: lock.clone(),
+                source,
+            })?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; released when the file closes.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !taken {
+            return Err(CurateError::Busy { lock });
+        }
+        Ok(CurateLock { _file: file })
+    }
+}

@@ -1,0 +1,614 @@
+//! The curated zone end to end: PostgreSQL and MariaDB tables loaded and changed by CDC,
+//! curated into Iceberg tables, then read by outside readers (pyiceberg through the SQL
+//! catalog, DuckDB's `iceberg_scan`), which must see exactly the source's rows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mysql_async::prelude::Queryable;
+use sqlx::{Connection, Executor, PgConnection, Row};
+
+type Rows = Vec<Vec<Option<String>>>;
+
+/// The rows as the readers script sorts them.
+fn sorted(mut rows: Rows) -> Rows {
+    rows.sort_by_key(|r| {
+        r.iter()
+            .map(|v| (v.is_none(), v.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    });
+    rows
+}
+
+/// What pyiceberg and DuckDB read of `tables`, by table: (columns, rows by pyiceberg,
+/// rows by DuckDB, snapshots).
+fn read_curated(
+    dir: &TestDir,
+    tables: &[&str],
+) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_curated.py");
+    let catalog = dir.path().join("catalog.db");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(&catalog)
+        .args(tables)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "readers failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = |v: &serde_json::Value| -> Rows {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .collect()
+    };
+    tables
+        .iter()
+        .map(|t| {
+            let v = &json[*t];
+            let columns = v["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_owned())
+                .collect();
+            (
+                t.to_string(),
+                (
+                    columns,
+                    rows(&v["pyiceberg"]),
+                    rows(&v["duckdb"]),
+                    v["snapshots"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Asserts both readers see `expected` (the source's rows as text) in `table`.
+fn assert_readers_see(
+    read: &BTreeMap<String, (Vec<String>, Rows, Rows, u64)>,
+    table: &str,
+    columns: &[&str],
+    expected: Rows,
+) {
+    let (found_columns, by_pyiceberg, by_duckdb, _) = &read[table];
+    assert_eq!(found_columns, columns, "{table}: columns");
+    let expected = sorted(expected);
+    for (reader, rows) in [("pyiceberg", by_pyiceberg), ("DuckDB", by_duckdb)] {
+        assert_eq!(
+            rows.len(),
+            expected.len(),
+            "{table}: {reader} reads {} rows, the source has {}",
+            rows.len(),
+            expected.len()
+        );
+        for (found, wanted) in rows.iter().zip(&expected) {
+            assert_eq!(
+                found, wanted,
+                "{table}: {reader} reads a row the source does not have"
+            );
+        }
+    }
+}
+
+async fn pg_rows(conn: &mut PgConnection, sql: &str) -> Rows {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+async fn my_rows(conn: &mut mysql_async::Conn, sql: &str) -> Rows {
+    let rows: Vec<mysql_async::Row> = conn.query(sql).await.unwrap();
+    rows.into_iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.get::<Option<String>, _>(i).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+const PG_SCHEMA: &str = "
+CREATE TABLE customers (id int8 PRIMARY KEY, name text NOT NULL, email text,
+                        balance numeric(12,2), active bool, born date, seen_at timestamptz);
+CREATE TABLE orders (id int8 PRIMARY KEY, customer_id int8, total numeric(12,2), status text);
+CREATE TABLE wiped (id int8 PRIMARY KEY, v text);
+INSERT INTO customers SELECT g, 'customer ' || g,
+  CASE WHEN g % 7 = 0 THEN NULL ELSE 'c' || g || '@example.com' END, g * 1.25, g % 2 = 0,
+  date '1980-01-01' + g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute'
+FROM generate_series(1, 2000) g;
+INSERT INTO orders SELECT g, g % 2000 + 1, g * 3.5, 'new' FROM generate_series(1, 5000) g;
+INSERT INTO wiped SELECT g, 'v' || g FROM generate_series(1, 10) g;
+";
+
+/// Inserts, updates (one of a primary key), deletes, a delete and re-insert of the same
+/// key, a truncate, in and out of transactions.
+const PG_CHANGES: &str = "
+UPDATE customers SET email = 'changed@example.com', balance = balance + 1 WHERE id % 10 = 1;
+DELETE FROM customers WHERE id BETWEEN 100 AND 150;
+INSERT INTO customers VALUES (5000, 'new one', NULL, 0.50, true, '2000-02-29', '2026-11-25 10:00:00+00');
+BEGIN;
+DELETE FROM customers WHERE id = 7;
+INSERT INTO customers VALUES (7, 'seven again', 'seven@example.com', 7.00, false, NULL, NULL);
+UPDATE orders SET status = 'paid' WHERE id <= 300;
+COMMIT;
+UPDATE customers SET id = 9000 WHERE id = 8;
+UPDATE orders SET status = 'shipped' WHERE id <= 100;
+DELETE FROM orders WHERE id > 4900;
+TRUNCATE wiped;
+INSERT INTO wiped VALUES (100, 'after truncate');
+";
+
+const CUSTOMERS: &str = "SELECT id::text, name, email, balance::text, active::text, born::text,
+  extract(epoch FROM seen_at)::numeric(20,6)::text FROM customers";
+const CUSTOMER_COLUMNS: [&str; 7] = [
+    "id", "name", "email", "balance", "active", "born", "seen_at",
+];
+const ORDERS: &str = "SELECT id::text, customer_id::text, total::text, status FROM orders";
+const WIPED: &str = "SELECT id::text, v FROM wiped";
+
+const MY_SCHEMA: &str = "
+CREATE TABLE payments (id bigint PRIMARY KEY, order_id bigint, amount decimal(12,2),
+                       method varchar(20), paid_on date);
+INSERT INTO payments SELECT seq, seq % 5000 + 1, seq * 2.5, IF(seq % 3 = 0, 'card', 'transfer'),
+  DATE_ADD('2026-01-01', INTERVAL seq % 300 DAY)
+FROM seq_1_to_3000;
+";
+
+const MY_CHANGES: &str = "
+UPDATE payments SET method = 'refund', amount = -amount WHERE id % 50 = 0;
+DELETE FROM payments WHERE id BETWEEN 10 AND 30;
+INSERT INTO payments VALUES (9000, 1, 99.99, 'cash', '2026-11-25');
+UPDATE payments SET id = 9001 WHERE id = 40;
+";
+
+const PAYMENTS: &str = "SELECT CAST(id AS CHAR), CAST(order_id AS CHAR), CAST(amount AS CHAR),
+  method, CAST(paid_on AS CHAR) FROM payments";
+
+fn workspace(pg: &Pg, my: &My, dir: &TestDir, pg_db: &str, my_db: &str) -> String {
+    let settings = "[tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         timestamp_column_name = \"changed_at\"\ncdc_max_batch_interval = 1\n\
+         date_partition_enabled = true\ndate_partition_style = \"hive\"\n";
+    dir.write_workspace(&format!(
+        "{}{}{}\
+         [[tasks]]\nname = \"shop-cdc\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\n{settings}\n\
+         [[tasks]]\nname = \"payments-cdc\"\nsource = \"payments\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\ninclude = [\"{my_db}.%\"]\n{settings}\n\
+         [curate]\ntarget_file_size_mb = 1\nkeep_snapshots = 2\n",
+        pg.endpoint_toml("shop", pg_db),
+        my.endpoint_toml("payments", my_db),
+        local_target_toml("lake", &dir.lake())
+    ))
+}
+
+fn catch_up(ws: &str) {
+    for task in ["shop-cdc", "payments-cdc"] {
+        assert_success(&run_until_caught_up(ws, task));
+    }
+}
+
+async fn assert_curated_equals_sources(
+    dir: &TestDir,
+    pg: &mut PgConnection,
+    my: &mut mysql_async::Conn,
+    my_db: &str,
+) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
+    let payments = format!("payments.{my_db}.payments");
+    let read = read_curated(
+        dir,
+        &[
+            "shop.public.customers",
+            "shop.public.orders",
+            "shop.public.wiped",
+            &payments,
+        ],
+    );
+    assert_readers_see(
+        &read,
+        "shop.public.customers",
+        &CUSTOMER_COLUMNS,
+        pg_rows(pg, CUSTOMERS).await,
+    );
+    assert_readers_see(
+        &read,
+        "shop.public.orders",
+        &["id", "customer_id", "total", "status"],
+        pg_rows(pg, ORDERS).await,
+    );
+    assert_readers_see(
+        &read,
+        "shop.public.wiped",
+        &["id", "v"],
+        pg_rows(pg, WIPED).await,
+    );
+    assert_readers_see(
+        &read,
+        &payments,
+        &["id", "order_id", "amount", "method", "paid_on"],
+        my_rows(my, PAYMENTS).await,
+    );
+    read
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curated_tables_equal_the_sources_after_load_and_cdc() {
+    let (pg, my) = (Pg::from_env(), My::from_env());
+    let (pg_db, my_db) = ("trib_curate", "tributary_curate");
+    let mut pg_conn = pg.fresh_database(pg_db).await;
+    pg_conn.execute(PG_SCHEMA).await.unwrap();
+    let mut my_conn = my.fresh_database(my_db).await;
+    my_conn.query_drop(MY_SCHEMA).await.unwrap();
+    let dir = TestDir::new();
+    let ws = workspace(&pg, &my, &dir, pg_db, my_db);
+
+    // The full load and a first round of changes, all curated at once.
+    catch_up(&ws);
+    pg_conn.execute(PG_CHANGES).await.unwrap();
+    my_conn.query_drop(MY_CHANGES).await.unwrap();
+    catch_up(&ws);
+    let out = assert_success(&tributary(&["curate", &ws]));
+    assert!(out.contains("shop.public.customers: created from"), "{out}");
+    assert!(
+        out.contains(&format!("payments.{my_db}.payments: created from")),
+        "{out}"
+    );
+    let read = assert_curated_equals_sources(&dir, &mut pg_conn, &mut my_conn, my_db).await;
+    assert_eq!(
+        read["shop.public.customers"].3, 1,
+        "one snapshot per curate"
+    );
+
+    // More changes: merged into the current state from the new files only.
+    pg_conn
+        .execute(
+            "UPDATE customers SET name = 'renamed' WHERE id = 1;
+             DELETE FROM customers WHERE id = 2;
+             INSERT INTO orders VALUES (6000, 1, 1.00, 'new');",
+        )
+        .await
+        .unwrap();
+    my_conn
+        .query_drop("DELETE FROM payments WHERE id = 1")
+        .await
+        .unwrap();
+    catch_up(&ws);
+    let out = assert_success(&tributary(&["curate", &ws]));
+    let merged = out
+        .lines()
+        .find(|l| l.starts_with("shop.public.customers: merged from"))
+        .unwrap_or_else(|| panic!("customers not merged:\n{out}"));
+    let files: usize = merged
+        .split("merged from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        (1..=3).contains(&files),
+        "only the new CDC files are read: {merged}"
+    );
+    assert!(out.contains("shop.public.wiped: up to date"), "{out}");
+    let read = assert_curated_equals_sources(&dir, &mut pg_conn, &mut my_conn, my_db).await;
+    assert_eq!(read["shop.public.customers"].3, 2);
+
+    // Nothing new: no snapshot; keep_snapshots = 2 keeps the older one.
+    let out = assert_success(&tributary(&["curate", &ws, "--task", "shop-cdc"]));
+    assert!(out.contains("shop.public.customers: up to date"), "{out}");
+    assert!(
+        !out.contains("payments."),
+        "--task curates that task's tables only: {out}"
+    );
+
+    // A new column: the table gets a new schema and is rebuilt.
+    pg_conn
+        .execute(
+            "ALTER TABLE orders ADD COLUMN note text;
+             UPDATE orders SET note = 'noted' WHERE id <= 5;",
+        )
+        .await
+        .unwrap();
+    catch_up(&ws);
+    let out = assert_success(&tributary(&["curate", &ws]));
+    assert!(
+        out.contains("shop.public.orders: rebuilt (its columns changed)"),
+        "{out}"
+    );
+    let read = read_curated(&dir, &["shop.public.orders"]);
+    assert_readers_see(
+        &read,
+        "shop.public.orders",
+        &["id", "customer_id", "total", "status", "note"],
+        pg_rows(
+            &mut pg_conn,
+            "SELECT id::text, customer_id::text, total::text, status, note FROM orders",
+        )
+        .await,
+    );
+    assert_eq!(
+        read["shop.public.orders"].3, 2,
+        "expired beyond keep_snapshots"
+    );
+
+    // SQL over the lake: curated and raw tables by their catalog names.
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS n FROM shop.public.customers",
+    ]));
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut pg_conn)
+        .await
+        .unwrap();
+    assert!(out.contains(&format!("| {customers} ")), "{out}");
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS deletes FROM shop_raw.public.customers WHERE \"Op\" = 'D'",
+    ]));
+    // Ids 100..=150, 7, 2, and the D of the key change 8 -> 9000.
+    assert!(out.contains("| 54 "), "{out}");
+    for file in ["orders.csv", "orders.parquet"] {
+        let target = dir.path().join(file);
+        let out = assert_success(&tributary(&[
+            "query",
+            &ws,
+            "SELECT * FROM shop.public.orders WHERE status = 'shipped'",
+            "--output",
+            target.to_str().unwrap(),
+        ]));
+        assert!(out.contains("wrote 100 row(s)"), "{out}");
+        assert!(target.metadata().unwrap().len() > 0);
+    }
+    let csv = std::fs::read_to_string(dir.path().join("orders.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 101, "a header and 100 rows");
+}
+
+/// A curate killed with SIGKILL in the middle of writing a table's data files, then run
+/// again: the table is the same as if nothing had happened, and the dead run's files go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_curate_killed_midway_then_rerun_gives_the_same_table() {
+    let pg = Pg::from_env();
+    let db = "trib_curate_kill";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE big (id int8 PRIMARY KEY, v text, n int8);
+         INSERT INTO big SELECT g, md5(g::text), g FROM generate_series(1, 600000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"big-cdc\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         cdc_max_batch_interval = 1\n[curate]\ntarget_file_size_mb = 4\n",
+        pg.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    assert_success(&run_until_caught_up(&ws, "big-cdc"));
+    assert_success(&tributary(&["curate", &ws]));
+    conn.execute("UPDATE big SET n = -n WHERE id % 3 = 0; DELETE FROM big WHERE id % 10 = 0;")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "big-cdc"));
+
+    let data = dir.lake().join("curated/shop/public/big/data");
+    let before = files_under(&data);
+    let mut child = spawn_quiet(&["curate", &ws]);
+    let started = Instant::now();
+    let killed_files: Vec<String> = loop {
+        let now = files_under(&data);
+        if now.len() > before.len() {
+            break now.into_iter().filter(|f| !before.contains(f)).collect();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the curate finished before it could be killed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = assert_success(&tributary(&["curate", &ws]));
+    assert!(out.contains("shop.public.big: merged from"), "{out}");
+    let expected: (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), sum(n)::int8, sum(id * length(v) + n % 7)::int8 FROM big")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS n, sum(n) AS total, sum(id * length(v) + n % 7) AS mix \
+         FROM shop.public.big",
+    ]));
+    for value in [expected.0, expected.1, expected.2] {
+        assert!(
+            out.contains(&format!("| {value} ")),
+            "expected {expected:?}:\n{out}"
+        );
+    }
+    let read = read_curated(&dir, &["shop.public.big"]);
+    assert_eq!(
+        read["shop.public.big"].1.len() as i64,
+        expected.0,
+        "pyiceberg"
+    );
+    assert_eq!(read["shop.public.big"].2.len() as i64, expected.0, "DuckDB");
+    // The killed run's files are gone; what remains is the two snapshots' own.
+    let after = files_under(&data);
+    for f in &killed_files {
+        assert!(
+            !after.contains(f),
+            "{f}, written by the killed run, is still there"
+        );
+    }
+    assert_eq!(read["shop.public.big"].3, 2);
+    conn.close().await.unwrap();
+}
+
+/// A unified model over both sources: its rows join PostgreSQL customers with MariaDB
+/// orders; rows failing a quarantining check go to its quarantine table; a check that
+/// fails the run leaves the model's table as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unified_model_joins_sources_and_its_checks_act_as_declared() {
+    let (pg, my) = (Pg::from_env(), My::from_env());
+    let (pg_db, my_db) = ("trib_model", "tributary_model");
+    let mut pg_conn = pg.fresh_database(pg_db).await;
+    pg_conn
+        .execute(
+            "CREATE TABLE customers (id int8 PRIMARY KEY, email text, country text);
+             INSERT INTO customers SELECT g, 'Customer' || g || '@Example.com',
+               CASE WHEN g % 2 = 0 THEN 'FR' ELSE 'DE' END FROM generate_series(1, 100) g;
+             INSERT INTO customers VALUES (101, NULL, 'FR'), (102, 'x@example.com', 'XX');",
+        )
+        .await
+        .unwrap();
+    let mut my_conn = my.fresh_database(my_db).await;
+    my_conn
+        .query_drop(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount decimal(10,2));
+             INSERT INTO orders SELECT seq, seq % 50 + 1, seq FROM seq_1_to_500;",
+        )
+        .await
+        .unwrap();
+    let dir = TestDir::new();
+    let model = format!(
+        "[[models]]\nname = \"unified_customer\"\n\
+         sql = \"\"\"\nSELECT c.id AS customer_id, lower(c.email) AS email, c.country,\n\
+           count(o.id) AS orders, coalesce(sum(o.amount), 0) AS spent\n\
+         FROM shop.public.customers c LEFT JOIN sales.{my_db}.orders o ON o.customer_id = c.id\n\
+         GROUP BY c.id, c.email, c.country\n\"\"\"\n\
+         checks = [\n\
+           {{ check = \"not_null\", columns = [\"email\"], on_fail = \"quarantine\" }},\n\
+           {{ check = \"accepted_values\", columns = [\"country\"], values = [\"FR\", \"DE\"], on_fail = \"quarantine\" }},\n\
+           {{ check = \"unique\", columns = [\"customer_id\"] }},\n\
+           {{ check = \"row_count\", min = 1, max = 1000 }},\n\
+         ]\n\n\
+         [[models]]\nname = \"countries\"\n\
+         sql = \"SELECT country, count(*) AS n FROM shop.public.customers GROUP BY country\"\n\
+         checks = [{{ check = \"accepted_values\", columns = [\"country\"], values = [\"FR\", \"DE\", \"XX\"] }}]\n"
+    );
+    let ws = dir.write_workspace(&format!(
+        "{}{}{}\
+         [[tasks]]\nname = \"shop\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\n\
+         [[tasks]]\nname = \"sales\"\nsource = \"sales\"\ntarget = \"lake\"\ninclude = [\"{my_db}.%\"]\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\n{model}",
+        pg.endpoint_toml("shop", pg_db),
+        my.endpoint_toml("sales", my_db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    for task in ["shop", "sales"] {
+        assert_success(&tributary(&["run", &ws, "--task", task]));
+    }
+    assert_success(&tributary(&["curate", &ws]));
+    let out = assert_success(&tributary(&["transform", &ws]));
+    assert!(
+        out.contains("analytics.unified_customer: 100 rows, 2 quarantined"),
+        "{out}"
+    );
+    assert!(
+        out.contains("QUARANTINED not_null(email): 1 row(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("QUARANTINED accepted_values(country in FR | DE): 1 row(s)"),
+        "{out}"
+    );
+    assert!(out.contains("PASS unique(customer_id)"), "{out}");
+    assert!(out.contains("PASS row_count(1..1000)"), "{out}");
+
+    // What the outside readers see: the joined, cleaned rows, and the rejected ones with why.
+    let read = read_curated(
+        &dir,
+        &[
+            "analytics.unified_customer",
+            "analytics.unified_customer_quarantine",
+        ],
+    );
+    let (columns, rows, by_duckdb, _) = &read["analytics.unified_customer"];
+    assert_eq!(
+        columns,
+        &["customer_id", "email", "country", "orders", "spent"]
+    );
+    assert_eq!(rows, by_duckdb);
+    let first = rows
+        .iter()
+        .find(|r| r[0].as_deref() == Some("1"))
+        .expect("customer 1");
+    // Orders of customer 1: ids 50, 100, ..., 500 (seq % 50 + 1 = 1).
+    assert_eq!(first[1].as_deref(), Some("customer1@example.com"));
+    assert_eq!(first[3].as_deref(), Some("10"));
+    assert_eq!(first[4].as_deref(), Some("2750.00"));
+    let (columns, quarantined, _, _) = &read["analytics.unified_customer_quarantine"];
+    assert_eq!(columns.last().map(String::as_str), Some("failed_checks"));
+    let reasons: Vec<(Option<String>, Option<String>)> = quarantined
+        .iter()
+        .map(|r| (r[0].clone(), r.last().cloned().flatten()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (Some("101".into()), Some("not_null(email)".into())),
+            (
+                Some("102".into()),
+                Some("accepted_values(country in FR | DE)".into())
+            ),
+        ]
+    );
+
+    // A value the declared list does not accept fails the run: the table keeps its rows.
+    pg_conn
+        .execute("INSERT INTO customers VALUES (103, 'z@example.com', 'ZZ')")
+        .await
+        .unwrap();
+    assert_success(&tributary(&["run", &ws, "--task", "shop", "--reload"]));
+    assert_success(&tributary(&["curate", &ws]));
+    let output = tributary(&["transform", &ws, "--model", "countries"]);
+    let err = assert_failure(&output, 1);
+    let out = stdout(&output);
+    assert!(
+        out.contains("analytics.countries: FAILED, its table is unchanged"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL accepted_values(country in FR | DE | XX): 1 row(s)"),
+        "{out}"
+    );
+    assert!(err.contains("a model's check failed"), "{err}");
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS countries FROM analytics.countries",
+    ]));
+    assert!(out.contains("| 3 "), "still FR, DE and XX only: {out}");
+}

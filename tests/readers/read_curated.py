@@ -1,0 +1,71 @@
+"""Reads curated Iceberg tables the way outside tools do, for the tests.
+
+Usage: read_curated.py CATALOG_DB TABLE [TABLE ...]   (TABLE: source.schema.table)
+
+Prints one JSON object: {table: {"pyiceberg": rows, "duckdb": rows, "snapshots": n}}, rows
+sorted, each value as text (None for NULL; booleans true/false; timestamps as epoch seconds
+with 6 decimals; decimals and dates as their text), so the test compares them with the
+source database's own text.
+"""
+import datetime
+import decimal
+import json
+import os
+import sys
+
+import duckdb
+import duckdb_ext
+from pyiceberg.catalog.sql import SqlCatalog
+
+
+def text(value):
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return f"{value.timestamp():.6f}"
+    if isinstance(value, (datetime.date, decimal.Decimal)):
+        return str(value)
+    return str(value)
+
+
+def rows_of(columns, records):
+    rows = [[text(r[c]) for c in columns] for r in records]
+    return sorted(rows, key=lambda r: [(v is None, v) for v in r])
+
+
+def main():
+    catalog_db, tables = sys.argv[1], sys.argv[2:]
+    catalog = SqlCatalog(
+        "tributary",
+        uri=f"sqlite:///{catalog_db}",
+        warehouse=f"file://{os.path.dirname(catalog_db)}",
+    )
+    extensions = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
+    con = duckdb.connect(config={"extension_directory": extensions})
+    con.execute("LOAD iceberg")
+    out = {}
+    for name in tables:
+        table = catalog.load_table(tuple(name.split(".")))
+        columns = [f.name for f in table.schema().fields]
+        arrow = table.scan().to_arrow()
+        by_pyiceberg = rows_of(columns, arrow.to_pylist())
+        cursor = con.execute(
+            "SELECT * FROM iceberg_scan(?)", [table.metadata_location]
+        )
+        names = [d[0] for d in cursor.description]
+        by_duckdb = rows_of(columns, [dict(zip(names, r)) for r in cursor.fetchall()])
+        out[name] = {
+            "columns": columns,
+            "pyiceberg": by_pyiceberg,
+            "duckdb": by_duckdb,
+            "snapshots": len(table.metadata.snapshots),
+        }
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
