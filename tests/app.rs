@@ -596,3 +596,82 @@ fn the_lake_browser_lists_the_catalog_tables_a_crawl_finds() {
         Duration::from_secs(20),
     );
 }
+
+/// The query tab: *Curate* makes the curated tables, *Run models* runs a model with its
+/// checks, a table of the list is queried into the virtual table; the lake browser's
+/// catalog lists the curated tables beside the raw ones.
+#[test]
+fn the_query_tab_curates_runs_models_and_queries_the_lake() {
+    let pg = Pg::from_env();
+    let dir = fixed_dir("query");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut conn = pg.fresh_database("trib_app_query").await;
+        conn.execute(
+            "CREATE TABLE customers (id int8 PRIMARY KEY, name text, country text);
+             INSERT INTO customers SELECT g, 'customer ' || g,
+               (ARRAY['FR', 'DE', 'US', '??'])[g % 4 + 1] FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    });
+    let text = format!(
+        "{}{}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\n\
+         [[models]]\nname = \"by_country\"\n\
+         sql = \"SELECT country, count(*) AS customers FROM shop.public.customers GROUP BY country\"\n\
+         checks = [{{ check = \"accepted_values\", columns = [\"country\"], values = [\"FR\", \"DE\", \"US\"], on_fail = \"quarantine\" }}]\n",
+        pg.endpoint_toml_with("shop", "trib_app_query", "PGPASSWORD"),
+        local_target_toml("lake", &dir.lake())
+    );
+    let path = PathBuf::from(dir.write_workspace(&text));
+    assert_success(&tributary(&[
+        "run",
+        path.to_str().unwrap(),
+        "--task",
+        "load",
+    ]));
+    let mut h = harness(&rt, path.clone(), Workspace::load(&path).unwrap());
+    h.get_by_label("Query").click();
+    h.run_steps(2);
+    h.get_by_label("Curate").click();
+    wait_for(&mut h, "curated 1 table(s)", Duration::from_secs(60));
+    assert!(
+        h.query_by_label_contains("shop.public.customers: created from 1 raw file(s): 30 rows")
+            .is_some()
+    );
+    h.get_by_label("Run models").click();
+    wait_for(&mut h, "ran 1 model(s), 0 failed", Duration::from_secs(60));
+    assert!(
+        h.query_by_label_contains("analytics.by_country: 3 rows, 1 quarantined")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains("QUARANTINED accepted_values(country in FR | DE | US): 1 row(s)")
+            .is_some()
+    );
+    // The list of tables: curated, raw and the model's, each a query away.
+    wait_for(&mut h, "lake.analytics.by_country", Duration::from_secs(30));
+    assert!(h.query_by_label("shop_raw.public.customers").is_some());
+    h.get_by_label("shop.public.customers").click();
+    wait_for(&mut h, "30 rows in", Duration::from_secs(30));
+    assert!(
+        h.query_by_label("customer 7").is_some(),
+        "a row in the table"
+    );
+    screenshot(&mut h, "query");
+
+    // The lake browser's catalog: the curated tables beside the raw zone's.
+    open_lake(&mut h, "lake");
+    wait_for(&mut h, "Curated tables (Iceberg)", Duration::from_secs(20));
+    h.run_steps(4);
+    h.get_by_label("analytics.by_country").click();
+    h.run_steps(4);
+    assert!(
+        h.query_by_label_contains("3 rows, 1 data file(s)")
+            .is_some()
+    );
+    // Its query link opens it in the query tab.
+    h.get_by_label("query analytics.by_country").click();
+    wait_for(&mut h, "3 rows in", Duration::from_secs(30));
+}

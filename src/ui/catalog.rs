@@ -1,10 +1,15 @@
 //! The catalog beside the lake browser's files: the raw tables a crawl found (formats,
-//! files, rows, size, partitions, schema versions), each openable in the browser.
+//! files, rows, size, partitions, schema versions), each openable in the browser, and the
+//! curated zone's Iceberg tables (rows, files, snapshots, columns), each queryable.
 //!
 //! Loading the saved catalog and crawling both run on the background runtime; a result
 //! for a target that is no longer shown is dropped.
 
+use std::path::PathBuf;
+
 use crate::catalog::{Catalog, CrawlReport};
+use crate::config::Workspace;
+use crate::curate::CuratedSummary;
 use crate::lake::Storage;
 
 use super::{Backend, UiEvent};
@@ -17,12 +22,31 @@ pub struct CatalogPanel {
     request: u64,
     busy: bool,
     catalogs: Vec<FolderCatalog>,
+    curated: Vec<CuratedSummary>,
     error: Option<String>,
 }
 
+/// What the user asked of the catalog panel.
+#[derive(Default)]
+pub struct CatalogAction {
+    pub crawl: bool,
+    /// A raw table's folder to open in the browser.
+    pub open: Option<String>,
+    /// A curated table to query.
+    pub query: Option<String>,
+}
+
 impl CatalogPanel {
-    /// Loads the saved catalogs of `folders` (or crawls them, with `crawl`).
-    pub fn load(&mut self, backend: &Backend, storage: Storage, folders: Vec<String>, crawl: bool) {
+    /// Loads the saved catalogs of `folders` (or crawls them, with `crawl`), and the curated
+    /// tables of the workspace at `workspace` (when it has a file).
+    pub fn load(
+        &mut self,
+        backend: &Backend,
+        storage: Storage,
+        folders: Vec<String>,
+        crawl: bool,
+        workspace: Option<(Workspace, PathBuf)>,
+    ) {
         self.request += 1;
         self.busy = true;
         self.error = None;
@@ -49,28 +73,42 @@ impl CatalogPanel {
                     }
                 }
             }
+            let curated = match workspace {
+                Some((workspace, path)) => crate::curate::curated_tables(&workspace, &path)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Ok(Vec::new()),
+            };
             UiEvent::Catalog {
                 request,
-                result: Ok(out),
+                result: curated.map(|curated| (out, curated)),
             }
         });
     }
 
-    pub fn loaded(&mut self, request: u64, result: Result<Vec<FolderCatalog>, String>) {
+    pub fn loaded(
+        &mut self,
+        request: u64,
+        result: Result<(Vec<FolderCatalog>, Vec<CuratedSummary>), String>,
+    ) {
         if request != self.request {
             return;
         }
         self.busy = false;
         match result {
-            Ok(catalogs) => self.catalogs = catalogs,
+            Ok((catalogs, curated)) => {
+                self.catalogs = catalogs;
+                self.curated = curated;
+            }
             Err(e) => self.error = Some(e),
         }
     }
 
-    /// Draws the catalog; returns `(crawl, folder to open)` as the user asks.
-    pub fn catalog_ui(&mut self, ui: &mut egui::Ui) -> (bool, Option<String>) {
+    /// Draws the catalog; returns what the user asks.
+    pub fn catalog_ui(&mut self, ui: &mut egui::Ui) -> CatalogAction {
         let mut crawl = false;
         let mut open = None;
+        let mut query = None;
         ui.horizontal(|ui| {
             ui.heading("Catalog");
             crawl = ui
@@ -130,7 +168,24 @@ impl CatalogPanel {
                             });
                     }
                 }
+                if !self.curated.is_empty() {
+                    ui.separator();
+                    ui.strong("Curated tables (Iceberg)");
+                }
+                for t in &self.curated {
+                    egui::CollapsingHeader::new(&t.name)
+                        .id_salt(&t.location)
+                        .show(ui, |ui| {
+                            ui.label(t.describe());
+                            if ui.link(format!("query {}", t.name)).clicked() {
+                                query = Some(t.name.clone());
+                            }
+                            for (name, data_type) in &t.columns {
+                                ui.monospace(format!("{name}  {data_type}"));
+                            }
+                        });
+                }
             });
-        (crawl, open)
+        CatalogAction { crawl, open, query }
     }
 }

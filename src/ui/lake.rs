@@ -85,7 +85,8 @@ impl LakeScreen {
         match storage {
             Ok(storage) => {
                 let folders = doc.workspace.raw_folders(&target);
-                self.catalog.load(backend, storage.clone(), folders, false);
+                self.catalog
+                    .load(backend, storage.clone(), folders, false, workspace_of(doc));
                 self.storage = Some(storage);
                 self.list(backend, String::new(), None);
             }
@@ -180,17 +181,22 @@ impl LakeScreen {
         }
         let storage = self.storage.clone()?;
         let mut go_to = None;
+        let mut query = None;
         egui::Panel::right("lake-catalog")
             .resizable(true)
             .default_size(440.0)
             .min_size(360.0)
             .show(ui, |ui| {
-                let (crawl, open) = self.catalog.catalog_ui(ui);
-                if crawl && let Some(target) = &self.target {
+                let action = self.catalog.catalog_ui(ui);
+                if action.crawl
+                    && let Some(target) = &self.target
+                {
                     let folders = doc.workspace.raw_folders(target);
-                    self.catalog.load(backend, storage.clone(), folders, true);
+                    self.catalog
+                        .load(backend, storage.clone(), folders, true, workspace_of(doc));
                 }
-                go_to = open;
+                go_to = action.open;
+                query = action.query;
             });
         // Breadcrumb.
         ui.horizontal_wrapped(|ui| {
@@ -285,6 +291,9 @@ impl LakeScreen {
         if let Some(prefix) = go_to {
             self.list(backend, prefix, None);
         }
+        if let Some(table) = query {
+            return Some(Open::Query(table));
+        }
         if preview_folder {
             return Some(Open::Folder {
                 storage,
@@ -308,4 +317,11 @@ pub enum Open {
     },
     /// Every Parquet file below `prefix`, as one table.
     Folder { storage: Storage, prefix: String },
+    /// A curated table, in the query tab.
+    Query(String),
+}
+
+/// The workspace and its file, for what reads the workspace's Iceberg catalog.
+fn workspace_of(doc: &WorkspaceDoc) -> Option<(crate::config::Workspace, std::path::PathBuf)> {
+    doc.path.clone().map(|p| (doc.workspace.clone(), p))
 }

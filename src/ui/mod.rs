@@ -1,8 +1,9 @@
-//! The desktop app: endpoints, tasks, live monitoring, the lake browser and Parquet preview.
+//! The desktop app: endpoints, tasks, live monitoring, the lake browser, Parquet preview and
+//! SQL over the lake.
 //!
 //! Structure (after rerun's viewer):
 //! - UI state lives in the screens ([`endpoints`], [`tasks`], [`monitoring`], [`lake`],
-//!   [`preview`]); engine state lives in the engine and reaches the UI as events.
+//!   [`preview`], [`query`]); engine state lives in the engine and reaches the UI as events.
 //! - The UI thread never waits on I/O: every request runs on the background tokio runtime
 //!   through [`Backend::spawn`], whose result comes back as a [`UiEvent`] over a channel,
 //!   followed by `request_repaint`. Running tasks are driven through the engine's
@@ -16,6 +17,7 @@ pub mod endpoints;
 pub mod lake;
 pub mod monitoring;
 pub mod preview;
+pub mod query;
 pub mod tasks;
 
 use std::path::PathBuf;
@@ -49,7 +51,13 @@ pub enum UiEvent {
     },
     Catalog {
         request: u64,
-        result: Result<Vec<catalog::FolderCatalog>, String>,
+        result: Result<
+            (
+                Vec<catalog::FolderCatalog>,
+                Vec<crate::curate::CuratedSummary>,
+            ),
+            String,
+        >,
     },
     LakePage {
         request: u64,
@@ -74,6 +82,17 @@ pub enum UiEvent {
         request: u64,
         result: Result<Vec<String>, String>,
     },
+    QueryDone {
+        request: u64,
+        result: Result<query::QueryResult, String>,
+    },
+    LakeTables {
+        request: u64,
+        result: Result<Vec<String>, String>,
+    },
+    /// A curate or models run finished.
+    ZoneActivity(query::Activity),
+    Exported(Result<String, String>),
 }
 
 /// Runs work on the background runtime and brings the result back to the UI thread.
@@ -188,6 +207,7 @@ pub enum Tab {
     Monitoring,
     Lake,
     Preview,
+    Query,
 }
 
 /// What survives a restart of the app.
@@ -209,6 +229,7 @@ pub struct TributaryApp {
     runs: monitoring::Runs,
     lake: lake::LakeScreen,
     preview: preview::PreviewScreen,
+    query: query::QueryScreen,
 }
 
 const PREFERENCES_KEY: &str = "tributary.preferences";
@@ -235,6 +256,7 @@ impl TributaryApp {
             runs: Default::default(),
             lake: lake::LakeScreen::new(preferences.as_ref().map_or(1024, |p| p.small_file_kb)),
             preview: Default::default(),
+            query: Default::default(),
         };
         if let Some(path) = workspace.or(preferences.and_then(|p| p.workspace)) {
             app.backend.load_workspace(path);
@@ -272,6 +294,12 @@ impl TributaryApp {
 
     pub fn runs_mut(&mut self) -> &mut monitoring::Runs {
         &mut self.runs
+    }
+
+    /// Runs `sql` in the query tab and shows it.
+    pub fn query_sql(&mut self, sql: &str) {
+        self.query.run_sql(&self.backend, &self.doc, sql.to_owned());
+        self.tab = Tab::Query;
     }
 
     /// Opens a lake file in the preview tab.
@@ -315,6 +343,10 @@ impl TributaryApp {
             | UiEvent::PreviewRows { .. }
             | UiEvent::PreviewText { .. }
             | UiEvent::PreviewFiltered { .. }) => self.preview.handle(&self.backend, event),
+            event @ (UiEvent::QueryDone { .. }
+            | UiEvent::LakeTables { .. }
+            | UiEvent::ZoneActivity(_)
+            | UiEvent::Exported(_)) => self.query.handle(&self.backend, &self.doc, event),
         }
     }
 
@@ -328,8 +360,11 @@ impl TributaryApp {
                 (Tab::Monitoring, "Monitoring"),
                 (Tab::Lake, "Lake"),
                 (Tab::Preview, "Preview"),
+                (Tab::Query, "Query"),
             ] {
-                ui.selectable_value(&mut self.tab, tab, label);
+                if ui.selectable_value(&mut self.tab, tab, label).clicked() && tab == Tab::Query {
+                    self.query.refresh_tables(&self.backend, &self.doc);
+                }
             }
             ui.separator();
             if ui.button("Open…").clicked() {
@@ -411,9 +446,13 @@ impl eframe::App for TributaryApp {
                     self.preview.open_folder(&self.backend, storage, prefix);
                     self.tab = Tab::Preview;
                 }
+                Some(lake::Open::Query(table)) => {
+                    self.query_sql(&format!("SELECT * FROM {table} LIMIT 1000"));
+                }
                 None => {}
             },
             Tab::Preview => self.preview.preview_ui(ui, &self.backend),
+            Tab::Query => self.query.query_ui(ui, &self.doc, &self.backend),
         });
     }
 

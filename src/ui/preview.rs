@@ -538,7 +538,7 @@ fn folder_ui(ui: &mut egui::Ui, dataset: &ParquetDataset) {
     });
 }
 
-fn to_strings(batches: &[arrow_array::RecordBatch]) -> Vec<Vec<String>> {
+pub(super) fn to_strings(batches: &[arrow_array::RecordBatch]) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for batch in batches {
