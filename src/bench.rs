@@ -886,3 +886,174 @@ async fn cdc_files(
     });
     Ok(files)
 }
+
+/// `tributary bench --curate`: a task's tables curated from scratch (`tributary curate
+/// --rebuild`, in a child process) beside DuckDB doing the same merge over the same raw
+/// files; then a query of the curated table by `tributary query` beside DuckDB's
+/// `iceberg_scan` of it. The task must have loaded (and captured changes) already.
+pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Result<(), String> {
+    let workspace = Workspace::load(workspace_path).map_err(|e| e.to_string())?;
+    let task = workspace
+        .task(task_name, workspace_path)
+        .map_err(|e| e.to_string())?
+        .clone();
+    let target = workspace
+        .endpoint(&task.target, workspace_path)
+        .map_err(|e| e.to_string())?;
+    let (Engine::Local, Some(root)) = (target.engine, target.path.clone()) else {
+        return Err("bench --curate needs a local target".into());
+    };
+    let storage = Storage::local(root.clone());
+    let (raw, _) = crate::catalog::crawl(&storage, &task.target_settings.bucket_folder)
+        .await
+        .map_err(|e| e.to_string())?;
+    let state = crate::task::checkpoint::Checkpoint::open(
+        storage.clone(),
+        &task.target_settings.bucket_folder,
+        &task.name,
+        &task.source,
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .snapshot()
+    .await;
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/duckdb_reference.py");
+    let exe = std::env::current_exe().map_err(|e| format!("locating tributary itself: {e}"))?;
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+
+    for (name, key) in &state.primary_keys {
+        let Some(table) = raw.tables.get(&format!("{}.{name}", task.source)) else {
+            continue;
+        };
+        let [key] = key.as_slice() else {
+            println!("{name}: skipped (the DuckDB reference here merges by one key column)");
+            continue;
+        };
+        let (load, cdc): (Vec<String>, Vec<String>) = table
+            .files
+            .keys()
+            .map(|k| root.join(k).to_string_lossy().into_owned())
+            .partition(|k| layout::parse_load_number(k.rsplit('/').next().unwrap_or("")).is_some());
+        let rows: u64 = table.files.values().filter_map(|f| f.rows).sum();
+        let meta = [
+            "Op",
+            "_position",
+            task.target_settings.timestamp_column_name.as_str(),
+        ];
+        let columns: Vec<String> = table
+            .columns()
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|c| !meta.contains(&c.as_str()))
+            .collect();
+        let files_json = scratch.path().join("files.json");
+        std::fs::write(
+            &files_json,
+            serde_json::json!({ "load": load, "cdc": cdc, "columns": columns }).to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        println!(
+            "bench: {name}, {} LOAD and {} CDC file(s), {rows} raw rows, {runs} run(s)",
+            load.len(),
+            cdc.len()
+        );
+        let mut ours = Vec::new();
+        let mut reference = Vec::new();
+        for run in 1..=runs {
+            let mut command = Command::new(&exe);
+            command
+                .arg("curate")
+                .arg(workspace_path)
+                .args(["--task", task_name, "--rebuild"])
+                .stdout(Stdio::null());
+            let t = measure(command, "tributary curate")?;
+            let mut command = Command::new(&python);
+            command
+                .arg(&script)
+                .arg("merge")
+                .arg(&files_json)
+                .arg(key)
+                .arg(scratch.path().join("duckdb.parquet"))
+                .stdout(Stdio::null());
+            let r = measure(command, "DuckDB merge")?;
+            for (who, m) in [("tributary curate", t), ("DuckDB merge", r)] {
+                println!(
+                    "run {run}: {who:<18} {:>8.2} s  ({:.0} MB peak)",
+                    m.seconds,
+                    m.peak_rss_kb as f64 / 1024.0
+                );
+            }
+            ours.push(t);
+            reference.push(r);
+        }
+        let best = |v: &[Measured]| v.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min);
+        let peak = |v: &[Measured]| v.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0) / 1024;
+        println!(
+            "curate: tributary {:.2} s ({} MB peak) vs DuckDB {:.2} s ({} MB peak): ratio {:.2}",
+            best(&ours),
+            peak(&ours),
+            best(&reference),
+            peak(&reference),
+            best(&ours) / best(&reference)
+        );
+
+        // A query of the curated table, both reading its Iceberg snapshot.
+        let catalog = crate::curate::open_catalog(&workspace, workspace_path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (schema, table_name) = name.split_once('.').unwrap_or(("", name));
+        let ident = iceberg::TableIdent::from_strs([task.source.as_str(), schema, table_name])
+            .map_err(|e| e.to_string())?;
+        let Some(curated) = catalog.load(&ident).await.map_err(|e| e.to_string())? else {
+            return Err(format!("{name} was not curated"));
+        };
+        // Grouped by the second column, summing the third (pgbench_accounts: bid, abalance).
+        let column = |i: usize| quote_ident(columns.get(i).or(columns.first()).map_or("", |c| c));
+        let aggregate = format!(
+            "SELECT {g}, count(*) AS n, sum({v}) AS total FROM {{}} GROUP BY {g} ORDER BY {g}",
+            g = column(1),
+            v = column(2)
+        );
+        let ours_sql = aggregate.replace("{}", &format!("{}.{schema}.{table_name}", task.source));
+        let duck_sql = aggregate.replace("{}", "t");
+        let mut ours = Vec::new();
+        let mut reference = Vec::new();
+        for run in 1..=runs {
+            let mut command = Command::new(&exe);
+            command
+                .arg("query")
+                .arg(workspace_path)
+                .arg(&ours_sql)
+                .stdout(Stdio::null());
+            let t = measure(command, "tributary query")?;
+            let mut command = Command::new(&python);
+            command
+                .arg(&script)
+                .arg("query")
+                .arg(&curated.metadata_location)
+                .arg(&duck_sql)
+                .stdout(Stdio::null());
+            let r = measure(command, "DuckDB query")?;
+            for (who, m) in [("tributary query", t), ("DuckDB query", r)] {
+                println!(
+                    "run {run}: {who:<18} {:>8.2} s  ({:.0} MB peak)",
+                    m.seconds,
+                    m.peak_rss_kb as f64 / 1024.0
+                );
+            }
+            ours.push(t);
+            reference.push(r);
+        }
+        println!("query: {ours_sql}");
+        println!(
+            "query: tributary {:.2} s ({} MB peak) vs DuckDB {:.2} s ({} MB peak): ratio {:.2}",
+            best(&ours),
+            peak(&ours),
+            best(&reference),
+            peak(&reference),
+            best(&ours) / best(&reference)
+        );
+    }
+    Ok(())
+}
