@@ -733,12 +733,21 @@ async fn curate(path: PathBuf, options: CurateOptions, every: Option<u64>) -> Ex
         })
         .await;
         match result {
-            Ok(outcomes) => println!(
-                "curated {} table(s) in {:.1}s; catalog {}",
-                outcomes.len(),
-                started.elapsed().as_secs_f64(),
-                crate::curate::catalog_path(&workspace.curate, &path).display()
-            ),
+            Ok(outcomes) => {
+                println!(
+                    "curated {} table(s) in {:.1}s; catalog {}",
+                    outcomes.len(),
+                    started.elapsed().as_secs_f64(),
+                    crate::curate::catalog_path(&workspace.curate, &path).display()
+                );
+                let failed = outcomes
+                    .iter()
+                    .filter(|t| matches!(t.action, crate::curate::Action::Failed(_)))
+                    .count();
+                if failed > 0 && every.is_none() {
+                    return fail(1, format!("{failed} table(s) FAILED (above)"));
+                }
+            }
             Err(e) if every.is_none() => return fail(1, e),
             // Continuous: a failed round (the source's files mid-reload, a busy catalog) is
             // reported and the next round tries again.

@@ -655,7 +655,6 @@ fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-/// Names become path segments in the lake, so keep them to a portable alphabet.
 fn validate_model(workspace: &Workspace, m: &ModelConfig) -> Result<(), Refusal> {
     check_name("schema", &m.schema).map_err(|e| ("schema", e))?;
     if workspace.endpoints.iter().any(|e| e.name == m.schema) {
@@ -705,6 +704,7 @@ fn validate_model(workspace: &Workspace, m: &ModelConfig) -> Result<(), Refusal>
     Ok(())
 }
 
+/// Names become path segments in the lake, so keep them to a portable alphabet.
 fn check_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name

@@ -635,7 +635,11 @@ fn the_query_tab_curates_runs_models_and_queries_the_lake() {
     h.get_by_label("Query").click();
     h.run_steps(2);
     h.get_by_label("Curate").click();
-    wait_for(&mut h, "curated 1 table(s)", Duration::from_secs(60));
+    wait_for(
+        &mut h,
+        "curated 1 table(s), 0 failed",
+        Duration::from_secs(60),
+    );
     assert!(
         h.query_by_label_contains("shop.public.customers: created from 1 raw file(s): 30 rows")
             .is_some()

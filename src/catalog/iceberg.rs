@@ -296,21 +296,6 @@ impl IcebergCatalog {
             metadata,
         })
     }
-
-    /// Removes the table from the catalog (its files stay).
-    pub async fn drop_table(&self, ident: &TableIdent) -> Result<(), IcebergCatalogError> {
-        sqlx::query(
-            "DELETE FROM iceberg_tables
-             WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3",
-        )
-        .bind(CATALOG_NAME)
-        .bind(ident.namespace().join("."))
-        .bind(ident.name())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        Ok(())
-    }
 }
 
 fn iceberg_error(ident: &TableIdent, source: iceberg::Error) -> IcebergCatalogError {

@@ -342,17 +342,22 @@ pub async fn crawl(
 
         let mut to_read = Vec::new();
         for (partition, object) in &objects {
-            let unchanged = entry
-                .files
-                .get(&object.key)
+            // A CDC file crawled before positions were kept is read once more for its own.
+            let is_change_file = format_of(&object.key) == "parquet"
+                && layout::parse_load_number(object.key.rsplit('/').next().unwrap_or("")).is_none();
+            let known = entry.files.get(&object.key);
+            let same = known
                 .is_some_and(|f| f.size == object.size && f.last_modified == object.last_modified);
-            if unchanged {
+            let complete = known.is_some_and(|f| {
+                f.max_position.is_some() || !is_change_file || f.unreadable.is_some()
+            });
+            if same && complete {
                 continue;
             }
-            if entry.files.contains_key(&object.key) {
-                report.files_changed += 1;
-            } else {
-                report.files_added += 1;
+            match (known, same) {
+                (None, _) => report.files_added += 1,
+                (Some(_), false) => report.files_changed += 1,
+                (Some(_), true) => {}
             }
             if !partition.is_empty() && !known_partitions.contains(partition) {
                 let p = (name.clone(), partition.clone());

@@ -36,16 +36,49 @@ use parquet::file::properties::WriterProperties;
 use super::CurateError;
 use crate::catalog::iceberg::{IcebergCatalog, IcebergTable};
 
-/// The Iceberg schema of Arrow `schema`, field ids from `first_id` on (ids are never
-/// reused, so a new schema of an existing table starts after its `last_column_id`).
+/// The Iceberg schema of Arrow `schema`, field ids from `first_id` on.
 pub fn schema_from_arrow(schema: &ArrowSchema, first_id: i32) -> iceberg::Result<Schema> {
+    evolve(None, schema, first_id)
+}
+
+/// The Iceberg schema of Arrow `schema` as the next schema of a table whose current one is
+/// `current`: a column with the same name and type keeps its field ids (readers match
+/// columns by id across schemas), any other gets new ids from `first_id` on (ids are never
+/// reused, so that is after the table's `last_column_id`).
+pub fn evolve(
+    current: Option<&Schema>,
+    schema: &ArrowSchema,
+    first_id: i32,
+) -> iceberg::Result<Schema> {
+    let current = current.map(schema_to_arrow_schema).transpose()?;
     let mut next = first_id;
-    let fields: Vec<FieldRef> = schema
-        .fields()
-        .iter()
-        .map(|f| with_field_ids(f, &mut next))
-        .collect();
+    let mut fields = Vec::new();
+    for field in schema.fields() {
+        let kept = current
+            .as_ref()
+            .and_then(|c| c.field_with_name(field.name()).ok())
+            .filter(|old| {
+                strip_ids(&ArrowSchema::new(vec![(*old).clone()]))
+                    .field(0)
+                    .data_type()
+                    == &file_type(field)
+            });
+        fields.push(match kept {
+            Some(old) => Arc::new(old.clone()),
+            None => with_field_ids(field, &mut next),
+        });
+    }
     arrow_schema_to_schema(&ArrowSchema::new(fields))
+}
+
+/// The type a column of `field`'s type has in the data files (Int16 is written as Int32).
+fn file_type(field: &FieldRef) -> DataType {
+    let mut next = 1;
+    let single = ArrowSchema::new(vec![with_field_ids(field, &mut next)]);
+    arrow_schema_to_schema(&single)
+        .and_then(|s| arrow_schema(&s))
+        .map(|s| s.field(0).data_type().clone())
+        .unwrap_or_else(|_| field.data_type().clone())
 }
 
 fn with_field_ids(field: &FieldRef, next: &mut i32) -> FieldRef {
@@ -248,9 +281,8 @@ pub async fn replace(
     let iceberg_error = |source| CurateError::iceberg(name.clone(), source);
     let file_io = catalog.file_io();
     let metadata = &table.metadata;
-    let mut builder = metadata
-        .clone()
-        .into_builder(Some(table.metadata_location.clone()));
+    // Staged without a previous location: the commit's own build below logs it, once.
+    let mut builder = metadata.clone().into_builder(None);
     if let Some(schema) = replacement.schema.clone() {
         builder = builder.add_current_schema(schema).map_err(iceberg_error)?;
     }
@@ -403,29 +435,41 @@ pub async fn live_files(
 /// Removes the files under the table's `data/` and `metadata/` folders that nothing
 /// references: what a run that crashed before its commit, or lost its commit, wrote. Runs
 /// under the curate lock, so no other writer is between writing and committing.
-pub async fn remove_orphans(table: &IcebergTable, file_io: &FileIO) -> Result<usize, CurateError> {
-    let mut referenced = live_files(table, file_io).await?;
-    referenced.insert(table.metadata_location.clone());
+pub async fn remove_orphans(table: &IcebergTable, file_io: &FileIO) -> Result<(), CurateError> {
+    let mut referenced: HashSet<String> = live_files(table, file_io)
+        .await?
+        .iter()
+        .map(|p| local_path(p))
+        .collect();
+    referenced.insert(local_path(&table.metadata_location));
     referenced.extend(
         table
             .metadata
             .metadata_log()
             .iter()
-            .map(|m| m.metadata_file.clone()),
+            .map(|m| local_path(&m.metadata_file)),
     );
-    let location = table.metadata.location().trim_end_matches('/').to_owned();
-    let mut removed = 0;
+    let location = local_path(table.metadata.location().trim_end_matches('/'));
     for folder in ["data", "metadata"] {
         let root = std::path::PathBuf::from(format!("{location}/{folder}"));
         for path in local_files(&root) {
             let path = path.to_string_lossy().into_owned();
             if !referenced.contains(&path) {
                 delete_file(file_io, &path, &table.name()).await?;
-                removed += 1;
             }
         }
     }
-    Ok(removed)
+    Ok(())
+}
+
+/// A local file's path as the listing gives it, whichever way a writer recorded it
+/// (`/a/b`, `file:/a/b`, `file:///a/b`).
+fn local_path(location: &str) -> String {
+    let path = location
+        .strip_prefix("file://")
+        .or_else(|| location.strip_prefix("file:"))
+        .unwrap_or(location);
+    format!("/{}", path.trim_start_matches('/'))
 }
 
 /// Every file under `root` (none if it does not exist).
@@ -490,5 +534,12 @@ mod tests {
             &schema,
             &schema_from_arrow(&arrow, 1).unwrap()
         ));
+
+        // A new column: the others keep their ids, the new one gets the next.
+        let mut wider = arrow.fields().to_vec();
+        wider.push(Arc::new(Field::new("note", DataType::Utf8, true)));
+        let next = evolve(Some(&schema), &ArrowSchema::new(wider), 14).unwrap();
+        let ids: Vec<i32> = next.as_struct().fields().iter().map(|f| f.id).collect();
+        assert_eq!(ids, vec![10, 11, 13, 14]);
     }
 }

@@ -75,13 +75,25 @@ pub struct Merge<'a> {
     pub key: &'a [String],
     /// Only changes after this position apply (those before are in the base).
     pub after: Option<&'a str>,
+    /// Only changes before this position apply (those after may be of a batch still
+    /// being written).
+    pub before: Option<&'a str>,
 }
 
 impl Merge<'_> {
     fn changes_filter(&self) -> String {
-        match self.after {
-            Some(after) => format!("WHERE {} > {}", ident(POSITION), literal(after)),
-            None => String::new(),
+        let position = ident(POSITION);
+        let bounds: Vec<String> = [
+            self.after.map(|a| format!("{position} > {}", literal(a))),
+            self.before.map(|b| format!("{position} < {}", literal(b))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if bounds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", bounds.join(" AND "))
         }
     }
 

@@ -22,7 +22,7 @@ pub mod iceberg;
 mod merge;
 pub mod models;
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +43,7 @@ use crate::lake::{Storage, StorageError, layout};
 use crate::task::CheckpointError;
 use crate::task::checkpoint::{Checkpoint, LoadStatus, TaskState};
 
-pub use merge::{OP, POSITION, files_table};
+pub use merge::{OP, POSITION, files_table, ident as sql_ident};
 
 /// Snapshot summary keys: what a snapshot applied.
 const APPLIED_POSITION: &str = "tributary.position";
@@ -108,6 +108,14 @@ pub enum CurateError {
         "task '{task}' writes its raw zone at the target's root (or in '{folder}'), so the curated zone '{folder}/' would be inside it and read as raw tables. Give the task a bucket_folder (e.g. \"raw\") and reload it, or set [curate] folder elsewhere"
     )]
     CuratedInsideRaw { task: String, folder: String },
+    #[error(
+        "Iceberg table {table} is curated by task '{other}'; task '{task}' replicates the same source table. Curate one of them (--task), or give the other its own source endpoint name"
+    )]
+    TableOfAnotherTask {
+        table: String,
+        task: String,
+        other: String,
+    },
     #[error("model {name} is not in the workspace; its models are: {known}")]
     UnknownModel { name: String, known: String },
     #[error("model {model}: {message}")]
@@ -150,6 +158,8 @@ pub enum Action {
     Merged,
     UpToDate,
     Skipped(String),
+    /// The table could not be curated (the error); the others were.
+    Failed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -157,7 +167,7 @@ pub struct TableOutcome {
     /// `source.schema.table`, the curated table's catalog name.
     pub table: String,
     pub action: Action,
-    /// Raw files read (LOAD and CDC) and the changes among them applied.
+    /// Raw files read: the LOAD files of a rebuild and the CDC files.
     pub raw_files: usize,
     pub rows: u64,
     pub data_files: usize,
@@ -165,6 +175,17 @@ pub struct TableOutcome {
 }
 
 impl TableOutcome {
+    fn of(table: String, action: Action) -> TableOutcome {
+        TableOutcome {
+            table,
+            action,
+            raw_files: 0,
+            rows: 0,
+            data_files: 0,
+            seconds: 0.0,
+        }
+    }
+
     pub fn describe(&self) -> String {
         let what = match &self.action {
             Action::Created => "created".to_owned(),
@@ -172,6 +193,7 @@ impl TableOutcome {
             Action::Merged => "merged".to_owned(),
             Action::UpToDate => return format!("{}: up to date", self.table),
             Action::Skipped(why) => return format!("{}: skipped, {why}", self.table),
+            Action::Failed(error) => return format!("{}: FAILED: {error}", self.table),
         };
         format!(
             "{}: {what} from {} raw file(s): {} rows in {} data file(s), {:.1}s",
@@ -282,66 +304,95 @@ pub async fn curate(
         source,
     })?;
     let mut outcomes = Vec::new();
-    // One crawl per raw zone, however many tasks write to it.
-    let mut crawled: BTreeMap<(String, String), catalog::Catalog> = BTreeMap::new();
+    let mut report = |outcome: TableOutcome| {
+        on_table(&outcome);
+        outcomes.push(outcome);
+    };
     for task in tasks {
         let target = workspace.endpoint(&task.target, workspace_path)?;
-        let root = match (target.engine, &target.path) {
-            (Engine::Local, Some(path)) => path.clone(),
-            _ => {
-                return Err(CurateError::NotLocal {
-                    task: task.name.clone(),
-                    target: target.name.clone(),
-                    engine: target.engine.name(),
-                });
+        let Some(root) = local_root(target) else {
+            let refusal = CurateError::NotLocal {
+                task: task.name.clone(),
+                target: target.name.clone(),
+                engine: target.engine.name(),
+            };
+            if options.task.is_some() {
+                return Err(refusal);
             }
+            // Curating every task: the others go on; this one says why it did not.
+            report(TableOutcome::of(
+                format!("task {}", task.name),
+                Action::Skipped(refusal.to_string()),
+            ));
+            continue;
         };
-        let storage = Storage::from_endpoint(target).await?;
+        let storage = Storage::local(root.clone());
         let bucket_folder = &task.target_settings.bucket_folder;
-        let raw_root = bucket_folder.trim_matches('/');
-        if raw_root.is_empty() || raw_root.split('/').next() == Some(settings.folder.as_str()) {
+        let raw_root = format!("{}/", bucket_folder.trim_matches('/'));
+        let curated_root = format!("{}/", settings.folder.trim_matches('/'));
+        if raw_root == "/"
+            || raw_root.starts_with(&curated_root)
+            || curated_root.starts_with(&raw_root)
+        {
             return Err(CurateError::CuratedInsideRaw {
                 task: task.name.clone(),
                 folder: settings.folder.clone(),
             });
         }
-        let raw_key = (target.name.clone(), bucket_folder.clone());
-        if !crawled.contains_key(&raw_key) {
-            let (raw, _) = catalog::crawl(&storage, bucket_folder).await?;
-            crawled.insert(raw_key.clone(), raw);
-        }
-        let raw = &crawled[&raw_key];
+        // The state first, then the files: every file of a batch the state confirms is in
+        // place before the state says so, so the listing sees it.
         let state = Checkpoint::open(storage.clone(), bucket_folder, &task.name, &task.source)
             .await?
             .snapshot()
             .await;
+        let source_engine = workspace.endpoint(&task.source, workspace_path)?.engine;
+        let cdc = state.cdc.as_ref();
+        let changes_end = cdc
+            .and_then(|c| c.confirmed_position.as_deref())
+            .and_then(|p| crate::task::written_changes_end(source_engine, p));
+        let pending: HashSet<String> = cdc
+            .and_then(|c| c.pending_batch.as_ref())
+            .map(|p| p.keys.iter().cloned().collect())
+            .unwrap_or_default();
+        let (raw, _) = catalog::crawl(&storage, bucket_folder).await?;
         let zone = Zone {
-            root: root.clone(),
+            root,
             folder: settings.folder.clone(),
         };
         for table in task_tables(&state) {
             let started = Instant::now();
-            let mut outcome = curate_table(
-                &TableJob {
-                    task,
-                    state: &state,
-                    table: &table,
-                    raw: raw.tables.get(&format!("{}.{table}", task.source)),
-                    storage: &storage,
-                    zone: &zone,
-                    catalog: &catalog,
-                    ctx: &ctx,
-                    settings,
-                },
-                options.rebuild,
-            )
-            .await?;
+            let job = TableJob {
+                task,
+                state: &state,
+                table: &table,
+                raw: raw.tables.get(&format!("{}.{table}", task.source)),
+                changes_end: changes_end.clone(),
+                pending: &pending,
+                storage: &storage,
+                zone: &zone,
+                catalog: &catalog,
+                ctx: &ctx,
+                settings,
+            };
+            // One table's failure is reported; the others are curated.
+            let mut outcome = match curate_table(&job, options.rebuild).await {
+                Ok(outcome) => outcome,
+                Err(e) => job.outcome(Action::Failed(e.to_string())),
+            };
             outcome.seconds = started.elapsed().as_secs_f64();
-            on_table(&outcome);
-            outcomes.push(outcome);
+            report(outcome);
         }
     }
     Ok(outcomes)
+}
+
+/// A local target's folder, absolute: table locations recorded in the catalog must read
+/// the same from any working directory.
+pub fn local_root(target: &crate::config::EndpointConfig) -> Option<PathBuf> {
+    match (target.engine, &target.path) {
+        (Engine::Local, Some(path)) => std::path::absolute(path).ok(),
+        _ => None,
+    }
 }
 
 /// The tables a task's state knows, as `schema.table`.
@@ -377,6 +428,10 @@ struct TableJob<'a> {
     /// `schema.table`.
     table: &'a str,
     raw: Option<&'a RawTable>,
+    /// Changes at or after this `_position` are not confirmed yet (`None`: none is).
+    changes_end: Option<String>,
+    /// The CDC files of the batch the task is writing.
+    pending: &'a HashSet<String>,
     storage: &'a Storage,
     zone: &'a Zone,
     catalog: &'a IcebergCatalog,
@@ -390,14 +445,7 @@ impl TableJob<'_> {
     }
 
     fn outcome(&self, action: Action) -> TableOutcome {
-        TableOutcome {
-            table: self.name(),
-            action,
-            raw_files: 0,
-            rows: 0,
-            data_files: 0,
-            seconds: 0.0,
-        }
+        TableOutcome::of(self.name(), action)
     }
 
     /// What identifies the table's current full load: its snapshot position and files.
@@ -563,6 +611,15 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         .as_ref()
         .and_then(|t| t.metadata.current_snapshot())
         .map(|s| s.summary().additional_properties.clone());
+    if let Some(other) = summary.as_ref().and_then(|s| s.get(APPLIED_TASK))
+        && *other != job.task.name
+    {
+        return Err(CurateError::TableOfAnotherTask {
+            table: name,
+            task: job.task.name.clone(),
+            other: other.clone(),
+        });
+    }
     let applied = summary
         .as_ref()
         .filter(|s| s.get(APPLIED_LOAD) == Some(&load_id))
@@ -580,10 +637,17 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         after = None;
     }
 
-    let (load_files, cdc_files): (Vec<&String>, Vec<&String>) = raw.files.keys().partition(|k| {
-        raw.files[*k].partition.is_empty()
-            && layout::parse_load_number(k.rsplit('/').next().unwrap_or("")).is_some()
-    });
+    let (load_files, mut cdc_files): (Vec<&String>, Vec<&String>) =
+        raw.files.keys().partition(|k| {
+            raw.files[*k].partition.is_empty()
+                && layout::parse_load_number(k.rsplit('/').next().unwrap_or("")).is_some()
+        });
+    // Only the changes of batches the task confirmed: a batch being written (or redone
+    // after a crash) may not have all its files in place yet.
+    match &job.changes_end {
+        Some(_) => cdc_files.retain(|k| !job.pending.contains(*k)),
+        None => cdc_files.clear(),
+    }
     // CDC files that may hold changes after `after` (all, when their maximum is unknown).
     let changes_after = |after: Option<&String>| -> Vec<&String> {
         cdc_files
@@ -654,9 +718,59 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         .into_iter()
         .filter(|t| after.as_ref().is_none_or(|a| t > a))
         .max();
+    let sql_error = |source| CurateError::Sql {
+        table: name.clone(),
+        source,
+    };
+    let file_columns = Arc::new(
+        normalized(&columns_arrow).map_err(|source| CurateError::iceberg(name.clone(), source))?,
+    );
+
+    // The changes are read as the table's columns (cast from the files' types by
+    // DataFusion, NULL where a file lacks one) and the raw zone's two.
+    let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
+    let change_schema = ArrowSchema::new(
+        file_columns
+            .fields()
+            .iter()
+            .cloned()
+            .chain([OP, POSITION].map(|c| {
+                Arc::new(arrow_schema::Field::new(
+                    c,
+                    arrow_schema::DataType::Utf8,
+                    true,
+                ))
+            }))
+            .collect::<Vec<_>>(),
+    );
+    register(
+        job.ctx,
+        "changes",
+        merge::files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
+    )
+    .map_err(sql_error)?;
+    let after_all = match (&after, &truncated_at) {
+        (Some(a), Some(t)) => Some(a.max(t).clone()),
+        (a, t) => a.clone().or(t.clone()),
+    };
+    let columns: Vec<String> = file_columns
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let merge = merge::Merge {
+        columns: &columns,
+        key: &key,
+        after: after_all.as_deref(),
+        before: job.changes_end.as_deref(),
+    };
+    let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
+    // Files whose newest change is unknown were read; none of their changes is new.
+    if rebuild_reason.is_none() && last_position.is_none() && truncated_at.is_none() {
+        return Ok(job.outcome(Action::UpToDate));
+    }
 
     // The table to write into: created, or with a new schema for a rebuild.
-    let existed = existing.is_some();
     let (table, new_schema) = prepare_table(
         job.catalog,
         existing,
@@ -667,14 +781,6 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         [("tributary.primary-key".to_owned(), key.join(","))],
     )
     .await?;
-    debug_assert!(existed || new_schema.is_none());
-    let write_schema = new_schema
-        .clone()
-        .unwrap_or_else(|| table.metadata.current_schema().as_ref().clone());
-    let base_arrow = Arc::new(
-        iceberg::arrow_schema(&write_schema)
-            .map_err(|source| CurateError::iceberg(name.clone(), source))?,
-    );
 
     // The base: the LOAD files (rebuild), the current data files (merge), nothing (after a
     // truncate).
@@ -689,56 +795,12 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
             .map(|f| f.file_path().to_owned())
             .collect()
     };
-    let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
-    // The changes are read as the table's columns (cast from the files' types by
-    // DataFusion, NULL where a file lacks one) and the raw zone's two.
-    let change_schema = ArrowSchema::new(
-        base_arrow
-            .fields()
-            .iter()
-            .cloned()
-            .chain([OP, POSITION].map(|c| {
-                Arc::new(arrow_schema::Field::new(
-                    c,
-                    arrow_schema::DataType::Utf8,
-                    true,
-                ))
-            }))
-            .collect::<Vec<_>>(),
-    );
-    let sql_error = |source| CurateError::Sql {
-        table: name.clone(),
-        source,
-    };
-    let _ = job.ctx.deregister_table("base").map_err(sql_error)?;
-    let _ = job.ctx.deregister_table("changes").map_err(sql_error)?;
-    job.ctx
-        .register_table(
-            "base",
-            merge::files_table(&base_files, base_arrow.clone()).map_err(sql_error)?,
-        )
-        .map_err(sql_error)?;
-    job.ctx
-        .register_table(
-            "changes",
-            merge::files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
-        )
-        .map_err(sql_error)?;
-    let after_all = match (&after, &truncated_at) {
-        (Some(a), Some(t)) => Some(a.max(t).clone()),
-        (a, t) => a.clone().or(t.clone()),
-    };
-    let columns: Vec<String> = base_arrow
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let merge = merge::Merge {
-        columns: &columns,
-        key: &key,
-        after: after_all.as_deref(),
-    };
-    let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
+    register(
+        job.ctx,
+        "base",
+        merge::files_table(&base_files, file_columns.clone()).map_err(sql_error)?,
+    )
+    .map_err(sql_error)?;
     let rows = merge.rows(job.ctx).await.map_err(sql_error)?;
     let applied_position = last_position.or(after_all).unwrap_or_default();
     let properties = [
@@ -806,7 +868,9 @@ async fn prepare_table(
         }
         Some(table) => {
             let first_id = table.metadata.last_column_id() + 1;
-            let candidate = iceberg::schema_from_arrow(columns, first_id).map_err(iceberg_error)?;
+            let candidate =
+                iceberg::evolve(Some(table.metadata.current_schema()), columns, first_id)
+                    .map_err(iceberg_error)?;
             let changed = !iceberg::same_columns(&candidate, table.metadata.current_schema());
             (table, changed.then_some(candidate))
         }
@@ -857,6 +921,17 @@ async fn write_snapshot(
     )
     .await?;
     Ok(written)
+}
+
+/// Registers `provider` as `name` in the session, replacing a table of that name.
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    provider: Arc<dyn TableProvider>,
+) -> Result<(), DataFusionError> {
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, provider)?;
+    Ok(())
 }
 
 /// The table's own columns: the raw zone's additions (`Op`, `_position`, the task's

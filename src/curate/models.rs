@@ -11,16 +11,17 @@
 use std::path::Path;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use ::iceberg::{NamespaceIdent, TableIdent};
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
+use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 
 use super::merge::{ident, literal};
 use super::{CurateError, Zone, prepare_table, write_snapshot};
 use crate::catalog::iceberg::IcebergCatalog;
-use crate::config::{
-    CheckConfig, CheckKind, CurateSettings, Engine, ModelConfig, OnFail, Workspace,
-};
+use crate::config::{CheckConfig, CheckKind, CurateSettings, ModelConfig, OnFail, Workspace};
 
 /// One check's verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,12 +138,12 @@ fn models_zone(workspace: &Workspace, path: &Path) -> Result<Zone, CurateError> 
             .ok_or(CurateError::NoModelsTarget)?,
     };
     let endpoint = workspace.endpoint(&target, path)?;
-    match (endpoint.engine, &endpoint.path) {
-        (Engine::Local, Some(root)) => Ok(Zone {
-            root: root.clone(),
+    match super::local_root(endpoint) {
+        Some(root) => Ok(Zone {
+            root,
             folder: workspace.curate.folder.clone(),
         }),
-        _ => Err(CurateError::NotLocal {
+        None => Err(CurateError::NotLocal {
             task: "models".into(),
             target,
             engine: endpoint.engine.name(),
@@ -163,6 +164,8 @@ async fn run_model(
         model: name.clone(),
         message: e.to_string(),
     };
+    // The query runs once, into a scratch file: the checks judge, and the tables get,
+    // the same rows (a query over raw tables or `now()` would differ run to run).
     let frame = ctx.sql(&model.sql).await.map_err(sql_error)?;
     let columns: Vec<String> = frame
         .schema()
@@ -170,9 +173,27 @@ async fn run_model(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let _ = ctx.deregister_table("__model").map_err(sql_error)?;
-    ctx.register_table("__model", frame.into_view())
+    let scratch = tempfile::tempdir().map_err(|source| CurateError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let rows_file = scratch.path().join("rows.parquet");
+    let rows_path = rows_file.to_string_lossy().into_owned();
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    frame
+        .write_parquet(
+            &rows_path,
+            DataFrameWriteOptions::new().with_single_file_output(true),
+            None,
+        )
+        .await
         .map_err(sql_error)?;
+    super::register(
+        ctx,
+        "__model",
+        super::files_table(&[rows_path], schema).map_err(sql_error)?,
+    )
+    .map_err(sql_error)?;
 
     // Every row check as a boolean column `__check_<i>`, never NULL.
     let row_checks: Vec<(usize, &CheckConfig, String)> = model
@@ -412,14 +433,18 @@ fn failing_row(check: &CheckConfig) -> String {
                 .join(", ");
             format!("{column} IS NOT NULL AND CAST({column} AS VARCHAR) NOT IN ({values})")
         }
+        // As dbt's: rows with a NULL in the key are not duplicates of each other.
         CheckKind::Unique => {
-            let columns = check
-                .columns
+            let columns: Vec<String> = check.columns.iter().map(|c| ident(c)).collect();
+            let present = columns
                 .iter()
-                .map(|c| ident(c))
+                .map(|c| format!("{c} IS NOT NULL"))
                 .collect::<Vec<_>>()
-                .join(", ");
-            format!("count(*) OVER (PARTITION BY {columns}) > 1")
+                .join(" AND ");
+            format!(
+                "{present} AND count(*) OVER (PARTITION BY {}) > 1",
+                columns.join(", ")
+            )
         }
         CheckKind::RowCount | CheckKind::Freshness => "false".to_owned(),
     }

@@ -16,7 +16,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::iceberg::IcebergCatalog;
-use crate::config::{Engine, Workspace};
+use crate::config::Workspace;
 use crate::curate::{self, CurateError};
 use crate::lake::Storage;
 
@@ -82,7 +82,7 @@ async fn register_raw(ctx: &SessionContext, workspace: &Workspace) -> Result<(),
         let Some(target) = workspace.endpoints.iter().find(|e| e.name == task.target) else {
             continue;
         };
-        let (Engine::Local, Some(root)) = (target.engine, &target.path) else {
+        let Some(root) = curate::local_root(target) else {
             continue;
         };
         let bucket_folder = &task.target_settings.bucket_folder;
@@ -104,7 +104,14 @@ async fn register_raw(ctx: &SessionContext, workspace: &Workspace) -> Result<(),
                 .map(|(k, _)| k)
                 .collect();
             let name = table.qualified_name();
-            let schema = curate::raw_schema(&storage, &name, &keys).await?;
+            // A table whose files disagree (a column changed type) is left out, not the lake.
+            let schema = match curate::raw_schema(&storage, &name, &keys).await {
+                Ok(schema) => schema,
+                Err(e) => {
+                    tracing::warn!("raw table {name} is not queryable: {e}");
+                    continue;
+                }
+            };
             let files: Vec<String> = keys
                 .iter()
                 .map(|k| root.join(k).to_string_lossy().into_owned())

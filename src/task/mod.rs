@@ -231,6 +231,22 @@ pub async fn check_endpoint(
     }
 }
 
+/// The `_position` before which a CDC task's changes are all in the raw zone: those of the
+/// batches up to its `confirmed_position` (the state is written after their files).
+/// Changes at or after it may belong to a batch still being written.
+pub fn written_changes_end(engine: Engine, confirmed_position: &str) -> Option<String> {
+    match engine {
+        // Every transaction committed at or before the batch's end LSN.
+        Engine::Postgres => {
+            parse_lsn(confirmed_position).map(|lsn| cdc::change_position(lsn + 1, 0))
+        }
+        // Every transaction starting before the batch's end position.
+        Engine::Mysql => BinlogPosition::parse(confirmed_position)
+            .map(|b| binlog_cdc::change_position(b.file_index(), b.pos, 0)),
+        _ => None,
+    }
+}
+
 /// The tables of source endpoint `e` that `rules` select, as `schema.table`.
 pub async fn list_source_tables(
     e: &crate::config::EndpointConfig,

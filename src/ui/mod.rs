@@ -447,7 +447,7 @@ impl eframe::App for TributaryApp {
                     self.tab = Tab::Preview;
                 }
                 Some(lake::Open::Query(table)) => {
-                    self.query_sql(&format!("SELECT * FROM {table} LIMIT 1000"));
+                    self.query_sql(&query::select_all(&table));
                 }
                 None => {}
             },

@@ -240,7 +240,7 @@ impl QueryScreen {
                 }
             });
         if let Some(t) = chosen {
-            self.run_sql(backend, doc, format!("SELECT * FROM {t} LIMIT 1000"));
+            self.run_sql(backend, doc, select_all(&t));
         }
     }
 
@@ -269,7 +269,16 @@ impl QueryScreen {
                     lines.push(t.describe())
                 })
                 .await
-                .map(|outcomes| (format!("curated {} table(s)", outcomes.len()), false))
+                .map(|outcomes| {
+                    let failed = outcomes
+                        .iter()
+                        .filter(|t| matches!(t.action, crate::curate::Action::Failed(_)))
+                        .count();
+                    (
+                        format!("curated {} table(s), {failed} failed", outcomes.len()),
+                        failed > 0,
+                    )
+                })
             };
             UiEvent::ZoneActivity(match result {
                 Ok((title, failed)) => Activity {
@@ -306,6 +315,13 @@ impl QueryScreen {
             });
         });
     }
+}
+
+/// `SELECT * FROM` table `name` (`a.b.c`), each part quoted: DataFusion folds unquoted
+/// names to lower case, and source tables may have upper-case letters.
+pub fn select_all(name: &str) -> String {
+    let reference: Vec<String> = name.split('.').map(crate::curate::sql_ident).collect();
+    format!("SELECT * FROM {} LIMIT 1000", reference.join("."))
 }
 
 /// Runs `sql` over the workspace's lake, keeping the first [`KEPT_ROWS`] rows as text.
