@@ -164,6 +164,10 @@ pub struct CurateSettings {
     pub keep_snapshots: usize,
     /// Memory for a merge's sorts and joins before they spill to disk (MB).
     pub memory_limit_mb: u64,
+    /// Tables (`source.schema.table`) that also get a history table, SCD type 2:
+    /// `<table>_history` with every version of every row.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 impl Default for CurateSettings {
@@ -175,6 +179,7 @@ impl Default for CurateSettings {
             target_file_size_mb: 256,
             keep_snapshots: 3,
             memory_limit_mb: 1024,
+            history: Vec::new(),
         }
     }
 }

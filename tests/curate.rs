@@ -200,7 +200,7 @@ fn workspace(pg: &Pg, my: &My, dir: &TestDir, pg_db: &str, my_db: &str) -> Strin
          migration_type = \"full-load-and-cdc\"\n{settings}\n\
          [[tasks]]\nname = \"payments-cdc\"\nsource = \"payments\"\ntarget = \"lake\"\n\
          migration_type = \"full-load-and-cdc\"\ninclude = [\"{my_db}.%\"]\n{settings}\n\
-         [curate]\ntarget_file_size_mb = 1\nkeep_snapshots = 2\n",
+         [curate]\ntarget_file_size_mb = 1\nkeep_snapshots = 2\nhistory = [\"shop.public.customers\"]\n",
         pg.endpoint_toml("shop", pg_db),
         my.endpoint_toml("payments", my_db),
         local_target_toml("lake", &dir.lake())
@@ -282,6 +282,48 @@ async fn curated_tables_equal_the_sources_after_load_and_cdc() {
     assert_eq!(
         read["shop.public.customers"].3, 1,
         "one snapshot per curate"
+    );
+
+    // The history (SCD type 2): every version, the current ones equal to the table.
+    let versions = |id: i64| {
+        let out = assert_success(&tributary(&[
+            "query",
+            &ws,
+            &format!(
+                "SELECT string_agg(op || ':' || CAST(is_current AS VARCHAR), ',' \
+                   ORDER BY valid_from_position NULLS FIRST) AS versions \
+                 FROM shop.public.customers_history WHERE id = {id}"
+            ),
+        ]));
+        out.lines().nth(3).unwrap_or_default().to_owned()
+    };
+    assert!(
+        versions(7).contains("I:false,D:false,I:true"),
+        "deleted, inserted again: {}",
+        versions(7)
+    );
+    assert!(
+        versions(8).contains("I:false,D:false"),
+        "moved to key 9000: {}",
+        versions(8)
+    );
+    assert!(versions(5000).contains("I:true"), "{}", versions(5000));
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS current, count(valid_from) AS stamped FROM shop.public.customers_history \
+         WHERE is_current AND valid_from_position IS NOT NULL",
+    ]));
+    let changed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE id % 10 = 1 OR id IN (7, 5000, 9000)",
+    )
+    .fetch_one(&mut pg_conn)
+    .await
+    .unwrap();
+    assert!(
+        out.contains(&format!("| {changed}       | {changed} "))
+            || out.matches(&format!("| {changed} ")).count() >= 2,
+        "current versions written by a change, each with its commit time ({changed}): {out}"
     );
 
     // More changes: merged into the current state from the new files only.

@@ -18,6 +18,7 @@
 //!   files a crashed run left behind are removed by the next run of that table;
 //! - one curate at a time per catalog (a lock file beside it).
 
+mod history;
 pub mod iceberg;
 mod merge;
 pub mod models;
@@ -817,6 +818,19 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         job.settings,
     )
     .await?;
+    if job.settings.history.contains(&name) {
+        let all_changes = changes_after(None);
+        history::write_history(
+            job,
+            &ident,
+            history::history_location(job, schema_name, table_name),
+            &key,
+            &file_columns,
+            &load_files,
+            &all_changes,
+        )
+        .await?;
+    }
     let raw_files = change_files.len()
         + if rebuild_reason.is_some() && truncated_at.is_none() {
             load_files.len()

@@ -1,0 +1,151 @@
+//! History tables, slowly changing dimensions of type 2: for a table named in `[curate]
+//! history`, `<table>_history` beside its current-state table holds every version of every
+//! row: the load's, then one per change, each with the change's `op` (I/U/D), when it
+//! became valid and when the next version replaced it (`valid_from`/`valid_to` from the
+//! task's timestamp column, if it has one; always `valid_from_position`/`valid_to_position`)
+//! and `is_current`.
+//!
+//! It is rebuilt from the raw zone whenever its table changes (copy-on-write, as the
+//! current-state table). A truncate does not end versions: the history keeps what was
+//! there. Changes are those of the batches the task confirmed.
+
+use std::sync::Arc;
+
+use ::iceberg::TableIdent;
+use arrow_schema::{DataType, Field, Schema as ArrowSchema};
+
+use super::merge::{ident, literal};
+use super::{CurateError, TableJob, prepare_table, register, write_snapshot};
+use crate::lake::layout;
+
+/// Rebuilds the history table of the table `job` curates; returns its rows.
+pub(super) async fn write_history(
+    job: &TableJob<'_>,
+    table: &TableIdent,
+    location: String,
+    key: &[String],
+    columns: &ArrowSchema,
+    load_files: &[&String],
+    cdc_files: &[&String],
+) -> Result<u64, CurateError> {
+    let name = format!("{}_history", job.name());
+    let sql_error = |source| CurateError::Sql {
+        table: name.clone(),
+        source,
+    };
+    let timestamp = &job.task.target_settings.timestamp_column_name;
+    let stamp = (!timestamp.is_empty()).then_some(timestamp.as_str());
+    // The raw files' own columns, read as the table's (and the raw zone's) types.
+    let with = |extra: &[(&str, DataType)]| -> Arc<ArrowSchema> {
+        let mut fields: Vec<Field> = columns
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(extra.iter().map(|(n, t)| Field::new(*n, t.clone(), true)));
+        if let Some(s) = stamp {
+            let utc = DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into()));
+            fields.push(Field::new(s, utc, true));
+        }
+        Arc::new(ArrowSchema::new(fields))
+    };
+    let locations =
+        |keys: &[&String]| -> Vec<String> { keys.iter().map(|k| job.location_of(k)).collect() };
+    register(
+        job.ctx,
+        "history_load",
+        super::files_table(&locations(load_files), with(&[])).map_err(sql_error)?,
+    )
+    .map_err(sql_error)?;
+    register(
+        job.ctx,
+        "history_changes",
+        super::files_table(
+            &locations(cdc_files),
+            with(&[
+                (super::OP, DataType::Utf8),
+                (super::POSITION, DataType::Utf8),
+            ]),
+        )
+        .map_err(sql_error)?,
+    )
+    .map_err(sql_error)?;
+
+    let cols = columns
+        .fields()
+        .iter()
+        .map(|f| ident(f.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let partition = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let window = format!("OVER (PARTITION BY {partition} ORDER BY __pos ASC NULLS FIRST)");
+    let ts = stamp.map(ident);
+    let (load_ts, change_ts, valid) = match &ts {
+        Some(ts) => (
+            format!(", {ts} AS __ts"),
+            format!(", {ts} AS __ts"),
+            format!("__ts AS valid_from, lead(__ts) {window} AS valid_to, "),
+        ),
+        None => (String::new(), String::new(), String::new()),
+    };
+    let end = match &job.changes_end {
+        Some(end) => format!("WHERE {} < {}", ident(super::POSITION), literal(end)),
+        None => "WHERE false".to_owned(),
+    };
+    let sql = format!(
+        "WITH versions AS (
+           SELECT {cols}, 'I' AS op, CAST(NULL AS VARCHAR) AS __pos{load_ts} FROM history_load
+           UNION ALL
+           SELECT {cols}, {op} AS op, {position} AS __pos{change_ts} FROM history_changes {end}
+         )
+         SELECT {cols}, op, {valid}__pos AS valid_from_position,
+                lead(__pos) {window} AS valid_to_position,
+                (lead(__pos) {window} IS NULL AND op <> 'D') AS is_current
+         FROM versions
+         ORDER BY {partition}, __pos ASC NULLS FIRST",
+        op = ident(super::OP),
+        position = ident(super::POSITION),
+    );
+    let frame = job.ctx.sql(&sql).await.map_err(sql_error)?;
+    let history_columns = super::nullable(frame.schema().as_arrow());
+    let rows = frame.execute_stream().await.map_err(sql_error)?;
+    let ident = TableIdent::new(
+        table.namespace().clone(),
+        format!("{}_history", table.name()),
+    );
+    let existing = job.catalog.load(&ident).await?;
+    let (history, new_schema) = prepare_table(
+        job.catalog,
+        existing,
+        &ident,
+        location,
+        &history_columns,
+        [("tributary.history-of".to_owned(), job.name())],
+    )
+    .await?;
+    let written = write_snapshot(
+        job.catalog,
+        &history,
+        new_schema,
+        rows,
+        [("tributary.task".to_owned(), job.task.name.clone())],
+        job.settings,
+    )
+    .await?;
+    Ok(written.rows)
+}
+
+/// The folder of a history table: beside its table's.
+pub(super) fn history_location(job: &TableJob<'_>, schema: &str, table: &str) -> String {
+    let key = layout::table_prefix(
+        &job.zone.folder,
+        &job.task.source,
+        schema,
+        &format!("{table}_history"),
+    );
+    job.zone
+        .root
+        .join(key.trim_end_matches('/'))
+        .to_string_lossy()
+        .into_owned()
+}
