@@ -738,7 +738,7 @@ async fn curate(path: PathBuf, options: CurateOptions, every: Option<u64>) -> Ex
                     "curated {} table(s) in {:.1}s; catalog {}",
                     outcomes.len(),
                     started.elapsed().as_secs_f64(),
-                    crate::curate::catalog_path(&workspace.curate, &path).display()
+                    crate::curate::catalog_location(&workspace.curate, &path)
                 );
                 let failed = outcomes
                     .iter()

@@ -156,8 +156,9 @@ pub struct CurateSettings {
     /// The target whose curated zone holds the models' tables (default: the first task's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// The Iceberg SQL catalog's SQLite file, relative to the workspace file's folder.
-    pub catalog: PathBuf,
+    /// The Iceberg SQL catalog: a SQLite file, relative to the workspace file's folder, or
+    /// a `postgres://user@host:port/database` URL (the password from PGPASSWORD).
+    pub catalog: String,
     /// Data files are rolled at this size, so no small files remain (MB).
     pub target_file_size_mb: u64,
     /// How many snapshots of a curated table to keep for time travel (at least 1).
@@ -175,7 +176,7 @@ impl Default for CurateSettings {
         CurateSettings {
             folder: "curated".into(),
             target: None,
-            catalog: PathBuf::from("catalog.db"),
+            catalog: "catalog.db".into(),
             target_file_size_mb: 256,
             keep_snapshots: 3,
             memory_limit_mb: 1024,
@@ -640,6 +641,22 @@ impl Workspace {
             }
             validate_model(self, m)
                 .map_err(|(key, e)| invalid_at(&m.name, key, format!("model '{}': {e}", m.name)))?;
+        }
+        let catalog = &self.curate.catalog;
+        if let Some(rest) = catalog
+            .strip_prefix("postgres://")
+            .or_else(|| catalog.strip_prefix("postgresql://"))
+            && rest
+                .split('@')
+                .next()
+                .is_some_and(|user| rest.contains('@') && user.contains(':'))
+        {
+            return Err(invalid(
+                "",
+                "[curate] catalog holds a password: secrets never live in the workspace file. \
+                 Write postgres://user@host:port/database and put the password in PGPASSWORD"
+                    .into(),
+            ));
         }
         if self.curate.keep_snapshots == 0 {
             return Err(invalid(

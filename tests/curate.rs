@@ -30,12 +30,19 @@ fn read_curated(
     dir: &TestDir,
     tables: &[&str],
 ) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
+    read_catalog(&dir.path().join("catalog.db").to_string_lossy(), tables)
+}
+
+/// [`read_curated`] through the catalog at `catalog` (a SQLite file or a postgres:// URL).
+fn read_catalog(
+    catalog: &str,
+    tables: &[&str],
+) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_curated.py");
-    let catalog = dir.path().join("catalog.db");
     let output = std::process::Command::new(python)
         .arg(script)
-        .arg(&catalog)
+        .arg(catalog)
         .args(tables)
         .output()
         .unwrap();
@@ -653,4 +660,54 @@ async fn a_unified_model_joins_sources_and_its_checks_act_as_declared() {
         "SELECT count(*) AS countries FROM analytics.countries",
     ]));
     assert!(out.contains("| 3 "), "still FR, DE and XX only: {out}");
+}
+
+/// The Iceberg SQL catalog in PostgreSQL instead of SQLite: curated, then read by pyiceberg
+/// through that catalog and by DuckDB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_catalog_serves_the_curated_tables() {
+    let pg = Pg::from_env();
+    let mut conn = pg.fresh_database("trib_pg_catalog_src").await;
+    conn.execute(
+        "CREATE TABLE items (id int8 PRIMARY KEY, label text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 500) g;",
+    )
+    .await
+    .unwrap();
+    let catalog_db = pg.fresh_database("trib_pg_catalog").await;
+    catalog_db.close().await.unwrap();
+    // No password in the URL: it comes from PGPASSWORD.
+    let url = pg.url("trib_pg_catalog").replace(":postgres@", "@");
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"load\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\n\
+         [curate]\ncatalog = \"{url}\"\n",
+        pg.endpoint_toml("shop", "trib_pg_catalog_src"),
+        local_target_toml("lake", &dir.lake())
+    ));
+    assert_success(&tributary(&["run", &ws, "--task", "load"]));
+    let out = assert_success(&tributary(&["curate", &ws]));
+    assert!(out.contains("shop.public.items: created"), "{out}");
+    assert!(out.contains(&url), "the catalog is named: {out}");
+    assert!(!dir.path().join("catalog.db").exists());
+    let read = read_catalog(&url, &["shop.public.items"]);
+    assert_readers_see(
+        &read,
+        "shop.public.items",
+        &["id", "label"],
+        pg_rows(&mut conn, "SELECT id::text, label FROM items").await,
+    );
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS n FROM shop.public.items",
+    ]));
+    assert!(out.contains("| 500 "), "{out}");
+
+    // A password in the catalog's URL is refused: it would sit in the workspace file.
+    let text = std::fs::read_to_string(&ws).unwrap();
+    let leaky = dir.write_workspace(&text.replace(&url, &pg.url("trib_pg_catalog")));
+    let err = assert_failure(&tributary(&["curate", &leaky]), 2);
+    assert!(err.contains("put the password in PGPASSWORD"), "{err}");
 }

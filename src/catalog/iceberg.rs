@@ -1,5 +1,6 @@
 //! The curated zone's Apache Iceberg catalog: a SQL catalog, the one pyiceberg's
-//! `SqlCatalog`, Spark's and Trino's JDBC catalogs read, in a SQLite file.
+//! `SqlCatalog`, Spark's and Trino's JDBC catalogs read, in a SQLite file (the default) or
+//! a PostgreSQL database.
 //!
 //! Two tables hold it, in the schema's version 1 (the JDBC catalog's, which pyiceberg reads
 //! without falling back): `iceberg_tables` (a row per table: namespace, name, the location
@@ -20,7 +21,9 @@ use std::str::FromStr;
 use iceberg::io::FileIO;
 use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use iceberg::{MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::AnyPoolOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool};
 
 /// The catalog name rows carry (pyiceberg: `SqlCatalog("tributary", uri=...)`).
 pub const CATALOG_NAME: &str = "tributary";
@@ -28,16 +31,16 @@ pub const CATALOG_NAME: &str = "tributary";
 #[derive(Debug, thiserror::Error)]
 pub enum IcebergCatalogError {
     #[error(
-        "cannot open the Iceberg catalog {path}: {source}. Check that its folder exists and is writable"
+        "cannot open the Iceberg catalog {location}: {source}. Check that its folder exists and is writable (SQLite), or the server, database and PGPASSWORD (PostgreSQL)"
     )]
     Open {
-        path: PathBuf,
+        location: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("Iceberg catalog {path}: {source}")]
+    #[error("Iceberg catalog {location}: {source}")]
     Database {
-        path: PathBuf,
+        location: String,
         #[source]
         source: sqlx::Error,
     },
@@ -51,6 +54,46 @@ pub enum IcebergCatalogError {
         "Iceberg table {table} was changed by another writer while this one committed; run again"
     )]
     Conflict { table: String },
+    #[error(
+        "another tributary curate or transform holds {lock}; wait for it to finish (one at a time per catalog)"
+    )]
+    Busy { lock: String },
+    #[error("cannot create {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the catalog's tables are: a SQLite file (the default) or a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogLocation {
+    Sqlite(PathBuf),
+    /// A `postgres://user@host:port/database` URL, without a password: it comes from
+    /// PGPASSWORD, as for psql.
+    Postgres(String),
+}
+
+impl CatalogLocation {
+    /// `postgres://…` (or `postgresql://…`) is a PostgreSQL database; anything else a SQLite
+    /// file, relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> CatalogLocation {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            CatalogLocation::Postgres(text.to_owned())
+        } else {
+            CatalogLocation::Sqlite(base.join(text))
+        }
+    }
+}
+
+impl std::fmt::Display for CatalogLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            CatalogLocation::Postgres(url) => f.write_str(url),
+        }
+    }
 }
 
 /// A table as the catalog points at it: its current metadata and where that is.
@@ -80,30 +123,64 @@ pub struct CatalogEntry {
 }
 
 pub struct IcebergCatalog {
-    path: PathBuf,
-    pool: SqlitePool,
+    location: CatalogLocation,
+    pool: AnyPool,
     file_io: FileIO,
 }
 
+/// Held while one writer works on the catalog's tables (see [`IcebergCatalog::lock`]).
+pub enum CatalogLock {
+    File(std::fs::File),
+    /// A connection holding a session advisory lock; closing it releases the lock.
+    Session(Option<PoolConnection<Any>>),
+}
+
+impl Drop for CatalogLock {
+    fn drop(&mut self) {
+        if let CatalogLock::Session(connection) = self
+            && let Some(connection) = connection.take()
+        {
+            // Detached, the connection closes instead of returning (locked) to the pool.
+            drop(connection.detach());
+        }
+    }
+}
+
+/// The advisory lock key of curation on a PostgreSQL catalog ("tributar" in ASCII).
+const ADVISORY_LOCK: i64 = 0x7472_6962_7574_6172;
+
 impl IcebergCatalog {
-    /// Opens the SQLite catalog at `path`, creating the file and its tables if absent.
-    pub async fn open(path: &Path, file_io: FileIO) -> Result<Self, IcebergCatalogError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            // Readers (pyiceberg, the app) go on reading while a commit writes.
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
+    /// Opens the catalog, creating the SQLite file and the catalog's tables if absent.
+    pub async fn open(
+        location: &CatalogLocation,
+        file_io: FileIO,
+    ) -> Result<Self, IcebergCatalogError> {
+        sqlx::any::install_default_drivers();
+        let url = match location {
+            CatalogLocation::Sqlite(path) => format!("sqlite://{}?mode=rwc", path.display()),
+            CatalogLocation::Postgres(url) => url.clone(),
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    if connection.backend_name() == "SQLite" {
+                        // Readers (pyiceberg, the app) go on reading while a commit writes.
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000")
+                            .execute(connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
             .map_err(|source| IcebergCatalogError::Open {
-                path: path.to_owned(),
+                location: location.to_string(),
                 source,
             })?;
         let catalog = IcebergCatalog {
-            path: path.to_owned(),
+            location: location.clone(),
             pool,
             file_io,
         };
@@ -131,8 +208,8 @@ impl IcebergCatalog {
         Ok(catalog)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &CatalogLocation {
+        &self.location
     }
 
     pub fn file_io(&self) -> &FileIO {
@@ -141,8 +218,55 @@ impl IcebergCatalog {
 
     fn db_error(&self, source: sqlx::Error) -> IcebergCatalogError {
         IcebergCatalogError::Database {
-            path: self.path.clone(),
+            location: self.location.to_string(),
             source,
+        }
+    }
+
+    /// Takes the catalog's writer lock, or says who holds it: a lock file beside a SQLite
+    /// catalog, a session advisory lock in a PostgreSQL one (so curates on two machines
+    /// sharing it also take turns). Writers clean up each other's unreferenced files, so
+    /// only one may run at a time.
+    pub async fn lock(&self) -> Result<CatalogLock, IcebergCatalogError> {
+        match &self.location {
+            CatalogLocation::Sqlite(path) => {
+                let mut lock = path.as_os_str().to_owned();
+                lock.push(".lock");
+                let lock = PathBuf::from(lock);
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock)
+                    .map_err(|source| IcebergCatalogError::Lock {
+                        path: lock.clone(),
+                        source,
+                    })?;
+                use std::os::fd::AsRawFd;
+                // SAFETY: flock on a descriptor this function owns; released when it closes.
+                let taken =
+                    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+                if !taken {
+                    return Err(IcebergCatalogError::Busy {
+                        lock: lock.display().to_string(),
+                    });
+                }
+                Ok(CatalogLock::File(file))
+            }
+            CatalogLocation::Postgres(url) => {
+                let mut connection = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
+                let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                    .bind(ADVISORY_LOCK)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .map_err(|e| self.db_error(e))?;
+                if !taken {
+                    return Err(IcebergCatalogError::Busy {
+                        lock: format!("the advisory lock {ADVISORY_LOCK} in {url}"),
+                    });
+                }
+                Ok(CatalogLock::Session(Some(connection)))
+            }
         }
     }
 
@@ -152,8 +276,9 @@ impl IcebergCatalog {
         let levels: Vec<String> = ns.clone().inner();
         for depth in 1..=levels.len() {
             sqlx::query(
-                "INSERT OR IGNORE INTO iceberg_namespace_properties
-                 (catalog_name, namespace, property_key, property_value) VALUES ($1, $2, 'exists', 'true')",
+                "INSERT INTO iceberg_namespace_properties
+                 (catalog_name, namespace, property_key, property_value)
+                 VALUES ($1, $2, 'exists', 'true') ON CONFLICT DO NOTHING",
             )
             .bind(CATALOG_NAME)
             .bind(levels[..depth].join("."))

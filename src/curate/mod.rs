@@ -36,7 +36,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::catalog::iceberg::{IcebergCatalog, IcebergCatalogError, IcebergTable};
+use crate::catalog::iceberg::{CatalogLocation, IcebergCatalog, IcebergCatalogError, IcebergTable};
 use crate::catalog::{self, CatalogError, RawTable};
 use crate::config::{ConfigError, CurateSettings, Engine, TaskConfig, Workspace};
 use crate::lake::inspect::{InspectError, ParquetFile};
@@ -101,10 +101,6 @@ pub enum CurateError {
         #[source]
         source: DataFusionError,
     },
-    #[error(
-        "another tributary curate holds {lock}; wait for it to finish (one curate at a time per catalog)"
-    )]
-    Busy { lock: PathBuf },
     #[error(
         "task '{task}' writes its raw zone at the target's root (or in '{folder}'), so the curated zone '{folder}/' would be inside it and read as raw tables. Give the task a bucket_folder (e.g. \"raw\") and reload it, or set [curate] folder elsewhere"
     )]
@@ -203,19 +199,20 @@ impl TableOutcome {
     }
 }
 
-/// The Iceberg SQL catalog's file for the workspace at `workspace_path`.
-pub fn catalog_path(settings: &CurateSettings, workspace_path: &Path) -> PathBuf {
+/// The workspace's Iceberg SQL catalog: `[curate] catalog`, a SQLite file relative to the
+/// workspace file's folder, or a PostgreSQL URL.
+pub fn catalog_location(settings: &CurateSettings, workspace_path: &Path) -> CatalogLocation {
     let base = workspace_path.parent().unwrap_or(Path::new("."));
-    base.join(&settings.catalog)
+    CatalogLocation::parse(&settings.catalog, base)
 }
 
-/// Opens the workspace's Iceberg catalog (local files only, for now).
+/// Opens the workspace's Iceberg catalog (its tables' files are local, for now).
 pub async fn open_catalog(
     workspace: &Workspace,
     workspace_path: &Path,
 ) -> Result<IcebergCatalog, CurateError> {
-    let path = catalog_path(&workspace.curate, workspace_path);
-    Ok(IcebergCatalog::open(&path, FileIO::new_with_fs()).await?)
+    let location = catalog_location(&workspace.curate, workspace_path);
+    Ok(IcebergCatalog::open(&location, FileIO::new_with_fs()).await?)
 }
 
 /// A curated (or model) table as the catalog and its current snapshot's summary tell it.
@@ -298,7 +295,7 @@ pub async fn curate(
         None => workspace.tasks.iter().collect(),
     };
     let catalog = open_catalog(workspace, workspace_path).await?;
-    let _lock = CurateLock::take(catalog.path())?;
+    let _lock = catalog.lock().await?;
     let settings = &workspace.curate;
     let ctx = session(settings).map_err(|source| CurateError::Sql {
         table: String::new(),
@@ -980,33 +977,4 @@ fn nullable(schema: &ArrowSchema) -> ArrowSchema {
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     )
-}
-
-/// An exclusive lock on the catalog, held for a curate run.
-struct CurateLock {
-    _file: std::fs::File,
-}
-
-impl CurateLock {
-    fn take(catalog: &Path) -> Result<CurateLock, CurateError> {
-        let mut lock = catalog.as_os_str().to_owned();
-        lock.push(".lock");
-        let lock = PathBuf::from(lock);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .map_err(|source| CurateError::Io {
-                path: lock.clone(),
-                source,
-            })?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this function owns; released when the file closes.
-        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !taken {
-            return Err(CurateError::Busy { lock });
-        }
-        Ok(CurateLock { _file: file })
-    }
 }

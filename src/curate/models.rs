@@ -101,7 +101,7 @@ pub async fn run_models(
     }
     let zone = models_zone(workspace, workspace_path)?;
     let catalog = super::open_catalog(workspace, workspace_path).await?;
-    let _lock = super::CurateLock::take(catalog.path())?;
+    let _lock = catalog.lock().await?;
     let ctx = crate::query::lake_session(workspace, workspace_path)
         .await
         .map_err(|e| match e {

@@ -1,6 +1,7 @@
 """Reads curated Iceberg tables the way outside tools do, for the tests.
 
-Usage: read_curated.py CATALOG_DB TABLE [TABLE ...]   (TABLE: source.schema.table)
+Usage: read_curated.py CATALOG TABLE [TABLE ...]   (TABLE: source.schema.table; CATALOG: the
+SQLite file, or a postgres:// URL whose password is in PGPASSWORD)
 
 Prints one JSON object: {table: {"pyiceberg": rows, "duckdb": rows, "snapshots": n}}, rows
 sorted, each value as text (None for NULL; booleans true/false; timestamps as epoch seconds
@@ -39,11 +40,12 @@ def rows_of(columns, records):
 
 def main():
     catalog_db, tables = sys.argv[1], sys.argv[2:]
-    catalog = SqlCatalog(
-        "tributary",
-        uri=f"sqlite:///{catalog_db}",
-        warehouse=f"file://{os.path.dirname(catalog_db)}",
-    )
+    if catalog_db.startswith("postgres"):
+        # The password comes from PGPASSWORD, as for tributary.
+        uri = "postgresql+psycopg2://" + catalog_db.split("://", 1)[1]
+    else:
+        uri = f"sqlite:///{catalog_db}"
+    catalog = SqlCatalog("tributary", uri=uri, warehouse="file:///tmp")
     extensions = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
     con = duckdb.connect(config={"extension_directory": extensions})
     con.execute("LOAD iceberg")
