@@ -958,45 +958,28 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
             load.len(),
             cdc.len()
         );
-        let mut ours = Vec::new();
-        let mut reference = Vec::new();
-        for run in 1..=runs {
-            let mut command = Command::new(&exe);
-            command
-                .arg("curate")
-                .arg(workspace_path)
-                .args(["--task", task_name, "--rebuild"])
-                .stdout(Stdio::null());
-            let t = measure(command, "tributary curate")?;
-            let mut command = Command::new(&python);
-            command
-                .arg(&script)
-                .arg("merge")
-                .arg(&files_json)
-                .arg(key)
-                .arg(scratch.path().join("duckdb.parquet"))
-                .stdout(Stdio::null());
-            let r = measure(command, "DuckDB merge")?;
-            for (who, m) in [("tributary curate", t), ("DuckDB merge", r)] {
-                println!(
-                    "run {run}: {who:<18} {:>8.2} s  ({:.0} MB peak)",
-                    m.seconds,
-                    m.peak_rss_kb as f64 / 1024.0
-                );
-            }
-            ours.push(t);
-            reference.push(r);
-        }
-        let best = |v: &[Measured]| v.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min);
-        let peak = |v: &[Measured]| v.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0) / 1024;
-        println!(
-            "curate: tributary {:.2} s ({} MB peak) vs DuckDB {:.2} s ({} MB peak): ratio {:.2}",
-            best(&ours),
-            peak(&ours),
-            best(&reference),
-            peak(&reference),
-            best(&ours) / best(&reference)
-        );
+        side_by_side(
+            "curate",
+            runs,
+            || {
+                let mut command = Command::new(&exe);
+                command
+                    .arg("curate")
+                    .arg(workspace_path)
+                    .args(["--task", task_name, "--rebuild"]);
+                ("tributary curate", command)
+            },
+            || {
+                let mut command = Command::new(&python);
+                command
+                    .arg(&script)
+                    .arg("merge")
+                    .arg(&files_json)
+                    .arg(key)
+                    .arg(scratch.path().join("duckdb.parquet"));
+                ("DuckDB merge", command)
+            },
+        )?;
 
         // A query of the curated table, both reading its Iceberg snapshot.
         let catalog = crate::curate::open_catalog(&workspace, workspace_path)
@@ -1017,43 +1000,67 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
         );
         let ours_sql = aggregate.replace("{}", &format!("{}.{schema}.{table_name}", task.source));
         let duck_sql = aggregate.replace("{}", "t");
-        let mut ours = Vec::new();
-        let mut reference = Vec::new();
-        for run in 1..=runs {
-            let mut command = Command::new(&exe);
-            command
-                .arg("query")
-                .arg(workspace_path)
-                .arg(&ours_sql)
-                .stdout(Stdio::null());
-            let t = measure(command, "tributary query")?;
-            let mut command = Command::new(&python);
-            command
-                .arg(&script)
-                .arg("query")
-                .arg(&curated.metadata_location)
-                .arg(&duck_sql)
-                .stdout(Stdio::null());
-            let r = measure(command, "DuckDB query")?;
-            for (who, m) in [("tributary query", t), ("DuckDB query", r)] {
-                println!(
-                    "run {run}: {who:<18} {:>8.2} s  ({:.0} MB peak)",
-                    m.seconds,
-                    m.peak_rss_kb as f64 / 1024.0
-                );
-            }
-            ours.push(t);
-            reference.push(r);
-        }
         println!("query: {ours_sql}");
-        println!(
-            "query: tributary {:.2} s ({} MB peak) vs DuckDB {:.2} s ({} MB peak): ratio {:.2}",
-            best(&ours),
-            peak(&ours),
-            best(&reference),
-            peak(&reference),
-            best(&ours) / best(&reference)
-        );
+        side_by_side(
+            "query",
+            runs,
+            || {
+                let mut command = Command::new(&exe);
+                command.arg("query").arg(workspace_path).arg(&ours_sql);
+                ("tributary query", command)
+            },
+            || {
+                let mut command = Command::new(&python);
+                command
+                    .arg(&script)
+                    .arg("query")
+                    .arg(&curated.metadata_location)
+                    .arg(&duck_sql);
+                ("DuckDB query", command)
+            },
+        )?;
     }
+    Ok(())
+}
+
+/// Runs `ours` and `reference` one after the other `runs` times, printing each run and then
+/// the best times, peak memory and their ratio under `what`.
+fn side_by_side(
+    what: &str,
+    runs: usize,
+    ours: impl Fn() -> (&'static str, Command),
+    reference: impl Fn() -> (&'static str, Command),
+) -> Result<(), String> {
+    let mut measured: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+    let mut names = ["", ""];
+    for run in 1..=runs {
+        for (side, make) in [&ours as &dyn Fn() -> _, &reference]
+            .into_iter()
+            .enumerate()
+        {
+            let (name, mut command) = make();
+            command.stdout(Stdio::null());
+            let m = measure(command, name)?;
+            println!(
+                "run {run}: {name:<18} {:>8.2} s  ({:.0} MB peak)",
+                m.seconds,
+                m.peak_rss_kb as f64 / 1024.0
+            );
+            names[side] = name;
+            measured[side].push(m);
+        }
+    }
+    let best = |v: &[Measured]| v.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min);
+    let peak = |v: &[Measured]| v.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0) / 1024;
+    println!(
+        "{what}: {} {:.2} s ({} MB peak) vs {} {:.2} s ({} MB peak): ratio {:.2}",
+        names[0],
+        best(&measured[0]),
+        peak(&measured[0]),
+        names[1],
+        best(&measured[1]),
+        peak(&measured[1]),
+        best(&measured[0]) / best(&measured[1])
+    );
     Ok(())
 }
