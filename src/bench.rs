@@ -193,8 +193,8 @@ async fn count_rows(pg: &PgEndpoint, tables: &[TableInfo]) -> Result<u64, String
     for t in tables {
         let sql = format!(
             "SELECT count(*) FROM {}.{}",
-            quote_ident(&t.schema),
-            quote_ident(&t.name)
+            crate::curate::sql_ident(&t.schema),
+            crate::curate::sql_ident(&t.name)
         );
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut conn)
@@ -223,10 +223,6 @@ async fn count_mysql_rows(my: &MyEndpoint, tables: &[TableInfo]) -> Result<u64, 
     }
     let _ = conn.disconnect().await;
     Ok(rows)
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Runs the reference command of each table in turn: total time, largest peak.
@@ -266,8 +262,8 @@ fn psql_copy(
             .arg("-c")
             .arg(format!(
                 "\\copy (select * from {}.{}) to /dev/null with (format binary)",
-                quote_ident(&t.schema),
-                quote_ident(&t.name)
+                crate::curate::sql_ident(&t.schema),
+                crate::curate::sql_ident(&t.name)
             ));
         if let Some(p) = password {
             command.env("PGPASSWORD", p);
@@ -992,7 +988,9 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
             return Err(format!("{name} was not curated"));
         };
         // Grouped by the second column, summing the third (pgbench_accounts: bid, abalance).
-        let column = |i: usize| quote_ident(columns.get(i).or(columns.first()).map_or("", |c| c));
+        let column = |i: usize| {
+            crate::curate::sql_ident(columns.get(i).or(columns.first()).map_or("", |c| c))
+        };
         let aggregate = format!(
             "SELECT {g}, count(*) AS n, sum({v}) AS total FROM {{}} GROUP BY {g} ORDER BY {g}",
             g = column(1),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use ::iceberg::TableIdent;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 
-use super::merge::{ident, literal};
+use super::merge::{ident, ident_list, literal};
 use super::{CurateError, TableJob, prepare_table, register, write_snapshot};
 use crate::lake::layout;
 
@@ -71,13 +71,8 @@ pub(super) async fn write_history(
     )
     .map_err(sql_error)?;
 
-    let cols = columns
-        .fields()
-        .iter()
-        .map(|f| ident(f.name()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let partition = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let cols = ident_list(columns.fields().iter().map(|f| f.name()));
+    let partition = ident_list(key);
     let window = format!("OVER (PARTITION BY {partition} ORDER BY __pos ASC NULLS FIRST)");
     let ts = stamp.map(ident);
     let (load_ts, change_ts, valid) = match &ts {

@@ -63,6 +63,15 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Names as a SQL list: each quoted, separated by commas.
+pub fn ident_list<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    names
+        .into_iter()
+        .map(|n| ident(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A SQL string literal.
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -125,18 +134,8 @@ impl Merge<'_> {
         &self,
         ctx: &SessionContext,
     ) -> Result<SendableRecordBatchStream, DataFusionError> {
-        let columns = self
-            .columns
-            .iter()
-            .map(|c| ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let key = self
-            .key
-            .iter()
-            .map(|c| ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = ident_list(self.columns);
+        let key = ident_list(self.key);
         let key_match = self
             .key
             .iter()

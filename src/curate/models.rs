@@ -18,7 +18,7 @@ use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 
-use super::merge::{ident, literal};
+use super::merge::{ident, ident_list, literal};
 use super::{CurateError, Zone, prepare_table, write_snapshot};
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::{CheckConfig, CheckKind, CurateSettings, ModelConfig, OnFail, Workspace};
@@ -307,11 +307,7 @@ async fn run_model(
         });
     }
 
-    let select = columns
-        .iter()
-        .map(|c| ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let select = ident_list(&columns);
     let kept_rows = ctx
         .sql(&format!(
             "SELECT {select} FROM __checked WHERE NOT ({rejected})"
