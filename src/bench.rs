@@ -987,36 +987,45 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
         let Some(curated) = catalog.load(&ident).await.map_err(|e| e.to_string())? else {
             return Err(format!("{name} was not curated"));
         };
-        // Grouped by the second column, summing the third (pgbench_accounts: bid, abalance).
+        // Two queries: an aggregate grouped by the second column, summing the third
+        // (pgbench_accounts: bid, abalance), and a filtered scan of every column, sorted.
         let column = |i: usize| {
             crate::curate::sql_ident(columns.get(i).or(columns.first()).map_or("", |c| c))
         };
-        let aggregate = format!(
-            "SELECT {g}, count(*) AS n, sum({v}) AS total FROM {{}} GROUP BY {g} ORDER BY {g}",
-            g = column(1),
-            v = column(2)
-        );
-        let ours_sql = aggregate.replace("{}", &format!("{}.{schema}.{table_name}", task.source));
-        let duck_sql = aggregate.replace("{}", "t");
-        println!("query: {ours_sql}");
-        side_by_side(
-            "query",
-            runs,
-            || {
-                let mut command = Command::new(&exe);
-                command.arg("query").arg(workspace_path).arg(&ours_sql);
-                ("tributary query", command)
-            },
-            || {
-                let mut command = Command::new(&python);
-                command
-                    .arg(&script)
-                    .arg("query")
-                    .arg(&curated.metadata_location)
-                    .arg(&duck_sql);
-                ("DuckDB query", command)
-            },
-        )?;
+        let queries = [
+            format!(
+                "SELECT {g}, count(*) AS n, sum({v}) AS total FROM {{}} GROUP BY {g} ORDER BY {g}",
+                g = column(1),
+                v = column(2)
+            ),
+            format!(
+                "SELECT * FROM {{}} WHERE {k} % 100 = 7 ORDER BY {k}",
+                k = crate::curate::sql_ident(key)
+            ),
+        ];
+        for query in queries {
+            let ours_sql = query.replace("{}", &format!("{}.{schema}.{table_name}", task.source));
+            let duck_sql = query.replace("{}", "t");
+            println!("query: {ours_sql}");
+            side_by_side(
+                "query",
+                runs,
+                || {
+                    let mut command = Command::new(&exe);
+                    command.arg("query").arg(workspace_path).arg(&ours_sql);
+                    ("tributary query", command)
+                },
+                || {
+                    let mut command = Command::new(&python);
+                    command
+                        .arg(&script)
+                        .arg("query")
+                        .arg(&curated.metadata_location)
+                        .arg(&duck_sql);
+                    ("DuckDB query", command)
+                },
+            )?;
+        }
     }
     Ok(())
 }
