@@ -38,14 +38,23 @@ fn read_catalog(
     catalog: &str,
     tables: &[&str],
 ) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
+    read_catalog_with(catalog, tables, None)
+}
+
+/// [`read_catalog`], with the tables' files on the S3 server `s3_endpoint`, if given.
+fn read_catalog_with(
+    catalog: &str,
+    tables: &[&str],
+    s3_endpoint: Option<&str>,
+) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_curated.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(catalog)
-        .args(tables)
-        .output()
-        .unwrap();
+    let mut command = std::process::Command::new(python);
+    command.arg(script).arg(catalog).args(tables);
+    if let Some(endpoint) = s3_endpoint {
+        command.env("S3_ENDPOINT", endpoint);
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "readers failed:\n{}",
@@ -211,6 +220,17 @@ fn workspace(pg: &Pg, my: &My, dir: &TestDir, pg_db: &str, my_db: &str) -> Strin
         pg.endpoint_toml("shop", pg_db),
         my.endpoint_toml("payments", my_db),
         local_target_toml("lake", &dir.lake())
+    ))
+}
+
+/// A workspace of one full-load-and-CDC task `task` from source endpoint `shop` into
+/// target `lake`, batching each second, then `extra` (`[curate]`, models).
+fn cdc_workspace(dir: &TestDir, source: String, target: String, task: &str, extra: &str) -> String {
+    dir.write_workspace(&format!(
+        "{source}{target}[[tasks]]\nname = \"{task}\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         cdc_max_batch_interval = 1\n\n{extra}"
     ))
 }
 
@@ -452,14 +472,13 @@ async fn a_curate_killed_midway_then_rerun_gives_the_same_table() {
     .await
     .unwrap();
     let dir = TestDir::new();
-    let ws = dir.write_workspace(&format!(
-        "{}{}[[tasks]]\nname = \"big-cdc\"\nsource = \"shop\"\ntarget = \"lake\"\n\
-         migration_type = \"full-load-and-cdc\"\n\
-         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
-         cdc_max_batch_interval = 1\n[curate]\ntarget_file_size_mb = 4\n",
+    let ws = cdc_workspace(
+        &dir,
         pg.endpoint_toml("shop", db),
-        local_target_toml("lake", &dir.lake())
-    ));
+        local_target_toml("lake", &dir.lake()),
+        "big-cdc",
+        "[curate]\ntarget_file_size_mb = 4\n",
+    );
     assert_success(&run_until_caught_up(&ws, "big-cdc"));
     assert_success(&tributary(&["curate", &ws]));
     conn.execute("UPDATE big SET n = -n WHERE id % 3 = 0; DELETE FROM big WHERE id % 10 = 0;")
@@ -710,4 +729,206 @@ async fn a_postgresql_catalog_serves_the_curated_tables() {
     let leaky = dir.write_workspace(&text.replace(&url, &pg.url("trib_pg_catalog")));
     let err = assert_failure(&tributary(&["curate", &leaky]), 2);
     assert!(err.contains("put the password in PGPASSWORD"), "{err}");
+}
+
+/// An S3 target (moto): the raw zone and the curated tables in one bucket, curated, merged
+/// again, queried and modelled there, and read by pyiceberg and DuckDB (httpfs) from the
+/// S3 server.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_target_is_curated_in_its_bucket() {
+    let pg = Pg::from_env();
+    let mut conn = pg.fresh_database("trib_curate_s3").await;
+    conn.execute(
+        "CREATE TABLE items (id int8 PRIMARY KEY, label text, price numeric(10,2));
+         INSERT INTO items SELECT g, 'item ' || g, g * 0.5 FROM generate_series(1, 3000) g;",
+    )
+    .await
+    .unwrap();
+    let bucket = "trib-curate-s3";
+    fresh_bucket(bucket).await;
+    let endpoint = s3_endpoint();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(
+        &dir,
+        pg.endpoint_toml("shop", "trib_curate_s3"),
+        s3_target_toml("lake", bucket, &endpoint),
+        "items-cdc",
+        "[curate]\nkeep_snapshots = 2\n\n[[models]]\nname = \"cheap_items\"\n\
+         sql = \"SELECT id, label FROM shop.public.items WHERE price < 100\"\n",
+    );
+    let items = "SELECT id::text, label, price::text FROM items";
+    assert_success(&run_until_caught_up(&ws, "items-cdc"));
+    conn.execute(
+        "UPDATE items SET label = 'changed' WHERE id % 10 = 0;
+         DELETE FROM items WHERE id > 2900;
+         INSERT INTO items VALUES (5000, 'new', 1.00);",
+    )
+    .await
+    .unwrap();
+    assert_success(&run_until_caught_up(&ws, "items-cdc"));
+    let out = assert_success(&tributary(&["curate", &ws]));
+    assert!(out.contains("shop.public.items: created"), "{out}");
+    let catalog = dir.path().join("catalog.db").to_string_lossy().into_owned();
+    let read = read_catalog_with(&catalog, &["shop.public.items"], Some(&endpoint));
+    assert_readers_see(
+        &read,
+        "shop.public.items",
+        &["id", "label", "price"],
+        pg_rows(&mut conn, items).await,
+    );
+
+    // The table's files are in the bucket, beside the raw zone.
+    let client = s3_client(&endpoint).await;
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("curated/shop/public/items/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(
+        keys.iter()
+            .any(|k| k.contains("/data/") && k.ends_with(".parquet")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.ends_with(".metadata.json")),
+        "{keys:?}"
+    );
+
+    // More changes: merged into the S3 table, the replaced files removed.
+    conn.execute("DELETE FROM items WHERE id <= 10; UPDATE items SET price = 0 WHERE id = 11;")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "items-cdc"));
+    let out = assert_success(&tributary(&["curate", &ws]));
+    assert!(out.contains("shop.public.items: merged"), "{out}");
+    let read = read_catalog_with(&catalog, &["shop.public.items"], Some(&endpoint));
+    assert_readers_see(
+        &read,
+        "shop.public.items",
+        &["id", "label", "price"],
+        pg_rows(&mut conn, items).await,
+    );
+
+    // Queries over the curated table and the raw zone, both in S3; a model written there.
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT (SELECT count(*) FROM shop.public.items) AS curated, \
+         (SELECT count(DISTINCT id) FROM shop_raw.public.items) AS raw",
+    ]));
+    assert!(out.contains("| 2891 "), "{out}");
+    assert!(
+        out.contains("| 3001 "),
+        "every key the raw zone ever saw: {out}"
+    );
+    let out = assert_success(&tributary(&["transform", &ws]));
+    assert!(out.contains("analytics.cheap_items: 190 rows"), "{out}");
+    let models = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("curated/analytics/cheap_items/data/")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !models.contents().is_empty(),
+        "the model's files are in the bucket"
+    );
+}
+
+/// The continuous mode: `curate --every 1` beside a running CDC task follows the changes
+/// without a restart, and both stop cleanly on SIGINT.
+#[tokio::test(flavor = "multi_thread")]
+async fn curate_every_follows_a_running_cdc_task() {
+    let pg = Pg::from_env();
+    let db = "trib_curate_every";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE items (id int8 PRIMARY KEY, label text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(
+        &dir,
+        pg.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake()),
+        "items-cdc",
+        "",
+    );
+    let piped = |args: &[&str]| {
+        tributary_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let cdc = piped(&["run", &ws, "--task", "items-cdc"]);
+    let curate = piped(&["curate", &ws, "--every", "1"]);
+    // The curated table's row count and label total, once a query can read it.
+    let curated = || {
+        let output = tributary(&[
+            "query",
+            &ws,
+            "SELECT count(*) AS n, sum(length(label)) AS chars FROM shop.public.items",
+        ]);
+        output.status.success().then(|| stdout(&output))
+    };
+    let wait_for = |what: &str, expected: &str| {
+        let started = Instant::now();
+        loop {
+            let seen = curated();
+            if seen.as_deref().is_some_and(|out| out.contains(expected)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{what}: the curated table never showed {expected}: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    // 'item 1'..'item 1000': 9 * 6 + 90 * 7 + 900 * 8 + 1 * 9 characters.
+    wait_for("the full load", "| 1000 | 7893 ");
+    conn.execute(
+        "DELETE FROM items WHERE id <= 100;
+         UPDATE items SET label = 'x' WHERE id > 990;
+         INSERT INTO items VALUES (2000, 'late');",
+    )
+    .await
+    .unwrap();
+    // 100 rows of 6 or 7 characters gone (9 * 6 + 90 * 7 + 1 * 8 = 692), ten become 'x'
+    // (9 * 8 + 1 * 9 - 10 = 71 fewer), one of 4 added.
+    wait_for("the changes", "| 901 | 7134 ");
+
+    for child in [&cdc, &curate] {
+        let signal = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(signal.success());
+    }
+    let text = assert_success(&curate.wait_with_output().unwrap());
+    assert!(
+        text.matches("curated 1 table(s)").count() >= 2,
+        "more than one round: {text}"
+    );
+    assert_success(&cdc.wait_with_output().unwrap());
+    // No slot left behind (its walsender may take a moment to go).
+    let drop_slot = format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'"
+    );
+    for attempt in 0.. {
+        match conn.execute(sqlx::AssertSqlSafe(drop_slot.clone())).await {
+            Ok(_) => break,
+            Err(_) if attempt < 20 => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("dropping the slot: {e}"),
+        }
+    }
 }

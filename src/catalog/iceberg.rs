@@ -25,6 +25,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool};
 
+use crate::lake::adapters::Buckets;
+
 /// The catalog name rows carry (pyiceberg: `SqlCatalog("tributary", uri=...)`).
 pub const CATALOG_NAME: &str = "tributary";
 
@@ -125,6 +127,7 @@ pub struct CatalogEntry {
 pub struct IcebergCatalog {
     location: CatalogLocation,
     pool: AnyPool,
+    buckets: Buckets,
     file_io: FileIO,
 }
 
@@ -150,14 +153,20 @@ impl Drop for CatalogLock {
 const ADVISORY_LOCK: i64 = 0x7472_6962_7574_6172;
 
 impl IcebergCatalog {
-    /// Opens the catalog, creating the SQLite file and the catalog's tables if absent.
+    /// Opens the catalog, creating the SQLite file and the catalog's tables if absent. Its
+    /// tables' files are local or in `buckets`.
     pub async fn open(
         location: &CatalogLocation,
-        file_io: FileIO,
+        buckets: Buckets,
     ) -> Result<Self, IcebergCatalogError> {
         sqlx::any::install_default_drivers();
         let url = match location {
-            CatalogLocation::Sqlite(path) => format!("sqlite://{}?mode=rwc", path.display()),
+            // Absolute: sqlx parses the URL, and `sqlite://dir/../x.db` would make `dir` a
+            // host and the file `/x.db`.
+            CatalogLocation::Sqlite(path) => format!(
+                "sqlite://{}?mode=rwc",
+                std::path::absolute(path).unwrap_or(path.clone()).display()
+            ),
             CatalogLocation::Postgres(url) => url.clone(),
         };
         let pool = AnyPoolOptions::new()
@@ -182,7 +191,8 @@ impl IcebergCatalog {
         let catalog = IcebergCatalog {
             location: location.clone(),
             pool,
-            file_io,
+            file_io: buckets.file_io(),
+            buckets,
         };
         for ddl in [
             "CREATE TABLE IF NOT EXISTS iceberg_tables (
@@ -214,6 +224,11 @@ impl IcebergCatalog {
 
     pub fn file_io(&self) -> &FileIO {
         &self.file_io
+    }
+
+    /// The S3 buckets the tables' files may be in, for SQL sessions over them.
+    pub fn buckets(&self) -> &Buckets {
+        &self.buckets
     }
 
     fn db_error(&self, source: sqlx::Error) -> IcebergCatalogError {
@@ -427,5 +442,23 @@ fn iceberg_error(ident: &TableIdent, source: iceberg::Error) -> IcebergCatalogEr
     IcebergCatalogError::Iceberg {
         table: display_ident(ident),
         source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_relative_sqlite_path_through_a_parent_folder_opens_there() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let name = dir.path().file_name().unwrap().to_string_lossy();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let location = CatalogLocation::Sqlite(PathBuf::from(format!("{name}/sub/../catalog.db")));
+        let catalog = IcebergCatalog::open(&location, Buckets::default())
+            .await
+            .unwrap();
+        assert!(catalog.list().await.unwrap().is_empty());
+        assert!(dir.path().join("catalog.db").exists());
     }
 }

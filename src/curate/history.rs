@@ -111,6 +111,7 @@ pub(super) async fn write_history(
     let existing = job.catalog.load(&ident).await?;
     let (history, new_schema) = prepare_table(
         job.catalog,
+        job.zone,
         existing,
         &ident,
         location,
@@ -138,9 +139,5 @@ pub(super) fn history_location(job: &TableJob<'_>, schema: &str, table: &str) ->
         schema,
         &format!("{table}_history"),
     );
-    job.zone
-        .root
-        .join(key.trim_end_matches('/'))
-        .to_string_lossy()
-        .into_owned()
+    job.zone.storage.uri(key.trim_end_matches('/'))
 }

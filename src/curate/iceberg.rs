@@ -35,6 +35,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::CurateError;
 use crate::catalog::iceberg::{IcebergCatalog, IcebergTable};
+use crate::lake::Storage;
 
 /// The Iceberg schema of Arrow `schema`, field ids from `first_id` on.
 pub fn schema_from_arrow(schema: &ArrowSchema, first_id: i32) -> iceberg::Result<Schema> {
@@ -434,61 +435,37 @@ pub async fn live_files(
 
 /// Removes the files under the table's `data/` and `metadata/` folders that nothing
 /// references: what a run that crashed before its commit, or lost its commit, wrote. Runs
-/// under the curate lock, so no other writer is between writing and committing.
-pub async fn remove_orphans(table: &IcebergTable, file_io: &FileIO) -> Result<(), CurateError> {
+/// under the curate lock, so no other writer is between writing and committing. `storage`
+/// is the table's target; a table whose location is elsewhere is left alone.
+pub async fn remove_orphans(
+    table: &IcebergTable,
+    file_io: &FileIO,
+    storage: &Storage,
+) -> Result<(), CurateError> {
+    let Some(location) = storage.key_of(table.metadata.location().trim_end_matches('/')) else {
+        return Ok(());
+    };
     let mut referenced: HashSet<String> = live_files(table, file_io)
         .await?
         .iter()
-        .map(|p| local_path(p))
+        .filter_map(|p| storage.key_of(p))
         .collect();
-    referenced.insert(local_path(&table.metadata_location));
+    referenced.extend(storage.key_of(&table.metadata_location));
     referenced.extend(
         table
             .metadata
             .metadata_log()
             .iter()
-            .map(|m| local_path(&m.metadata_file)),
+            .filter_map(|m| storage.key_of(&m.metadata_file)),
     );
-    let location = local_path(table.metadata.location().trim_end_matches('/'));
     for folder in ["data", "metadata"] {
-        let root = std::path::PathBuf::from(format!("{location}/{folder}"));
-        for path in local_files(&root) {
-            let path = path.to_string_lossy().into_owned();
-            if !referenced.contains(&path) {
-                delete_file(file_io, &path, &table.name()).await?;
+        for object in storage.list_all(&format!("{location}/{folder}/")).await? {
+            if !referenced.contains(&object.key) {
+                storage.delete(&object.key).await?;
             }
         }
     }
     Ok(())
-}
-
-/// A local file's path as the listing gives it, whichever way a writer recorded it
-/// (`/a/b`, `file:/a/b`, `file:///a/b`).
-fn local_path(location: &str) -> String {
-    let path = location
-        .strip_prefix("file://")
-        .or_else(|| location.strip_prefix("file:"))
-        .unwrap_or(location);
-    format!("/{}", path.trim_start_matches('/'))
-}
-
-/// Every file under `root` (none if it does not exist).
-fn local_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut folders = vec![root.to_owned()];
-    while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => folders.push(entry.path()),
-                Ok(_) => files.push(entry.path()),
-                Err(_) => {}
-            }
-        }
-    }
-    files
 }
 
 pub async fn delete_file(file_io: &FileIO, path: &str, table: &str) -> Result<(), CurateError> {

@@ -38,7 +38,8 @@ use datafusion::prelude::SessionContext;
 
 use crate::catalog::iceberg::{CatalogLocation, IcebergCatalog, IcebergCatalogError, IcebergTable};
 use crate::catalog::{self, CatalogError, RawTable};
-use crate::config::{ConfigError, CurateSettings, Engine, TaskConfig, Workspace};
+use crate::config::{ConfigError, CurateSettings, EndpointConfig, Engine, TaskConfig, Workspace};
+use crate::lake::adapters::Buckets;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
 use crate::task::CheckpointError;
@@ -64,14 +65,6 @@ pub enum CurateError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(
-        "task '{task}' writes to target '{target}', an {engine} target; curating into S3 is not supported yet. Curate a local target (see README \"Curated zone\")"
-    )]
-    NotLocal {
-        task: String,
-        target: String,
-        engine: &'static str,
-    },
-    #[error(
         "table {table} has {format} files; curation reads Parquet. Set data_format = \"parquet\" in the task's target_settings and reload it"
     )]
     NotParquet { table: String, format: String },
@@ -95,7 +88,10 @@ pub enum CurateError {
         #[source]
         source: Box<::iceberg::Error>,
     },
-    #[error("table {table}: the merge query failed: {source}")]
+    #[error(
+        "table {table}: the merge query failed: {source}{}",
+        memory_hint(source)
+    )]
     Sql {
         table: String,
         #[source]
@@ -127,6 +123,18 @@ pub enum CurateError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do when a query ran out of its memory pool: the pool is `[curate]
+/// memory_limit_mb`, which DataFusion's own message does not name.
+fn memory_hint(e: &DataFusionError) -> &'static str {
+    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        ". Raise [curate] memory_limit_mb: sorts spill to disk, but merging what they spilled, \
+         and the changed keys, need memory as the table grows (a 5M-row table with 1M \
+         changes needs 512 MB)"
+    } else {
+        ""
+    }
 }
 
 impl CurateError {
@@ -206,13 +214,22 @@ pub fn catalog_location(settings: &CurateSettings, workspace_path: &Path) -> Cat
     CatalogLocation::parse(&settings.catalog, base)
 }
 
-/// Opens the workspace's Iceberg catalog (its tables' files are local, for now).
+/// Opens the workspace's Iceberg catalog. Its tables' files are in local targets or in the
+/// buckets of the workspace's S3 targets, read and written with each target's settings.
 pub async fn open_catalog(
     workspace: &Workspace,
     workspace_path: &Path,
 ) -> Result<IcebergCatalog, CurateError> {
     let location = catalog_location(&workspace.curate, workspace_path);
-    Ok(IcebergCatalog::open(&location, FileIO::new_with_fs()).await?)
+    let mut buckets = Vec::new();
+    for endpoint in workspace
+        .endpoints
+        .iter()
+        .filter(|e| e.engine == Engine::S3)
+    {
+        buckets.push(Storage::from_endpoint(endpoint).await?);
+    }
+    Ok(IcebergCatalog::open(&location, Buckets::new(buckets)).await?)
 }
 
 /// A curated (or model) table as the catalog and its current snapshot's summary tell it.
@@ -297,7 +314,7 @@ pub async fn curate(
     let catalog = open_catalog(workspace, workspace_path).await?;
     let _lock = catalog.lock().await?;
     let settings = &workspace.curate;
-    let ctx = session(settings).map_err(|source| CurateError::Sql {
+    let ctx = session(settings, catalog.buckets()).map_err(|source| CurateError::Sql {
         table: String::new(),
         source,
     })?;
@@ -308,23 +325,7 @@ pub async fn curate(
     };
     for task in tasks {
         let target = workspace.endpoint(&task.target, workspace_path)?;
-        let Some(root) = local_root(target) else {
-            let refusal = CurateError::NotLocal {
-                task: task.name.clone(),
-                target: target.name.clone(),
-                engine: target.engine.name(),
-            };
-            if options.task.is_some() {
-                return Err(refusal);
-            }
-            // Curating every task: the others go on; this one says why it did not.
-            report(TableOutcome::of(
-                format!("task {}", task.name),
-                Action::Skipped(refusal.to_string()),
-            ));
-            continue;
-        };
-        let storage = Storage::local(root.clone());
+        let storage = target_storage(target, catalog.buckets()).await?;
         let bucket_folder = &task.target_settings.bucket_folder;
         let raw_root = format!("{}/", bucket_folder.trim_matches('/'));
         let curated_root = format!("{}/", settings.folder.trim_matches('/'));
@@ -354,7 +355,7 @@ pub async fn curate(
             .unwrap_or_default();
         let (raw, _) = catalog::crawl(&storage, bucket_folder).await?;
         let zone = Zone {
-            root,
+            storage: storage.clone(),
             folder: settings.folder.clone(),
         };
         for table in task_tables(&state) {
@@ -384,13 +385,29 @@ pub async fn curate(
     Ok(outcomes)
 }
 
-/// A local target's folder, absolute: table locations recorded in the catalog must read
-/// the same from any working directory.
-pub fn local_root(target: &crate::config::EndpointConfig) -> Option<PathBuf> {
-    match (target.engine, &target.path) {
-        (Engine::Local, Some(path)) => std::path::absolute(path).ok(),
-        _ => None,
+/// A target's storage. A local target's folder is made absolute: table locations recorded
+/// in the catalog must read the same from any working directory. An S3 target's is the
+/// catalog's client for its bucket.
+pub async fn target_storage(
+    target: &EndpointConfig,
+    buckets: &Buckets,
+) -> Result<Storage, CurateError> {
+    if let Some(path) = target
+        .path
+        .as_ref()
+        .filter(|_| target.engine == Engine::Local)
+    {
+        let root = std::path::absolute(path).map_err(|source| CurateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(Storage::local(root));
     }
+    let storage = Storage::from_endpoint(target).await?;
+    Ok(storage
+        .bucket()
+        .and_then(|b| buckets.get(b))
+        .unwrap_or(storage))
 }
 
 /// The tables a task's state knows, as `schema.table`.
@@ -404,19 +421,16 @@ fn task_tables(state: &TaskState) -> Vec<String> {
     tables
 }
 
-/// Where the curated zone of a local target is.
+/// Where a target's curated zone is.
 struct Zone {
-    root: PathBuf,
+    storage: Storage,
     folder: String,
 }
 
 impl Zone {
     fn table_location(&self, source: &str, schema: &str, table: &str) -> String {
         let key = layout::table_prefix(&self.folder, source, schema, table);
-        self.root
-            .join(key.trim_end_matches('/'))
-            .to_string_lossy()
-            .into_owned()
+        self.storage.uri(key.trim_end_matches('/'))
     }
 }
 
@@ -489,7 +503,7 @@ impl TableJob<'_> {
     }
 
     fn location_of(&self, key: &str) -> String {
-        self.zone.root.join(key).to_string_lossy().into_owned()
+        self.storage.uri(key)
     }
 
     async fn raw_schema(&self, keys: &[&String]) -> Result<ArrowSchema, CurateError> {
@@ -538,8 +552,13 @@ pub async fn raw_schema(
 }
 
 /// A session for merges and queries, spilling beyond the configured memory.
-pub fn session(settings: &CurateSettings) -> Result<SessionContext, DataFusionError> {
-    merge::session(settings.memory_limit_mb as usize * 1024 * 1024)
+pub fn session(
+    settings: &CurateSettings,
+    buckets: &Buckets,
+) -> Result<SessionContext, DataFusionError> {
+    let ctx = merge::session(settings.memory_limit_mb as usize * 1024 * 1024)?;
+    buckets.register(&ctx)?;
+    Ok(ctx)
 }
 
 /// The curated table's current snapshot as a SQL table.
@@ -771,6 +790,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     // The table to write into: created, or with a new schema for a rebuild.
     let (table, new_schema) = prepare_table(
         job.catalog,
+        job.zone,
         existing,
         &ident,
         job.zone
@@ -854,6 +874,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
 /// differ. Files a crashed run left in it are removed.
 async fn prepare_table(
     catalog: &IcebergCatalog,
+    zone: &Zone,
     existing: Option<IcebergTable>,
     ident: &TableIdent,
     location: String,
@@ -886,7 +907,7 @@ async fn prepare_table(
             (table, changed.then_some(candidate))
         }
     };
-    iceberg::remove_orphans(&table, catalog.file_io()).await?;
+    iceberg::remove_orphans(&table, catalog.file_io(), &zone.storage).await?;
     Ok((table, new_schema))
 }
 

@@ -22,6 +22,7 @@ use super::merge::{ident, ident_list, literal};
 use super::{CurateError, Zone, prepare_table, write_snapshot};
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::{CheckConfig, CheckKind, CurateSettings, ModelConfig, OnFail, Workspace};
+use crate::lake::adapters::Buckets;
 
 /// One check's verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,8 +100,8 @@ pub async fn run_models(
                 .join(", "),
         });
     }
-    let zone = models_zone(workspace, workspace_path)?;
     let catalog = super::open_catalog(workspace, workspace_path).await?;
+    let zone = models_zone(workspace, workspace_path, catalog.buckets()).await?;
     let _lock = catalog.lock().await?;
     let ctx = crate::query::lake_session(workspace, workspace_path)
         .await
@@ -128,7 +129,11 @@ pub async fn run_models(
 }
 
 /// Models live in the curated zone of `[curate] target`, or of the first task's target.
-fn models_zone(workspace: &Workspace, path: &Path) -> Result<Zone, CurateError> {
+async fn models_zone(
+    workspace: &Workspace,
+    path: &Path,
+    buckets: &Buckets,
+) -> Result<Zone, CurateError> {
     let target = match &workspace.curate.target {
         Some(t) => t.clone(),
         None => workspace
@@ -138,17 +143,10 @@ fn models_zone(workspace: &Workspace, path: &Path) -> Result<Zone, CurateError> 
             .ok_or(CurateError::NoModelsTarget)?,
     };
     let endpoint = workspace.endpoint(&target, path)?;
-    match super::local_root(endpoint) {
-        Some(root) => Ok(Zone {
-            root,
-            folder: workspace.curate.folder.clone(),
-        }),
-        None => Err(CurateError::NotLocal {
-            task: "models".into(),
-            target,
-            engine: endpoint.engine.name(),
-        }),
-    }
+    Ok(Zone {
+        storage: super::target_storage(endpoint, buckets).await?,
+        folder: workspace.curate.folder.clone(),
+    })
 }
 
 async fn run_model(
@@ -372,17 +370,15 @@ impl Materialize<'_> {
         let ident = TableIdent::new(NamespaceIdent::new(model.schema.clone()), table.to_owned());
         let columns = super::nullable(rows.schema().as_arrow());
         let existing = self.catalog.load(&ident).await?;
-        let location = self
-            .zone
-            .root
-            .join(&self.zone.folder)
-            .join(&model.schema)
-            .join(table)
-            .to_string_lossy()
-            .into_owned();
+        let location = self.zone.storage.uri(&format!(
+            "{}/{}/{table}",
+            self.zone.folder.trim_matches('/'),
+            model.schema
+        ));
         let property = [("tributary.model".to_owned(), model_name.clone())];
         let (iceberg_table, new_schema) = prepare_table(
             self.catalog,
+            self.zone,
             existing,
             &ident,
             location,

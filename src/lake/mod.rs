@@ -1,6 +1,8 @@
 //! The lake: where files go ([`layout`]), how they are encoded ([`format`]), where they are
-//! stored ([`storage`]), and how they are read back for preview ([`inspect`]).
+//! stored ([`storage`]), how they are read back for preview ([`inspect`]), and how the
+//! curated layer's engines reach the same storage ([`adapters`]).
 
+pub mod adapters;
 pub mod format;
 pub mod inspect;
 pub mod layout;

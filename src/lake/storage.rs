@@ -230,6 +230,14 @@ impl Storage {
         }
     }
 
+    /// The bucket of an S3 storage.
+    pub fn bucket(&self) -> Option<&str> {
+        match self {
+            Storage::Local(_) => None,
+            Storage::S3(s) => Some(&s.bucket),
+        }
+    }
+
     /// The target's root, as a user would write it.
     pub fn describe(&self) -> String {
         match self {
@@ -242,6 +250,25 @@ impl Storage {
         match self {
             Storage::Local(l) => l.root.join(key).display().to_string(),
             Storage::S3(s) => format!("s3://{}/{key}", s.bucket),
+        }
+    }
+
+    /// The key of `uri` (as [`Self::uri`] makes them; local ones also as `file:` URIs), or
+    /// `None` when it is not in this storage.
+    pub fn key_of(&self, uri: &str) -> Option<String> {
+        match self {
+            Storage::Local(l) => {
+                let path = uri
+                    .strip_prefix("file://")
+                    .or_else(|| uri.strip_prefix("file:"))
+                    .unwrap_or(uri);
+                let path = Path::new("/").join(path.trim_start_matches('/'));
+                let key = path.strip_prefix(&l.root).ok()?;
+                Some(key.to_string_lossy().into_owned())
+            }
+            Storage::S3(s) => uri
+                .strip_prefix(&format!("s3://{}/", s.bucket))
+                .map(str::to_owned),
         }
     }
 

@@ -18,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::Workspace;
 use crate::curate::{self, CurateError};
-use crate::lake::Storage;
+use crate::lake::adapters::Buckets;
 
 /// The default catalog: model outputs and unqualified names.
 pub const DEFAULT_CATALOG: &str = "lake";
@@ -41,11 +41,11 @@ pub async fn lake_session(
     workspace: &Workspace,
     workspace_path: &Path,
 ) -> Result<SessionContext, QueryError> {
-    let ctx = curate::session(&workspace.curate)?;
     // A catalog with no table yet still opens; the curated tables appear once curated.
     let catalog = curate::open_catalog(workspace, workspace_path).await?;
+    let ctx = curate::session(&workspace.curate, catalog.buckets())?;
     register_curated(&ctx, &catalog).await?;
-    register_raw(&ctx, workspace).await?;
+    register_raw(&ctx, workspace, catalog.buckets()).await?;
     Ok(ctx)
 }
 
@@ -76,20 +76,21 @@ pub async fn register_curated(
     Ok(())
 }
 
-async fn register_raw(ctx: &SessionContext, workspace: &Workspace) -> Result<(), QueryError> {
+async fn register_raw(
+    ctx: &SessionContext,
+    workspace: &Workspace,
+    buckets: &Buckets,
+) -> Result<(), QueryError> {
     let mut seen = std::collections::BTreeSet::new();
     for task in &workspace.tasks {
         let Some(target) = workspace.endpoints.iter().find(|e| e.name == task.target) else {
-            continue;
-        };
-        let Some(root) = curate::local_root(target) else {
             continue;
         };
         let bucket_folder = &task.target_settings.bucket_folder;
         if !seen.insert((target.name.clone(), bucket_folder.clone())) {
             continue;
         }
-        let storage = Storage::local(root.clone());
+        let storage = curate::target_storage(target, buckets).await?;
         let (raw, _) = crate::catalog::crawl(&storage, bucket_folder)
             .await
             .map_err(CurateError::from)?;
@@ -112,10 +113,7 @@ async fn register_raw(ctx: &SessionContext, workspace: &Workspace) -> Result<(),
                     continue;
                 }
             };
-            let files: Vec<String> = keys
-                .iter()
-                .map(|k| root.join(k).to_string_lossy().into_owned())
-                .collect();
+            let files: Vec<String> = keys.iter().map(|k| storage.uri(k)).collect();
             let provider = curate::files_table(&files, Arc::new(schema))?;
             register(
                 ctx,

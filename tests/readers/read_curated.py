@@ -1,7 +1,8 @@
 """Reads curated Iceberg tables the way outside tools do, for the tests.
 
 Usage: read_curated.py CATALOG TABLE [TABLE ...]   (TABLE: source.schema.table; CATALOG: the
-SQLite file, or a postgres:// URL whose password is in PGPASSWORD)
+SQLite file, or a postgres:// URL whose password is in PGPASSWORD). With S3_ENDPOINT set
+(and AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), tables in S3 are read from that server.
 
 Prints one JSON object: {table: {"pyiceberg": rows, "duckdb": rows, "snapshots": n}}, rows
 sorted, each value as text (None for NULL; booleans true/false; timestamps as epoch seconds
@@ -45,10 +46,32 @@ def main():
         uri = "postgresql+psycopg2://" + catalog_db.split("://", 1)[1]
     else:
         uri = f"sqlite:///{catalog_db}"
-    catalog = SqlCatalog("tributary", uri=uri, warehouse="file:///tmp")
+    # Tables in S3 (moto): the endpoint and keys as each reader takes them.
+    endpoint = os.environ.get("S3_ENDPOINT")
+    s3 = {}
+    if endpoint:
+        s3 = {
+            "s3.endpoint": endpoint,
+            "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+            "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
+        }
+    catalog = SqlCatalog("tributary", uri=uri, warehouse="file:///tmp", **s3)
     extensions = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
     con = duckdb.connect(config={"extension_directory": extensions})
     con.execute("LOAD iceberg")
+    if endpoint:
+        con.execute("LOAD httpfs")
+        con.execute(
+            "CREATE SECRET (TYPE s3, KEY_ID ?, SECRET ?, REGION ?, ENDPOINT ?,"
+            " URL_STYLE 'path', USE_SSL false)",
+            [
+                s3["s3.access-key-id"],
+                s3["s3.secret-access-key"],
+                s3["s3.region"],
+                endpoint.split("://", 1)[-1],
+            ],
+        )
     out = {}
     for name in tables:
         table = catalog.load_table(tuple(name.split(".")))
