@@ -505,7 +505,18 @@ async fn run_postgres(
     let lost = status.as_ref().is_some_and(|s| s.lost);
     let start_over = status.is_some() && (options.reload || unanchored);
     if start_over {
-        pg.drop_slot(&slot).await?;
+        if let Err(e) = pg.drop_slot(&slot).await {
+            // Another run took the slot since its status was read: between the first
+            // run's snapshot (the slot is active while it is held) and its streaming, the
+            // slot is idle for a moment.
+            if pg.slot_status(&slot).await?.is_some_and(|s| s.active) {
+                return Err(TaskError::SlotBusy {
+                    task: task.name.clone(),
+                    slot,
+                });
+            }
+            return Err(e.into());
+        }
         events.log(
             LogLevel::Info,
             format!("dropped replication slot {slot} to start over"),
