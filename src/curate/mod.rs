@@ -387,7 +387,7 @@ pub async fn curate(
 
 /// A target's storage. A local target's folder is made absolute: table locations recorded
 /// in the catalog must read the same from any working directory. An S3 target's is the
-/// catalog's client for its bucket.
+/// catalog's client for its bucket (buckets are told apart by name only).
 pub async fn target_storage(
     target: &EndpointConfig,
     buckets: &Buckets,
@@ -403,11 +403,10 @@ pub async fn target_storage(
         })?;
         return Ok(Storage::local(root));
     }
-    let storage = Storage::from_endpoint(target).await?;
-    Ok(storage
-        .bucket()
-        .and_then(|b| buckets.get(b))
-        .unwrap_or(storage))
+    if let Some(storage) = target.bucket.as_deref().and_then(|b| buckets.get(b)) {
+        return Ok(storage);
+    }
+    Ok(Storage::from_endpoint(target).await?)
 }
 
 /// The tables a task's state knows, as `schema.table`.
