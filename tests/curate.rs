@@ -234,6 +234,21 @@ fn cdc_workspace(dir: &TestDir, source: String, target: String, task: &str, extr
     ))
 }
 
+/// Drops the replication slots of database `db`, so that no test leaves one holding WAL (a
+/// stopped run's walsender may take a moment to go).
+async fn drop_slots(conn: &mut PgConnection, db: &str) {
+    let sql = format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'"
+    );
+    for attempt in 0.. {
+        match conn.execute(sqlx::AssertSqlSafe(sql.clone())).await {
+            Ok(_) => return,
+            Err(_) if attempt < 20 => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => panic!("dropping the slots of {db}: {e}"),
+        }
+    }
+}
+
 fn catch_up(ws: &str) {
     for task in ["shop-cdc", "payments-cdc"] {
         assert_success(&run_until_caught_up(ws, task));
@@ -456,6 +471,7 @@ async fn curated_tables_equal_the_sources_after_load_and_cdc() {
     }
     let csv = std::fs::read_to_string(dir.path().join("orders.csv")).unwrap();
     assert_eq!(csv.lines().count(), 101, "a header and 100 rows");
+    drop_slots(&mut pg_conn, pg_db).await;
 }
 
 /// A curate killed with SIGKILL in the middle of writing a table's data files, then run
@@ -540,6 +556,7 @@ async fn a_curate_killed_midway_then_rerun_gives_the_same_table() {
         );
     }
     assert_eq!(read["shop.public.big"].3, 2);
+    drop_slots(&mut conn, db).await;
     conn.close().await.unwrap();
 }
 
@@ -837,6 +854,7 @@ async fn an_s3_target_is_curated_in_its_bucket() {
         !models.contents().is_empty(),
         "the model's files are in the bucket"
     );
+    drop_slots(&mut conn, "trib_curate_s3").await;
 }
 
 /// The continuous mode: `curate --every 1` beside a running CDC task follows the changes
@@ -918,17 +936,5 @@ async fn curate_every_follows_a_running_cdc_task() {
         "more than one round: {text}"
     );
     assert_success(&cdc.wait_with_output().unwrap());
-    // No slot left behind (its walsender may take a moment to go).
-    let drop_slot = format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'"
-    );
-    for attempt in 0.. {
-        match conn.execute(sqlx::AssertSqlSafe(drop_slot.clone())).await {
-            Ok(_) => break,
-            Err(_) if attempt < 20 => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("dropping the slot: {e}"),
-        }
-    }
+    drop_slots(&mut conn, db).await;
 }
