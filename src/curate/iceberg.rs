@@ -445,19 +445,28 @@ pub async fn remove_orphans(
     let Some(location) = storage.key_of(table.metadata.location().trim_end_matches('/')) else {
         return Ok(());
     };
-    let mut referenced: HashSet<String> = live_files(table, file_io)
-        .await?
-        .iter()
-        .filter_map(|p| storage.key_of(p))
-        .collect();
-    referenced.extend(storage.key_of(&table.metadata_location));
-    referenced.extend(
+    let live = live_files(table, file_io).await?;
+    let mut referenced_paths: Vec<&str> = live.iter().map(String::as_str).collect();
+    referenced_paths.push(&table.metadata_location);
+    referenced_paths.extend(
         table
             .metadata
             .metadata_log()
             .iter()
-            .filter_map(|m| storage.key_of(&m.metadata_file)),
+            .map(|m| m.metadata_file.as_str()),
     );
+    let referenced: Option<HashSet<String>> =
+        referenced_paths.iter().map(|p| storage.key_of(p)).collect();
+    // A referenced file outside the storage (or written another way) cannot be told from an
+    // orphan: remove nothing rather than risk it.
+    let Some(referenced) = referenced else {
+        tracing::warn!(
+            "{}: a referenced file is not in {}; its folder is not cleaned",
+            table.name(),
+            storage.describe()
+        );
+        return Ok(());
+    };
     for folder in ["data", "metadata"] {
         for object in storage.list_all(&format!("{location}/{folder}/")).await? {
             if !referenced.contains(&object.key) {

@@ -27,6 +27,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub const OP: &str = "Op";
 pub const POSITION: &str = "_position";
 
+/// How many of the largest memory consumers an out-of-memory error names.
+const TOP_CONSUMERS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(5).unwrap();
+
 /// A session whose queries spill beyond `memory_limit` bytes. The pool is fair: each
 /// spilling operator (the merge's sorts, one per partition) gets an equal share of what
 /// the hash tables leave, so one cannot starve another (with a greedy pool, the merge of
@@ -37,7 +40,7 @@ pub fn session(memory_limit: usize) -> Result<SessionContext, DataFusionError> {
         // Tracked: an error names the operators that hold the most memory.
         .with_memory_pool(Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(memory_limit),
-            std::num::NonZeroUsize::new(5).unwrap_or(std::num::NonZeroUsize::MIN),
+            TOP_CONSUMERS,
         )))
         .build_arc()?;
     let config = SessionConfig::new()
@@ -46,8 +49,8 @@ pub fn session(memory_limit: usize) -> Result<SessionContext, DataFusionError> {
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
-/// A table over exactly `files` (absolute paths of Parquet files) read as `schema`: columns a
-/// file lacks read as NULL.
+/// A table over exactly `files` (absolute paths or `s3://` URIs of Parquet files) read as
+/// `schema`: columns a file lacks read as NULL.
 pub fn files_table(
     files: &[String],
     schema: SchemaRef,
@@ -57,7 +60,7 @@ pub fn files_table(
     }
     let urls = files
         .iter()
-        .map(ListingTableUrl::parse)
+        .map(|f| ListingTableUrl::try_new(file_url(f)?, None))
         .collect::<Result<Vec<_>, _>>()?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
@@ -65,6 +68,25 @@ pub fn files_table(
         .with_listing_options(options)
         .with_schema(schema);
     Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// The URL of a file location (`s3://bucket/key` or a local path), each segment encoded:
+/// DataFusion decodes URL paths into object keys, and the lake's keys may hold `%` (a table
+/// named `a/b` is the folder `a%2Fb`), `#`, `?` or glob characters, all meant literally.
+fn file_url(location: &str) -> Result<url::Url, DataFusionError> {
+    let invalid = || DataFusionError::Plan(format!("'{location}' is not a file location"));
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or_else(invalid)?;
+        let mut url = url::Url::parse(&format!("s3://{bucket}")).map_err(|_| invalid())?;
+        url.path_segments_mut()
+            .map_err(|_| invalid())?
+            .extend(key.split('/'));
+        Ok(url)
+    } else if location.starts_with("file:") {
+        url::Url::parse(location).map_err(|_| invalid())
+    } else {
+        url::Url::from_file_path(location).map_err(|_| invalid())
+    }
 }
 
 /// A SQL identifier, quoted (names keep their case and may hold any character).
@@ -101,18 +123,17 @@ pub struct Merge<'a> {
 impl Merge<'_> {
     fn changes_filter(&self) -> String {
         let position = ident(POSITION);
-        let bounds: Vec<String> = [
+        // Every change has a position; one without (a foreign file) must not count as the
+        // newest of its key, which would remove the key's row and put nothing in its place.
+        let conditions: Vec<String> = [
+            Some(format!("{position} IS NOT NULL")),
             self.after.map(|a| format!("{position} > {}", literal(a))),
             self.before.map(|b| format!("{position} < {}", literal(b))),
         ]
         .into_iter()
         .flatten()
         .collect();
-        if bounds.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", bounds.join(" AND "))
-        }
+        format!("WHERE {}", conditions.join(" AND "))
     }
 
     /// The highest position among the changes that apply.

@@ -23,6 +23,7 @@ use super::{CurateError, Zone, prepare_table, write_snapshot};
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::{CheckConfig, CheckKind, CurateSettings, ModelConfig, OnFail, Workspace};
 use crate::lake::adapters::Buckets;
+use crate::lake::layout;
 
 /// One check's verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -370,11 +371,8 @@ impl Materialize<'_> {
         let ident = TableIdent::new(NamespaceIdent::new(model.schema.clone()), table.to_owned());
         let columns = super::nullable(rows.schema().as_arrow());
         let existing = self.catalog.load(&ident).await?;
-        let location = self.zone.storage.uri(&format!(
-            "{}/{}/{table}",
-            self.zone.folder.trim_matches('/'),
-            model.schema
-        ));
+        let key = layout::table_prefix(&self.zone.folder, &model.schema, "", table);
+        let location = self.zone.storage.uri(key.trim_end_matches('/'));
         let property = [("tributary.model".to_owned(), model_name.clone())];
         let (iceberg_table, new_schema) = prepare_table(
             self.catalog,

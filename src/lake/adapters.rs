@@ -35,7 +35,7 @@ use iceberg::io::{
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::storage::{Storage, StorageError, unique_suffix};
+use super::storage::{PUT_PREFIX, Storage, StorageError, unique_suffix};
 
 /// S3 buckets by name, each with the storage (client and settings) of the target that names it.
 #[derive(Clone, Default)]
@@ -199,10 +199,11 @@ impl IcebergStorage for LakeStorage {
         match self.buckets.resolve(path)? {
             None => LocalFsStorage::new().writer(path).await,
             Some((storage, key)) => {
+                // Named like put_bytes' spool files, so a killed run's are cleaned up.
                 let spool = storage
                     .spool_dir()
                     .map_err(iceberg_error)?
-                    .join(format!("iceberg-{}.tmp", unique_suffix()));
+                    .join(format!("{PUT_PREFIX}{}.tmp", unique_suffix()));
                 let file = tokio::fs::File::create(&spool)
                     .await
                     .map_err(|e| io_error(&spool, e))?;
@@ -295,7 +296,11 @@ impl FileWrite for SpooledWrite {
         let Some(mut file) = self.file.take() else {
             return Ok(());
         };
-        file.flush().await.map_err(|e| io_error(&self.spool, e))?;
+        if let Err(e) = file.flush().await {
+            drop(file);
+            let _ = std::fs::remove_file(&self.spool);
+            return Err(io_error(&self.spool, e));
+        }
         drop(file);
         // put_file removes the spool file, whether the put succeeded or not.
         self.storage
@@ -352,9 +357,15 @@ fn not_implemented(operation: &str) -> object_store::Error {
     }
 }
 
+/// A lake key as an object path, literally (`ObjectPath::from` would percent-encode some
+/// characters, and the path would no longer name the object).
+fn object_path(key: &str) -> ObjectPath {
+    ObjectPath::parse(key).unwrap_or_else(|_| ObjectPath::from(key))
+}
+
 fn object_meta(meta: super::ObjectMeta) -> object_store::ObjectMeta {
     object_store::ObjectMeta {
-        location: ObjectPath::from(meta.key),
+        location: object_path(&meta.key),
         last_modified: meta.last_modified.unwrap_or_else(Utc::now),
         size: meta.size,
         e_tag: None,
@@ -428,14 +439,29 @@ impl ObjectStore for LakeObjectStore {
                 .await
                 .map_err(store_error)?
         };
-        // S3 returns fewer bytes than asked when the range passes the end.
+        // S3 returns fewer bytes than asked when the range passes the end, never more (a
+        // server that ignored the range would hand the Parquet reader the wrong bytes).
+        if bytes.len() as u64 > range.end.saturating_sub(range.start) {
+            return Err(object_store::Error::Generic {
+                store: STORE,
+                source: format!(
+                    "{}: asked for bytes {range:?}, the server sent {}",
+                    self.storage.uri(key),
+                    bytes.len()
+                )
+                .into(),
+            });
+        }
         let range = range.start..range.start + bytes.len() as u64;
         let range = if options.head { 0..meta.size } else { range };
         Ok(GetResult {
             payload: GetResultPayload::Stream(
                 stream::once(async move { Ok::<_, object_store::Error>(bytes) }).boxed(),
             ),
-            meta: object_meta(meta),
+            meta: object_store::ObjectMeta {
+                location: location.clone(),
+                ..object_meta(meta)
+            },
             range,
             attributes: Default::default(),
         })
@@ -500,7 +526,7 @@ impl ObjectStore for LakeObjectStore {
             result.common_prefixes.extend(
                 page.prefixes
                     .iter()
-                    .map(|p| ObjectPath::from(p.trim_end_matches('/'))),
+                    .map(|p| object_path(p.trim_end_matches('/'))),
             );
             match page.next {
                 Some(next) => token = Some(next),

@@ -30,7 +30,7 @@ const PART_SIZE: usize = 16 * 1024 * 1024;
 const LOCAL_TMP_DIR: &str = ".tributary-tmp";
 /// Spool names of [`Storage::put_bytes`]; followed by [`unique_suffix`], which starts with the
 /// writer's process id, so that [`Storage::clean_spool`] can tell a killed writer's file.
-const PUT_PREFIX: &str = "put-";
+pub(crate) const PUT_PREFIX: &str = "put-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

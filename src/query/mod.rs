@@ -90,10 +90,16 @@ async fn register_raw(
         if !seen.insert((target.name.clone(), bucket_folder.clone())) {
             continue;
         }
+        // A target that cannot be read (a bucket offline, access denied) leaves its raw
+        // tables out, not the lake: the curated tables and the other targets stay queryable.
         let storage = curate::target_storage(target, buckets).await?;
-        let (raw, _) = crate::catalog::crawl(&storage, bucket_folder)
-            .await
-            .map_err(CurateError::from)?;
+        let raw = match crate::catalog::crawl(&storage, bucket_folder).await {
+            Ok((raw, _)) => raw,
+            Err(e) => {
+                tracing::warn!("the raw zone of task {} is not queryable: {e}", task.name);
+                continue;
+            }
+        };
         for table in raw.tables.values() {
             if table.formats.iter().any(|f| f != "parquet") {
                 continue;

@@ -509,7 +509,13 @@ async fn run_postgres(
             // Another run took the slot since its status was read: between the first
             // run's snapshot (the slot is active while it is held) and its streaming, the
             // slot is idle for a moment.
-            if pg.slot_status(&slot).await?.is_some_and(|s| s.active) {
+            if pg
+                .slot_status(&slot)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.active)
+            {
                 return Err(TaskError::SlotBusy {
                     task: task.name.clone(),
                     slot,
