@@ -755,9 +755,13 @@ async fn a_postgresql_catalog_serves_the_curated_tables() {
 async fn an_s3_target_is_curated_in_its_bucket() {
     let pg = Pg::from_env();
     let mut conn = pg.fresh_database("trib_curate_s3").await;
+    // A table whose name holds `/`, `%` and `#`: its keys hold `%2F` and `%25`, which must
+    // reach S3 literally, never decoded as a URL's.
     conn.execute(
         "CREATE TABLE items (id int8 PRIMARY KEY, label text, price numeric(10,2));
-         INSERT INTO items SELECT g, 'item ' || g, g * 0.5 FROM generate_series(1, 3000) g;",
+         INSERT INTO items SELECT g, 'item ' || g, g * 0.5 FROM generate_series(1, 3000) g;
+         CREATE TABLE \"odd/%#name\" (id int8 PRIMARY KEY, v text);
+         INSERT INTO \"odd/%#name\" SELECT g, 'v' || g FROM generate_series(1, 50) g;",
     )
     .await
     .unwrap();
@@ -814,13 +818,30 @@ async fn an_s3_target_is_curated_in_its_bucket() {
         "{keys:?}"
     );
 
-    // More changes: merged into the S3 table, the replaced files removed.
-    conn.execute("DELETE FROM items WHERE id <= 10; UPDATE items SET price = 0 WHERE id = 11;")
-        .await
-        .unwrap();
+    // More changes, merged into the S3 tables. A file the table does not reference (what
+    // a killed run leaves) is removed from its folder; a neighbour's file is not.
+    conn.execute(
+        "DELETE FROM items WHERE id <= 10; UPDATE items SET price = 0 WHERE id = 11;
+         DELETE FROM \"odd/%#name\" WHERE id <= 5;",
+    )
+    .await
+    .unwrap();
     assert_success(&run_until_caught_up(&ws, "items-cdc"));
+    let orphan = "curated/shop/public/items/data/orphan.parquet";
+    let neighbour = "curated/shop/public/items_copy/data/keep.parquet";
+    for key in [orphan, neighbour] {
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(b"not parquet".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
     let out = assert_success(&tributary(&["curate", &ws]));
     assert!(out.contains("shop.public.items: merged"), "{out}");
+    assert!(out.contains("shop.public.odd/%#name: merged"), "{out}");
     let read = read_catalog_with(&catalog, &["shop.public.items"], Some(&endpoint));
     assert_readers_see(
         &read,
@@ -828,6 +849,27 @@ async fn an_s3_target_is_curated_in_its_bucket() {
         &["id", "label", "price"],
         pg_rows(&mut conn, items).await,
     );
+    assert_eq!(read["shop.public.items"].3, 2, "keep_snapshots = 2");
+    let exists = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    assert!(!exists(orphan).await, "the orphan is removed");
+    assert!(exists(neighbour).await, "another folder's file stays");
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS n, min(id) AS first FROM shop.public.\"odd/%#name\"",
+    ]));
+    assert!(out.contains("| 45 | 6 "), "{out}");
 
     // Queries over the curated table and the raw zone, both in S3; a model written there.
     let out = assert_success(&tributary(&[
@@ -855,6 +897,22 @@ async fn an_s3_target_is_curated_in_its_bucket() {
         "the model's files are in the bucket"
     );
     drop_slots(&mut conn, "trib_curate_s3").await;
+}
+
+/// Kills the processes if the test fails before it stops them: a CDC run left behind
+/// would hold its slot.
+struct KillIfPanicking(Vec<u32>);
+
+impl Drop for KillIfPanicking {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
 }
 
 /// The continuous mode: `curate --every 1` beside a running CDC task follows the changes
@@ -887,6 +945,7 @@ async fn curate_every_follows_a_running_cdc_task() {
     };
     let cdc = piped(&["run", &ws, "--task", "items-cdc"]);
     let curate = piped(&["curate", &ws, "--every", "1"]);
+    let _guard = KillIfPanicking(vec![cdc.id(), curate.id()]);
     // The curated table's row count and label total, once a query can read it.
     let curated = || {
         let output = tributary(&[

@@ -298,15 +298,20 @@ pub async fn crawl(
         if parts.len() < 4 || parts.iter().any(|p| layout::is_hidden_name(p)) {
             continue;
         }
-        let (source, schema, table) = (parts[0], parts[1], parts[2]);
+        let (source, schema_key, table_key) = (parts[0], parts[1], parts[2]);
+        // Names as the source has them (the keys escape `/` and `%`).
+        let (schema, table) = (
+            layout::segment_name(schema_key),
+            layout::segment_name(table_key),
+        );
         let name = format!("{source}.{schema}.{table}");
         let partition = parts[3..parts.len() - 1].join("/");
         let (_, objects) = found.entry(name).or_insert_with(|| {
             let table = RawTable {
                 source: source.to_owned(),
-                schema: schema.to_owned(),
-                table: table.to_owned(),
-                location: format!("{root}{source}/{schema}/{table}/"),
+                schema,
+                table,
+                location: format!("{root}{source}/{schema_key}/{table_key}/"),
                 formats: BTreeSet::new(),
                 versions: Vec::new(),
                 file_schemas: Vec::new(),

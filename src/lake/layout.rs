@@ -26,6 +26,29 @@ fn segment(name: &str) -> String {
     name.replace('%', "%25").replace('/', "%2F")
 }
 
+/// The name a key segment stands for: the inverse of [`segment`] (other `%` sequences,
+/// written by hand, stay as they are).
+pub fn segment_name(segment: &str) -> String {
+    let mut name = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(i) = rest.find('%') {
+        name.push_str(&rest[..i]);
+        let escape = &rest[i..];
+        if let Some(after) = escape.strip_prefix("%25") {
+            name.push('%');
+            rest = after;
+        } else if let Some(after) = escape.strip_prefix("%2F") {
+            name.push('/');
+            rest = after;
+        } else {
+            name.push('%');
+            rest = &escape[1..];
+        }
+    }
+    name.push_str(rest);
+    name
+}
+
 /// Whether a file name is hidden from readers: Spark, Glue and pyarrow skip names starting
 /// with `.` or `_` (and an empty name is an S3 folder marker).
 pub fn is_hidden_name(name: &str) -> bool {
@@ -133,6 +156,10 @@ mod tests {
             "shop/public/orders/"
         );
         assert_eq!(table_prefix("raw", "shop", "a/b", "c"), "raw/shop/a%2Fb/c/");
+        for name in ["a/b", "odd/%#name", "100%", "%2F", "plain"] {
+            assert_eq!(segment_name(&segment(name)), name);
+        }
+        assert_eq!(segment_name("50%off"), "50%off");
         assert_eq!(task_state_prefix("raw", "t1"), "raw/_tributary/t1/");
         assert_eq!(load_file_name(1, "parquet"), "LOAD00000001.parquet");
         assert_eq!(load_file_name(10, "csv.gz"), "LOAD0000000A.csv.gz");

@@ -420,10 +420,11 @@ impl BatchWriter {
                 options,
                 &t.schema,
                 spool_dir,
+                // A spool file name, not a path: a table named `a/b` must not make a folder.
                 format!(
                     "{}-cdc-{}-{}",
                     self.task.name,
-                    key,
+                    key.replace('/', "_"),
                     crate::lake::storage::unique_suffix()
                 ),
             )
