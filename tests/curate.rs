@@ -234,6 +234,30 @@ fn cdc_workspace(dir: &TestDir, source: String, target: String, task: &str, extr
     ))
 }
 
+/// A fresh PostgreSQL database `db` made by `schema`, and a workspace (in the returned
+/// folder) with one CDC task `task` from it into a local lake.
+async fn local_cdc_setup(
+    pg: &Pg,
+    db: &str,
+    schema: &str,
+    task: &str,
+    extra: &str,
+) -> (PgConnection, TestDir, String) {
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(sqlx::AssertSqlSafe(schema.to_owned()))
+        .await
+        .unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_workspace(
+        &dir,
+        pg.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake()),
+        task,
+        extra,
+    );
+    (conn, dir, ws)
+}
+
 /// Drops the replication slots of database `db`, so that no test leaves one holding WAL (a
 /// stopped run's walsender may take a moment to go).
 async fn drop_slots(conn: &mut PgConnection, db: &str) {
@@ -480,21 +504,15 @@ async fn curated_tables_equal_the_sources_after_load_and_cdc() {
 async fn a_curate_killed_midway_then_rerun_gives_the_same_table() {
     let pg = Pg::from_env();
     let db = "trib_curate_kill";
-    let mut conn = pg.fresh_database(db).await;
-    conn.execute(
+    let (mut conn, dir, ws) = local_cdc_setup(
+        &pg,
+        db,
         "CREATE TABLE big (id int8 PRIMARY KEY, v text, n int8);
          INSERT INTO big SELECT g, md5(g::text), g FROM generate_series(1, 600000) g;",
-    )
-    .await
-    .unwrap();
-    let dir = TestDir::new();
-    let ws = cdc_workspace(
-        &dir,
-        pg.endpoint_toml("shop", db),
-        local_target_toml("lake", &dir.lake()),
         "big-cdc",
         "[curate]\ntarget_file_size_mb = 4\n",
-    );
+    )
+    .await;
     assert_success(&run_until_caught_up(&ws, "big-cdc"));
     assert_success(&tributary(&["curate", &ws]));
     conn.execute("UPDATE big SET n = -n WHERE id % 3 = 0; DELETE FROM big WHERE id % 10 = 0;")
@@ -921,21 +939,15 @@ impl Drop for KillIfPanicking {
 async fn curate_every_follows_a_running_cdc_task() {
     let pg = Pg::from_env();
     let db = "trib_curate_every";
-    let mut conn = pg.fresh_database(db).await;
-    conn.execute(
+    let (mut conn, _dir, ws) = local_cdc_setup(
+        &pg,
+        db,
         "CREATE TABLE items (id int8 PRIMARY KEY, label text);
          INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
-    )
-    .await
-    .unwrap();
-    let dir = TestDir::new();
-    let ws = cdc_workspace(
-        &dir,
-        pg.endpoint_toml("shop", db),
-        local_target_toml("lake", &dir.lake()),
         "items-cdc",
         "",
-    );
+    )
+    .await;
     let piped = |args: &[&str]| {
         tributary_command(args)
             .stdout(std::process::Stdio::piped())

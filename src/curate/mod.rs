@@ -355,7 +355,7 @@ pub async fn curate(
             .unwrap_or_default();
         let (raw, _) = catalog::crawl(&storage, bucket_folder).await?;
         let zone = Zone {
-            storage: storage.clone(),
+            storage,
             folder: settings.folder.clone(),
         };
         for table in task_tables(&state) {
@@ -367,7 +367,6 @@ pub async fn curate(
                 raw: raw.tables.get(&format!("{}.{table}", task.source)),
                 changes_end: changes_end.clone(),
                 pending: &pending,
-                storage: &storage,
                 zone: &zone,
                 catalog: &catalog,
                 ctx: &ctx,
@@ -443,7 +442,6 @@ struct TableJob<'a> {
     changes_end: Option<String>,
     /// The CDC files of the batch the task is writing.
     pending: &'a HashSet<String>,
-    storage: &'a Storage,
     zone: &'a Zone,
     catalog: &'a IcebergCatalog,
     ctx: &'a SessionContext,
@@ -502,11 +500,11 @@ impl TableJob<'_> {
     }
 
     fn location_of(&self, key: &str) -> String {
-        self.storage.uri(key)
+        self.zone.storage.uri(key)
     }
 
     async fn raw_schema(&self, keys: &[&String]) -> Result<ArrowSchema, CurateError> {
-        raw_schema(self.storage, &self.name(), keys).await
+        raw_schema(&self.zone.storage, &self.name(), keys).await
     }
 }
 
@@ -595,7 +593,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     {
         return Err(CurateError::Unreadable {
             table: name,
-            file: job.storage.uri(file),
+            file: job.zone.storage.uri(file),
             reason: reason.clone(),
         });
     }

@@ -154,7 +154,8 @@ pub struct RollingWriter {
 }
 
 impl RollingWriter {
-    /// `file_prefix` makes spool names unique per writer.
+    /// `file_prefix` makes spool names unique per writer. It is a file name, not a path: a
+    /// `/` in it (a table named `a/b`) becomes `_`.
     pub fn new(
         options: WriterOptions,
         table_schema: &Schema,
@@ -165,7 +166,7 @@ impl RollingWriter {
             schema: options.output_schema(table_schema),
             options,
             spool_dir,
-            file_prefix,
+            file_prefix: file_prefix.replace('/', "_"),
             sequence: 0,
             open: None,
         }

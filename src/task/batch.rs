@@ -420,11 +420,10 @@ impl BatchWriter {
                 options,
                 &t.schema,
                 spool_dir,
-                // A spool file name, not a path: a table named `a/b` must not make a folder.
                 format!(
                     "{}-cdc-{}-{}",
                     self.task.name,
-                    key.replace('/', "_"),
+                    key,
                     crate::lake::storage::unique_suffix()
                 ),
             )

@@ -533,7 +533,7 @@ impl<S: Source> RangeJob<S> {
             format!(
                 "{}-{}-{}-r{}",
                 self.task,
-                self.table.key.replace('/', "_"),
+                self.table.key,
                 crate::lake::storage::unique_suffix(),
                 self.range.index
             ),
