@@ -393,12 +393,8 @@ async fn table_files(
 ) -> Result<Vec<crate::lake::ObjectMeta>, String> {
     let mut files = Vec::new();
     for t in tables {
-        let prefix = layout::table_prefix(
-            &task.target_settings.bucket_folder,
-            &task.source,
-            &t.schema,
-            &t.name,
-        );
+        let prefix =
+            layout::table_prefix(&task.target_settings.bucket_folder, &task.source, &t.id());
         files.extend(storage.list_all(&prefix).await.map_err(|e| e.to_string())?);
     }
     Ok(files)
@@ -919,7 +915,9 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
 
     for (name, key) in &state.primary_keys {
-        let Some(table) = raw.tables.get(&format!("{}.{name}", task.source)) else {
+        let location =
+            layout::table_prefix(&task.target_settings.bucket_folder, &task.source, name);
+        let Some(table) = raw.tables.get(&location) else {
             continue;
         };
         let [key] = key.as_slice() else {
@@ -981,8 +979,7 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
         let catalog = crate::curate::open_catalog(&workspace, workspace_path)
             .await
             .map_err(|e| e.to_string())?;
-        let (schema, table_name) = name.split_once('.').unwrap_or(("", name));
-        let ident = iceberg::TableIdent::from_strs([task.source.as_str(), schema, table_name])
+        let ident = iceberg::TableIdent::from_strs([&task.source, &name.schema, &name.table])
             .map_err(|e| e.to_string())?;
         let Some(curated) = catalog.load(&ident).await.map_err(|e| e.to_string())? else {
             return Err(format!("{name} was not curated"));
@@ -1004,7 +1001,9 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
             ),
         ];
         for query in queries {
-            let ours_sql = query.replace("{}", &format!("{}.{schema}.{table_name}", task.source));
+            let qualified =
+                [&task.source, &name.schema, &name.table].map(|p| crate::curate::sql_ident(p));
+            let ours_sql = query.replace("{}", &qualified.join("."));
             let duck_sql = query.replace("{}", "t");
             println!("query: {ours_sql}");
             side_by_side(

@@ -52,8 +52,9 @@ enum Command {
         /// Load this table (schema.table) again, replacing its files; the other tables stay.
         /// In a full load + CDC task, the table is read from a new snapshot and the stream
         /// goes on, passing by its changes that snapshot holds. Repeat for several.
-        #[arg(long, value_name = "SCHEMA.TABLE")]
-        reload_table: Vec<String>,
+        /// A part holding '.' goes in double quotes: --reload-table '"my.schema".orders'.
+        #[arg(long, value_name = "SCHEMA.TABLE", value_parser = crate::ident::TableId::parse)]
+        reload_table: Vec<crate::ident::TableId>,
         /// CDC: stop once every change committed before the start is written (for scripts).
         #[arg(long)]
         until_caught_up: bool,

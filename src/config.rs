@@ -608,6 +608,15 @@ impl Workspace {
         let mut seen = std::collections::HashSet::new();
         for e in &self.endpoints {
             check_name("endpoint", &e.name).map_err(|m| invalid(&e.name, m))?;
+            if e.name.starts_with('_') {
+                return Err(invalid(
+                    &e.name,
+                    format!(
+                        "endpoint name '{}' starts with '_': a source's folder of that name is skipped by Glue, Athena and Spark (and `_tributary` holds the tasks' state). Choose a name that starts with a letter or digit",
+                        e.name
+                    ),
+                ));
+            }
             if !seen.insert(e.name.as_str()) {
                 return Err(invalid(
                     &e.name,
@@ -920,18 +929,13 @@ fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), Refusal> {
         _ => {}
     }
     for rule in t.include.iter().chain(&t.exclude) {
-        if rule.split('.').count() != 2 || rule.split('.').any(str::is_empty) {
+        if let Err(message) = crate::ident::parse_rule(rule) {
             let key = if t.include.contains(rule) {
                 "include"
             } else {
                 "exclude"
             };
-            return Err((
-                key,
-                format!(
-                    "selection rule '{rule}' must be schema.table, with % as wildcard (e.g. \"public.%\")"
-                ),
-            ));
+            return Err((key, message));
         }
     }
     let s = &t.target_settings;

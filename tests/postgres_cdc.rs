@@ -732,7 +732,7 @@ async fn the_catalog_crawls_tables_partitions_and_schema_versions_incrementally(
     assert!(first.contains("partition (table folder)"), "{first}");
     assert!(first.contains("partition year="), "{first}");
     let catalog = catalog_json(&dir);
-    let accounts = &catalog["tables"]["shop.public.accounts"];
+    let accounts = &catalog["tables"]["raw/shop/public/accounts/"];
     let rows: u64 = accounts["files"]
         .as_object()
         .unwrap()
@@ -776,7 +776,7 @@ async fn the_catalog_crawls_tables_partitions_and_schema_versions_incrementally(
         changed.contains("1 file(s) added") && changed.contains("1 footer(s) read"),
         "{changed}"
     );
-    let versions = catalog_json(&dir)["tables"]["shop.public.accounts"]["versions"].clone();
+    let versions = catalog_json(&dir)["tables"]["raw/shop/public/accounts/"]["versions"].clone();
     assert_eq!(versions.as_array().unwrap().len(), 2);
     assert!(versions[1]["columns"].to_string().contains("\"note\""));
 

@@ -113,8 +113,35 @@ impl IcebergTable {
     }
 }
 
+/// `namespace.name` for people, a level or name holding a `.` in double quotes.
 pub fn display_ident(ident: &TableIdent) -> String {
-    format!("{}.{}", ident.namespace().join("."), ident.name())
+    let mut parts: Vec<&str> = ident.namespace().iter().map(String::as_str).collect();
+    parts.push(ident.name());
+    crate::ident::display_name(&parts)
+}
+
+/// A namespace as the SQL catalog stores it: its levels joined by `.`, as pyiceberg, Spark
+/// and Trino join them. A level's own `.` (a schema named `a.b`) would read back as two
+/// levels, so in a level `%` is `%25` and `.` is `%2E`; ordinary names are unchanged.
+pub fn namespace_text(ns: &NamespaceIdent) -> String {
+    levels_text(&ns.clone().inner())
+}
+
+fn levels_text(levels: &[String]) -> String {
+    levels
+        .iter()
+        .map(|l| l.replace('%', "%25").replace('.', "%2E"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The namespace [`namespace_text`] stored (a level's other `%` sequences stay as written).
+pub fn namespace_from_text(text: &str) -> Result<NamespaceIdent, iceberg::Error> {
+    NamespaceIdent::from_vec(
+        text.split('.')
+            .map(|l| l.replace("%2E", ".").replace("%25", "%"))
+            .collect(),
+    )
 }
 
 /// One row of the catalog.
@@ -296,7 +323,7 @@ impl IcebergCatalog {
                  VALUES ($1, $2, 'exists', 'true') ON CONFLICT DO NOTHING",
             )
             .bind(CATALOG_NAME)
-            .bind(levels[..depth].join("."))
+            .bind(levels_text(&levels[..depth]))
             .execute(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -318,7 +345,7 @@ impl IcebergCatalog {
         Ok(rows
             .into_iter()
             .filter_map(|(ns, name, location)| {
-                let ns = NamespaceIdent::from_vec(ns.split('.').map(str::to_owned).collect());
+                let ns = namespace_from_text(&ns);
                 Some(CatalogEntry {
                     ident: TableIdent::new(ns.ok()?, name),
                     metadata_location: location?,
@@ -338,7 +365,7 @@ impl IcebergCatalog {
                AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)",
         )
         .bind(CATALOG_NAME)
-        .bind(ident.namespace().join("."))
+        .bind(namespace_text(ident.namespace()))
         .bind(ident.name())
         .fetch_optional(&self.pool)
         .await
@@ -380,7 +407,7 @@ impl IcebergCatalog {
              VALUES ($1, $2, $3, $4, 'TABLE')",
         )
         .bind(CATALOG_NAME)
-        .bind(ident.namespace().join("."))
+        .bind(namespace_text(ident.namespace()))
         .bind(ident.name())
         .bind(&metadata_location)
         .execute(&self.pool)
@@ -418,7 +445,7 @@ impl IcebergCatalog {
         .bind(&next)
         .bind(&base.metadata_location)
         .bind(CATALOG_NAME)
-        .bind(ident.namespace().join("."))
+        .bind(namespace_text(ident.namespace()))
         .bind(ident.name())
         .execute(&self.pool)
         .await

@@ -45,7 +45,8 @@ pub enum CatalogError {
 /// The raw tables under one `bucket_folder` of a target.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Catalog {
-    /// Keyed by `source.schema.table`.
+    /// Keyed by the table folder's key ([`RawTable::location`]), which is unique: two
+    /// tables never share it, whatever their names hold.
     pub tables: BTreeMap<String, RawTable>,
     pub crawled_at: Option<DateTime<Utc>>,
 }
@@ -127,8 +128,9 @@ impl PartitionSummary {
 }
 
 impl RawTable {
+    /// `source.schema.table` for people (parts quoted where they need it).
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}.{}", self.source, self.schema, self.table)
+        crate::ident::display_name(&[&self.source, &self.schema, &self.table])
     }
 
     pub fn columns(&self) -> &[CatalogColumn] {
@@ -252,12 +254,10 @@ pub struct CrawlReport {
 
 /// The key of the catalog of the raw zone under `bucket_folder`.
 pub fn catalog_key(bucket_folder: &str) -> String {
-    let folder = bucket_folder.trim_matches('/');
-    if folder.is_empty() {
-        "_tributary/catalog.json".into()
-    } else {
-        format!("{folder}/_tributary/catalog.json")
-    }
+    format!(
+        "{}_tributary/catalog.json",
+        layout::folder_prefix(bucket_folder)
+    )
 }
 
 /// Reads the catalog of `bucket_folder` (empty when none was written yet).
@@ -265,10 +265,19 @@ pub async fn load(storage: &Storage, bucket_folder: &str) -> Result<Catalog, Cat
     let key = catalog_key(bucket_folder);
     match storage.get_bytes(&key).await? {
         None => Ok(Catalog::default()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt {
-            uri: storage.uri(&key),
-            message: e.to_string(),
-        }),
+        Some(bytes) => {
+            let mut catalog: Catalog =
+                serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt {
+                    uri: storage.uri(&key),
+                    message: e.to_string(),
+                })?;
+            // Catalogs written before tables were keyed by folder keyed them by name.
+            catalog.tables = std::mem::take(&mut catalog.tables)
+                .into_values()
+                .map(|t| (t.location.clone(), t))
+                .collect();
+            Ok(catalog)
+        }
     }
 }
 
@@ -279,10 +288,7 @@ pub async fn crawl(
     bucket_folder: &str,
 ) -> Result<(Catalog, CrawlReport), CatalogError> {
     let mut catalog = load(storage, bucket_folder).await?;
-    let root = match bucket_folder.trim_matches('/') {
-        "" => String::new(),
-        folder => format!("{folder}/"),
-    };
+    let root = layout::folder_prefix(bucket_folder);
     let mut report = CrawlReport::default();
     let now = Utc::now();
 
@@ -298,20 +304,16 @@ pub async fn crawl(
         if parts.len() < 4 || parts.iter().any(|p| layout::is_hidden_name(p)) {
             continue;
         }
-        let (source, schema_key, table_key) = (parts[0], parts[1], parts[2]);
-        // Names as the source has them (the keys escape `/` and `%`).
-        let (schema, table) = (
-            layout::segment_name(schema_key),
-            layout::segment_name(table_key),
-        );
-        let name = format!("{source}.{schema}.{table}");
+        let (source_key, schema_key, table_key) = (parts[0], parts[1], parts[2]);
+        let location = format!("{root}{source_key}/{schema_key}/{table_key}/");
         let partition = parts[3..parts.len() - 1].join("/");
-        let (_, objects) = found.entry(name).or_insert_with(|| {
+        let (_, objects) = found.entry(location.clone()).or_insert_with(|| {
+            // Names as the source has them ([`layout::segment`] escaped them).
             let table = RawTable {
-                source: source.to_owned(),
-                schema,
-                table,
-                location: format!("{root}{source}/{schema_key}/{table_key}/"),
+                source: layout::segment_name(source_key),
+                schema: layout::segment_name(schema_key),
+                table: layout::segment_name(table_key),
+                location,
                 formats: BTreeSet::new(),
                 versions: Vec::new(),
                 file_schemas: Vec::new(),
@@ -328,13 +330,15 @@ pub async fn crawl(
         .filter(|k| !found.contains_key(*k))
         .cloned()
         .collect();
-    for name in gone {
-        catalog.tables.remove(&name);
-        report.tables_removed.push(name);
+    for location in gone {
+        if let Some(table) = catalog.tables.remove(&location) {
+            report.tables_removed.push(table.qualified_name());
+        }
     }
 
-    for (name, (new_table, objects)) in found {
-        let entry = catalog.tables.entry(name.clone()).or_insert_with(|| {
+    for (location, (new_table, objects)) in found {
+        let name = new_table.qualified_name();
+        let entry = catalog.tables.entry(location).or_insert_with(|| {
             report.tables_added.push(name.clone());
             new_table
         });

@@ -5,6 +5,12 @@
 //! task's timestamp column, if it has one; always `valid_from_position`/`valid_to_position`)
 //! and `is_current`.
 //!
+//! Names: a source table may itself be called `<table>_history`. The history table never
+//! takes that name: when the task replicates such a table, or the catalog holds a table of
+//! that name that is not this history (its `tributary.history-of` property says whose it
+//! is), the history is refused with the fix; and a source table is never curated into an
+//! Iceberg table that is another table's history.
+//!
 //! It is rebuilt from the raw zone whenever its table changes (copy-on-write, as the
 //! current-state table). A truncate does not end versions: the history keeps what was
 //! there. Changes are those of the batches the task confirmed.
@@ -16,6 +22,7 @@ use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 
 use super::merge::{ident, ident_list, literal};
 use super::{CurateError, TableJob, prepare_table, register, write_snapshot};
+use crate::ident::TableId;
 use crate::lake::layout;
 
 /// Rebuilds the history table of the table `job` curates; returns its rows.
@@ -104,11 +111,16 @@ pub(super) async fn write_history(
     let frame = job.ctx.sql(&sql).await.map_err(sql_error)?;
     let history_columns = super::nullable(frame.schema().as_arrow());
     let rows = frame.execute_stream().await.map_err(sql_error)?;
-    let ident = TableIdent::new(
-        table.namespace().clone(),
-        format!("{}_history", table.name()),
-    );
+    let ident = history_ident(table);
     let existing = job.catalog.load(&ident).await?;
+    if let Some(other) = &existing
+        && other.metadata.properties().get(HISTORY_OF) != Some(&job.name())
+    {
+        return Err(CurateError::HistoryCollision {
+            table: job.name(),
+            history: crate::catalog::iceberg::display_ident(&ident),
+        });
+    }
     let (history, new_schema) = prepare_table(
         job.catalog,
         job.zone,
@@ -116,7 +128,7 @@ pub(super) async fn write_history(
         &ident,
         location,
         &history_columns,
-        [("tributary.history-of".to_owned(), job.name())],
+        [(HISTORY_OF.to_owned(), job.name())],
     )
     .await?;
     let written = write_snapshot(
@@ -131,13 +143,32 @@ pub(super) async fn write_history(
     Ok(written.rows)
 }
 
+/// The Iceberg property that marks a history table, naming the table it is the history of.
+pub(super) const HISTORY_OF: &str = "tributary.history-of";
+
+/// The history table of `table`: `<table>_history` beside it.
+pub(super) fn history_ident(table: &TableIdent) -> TableIdent {
+    TableIdent::new(
+        table.namespace().clone(),
+        format!("{}_history", table.name()),
+    )
+}
+
+/// The source table whose name the history table of `table` would take, if the task
+/// replicates one: then the history is refused ([`CurateError::HistoryCollision`]).
+pub(super) fn history_name_taken(job: &TableJob<'_>) -> bool {
+    let taken = TableId::new(&job.table.schema, format!("{}_history", job.table.table));
+    job.state.tables.contains_key(&taken)
+        || job
+            .state
+            .cdc
+            .as_ref()
+            .is_some_and(|c| c.tables.contains_key(&taken))
+}
+
 /// The folder of a history table: beside its table's.
-pub(super) fn history_location(job: &TableJob<'_>, schema: &str, table: &str) -> String {
-    let key = layout::table_prefix(
-        &job.zone.folder,
-        &job.task.source,
-        schema,
-        &format!("{table}_history"),
-    );
+pub(super) fn history_location(job: &TableJob<'_>) -> String {
+    let table = TableId::new(&job.table.schema, format!("{}_history", job.table.table));
+    let key = layout::table_prefix(&job.zone.folder, &job.task.source, &table);
     job.zone.storage.uri(key.trim_end_matches('/'))
 }

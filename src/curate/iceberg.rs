@@ -405,17 +405,37 @@ pub async fn replace(
         }
     }
     let live = live_files(&committed, file_io).await?;
+    let location = committed.metadata.location().to_owned();
     for files in expired_files {
         let paths = std::iter::once(files.manifest_list)
             .chain(files.manifests)
             .chain(files.data.iter().map(|f| f.file_path().to_owned()));
-        for path in paths {
-            if !live.contains(&path) {
+        for path in paths.filter(|p| !live.contains(p)) {
+            // A file outside the table's own folder is not the table's to delete, whatever
+            // a manifest says (one written by hand, or by another tool).
+            if inside_location(&location, &path) {
                 delete_file(file_io, &path, &name).await?;
+            } else {
+                tracing::warn!(
+                    "{name}: an expired snapshot lists {path}, outside the table's location {location}; it is left in place"
+                );
             }
         }
     }
     Ok(committed)
+}
+
+/// Whether `path` lies strictly inside the table folder `location` (both as Iceberg
+/// metadata writes them: a path, a `file:` or an `s3://` URI), with no `.` or `..` step.
+pub fn inside_location(location: &str, path: &str) -> bool {
+    let plain = |p: &str| {
+        p.strip_prefix("file://")
+            .or_else(|| p.strip_prefix("file:"))
+            .unwrap_or(p)
+            .to_owned()
+    };
+    let folder = format!("{}/", plain(location).trim_end_matches('/'));
+    crate::lake::layout::is_inside(&folder, &plain(path))
 }
 
 /// Every file a kept snapshot of `table` references (metadata files aside).
@@ -497,6 +517,37 @@ fn new_snapshot_id(metadata: &TableMetadata) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_files_inside_the_table_folder_are_its_own() {
+        let location = "s3://b/curated/src/public/t";
+        assert!(inside_location(
+            location,
+            "s3://b/curated/src/public/t/data/x.parquet"
+        ));
+        assert!(!inside_location(
+            location,
+            "s3://b/curated/src/public/t2/data/x.parquet"
+        ));
+        assert!(!inside_location(
+            location,
+            "s3://b/curated/src/public/t/../u/x.parquet"
+        ));
+        assert!(!inside_location(
+            location,
+            "s3://b/raw/_tributary/t/state.json"
+        ));
+        let local = "/lake/curated/s/p/t";
+        assert!(inside_location(
+            local,
+            "file:///lake/curated/s/p/t/metadata/1.avro"
+        ));
+        assert!(inside_location(
+            &format!("file:{local}/"),
+            "/lake/curated/s/p/t/data/a"
+        ));
+        assert!(!inside_location(local, "/etc/passwd"));
+    }
 
     #[test]
     fn field_ids_start_where_asked_and_cover_nested_fields() {

@@ -39,6 +39,7 @@ use datafusion::prelude::SessionContext;
 use crate::catalog::iceberg::{CatalogLocation, IcebergCatalog, IcebergCatalogError, IcebergTable};
 use crate::catalog::{self, CatalogError, RawTable};
 use crate::config::{ConfigError, CurateSettings, EndpointConfig, Engine, TaskConfig, Workspace};
+use crate::ident::TableId;
 use crate::lake::adapters::Buckets;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
@@ -109,6 +110,14 @@ pub enum CurateError {
         task: String,
         other: String,
     },
+    #[error(
+        "the history of {table} would be the Iceberg table {history}, and that name is taken by a table that is not this history (a source table of that name). Remove \"{table}\" from [curate] history, or rename the source table"
+    )]
+    HistoryCollision { table: String, history: String },
+    #[error(
+        "Iceberg table {table} holds the history of {history_of}, so the source table of that name cannot be curated into it. Remove \"{history_of}\" from [curate] history, then drop the Iceberg table {table} and curate again"
+    )]
+    TableIsHistory { table: String, history_of: String },
     #[error("model {name} is not in the workspace; its models are: {known}")]
     UnknownModel { name: String, known: String },
     #[error("model {model}: {message}")]
@@ -327,9 +336,10 @@ pub async fn curate(
         let target = workspace.endpoint(&task.target, workspace_path)?;
         let storage = target_storage(target, catalog.buckets()).await?;
         let bucket_folder = &task.target_settings.bucket_folder;
-        let raw_root = format!("{}/", bucket_folder.trim_matches('/'));
-        let curated_root = format!("{}/", settings.folder.trim_matches('/'));
-        if raw_root == "/"
+        let raw_root = layout::folder_prefix(bucket_folder);
+        let curated_root = layout::folder_prefix(&settings.folder);
+        if raw_root.is_empty()
+            || curated_root.is_empty()
             || raw_root.starts_with(&curated_root)
             || curated_root.starts_with(&raw_root)
         {
@@ -360,11 +370,12 @@ pub async fn curate(
         };
         for table in task_tables(&state) {
             let started = Instant::now();
+            let location = layout::table_prefix(bucket_folder, &task.source, &table);
             let job = TableJob {
                 task,
                 state: &state,
                 table: &table,
-                raw: raw.tables.get(&format!("{}.{table}", task.source)),
+                raw: raw.tables.get(&location),
                 changes_end: changes_end.clone(),
                 pending: &pending,
                 zone: &zone,
@@ -408,9 +419,9 @@ pub async fn target_storage(
     Ok(Storage::from_endpoint(target).await?)
 }
 
-/// The tables a task's state knows, as `schema.table`.
-fn task_tables(state: &TaskState) -> Vec<String> {
-    let mut tables: Vec<String> = state.tables.keys().cloned().collect();
+/// The tables a task's state knows.
+fn task_tables(state: &TaskState) -> Vec<TableId> {
+    let mut tables: Vec<TableId> = state.tables.keys().cloned().collect();
     if let Some(cdc) = &state.cdc {
         tables.extend(cdc.tables.keys().cloned());
     }
@@ -426,8 +437,8 @@ struct Zone {
 }
 
 impl Zone {
-    fn table_location(&self, source: &str, schema: &str, table: &str) -> String {
-        let key = layout::table_prefix(&self.folder, source, schema, table);
+    fn table_location(&self, source: &str, table: &TableId) -> String {
+        let key = layout::table_prefix(&self.folder, source, table);
         self.storage.uri(key.trim_end_matches('/'))
     }
 }
@@ -435,8 +446,7 @@ impl Zone {
 struct TableJob<'a> {
     task: &'a TaskConfig,
     state: &'a TaskState,
-    /// `schema.table`.
-    table: &'a str,
+    table: &'a TableId,
     raw: Option<&'a RawTable>,
     /// Changes at or after this `_position` are not confirmed yet (`None`: none is).
     changes_end: Option<String>,
@@ -449,8 +459,17 @@ struct TableJob<'a> {
 }
 
 impl TableJob<'_> {
+    /// The curated table's name, `source.schema.table` (parts quoted where needed).
     fn name(&self) -> String {
-        format!("{}.{}", self.task.source, self.table)
+        crate::ident::display_name(&[&self.task.source, &self.table.schema, &self.table.table])
+    }
+
+    /// The curated table in the Iceberg catalog: namespace `<source>.<schema>`.
+    fn ident(&self) -> Result<TableIdent, CurateError> {
+        let namespace =
+            NamespaceIdent::from_vec(vec![self.task.source.clone(), self.table.schema.clone()])
+                .map_err(|source| CurateError::iceberg(self.name(), source))?;
+        Ok(TableIdent::new(namespace, self.table.table.clone()))
     }
 
     fn outcome(&self, action: Action) -> TableOutcome {
@@ -490,7 +509,7 @@ impl TableJob<'_> {
             .map(|t| {
                 t.schema_changes
                     .iter()
-                    .filter(|c| c.change == "truncate" && since.is_none_or(|s| *c.position >= *s))
+                    .filter(|c| c.empties_table() && since.is_none_or(|s| *c.position >= *s))
                     .map(|c| c.position.clone())
                     .collect()
             })
@@ -613,18 +632,29 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
             task: job.task.name.clone(),
         })?
         .clone();
-    let (schema_name, table_name) = job.table.split_once('.').unwrap_or(("", job.table));
-    let ident = TableIdent::new(
-        NamespaceIdent::from_vec(vec![job.task.source.clone(), schema_name.to_owned()])
-            .map_err(|source| CurateError::iceberg(name.clone(), source))?,
-        table_name.to_owned(),
-    );
+    let ident = job.ident()?;
     let load_id = job.load_id();
     let existing = job.catalog.load(&ident).await?;
     let summary = existing
         .as_ref()
         .and_then(|t| t.metadata.current_snapshot())
         .map(|s| s.summary().additional_properties.clone());
+    if let Some(history_of) = existing
+        .as_ref()
+        .and_then(|t| t.metadata.properties().get(history::HISTORY_OF))
+    {
+        return Err(CurateError::TableIsHistory {
+            table: name,
+            history_of: history_of.clone(),
+        });
+    }
+    let wants_history = job.settings.history.contains(&name);
+    if wants_history && history::history_name_taken(job) {
+        return Err(CurateError::HistoryCollision {
+            history: crate::catalog::iceberg::display_ident(&history::history_ident(&ident)),
+            table: name,
+        });
+    }
     if let Some(other) = summary.as_ref().and_then(|s| s.get(APPLIED_TASK))
         && *other != job.task.name
     {
@@ -790,8 +820,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         job.zone,
         existing,
         &ident,
-        job.zone
-            .table_location(&job.task.source, schema_name, table_name),
+        job.zone.table_location(&job.task.source, job.table),
         &columns_arrow,
         [("tributary.primary-key".to_owned(), key.join(","))],
     )
@@ -832,12 +861,12 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         job.settings,
     )
     .await?;
-    if job.settings.history.contains(&name) {
+    if wants_history {
         let all_changes = changes_after(None);
         history::write_history(
             job,
             &ident,
-            history::history_location(job, schema_name, table_name),
+            history::history_location(job),
             &key,
             &file_columns,
             &load_files,

@@ -371,7 +371,7 @@ impl Materialize<'_> {
         let ident = TableIdent::new(NamespaceIdent::new(model.schema.clone()), table.to_owned());
         let columns = super::nullable(rows.schema().as_arrow());
         let existing = self.catalog.load(&ident).await?;
-        let key = layout::table_prefix(&self.zone.folder, &model.schema, "", table);
+        let key = layout::model_prefix(&self.zone.folder, &model.schema, table);
         let location = self.zone.storage.uri(key.trim_end_matches('/'));
         let property = [("tributary.model".to_owned(), model_name.clone())];
         let (iceberg_table, new_schema) = prepare_table(

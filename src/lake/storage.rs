@@ -66,6 +66,14 @@ pub enum StorageError {
     },
     #[error("'{uri}' is not a local path or an s3://bucket/prefix URI")]
     InvalidUri { uri: String },
+    #[error(
+        "refusing the key '{key}' in {root}: {reason}. Nothing was read, written or deleted; a key must stay inside the target (this is a hostile name or a bug, please report it)"
+    )]
+    UnsafeKey {
+        root: String,
+        key: String,
+        reason: &'static str,
+    },
 }
 
 impl StorageError {
@@ -253,6 +261,18 @@ impl Storage {
         }
     }
 
+    /// Refuses a key that could reach outside the target ([`unsafe_key`]).
+    fn checked<'k>(&self, key: &'k str) -> Result<&'k str, StorageError> {
+        match unsafe_key(key) {
+            None => Ok(key),
+            Some(reason) => Err(StorageError::UnsafeKey {
+                root: self.describe(),
+                key: key.to_owned(),
+                reason,
+            }),
+        }
+    }
+
     /// The key of `uri` (as [`Self::uri`] makes them; local ones also as `file:` URIs), or
     /// `None` when it is not in this storage.
     pub fn key_of(&self, uri: &str) -> Option<String> {
@@ -285,6 +305,7 @@ impl Storage {
 
     /// Moves a finished local file to `key`. The file must be fsynced by its writer.
     pub async fn put_file(&self, local: &Path, key: &str) -> Result<(), StorageError> {
+        self.checked(key)?;
         match self {
             Storage::Local(l) => l.rename_into(local, key).await,
             Storage::S3(s) => {
@@ -297,6 +318,7 @@ impl Storage {
 
     /// Writes a small object atomically (task state, markers).
     pub async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.checked(key)?;
         match self {
             Storage::Local(l) => {
                 let spool = self.spool_dir()?;
@@ -328,6 +350,7 @@ impl Storage {
 
     /// Reads a whole (small) object; `None` when it does not exist.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.checked(key)?;
         match self {
             Storage::Local(l) => {
                 let path = l.path(key);
@@ -367,6 +390,7 @@ impl Storage {
 
     /// Reads `range` (bytes) of an object, for Parquet footers and row groups.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.checked(key)?;
         match self {
             Storage::Local(l) => {
                 let path = l.path(key);
@@ -408,6 +432,7 @@ impl Storage {
     }
 
     pub async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        self.checked(key)?;
         match self {
             Storage::Local(l) => {
                 let path = l.path(key);
@@ -446,6 +471,7 @@ impl Storage {
         delimited: bool,
         continuation: Option<String>,
     ) -> Result<ListPage, StorageError> {
+        self.checked(prefix)?;
         match self {
             Storage::Local(l) => {
                 let l = l.clone();
@@ -504,6 +530,7 @@ impl Storage {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.checked(key)?;
         match self {
             Storage::Local(l) => {
                 let path = l.path(key);
@@ -525,22 +552,23 @@ impl Storage {
         }
     }
 
-    /// Removes the spool files a killed run of `task` left (their names start with
-    /// `<task>-`), and the small-object files ([`Self::put_bytes`]) of processes that no longer
-    /// run. Other tasks' files, maybe in use, are left alone.
+    /// Removes the spool files a killed run of `task` left ([`spool_name`]), and the
+    /// small-object files ([`Self::put_bytes`]) of processes that no longer run. Files of
+    /// a process that runs (another run of the task, refused a moment later; another task)
+    /// are left alone.
     pub fn clean_spool(&self, task: &str) {
         let Ok(dir) = self.spool_dir() else { return };
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        let prefix = format!("{task}-");
+        let task_prefix = format!("{task}{SPOOL_TASK_END}");
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let orphan_put = name
+            let writer = name
                 .strip_prefix(PUT_PREFIX)
-                .and_then(|rest| rest.split('-').next()?.parse::<u32>().ok())
-                .is_some_and(|pid| !process_is_running(pid));
-            if name.starts_with(&prefix) || orphan_put {
+                .or_else(|| name.strip_prefix(&task_prefix))
+                .and_then(|rest| rest.split('-').next()?.parse::<u32>().ok());
+            if writer.is_some_and(|pid| !process_is_running(pid)) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -857,6 +885,31 @@ fn process_is_running(pid: u32) -> bool {
     }
 }
 
+/// Why `key` could reach outside the target's root, if it could: an absolute path, a
+/// `.` or `..` segment, a backslash (a separator elsewhere) or NUL. Every operation checks
+/// its key, whatever computed it. An empty key or a trailing `/` (the root, a folder to list)
+/// is fine.
+pub fn unsafe_key(key: &str) -> Option<&'static str> {
+    if key.starts_with('/') {
+        Some("it is an absolute path")
+    } else if key.contains(['\\', '\0']) {
+        Some("it holds a backslash or NUL")
+    } else if key.split('/').any(|s| s == ".." || s == ".") {
+        Some("it has a '.' or '..' segment")
+    } else {
+        None
+    }
+}
+
+/// Ends a task's name in its spool files: task names cannot hold it.
+const SPOOL_TASK_END: char = '~';
+
+/// The start of a spool file's name for `task`: `<task>~<pid>-<unique>`; the caller adds
+/// what tells its files apart. [`Storage::clean_spool`] tells a killed run's files by it.
+pub fn spool_name(task: &str) -> String {
+    format!("{task}{SPOOL_TASK_END}{}", unique_suffix())
+}
+
 /// `<pid>-<microseconds>-<counter>`: unique across processes and within one.
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -915,8 +968,10 @@ mod tests {
         let names = [
             format!("{PUT_PREFIX}{dead_pid}-1-0.tmp"),
             format!("{PUT_PREFIX}{}.tmp", unique_suffix()),
-            "load-public.t-1.parquet".to_owned(),
-            "other-public.t-1.parquet".to_owned(),
+            format!("load~{dead_pid}-1-0-r0-0001.parquet.tmp"),
+            format!("{}-0001.parquet.tmp", spool_name("load")),
+            format!("other~{dead_pid}-1-0-0001.parquet.tmp"),
+            format!("load-2~{dead_pid}-1-0-0001.parquet.tmp"),
         ];
         for name in &names {
             std::fs::write(spool.join(name), b"x").expect("write");
@@ -927,8 +982,62 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        let mut expected = vec![names[1].clone(), names[3].clone()];
+        let mut expected = vec![
+            names[1].clone(),
+            names[3].clone(),
+            names[4].clone(),
+            names[5].clone(),
+        ];
         expected.sort();
-        assert_eq!(left, expected, "own process's and other tasks' files stay");
+        assert_eq!(
+            left, expected,
+            "a running process's files and other tasks' files stay"
+        );
+    }
+
+    #[test]
+    fn keys_that_could_leave_the_root_are_refused() {
+        for bad in [
+            "/etc/passwd",
+            "raw/../x",
+            "..",
+            "./x",
+            "a/./b",
+            "a\\b",
+            "a\0b",
+        ] {
+            assert!(unsafe_key(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "",
+            "raw/",
+            "raw/s/p/%2E./LOAD00000001.parquet",
+            "a..b/.x/_y",
+        ] {
+            assert_eq!(unsafe_key(good), None, "{good}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_operation_refuses_an_unsafe_key() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let root = parent.path().join("lake");
+        let storage = Storage::local(&root);
+        let outside = parent.path().join("outside.txt");
+        std::fs::write(&outside, b"keep").expect("write");
+        let unsafe_key =
+            |e: Result<(), StorageError>| matches!(e, Err(StorageError::UnsafeKey { .. }));
+        assert!(unsafe_key(storage.delete("../outside.txt").await));
+        assert!(unsafe_key(
+            storage
+                .put_bytes("../outside.txt", Bytes::from_static(b"x"))
+                .await
+        ));
+        assert!(unsafe_key(
+            storage.get_bytes("../outside.txt").await.map(|_| ())
+        ));
+        assert!(unsafe_key(storage.list_all("../").await.map(|_| ())));
+        assert!(unsafe_key(storage.delete(&outside.to_string_lossy()).await));
+        assert_eq!(std::fs::read(&outside).expect("read"), b"keep");
     }
 }

@@ -19,6 +19,8 @@ use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::ident::{TableId, parse_rule};
+
 /// Errors from a source database, with the endpoint, table or position they concern and,
 /// where we know it, how to fix them.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +95,14 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// The table's identity, as task states, the lake and messages name it.
+    pub fn id(&self) -> TableId {
+        TableId::new(&self.schema, &self.name)
+    }
+
+    /// `schema.table` for people (parts quoted where they need it).
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        self.id().to_string()
     }
 
     /// Warnings a user must see before the load: missing key, columns read as text.
@@ -221,29 +229,42 @@ pub trait Source: Send + Sync + 'static {
 }
 
 /// DMS-style selection rules: `schema.table`, `%` matches any run of characters. `_` is
-/// literal (unlike SQL LIKE), because table names are full of underscores.
+/// literal (unlike SQL LIKE), because table names are full of underscores. The schema part
+/// matches the schema and the table part the table, each on its own (a rule's part may be
+/// double-quoted to hold a `.`, as [`TableId`]'s display form): `a.%` does not select the
+/// tables of a schema named `a.b`.
 #[derive(Debug, Clone, Default)]
 pub struct SelectionRules {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The rules as (schema pattern, table pattern); a malformed rule (refused when the
+    /// workspace is read) matches nothing.
+    parsed_include: Vec<Option<(String, String)>>,
+    parsed_exclude: Vec<Option<(String, String)>>,
 }
 
 impl SelectionRules {
     pub fn new(include: &[String], exclude: &[String]) -> Self {
+        let parse = |rules: &[String]| rules.iter().map(|r| parse_rule(r).ok()).collect();
         SelectionRules {
             include: include.to_vec(),
             exclude: exclude.to_vec(),
+            parsed_include: parse(include),
+            parsed_exclude: parse(exclude),
         }
     }
 
     pub fn matches(&self, schema: &str, table: &str) -> bool {
-        let name = format!("{schema}.{table}");
-        let included = if self.include.is_empty() {
-            true
-        } else {
-            self.include.iter().any(|r| wildcard_match(r, &name))
+        let hit = |rule: &Option<(String, String)>| {
+            rule.as_ref()
+                .is_some_and(|(s, t)| wildcard_match(s, schema) && wildcard_match(t, table))
         };
-        included && !self.exclude.iter().any(|r| wildcard_match(r, &name))
+        let included = self.include.is_empty() || self.parsed_include.iter().any(hit);
+        included && !self.parsed_exclude.iter().any(hit)
+    }
+
+    pub fn matches_id(&self, id: &TableId) -> bool {
+        self.matches(&id.schema, &id.table)
     }
 
     pub fn describe(&self) -> String {
@@ -290,6 +311,18 @@ mod tests {
         assert!(!wildcard_match("public.ab%ba", "public.aba"));
         assert!(wildcard_match("public.orders", "public.orders"));
         assert!(!wildcard_match("public.orders", "public.orders2"));
+    }
+
+    #[test]
+    fn parts_match_their_own_names() {
+        let rules = SelectionRules::new(&["a.%".into()], &[]);
+        assert!(rules.matches("a", "b.c"));
+        assert!(!rules.matches("a.b", "c"), "a.% is schema a only");
+        let quoted = SelectionRules::new(&["\"a.b\".%".into()], &["\"a.b\".\"x.y\"".into()]);
+        assert!(quoted.matches("a.b", "c"));
+        assert!(!quoted.matches("a.b", "x.y"));
+        assert!(!quoted.matches("a", "b.c"));
+        assert!(SelectionRules::new(&["%.%".into()], &[]).matches(".", ".."));
     }
 
     #[test]

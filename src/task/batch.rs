@@ -22,6 +22,7 @@ use super::cdc::CdcStats;
 use super::checkpoint::{Checkpoint, PendingBatch, SchemaChange};
 use super::{Events, LogLevel, TaskError, TaskEvent};
 use crate::config::TaskConfig;
+use crate::ident::TableId;
 use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
 use crate::source::mysql::types::RowBuilder;
@@ -112,20 +113,20 @@ pub(super) struct BatchWriter {
     pub(super) task: TaskConfig,
     checkpoint: Arc<Checkpoint>,
     pub(super) events: Events,
-    pub(super) tables: HashMap<String, TableBatch>,
+    pub(super) tables: HashMap<TableId, TableBatch>,
     batch: Option<Batch>,
     pub(super) stats: CdcStats,
     last_file_millis: i64,
-    pub(super) totals: std::collections::BTreeMap<String, super::checkpoint::CdcTableState>,
+    pub(super) totals: std::collections::BTreeMap<TableId, super::checkpoint::CdcTableState>,
     /// PostgreSQL: unchanged TOASTed values of updates (unused by other sources).
     pub(super) toast: ToastRecovery,
     /// Tables whose TOAST recovery has been logged in this run.
-    pub(super) toast_logged: std::collections::HashSet<String>,
+    pub(super) toast_logged: std::collections::HashSet<TableId>,
     /// The source-side names recorded with each batch: slot and publication (PostgreSQL).
     stream_names: (String, String),
     /// Tables reloaded alone: the first `_position` that applies to each
     /// ([`TableLoadState::changes_from`](super::checkpoint::TableLoadState::changes_from)).
-    changes_from: HashMap<String, String>,
+    changes_from: HashMap<TableId, String>,
 }
 
 impl BatchWriter {
@@ -140,7 +141,7 @@ impl BatchWriter {
         stream_names: (String, String),
     ) -> Self {
         let cdc = state.cdc.clone().unwrap_or_default();
-        let mut changes_from: HashMap<String, String> = state
+        let mut changes_from: HashMap<TableId, String> = state
             .tables
             .iter()
             .filter_map(|(key, t)| Some((key.clone(), t.changes_from.clone()?)))
@@ -202,18 +203,16 @@ impl BatchWriter {
         }
     }
 
-    /// A (new or changed) schema of selected table `key` (`schema.table`): later rows
-    /// use it. `signature` describes the columns, to record what changed; `builder` builds
+    /// A (new or changed) schema of selected table `key`: later rows use it. `signature` describes the columns, to record what changed; `builder` builds
     /// rows of `table_schema`.
     pub(super) fn schema(
         &mut self,
-        key: &str,
+        key: &TableId,
         signature: &str,
         table_schema: SchemaRef,
         builder: Rows,
         position: String,
     ) -> Result<(), TaskError> {
-        let (schema, table) = key.split_once('.').unwrap_or(("", key));
         let settings = self.task.target_settings.clone();
         let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
         if !settings.timestamp_column_name.is_empty() {
@@ -227,23 +226,26 @@ impl BatchWriter {
         fields.extend(table_schema.fields().iter().map(|f| f.as_ref().clone()));
         let file_schema = Arc::new(Schema::new(fields));
 
-        let total = self.totals.entry(key.to_owned()).or_default();
+        let total = self.totals.entry(key.clone()).or_default();
         // Truncates are recorded among the changes too: compare with the last schema.
         let last = total
             .schema_changes
             .iter()
-            .rfind(|c| c.change != "truncate")
+            .rfind(|c| c.is_columns())
             .map(|c| c.change.clone());
-        let change = format!("columns: {signature}");
-        if last.as_deref() != Some(change.as_str()) {
+        let change = SchemaChange::columns(position, signature);
+        if last.as_deref() != Some(change.change.as_str()) {
             if last.is_some() {
                 total.ddls += 1;
                 self.events.log(
                     LogLevel::Info,
-                    format!("{key}: schema changed at {position}: {change}"),
+                    format!(
+                        "{key}: schema changed at {}: {}",
+                        change.position, change.change
+                    ),
                 );
             }
-            total.schema_changes.push(SchemaChange { position, change });
+            total.schema_changes.push(change);
         }
         let total = total.clone();
         if self.tables.contains_key(key) {
@@ -256,7 +258,7 @@ impl BatchWriter {
             entry.stats.ddls = total.ddls;
             return Ok(());
         }
-        let mut stats = TableStats::new(schema, table, 0);
+        let mut stats = TableStats::new(&key.schema, &key.table, 0);
         stats.state = TableState::TableCompleted;
         stats.inserts = total.inserts;
         stats.updates = total.updates;
@@ -264,10 +266,9 @@ impl BatchWriter {
         stats.ddls = total.ddls;
         stats.files = total.files;
         stats.bytes = total.bytes;
-        let prefix =
-            layout::table_prefix(&settings.bucket_folder, &self.task.source, schema, table);
+        let prefix = layout::table_prefix(&settings.bucket_folder, &self.task.source, key);
         self.tables.insert(
-            key.to_owned(),
+            key.clone(),
             TableBatch {
                 prefix,
                 schema: file_schema,
@@ -283,7 +284,19 @@ impl BatchWriter {
         Ok(())
     }
 
-    pub(super) fn table_error(&self, key: &str, message: String) -> TaskError {
+    /// Every table the task has written or recorded changes of.
+    pub(super) fn known_tables(&self) -> Vec<TableId> {
+        let mut known: Vec<TableId> = self.totals.keys().cloned().collect();
+        known.extend(
+            self.tables
+                .keys()
+                .filter(|t| !self.totals.contains_key(t))
+                .cloned(),
+        );
+        known
+    }
+
+    pub(super) fn table_error(&self, key: &TableId, message: String) -> TaskError {
         TaskError::TablesFailed {
             task: self.task.name.clone(),
             count: 1,
@@ -293,48 +306,58 @@ impl BatchWriter {
 
     /// Whether table `key` was reloaded alone, so that [`Self::in_reload`] can pass some
     /// of its changes by (for callers whose `_position` costs a format to build).
-    pub(super) fn has_reload_mark(&self, key: &str) -> bool {
+    pub(super) fn has_reload_mark(&self, key: &TableId) -> bool {
         self.changes_from.contains_key(key)
     }
 
     /// Whether the change of table `key` at `position` is already in the table's load: the
     /// table was reloaded alone from a snapshot that comes after it.
-    pub(super) fn in_reload(&self, key: &str, position: &str) -> bool {
+    pub(super) fn in_reload(&self, key: &TableId, position: &str) -> bool {
         self.changes_from
             .get(key)
             .is_some_and(|from| position < from.as_str())
     }
 
-    /// Records a truncate of `key` at `position` in the task state (it writes no rows);
-    /// false when the truncate is already in a reloaded table's load.
-    pub(super) fn truncated(&mut self, key: &str, position: &str) -> bool {
-        if self.in_reload(key, position) {
+    /// Records that `key` was emptied at `position` by `change` (a truncate, a drop, a
+    /// rename to another name; [`SchemaChange::empties_table`]) in the task state; it writes
+    /// no rows. False when the change is already in a reloaded table's load.
+    pub(super) fn emptied(&mut self, key: &TableId, change: SchemaChange) -> bool {
+        if self.in_reload(key, &change.position) {
             return false;
         }
-        let total = self.totals.entry(key.to_owned()).or_default();
+        let total = self.totals.entry(key.clone()).or_default();
         total.ddls += 1;
-        // Only the latest truncate matters to a reader rebuilding the table from files
-        // written after it; older ones are kept a while for the record.
-        total.schema_changes.retain(|c| c.change != "truncate");
-        total.schema_changes.push(SchemaChange {
-            position: position.to_owned(),
-            change: "truncate".into(),
-        });
+        // Only the latest matters to a reader rebuilding the table from files written
+        // after it.
+        total.schema_changes.retain(|c| !c.empties_table());
+        self.events.log(
+            LogLevel::Info,
+            format!("{key}: {} at {}", change.change, change.position),
+        );
+        total.schema_changes.push(change);
         if let Some(t) = self.tables.get_mut(key) {
             t.stats.ddls = total.ddls;
         }
-        self.events
-            .log(LogLevel::Info, format!("{key}: truncated at {position}"));
         true
     }
 
-    /// Adds one row to its table's builder, spooling the builder when it is full.
+    /// Records a truncate of `key` at `position` ([`Self::emptied`]).
+    pub(super) fn truncated(&mut self, key: &TableId, position: &str) -> bool {
+        self.emptied(
+            key,
+            SchemaChange {
+                position: position.to_owned(),
+                change: SchemaChange::TRUNCATE.into(),
+            },
+        )
+    }
+
     /// Adds one row of table `key` to its builder (`append` appends the values, whole or
     /// not at all), spooling the builder when it is full. A table without a schema (not
     /// selected) is passed by.
     pub(super) fn append_row(
         &mut self,
-        key: &str,
+        key: &TableId,
         op: &'static str,
         position: String,
         commit_micros: i64,
@@ -388,7 +411,7 @@ impl BatchWriter {
     }
 
     /// Moves a table's buffered rows into its spool file.
-    fn spool(&mut self, key: &str) -> Result<(), TaskError> {
+    fn spool(&mut self, key: &TableId) -> Result<(), TaskError> {
         let options = self.writer_options();
         let spool_dir = self.storage.spool_dir()?;
         let Some(t) = self.tables.get_mut(key) else {
@@ -420,12 +443,7 @@ impl BatchWriter {
                 options,
                 &t.schema,
                 spool_dir,
-                format!(
-                    "{}-cdc-{}-{}",
-                    self.task.name,
-                    key,
-                    crate::lake::storage::unique_suffix()
-                ),
+                crate::lake::storage::spool_name(&self.task.name),
             )
         });
         writer.write(&batch)?;
@@ -433,7 +451,7 @@ impl BatchWriter {
     }
 
     /// Spools and closes a table's file (at a schema change or the end of a batch).
-    fn finish_table(&mut self, key: &str) -> Result<(), TaskError> {
+    fn finish_table(&mut self, key: &TableId) -> Result<(), TaskError> {
         self.spool(key)?;
         if let Some(t) = self.tables.get_mut(key)
             && let Some(mut writer) = t.writer.take()
@@ -506,7 +524,7 @@ impl BatchWriter {
         let Some(batch) = self.batch.take() else {
             return Ok(None);
         };
-        let keys: Vec<String> = self.tables.keys().cloned().collect();
+        let keys: Vec<TableId> = self.tables.keys().cloned().collect();
         for key in &keys {
             self.finish_table(key)?;
         }
@@ -529,7 +547,7 @@ impl BatchWriter {
             .timestamp_millis()
             .max(self.last_file_millis + 1);
         let mut newest = millis;
-        let mut placed: Vec<(String, String, FinishedFile)> = Vec::new();
+        let mut placed: Vec<(TableId, String, FinishedFile)> = Vec::new();
         for (key, t) in &mut self.tables {
             for (i, file) in t.finished.drain(..).enumerate() {
                 newest = newest.max(millis + i as i64);
@@ -585,11 +603,8 @@ impl BatchWriter {
             })
             .await?;
         // 4. Only now may the source forget what came before: the caller confirms.
-        self.toast.batch_written(
-            placed
-                .iter()
-                .map(|(table, key, _)| (table.as_str(), key.as_str())),
-        );
+        self.toast
+            .batch_written(placed.iter().map(|(table, key, _)| (table, key.as_str())));
         self.last_file_millis = newest;
         let now = Utc::now().timestamp_micros();
         let seconds = batch.started.elapsed().as_secs_f64().max(0.001);
@@ -611,14 +626,13 @@ pub(super) async fn remove_pending_batch(
     storage: &Storage,
     checkpoint: &Checkpoint,
     events: &Events,
+    task: &TaskConfig,
     cdc: &super::checkpoint::CdcState,
 ) -> Result<(), TaskError> {
     let Some(pending) = &cdc.pending_batch else {
         return Ok(());
     };
-    for key in &pending.keys {
-        storage.delete(key).await?;
-    }
+    delete_recorded(storage, task, &pending.keys).await?;
     events.log(
         LogLevel::Info,
         format!(
@@ -633,5 +647,29 @@ pub(super) async fn remove_pending_batch(
             }
         })
         .await?;
+    Ok(())
+}
+
+/// Deletes files the task state recorded as this task's own (a pending batch). Each must
+/// lie inside the task's source folder of the raw zone: a state edited by hand, or written
+/// by something else, deletes nothing outside it.
+pub(super) async fn delete_recorded(
+    storage: &Storage,
+    task: &TaskConfig,
+    keys: &[String],
+) -> Result<(), TaskError> {
+    let folder = layout::source_prefix(&task.target_settings.bucket_folder, &task.source);
+    if let Some(outside) = keys.iter().find(|k| !layout::is_inside(&folder, k)) {
+        return Err(TaskError::Internal {
+            task: task.name.clone(),
+            message: format!(
+                "the task state lists the file {outside} as one of its own, but it is not inside the task's folder {folder}; nothing was deleted. Check who wrote the task state (_tributary/{}/state.json), or move it away to start the task afresh",
+                task.name
+            ),
+        });
+    }
+    for key in keys {
+        storage.delete(key).await?;
+    }
     Ok(())
 }

@@ -21,12 +21,14 @@ use tokio::sync::watch;
 
 use super::batch::{BatchWriter, Rows, Turn};
 use super::cdc::CdcOutcome;
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, SchemaChange};
 use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
+use crate::ident::TableId;
 use crate::lake::Storage;
 use crate::source::SelectionRules;
 use crate::source::mysql::binlog::{self, BinlogEvent, BinlogReader, RowOp, TableMap};
+use crate::source::mysql::ddl::{self, Ddl};
 use crate::source::mysql::types::RowBuilder;
 use crate::source::mysql::{BinlogPosition, MyEndpoint, file_index};
 
@@ -86,8 +88,14 @@ impl BinlogCdcRun {
         let rules = SelectionRules::new(&self.task.include, &self.task.exclude);
         let state = self.checkpoint.snapshot().await;
         let cdc = state.cdc.clone().unwrap_or_default();
-        super::batch::remove_pending_batch(&self.storage, &self.checkpoint, &self.events, &cdc)
-            .await?;
+        super::batch::remove_pending_batch(
+            &self.storage,
+            &self.checkpoint,
+            &self.events,
+            &self.task,
+            &cdc,
+        )
+        .await?;
         let start_text = cdc
             .confirmed_position
             .clone()
@@ -145,7 +153,7 @@ impl BinlogCdcRun {
         // Table id → its map (selected tables only).
         let mut maps: HashMap<u64, TableMap> = HashMap::new();
         // Table → the signature its files are written with in this run.
-        let mut signatures: HashMap<String, String> = HashMap::new();
+        let mut signatures: HashMap<TableId, String> = HashMap::new();
         let mut txn: Option<Txn> = None;
         let mut confirmed = start.clone();
         let mut persisted = start.clone();
@@ -197,7 +205,7 @@ impl BinlogCdcRun {
                 }
                 Some(BinlogEvent::TableMap { table_id, map }) => {
                     // The reader maps selected tables only.
-                    let key = map.qualified_name();
+                    let key = map.id();
                     let signature = map.signature();
                     if signatures.get(&key) != Some(&signature) {
                         let position = txn.as_ref().map(Txn::position).unwrap_or_default();
@@ -216,7 +224,7 @@ impl BinlogCdcRun {
                     let Some(t) = txn.as_mut() else {
                         return Err(self.internal("a row change outside a transaction"));
                     };
-                    let key = map.qualified_name();
+                    let key = map.id();
                     for (before, after) in rows {
                         for (op, values) in split_change(map, op, before, after) {
                             let position = t.next_position();
@@ -232,9 +240,10 @@ impl BinlogCdcRun {
                     position,
                     time,
                 }) => {
-                    if let Some((s, table)) = truncated_table(&schema, &sql)
-                        && rules.matches(&s, &table)
-                    {
+                    let emptied = ddl::parse(&schema, &sql)
+                        .map(|ddl| emptied_tables(ddl, &rules, &writer.known_tables()))
+                        .unwrap_or_default();
+                    if !emptied.is_empty() {
                         let t = txn.get_or_insert(Txn {
                             file: position.file_index(),
                             start: position.pos,
@@ -243,7 +252,24 @@ impl BinlogCdcRun {
                             explicit: false,
                         });
                         let at = t.next_position();
-                        if writer.truncated(&format!("{s}.{table}"), &at) {
+                        let mut recorded = false;
+                        for (table, change) in emptied {
+                            if let Some(to) = change.strip_prefix(RENAMED_IN_FROM) {
+                                self.events.log(
+                                    LogLevel::Warn,
+                                    format!(
+                                        "{table} was renamed from {to} at {at}: the rows it had then are not in the binlog, so the lake holds only its changes since. Load it again: tributary run … --reload-table '{table}'"
+                                    ),
+                                );
+                                continue;
+                            }
+                            let change = SchemaChange {
+                                position: at.clone(),
+                                change,
+                            };
+                            recorded |= writer.emptied(&table, change);
+                        }
+                        if recorded {
                             writer.touch(t.commit_micros);
                         }
                     }
@@ -467,54 +493,44 @@ fn split_change(
     }
 }
 
-/// The table a `TRUNCATE [TABLE] [schema.]table` statement empties, with `default_schema`
-/// where it names none.
-fn truncated_table(default_schema: &str, sql: &str) -> Option<(String, String)> {
-    // Skip leading comments MariaDB may add (`/* … */`).
-    let mut rest = sql.trim_start();
-    while let Some(after) = rest.strip_prefix("/*") {
-        rest = after.split_once("*/")?.1.trim_start();
-    }
-    let mut words = rest.split_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("truncate") {
-        return None;
-    }
-    let mut name = words.next()?;
-    if name.eq_ignore_ascii_case("table") {
-        name = words.next()?;
-    }
-    let name = name.trim_end_matches(';');
-    let parts: Vec<String> = split_identifier(name);
-    match parts.as_slice() {
-        [table] => Some((default_schema.to_string(), table.clone())),
-        [schema, table] => Some((schema.clone(), table.clone())),
-        _ => None,
-    }
-}
+/// Marks a table renamed *into* a selected name, in [`emptied_tables`]'s answer.
+const RENAMED_IN_FROM: &str = "renamed in from ";
 
-/// `` `a`.`b` `` or `a.b` into its parts, backquotes undone.
-fn split_identifier(name: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = name.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '`' if quoted && chars.peek() == Some(&'`') => {
-                chars.next();
-                if let Some(p) = parts.last_mut() {
-                    p.push('`');
-                }
-            }
-            '`' => quoted = !quoted,
-            '.' if !quoted => parts.push(String::new()),
-            c => {
-                if let Some(p) = parts.last_mut() {
-                    p.push(c);
-                }
-            }
-        }
+/// What a statement did to the task's tables: each selected table it emptied with the
+/// change to record ([`SchemaChange::empties_table`]), and each selected table it renamed
+/// another into (`RENAMED_IN_FROM`, to warn about: its earlier rows are not in the binlog).
+/// `known`: the tables the task has seen (a dropped schema's tables are among them).
+fn emptied_tables(ddl: Ddl, rules: &SelectionRules, known: &[TableId]) -> Vec<(TableId, String)> {
+    let selected = |t: &TableId| rules.matches_id(t);
+    match ddl {
+        Ddl::Truncate(t) => vec![(t, SchemaChange::TRUNCATE.to_owned())]
+            .into_iter()
+            .filter(|(t, _)| selected(t))
+            .collect(),
+        Ddl::Drop(tables) => tables
+            .into_iter()
+            .filter(selected)
+            .map(|t| (t, SchemaChange::DROP.to_owned()))
+            .collect(),
+        Ddl::DropSchema(schema) => known
+            .iter()
+            .filter(|t| t.schema == schema && selected(t))
+            .map(|t| (t.clone(), SchemaChange::DROP.to_owned()))
+            .collect(),
+        Ddl::Rename(pairs) => pairs
+            .into_iter()
+            .flat_map(|(from, to)| {
+                let gone = selected(&from).then(|| {
+                    (
+                        from.clone(),
+                        SchemaChange::renamed_to(String::new(), &to).change,
+                    )
+                });
+                let arrived = selected(&to).then(|| (to, format!("{RENAMED_IN_FROM}{from}")));
+                gone.into_iter().chain(arrived)
+            })
+            .collect(),
     }
-    parts
 }
 
 #[cfg(test)]
@@ -522,15 +538,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn truncate_statements_name_their_table() {
+    fn statements_empty_only_selected_tables() {
+        let rules = SelectionRules::new(&["shop.%".into()], &["shop.skip".into()]);
+        let id = |s: &str, t: &str| TableId::new(s, t);
+        let known = [id("shop", "a"), id("shop", "skip"), id("other", "a")];
+        let decide = |sql: &str| {
+            let ddl = ddl::parse("shop", sql).expect("a statement that empties tables");
+            emptied_tables(ddl, &rules, &known)
+        };
         assert_eq!(
-            truncated_table("shop", "TRUNCATE TABLE `orders`"),
-            Some(("shop".into(), "orders".into()))
+            decide("TRUNCATE TABLE `a b`"),
+            vec![(id("shop", "a b"), "truncate".to_owned())],
+            "the whole quoted name, never its first word"
+        );
+        assert_eq!(decide("TRUNCATE skip"), vec![]);
+        assert_eq!(
+            decide("DROP TABLE x, other.x"),
+            vec![(id("shop", "x"), "drop".to_owned())]
         );
         assert_eq!(
-            truncated_table("x", "truncate `shop`.`a.b`"),
-            Some(("shop".into(), "a.b".into()))
+            decide("DROP DATABASE shop"),
+            vec![(id("shop", "a"), "drop".to_owned())]
         );
-        assert_eq!(truncated_table("x", "ALTER TABLE t ADD c INT"), None);
+        assert_eq!(
+            decide("RENAME TABLE a TO `b c`, other.q TO r"),
+            vec![
+                (id("shop", "a"), "renamed to shop.b c".to_owned()),
+                (id("shop", "b c"), format!("{RENAMED_IN_FROM}shop.a")),
+                (id("shop", "r"), format!("{RENAMED_IN_FROM}other.q")),
+            ]
+        );
     }
 }

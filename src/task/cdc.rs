@@ -24,6 +24,7 @@ use super::batch::{BatchWriter, Rows, Turn};
 use super::checkpoint::Checkpoint;
 use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
+use crate::ident::TableId;
 use crate::lake::{Storage, layout};
 use crate::source::SelectionRules;
 use crate::source::postgres::PgEndpoint;
@@ -71,7 +72,7 @@ pub(super) struct CdcRun {
 
 /// One relation of the stream, as its last Relation message described it.
 struct RelationInfo {
-    key: String,
+    key: TableId,
     selected: bool,
     columns: Arc<[String]>,
     kinds: Vec<Kind>,
@@ -94,8 +95,14 @@ impl CdcRun {
         let state = self.checkpoint.snapshot().await;
         let cdc = state.cdc.clone().unwrap_or_default();
 
-        super::batch::remove_pending_batch(&self.storage, &self.checkpoint, &self.events, &cdc)
-            .await?;
+        super::batch::remove_pending_batch(
+            &self.storage,
+            &self.checkpoint,
+            &self.events,
+            &self.task,
+            &cdc,
+        )
+        .await?;
         let confirmed = cdc
             .confirmed_position
             .as_deref()
@@ -332,8 +339,8 @@ impl CdcRun {
         } else {
             r.schema.clone()
         };
-        let key = format!("{schema}.{}", r.name);
-        let selected = rules.matches(&schema, &r.name);
+        let key = TableId::new(schema, r.name.clone());
+        let selected = rules.matches_id(&key);
         let types: Vec<(String, u32, i32)> = r
             .columns
             .iter()
@@ -430,41 +437,35 @@ pub(super) async fn delete_cdc_files(
     state: &super::checkpoint::TaskState,
 ) -> Result<usize, TaskError> {
     let mut removed = 0;
-    let mut keys: Vec<&String> = state.tables.keys().collect();
+    let mut tables: Vec<&TableId> = state.tables.keys().collect();
     if let Some(cdc) = &state.cdc {
-        keys.extend(cdc.tables.keys());
-        for key in cdc.pending_batch.iter().flat_map(|p| &p.keys) {
-            storage.delete(key).await?;
-        }
+        tables.extend(cdc.tables.keys());
+        let pending = cdc
+            .pending_batch
+            .iter()
+            .flat_map(|p| p.keys.iter().cloned());
+        super::batch::delete_recorded(storage, task, &pending.collect::<Vec<_>>()).await?;
     }
-    keys.sort();
-    keys.dedup();
-    for key in keys {
-        removed += delete_table_cdc_files(storage, task, key).await?;
+    tables.sort();
+    tables.dedup();
+    for table in tables {
+        removed += delete_table_cdc_files(storage, task, table).await?;
     }
     Ok(removed)
 }
 
-/// Deletes the CDC files (all but `LOAD*`) of table `key` (`schema.table`); returns how
-/// many there were.
+/// Deletes the CDC files (all but `LOAD*`) in the folder of `table`, and only there;
+/// returns how many there were.
 pub(super) async fn delete_table_cdc_files(
     storage: &Storage,
     task: &TaskConfig,
-    key: &str,
+    table: &TableId,
 ) -> Result<usize, TaskError> {
-    let Some((schema, table)) = key.split_once('.') else {
-        return Ok(0);
-    };
-    let prefix = layout::table_prefix(
-        &task.target_settings.bucket_folder,
-        &task.source,
-        schema,
-        table,
-    );
+    let prefix = layout::table_prefix(&task.target_settings.bucket_folder, &task.source, table);
     let mut removed = 0;
     for object in storage.list_all(&prefix).await? {
         let name = object.key.rsplit('/').next().unwrap_or("");
-        if layout::parse_load_number(name).is_none() {
+        if layout::is_inside(&prefix, &object.key) && layout::parse_load_number(name).is_none() {
             storage.delete(&object.key).await?;
             removed += 1;
         }
@@ -610,7 +611,7 @@ impl BatchWriter {
         let truncated_at = self.totals.get(&info.key).and_then(|t| {
             t.schema_changes
                 .iter()
-                .rfind(|c| c.change == "truncate")
+                .rfind(|c| c.empties_table())
                 .map(|c| c.position.clone())
         });
         let Some(prefix) = self.tables.get(&info.key).map(|t| t.prefix.clone()) else {
@@ -636,16 +637,14 @@ impl BatchWriter {
             | toast::ToastError::Read(crate::lake::inspect::InspectError::Storage(e)) => {
                 TaskError::Storage(e)
             }
-            e => {
-                let (schema, table) = info.key.split_once('.').unwrap_or(("", &info.key));
-                self.table_error(
-                    &info.key,
-                    format!(
-                        "an update left a TOASTed column unchanged (replica identity {:?}, so the value is not in the stream), and it could not be recovered: {e}. Run ALTER TABLE \"{schema}\".\"{table}\" REPLICA IDENTITY FULL, then reload the task (--reload)",
-                        info.identity
-                    ),
-                )
-            }
+            e => self.table_error(
+                &info.key,
+                format!(
+                    "an update left a TOASTed column unchanged (replica identity {:?}, so the value is not in the stream), and it could not be recovered: {e}. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
+                    info.identity,
+                    crate::source::postgres::sql_table_name(&info.key),
+                ),
+            ),
         })
     }
 

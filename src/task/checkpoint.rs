@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::ident::TableId;
 use crate::lake::layout;
 use crate::lake::{Storage, StorageError};
 use crate::source::TableRange;
@@ -55,19 +56,19 @@ pub struct TaskState {
     pub snapshot_position: Option<String>,
     pub full_load_started_at: Option<DateTime<Utc>>,
     pub full_load_completed_at: Option<DateTime<Utc>>,
-    /// Keyed by `schema.table`.
-    pub tables: BTreeMap<String, TableLoadState>,
+    /// Keyed by table (written `schema.table`, see [`TableId`]).
+    pub tables: BTreeMap<TableId, TableLoadState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdc: Option<CdcState>,
-    /// Tables (`schema.table`) of a CDC task to load again, alone, from a new snapshot.
+    /// Tables of a CDC task to load again, alone, from a new snapshot.
     /// Recorded before anything is deleted and cleared when their loads complete, so an
     /// interrupted reload starts over on the next run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reloading: Vec<String>,
-    /// The primary key columns of every table the task selects (`schema.table`), as last
-    /// discovered: curation merges changes by them without asking the source.
+    pub reloading: Vec<TableId>,
+    /// The primary key columns of every table the task selects, as last discovered:
+    /// curation merges changes by them without asking the source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub primary_keys: BTreeMap<String, Vec<String>>,
+    pub primary_keys: BTreeMap<TableId, Vec<String>>,
 }
 
 /// Where change data capture stands.
@@ -83,8 +84,7 @@ pub struct CdcState {
     pub batches: u64,
     /// Milliseconds since the epoch of the newest CDC file name, so names keep increasing.
     pub last_file_millis: i64,
-    /// Keyed by `schema.table`.
-    pub tables: BTreeMap<String, CdcTableState>,
+    pub tables: BTreeMap<TableId, CdcTableState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,8 +110,44 @@ pub struct CdcTableState {
 pub struct SchemaChange {
     /// The `_position` from which the change applies.
     pub position: String,
-    /// What happened, e.g. `columns: id int8, name text, email text` or `truncate`.
+    /// What happened: `columns: id int8, name text, email text` (the table's columns from
+    /// here on), or one of the changes that empty the table ([`Self::empties_table`]):
+    /// `truncate`, `drop` (MySQL's DROP TABLE / DATABASE), `renamed to <schema.table>`.
     pub change: String,
+}
+
+impl SchemaChange {
+    pub const TRUNCATE: &str = "truncate";
+    pub const DROP: &str = "drop";
+    const RENAMED_TO: &str = "renamed to ";
+    const COLUMNS: &str = "columns: ";
+
+    pub fn columns(position: String, signature: &str) -> Self {
+        SchemaChange {
+            position,
+            change: format!("{}{signature}", Self::COLUMNS),
+        }
+    }
+
+    pub fn renamed_to(position: String, to: &TableId) -> Self {
+        SchemaChange {
+            position,
+            change: format!("{}{to}", Self::RENAMED_TO),
+        }
+    }
+
+    /// Whether this records the table's columns.
+    pub fn is_columns(&self) -> bool {
+        self.change.starts_with(Self::COLUMNS)
+    }
+
+    /// Whether the table holds no row from here on: a reader rebuilding it from the raw
+    /// zone starts it empty at this position.
+    pub fn empties_table(&self) -> bool {
+        self.change == Self::TRUNCATE
+            || self.change == Self::DROP
+            || self.change.starts_with(Self::RENAMED_TO)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,9 +313,9 @@ impl Checkpoint {
         &self,
         tables: &[crate::source::TableInfo],
     ) -> Result<(), CheckpointError> {
-        let keys: BTreeMap<String, Vec<String>> = tables
+        let keys: BTreeMap<TableId, Vec<String>> = tables
             .iter()
-            .map(|t| (t.qualified_name(), t.primary_key.clone()))
+            .map(|t| (t.id(), t.primary_key.clone()))
             .collect();
         let known = self.state.lock().await.primary_keys.clone();
         if keys.iter().all(|(t, k)| known.get(t) == Some(k)) {

@@ -23,6 +23,7 @@ use super::checkpoint::{Checkpoint, FileRecord, LoadStatus, TableLoadState};
 use super::stats::{TableState, TableStats, TaskSummary};
 use super::{Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
+use crate::ident::TableId;
 use crate::lake::format::{RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
 use crate::source::{SelectionRules, Snapshot, Source, TableInfo, TableRange};
@@ -33,7 +34,7 @@ const MEMORY_BUDGET: usize = 384 * 1024 * 1024;
 /// A table being loaded: shared by its range jobs.
 struct TableJob {
     info: TableInfo,
-    key: String,
+    key: TableId,
     prefix: String,
     next_file_number: StdMutex<u32>,
     stats: StdMutex<TableStats>,
@@ -58,19 +59,20 @@ impl TableJob {
     }
 }
 
-/// Refuses the first of `requested` (`schema.table`) that is not among `selected`.
+/// Refuses the first of `requested` that is not among `selected`.
 pub(super) fn require_selected(
     task: &TaskConfig,
-    requested: &[String],
+    requested: &[TableId],
     selected: &[TableInfo],
 ) -> Result<(), TaskError> {
-    match requested
-        .iter()
-        .find(|t| !selected.iter().any(|i| &i.qualified_name() == *t))
-    {
+    match requested.iter().find(|t| {
+        !selected
+            .iter()
+            .any(|i| i.schema == t.schema && i.name == t.table)
+    }) {
         Some(table) => Err(TaskError::NotSelected {
             task: task.name.clone(),
-            table: table.clone(),
+            table: table.to_string(),
         }),
         None => Ok(()),
     }
@@ -94,29 +96,22 @@ pub(super) async fn run<S: Source>(
     // in that reload.
     let waiting = checkpoint.snapshot().await.reloading;
     tables.retain(|t| {
-        let name = t.qualified_name();
-        !waiting.contains(&name) || options.reload_tables.contains(&name)
+        let id = t.id();
+        !waiting.contains(&id) || options.reload_tables.contains(&id)
     });
     for warning in tables.iter().flat_map(TableInfo::warnings) {
         events.log(LogLevel::Warn, warning);
     }
-    let location = storage.uri(&layout::table_prefix(
+    let location = storage.uri(&layout::source_prefix(
         &settings.bucket_folder,
         source.endpoint(),
-        "",
-        "",
     ));
     let location = location.trim_end_matches('/').to_owned();
 
     if options.reload {
         let state = checkpoint.snapshot().await;
-        for table in state.tables.values() {
-            let prefix = layout::table_prefix(
-                &settings.bucket_folder,
-                source.endpoint(),
-                &table.schema,
-                &table.table,
-            );
+        for table in state.tables.keys() {
+            let prefix = layout::table_prefix(&settings.bucket_folder, source.endpoint(), table);
             delete_load_files(&storage, &prefix, |_| true).await?;
         }
         checkpoint.reset().await?;
@@ -136,7 +131,7 @@ pub(super) async fn run<S: Source>(
             .await?;
         events.log(
             LogLevel::Info,
-            format!("reloading {}", options.reload_tables.join(", ")),
+            format!("reloading {}", super::reload::names(&options.reload_tables)),
         );
     }
     let state = checkpoint.snapshot().await;
@@ -147,7 +142,7 @@ pub(super) async fn run<S: Source>(
         );
         let tables = tables
             .iter()
-            .filter_map(|t| state.tables.get(&t.qualified_name()))
+            .filter_map(|t| state.tables.get(&t.id()))
             .map(completed_stats)
             .collect();
         return Ok(TaskSummary {
@@ -166,13 +161,8 @@ pub(super) async fn run<S: Source>(
     let mut finished: Vec<TableStats> = Vec::new();
     let mut new_states = Vec::new();
     for info in tables {
-        let key = info.qualified_name();
-        let prefix = layout::table_prefix(
-            &settings.bucket_folder,
-            source.endpoint(),
-            &info.schema,
-            &info.name,
-        );
+        let key = info.id();
+        let prefix = layout::table_prefix(&settings.bucket_folder, source.endpoint(), &key);
         let (pending, next_file_number, mut stats) = match state.tables.get(&key) {
             Some(s) if s.status == LoadStatus::Completed => {
                 finished.push(completed_stats(s));
@@ -395,7 +385,8 @@ async fn delete_load_files(
     for object in storage.list_all(prefix).await? {
         let name = object.key.rsplit('/').next().unwrap_or("");
         // Only this table's own full-load files: not CDC files, not sub-folders' files.
-        let direct = object.key[prefix.len()..].find('/').is_none();
+        let direct =
+            layout::is_inside(prefix, &object.key) && !object.key[prefix.len()..].contains('/');
         if direct && layout::parse_load_number(name).is_some() && doomed(&object.key) {
             storage.delete(&object.key).await?;
             removed += 1;
@@ -420,7 +411,7 @@ async fn complete_if_done(
             }
         })
         .await
-        .map_err(|e| (key, e.to_string()))?;
+        .map_err(|e| (key.to_string(), e.to_string()))?;
     table.update_stats(&events, |s| s.state = TableState::TableCompleted);
     Ok(())
 }
@@ -476,7 +467,7 @@ impl<S: Source> RangeJob<S> {
                         t.status == LoadStatus::Completed
                     })
                     .await
-                    .map_err(|e| (key.clone(), e.to_string()))?;
+                    .map_err(|e| (key.to_string(), e.to_string()))?;
                 if completed {
                     table.update_stats(&self.events, |s| s.state = TableState::TableCompleted);
                     let stats = table.stats();
@@ -516,7 +507,7 @@ impl<S: Source> RangeJob<S> {
                     .await;
                 self.events
                     .log(LogLevel::Error, format!("{key}: {message}"));
-                Err((key, message))
+                Err((key.to_string(), message))
             }
         }
     }
@@ -531,10 +522,8 @@ impl<S: Source> RangeJob<S> {
             &self.table.info.arrow_schema,
             spool,
             format!(
-                "{}-{}-{}-r{}",
-                self.task,
-                self.table.key,
-                crate::lake::storage::unique_suffix(),
+                "{}-r{}",
+                crate::lake::storage::spool_name(&self.task),
                 self.range.index
             ),
         );

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ConfigError, Engine, MigrationType, TaskConfig, Workspace};
+use crate::ident::TableId;
 use crate::lake::format::FormatError;
 use crate::lake::{Storage, StorageError};
 use crate::source::mysql::{BinlogPosition, MyEndpoint, MysqlSource};
@@ -112,9 +113,9 @@ pub struct RunOptions {
     pub reload: bool,
     /// CDC: stop once every change committed before the run started is written.
     pub until_caught_up: bool,
-    /// Load these tables (`schema.table`) again, replacing their files; the other tables
-    /// stay as they are. With CDC, from their own snapshot ([`reload`]).
-    pub reload_tables: Vec<String>,
+    /// Load these tables again, replacing their files; the other tables stay as they are.
+    /// With CDC, from their own snapshot ([`reload`]).
+    pub reload_tables: Vec<TableId>,
 }
 
 pub struct TaskHandle {
@@ -247,13 +248,13 @@ pub fn written_changes_end(engine: Engine, confirmed_position: &str) -> Option<S
     }
 }
 
-/// The tables of source endpoint `e` that `rules` select, as `schema.table`.
+/// The tables of source endpoint `e` that `rules` select.
 pub async fn list_source_tables(
     e: &crate::config::EndpointConfig,
     rules: &crate::source::SelectionRules,
-) -> Result<Vec<String>, TaskError> {
+) -> Result<Vec<TableId>, TaskError> {
     let tables = discover_tables(e, rules).await?;
-    Ok(tables.iter().map(|t| t.qualified_name()).collect())
+    Ok(tables.iter().map(TableInfo::id).collect())
 }
 
 async fn discover_tables(
@@ -294,13 +295,18 @@ async fn unpublished_tables(
 ) -> Result<Option<Unpublished>, SourceError> {
     let publication = task.publication_name();
     let rules = crate::source::SelectionRules::new(&task.include, &task.exclude);
-    let selected: Vec<String> = PostgresSource::new(pg.clone())
+    let selected: Vec<TableId> = PostgresSource::new(pg.clone())
         .discover(&rules)
         .await?
         .iter()
-        .map(|t| t.qualified_name())
+        .map(TableInfo::id)
         .collect();
-    let missing = pg.unpublished(&publication, &selected).await?;
+    let missing: Vec<String> = pg
+        .unpublished(&publication, &selected)
+        .await?
+        .iter()
+        .map(crate::source::postgres::sql_table_name)
+        .collect();
     Ok((!missing.is_empty()).then(|| Unpublished {
         detail: format!(
             "publication {publication} does not publish {}, which task '{}' selects: their changes would never reach the task",
@@ -658,7 +664,10 @@ async fn request_reload<S: Source>(
     if options.reload {
         events.log(
             LogLevel::Info,
-            format!("the whole task loads again, {} included", tables.join(", ")),
+            format!(
+                "the whole task loads again, {} included",
+                reload::names(&tables)
+            ),
         );
         return Ok(());
     }
@@ -684,11 +693,9 @@ async fn load_before_cdc<S: Source>(
         task: task.name.clone(),
         tables: Vec::new(),
         seconds: 0.0,
-        location: storage.uri(&crate::lake::layout::table_prefix(
+        location: storage.uri(&crate::lake::layout::source_prefix(
             &task.target_settings.bucket_folder,
             &task.source,
-            "",
-            "",
         )),
         snapshot_position: None,
     })

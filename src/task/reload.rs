@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use super::checkpoint::Checkpoint;
 use super::{Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskSummary, cdc, full_load};
 use crate::config::TaskConfig;
+use crate::ident::TableId;
 use crate::lake::Storage;
 use crate::source::{SelectionRules, Source, TableInfo};
 
@@ -34,7 +35,7 @@ pub(super) async fn request<S: Source>(
     source: &S,
     checkpoint: &Checkpoint,
     task: &TaskConfig,
-    tables: &[String],
+    tables: &[TableId],
 ) -> Result<(), TaskError> {
     let rules = SelectionRules::new(&task.include, &task.exclude);
     full_load::require_selected(task, tables, &source.discover(&rules).await?)?;
@@ -66,20 +67,20 @@ pub(super) async fn run<S: Source>(
     // A table no longer selected (its rules edited, or dropped at the source) cannot load:
     // its request goes, rather than fail every later run.
     let rules = SelectionRules::new(&task.include, &task.exclude);
-    let selected: HashSet<String> = source
+    let selected: HashSet<TableId> = source
         .discover(&rules)
         .await?
         .iter()
-        .map(TableInfo::qualified_name)
+        .map(TableInfo::id)
         .collect();
-    let (tables, gone): (Vec<String>, Vec<String>) =
+    let (tables, gone): (Vec<TableId>, Vec<TableId>) =
         requested.into_iter().partition(|t| selected.contains(t));
     if !gone.is_empty() {
         events.log(
             LogLevel::Warn,
             format!(
                 "{}: no longer selected, or no longer in the source; not reloaded",
-                gone.join(", ")
+                names(&gone)
             ),
         );
     }
@@ -87,7 +88,7 @@ pub(super) async fn run<S: Source>(
     for key in &tables {
         removed += cdc::delete_table_cdc_files(storage, task, key).await?;
     }
-    let loaded_before: HashSet<String> = checkpoint
+    let loaded_before: HashSet<TableId> = checkpoint
         .update(|s| {
             s.reloading.retain(|t| tables.contains(t));
             for t in &tables {
@@ -105,7 +106,7 @@ pub(super) async fn run<S: Source>(
     if removed > 0 {
         events.log(
             LogLevel::Info,
-            format!("deleted {removed} CDC file(s) of {}", tables.join(", ")),
+            format!("deleted {removed} CDC file(s) of {}", names(&tables)),
         );
     }
     let options = RunOptions {
@@ -161,6 +162,15 @@ pub(super) async fn run<S: Source>(
         ),
     );
     Ok(summary)
+}
+
+/// `a.b, "c.d".e`: tables for people.
+pub(super) fn names(tables: &[TableId]) -> String {
+    tables
+        .iter()
+        .map(TableId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The load summary after a reload: its own, or on a failure other than a stop, the one

@@ -59,8 +59,13 @@ impl TableStats {
         }
     }
 
+    pub fn id(&self) -> crate::ident::TableId {
+        crate::ident::TableId::new(&self.schema, &self.table)
+    }
+
+    /// `schema.table` for people (parts quoted where they need it).
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.table)
+        self.id().to_string()
     }
 }
 

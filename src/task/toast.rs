@@ -26,6 +26,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
+use crate::ident::TableId;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
 use crate::source::postgres::copy_binary::TextBatchBuilder;
@@ -132,9 +133,9 @@ pub(super) struct ToastRecovery {
     storage: Storage,
     budget: usize,
     used: usize,
-    tables: HashMap<String, TableCache>,
+    tables: HashMap<TableId, TableCache>,
     /// Cached rows, oldest first: (table, key, stamp). Stale entries are skipped.
-    order: VecDeque<(String, Key, u64)>,
+    order: VecDeque<(TableId, Key, u64)>,
     stamp: u64,
     /// Number of the open batch.
     batch: u64,
@@ -154,7 +155,7 @@ impl ToastRecovery {
     }
 
     /// Keeps `values`, now the latest row of its key (an I, or a U with its values whole).
-    pub fn remember(&mut self, table: &str, columns: &Columns, values: &[Value]) {
+    pub fn remember(&mut self, table: &TableId, columns: &Columns, values: &[Value]) {
         let Some(key) = key_of(columns.key, values) else {
             self.not_cached(table);
             return;
@@ -188,13 +189,13 @@ impl ToastRecovery {
             batch: self.batch,
             bytes,
         };
-        let cache = self.tables.entry(table.to_owned()).or_default();
+        let cache = self.tables.entry(table.clone()).or_default();
         cache.evicted_in_batch.remove(&key);
         if let Some(old) = cache.rows.insert(key.clone(), row) {
             self.used -= old.bytes;
         }
         self.used += bytes;
-        self.order.push_back((table.to_owned(), key, self.stamp));
+        self.order.push_back((table.clone(), key, self.stamp));
         self.evict();
         self.compact_order();
     }
@@ -215,7 +216,7 @@ impl ToastRecovery {
     }
 
     /// A delete: the key has no row until it is inserted again.
-    pub fn forget(&mut self, table: &str, key_columns: &[bool], values: &[Value]) {
+    pub fn forget(&mut self, table: &TableId, key_columns: &[bool], values: &[Value]) {
         let (Some(key), Some(cache)) = (key_of(key_columns, values), self.tables.get_mut(table))
         else {
             return;
@@ -227,7 +228,7 @@ impl ToastRecovery {
     }
 
     /// A row of `table` went into the open batch without being cached.
-    pub fn not_cached(&mut self, table: &str) {
+    pub fn not_cached(&mut self, table: &TableId) {
         self.tables
             .entry(table.to_owned())
             .or_default()
@@ -235,13 +236,13 @@ impl ToastRecovery {
     }
 
     /// The table's key columns changed: cached keys no longer mean the same rows.
-    pub fn reset(&mut self, table: &str) {
+    pub fn reset(&mut self, table: &TableId) {
         self.truncated(table);
         self.not_cached(table);
     }
 
     /// A truncate: no earlier row of the table can be the latest for a key any more.
-    pub fn truncated(&mut self, table: &str) {
+    pub fn truncated(&mut self, table: &TableId) {
         if let Some(cache) = self.tables.get_mut(table) {
             self.used -= cache.rows.values().map(|r| r.bytes).sum::<usize>();
             cache.rows.clear();
@@ -250,7 +251,7 @@ impl ToastRecovery {
     }
 
     /// The open batch is in the raw zone, as the files `placed` ((table, object key)).
-    pub fn batch_written<'a>(&mut self, placed: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    pub fn batch_written<'a>(&mut self, placed: impl IntoIterator<Item = (&'a TableId, &'a str)>) {
         self.batch += 1;
         for cache in self.tables.values_mut() {
             cache.evicted_in_batch.clear();
@@ -295,7 +296,7 @@ impl ToastRecovery {
     /// its last truncate.
     pub async fn recover(
         &mut self,
-        table: &str,
+        table: &TableId,
         prefix: &str,
         columns: &Columns<'_>,
         values: &mut [Value],
@@ -310,7 +311,7 @@ impl ToastRecovery {
             .map(|(i, _)| i)
             .collect();
         let shown = show_key(&key);
-        let cache = self.tables.entry(table.to_owned()).or_default();
+        let cache = self.tables.entry(table.clone()).or_default();
         if let Some(row) = cache.rows.get(&key) {
             let cached = |name: &str| {
                 let index = row.names.iter().position(|n| n == name)?;
@@ -722,18 +723,40 @@ mod tests {
         };
         // Room for about one row.
         let mut toast = ToastRecovery::new(Storage::local(dir.path()), ROW_OVERHEAD + 200);
-        toast.remember("t", &cols, &[text("1"), text(&"a".repeat(100))]);
+        toast.remember(
+            &TableId::new("p", "t"),
+            &cols,
+            &[text("1"), text(&"a".repeat(100))],
+        );
         let mut update = vec![text("1"), Value::UnchangedToast];
         toast
-            .recover("t", "raw/t/", &cols, &mut update, None, None)
+            .recover(
+                &TableId::new("p", "t"),
+                "raw/t/",
+                &cols,
+                &mut update,
+                None,
+                None,
+            )
             .await
             .expect("from the cache");
         assert_eq!(update[1], text(&"a".repeat(100)));
 
-        toast.remember("t", &cols, &[text("2"), text(&"b".repeat(100))]);
+        toast.remember(
+            &TableId::new("p", "t"),
+            &cols,
+            &[text("2"), text(&"b".repeat(100))],
+        );
         let mut update = vec![text("1"), Value::UnchangedToast];
         let err = toast
-            .recover("t", "raw/t/", &cols, &mut update, None, None)
+            .recover(
+                &TableId::new("p", "t"),
+                "raw/t/",
+                &cols,
+                &mut update,
+                None,
+                None,
+            )
             .await
             .expect_err("evicted in the open batch");
         assert!(matches!(err, ToastError::EvictedInBatch { .. }), "{err}");
@@ -741,7 +764,14 @@ mod tests {
         // Once the batch is written, the raw zone is asked (here: empty).
         toast.batch_written([]);
         let err = toast
-            .recover("t", "raw/t/", &cols, &mut update, None, None)
+            .recover(
+                &TableId::new("p", "t"),
+                "raw/t/",
+                &cols,
+                &mut update,
+                None,
+                None,
+            )
             .await
             .expect_err("nothing in the raw zone");
         assert!(matches!(err, ToastError::NotFound { .. }), "{err}");

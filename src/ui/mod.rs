@@ -43,7 +43,7 @@ pub enum UiEvent {
     },
     SourceTables {
         source: String,
-        tables: Result<Vec<String>, String>,
+        tables: Result<Vec<crate::ident::TableId>, String>,
     },
     LakeOpened {
         target: String,

@@ -10,23 +10,24 @@ use crate::config::{
     Compression, DataFormat, DatePartitionSequence, DatePartitionStyle, MigrationType,
     TargetSettings, TaskConfig,
 };
+use crate::ident::TableId;
 use crate::source::SelectionRules;
 use crate::task::RunOptions;
 
 #[derive(Default)]
 pub struct TasksScreen {
     selected: Option<usize>,
-    /// Every table of each source (`schema.table`), fetched once per source; `None` while
-    /// fetching. Rules are matched against it as they are typed.
-    source_tables: HashMap<String, Option<Result<Vec<String>, String>>>,
+    /// Every table of each source, fetched once per source; `None` while fetching. Rules
+    /// are matched against it as they are typed.
+    source_tables: HashMap<String, Option<Result<Vec<TableId>, String>>>,
     include_text: String,
     exclude_text: String,
     /// A table whose Reload button was clicked: the run controls start it.
-    reload_table: Option<String>,
+    reload_table: Option<TableId>,
 }
 
 impl TasksScreen {
-    pub fn source_tables(&mut self, source: String, tables: Result<Vec<String>, String>) {
+    pub fn source_tables(&mut self, source: String, tables: Result<Vec<TableId>, String>) {
         self.source_tables.insert(source, Some(tables));
     }
 
@@ -258,13 +259,7 @@ impl TasksScreen {
             }
             Some(Some(Ok(all))) => {
                 let rules = SelectionRules::new(&task.include, &task.exclude);
-                let matched: Vec<&String> = all
-                    .iter()
-                    .filter(|t| {
-                        t.split_once('.')
-                            .is_some_and(|(schema, table)| rules.matches(schema, table))
-                    })
-                    .collect();
+                let matched: Vec<&TableId> = all.iter().filter(|t| rules.matches_id(t)).collect();
                 ui.label(format!(
                     "{} of {} tables selected",
                     matched.len(),
@@ -279,7 +274,7 @@ impl TasksScreen {
                     .show(ui, |ui| {
                         for t in matched {
                             ui.horizontal(|ui| {
-                                ui.monospace(t);
+                                ui.monospace(t.to_string());
                                 if reloadable
                                     && ui
                                         .small_button(format!("Reload {t}"))
@@ -296,8 +291,8 @@ impl TasksScreen {
     }
 }
 
-/// Every table of a source, as `schema.table`.
-async fn list_tables(source: &crate::config::EndpointConfig) -> Result<Vec<String>, String> {
+/// Every table of a source.
+async fn list_tables(source: &crate::config::EndpointConfig) -> Result<Vec<TableId>, String> {
     crate::task::list_source_tables(source, &SelectionRules::new(&[], &[]))
         .await
         .map_err(|e| e.to_string())

@@ -102,7 +102,8 @@ pub fn rebuild(table_dir: &Path, truncates: &[String]) -> TableRows {
     state
 }
 
-/// The positions of the truncates of `table` (`schema.table`) recorded in the task's state.
+/// The positions of the truncates (and the other changes that empty a table: a drop, a
+/// rename away) of `table` (`schema.table`) recorded in the task's state.
 pub fn truncates(state_file: &Path, table: &str) -> Vec<String> {
     let Ok(bytes) = std::fs::read(state_file) else {
         return Vec::new();
@@ -113,7 +114,10 @@ pub fn truncates(state_file: &Path, table: &str) -> Vec<String> {
         .map(|changes| {
             changes
                 .iter()
-                .filter(|c| c["change"] == "truncate")
+                .filter(|c| {
+                    let change = c["change"].as_str().unwrap_or_default();
+                    change == "truncate" || change == "drop" || change.starts_with("renamed to ")
+                })
                 .map(|c| c["position"].as_str().unwrap().to_owned())
                 .collect()
         })

@@ -57,8 +57,8 @@ pub struct TableMap {
 }
 
 impl TableMap {
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.table)
+    pub fn id(&self) -> crate::ident::TableId {
+        crate::ident::TableId::new(&self.schema, &self.table)
     }
 
     /// `name kind` of each column, to tell when a table's schema changed.

@@ -12,6 +12,7 @@
 //! - a table with a single integer primary key splits into key ranges; others read whole.
 
 pub mod binlog;
+pub mod ddl;
 pub mod types;
 
 use std::collections::HashMap;

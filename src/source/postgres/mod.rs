@@ -451,8 +451,20 @@ impl PgEndpoint {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `schema.table` as PostgreSQL reads it: each part plain when it is a simple lower-case
+/// name, else quoted, so the SQL in a message can be pasted as it is.
+pub fn sql_table_name(table: &crate::ident::TableId) -> String {
+    let part = |p: &str| {
+        let simple = p.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if simple { p.to_owned() } else { quote_ident(p) }
+    };
+    format!("{}.{}", part(&table.schema), part(&table.table))
 }
 
 impl Source for PostgresSource {

@@ -19,6 +19,7 @@ use pgwire_replication::{
 use sqlx::{PgConnection, Row};
 
 use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
+use crate::ident::TableId;
 use crate::source::{Snapshot, SourceError};
 
 /// A slot as the server reports it.
@@ -206,16 +207,16 @@ impl PgEndpoint {
         })
     }
 
-    /// Of `tables` (`schema.table`), those `publication` does not publish: their changes
-    /// would never reach the stream. Empty for a publication FOR ALL TABLES.
+    /// Of `tables`, those `publication` does not publish: their changes would never reach
+    /// the stream. Empty for a publication FOR ALL TABLES.
     pub async fn unpublished(
         &self,
         publication: &str,
-        tables: &[String],
-    ) -> Result<Vec<String>, SourceError> {
+        tables: &[TableId],
+    ) -> Result<Vec<TableId>, SourceError> {
         let mut conn = self.connect().await?;
-        let published: Vec<String> = sqlx::query_scalar(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+        let published: Vec<(String, String)> = sqlx::query_as(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
         )
         .bind(publication)
         .fetch_all(&mut conn)
@@ -226,6 +227,10 @@ impl PgEndpoint {
                 &format!("listing the tables of publication {publication}"),
             )
         })?;
+        let published: std::collections::HashSet<TableId> = published
+            .into_iter()
+            .map(|(schema, table)| TableId::new(schema, table))
+            .collect();
         Ok(tables
             .iter()
             .filter(|t| !published.contains(t))
