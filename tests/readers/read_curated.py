@@ -1,6 +1,7 @@
 """Reads curated Iceberg tables the way outside tools do, for the tests.
 
-Usage: read_curated.py CATALOG TABLE [TABLE ...]   (TABLE: source.schema.table; CATALOG: the
+Usage: read_curated.py CATALOG TABLE [TABLE ...]   (TABLE: source.schema.table, or a JSON
+array of its parts; CATALOG: the
 SQLite file, or a postgres:// URL whose password is in PGPASSWORD). With S3_ENDPOINT set
 (and AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), tables in S3 are read from that server.
 
@@ -74,7 +75,9 @@ def main():
         )
     out = {}
     for name in tables:
-        table = catalog.load_table(tuple(name.split(".")))
+        # A JSON array gives the identifier's parts (names that hold dots).
+        parts = json.loads(name) if name.startswith("[") else name.split(".")
+        table = catalog.load_table(tuple(parts))
         columns = [f.name for f in table.schema().fields]
         arrow = table.scan().to_arrow()
         by_pyiceberg = rows_of(columns, arrow.to_pylist())
