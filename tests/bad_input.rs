@@ -224,3 +224,70 @@ async fn full_disk() {
         }
     }
 }
+
+/// A workspace file whose `password_env` names another secret (a cloud key, a CI token) is
+/// refused with its line and the fix, before anything connects: the secret never leaves.
+#[test]
+fn password_env_naming_another_secret_is_refused() {
+    // Stands in for the server a hostile workspace names: nothing may connect to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = TestDir::new();
+    for var in ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "DATABASE_URL"] {
+        let ws = dir.write_workspace(&format!(
+            "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"127.0.0.1\"\n\
+             port = {port}\ndatabase = \"d\"\nuser = \"u\"\npassword_env = \"{var}\"\n"
+        ));
+        for args in [
+            vec!["check", ws.as_str()],
+            vec!["check", ws.as_str(), "--endpoint", "shop"],
+        ] {
+            let output = tributary_command(&args)
+                .env(var, "s3cr3t-value")
+                .output()
+                .unwrap();
+            let err = assert_failure(&output, 2);
+            assert_mentions(
+                &err,
+                &[
+                    "line 8",
+                    &format!("password_env = \"{var}\" is refused"),
+                    "TRIBUTARY_SHOP_PASSWORD",
+                ],
+            );
+            assert!(!err.contains("s3cr3t"), "the value was echoed:\n{err}");
+        }
+    }
+    assert!(
+        listener.accept().is_err(),
+        "something connected to the named server"
+    );
+}
+
+/// A password anywhere in `[curate] catalog` (user part, query string, percent-encoded) is
+/// refused with its line by every command that reads the catalog, and never printed.
+#[test]
+fn a_password_in_the_catalog_url_is_refused_and_never_printed() {
+    let dir = TestDir::new();
+    for catalog in [
+        "postgres://u@127.0.0.1:5432/cat?password=hunter2",
+        "postgresql://u:hunter2@127.0.0.1/cat",
+        "postgres://u@127.0.0.1/cat?sslmode=disable&pass%77ord=hunter2",
+        "postgres://u@127.0.0.1/cat?sslpassword=hunter2",
+    ] {
+        let ws = dir.write_workspace(&format!(
+            "{}[curate]\ncatalog = \"{catalog}\"\n",
+            local_target_toml("lake", &dir.lake())
+        ));
+        for args in [
+            vec!["curate", ws.as_str()],
+            vec!["transform", ws.as_str()],
+            vec!["query", ws.as_str(), "SELECT 1"],
+        ] {
+            let err = assert_failure(&tributary(&args), 2);
+            assert_mentions(&err, &["line 7", "password", "PGPASSWORD"]);
+            assert!(!err.contains("hunter2"), "the password was echoed:\n{err}");
+        }
+    }
+}

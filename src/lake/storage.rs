@@ -193,7 +193,8 @@ impl Storage {
         Storage::S3(S3Storage {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: o.bucket,
-            endpoint_url,
+            // Only shown in messages: never with credentials.
+            endpoint_url: endpoint_url.map(|u| crate::secret::redact_url(&u)),
         })
     }
 
