@@ -11,6 +11,9 @@
 //!   writes a new metadata file, then moves the pointer with a compare-and-swap on the old
 //!   location, so a commit is all or nothing and two writers cannot both win;
 //! - metadata files are never rewritten: version `N` is `metadata/000NN-<uuid>.metadata.json`;
+//! - every file a commit points at (metadata, manifest lists, manifests, data files) is
+//!   durable before the compare-and-swap: the FileIO's local writes are fsynced, file and
+//!   folder ([`crate::lake::adapters`]), and S3 puts are durable when they return;
 //! - a PostgreSQL catalog's URL holds no password (refused on open) and is shown only
 //!   redacted ([`crate::secret::redact_url`]).
 //!
