@@ -291,3 +291,107 @@ fn a_password_in_the_catalog_url_is_refused_and_never_printed() {
         }
     }
 }
+
+/// The mode the test process (and the tributary it starts) gives new files.
+fn default_file_mode() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    0o666 & !umask
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A local target spools in `<lake>/.tributary-tmp`, private to the user (0700); the lake's
+/// own files get the usual mode, as any file the user makes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_spool_is_private_and_the_lake_is_not() {
+    let pg = Pg::from_env();
+    small_database(&pg, "trib_local_spool").await;
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "trib_local_spool"),
+        &local_target_toml("lake", &dir.lake()),
+    );
+    assert_success(&tributary(&["run", &ws, "--task", "load"]));
+    assert_eq!(mode(&dir.lake().join(".tributary-tmp")), 0o700);
+    let load = dir.lake().join("shop/public/t/LOAD00000001.parquet");
+    assert_eq!(mode(&load), default_file_mode());
+    assert_eq!(
+        read_parquet_file(&load)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        1000
+    );
+}
+
+/// S3 uploads spool in `$TMPDIR/tributary-spool-<uid>`, the user's own folder (0700), which
+/// they leave empty. A folder of that name owned by another user is refused, with the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_uploads_spool_in_a_private_folder_of_the_user() {
+    let pg = Pg::from_env();
+    small_database(&pg, "trib_s3_spool").await;
+    let bucket = "trib-s3-spool";
+    fresh_bucket(bucket).await;
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "trib_s3_spool"),
+        &s3_target_toml("lake", bucket, &s3_endpoint()),
+    );
+    let tmp = TestDir::new();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let output = tributary_command(&["run", &ws, "--task", "load"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let spool = tmp.path().join(format!("tributary-spool-{uid}"));
+    assert_eq!(mode(&spool), 0o700);
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "every spool file was put and removed"
+    );
+
+    if uid != 0 {
+        eprintln!("SKIPPED the other user's spool folder: needs root to make one");
+        return;
+    }
+    // A folder of that name another user made first (world-writable, as /tmp is): refused.
+    let theirs = TestDir::new();
+    let spool = theirs.path().join(format!("tributary-spool-{uid}"));
+    std::fs::create_dir(&spool).unwrap();
+    std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
+    let output = tributary_command(&["run", &ws, "--task", "load", "--reload"])
+        .env("TMPDIR", theirs.path())
+        .output()
+        .unwrap();
+    let err = assert_failure(&output, 1);
+    assert_mentions(
+        &err,
+        &[
+            &spool.display().to_string(),
+            "belongs to user id 65534",
+            "set TMPDIR",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "nothing written there"
+    );
+}
