@@ -127,7 +127,7 @@ const SECRET_WORDS: &[&str] = &[
 ];
 
 /// How a variable holding a password ends: `PGPASSWORD`, `MYSQL_PWD`, `TRIBUTARY_SHOP_PASSWORD`.
-const PASSWORD_SUFFIXES: &[&str] = &["PASSWORD", "PASSWD", "_PWD", "_PASS"];
+const PASSWORD_SUFFIXES: &[&str] = &["PASSWORD", "PASSWD", "_PWD", "_PW", "_PASS"];
 
 /// Whether `password_env` may name `var`, for the endpoint named `endpoint`: `Err` says why
 /// not and what to name instead. The rule, case-insensitive:
@@ -135,9 +135,9 @@ const PASSWORD_SUFFIXES: &[&str] = &["PASSWORD", "PASSWD", "_PWD", "_PASS"];
 /// - it is not another tool's credential variable (`AWS_*`, `AZURE_*`, `GOOGLE_*`,
 ///   `GITHUB_*`, `GH_*`, `CI_*`, `SSH_*`, … see [`CREDENTIAL_PREFIXES`]) and holds none of the
 ///   words `SECRET`, `TOKEN`, `PRIVATE_KEY`, `ACCESS_KEY`, `API_KEY`, `CREDENTIAL`, `SESSION`;
-/// - it is named like a password: it ends in `PASSWORD`, `PASSWD`, `_PWD` or `_PASS`, so a
-///   variable holding anything else (a `DATABASE_URL` with its credentials, a license key)
-///   cannot be sent to the server a workspace file names either.
+/// - it is named like a password: it ends in `PASSWORD`, `PASSWD`, `_PWD`, `_PW` or `_PASS`,
+///   so a variable holding anything else (a `DATABASE_URL` with its credentials, a license
+///   key) cannot be sent to the server a workspace file names either.
 pub fn check_password_env(var: &str, endpoint: &str) -> Result<(), String> {
     let own: String = endpoint
         .chars()
@@ -185,7 +185,7 @@ pub fn check_password_env(var: &str, endpoint: &str) -> Result<(), String> {
     if !PASSWORD_SUFFIXES.iter().any(|s| upper.ends_with(s)) {
         return Err(format!(
             "{var} is not named like a password: password_env names a variable ending in \
-             PASSWORD, PASSWD, _PWD or _PASS, so that a workspace file cannot send another \
+             PASSWORD, PASSWD, _PWD, _PW or _PASS, so that a workspace file cannot send another \
              variable's value (a key, a token, a DATABASE_URL) to the server it names. {fix}"
         ));
     }
@@ -328,6 +328,7 @@ mod tests {
             "TRIBUTARY_SHOP_PASSWORD",
             "TEST_PG_PASSWORD",
             "db_passwd",
+            "WRONG_PW",
             "_X_PASS",
         ] {
             assert_eq!(check_password_env(ok, "shop"), Ok(()), "{ok}");
