@@ -4,7 +4,11 @@
 //! given takes DMS's default (so `data_format` defaults to `csv`, as in DMS). Invariants the
 //! rest of the engine relies on, checked by [`Workspace::parse`]:
 //! - endpoint and task names are unique and usable as path segments;
-//! - every endpoint has the fields its engine needs, and no plain password;
+//! - every endpoint has the fields its engine needs, and no plain password; `password_env`
+//!   names a variable holding a password, never another tool's credential
+//!   ([`crate::secret::check_password_env`]);
+//! - no URL in the file (`[curate] catalog`, `endpoint_url`) holds a password, and errors
+//!   show URLs only through [`crate::secret::redact_url`];
 //! - every task names an existing source endpoint and an existing target endpoint.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +48,13 @@ pub enum ConfigError {
          export it before running (e.g. `export {var}=...`)"
     )]
     MissingPasswordEnv { endpoint: String, var: String },
+    /// Checked where the password is read too, for endpoints built without parsing a file.
+    #[error("endpoint '{endpoint}': password_env = \"{var}\" is refused: {reason}")]
+    RefusedPasswordEnv {
+        endpoint: String,
+        var: String,
+        reason: String,
+    },
     #[error(transparent)]
     Keyring(#[from] crate::secret::SecretError),
 }
@@ -269,6 +280,14 @@ impl EndpointConfig {
     /// keyring with `password_keyring`; `None` when the endpoint names neither.
     pub async fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         if let Some(var) = &self.password_env {
+            // Again here: the app builds endpoints without parsing a file.
+            crate::secret::check_password_env(var, &self.name).map_err(|reason| {
+                ConfigError::RefusedPasswordEnv {
+                    endpoint: self.name.clone(),
+                    var: var.clone(),
+                    reason,
+                }
+            })?;
             return std::env::var(var)
                 .map(Some)
                 .map_err(|_| ConfigError::MissingPasswordEnv {
@@ -651,29 +670,43 @@ impl Workspace {
             validate_model(self, m)
                 .map_err(|(key, e)| invalid_at(&m.name, key, format!("model '{}': {e}", m.name)))?;
         }
-        let catalog = &self.curate.catalog;
-        if let Some(rest) = catalog
-            .strip_prefix("postgres://")
-            .or_else(|| catalog.strip_prefix("postgresql://"))
-            && rest
-                .split('@')
-                .next()
-                .is_some_and(|user| rest.contains('@') && user.contains(':'))
-        {
-            return Err(invalid(
-                "",
-                "[curate] catalog holds a password: secrets never live in the workspace file. \
-                 Write postgres://user@host:port/database and put the password in PGPASSWORD"
-                    .into(),
-            ));
-        }
+        let curate_invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_in_table(text, "curate", key),
+            message,
+        };
+        validate_catalog(&self.curate.catalog).map_err(|m| curate_invalid("catalog", m))?;
         if self.curate.keep_snapshots == 0 {
-            return Err(invalid(
-                "",
+            return Err(curate_invalid(
+                "keep_snapshots",
                 "[curate] keep_snapshots must be at least 1 (the current snapshot)".into(),
             ));
         }
         Ok(())
+    }
+}
+
+/// `[curate] catalog` is a SQLite file path or a PostgreSQL URL without a password anywhere
+/// (user part, query string, percent-encoded or not): secrets never live in the file.
+fn validate_catalog(catalog: &str) -> Result<(), String> {
+    let Some((scheme, _)) = catalog.split_once("://") else {
+        return Ok(());
+    };
+    if !crate::catalog::iceberg::CatalogLocation::is_postgres_url(catalog) {
+        return Err(format!(
+            "[curate] catalog '{}': the scheme {scheme}:// is not a catalog's. Give a SQLite \
+             file path (catalog = \"catalog.db\") or postgres://user@host:port/database",
+            crate::secret::redact_url(catalog)
+        ));
+    }
+    match crate::secret::url_password(catalog) {
+        Some(place) => Err(format!(
+            "[curate] catalog '{}' holds a password in {place}: secrets never live in the \
+             workspace file. Write postgres://user@host:port/database and put the password in \
+             PGPASSWORD",
+            crate::secret::redact_url(catalog)
+        )),
+        None => Ok(()),
     }
 }
 
@@ -780,6 +813,28 @@ fn line_of(text: &str, name: &str, key: &str) -> usize {
     at + 1
 }
 
+/// The 1-based line of `key` in the `[table]` section (`[curate]`); the section's line when
+/// `key` is not written there, 1 when the section is not either.
+fn line_in_table(text: &str, table: &str, key: &str) -> usize {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let header = format!("[{table}]");
+    let Some(start) = lines.iter().position(|l| *l == header) else {
+        return 1;
+    };
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    let at = (start + 1..end)
+        .find(|&i| {
+            lines[i]
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .unwrap_or(start);
+    at + 1
+}
+
 /// `a/b/../c` as `a/c`, without touching the file system (the folder may not exist yet).
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -812,6 +867,14 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
              or store it in the OS keyring and set password_keyring = true"
                 .into(),
         ));
+    }
+    if let Some(var) = &e.password_env {
+        crate::secret::check_password_env(var, &e.name).map_err(|reason| {
+            (
+                "password_env",
+                format!("password_env = \"{var}\" is refused: {reason}"),
+            )
+        })?;
     }
     if e.password_env.is_some() && e.password_keyring {
         return Err((
@@ -874,13 +937,24 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             ));
         }
     }
-    if let Some(url) = &e.endpoint_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        return Err((
-            "endpoint_url",
-            format!("endpoint_url '{url}' must start with http:// or https://"),
-        ));
+    if let Some(url) = &e.endpoint_url {
+        let shown = crate::secret::redact_url(url);
+        if let Some(place) = crate::secret::url_password(url) {
+            return Err((
+                "endpoint_url",
+                format!(
+                    "endpoint_url '{shown}' holds a secret in {place}: S3 credentials come from \
+                     the AWS credential chain (environment, `profile`, SSO, instance role), \
+                     never from the workspace file"
+                ),
+            ));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err((
+                "endpoint_url",
+                format!("endpoint_url '{shown}' must start with http:// or https://"),
+            ));
+        }
     }
     Ok(())
 }
@@ -1097,5 +1171,71 @@ compression = "snappy"
         let text = GOOD.replace("include = [\"public.%\"]", "include = [\"orders\"]");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("schema.table"), "{err}");
+    }
+
+    #[test]
+    fn password_env_naming_another_secret_is_refused_with_line_and_fix() {
+        for var in ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "DATABASE_URL"] {
+            let text = GOOD.replace("\"PGPASSWORD\"", &format!("\"{var}\""));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("line 9"), "{err}");
+            assert!(
+                err.contains(&format!("password_env = \"{var}\" is refused")),
+                "{err}"
+            );
+            assert!(err.contains("TRIBUTARY_SHOP_PASSWORD"), "the fix: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn password_env_is_checked_again_where_the_password_is_read() {
+        let mut ws = parse(GOOD).expect("valid");
+        // As the app builds it, without parsing a file.
+        ws.endpoints[0].password_env = Some("AWS_SECRET_ACCESS_KEY".into());
+        let err = ws.endpoints[0].resolve_password().await.unwrap_err();
+        assert!(
+            matches!(err, ConfigError::RefusedPasswordEnv { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("AWS credential"), "{err}");
+    }
+
+    #[test]
+    fn a_password_anywhere_in_the_catalog_url_is_refused_and_not_shown() {
+        for catalog in [
+            "postgres://u:hunter2@db/cat",
+            "postgresql://u:hunter2@db/cat",
+            "POSTGRES://u:hunter2@db/cat",
+            "postgres://u@db/cat?password=hunter2",
+            "postgres://u@db/cat?sslmode=require&pass%77ord=hunter2",
+            "postgres://u@db/cat?sslpassword=hunter2",
+        ] {
+            let text = format!("{GOOD}\n[curate]\nfolder = \"c\"\ncatalog = \"{catalog}\"\n");
+            let line = text.lines().position(|l| l.starts_with("catalog")).unwrap() + 1;
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("line {line}:")), "{err}");
+            assert!(err.contains("put the password in PGPASSWORD"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let text = format!("{GOOD}\n[curate]\ncatalog = \"mysql://u:hunter2@db/cat\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("SQLite") && !err.contains("hunter2"), "{err}");
+        let text = format!("{GOOD}\n[curate]\ncatalog = \"postgres://u@db:5432/cat\"\n");
+        parse(&text).expect("no password: valid");
+        let text = format!("{GOOD}\n[curate]\nkeep_snapshots = 0\n");
+        let line = text.lines().position(|l| l.starts_with("keep_")).unwrap() + 1;
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(&format!("line {line}:")), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_an_s3_endpoint_url_are_refused_and_not_shown() {
+        let text = GOOD.replace(
+            "engine = \"local\"\npath = \"/tmp/lake\"",
+            "engine = \"s3\"\nbucket = \"b\"\nendpoint_url = \"http://AKIA:hunter2@s3.local:9000\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("credential chain"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

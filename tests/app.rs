@@ -169,6 +169,9 @@ fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
     h.run_steps(4);
     h.get_by_label("Save").click();
     wait_until_gone(&mut h, "(modified)", Duration::from_secs(10));
+    // The user narrows the file's permissions; saving again keeps them.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
 
     h.state_mut().set_tab(Tab::Tasks);
     h.run_steps(4);
@@ -177,6 +180,15 @@ fn full_path_add_endpoints_run_a_load_and_see_it_complete() {
     wait_for(&mut h, "public.people", Duration::from_secs(20));
     h.get_by_label("Save").click();
     wait_until_gone(&mut h, "(modified)", Duration::from_secs(10));
+    // Saved atomically (a temporary file beside it, renamed): the mode kept, nothing left.
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
+    let beside: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
     h.get_by_label("Start / resume").click();
     h.run_steps(2);
     assert!(

@@ -224,3 +224,174 @@ async fn full_disk() {
         }
     }
 }
+
+/// A workspace file whose `password_env` names another secret (a cloud key, a CI token) is
+/// refused with its line and the fix, before anything connects: the secret never leaves.
+#[test]
+fn password_env_naming_another_secret_is_refused() {
+    // Stands in for the server a hostile workspace names: nothing may connect to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = TestDir::new();
+    for var in ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "DATABASE_URL"] {
+        let ws = dir.write_workspace(&format!(
+            "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"127.0.0.1\"\n\
+             port = {port}\ndatabase = \"d\"\nuser = \"u\"\npassword_env = \"{var}\"\n"
+        ));
+        for args in [
+            vec!["check", ws.as_str()],
+            vec!["check", ws.as_str(), "--endpoint", "shop"],
+        ] {
+            let output = tributary_command(&args)
+                .env(var, "s3cr3t-value")
+                .output()
+                .unwrap();
+            let err = assert_failure(&output, 2);
+            assert_mentions(
+                &err,
+                &[
+                    "line 8",
+                    &format!("password_env = \"{var}\" is refused"),
+                    "TRIBUTARY_SHOP_PASSWORD",
+                ],
+            );
+            assert!(!err.contains("s3cr3t"), "the value was echoed:\n{err}");
+        }
+    }
+    assert!(
+        listener.accept().is_err(),
+        "something connected to the named server"
+    );
+}
+
+/// A password anywhere in `[curate] catalog` (user part, query string, percent-encoded) is
+/// refused with its line by every command that reads the catalog, and never printed.
+#[test]
+fn a_password_in_the_catalog_url_is_refused_and_never_printed() {
+    let dir = TestDir::new();
+    for catalog in [
+        "postgres://u@127.0.0.1:5432/cat?password=hunter2",
+        "postgresql://u:hunter2@127.0.0.1/cat",
+        "postgres://u@127.0.0.1/cat?sslmode=disable&pass%77ord=hunter2",
+        "postgres://u@127.0.0.1/cat?sslpassword=hunter2",
+    ] {
+        let ws = dir.write_workspace(&format!(
+            "{}[curate]\ncatalog = \"{catalog}\"\n",
+            local_target_toml("lake", &dir.lake())
+        ));
+        for args in [
+            vec!["curate", ws.as_str()],
+            vec!["transform", ws.as_str()],
+            vec!["query", ws.as_str(), "SELECT 1"],
+        ] {
+            let err = assert_failure(&tributary(&args), 2);
+            assert_mentions(&err, &["line 7", "password", "PGPASSWORD"]);
+            assert!(!err.contains("hunter2"), "the password was echoed:\n{err}");
+        }
+    }
+}
+
+/// The mode the test process (and the tributary it starts) gives new files.
+fn default_file_mode() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    0o666 & !umask
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A local target spools in `<lake>/.tributary-tmp`, private to the user (0700); the lake's
+/// own files get the usual mode, as any file the user makes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_spool_is_private_and_the_lake_is_not() {
+    let pg = Pg::from_env();
+    small_database(&pg, "trib_local_spool").await;
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "trib_local_spool"),
+        &local_target_toml("lake", &dir.lake()),
+    );
+    assert_success(&tributary(&["run", &ws, "--task", "load"]));
+    assert_eq!(mode(&dir.lake().join(".tributary-tmp")), 0o700);
+    let load = dir.lake().join("shop/public/t/LOAD00000001.parquet");
+    assert_eq!(mode(&load), default_file_mode());
+    assert_eq!(
+        read_parquet_file(&load)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        1000
+    );
+}
+
+/// S3 uploads spool in `$TMPDIR/tributary-spool-<uid>`, the user's own folder (0700), which
+/// they leave empty. A folder of that name owned by another user is refused, with the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_uploads_spool_in_a_private_folder_of_the_user() {
+    let pg = Pg::from_env();
+    small_database(&pg, "trib_s3_spool").await;
+    let bucket = "trib-s3-spool";
+    fresh_bucket(bucket).await;
+    let dir = TestDir::new();
+    let ws = small_source_workspace(
+        &dir,
+        &pg.endpoint_toml("shop", "trib_s3_spool"),
+        &s3_target_toml("lake", bucket, &s3_endpoint()),
+    );
+    let tmp = TestDir::new();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let output = tributary_command(&["run", &ws, "--task", "load"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let spool = tmp.path().join(format!("tributary-spool-{uid}"));
+    assert_eq!(mode(&spool), 0o700);
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "every spool file was put and removed"
+    );
+
+    if uid != 0 {
+        eprintln!("SKIPPED the other user's spool folder: needs root to make one");
+        return;
+    }
+    // A folder of that name another user made first (world-writable, as /tmp is): refused.
+    let theirs = TestDir::new();
+    let spool = theirs.path().join(format!("tributary-spool-{uid}"));
+    std::fs::create_dir(&spool).unwrap();
+    std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
+    let output = tributary_command(&["run", &ws, "--task", "load", "--reload"])
+        .env("TMPDIR", theirs.path())
+        .output()
+        .unwrap();
+    let err = assert_failure(&output, 1);
+    assert_mentions(
+        &err,
+        &[
+            &spool.display().to_string(),
+            "belongs to user id 65534",
+            "set TMPDIR",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "nothing written there"
+    );
+}

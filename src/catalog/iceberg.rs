@@ -10,7 +10,12 @@
 //! - a table's state is its metadata file; the catalog row only points at it. A commit
 //!   writes a new metadata file, then moves the pointer with a compare-and-swap on the old
 //!   location, so a commit is all or nothing and two writers cannot both win;
-//! - metadata files are never rewritten: version `N` is `metadata/000NN-<uuid>.metadata.json`.
+//! - metadata files are never rewritten: version `N` is `metadata/000NN-<uuid>.metadata.json`;
+//! - every file a commit points at (metadata, manifest lists, manifests, data files) is
+//!   durable before the compare-and-swap: the FileIO's local writes are fsynced, file and
+//!   folder ([`crate::lake::adapters`]), and S3 puts are durable when they return;
+//! - a PostgreSQL catalog's URL holds no password (refused on open) and is shown only
+//!   redacted ([`crate::secret::redact_url`]).
 //!
 //! Commits are built here rather than through iceberg-rust's `Transaction`, which in 0.10
 //! can only append: the curated tables need snapshots that replace files.
@@ -60,6 +65,10 @@ pub enum IcebergCatalogError {
         "another tributary curate or transform holds {lock}; wait for it to finish (one at a time per catalog)"
     )]
     Busy { lock: String },
+    #[error(
+        "the Iceberg catalog {location} holds a password in {place}: secrets never live in the workspace file. Write postgres://user@host:port/database and put the password in PGPASSWORD"
+    )]
+    PasswordInUrl { location: String, place: String },
     #[error("cannot create {path}: {source}")]
     Lock {
         path: PathBuf,
@@ -81,19 +90,29 @@ impl CatalogLocation {
     /// `postgres://…` (or `postgresql://…`) is a PostgreSQL database; anything else a SQLite
     /// file, relative to `base`.
     pub fn parse(text: &str, base: &Path) -> CatalogLocation {
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        if Self::is_postgres_url(text) {
             CatalogLocation::Postgres(text.to_owned())
         } else {
             CatalogLocation::Sqlite(base.join(text))
         }
     }
+
+    /// Whether `text` is a PostgreSQL URL (`postgres://` or `postgresql://`, in any case, as
+    /// URL schemes are).
+    pub fn is_postgres_url(text: &str) -> bool {
+        text.split_once("://").is_some_and(|(scheme, _)| {
+            scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+        })
+    }
 }
 
+/// Shown (messages, logs, the app) with any password in a URL replaced by `***`.
 impl std::fmt::Display for CatalogLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CatalogLocation::Sqlite(path) => write!(f, "{}", path.display()),
-            CatalogLocation::Postgres(url) => f.write_str(url),
+            // Never with a password, even one that got past the workspace's validation.
+            CatalogLocation::Postgres(url) => f.write_str(&crate::secret::redact_url(url)),
         }
     }
 }
@@ -194,7 +213,17 @@ impl IcebergCatalog {
                 "sqlite://{}?mode=rwc",
                 std::path::absolute(path).unwrap_or(path.clone()).display()
             ),
-            CatalogLocation::Postgres(url) => url.clone(),
+            CatalogLocation::Postgres(url) => {
+                // Checked again here: a location may come from elsewhere than a validated
+                // workspace file, and the driver would log unknown parameters' values.
+                if let Some(place) = crate::secret::url_password(url) {
+                    return Err(IcebergCatalogError::PasswordInUrl {
+                        location: location.to_string(),
+                        place,
+                    });
+                }
+                url.clone()
+            }
         };
         let pool = AnyPoolOptions::new()
             .max_connections(4)
@@ -295,7 +324,7 @@ impl IcebergCatalog {
                 }
                 Ok(CatalogLock::File(file))
             }
-            CatalogLocation::Postgres(url) => {
+            CatalogLocation::Postgres(_) => {
                 let mut connection = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
                 let (taken,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                     .bind(ADVISORY_LOCK)
@@ -304,7 +333,7 @@ impl IcebergCatalog {
                     .map_err(|e| self.db_error(e))?;
                 if !taken {
                     return Err(IcebergCatalogError::Busy {
-                        lock: format!("the advisory lock {ADVISORY_LOCK} in {url}"),
+                        lock: format!("the advisory lock {ADVISORY_LOCK} in {}", self.location),
                     });
                 }
                 Ok(CatalogLock::Session(Some(connection)))
@@ -487,5 +516,29 @@ mod tests {
             .unwrap();
         assert!(catalog.list().await.unwrap().is_empty());
         assert!(dir.path().join("catalog.db").exists());
+    }
+
+    #[tokio::test]
+    async fn a_password_in_a_postgresql_catalog_url_is_refused_and_never_shown() {
+        let url = "postgresql://u@127.0.0.1:1/cat?sslmode=disable&PASSWORD=hunter2";
+        let location = CatalogLocation::parse(url, Path::new("/ws"));
+        assert!(matches!(location, CatalogLocation::Postgres(_)));
+        assert!(!location.to_string().contains("hunter2"), "{location}");
+        let Err(err) = IcebergCatalog::open(&location, Buckets::default()).await else {
+            panic!("a password in the URL must be refused before connecting");
+        };
+        let text = err.to_string();
+        assert!(
+            matches!(err, IcebergCatalogError::PasswordInUrl { .. }),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && text.contains("PGPASSWORD"),
+            "{text}"
+        );
+        assert!(matches!(
+            CatalogLocation::parse("PostgreSQL://u@db/cat", Path::new("/ws")),
+            CatalogLocation::Postgres(_)
+        ));
     }
 }

@@ -7,8 +7,11 @@
 //! Invariants:
 //! - locations are URIs: `s3://bucket/key` for a bucket of [`Buckets`], a local path (or
 //!   `file:` URI) otherwise, which iceberg-rust's local storage serves;
-//! - a file written through the FileIO appears complete or not at all: it is spooled to a
-//!   local temporary file and put (as one object or a multipart upload) when closed;
+//! - a file written through the FileIO appears complete or not at all, and is durable when
+//!   its write or close returns (so before any catalog commit points at it): an S3 file is
+//!   spooled to a private local file and put (as one object or a multipart upload) when
+//!   closed; a local file is written beside its path, fsynced, renamed into place and its
+//!   folder fsynced ([`super::durable`]; iceberg-rust's own local storage does neither);
 //! - the DataFusion store reads; it lists and deletes, but never writes (DataFusion writes
 //!   only local scratch files here).
 
@@ -35,6 +38,7 @@ use iceberg::io::{
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::durable::{self, AtomicFile, DurableError};
 use super::storage::{PUT_PREFIX, Storage, StorageError, unique_suffix};
 
 /// S3 buckets by name, each with the storage (client and settings) of the target that names it.
@@ -111,6 +115,30 @@ fn iceberg_error(e: StorageError) -> iceberg::Error {
     iceberg::Error::new(kind, e.to_string())
 }
 
+fn durable_error(e: DurableError) -> iceberg::Error {
+    iceberg::Error::new(iceberg::ErrorKind::Unexpected, "writing a local file").with_source(e)
+}
+
+fn join_error(e: tokio::task::JoinError) -> iceberg::Error {
+    iceberg::Error::new(
+        iceberg::ErrorKind::Unexpected,
+        format!("a local write failed: {e}"),
+    )
+}
+
+/// A location's local path, as iceberg-rust's local storage reads it: `file:///p`,
+/// `file://p`, `file:/p` and `/p` are all `/p`.
+fn local_path(location: &str) -> PathBuf {
+    let path = location
+        .strip_prefix("file://")
+        .or_else(|| location.strip_prefix("file:"))
+        .map_or_else(
+            || location.to_owned(),
+            |rest| format!("/{}", rest.trim_start_matches('/')),
+        );
+    PathBuf::from(path)
+}
+
 fn io_error(path: &std::path::Path, e: std::io::Error) -> iceberg::Error {
     iceberg::Error::new(
         iceberg::ErrorKind::Unexpected,
@@ -136,7 +164,8 @@ impl StorageFactory for LakeStorageFactory {
 }
 
 /// iceberg-rust's storage over the lake's: S3 locations through [`Storage`], local ones
-/// through iceberg-rust's own local storage.
+/// through iceberg-rust's own local storage for reads and deletes, and through
+/// [`super::durable`] for writes (atomic and fsynced, file and folder).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct LakeStorage {
     #[serde(skip)]
@@ -190,22 +219,35 @@ impl IcebergStorage for LakeStorage {
 
     async fn write(&self, path: &str, bs: Bytes) -> iceberg::Result<()> {
         match self.buckets.resolve(path)? {
-            None => LocalFsStorage::new().write(path, bs).await,
+            None => {
+                let path = local_path(path);
+                tokio::task::spawn_blocking(move || durable::write_atomically(&path, &bs))
+                    .await
+                    .map_err(join_error)?
+                    .map_err(durable_error)
+            }
             Some((storage, key)) => storage.put_bytes(&key, bs).await.map_err(iceberg_error),
         }
     }
 
     async fn writer(&self, path: &str) -> iceberg::Result<Box<dyn FileWrite>> {
         match self.buckets.resolve(path)? {
-            None => LocalFsStorage::new().writer(path).await,
+            None => {
+                let path = local_path(path);
+                let file = tokio::task::spawn_blocking(move || AtomicFile::create(&path))
+                    .await
+                    .map_err(join_error)?
+                    .map_err(durable_error)?;
+                Ok(Box::new(LocalWrite { file: Some(file) }))
+            }
             Some((storage, key)) => {
                 // Named like put_bytes' spool files, so a killed run's are cleaned up.
                 let spool = storage
                     .spool_dir()
                     .map_err(iceberg_error)?
                     .join(format!("{PUT_PREFIX}{}.tmp", unique_suffix()));
-                let file = tokio::fs::File::create(&spool)
-                    .await
+                let file = durable::create_private(&spool)
+                    .map(tokio::fs::File::from_std)
                     .map_err(|e| io_error(&spool, e))?;
                 Ok(Box::new(SpooledWrite {
                     storage: storage.clone(),
@@ -266,6 +308,48 @@ impl FileRead for ObjectRead {
             .get_range(&self.key, range)
             .await
             .map_err(iceberg_error)
+    }
+}
+
+/// A local file being written: beside its path, put in place durably when closed. Dropped
+/// unclosed, it is removed and nothing is at the path.
+struct LocalWrite {
+    file: Option<AtomicFile>,
+}
+
+impl LocalWrite {
+    fn take(&mut self) -> iceberg::Result<AtomicFile> {
+        self.file.take().ok_or_else(|| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                "writing a local file after it was closed (or after a failed write)",
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl FileWrite for LocalWrite {
+    async fn write(&mut self, bs: Bytes) -> iceberg::Result<()> {
+        let mut file = self.take()?;
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let written = file.write_all(&bs);
+            (file, written)
+        })
+        .await
+        .map_err(join_error)?;
+        self.file = Some(file);
+        written.map_err(durable_error)
+    }
+
+    async fn close(&mut self) -> iceberg::Result<()> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || file.commit())
+            .await
+            .map_err(join_error)?
+            .map_err(durable_error)
     }
 }
 
@@ -542,5 +626,66 @@ impl ObjectStore for LakeObjectStore {
         _options: CopyOptions,
     ) -> object_store::Result<()> {
         Err(not_implemented("copy"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn local_files_are_put_in_place_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_io = Buckets::default().file_io();
+        let metadata = dir.path().join("t/metadata");
+        let json = metadata.join("00001-x.metadata.json");
+        // Whole writes (metadata files), in folders made on the way.
+        file_io
+            .new_output(format!("file://{}", json.display()))
+            .unwrap()
+            .write(Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&json).unwrap(), b"{}");
+        assert_eq!(names(&metadata), ["00001-x.metadata.json"]);
+
+        // Streamed writes (data files, manifests): nothing at the path before close.
+        let data = dir.path().join("t/data/part-1.parquet");
+        let output = file_io.new_output(data.to_string_lossy()).unwrap();
+        let mut writer = output.writer().await.unwrap();
+        writer.write(Bytes::from_static(b"PAR1")).await.unwrap();
+        writer.write(Bytes::from_static(b"...")).await.unwrap();
+        assert!(!data.exists(), "a partial file is never at its path");
+        writer.close().await.unwrap();
+        assert_eq!(std::fs::read(&data).unwrap(), b"PAR1...");
+        assert_eq!(names(data.parent().unwrap()), ["part-1.parquet"]);
+
+        // A writer dropped unclosed (a failed or cancelled run) leaves nothing.
+        let lost = dir.path().join("t/data/part-2.parquet");
+        let mut writer = file_io
+            .new_output(lost.to_string_lossy())
+            .unwrap()
+            .writer()
+            .await
+            .unwrap();
+        writer.write(Bytes::from_static(b"PAR1")).await.unwrap();
+        drop(writer);
+        assert_eq!(names(data.parent().unwrap()), ["part-1.parquet"]);
+    }
+
+    #[test]
+    fn local_locations_are_read_as_iceberg_rust_reads_them() {
+        for location in ["file:///a/b", "file://a/b", "file:/a/b", "/a/b"] {
+            assert_eq!(local_path(location), PathBuf::from("/a/b"), "{location}");
+        }
     }
 }

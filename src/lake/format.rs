@@ -5,7 +5,11 @@
 //! flushed and fsynced before they are handed back, so the caller can move them into place.
 //! Invariants: Parquet row groups are cut at about [`ROW_GROUP_BYTES`] of in-memory data, so
 //! memory per writer is bounded; the optional `Op` and timestamp columns come first, in that
-//! order, as in DMS.
+//! order, as in DMS. Spool files are new files, mode 0600, named
+//! `<prefix>-<pid>-<random>-<sequence>.<extension>.tmp` ([`spool_file_name`]): the caller's
+//! prefix is made a short, safe file-name part whatever it holds (a table's name may be long
+//! or hostile), and the writer's process id and a random part make the name unique and
+//! unpredictable.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -144,18 +148,79 @@ struct OpenFile {
     written: Arc<AtomicUsize>,
 }
 
+/// The longest part of a spool file's name taken from the caller's prefix, in bytes: with the
+/// writer's own part (about 60 bytes) a name stays well within a file name's 255.
+const SPOOL_PREFIX_MAX: usize = 120;
+
+/// `prefix` as the start of a spool file's name: every character other than an ASCII letter,
+/// digit, `.`, `_` or `-` becomes `_` (no `/`, `\`, NUL or control character; non-ASCII names
+/// stay short), cut at [`SPOOL_PREFIX_MAX`] bytes. Task names are left as they are, so a
+/// task's files start with `<task>-` ([`crate::lake::Storage::clean_spool`]).
+pub fn spool_prefix(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(SPOOL_PREFIX_MAX)
+        .collect()
+}
+
+/// A rolling writer's spool file: `<prefix>-<pid>-<random>-<sequence>.<extension>.tmp`, the
+/// prefix made safe by [`spool_prefix`], `random` 32 hex digits.
+pub fn spool_file_name(
+    prefix: &str,
+    pid: u32,
+    random: &str,
+    sequence: u32,
+    extension: &str,
+) -> String {
+    format!(
+        "{}-{pid}-{random}-{sequence:04}.{extension}.tmp",
+        spool_prefix(prefix)
+    )
+}
+
+/// The process id of the writer of the spool file `name` ([`spool_file_name`]), read from
+/// the right (the prefix may hold `-`); `None` for any other name.
+pub fn spool_writer(name: &str) -> Option<u32> {
+    let mut parts = name.strip_suffix(".tmp")?.rsplitn(4, '-');
+    let sequence = parts.next()?;
+    let random = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    let numbered = sequence
+        .split_once('.')
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let random_ok = random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    if numbered && random_ok {
+        pid.parse().ok()
+    } else {
+        None
+    }
+}
+
 pub struct RollingWriter {
     options: WriterOptions,
     schema: SchemaRef,
     spool_dir: PathBuf,
     file_prefix: String,
+    /// This writer's random name part.
+    random: String,
     sequence: u32,
     open: Option<OpenFile>,
 }
 
 impl RollingWriter {
-    /// `file_prefix` makes spool names unique per writer. It is a file name, not a path: a
-    /// `/` in it (a table named `a/b`) becomes `_`.
+    /// `file_prefix` starts the spool files' names. Callers pass `<task>-<what>` (e.g.
+    /// `load-public.orders-r3`, `shop-cdc-cdc-public.orders`): the task first, so that
+    /// [`crate::lake::Storage::clean_spool`] finds a killed run's files. It need not be unique,
+    /// short or safe: it is sanitised and cut ([`spool_prefix`]), and the writer appends its
+    /// process id and a random part.
     pub fn new(
         options: WriterOptions,
         table_schema: &Schema,
@@ -166,7 +231,8 @@ impl RollingWriter {
             schema: options.output_schema(table_schema),
             options,
             spool_dir,
-            file_prefix: file_prefix.replace('/', "_"),
+            file_prefix,
+            random: uuid::Uuid::new_v4().simple().to_string(),
             sequence: 0,
             open: None,
         }
@@ -250,13 +316,15 @@ impl RollingWriter {
 
     fn create(&mut self) -> Result<OpenFile, FormatError> {
         self.sequence += 1;
-        let path = self.spool_dir.join(format!(
-            "{}-{:04}.{}.tmp",
-            self.file_prefix,
+        let path = self.spool_dir.join(spool_file_name(
+            &self.file_prefix,
+            std::process::id(),
+            &self.random,
             self.sequence,
-            self.options.extension()
+            &self.options.extension(),
         ));
-        let file = File::create(&path).map_err(|e| FormatError::io(&path, e))?;
+        // A new private file: never one another user put there, never readable by others.
+        let file = super::durable::create_private(&path).map_err(|e| FormatError::io(&path, e))?;
         let written = Arc::new(AtomicUsize::new(0));
         let encoder = match self.options.format {
             DataFormat::Parquet => {
@@ -557,5 +625,59 @@ mod tests {
         w.write(&b).expect("write");
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).expect("read").count(), 0);
+    }
+
+    #[test]
+    fn spool_names_are_safe_short_private_and_unpredictable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = batch(10);
+        let hostile = format!("load-../..\\x/\0\u{e9}{}", "t".repeat(300));
+        let mut writers: Vec<RollingWriter> = (0..2)
+            .map(|_| {
+                RollingWriter::new(
+                    options(DataFormat::Parquet, u64::MAX),
+                    &b.schema(),
+                    dir.path().into(),
+                    hostile.clone(),
+                )
+            })
+            .collect();
+        let files: Vec<FinishedFile> = writers
+            .iter_mut()
+            .map(|w| {
+                w.write(&b).expect("write");
+                w.close().expect("close").expect("a file")
+            })
+            .collect();
+        for f in &files {
+            assert_eq!(f.path.parent(), Some(dir.path()), "in the spool folder");
+            let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.len() < 200, "{name}");
+            assert!(name.starts_with("load-.._.._x___t"), "{name}");
+            assert_eq!(spool_writer(&name), Some(std::process::id()), "{name}");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        assert_ne!(files[0].path, files[1].path, "same prefix, two names");
+    }
+
+    #[test]
+    fn the_writer_of_a_spool_file_is_read_from_its_name() {
+        let random = "0123456789abcdef0123456789abcdef";
+        let name = spool_file_name("shop-cdc-public.a-b", 4242, random, 7, "csv.gz");
+        assert_eq!(
+            name,
+            format!("shop-cdc-public.a-b-4242-{random}-0007.csv.gz.tmp")
+        );
+        assert_eq!(spool_writer(&name), Some(4242));
+        for other in [
+            "load-public.t-1.parquet",
+            "load-public.t-1-2-3.parquet.tmp",
+            "put-12-abc.tmp",
+            "x.tmp",
+        ] {
+            assert_eq!(spool_writer(other), None, "{other}");
+        }
     }
 }

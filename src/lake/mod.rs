@@ -1,8 +1,10 @@
 //! The lake: where files go ([`layout`]), how they are encoded ([`format`]), where they are
 //! stored ([`storage`]), how they are read back for preview ([`inspect`]), and how the
-//! curated layer's engines reach the same storage ([`adapters`]).
+//! curated layer's engines reach the same storage ([`adapters`]); local files made durable
+//! and private ([`durable`]).
 
 pub mod adapters;
+pub mod durable;
 pub mod format;
 pub mod inspect;
 pub mod layout;

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 
+use super::durable::{self, DurableError};
 use crate::config::{EndpointConfig, Engine};
 use crate::source::CheckResult;
 
@@ -28,6 +29,9 @@ const PART_SIZE: usize = 16 * 1024 * 1024;
 /// Local folder, below a local target's root, for files being written. Readers (pyarrow,
 /// Spark, Glue) skip names starting with `.` or `_`.
 const LOCAL_TMP_DIR: &str = ".tributary-tmp";
+/// The spool folder of S3 targets, in the system's temporary folder (`TMPDIR`), followed by
+/// the user's id: each user has their own.
+const S3_SPOOL_DIR: &str = "tributary-spool-";
 /// Spool names of [`Storage::put_bytes`]; followed by [`unique_suffix`], which starts with the
 /// writer's process id, so that [`Storage::clean_spool`] can tell a killed writer's file.
 pub(crate) const PUT_PREFIX: &str = "put-";
@@ -74,9 +78,22 @@ pub enum StorageError {
         key: String,
         reason: &'static str,
     },
+    #[error("unsafe spool folder: {source}. {fix}")]
+    UnsafeSpool {
+        #[source]
+        source: DurableError,
+        fix: &'static str,
+    },
 }
 
 impl StorageError {
+    fn durable(e: DurableError, fix: &'static str) -> Self {
+        match e {
+            DurableError::Io { op, path, source } => StorageError::io(op, &path, source),
+            other => StorageError::UnsafeSpool { source: other, fix },
+        }
+    }
+
     fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
         // ENOSPC (28) and EDQUOT (122): the disk or the user's quota is full.
         if matches!(source.raw_os_error(), Some(28) | Some(122)) {
@@ -201,7 +218,8 @@ impl Storage {
         Storage::S3(S3Storage {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: o.bucket,
-            endpoint_url,
+            // Only shown in messages: never with credentials.
+            endpoint_url: endpoint_url.map(|u| crate::secret::redact_url(&u)),
         })
     }
 
@@ -293,13 +311,27 @@ impl Storage {
     }
 
     /// Folder for files being written before they are put: on the target's filesystem for a
-    /// local target (so the put is a rename), in the system temp folder for S3.
+    /// local target (`<root>/.tributary-tmp`, so the put is a rename), else this user's own
+    /// folder in the system's temporary folder (`$TMPDIR/tributary-spool-<uid>`). Either is
+    /// private ([`durable::private_dir`]: this user's, mode 0700; a wider one of ours is
+    /// narrowed, another user's is refused), and files in it are created 0600
+    /// ([`durable::create_private`]) under unpredictable names.
     pub fn spool_dir(&self) -> Result<PathBuf, StorageError> {
-        let dir = match self {
-            Storage::Local(l) => l.root.join(LOCAL_TMP_DIR),
-            Storage::S3(_) => std::env::temp_dir().join("tributary-spool"),
+        let (dir, fix) = match self {
+            Storage::Local(l) => (
+                l.root.join(LOCAL_TMP_DIR),
+                "Remove it (as its owner, or root): tributary makes it again",
+            ),
+            Storage::S3(_) => (
+                std::env::temp_dir().join(format!(
+                    "{S3_SPOOL_DIR}{}",
+                    // SAFETY: geteuid has no preconditions and cannot fail.
+                    unsafe { libc::geteuid() }
+                )),
+                "Remove it (as its owner, or root), or set TMPDIR to a folder of your own",
+            ),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("creating folder", &dir, e))?;
+        durable::private_dir(&dir).map_err(|e| StorageError::durable(e, fix))?;
         Ok(dir)
     }
 
@@ -326,7 +358,7 @@ impl Storage {
                 let path = tmp.clone();
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     use std::io::Write;
-                    let mut f = std::fs::File::create(&path)?;
+                    let mut f = durable::create_private(&path)?;
                     f.write_all(&data)?;
                     f.sync_all()
                 })
@@ -561,14 +593,9 @@ impl Storage {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        let task_prefix = format!("{task}{SPOOL_TASK_END}");
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let writer = name
-                .strip_prefix(PUT_PREFIX)
-                .or_else(|| name.strip_prefix(&task_prefix))
-                .and_then(|rest| rest.split('-').next()?.parse::<u32>().ok());
-            if writer.is_some_and(|pid| !process_is_running(pid)) {
+            if is_leftover(&name, task, process_is_running) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -608,8 +635,13 @@ impl LocalStorage {
         let local = local.to_owned();
         tokio::task::spawn_blocking(move || {
             let parent = dest.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StorageError::io("creating folder", parent, e))?;
+            durable::create_dir_all(parent).map_err(|e| StorageError::durable(e, ""))?;
+            // Spool files are private (0600); the lake's get the default mode.
+            std::fs::set_permissions(
+                &local,
+                std::os::unix::fs::PermissionsExt::from_mode(durable::default_file_mode()),
+            )
+            .map_err(|e| StorageError::io("setting permissions of", &local, e))?;
             std::fs::rename(&local, &dest)
                 .map_err(|e| StorageError::io("renaming into", &dest, e))?;
             // Make the rename itself durable.
@@ -901,25 +933,33 @@ pub fn unsafe_key(key: &str) -> Option<&'static str> {
     }
 }
 
-/// Ends a task's name in its spool files: task names cannot hold it.
-const SPOOL_TASK_END: char = '~';
-
-/// The start of a spool file's name for `task`: `<task>~<pid>-<unique>`; the caller adds
-/// what tells its files apart. [`Storage::clean_spool`] tells a killed run's files by it.
-pub fn spool_name(task: &str) -> String {
-    format!("{task}{SPOOL_TASK_END}{}", unique_suffix())
+/// Whether the spool file `name` is one [`Storage::clean_spool`] of `task` removes:
+/// - `put-<pid>-…` ([`Storage::put_bytes`], the FileIO's S3 writes) whose process is gone;
+/// - a rolling writer's file of `task` (`<task>-…`, see [`super::format::spool_file_name`])
+///   whose writer is gone or is this process (a run of it before this one); one whose writer
+///   is another process that runs is left alone (another task named `<task>-x`). A name whose
+///   writer cannot be read (written by an older version) goes by its prefix alone.
+fn is_leftover(name: &str, task: &str, running: impl Fn(u32) -> bool) -> bool {
+    if let Some(rest) = name.strip_prefix(PUT_PREFIX) {
+        return rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !running(pid));
+    }
+    if !name.starts_with(&super::format::spool_prefix(&format!("{task}-"))) {
+        return false;
+    }
+    match super::format::spool_writer(name) {
+        Some(pid) => pid == std::process::id() || !running(pid),
+        None => true,
+    }
 }
 
-/// `<pid>-<microseconds>-<counter>`: unique across processes and within one.
+/// `<pid>-<random>`: unique across processes and within one, and unpredictable (a UUID v4),
+/// so no other user can guess a spool file's name.
 pub fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}-{}",
-        std::process::id(),
-        Utc::now().timestamp_micros(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
 }
 
 #[cfg(test)]
@@ -964,16 +1004,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::local(dir.path());
         let spool = storage.spool_dir().expect("spool");
-        let dead_pid = i32::MAX; // above any pid_max
-        let names = [
+        let dead_pid = i32::MAX as u32; // above any pid_max
+        let own = std::process::id();
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let writer = |prefix: &str, pid: u32| {
+            super::super::format::spool_file_name(prefix, pid, &random, 1, "parquet")
+        };
+        let removed = [
             format!("{PUT_PREFIX}{dead_pid}-1-0.tmp"),
-            format!("{PUT_PREFIX}{}.tmp", unique_suffix()),
-            format!("load~{dead_pid}-1-0-r0-0001.parquet.tmp"),
-            format!("{}-0001.parquet.tmp", spool_name("load")),
-            format!("other~{dead_pid}-1-0-0001.parquet.tmp"),
-            format!("load-2~{dead_pid}-1-0-0001.parquet.tmp"),
+            // Written before writers named themselves: by its prefix alone.
+            "load-public.t-1.parquet".to_owned(),
+            writer("load-public.t", dead_pid),
+            // A run of the task before this one, in this process.
+            writer("load-public.t", own),
+            // Another task's, whose writer is gone: garbage whoever removes it.
+            writer("load-cdc-cdc-public.t", dead_pid),
         ];
-        for name in &names {
+        let kept = [
+            format!("{PUT_PREFIX}{}.tmp", unique_suffix()),
+            "other-public.t-1.parquet".to_owned(),
+            writer("other-public.t", dead_pid),
+            // Task `load-cdc`'s, written by a process that runs (pid 1 always does).
+            writer("load-cdc-cdc-public.t", 1),
+        ];
+        for name in removed.iter().chain(&kept) {
             std::fs::write(spool.join(name), b"x").expect("write");
         }
         storage.clean_spool("load");
@@ -982,12 +1036,7 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        let mut expected = vec![
-            names[1].clone(),
-            names[3].clone(),
-            names[4].clone(),
-            names[5].clone(),
-        ];
+        let mut expected = kept.to_vec();
         expected.sort();
         assert_eq!(
             left, expected,
@@ -1039,5 +1088,59 @@ mod tests {
         assert!(unsafe_key(storage.list_all("../").await.map(|_| ())));
         assert!(unsafe_key(storage.delete(&outside.to_string_lossy()).await));
         assert_eq!(std::fs::read(&outside).expect("read"), b"keep");
+    }
+
+    #[test]
+    fn spool_folders_are_private_and_per_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::local(dir.path().join("lake"));
+        let spool = storage.spool_dir().expect("spool");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool), 0o700);
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(storage.spool_dir().expect("spool"), spool);
+        assert_eq!(mode(&spool), 0o700, "narrowed again");
+
+        // put_bytes' spool file is private; the lake's file has the default mode.
+        let probe = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(storage.put_bytes("raw/x.json", Bytes::from_static(b"{}")));
+        probe.expect("put");
+        let published = dir.path().join("lake/raw/x.json");
+        assert_eq!(mode(&published), durable::default_file_mode());
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
+            let err = storage.spool_dir().unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, StorageError::UnsafeSpool { .. }), "{text}");
+            assert!(
+                text.contains("65534") && text.contains("Remove it"),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn s3_targets_spool_in_a_private_folder_of_the_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let storage = Storage::s3(S3Options {
+            bucket: "b".into(),
+            region: Some("us-east-1".into()),
+            ..Default::default()
+        })
+        .await;
+        let spool = storage.spool_dir().expect("spool");
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        assert_eq!(
+            spool,
+            std::env::temp_dir().join(format!("tributary-spool-{uid}"))
+        );
+        let mode = std::fs::metadata(&spool).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

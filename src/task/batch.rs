@@ -443,7 +443,7 @@ impl BatchWriter {
                 options,
                 &t.schema,
                 spool_dir,
-                crate::lake::storage::spool_name(&self.task.name),
+                format!("{}-cdc", self.task.name),
             )
         });
         writer.write(&batch)?;

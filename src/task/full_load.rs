@@ -521,11 +521,7 @@ impl<S: Source> RangeJob<S> {
             self.writer_options.clone(),
             &self.table.info.arrow_schema,
             spool,
-            format!(
-                "{}-r{}",
-                crate::lake::storage::spool_name(&self.task),
-                self.range.index
-            ),
+            format!("{}-load-r{}", self.task, self.range.index),
         );
         let sink = FileSink {
             storage: self.storage.clone(),

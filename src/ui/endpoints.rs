@@ -267,11 +267,15 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                         .then_some("required");
                     field_ui(ui, "Bucket", &mut e.bucket, problem);
                     field_ui(ui, "Region", &mut e.region, None);
-                    let url_problem = e
-                        .endpoint_url
-                        .as_deref()
-                        .filter(|u| !u.starts_with("http://") && !u.starts_with("https://"))
-                        .map(|_| "must start with http:// or https://");
+                    let url_problem = e.endpoint_url.as_deref().and_then(|u| {
+                        if crate::secret::url_password(u).is_some() {
+                            Some("no credentials here: they come from the AWS chain")
+                        } else if !u.starts_with("http://") && !u.starts_with("https://") {
+                            Some("must start with http:// or https://")
+                        } else {
+                            None
+                        }
+                    });
                     field_ui(ui, "Endpoint URL", &mut e.endpoint_url, url_problem);
                     field_ui(ui, "Profile", &mut e.profile, None);
                     ui.label("Path-style");
@@ -323,10 +327,16 @@ fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
         ui.end_row();
     } else {
         let env_problem = match &e.password_env {
-            Some(var) if std::env::var_os(var).is_none() => {
-                Some(format!("{var} is not set in this app's environment"))
-            }
-            _ => None,
+            // The same refusal as the workspace file's and Test connection's.
+            Some(var) => crate::secret::check_password_env(var, &e.name)
+                .err()
+                .map(|why| first_clause(&why).to_owned())
+                .or_else(|| {
+                    std::env::var_os(var)
+                        .is_none()
+                        .then(|| format!("{var} is not set in this app's environment"))
+                }),
+            None => None,
         };
         field_ui(
             ui,
@@ -335,6 +345,16 @@ fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
             env_problem.as_deref(),
         );
     }
+}
+
+/// A message's first clause, short enough for the form's problem column.
+fn first_clause(message: &str) -> &str {
+    let end = [". ", ": "]
+        .iter()
+        .filter_map(|sep| message.find(sep))
+        .min()
+        .unwrap_or(message.len());
+    &message[..end]
 }
 
 /// The variable a new endpoint names for its password: the one the engine's own tools read.

@@ -143,16 +143,21 @@ impl Backend {
         });
     }
 
-    /// Validates `workspace` as the CLI would read it, then writes it.
+    /// Validates `workspace` as the CLI would read it, then writes it atomically: a crash or a
+    /// full disk leaves the previous file whole, and the file keeps its permissions
+    /// ([`crate::lake::durable::write_atomically`]).
     pub fn save_workspace(&self, path: PathBuf, workspace: &Workspace) {
         let text = workspace.to_toml();
         self.spawn(async move {
             let saved = match Workspace::parse(&text, &path) {
                 Err(e) => Err(e.to_string()),
-                Ok(_) => tokio::fs::write(&path, text)
-                    .await
-                    .map(|_| path.clone())
-                    .map_err(|e| format!("writing {}: {e}", path.display())),
+                Ok(_) => tokio::task::spawn_blocking(move || {
+                    crate::lake::durable::write_atomically(&path, text.as_bytes())
+                        .map(|()| path)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string())),
             };
             UiEvent::WorkspaceSaved(saved)
         });
