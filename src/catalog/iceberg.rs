@@ -141,7 +141,9 @@ pub fn display_ident(ident: &TableIdent) -> String {
 
 /// A namespace as the SQL catalog stores it: its levels joined by `.`, as pyiceberg, Spark
 /// and Trino join them. A level's own `.` (a schema named `a.b`) would read back as two
-/// levels, so in a level `%` is `%25` and `.` is `%2E`; ordinary names are unchanged.
+/// levels, so in a level `%` is `%25` and `.` is `%2E`; a level that is empty or only white
+/// space (which pyiceberg refuses) is written whole as `%XX` (`%` for an empty one).
+/// Ordinary names are unchanged.
 pub fn namespace_text(ns: &NamespaceIdent) -> String {
     levels_text(&ns.clone().inner())
 }
@@ -149,16 +151,22 @@ pub fn namespace_text(ns: &NamespaceIdent) -> String {
 fn levels_text(levels: &[String]) -> String {
     levels
         .iter()
-        .map(|l| l.replace('%', "%25").replace('.', "%2E"))
+        .map(|level| match level.as_str() {
+            "" => "%".to_owned(),
+            blank if blank.trim().is_empty() => {
+                blank.bytes().map(|b| format!("%{b:02X}")).collect()
+            }
+            name => name.replace('%', "%25").replace('.', "%2E"),
+        })
         .collect::<Vec<_>>()
         .join(".")
 }
 
-/// The namespace [`namespace_text`] stored (a level's other `%` sequences stay as written).
+/// The namespace [`namespace_text`] stored.
 pub fn namespace_from_text(text: &str) -> Result<NamespaceIdent, iceberg::Error> {
     NamespaceIdent::from_vec(
         text.split('.')
-            .map(|l| l.replace("%2E", ".").replace("%25", "%"))
+            .map(crate::lake::layout::segment_name)
             .collect(),
     )
 }
@@ -504,6 +512,27 @@ fn iceberg_error(ident: &TableIdent, source: iceberg::Error) -> IcebergCatalogEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_read_back_whatever_their_levels_hold() {
+        for levels in [
+            vec!["shop", "public"],
+            vec!["shop", "a.b"],
+            vec!["my.src", "."],
+            vec!["s", ".."],
+            vec!["s", " "],
+            vec!["s", ""],
+            vec!["s", "100%"],
+            vec!["s", "%2E"],
+        ] {
+            let ns = NamespaceIdent::from_strs(&levels).unwrap();
+            let text = namespace_text(&ns);
+            assert_eq!(text.split('.').count(), levels.len(), "{text}");
+            assert_eq!(namespace_from_text(&text).unwrap(), ns, "{text}");
+        }
+        let plain = NamespaceIdent::from_strs(["shop", "public"]).unwrap();
+        assert_eq!(namespace_text(&plain), "shop.public");
+    }
 
     #[tokio::test]
     async fn a_relative_sqlite_path_through_a_parent_folder_opens_there() {

@@ -304,7 +304,7 @@ pub fn read_parquet_file(path: &Path) -> Vec<RecordBatch> {
 }
 
 /// The MySQL/MariaDB the tests use, from `TRIBUTARY_TEST_MYSQL_URL` (set by `scripts/test`).
-/// Its user may create and drop databases named `tributary_*`.
+/// Its user has every privilege: tests create databases of any name.
 pub struct My {
     pub host: String,
     pub port: u16,
