@@ -395,3 +395,158 @@ async fn s3_uploads_spool_in_a_private_folder_of_the_user() {
         "nothing written there"
     );
 }
+
+/// Grows (or shrinks) a mounted tmpfs.
+fn resize_small_disk(dir: &Path, size: &str) {
+    let ok = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "remounting {} at {size}", dir.display());
+}
+
+/// A full-load-and-cdc task of `public.t` into the local lake, curated.
+fn cdc_disk_workspace(pg: &Pg, dir: &TestDir, db: &str, task: &str) -> String {
+    dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"{task}\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         cdc_max_batch_interval = 1\n",
+        pg.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ))
+}
+
+/// Every change in the raw zone's CDC files of `public.t` exactly once, and the table
+/// rebuilt from its files equal to the source's `count` and `sum(id)`.
+fn assert_raw_zone_complete(dir: &TestDir, count: i64, sum: i64) {
+    let table = dir.lake().join("raw/shop/public/t");
+    let rows = rebuild::rebuild(&table, &[]);
+    let ids: Vec<i64> = rows.keys().map(|id| id.parse().unwrap()).collect();
+    assert_eq!(ids.len() as i64, count, "rows in the raw zone");
+    assert_eq!(ids.iter().sum::<i64>(), sum, "ids in the raw zone");
+}
+
+/// The disk fills while CDC writes a large transaction: a clear error, no batch confirmed
+/// that is not wholly in place, every file left complete; once there is space again, the
+/// next run writes every change exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_during_cdc_then_space_returns() {
+    let pg = Pg::from_env();
+    let db = "trib_full_disk_cdc";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let Some(_disk) = mount_small_disk(&dir.lake(), "3m") else {
+        eprintln!(
+            "SKIPPED full_disk_during_cdc_then_space_returns: cannot mount a tmpfs here (not root)"
+        );
+        return;
+    };
+    let ws = cdc_disk_workspace(&pg, &dir, db, "disk");
+    assert_success(&run_until_caught_up(&ws, "disk"));
+    // About 20 MB of changes in one transaction, then a few small ones.
+    conn.execute(
+        "INSERT INTO t SELECT g, md5(g::text) || md5((g+1)::text) || md5((g+2)::text)
+         FROM generate_series(1001, 200000) g;
+         UPDATE t SET v = 'small' WHERE id <= 10; DELETE FROM t WHERE id BETWEEN 11 AND 20;",
+    )
+    .await
+    .unwrap();
+    let err = assert_failure(&run_until_caught_up(&ws, "disk"), 1);
+    assert_mentions(&err, &["no space left"]);
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.lake().join("raw/_tributary/disk/state.json")).unwrap(),
+    )
+    .unwrap();
+    // Whatever is in place is complete, and a batch the state confirms has every file.
+    for f in files_under(&dir.lake()) {
+        if f.ends_with(".parquet") {
+            read_parquet_file(&dir.lake().join(&f));
+        }
+    }
+    let pending: Vec<String> = state["cdc"]["pending_batch"]["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .map(|k| k.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let confirmed_files = files_under(&dir.lake().join("raw/shop/public/t"))
+        .into_iter()
+        .filter(|f| !f.starts_with("LOAD"))
+        .filter(|f| !pending.iter().any(|p| p.ends_with(f.as_str())))
+        .count();
+    assert_eq!(
+        confirmed_files, 0,
+        "no batch of the big transaction is confirmed"
+    );
+
+    resize_small_disk(&dir.lake(), "256m");
+    assert_success(&run_until_caught_up(&ws, "disk"));
+    let (count, sum): (i64, i64) = sqlx::query_as("SELECT count(*), sum(id) FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_raw_zone_complete(&dir, count, sum);
+    assert_success(&tributary(&["delete-task", &ws, "--task", "disk", "--yes"]));
+}
+
+/// The curated zone's disk fills while curate writes a table: a clear error that says what
+/// to do, the table left as its last commit left it (created, empty); once there is space
+/// again, curate gives the source's table.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_during_curate_then_space_returns() {
+    let pg = Pg::from_env();
+    let db = "trib_full_disk_curate";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) || md5((g+1)::text) FROM generate_series(1, 100000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let ws = cdc_disk_workspace(&pg, &dir, db, "disk_curate");
+    assert_success(&run_until_caught_up(&ws, "disk_curate"));
+    conn.execute("UPDATE t SET v = 'changed' WHERE id % 10 = 0; DELETE FROM t WHERE id % 7 = 0;")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "disk_curate"));
+    let Some(_disk) = mount_small_disk(&dir.lake().join("curated"), "256k") else {
+        eprintln!(
+            "SKIPPED full_disk_during_curate_then_space_returns: cannot mount a tmpfs here (not root)"
+        );
+        return;
+    };
+    let curate = tributary(&["curate", &ws]);
+    assert_failure(&curate, 1);
+    let out = format!("{}{}", stdout(&curate), stderr(&curate));
+    assert_mentions(&out, &["shop.public.t: FAILED", "no space left", "curated"]);
+    // The table was created before its first snapshot, which never committed: empty.
+    let query = |sql: &str| tributary(&["query", &ws, sql]);
+    let empty = assert_success(&query("SELECT count(*) AS n FROM shop.public.t"));
+    assert!(empty.contains("| 0 "), "{empty}");
+
+    resize_small_disk(&dir.lake().join("curated"), "256m");
+    assert_success(&tributary(&["curate", &ws]));
+    let (count, sum): (i64, i64) = sqlx::query_as("SELECT count(*), sum(id) FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let out = assert_success(&query(
+        "SELECT count(*) AS n, sum(id) AS s FROM shop.public.t",
+    ));
+    assert!(
+        out.contains(&count.to_string()) && out.contains(&sum.to_string()),
+        "curated {out}, source {count} rows summing to {sum}"
+    );
+    assert_success(&tributary(&["delete-task", &ws, "--task", "disk_curate", "--yes"]));
+}

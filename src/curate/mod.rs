@@ -386,13 +386,27 @@ pub async fn curate(
             // One table's failure is reported; the others are curated.
             let mut outcome = match curate_table(&job, options.rebuild).await {
                 Ok(outcome) => outcome,
-                Err(e) => job.outcome(Action::Failed(e.to_string())),
+                Err(e) => job.outcome(Action::Failed(failure_message(&e, &zone))),
             };
             outcome.seconds = started.elapsed().as_secs_f64();
             report(outcome);
         }
     }
     Ok(outcomes)
+}
+
+/// What a table's failure says: the error, and for a full disk (deep inside a writer's
+/// error) what it means and what to do.
+fn failure_message(e: &CurateError, zone: &Zone) -> String {
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("os error 28") {
+        format!(
+            "no space left on the device: {text}. Free space in {} (the curated zone) or in the temporary folder (where large merges spill), then curate again: the table stays as its last commit left it",
+            zone.storage.uri(&layout::folder_prefix(&zone.folder))
+        )
+    } else {
+        text
+    }
 }
 
 /// A target's storage. A local target's folder is made absolute: table locations recorded
