@@ -548,5 +548,11 @@ async fn full_disk_during_curate_then_space_returns() {
         out.contains(&count.to_string()) && out.contains(&sum.to_string()),
         "curated {out}, source {count} rows summing to {sum}"
     );
-    assert_success(&tributary(&["delete-task", &ws, "--task", "disk_curate", "--yes"]));
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "disk_curate",
+        "--yes",
+    ]));
 }

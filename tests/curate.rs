@@ -1009,3 +1009,50 @@ async fn curate_every_follows_a_running_cdc_task() {
     assert_success(&cdc.wait_with_output().unwrap());
     drop_slots(&mut conn, db).await;
 }
+
+/// A source table named `<t>_history` beside `<t>`, whose history `[curate] history` asks
+/// for: the history is refused with the fix, the source table `<t>_history` is curated as
+/// itself, and neither ever lands in the other's Iceberg table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_table_named_like_a_history_table_is_never_overwritten() {
+    let pg = Pg::from_env();
+    let db = "tributary_history_names";
+    let (mut conn, dir, ws) = local_cdc_setup(
+        &pg,
+        db,
+        "CREATE TABLE orders (id int PRIMARY KEY, v text);
+         CREATE TABLE orders_history (id int PRIMARY KEY, note text);
+         INSERT INTO orders VALUES (1, 'a'), (2, 'b');
+         INSERT INTO orders_history VALUES (10, 'kept'), (11, 'also kept');",
+        "history_names",
+        "[curate]\nhistory = [\"shop.public.orders\"]\n",
+    )
+    .await;
+    assert_success(&run_until_caught_up(&ws, "history_names"));
+    let output = tributary(&["curate", &ws]);
+    let out = format!("{}{}", stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("shop.public.orders: FAILED")
+            && out.contains("shop.public.orders_history, and that name is taken")
+            && out.contains("Remove \"shop.public.orders\" from [curate] history"),
+        "{out}"
+    );
+    assert!(out.contains("shop.public.orders_history: created"), "{out}");
+    let read = read_curated(&dir, &["shop.public.orders_history"]);
+    let (columns, rows, _, _) = &read["shop.public.orders_history"];
+    assert_eq!(columns, &["id", "note"]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    // Without the history, the table curates; the source table stays itself.
+    let ws = dir.write_workspace(
+        &std::fs::read_to_string(&ws)
+            .unwrap()
+            .replace("history = [\"shop.public.orders\"]", "history = []"),
+    );
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &["shop.public.orders", "shop.public.orders_history"]);
+    assert_eq!(read["shop.public.orders"].1.len(), 2);
+    assert_eq!(read["shop.public.orders_history"].0, ["id", "note"]);
+    drop_slots(&mut conn, db).await;
+}
