@@ -260,6 +260,13 @@ impl Checkpoint {
                         uri: storage.uri(&key),
                         message: e.to_string(),
                     })?;
+                let mut state: TaskState = state;
+                // A table's own fields name it exactly; keys written before tables were
+                // pairs may have split a dotted schema name at the wrong dot.
+                state.tables = std::mem::take(&mut state.tables)
+                    .into_values()
+                    .map(|t| (TableId::new(&t.schema, &t.table), t))
+                    .collect();
                 if state.task != task {
                     return Err(CheckpointError::WrongTask {
                         uri: storage.uri(&key),
