@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,20 +46,7 @@ fn read_catalog_with(
     tables: &[&str],
     s3_endpoint: Option<&str>,
 ) -> BTreeMap<String, (Vec<String>, Rows, Rows, u64)> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_curated.py");
-    let mut command = std::process::Command::new(python);
-    command.arg(script).arg(catalog).args(tables);
-    if let Some(endpoint) = s3_endpoint {
-        command.env("S3_ENDPOINT", endpoint);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "readers failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json = read_curated_json(catalog, tables, s3_endpoint);
     let rows = |v: &serde_json::Value| -> Rows {
         v.as_array()
             .unwrap()

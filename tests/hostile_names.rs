@@ -251,20 +251,8 @@ fn assert_curated_equals(
     let mut names: Vec<String> = tables.iter().map(|t| ident(t, &t.table)).collect();
     let history_name = ident(history, &format!("{}_history", history.table));
     names.push(history_name.clone());
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_curated.py");
-    let mut command = std::process::Command::new(python);
-    command.arg(script).arg(dir.join("catalog.db")).args(&names);
-    if let Some(endpoint) = s3 {
-        command.env("S3_ENDPOINT", endpoint);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "readers failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let read = read_curated_json(&dir.join("catalog.db").to_string_lossy(), &names, s3);
     for t in tables {
         let id = t.id();
         let want: Vec<Vec<String>> = source[&id]
@@ -334,6 +322,29 @@ async fn pg_rows(conn: &mut PgConnection, tables: &[Hostile]) -> BTreeMap<TableI
     out
 }
 
+/// A fresh database `db` with every table of [`pg_tables`], three rows each.
+async fn pg_hostile_database(pg: &Pg, db: &str) -> (PgConnection, Vec<Hostile>) {
+    let mut conn = pg.fresh_database(db).await;
+    let tables = pg_tables();
+    let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    for s in schemas.iter().filter(|s| **s != "public") {
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA {}",
+            pg_quote(s)
+        )))
+        .await
+        .unwrap();
+    }
+    pg_exec(
+        &mut conn,
+        &tables,
+        "CREATE TABLE {t} (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO {t} SELECT i, 'v' || i FROM generate_series(1, 3) i",
+    )
+    .await;
+    (conn, tables)
+}
+
 async fn pg_exec(conn: &mut PgConnection, tables: &[Hostile], sql: &str) {
     for t in tables {
         let name = format!("{}.{}", pg_quote(&t.schema), pg_quote(&t.table));
@@ -353,24 +364,7 @@ fn run_ok(ws: &str, task: &str, extra: &[&str]) -> String {
 async fn hostile_postgresql_names_stay_in_their_folders_on_local_targets() {
     let pg = Pg::from_env();
     let db = "tributary_hostile";
-    let mut conn = pg.fresh_database(db).await;
-    let tables = pg_tables();
-    let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-    for s in schemas.iter().filter(|s| **s != "public") {
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "CREATE SCHEMA {}",
-            pg_quote(s)
-        )))
-        .await
-        .unwrap();
-    }
-    pg_exec(
-        &mut conn,
-        &tables,
-        "CREATE TABLE {t} (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO {t} SELECT i, 'v' || i FROM generate_series(1, 3) i",
-    )
-    .await;
+    let (mut conn, tables) = pg_hostile_database(&pg, db).await;
 
     let dir = TestDir::new();
     let lake = dir.lake();
@@ -506,24 +500,7 @@ async fn hostile_postgresql_names_stay_in_their_folders_on_local_targets() {
 async fn hostile_postgresql_names_stay_in_their_folders_on_s3() {
     let pg = Pg::from_env();
     let db = "tributary_hostile_s3";
-    let mut conn = pg.fresh_database(db).await;
-    let tables = pg_tables();
-    let schemas: BTreeSet<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-    for s in schemas.iter().filter(|s| **s != "public") {
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "CREATE SCHEMA {}",
-            pg_quote(s)
-        )))
-        .await
-        .unwrap();
-    }
-    pg_exec(
-        &mut conn,
-        &tables,
-        "CREATE TABLE {t} (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO {t} SELECT i, 'v' || i FROM generate_series(1, 3) i",
-    )
-    .await;
+    let (mut conn, tables) = pg_hostile_database(&pg, db).await;
     let bucket = "hostile-names";
     fresh_bucket(bucket).await;
     let endpoint = s3_endpoint();

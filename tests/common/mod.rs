@@ -528,3 +528,28 @@ where
     );
     assert_success(&run_until_caught_up(ws, task));
 }
+
+/// What `tests/readers/read_curated.py` reads of `tables` (`source.schema.table`, or a JSON
+/// array of an identifier's parts) through the Iceberg catalog `catalog` (a SQLite file or a
+/// postgres:// URL), with pyiceberg and DuckDB; the tables' files on the S3 server
+/// `s3_endpoint`, if given. One JSON object by table: columns, rows by each reader, snapshots.
+pub fn read_curated_json(
+    catalog: &str,
+    tables: &[&str],
+    s3_endpoint: Option<&str>,
+) -> serde_json::Value {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_curated.py");
+    let mut command = Command::new(python);
+    command.arg(script).arg(catalog).args(tables);
+    if let Some(endpoint) = s3_endpoint {
+        command.env("S3_ENDPOINT", endpoint);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "readers failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
