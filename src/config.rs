@@ -692,7 +692,7 @@ fn validate_catalog(catalog: &str) -> Result<(), String> {
     let Some((scheme, _)) = catalog.split_once("://") else {
         return Ok(());
     };
-    if !crate::catalog::iceberg::CatalogLocation::is_postgres_url(catalog) {
+    if !is_postgres_url(catalog) {
         return Err(format!(
             "[curate] catalog '{}': the scheme {scheme}:// is not a catalog's. Give a SQLite \
              file path (catalog = \"catalog.db\") or postgres://user@host:port/database",
@@ -766,6 +766,13 @@ fn validate_model(workspace: &Workspace, m: &ModelConfig) -> Result<(), Refusal>
         }
     }
     Ok(())
+}
+
+/// Whether `[curate] catalog` names a PostgreSQL database (else it is a SQLite file).
+pub fn is_postgres_url(text: &str) -> bool {
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+    })
 }
 
 /// Names become path segments in the lake, so keep them to a portable alphabet.

@@ -75,6 +75,15 @@ impl fmt::Display for TableId {
     }
 }
 
+/// `a.b, "c.d".e`: tables for people.
+pub fn list(tables: &[TableId]) -> String {
+    tables
+        .iter()
+        .map(TableId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Names joined by `.` for people and SQL (`shop.public.orders`), each part that needs it
 /// in double quotes as in [`TableId`]'s display form (`shop."a.b".orders`).
 pub fn display_name(parts: &[&str]) -> String {

@@ -100,9 +100,7 @@ impl CatalogLocation {
     /// Whether `text` is a PostgreSQL URL (`postgres://` or `postgresql://`, in any case, as
     /// URL schemes are).
     pub fn is_postgres_url(text: &str) -> bool {
-        text.split_once("://").is_some_and(|(scheme, _)| {
-            scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
-        })
+        crate::config::is_postgres_url(text)
     }
 }
 

@@ -131,7 +131,7 @@ pub(super) async fn run<S: Source>(
             .await?;
         events.log(
             LogLevel::Info,
-            format!("reloading {}", super::reload::names(&options.reload_tables)),
+            format!("reloading {}", crate::ident::list(&options.reload_tables)),
         );
     }
     let state = checkpoint.snapshot().await;

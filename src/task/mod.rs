@@ -666,7 +666,7 @@ async fn request_reload<S: Source>(
             LogLevel::Info,
             format!(
                 "the whole task loads again, {} included",
-                reload::names(&tables)
+                crate::ident::list(&tables)
             ),
         );
         return Ok(());

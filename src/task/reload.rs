@@ -80,7 +80,7 @@ pub(super) async fn run<S: Source>(
             LogLevel::Warn,
             format!(
                 "{}: no longer selected, or no longer in the source; not reloaded",
-                names(&gone)
+                crate::ident::list(&gone)
             ),
         );
     }
@@ -106,7 +106,7 @@ pub(super) async fn run<S: Source>(
     if removed > 0 {
         events.log(
             LogLevel::Info,
-            format!("deleted {removed} CDC file(s) of {}", names(&tables)),
+            format!("deleted {removed} CDC file(s) of {}", crate::ident::list(&tables)),
         );
     }
     let options = RunOptions {
@@ -162,15 +162,6 @@ pub(super) async fn run<S: Source>(
         ),
     );
     Ok(summary)
-}
-
-/// `a.b, "c.d".e`: tables for people.
-pub(super) fn names(tables: &[TableId]) -> String {
-    tables
-        .iter()
-        .map(TableId::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The load summary after a reload: its own, or on a failure other than a stop, the one
