@@ -425,6 +425,19 @@ pub async fn replace(
     Ok(committed)
 }
 
+/// Whether two table locations name the same folder (a path, a `file:` or an `s3://` URI,
+/// with or without a trailing `/`).
+pub fn same_location(a: &str, b: &str) -> bool {
+    let plain = |p: &str| {
+        p.strip_prefix("file://")
+            .or_else(|| p.strip_prefix("file:"))
+            .unwrap_or(p)
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    plain(a) == plain(b)
+}
+
 /// Whether `path` lies strictly inside the table folder `location` (both as Iceberg
 /// metadata writes them: a path, a `file:` or an `s3://` URI), with no `.` or `..` step.
 pub fn inside_location(location: &str, path: &str) -> bool {
@@ -547,6 +560,8 @@ mod tests {
             "/lake/curated/s/p/t/data/a"
         ));
         assert!(!inside_location(local, "/etc/passwd"));
+        assert!(same_location("file:///lake/t/", "/lake/t"));
+        assert!(!same_location("/lake/t", "/lake/t2"));
     }
 
     #[test]

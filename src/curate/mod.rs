@@ -911,7 +911,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
 
 /// The table `ident` ready to take rows with `columns`: created at `location` if it does
 /// not exist, else with a new schema (returned, to commit with the rows) if its columns
-/// differ. Files a crashed run left in it are removed.
+/// differ. Files a crashed run left in it are removed, if it is at `location`.
 async fn prepare_table(
     catalog: &IcebergCatalog,
     zone: &Zone,
@@ -928,7 +928,7 @@ async fn prepare_table(
             let schema = iceberg::schema_from_arrow(columns, 1).map_err(iceberg_error)?;
             let creation = TableCreation::builder()
                 .name(ident.name().to_owned())
-                .location(location)
+                .location(location.clone())
                 .schema(schema)
                 .properties(
                     properties
@@ -947,7 +947,17 @@ async fn prepare_table(
             (table, changed.then_some(candidate))
         }
     };
-    iceberg::remove_orphans(&table, catalog.file_io(), &zone.storage).await?;
+    // Only in the folder this table belongs in: a location the catalog says is elsewhere
+    // (written by hand or by another tool) is not ours to clean.
+    if iceberg::same_location(table.metadata.location(), &location) {
+        iceberg::remove_orphans(&table, catalog.file_io(), &zone.storage).await?;
+    } else {
+        tracing::warn!(
+            "{}: its location {} is not {location}; files there that nothing references are left alone",
+            table.name(),
+            table.metadata.location()
+        );
+    }
     Ok((table, new_schema))
 }
 

@@ -106,7 +106,10 @@ pub(super) async fn run<S: Source>(
     if removed > 0 {
         events.log(
             LogLevel::Info,
-            format!("deleted {removed} CDC file(s) of {}", crate::ident::list(&tables)),
+            format!(
+                "deleted {removed} CDC file(s) of {}",
+                crate::ident::list(&tables)
+            ),
         );
     }
     let options = RunOptions {
