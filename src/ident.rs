@@ -143,8 +143,9 @@ pub fn parse_rule(rule: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Splits a dotted name into its parts, undoing double quotes.
-fn split_parts(text: &str) -> Result<Vec<String>, IdentError> {
+/// Splits a dotted name (any number of parts, as [`display_name`] writes them) into its
+/// parts, undoing double quotes.
+pub fn split_parts(text: &str) -> Result<Vec<String>, IdentError> {
     let error = |reason| IdentError {
         text: text.to_owned(),
         reason,
@@ -229,6 +230,19 @@ mod tests {
                 assert_eq!(serde_json::from_str::<TableId>(&json).unwrap(), id);
             }
         }
+    }
+
+    #[test]
+    fn names_of_any_length_read_back() {
+        for parts in [
+            vec!["shop", "a.b", ".."],
+            vec!["lake", "analytics", "t"],
+            vec!["x"],
+        ] {
+            let text = display_name(&parts);
+            assert_eq!(split_parts(&text).unwrap(), parts, "{text}");
+        }
+        assert_eq!(display_name(&["shop", "a.b", "t"]), "shop.\"a.b\".t");
     }
 
     #[test]

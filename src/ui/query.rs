@@ -80,12 +80,19 @@ impl QueryScreen {
         self.tables_request += 1;
         let (request, workspace) = (self.tables_request, doc.workspace.clone());
         backend.spawn(async move {
-            let sql = "SELECT table_catalog || '.' || table_schema || '.' || table_name \
+            let sql = "SELECT table_catalog, table_schema, table_name \
                        FROM information_schema.tables \
-                       WHERE table_schema <> 'information_schema' ORDER BY 1";
-            let result = run_query(&workspace, &path, sql)
-                .await
-                .map(|r| r.rows.into_iter().filter_map(|mut r| r.pop()).collect());
+                       WHERE table_schema <> 'information_schema' ORDER BY 1, 2, 3";
+            // Names as SQL takes them: a part holding a `.` in double quotes.
+            let result = run_query(&workspace, &path, sql).await.map(|r| {
+                r.rows
+                    .iter()
+                    .map(|row| {
+                        let parts: Vec<&str> = row.iter().map(String::as_str).collect();
+                        crate::ident::display_name(&parts)
+                    })
+                    .collect()
+            });
             UiEvent::LakeTables { request, result }
         });
     }
@@ -317,10 +324,13 @@ impl QueryScreen {
     }
 }
 
-/// `SELECT * FROM` table `name` (`a.b.c`), each part quoted: DataFusion folds unquoted
-/// names to lower case, and source tables may have upper-case letters.
+/// `SELECT * FROM` table `name` (`a.b.c`, a part holding a `.` in double quotes), each part
+/// quoted: DataFusion folds unquoted names to lower case, and source tables may have
+/// upper-case letters.
 pub fn select_all(name: &str) -> String {
-    let reference: Vec<String> = name.split('.').map(crate::curate::sql_ident).collect();
+    let parts = crate::ident::split_parts(name)
+        .unwrap_or_else(|_| name.split('.').map(str::to_owned).collect());
+    let reference: Vec<String> = parts.iter().map(|p| crate::curate::sql_ident(p)).collect();
     format!("SELECT * FROM {} LIMIT 1000", reference.join("."))
 }
 
@@ -408,4 +418,15 @@ fn rows_ui(ui: &mut egui::Ui, result: &QueryResult) {
                 }
             });
         });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_table_with_dots_in_its_names_is_selected_whole() {
+        assert_eq!(
+            super::select_all("shop.\"a.b\".Orders"),
+            "SELECT * FROM \"shop\".\"a.b\".\"Orders\" LIMIT 1000"
+        );
+    }
 }
