@@ -193,8 +193,8 @@ async fn count_rows(pg: &PgEndpoint, tables: &[TableInfo]) -> Result<u64, String
     for t in tables {
         let sql = format!(
             "SELECT count(*) FROM {}.{}",
-            crate::curate::sql_ident(&t.schema),
-            crate::curate::sql_ident(&t.name)
+            crate::sql::ident(&t.schema),
+            crate::sql::ident(&t.name)
         );
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut conn)
@@ -262,8 +262,8 @@ fn psql_copy(
             .arg("-c")
             .arg(format!(
                 "\\copy (select * from {}.{}) to /dev/null with (format binary)",
-                crate::curate::sql_ident(&t.schema),
-                crate::curate::sql_ident(&t.name)
+                crate::sql::ident(&t.schema),
+                crate::sql::ident(&t.name)
             ));
         if let Some(p) = password {
             command.env("PGPASSWORD", p);
@@ -986,9 +986,8 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
         };
         // Two queries: an aggregate grouped by the second column, summing the third
         // (pgbench_accounts: bid, abalance), and a filtered scan of every column, sorted.
-        let column = |i: usize| {
-            crate::curate::sql_ident(columns.get(i).or(columns.first()).map_or("", |c| c))
-        };
+        let column =
+            |i: usize| crate::sql::ident(columns.get(i).or(columns.first()).map_or("", |c| c));
         let queries = [
             format!(
                 "SELECT {g}, count(*) AS n, sum({v}) AS total FROM {{}} GROUP BY {g} ORDER BY {g}",
@@ -997,12 +996,11 @@ pub async fn curate(workspace_path: &Path, task_name: &str, runs: usize) -> Resu
             ),
             format!(
                 "SELECT * FROM {{}} WHERE {k} % 100 = 7 ORDER BY {k}",
-                k = crate::curate::sql_ident(key)
+                k = crate::sql::ident(key)
             ),
         ];
         for query in queries {
-            let qualified =
-                [&task.source, &name.schema, &name.table].map(|p| crate::curate::sql_ident(p));
+            let qualified = [&task.source, &name.schema, &name.table].map(|p| crate::sql::ident(p));
             let ours_sql = query.replace("{}", &qualified.join("."));
             let duck_sql = query.replace("{}", "t");
             println!("query: {ours_sql}");

@@ -18,5 +18,6 @@ pub mod lake;
 pub mod query;
 pub mod secret;
 pub mod source;
+pub mod sql;
 pub mod task;
 pub mod ui;

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use ::iceberg::TableIdent;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 
-use super::merge::{ident, ident_list, literal};
 use super::{CurateError, TableJob, prepare_table, register, write_snapshot};
 use crate::ident::TableId;
 use crate::lake::layout;
+use crate::sql::{files_table, ident, ident_list, literal};
 
 /// Rebuilds the history table of the table `job` curates; returns its rows.
 pub(super) async fn write_history(
@@ -61,13 +61,13 @@ pub(super) async fn write_history(
     register(
         job.ctx,
         "history_load",
-        super::files_table(&locations(load_files), with(&[])).map_err(sql_error)?,
+        files_table(&locations(load_files), with(&[])).map_err(sql_error)?,
     )
     .map_err(sql_error)?;
     register(
         job.ctx,
         "history_changes",
-        super::files_table(
+        files_table(
             &locations(cdc_files),
             with(&[
                 (super::OP, DataType::Utf8),

@@ -46,7 +46,8 @@ use crate::lake::{Storage, StorageError, layout};
 use crate::task::CheckpointError;
 use crate::task::checkpoint::{Checkpoint, LoadStatus, TaskState};
 
-pub use merge::{OP, POSITION, files_table, ident as sql_ident};
+use crate::sql::files_table;
+pub use merge::{OP, POSITION};
 
 /// Snapshot summary keys: what a snapshot applied.
 const APPLIED_POSITION: &str = "tributary.position";
@@ -586,7 +587,7 @@ pub fn session(
     settings: &CurateSettings,
     buckets: &Buckets,
 ) -> Result<SessionContext, DataFusionError> {
-    let ctx = merge::session(settings.memory_limit_mb as usize * 1024 * 1024)?;
+    let ctx = crate::sql::session(settings.memory_limit_mb as usize * 1024 * 1024)?;
     buckets.register(&ctx)?;
     Ok(ctx)
 }
@@ -804,7 +805,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     register(
         job.ctx,
         "changes",
-        merge::files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
+        files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
     )
     .map_err(sql_error)?;
     let after_all = match (&after, &truncated_at) {
@@ -856,7 +857,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     register(
         job.ctx,
         "base",
-        merge::files_table(&base_files, file_columns.clone()).map_err(sql_error)?,
+        files_table(&base_files, file_columns.clone()).map_err(sql_error)?,
     )
     .map_err(sql_error)?;
     let rows = merge.rows(job.ctx).await.map_err(sql_error)?;

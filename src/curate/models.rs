@@ -18,12 +18,12 @@ use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
 
-use super::merge::{ident, ident_list, literal};
 use super::{CurateError, Zone, prepare_table, write_snapshot};
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::{CheckConfig, CheckKind, CurateSettings, ModelConfig, OnFail, Workspace};
 use crate::lake::adapters::Buckets;
 use crate::lake::layout;
+use crate::sql::{files_table, ident, ident_list, literal};
 
 /// One check's verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,7 +190,7 @@ async fn run_model(
     super::register(
         ctx,
         "__model",
-        super::files_table(&[rows_path], schema).map_err(sql_error)?,
+        files_table(&[rows_path], schema).map_err(sql_error)?,
     )
     .map_err(sql_error)?;
 

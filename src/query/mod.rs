@@ -20,8 +20,7 @@ use crate::config::Workspace;
 use crate::curate::{self, CurateError};
 use crate::lake::adapters::Buckets;
 
-/// The default catalog: model outputs and unqualified names.
-pub const DEFAULT_CATALOG: &str = "lake";
+pub use crate::sql::DEFAULT_CATALOG;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -120,7 +119,7 @@ async fn register_raw(
                 }
             };
             let files: Vec<String> = keys.iter().map(|k| storage.uri(k)).collect();
-            let provider = curate::files_table(&files, Arc::new(schema))?;
+            let provider = crate::sql::files_table(&files, Arc::new(schema))?;
             register(
                 ctx,
                 &format!("{}_raw", table.source),

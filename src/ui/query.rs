@@ -330,7 +330,7 @@ impl QueryScreen {
 pub fn select_all(name: &str) -> String {
     let parts = crate::ident::split_parts(name)
         .unwrap_or_else(|_| name.split('.').map(str::to_owned).collect());
-    let reference: Vec<String> = parts.iter().map(|p| crate::curate::sql_ident(p)).collect();
+    let reference: Vec<String> = parts.iter().map(|p| crate::sql::ident(p)).collect();
     format!("SELECT * FROM {} LIMIT 1000", reference.join("."))
 }
 
