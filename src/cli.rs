@@ -581,7 +581,8 @@ async fn password(action: PasswordAction) -> ExitCode {
         }
         Err(e) => return fail(2, e),
     };
-    let entry = crate::secret::entry_name(&e);
+    let keyring_entry = e.keyring_entry();
+    let entry = keyring_entry.name();
     let (result, done) = match action {
         PasswordAction::Set { .. } => {
             let password = match read_password() {
@@ -589,7 +590,8 @@ async fn password(action: PasswordAction) -> ExitCode {
                 Ok(_) => return fail(2, "no password on standard input"),
                 Err(err) => return fail(1, format!("reading the password: {err}")),
             };
-            let stored = tokio::task::spawn_blocking(move || crate::secret::set(&e, &password));
+            let stored =
+                tokio::task::spawn_blocking(move || crate::secret::set(&keyring_entry, &password));
             (
                 stored.await,
                 format!(
@@ -598,7 +600,7 @@ async fn password(action: PasswordAction) -> ExitCode {
             )
         }
         PasswordAction::Delete { .. } => (
-            tokio::task::spawn_blocking(move || crate::secret::delete(&e)).await,
+            tokio::task::spawn_blocking(move || crate::secret::delete(&keyring_entry)).await,
             format!("removed the password of endpoint '{endpoint}' ({entry}) from the OS keyring"),
         ),
     };

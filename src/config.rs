@@ -276,6 +276,17 @@ impl EndpointConfig {
         }
     }
 
+    /// Where the endpoint's password is in the OS keyring (with `password_keyring`).
+    pub fn keyring_entry(&self) -> crate::secret::KeyringEntry {
+        crate::secret::KeyringEntry::new(
+            &self.name,
+            self.engine.name(),
+            self.user.as_deref().unwrap_or(""),
+            self.host.as_deref().unwrap_or(""),
+            self.port,
+        )
+    }
+
     /// The password from the environment variable named by `password_env`, or from the OS
     /// keyring with `password_keyring`; `None` when the endpoint names neither.
     pub async fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
@@ -297,12 +308,12 @@ impl EndpointConfig {
         }
         if self.password_keyring {
             // A blocking D-Bus call (it may wait on an unlock prompt): off the async workers.
-            let endpoint = self.clone();
-            let got = tokio::task::spawn_blocking(move || crate::secret::get(&endpoint)).await;
+            let entry = self.keyring_entry();
+            let got = tokio::task::spawn_blocking(move || crate::secret::get(&entry)).await;
             let got = got.unwrap_or_else(|e| {
                 Err(crate::secret::SecretError::Failed {
                     endpoint: self.name.clone(),
-                    entry: crate::secret::entry_name(self),
+                    entry: self.keyring_entry().name(),
                     reason: e.to_string(),
                 })
             });
@@ -321,7 +332,7 @@ impl EndpointConfig {
             }
             None if self.password_keyring => format!(
                 "Check the password stored in the OS keyring as {} (password_keyring); replace it with the app's \"Save in keyring\" or `tributary password set`",
-                crate::secret::entry_name(self)
+                self.keyring_entry().name()
             ),
             None => "The server wants a password: name an environment variable that holds it \
                      (password_env), or store it in the OS keyring (password_keyring)"

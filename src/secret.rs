@@ -20,8 +20,6 @@
 use keyring_core::api::CredentialStoreApi;
 use zbus_secret_service_keyring_store::Store;
 
-use crate::config::EndpointConfig;
-
 /// The keyring's service name for every Tributary entry.
 pub const SERVICE: &str = "tributary";
 
@@ -51,36 +49,45 @@ pub enum SecretError {
     },
 }
 
-/// The keyring user an endpoint's password is stored under: `engine://user@host:port`.
-pub fn entry_user(e: &EndpointConfig) -> String {
-    let engine = e.engine.name();
-    let port = e.port.map(|p| format!(":{p}")).unwrap_or_default();
-    format!(
-        "{engine}://{}@{}{port}",
-        e.user.as_deref().unwrap_or(""),
-        e.host.as_deref().unwrap_or("")
-    )
+/// Where an endpoint's password is in the keyring: service `tributary`, user
+/// `engine://user@host:port` (like a `.pgpass` line: renaming the endpoint keeps it, another
+/// server or user needs its own). [`crate::config::EndpointConfig::keyring_entry`] makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringEntry {
+    /// The endpoint's name, for messages.
+    pub endpoint: String,
+    pub user: String,
 }
 
-/// A human name of the entry, for messages.
-pub fn entry_name(e: &EndpointConfig) -> String {
-    format!("{SERVICE} / {}", entry_user(e))
+impl KeyringEntry {
+    pub fn new(endpoint: &str, engine: &str, user: &str, host: &str, port: Option<u16>) -> Self {
+        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+        KeyringEntry {
+            endpoint: endpoint.to_owned(),
+            user: format!("{engine}://{user}@{host}{port}"),
+        }
+    }
+
+    /// A human name of the entry, for messages.
+    pub fn name(&self) -> String {
+        format!("{SERVICE} / {}", self.user)
+    }
 }
 
 /// The endpoint's password from the keyring.
-pub fn get(e: &EndpointConfig) -> Result<String, SecretError> {
+pub fn get(e: &KeyringEntry) -> Result<String, SecretError> {
     entry(e)?.get_password().map_err(|err| classify(e, err))
 }
 
 /// Stores (or replaces) the endpoint's password in the keyring.
-pub fn set(e: &EndpointConfig, password: &str) -> Result<(), SecretError> {
+pub fn set(e: &KeyringEntry, password: &str) -> Result<(), SecretError> {
     entry(e)?
         .set_password(password)
         .map_err(|err| classify(e, err))
 }
 
 /// Removes the endpoint's password from the keyring; a missing one is not an error.
-pub fn delete(e: &EndpointConfig) -> Result<(), SecretError> {
+pub fn delete(e: &KeyringEntry) -> Result<(), SecretError> {
     match entry(e)?.delete_credential() {
         Ok(()) | Err(keyring_core::Error::NoEntry) => Ok(()),
         Err(err) => Err(classify(e, err)),
@@ -269,19 +276,19 @@ pub fn redact_url(url: &str) -> String {
     parsed.to_string()
 }
 
-fn entry(e: &EndpointConfig) -> Result<keyring_core::Entry, SecretError> {
+fn entry(e: &KeyringEntry) -> Result<keyring_core::Entry, SecretError> {
     // A new connection per call: the session bus may come and go with the desktop session.
     let store = Store::new().map_err(|err| SecretError::Unavailable {
-        endpoint: e.name.clone(),
+        endpoint: e.endpoint.clone(),
         reason: err.to_string(),
     })?;
     store
-        .build(SERVICE, &entry_user(e), None)
+        .build(SERVICE, &e.user, None)
         .map_err(|err| classify(e, err))
 }
 
-fn classify(e: &EndpointConfig, err: keyring_core::Error) -> SecretError {
-    let (endpoint, entry) = (e.name.clone(), entry_name(e));
+fn classify(e: &KeyringEntry, err: keyring_core::Error) -> SecretError {
+    let (endpoint, entry) = (e.endpoint.clone(), e.name());
     match err {
         keyring_core::Error::NoEntry => SecretError::Missing { endpoint, entry },
         keyring_core::Error::NoStorageAccess(reason) => SecretError::Locked {
@@ -307,17 +314,10 @@ mod tests {
 
     #[test]
     fn entries_are_named_like_pgpass_lines() {
-        let mut e: EndpointConfig =
-            toml::from_str("name = \"shop\"\nengine = \"postgres\"").unwrap();
-        e.host = Some("db.internal".into());
-        e.port = Some(5433);
-        e.user = Some("replicator".into());
-        assert_eq!(entry_user(&e), "postgres://replicator@db.internal:5433");
-        e.port = None;
-        assert_eq!(
-            entry_name(&e),
-            "tributary / postgres://replicator@db.internal"
-        );
+        let e = KeyringEntry::new("shop", "postgres", "replicator", "db.internal", Some(5433));
+        assert_eq!(e.user, "postgres://replicator@db.internal:5433");
+        let e = KeyringEntry::new("shop", "postgres", "replicator", "db.internal", None);
+        assert_eq!(e.name(), "tributary / postgres://replicator@db.internal");
     }
 
     #[test]

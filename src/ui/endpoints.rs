@@ -83,7 +83,7 @@ impl EndpointsScreen {
 
     /// The password field and "Save in keyring" of an endpoint that keeps it in the keyring.
     fn keyring_ui(&mut self, ui: &mut egui::Ui, endpoint: &EndpointConfig, backend: &Backend) {
-        let entry = crate::secret::entry_user(endpoint);
+        let entry = endpoint.keyring_entry().user;
         if entry != self.keyring_entry {
             self.keyring_password.clear();
             self.keyring_entry = entry;
@@ -101,7 +101,7 @@ impl EndpointsScreen {
                 .add_enabled(complete && !self.keyring_password.is_empty(), save)
                 .on_hover_text(format!(
                     "Stores the password in the OS keyring as {}",
-                    crate::secret::entry_name(endpoint)
+                    endpoint.keyring_entry().name()
                 ))
                 .clicked()
             {
@@ -322,7 +322,7 @@ fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
     ui.end_row();
     if e.password_keyring {
         ui.label("Keyring entry");
-        ui.monospace(crate::secret::entry_name(e));
+        ui.monospace(e.keyring_entry().name());
         ui.label("");
         ui.end_row();
     } else {

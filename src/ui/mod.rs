@@ -165,12 +165,12 @@ impl Backend {
 
     /// Stores `password` in the OS keyring for `endpoint`; the password is dropped after.
     pub fn save_password(&self, endpoint: &EndpointConfig, password: String) {
-        let endpoint = endpoint.clone();
+        let entry = endpoint.keyring_entry();
         self.spawn(async move {
-            let name = endpoint.name.clone();
+            let name = entry.endpoint.clone();
             let result = tokio::task::spawn_blocking(move || {
-                crate::secret::set(&endpoint, &password)
-                    .map(|()| crate::secret::entry_name(&endpoint))
+                crate::secret::set(&entry, &password)
+                    .map(|()| entry.name())
                     .map_err(|e| e.to_string())
             })
             .await
