@@ -16,11 +16,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use tokio::sync::watch;
 
+use crate::check::CheckStatus;
 use crate::config::{Engine, Workspace};
 use crate::curate::CurateOptions;
 use crate::lake::inspect::{self, ParquetFile};
 use crate::lake::{S3Options, Storage};
-use crate::source::CheckStatus;
 use crate::source::postgres::PgEndpoint;
 use crate::task::{self, LogLevel, RunOptions, TableState, TaskCommand, TaskEvent};
 

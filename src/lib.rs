@@ -10,6 +10,7 @@
 #[cfg(unix)]
 pub mod bench;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod curate;

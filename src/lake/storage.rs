@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 
 use super::durable::{self, DurableError};
+use crate::check::CheckResult;
 use crate::config::{EndpointConfig, Engine};
-use crate::source::CheckResult;
 
 /// Files above this size go up in parts; S3 needs parts of at least 5 MB.
 const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;

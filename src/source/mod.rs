@@ -19,6 +19,7 @@ use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use crate::check::{CheckResult, CheckStatus};
 use crate::ident::{TableId, parse_rule};
 
 /// Errors from a source database, with the endpoint, table or position they concern and,
@@ -145,54 +146,6 @@ pub struct Snapshot {
     pub id: String,
     /// The source position of the snapshot (PostgreSQL: an LSN), where CDC starts.
     pub position: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CheckStatus {
-    Pass,
-    /// Not needed by every task (e.g. wal_level for a full load), but needed by some.
-    Warn,
-    Fail,
-}
-
-/// One prerequisite check of `tributary check` and the app's "Test connection".
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub name: String,
-    pub status: CheckStatus,
-    pub detail: String,
-    /// How to fix it, when not passed.
-    pub fix: Option<String>,
-}
-
-impl CheckResult {
-    pub fn pass(name: &str, detail: String) -> Self {
-        CheckResult {
-            name: name.into(),
-            status: CheckStatus::Pass,
-            detail,
-            fix: None,
-        }
-    }
-
-    pub fn warn(name: &str, detail: String, fix: String) -> Self {
-        CheckResult {
-            name: name.into(),
-            status: CheckStatus::Warn,
-            detail,
-            fix: Some(fix),
-        }
-    }
-
-    /// A failed check from an error whose message already says how to fix it.
-    pub fn fail_from(name: &str, error: &dyn std::error::Error) -> Self {
-        CheckResult {
-            name: name.into(),
-            status: CheckStatus::Fail,
-            detail: error.to_string(),
-            fix: None,
-        }
-    }
 }
 
 /// What the full-load runner needs from a source database.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::check::{CheckResult, CheckStatus};
 use crate::config::{ConfigError, Engine, MigrationType, TaskConfig, Workspace};
 use crate::ident::TableId;
 use crate::lake::format::FormatError;
@@ -26,7 +27,7 @@ use crate::lake::{Storage, StorageError};
 use crate::source::mysql::{BinlogPosition, MyEndpoint, MysqlSource};
 use crate::source::postgres::replication::parse_lsn;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
-use crate::source::{CheckResult, CheckStatus, Source, SourceError, TableInfo};
+use crate::source::{Source, SourceError, TableInfo};
 pub use cdc::CdcStats;
 use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::{Backend, WorkspaceDoc};
+use crate::check::{CheckResult, CheckStatus};
 use crate::config::{EndpointConfig, Engine};
-use crate::source::{CheckResult, CheckStatus};
 
 #[derive(Default)]
 pub struct EndpointsScreen {

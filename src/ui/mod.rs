@@ -24,9 +24,9 @@ use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
+use crate::check::CheckResult;
 use crate::config::{EndpointConfig, Workspace};
 use crate::lake::storage::ListPage;
-use crate::source::CheckResult;
 
 /// Results of background work, delivered to the UI thread.
 pub enum UiEvent {
