@@ -51,7 +51,7 @@ pub struct Catalog {
     pub crawled_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RawTable {
     pub source: String,
     pub schema: String,

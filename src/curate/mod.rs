@@ -22,6 +22,7 @@ mod history;
 pub mod iceberg;
 mod merge;
 pub mod models;
+mod plan;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -44,15 +45,10 @@ use crate::lake::adapters::Buckets;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
 use crate::task::CheckpointError;
-use crate::task::checkpoint::{Checkpoint, LoadStatus, TaskState};
+use crate::task::checkpoint::{Checkpoint, TaskState};
 
 use crate::sql::files_table;
 pub use merge::{OP, POSITION};
-
-/// Snapshot summary keys: what a snapshot applied.
-const APPLIED_POSITION: &str = "tributary.position";
-const APPLIED_LOAD: &str = "tributary.load";
-const APPLIED_TASK: &str = "tributary.task";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CurateError {
@@ -612,149 +608,75 @@ pub async fn table_provider(
 
 async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome, CurateError> {
     let name = job.name();
-    if let Some(load) = job.state.tables.get(job.table)
-        && load.status != LoadStatus::Completed
-    {
-        return Ok(job.outcome(Action::Skipped("its full load is not complete".into())));
-    }
-    let Some(raw) = job.raw else {
-        return Ok(job.outcome(Action::Skipped("no files in the raw zone yet".into())));
-    };
-    if let Some((file, reason)) = raw
-        .files
-        .iter()
-        .find_map(|(k, f)| f.unreadable.as_ref().map(|r| (k, r)))
-    {
-        return Err(CurateError::Unreadable {
-            table: name,
-            file: job.zone.storage.uri(file),
-            reason: reason.clone(),
-        });
-    }
-    if let Some(format) = raw.formats.iter().find(|f| *f != "parquet") {
-        return Err(CurateError::NotParquet {
-            table: name,
-            format: format.clone(),
-        });
-    }
-    let key = job
-        .state
-        .primary_keys
-        .get(job.table)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| CurateError::NoPrimaryKey {
-            table: name.clone(),
-            task: job.task.name.clone(),
-        })?
-        .clone();
     let ident = job.ident()?;
-    let load_id = job.load_id();
     let existing = job.catalog.load(&ident).await?;
     let summary = existing
         .as_ref()
         .and_then(|t| t.metadata.current_snapshot())
         .map(|s| s.summary().additional_properties.clone());
-    if let Some(history_of) = existing
+    let history_name = job
+        .settings
+        .history
+        .contains(&name)
+        .then(|| crate::catalog::iceberg::display_ident(&history::history_ident(&ident)));
+    let load_id = job.load_id();
+    let history_of = existing
         .as_ref()
         .and_then(|t| t.metadata.properties().get(history::HISTORY_OF))
-    {
-        return Err(CurateError::TableIsHistory {
-            table: name,
-            history_of: history_of.clone(),
-        });
-    }
-    let wants_history = job.settings.history.contains(&name);
-    if wants_history && history::history_name_taken(job) {
-        return Err(CurateError::HistoryCollision {
-            history: crate::catalog::iceberg::display_ident(&history::history_ident(&ident)),
-            table: name,
-        });
-    }
-    if let Some(other) = summary.as_ref().and_then(|s| s.get(APPLIED_TASK))
-        && *other != job.task.name
-    {
-        return Err(CurateError::TableOfAnotherTask {
-            table: name,
-            task: job.task.name.clone(),
-            other: other.clone(),
-        });
-    }
-    let applied = summary
-        .as_ref()
-        .filter(|s| s.get(APPLIED_LOAD) == Some(&load_id))
-        .map(|s| s.get(APPLIED_POSITION).cloned());
-    // Rebuild reasons; `None`: merge into the current state.
-    let mut rebuild_reason = match (&existing, &applied) {
-        (None, _) => Some(String::new()),
-        _ if rebuild => Some("asked".to_owned()),
-        (Some(_), None) if summary.is_some() => Some("its full load changed".to_owned()),
-        (Some(_), None) => Some(String::new()),
-        (Some(_), Some(_)) => None,
+        .cloned();
+    let facts = plan::Facts {
+        name: &name,
+        task: &job.task.name,
+        load_status: job.state.tables.get(job.table).map(|l| l.status),
+        raw: job.raw,
+        primary_key: job.state.primary_keys.get(job.table).map(Vec::as_slice),
+        exists: existing.is_some(),
+        summary: summary.as_ref(),
+        history_of: history_of.as_deref(),
+        history: history_name
+            .as_deref()
+            .map(|h| (h, history::history_name_taken(job))),
+        load_id: &load_id,
+        rebuild,
     };
-    let mut after: Option<String> = applied.clone().flatten();
-    if rebuild_reason.is_some() {
-        after = None;
-    }
-
-    let (load_files, mut cdc_files): (Vec<&String>, Vec<&String>) =
-        raw.files.keys().partition(|k| {
-            raw.files[*k].partition.is_empty()
-                && layout::parse_load_number(k.rsplit('/').next().unwrap_or("")).is_some()
-        });
-    // Only the changes of batches the task confirmed: a batch being written (or redone
-    // after a crash) may not have all its files in place yet.
-    match &job.changes_end {
-        Some(_) => cdc_files.retain(|k| !job.pending.contains(*k)),
-        None => cdc_files.clear(),
-    }
-    // CDC files that may hold changes after `after` (all, when their maximum is unknown).
-    let changes_after = |after: Option<&String>| -> Vec<&String> {
-        cdc_files
-            .iter()
-            .filter(|k| match (after, &raw.files[**k].max_position) {
-                (Some(after), Some(max)) => max > after,
-                _ => true,
-            })
-            .copied()
-            .collect()
-    };
-    let mut changes = changes_after(after.as_ref());
-    let mut raw_schema = match &rebuild_reason {
+    let (raw, key, mut rebuild, mut after) =
+        match plan::decide(&facts, |k| job.zone.storage.uri(k))? {
+            plan::Decision::Skip(why) => return Ok(job.outcome(Action::Skipped(why.to_owned()))),
+            plan::Decision::Curate {
+                raw,
+                key,
+                rebuild,
+                after,
+            } => (raw, key, rebuild, after),
+        };
+    let files = plan::raw_files(raw, job.changes_end.is_some(), job.pending);
+    let mut changes = plan::changes_after(raw, &files.cdc, after.as_deref());
+    let mut raw_schema = match rebuild {
         Some(_) => {
-            job.raw_schema(&[&load_files[..], &changes[..]].concat())
+            job.raw_schema(&[&files.load[..], &changes[..]].concat())
                 .await?
         }
         None => job.raw_schema(&changes).await?,
     };
+    let truncates = job.truncates();
     let mut current_columns = None;
-    if rebuild_reason.is_none() {
-        let newer_truncate = job
-            .truncates()
-            .iter()
-            .any(|t| after.as_ref().is_none_or(|a| t > a));
-        if changes.is_empty() && !newer_truncate {
+    if rebuild.is_none() {
+        if changes.is_empty() && plan::newest_truncate(&truncates, after.as_deref()).is_none() {
             return Ok(job.outcome(Action::UpToDate));
         }
-        // New columns (or types) in the new files: the table gets a new schema, rebuilt.
-        let current_schema = existing
+        let current = existing
             .as_ref()
-            .map(|t| t.metadata.current_schema().clone());
-        let current = current_schema
-            .as_deref()
-            .map(iceberg::arrow_schema)
+            .map(|t| iceberg::arrow_schema(t.metadata.current_schema()))
             .transpose()
             .map_err(|source| CurateError::iceberg(name.clone(), source))?
             .unwrap_or_else(ArrowSchema::empty);
-        let columns_changed = normalized(&data_columns(&raw_schema, job))
-            .ok()
-            .and_then(|new| ArrowSchema::try_merge([current.clone(), new]).ok())
-            .is_none_or(|merged| merged != current);
-        if columns_changed {
-            rebuild_reason = Some("its columns changed".to_owned());
+        let new = normalized(&data_columns(&raw_schema, job)).ok();
+        if plan::columns_changed(&current, new) {
+            rebuild = Some(plan::Rebuild::ColumnsChanged);
             after = None;
-            changes = changes_after(None);
+            changes = plan::changes_after(raw, &files.cdc, None);
             raw_schema = job
-                .raw_schema(&[&load_files[..], &changes[..]].concat())
+                .raw_schema(&[&files.load[..], &changes[..]].concat())
                 .await?;
         } else {
             current_columns = Some(current);
@@ -764,19 +686,17 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     // a rebuild takes every column its files have.
     let columns_arrow =
         current_columns.unwrap_or_else(|| nullable(&data_columns(&raw_schema, job)));
-    for k in &key {
-        if columns_arrow.field_with_name(k).is_err() {
-            return Err(CurateError::Schema {
-                table: name,
-                message: format!("primary key column {k} is not in the raw files"),
-            });
-        }
+    if let Some(k) = key
+        .iter()
+        .find(|k| columns_arrow.field_with_name(k).is_err())
+    {
+        return Err(CurateError::Schema {
+            table: name,
+            message: format!("primary key column {k} is not in the raw files"),
+        });
     }
-    let truncated_at = job
-        .truncates()
-        .into_iter()
-        .filter(|t| after.as_ref().is_none_or(|a| t > a))
-        .max();
+    let truncated_at = plan::newest_truncate(&truncates, after.as_deref());
+    let after_all = plan::apply_after(after.as_deref(), truncated_at.as_deref());
     let sql_error = |source| CurateError::Sql {
         table: name.clone(),
         source,
@@ -808,10 +728,6 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
     )
     .map_err(sql_error)?;
-    let after_all = match (&after, &truncated_at) {
-        (Some(a), Some(t)) => Some(a.max(t).clone()),
-        (a, t) => a.clone().or(t.clone()),
-    };
     let columns: Vec<String> = file_columns
         .fields()
         .iter()
@@ -825,7 +741,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     };
     let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
     // Files whose newest change is unknown were read; none of their changes is new.
-    if rebuild_reason.is_none() && last_position.is_none() && truncated_at.is_none() {
+    if rebuild.is_none() && last_position.is_none() && truncated_at.is_none() {
         return Ok(job.outcome(Action::UpToDate));
     }
 
@@ -845,8 +761,8 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     // truncate).
     let base_files: Vec<String> = if truncated_at.is_some() {
         Vec::new()
-    } else if rebuild_reason.is_some() {
-        load_files.iter().map(|k| job.location_of(k)).collect()
+    } else if rebuild.is_some() {
+        files.load.iter().map(|k| job.location_of(k)).collect()
     } else {
         iceberg::current_data_files(&table, job.catalog.file_io())
             .await?
@@ -863,9 +779,9 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     let rows = merge.rows(job.ctx).await.map_err(sql_error)?;
     let applied_position = last_position.or(after_all).unwrap_or_default();
     let properties = [
-        (APPLIED_POSITION, applied_position),
-        (APPLIED_LOAD, load_id),
-        (APPLIED_TASK, job.task.name.clone()),
+        (plan::APPLIED_POSITION, applied_position),
+        (plan::APPLIED_LOAD, load_id.clone()),
+        (plan::APPLIED_TASK, job.task.name.clone()),
     ];
     let written = write_snapshot(
         job.catalog,
@@ -876,28 +792,27 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         job.settings,
     )
     .await?;
-    if wants_history {
-        let all_changes = changes_after(None);
+    if history_name.is_some() {
         history::write_history(
             job,
             &ident,
             history::history_location(job),
             &key,
             &file_columns,
-            &load_files,
-            &all_changes,
+            &files.load,
+            &plan::changes_after(raw, &files.cdc, None),
         )
         .await?;
     }
     let raw_files = change_files.len()
-        + if rebuild_reason.is_some() && truncated_at.is_none() {
-            load_files.len()
+        + if rebuild.is_some() && truncated_at.is_none() {
+            files.load.len()
         } else {
             0
         };
-    let action = match rebuild_reason {
-        Some(reason) if reason.is_empty() => Action::Created,
-        Some(reason) => Action::Rebuilt(reason),
+    let action = match rebuild.map(plan::Rebuild::reason) {
+        Some(None) => Action::Created,
+        Some(Some(reason)) => Action::Rebuilt(reason.to_owned()),
         None => Action::Merged,
     };
     Ok(TableOutcome {
