@@ -161,6 +161,15 @@ pub struct CurateOptions {
     pub rebuild: bool,
 }
 
+/// How an outcome went, for whoever shows it (the app colours by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Done, with something to look at (a check that warned or quarantined rows).
+    Warn,
+    Failed,
+}
+
 /// What happened to one table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -194,6 +203,13 @@ impl TableOutcome {
             rows: 0,
             data_files: 0,
             seconds: 0.0,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match self.action {
+            Action::Failed(_) => Status::Failed,
+            _ => Status::Ok,
         }
     }
 

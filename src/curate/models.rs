@@ -36,6 +36,14 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
+    pub fn status(&self) -> super::Status {
+        match (&self.failure, self.on_fail) {
+            (None, _) => super::Status::Ok,
+            (Some(_), OnFail::Fail) => super::Status::Failed,
+            (Some(_), OnFail::Quarantine | OnFail::Warn) => super::Status::Warn,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match (&self.failure, self.on_fail) {
             (None, _) => format!("PASS {}", self.check),
@@ -59,20 +67,37 @@ pub struct ModelOutcome {
 }
 
 impl ModelOutcome {
-    pub fn describe(&self) -> String {
-        let mut text = if self.failed {
-            format!("{}: FAILED, its table is unchanged", self.model)
+    /// The model's own line and then one per check, each with its status.
+    pub fn lines(&self) -> Vec<(super::Status, String)> {
+        let head = if self.failed {
+            (
+                super::Status::Failed,
+                format!("{}: FAILED, its table is unchanged", self.model),
+            )
         } else {
-            format!(
-                "{}: {} rows, {} quarantined, {:.1}s",
-                self.model, self.rows, self.quarantined, self.seconds
+            (
+                super::Status::Ok,
+                format!(
+                    "{}: {} rows, {} quarantined, {:.1}s",
+                    self.model, self.rows, self.quarantined, self.seconds
+                ),
             )
         };
-        for c in &self.checks {
-            text.push_str("\n  ");
-            text.push_str(&c.describe());
-        }
-        text
+        std::iter::once(head)
+            .chain(
+                self.checks
+                    .iter()
+                    .map(|c| (c.status(), format!("  {}", c.describe()))),
+            )
+            .collect()
+    }
+
+    pub fn describe(&self) -> String {
+        self.lines()
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

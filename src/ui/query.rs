@@ -15,6 +15,7 @@ use futures::StreamExt;
 
 use super::{Backend, UiEvent, WorkspaceDoc};
 use crate::config::Workspace;
+use crate::curate::Status;
 
 /// Rows of a result held for display.
 pub const KEPT_ROWS: usize = 10_000;
@@ -30,7 +31,8 @@ pub struct QueryResult {
 /// What the curated zone's actions report: their lines, and whether they failed.
 pub struct Activity {
     pub title: String,
-    pub lines: Vec<String>,
+    /// Each table's, model's and check's line, with how it went.
+    pub lines: Vec<(Status, String)>,
     pub failed: bool,
 }
 
@@ -216,14 +218,13 @@ impl QueryScreen {
                 ui.visuals().text_color()
             };
             ui.colored_label(color, &a.title);
-            for line in a.lines.iter().map(|l| l.trim()) {
-                if line.starts_with("FAIL") || line.contains(": FAILED") {
-                    ui.colored_label(ui.visuals().error_fg_color, line);
-                } else if line.starts_with("QUARANTINED") || line.starts_with("WARN") {
-                    ui.colored_label(ui.visuals().warn_fg_color, line);
-                } else {
-                    ui.label(line);
-                }
+            for (status, line) in &a.lines {
+                let line = line.trim();
+                match status {
+                    Status::Failed => ui.colored_label(ui.visuals().error_fg_color, line),
+                    Status::Warn => ui.colored_label(ui.visuals().warn_fg_color, line),
+                    Status::Ok => ui.label(line),
+                };
             }
         }
         ui.separator();
@@ -261,7 +262,7 @@ impl QueryScreen {
             let mut lines = Vec::new();
             let result = if models {
                 crate::curate::models::run_models(&workspace, &path, None, |m| {
-                    lines.extend(m.describe().lines().map(str::to_owned))
+                    lines.extend(m.lines())
                 })
                 .await
                 .map(|outcomes| {
@@ -273,7 +274,7 @@ impl QueryScreen {
                 })
             } else {
                 crate::curate::curate(&workspace, &path, &Default::default(), |t| {
-                    lines.push(t.describe())
+                    lines.push((t.status(), t.describe()))
                 })
                 .await
                 .map(|outcomes| {
