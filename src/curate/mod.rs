@@ -712,7 +712,63 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         });
     }
     let truncated_at = plan::newest_truncate(&truncates, after.as_deref());
-    let after_all = plan::apply_after(after.as_deref(), truncated_at.as_deref());
+    let work = Work {
+        name: name.clone(),
+        ident,
+        existing,
+        raw,
+        files,
+        changes,
+        key,
+        rebuild,
+        after_all: plan::apply_after(after.as_deref(), truncated_at.as_deref()),
+        truncated_at,
+        columns: columns_arrow,
+        load_id: load_id.clone(),
+        history: history_name.is_some(),
+    };
+    write_table(job, work).await
+}
+
+/// What [`curate_table`] decided to write, and from what.
+struct Work<'a> {
+    name: String,
+    ident: TableIdent,
+    existing: Option<IcebergTable>,
+    raw: &'a RawTable,
+    files: plan::RawFiles<'a>,
+    /// The CDC files to read.
+    changes: Vec<&'a String>,
+    key: Vec<String>,
+    rebuild: Option<plan::Rebuild>,
+    /// Changes at or before this position are in the base already.
+    after_all: Option<String>,
+    /// The newest truncate to apply: the base starts empty.
+    truncated_at: Option<String>,
+    /// The table's columns (Arrow types as the source has them).
+    columns: ArrowSchema,
+    load_id: String,
+    /// Whether the table's history table is written too.
+    history: bool,
+}
+
+/// Merges (or rebuilds) the table as `work` says and commits it with what it applied.
+async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome, CurateError> {
+    let Work {
+        name,
+        ident,
+        existing,
+        raw,
+        files,
+        changes,
+        key,
+        rebuild,
+        after_all,
+        truncated_at,
+        columns: columns_arrow,
+        load_id,
+        history,
+    } = work;
     let sql_error = |source| CurateError::Sql {
         table: name.clone(),
         source,
@@ -796,7 +852,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     let applied_position = last_position.or(after_all).unwrap_or_default();
     let properties = [
         (plan::APPLIED_POSITION, applied_position),
-        (plan::APPLIED_LOAD, load_id.clone()),
+        (plan::APPLIED_LOAD, load_id),
         (plan::APPLIED_TASK, job.task.name.clone()),
     ];
     let written = write_snapshot(
@@ -808,7 +864,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         job.settings,
     )
     .await?;
-    if history_name.is_some() {
+    if history {
         history::write_history(
             job,
             &ident,
