@@ -292,37 +292,7 @@ pub async fn crawl(
     let mut report = CrawlReport::default();
     let now = Utc::now();
 
-    // What the target holds now, table by table: an empty entry for a table not seen
-    // before, and its files with their partitions.
-    let mut found: BTreeMap<String, (RawTable, Vec<(String, ObjectMeta)>)> = BTreeMap::new();
-    for object in storage.list_all(&root).await? {
-        let Some(rest) = object.key.strip_prefix(&root) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        // source/schema/table/[partition/…]file; names readers skip are not data.
-        if parts.len() < 4 || parts.iter().any(|p| layout::is_hidden_name(p)) {
-            continue;
-        }
-        let (source_key, schema_key, table_key) = (parts[0], parts[1], parts[2]);
-        let location = format!("{root}{source_key}/{schema_key}/{table_key}/");
-        let partition = parts[3..parts.len() - 1].join("/");
-        let (_, objects) = found.entry(location.clone()).or_insert_with(|| {
-            // Names as the source has them ([`layout::segment`] escaped them).
-            let table = RawTable {
-                source: layout::segment_name(source_key),
-                schema: layout::segment_name(schema_key),
-                table: layout::segment_name(table_key),
-                location,
-                formats: BTreeSet::new(),
-                versions: Vec::new(),
-                file_schemas: Vec::new(),
-                files: BTreeMap::new(),
-            };
-            (table, Vec::new())
-        });
-        objects.push((partition, object));
-    }
+    let found = group_by_table(&root, storage.list_all(&root).await?);
 
     let gone: Vec<String> = catalog
         .tables
@@ -448,6 +418,45 @@ pub async fn crawl(
     Ok((catalog, report))
 }
 
+/// The objects under `root` by table folder (`<source>/<schema>/<table>/`), each with its
+/// partition (the folders between the table and the file), and an empty catalog entry for
+/// the table, named as the source has it. Names readers skip (a leading `.` or `_`) are
+/// not data.
+fn group_by_table(
+    root: &str,
+    objects: Vec<ObjectMeta>,
+) -> BTreeMap<String, (RawTable, Vec<(String, ObjectMeta)>)> {
+    let mut found: BTreeMap<String, (RawTable, Vec<(String, ObjectMeta)>)> = BTreeMap::new();
+    for object in objects {
+        let Some(rest) = object.key.strip_prefix(root) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() < 4 || parts.iter().any(|p| layout::is_hidden_name(p)) {
+            continue;
+        }
+        let (source_key, schema_key, table_key) = (parts[0], parts[1], parts[2]);
+        let location = format!("{root}{source_key}/{schema_key}/{table_key}/");
+        let partition = parts[3..parts.len() - 1].join("/");
+        let (_, objects) = found.entry(location.clone()).or_insert_with(|| {
+            // Names as the source has them ([`layout::segment`] escaped them).
+            let table = RawTable {
+                source: layout::segment_name(source_key),
+                schema: layout::segment_name(schema_key),
+                table: layout::segment_name(table_key),
+                location,
+                formats: BTreeSet::new(),
+                versions: Vec::new(),
+                file_schemas: Vec::new(),
+                files: BTreeMap::new(),
+            };
+            (table, Vec::new())
+        });
+        objects.push((partition, object));
+    }
+    found
+}
+
 /// `parquet`, `csv`, `json`, `csv.gz`, … from a file name; `other` for anything else.
 fn format_of(key: &str) -> String {
     let name = key.rsplit('/').next().unwrap_or(key);
@@ -502,6 +511,33 @@ fn columns_of(schema: &Schema) -> Vec<CatalogColumn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_group_by_table_folder_with_names_read_back() {
+        let object = |key: &str| ObjectMeta {
+            key: key.into(),
+            size: 1,
+            last_modified: None,
+        };
+        let found = group_by_table(
+            "raw/",
+            vec![
+                object("raw/shop/%2E./a%2Fb/LOAD00000001.parquet"),
+                object("raw/shop/%2E./a%2Fb/year=2026/month=01/x.parquet"),
+                object("raw/shop/public/t/LOAD00000001.parquet"),
+                object("raw/_tributary/task/state.json"),
+                object("raw/shop/_hidden/t/LOAD00000001.parquet"),
+                object("raw/shop/public/notes.txt"),
+            ],
+        );
+        let keys: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["raw/shop/%2E./a%2Fb/", "raw/shop/public/t/"]);
+        let (table, objects) = &found["raw/shop/%2E./a%2Fb/"];
+        assert_eq!((table.schema.as_str(), table.table.as_str()), ("..", "a/b"));
+        assert_eq!(table.qualified_name(), "shop.\"..\".a/b");
+        let partitions: Vec<&str> = objects.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(partitions, ["", "year=2026/month=01"]);
+    }
 
     #[test]
     fn formats_come_from_names() {
