@@ -188,8 +188,58 @@ async fn run_model(
         model: name.clone(),
         message: e.to_string(),
     };
-    // The query runs once, into a scratch file: the checks judge, and the tables get,
-    // the same rows (a query over raw tables or `now()` would differ run to run).
+    // Kept until the model is written: `__model` reads its rows from there.
+    let (columns, _scratch) = query_once(ctx, model, &sql_error).await?;
+    let verdict = judge(ctx, model, &sql_error).await?;
+    let outcome = |rows: u64| ModelOutcome {
+        model: name.clone(),
+        failed: verdict.failed(),
+        rows,
+        quarantined: verdict.quarantined,
+        checks: verdict.checks.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if verdict.failed() {
+        return Ok(outcome(verdict.kept));
+    }
+
+    let select = ident_list(&columns);
+    let rejected = &verdict.rejected;
+    let kept_rows = ctx
+        .sql(&format!(
+            "SELECT {select} FROM __checked WHERE NOT ({rejected})"
+        ))
+        .await
+        .map_err(sql_error)?;
+    let target = Materialize {
+        catalog,
+        zone,
+        settings,
+        model,
+    };
+    let written = target.write(&model.name, kept_rows).await?;
+    if let Some(reasons) = &verdict.quarantine_reasons {
+        let rows = ctx
+            .sql(&format!(
+                "SELECT {select}, concat_ws('; ', {reasons}) AS failed_checks FROM __checked WHERE {rejected}"
+            ))
+            .await
+            .map_err(sql_error)?;
+        let table = format!("{}_quarantine", model.name);
+        target.write(&table, rows).await?;
+    }
+    Ok(outcome(written))
+}
+
+/// Runs the model's query once, into a scratch file registered as `__model`: the checks
+/// judge, and the tables get, the same rows (a query over raw tables or `now()` would
+/// differ run to run). Returns the query's columns and the scratch folder, which must live
+/// as long as `__model` is read.
+async fn query_once(
+    ctx: &SessionContext,
+    model: &ModelConfig,
+    sql_error: &impl Fn(datafusion::error::DataFusionError) -> CurateError,
+) -> Result<(Vec<String>, tempfile::TempDir), CurateError> {
     let frame = ctx.sql(&model.sql).await.map_err(sql_error)?;
     let columns: Vec<String> = frame
         .schema()
@@ -218,8 +268,38 @@ async fn run_model(
         files_table(&[rows_path], schema).map_err(sql_error)?,
     )
     .map_err(sql_error)?;
+    Ok((columns, scratch))
+}
 
-    // Every row check as a boolean column `__check_<i>`, never NULL.
+/// What a model's checks found.
+struct Verdict {
+    /// In the order the model declares them.
+    checks: Vec<CheckOutcome>,
+    /// Rows that stay in the model's table, and rows that go to its quarantine.
+    kept: u64,
+    quarantined: u64,
+    /// SQL over `__checked`: whether a row is quarantined.
+    rejected: String,
+    /// SQL: the quarantine checks a row failed, when some check quarantines.
+    quarantine_reasons: Option<String>,
+}
+
+impl Verdict {
+    /// Whether a failing `fail` check stops the model (its table keeps its rows).
+    fn failed(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.failure.is_some() && c.on_fail == OnFail::Fail)
+    }
+}
+
+/// Runs the model's checks over `__model`, registering `__checked` (its rows with a boolean
+/// `__check_<i>` per row check, never NULL).
+async fn judge(
+    ctx: &SessionContext,
+    model: &ModelConfig,
+    sql_error: &impl Fn(datafusion::error::DataFusionError) -> CurateError,
+) -> Result<Verdict, CurateError> {
     let row_checks: Vec<(usize, &CheckConfig, String)> = model
         .checks
         .iter()
@@ -238,15 +318,18 @@ async fn run_model(
         .map_err(sql_error)?;
     ctx.register_table("__checked", checked.into_view())
         .map_err(sql_error)?;
-    let quarantine: Vec<String> = row_checks
+    let quarantining: Vec<&(usize, &CheckConfig, String)> = row_checks
         .iter()
         .filter(|(_, c, _)| c.on_fail == OnFail::Quarantine)
-        .map(|(i, _, _)| format!("__check_{i}"))
         .collect();
-    let rejected = if quarantine.is_empty() {
+    let rejected = if quarantining.is_empty() {
         "false".to_owned()
     } else {
-        quarantine.join(" OR ")
+        let flags: Vec<String> = quarantining
+            .iter()
+            .map(|(i, _, _)| format!("__check_{i}"))
+            .collect();
+        flags.join(" OR ")
     };
     let counts = row_checks
         .iter()
@@ -269,14 +352,8 @@ async fn run_model(
     let mut checks = Vec::new();
     for (n, (i, check, _)) in row_checks.iter().enumerate() {
         let failing = count(2 + n);
-        checks.push((
-            *i,
-            CheckOutcome {
-                check: describe_check(check),
-                on_fail: check.on_fail,
-                failure: (failing > 0).then(|| format!("{failing} row(s)")),
-            },
-        ));
+        let failure = (failing > 0).then(|| format!("{failing} row(s)"));
+        checks.push((*i, outcome_of(check, failure)));
     }
     for (i, check) in model.checks.iter().enumerate() {
         let failure = match check.check {
@@ -285,70 +362,15 @@ async fn run_model(
                 let high = check.max.is_some_and(|max| kept > max);
                 (low || high).then(|| format!("{kept} row(s) kept"))
             }
-            CheckKind::Freshness => {
-                let column = ident(&check.columns[0]);
-                let batches = ctx
-                    .sql(&format!(
-                        "SELECT CAST(date_part('epoch', now()) - date_part('epoch', max(CAST({column} AS TIMESTAMP))) AS DOUBLE) \
-                         FROM __checked WHERE NOT ({rejected})"
-                    ))
-                    .await
-                    .map_err(sql_error)?
-                    .collect()
-                    .await
-                    .map_err(sql_error)?;
-                let limit = check.max_age_hours.unwrap_or(0.0);
-                match float_at(&batches, 0) {
-                    Some(age) if age / 3600.0 <= limit => None,
-                    Some(age) => Some(format!("newest value is {:.1} h old", age / 3600.0)),
-                    None => Some("no value".to_owned()),
-                }
-            }
+            CheckKind::Freshness => freshness(ctx, check, &rejected, sql_error).await?,
             _ => continue,
         };
-        checks.push((
-            i,
-            CheckOutcome {
-                check: describe_check(check),
-                on_fail: check.on_fail,
-                failure,
-            },
-        ));
+        checks.push((i, outcome_of(check, failure)));
     }
     checks.sort_by_key(|(i, _)| *i);
-    let checks: Vec<CheckOutcome> = checks.into_iter().map(|(_, c)| c).collect();
-    let failed = checks
-        .iter()
-        .any(|c| c.failure.is_some() && c.on_fail == OnFail::Fail);
-    if failed {
-        return Ok(ModelOutcome {
-            model: name,
-            failed,
-            rows: kept,
-            quarantined,
-            checks,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-    }
-
-    let select = ident_list(&columns);
-    let kept_rows = ctx
-        .sql(&format!(
-            "SELECT {select} FROM __checked WHERE NOT ({rejected})"
-        ))
-        .await
-        .map_err(sql_error)?;
-    let target = Materialize {
-        catalog,
-        zone,
-        settings,
-        model,
-    };
-    let written = target.write(&model.name, kept_rows).await?;
-    if !quarantine.is_empty() {
-        let reasons = row_checks
+    let quarantine_reasons = (!quarantining.is_empty()).then(|| {
+        quarantining
             .iter()
-            .filter(|(_, c, _)| c.on_fail == OnFail::Quarantine)
             .map(|(i, c, _)| {
                 format!(
                     "CASE WHEN __check_{i} THEN {} ELSE NULL END",
@@ -356,23 +378,48 @@ async fn run_model(
                 )
             })
             .collect::<Vec<_>>()
-            .join(", ");
-        let rows = ctx
-            .sql(&format!(
-                "SELECT {select}, concat_ws('; ', {reasons}) AS failed_checks FROM __checked WHERE {rejected}"
-            ))
-            .await
-            .map_err(sql_error)?;
-        let table = format!("{}_quarantine", model.name);
-        target.write(&table, rows).await?;
-    }
-    Ok(ModelOutcome {
-        model: name,
-        failed,
-        rows: written,
+            .join(", ")
+    });
+    Ok(Verdict {
+        checks: checks.into_iter().map(|(_, c)| c).collect(),
+        kept,
         quarantined,
-        checks,
-        seconds: started.elapsed().as_secs_f64(),
+        rejected,
+        quarantine_reasons,
+    })
+}
+
+fn outcome_of(check: &CheckConfig, failure: Option<String>) -> CheckOutcome {
+    CheckOutcome {
+        check: describe_check(check),
+        on_fail: check.on_fail,
+        failure,
+    }
+}
+
+/// A freshness check over the kept rows: why it fails, if it does.
+async fn freshness(
+    ctx: &SessionContext,
+    check: &CheckConfig,
+    rejected: &str,
+    sql_error: &impl Fn(datafusion::error::DataFusionError) -> CurateError,
+) -> Result<Option<String>, CurateError> {
+    let column = ident(&check.columns[0]);
+    let batches = ctx
+        .sql(&format!(
+            "SELECT CAST(date_part('epoch', now()) - date_part('epoch', max(CAST({column} AS TIMESTAMP))) AS DOUBLE) \
+             FROM __checked WHERE NOT ({rejected})"
+        ))
+        .await
+        .map_err(sql_error)?
+        .collect()
+        .await
+        .map_err(sql_error)?;
+    let limit = check.max_age_hours.unwrap_or(0.0);
+    Ok(match float_at(&batches, 0) {
+        Some(age) if age / 3600.0 <= limit => None,
+        Some(age) => Some(format!("newest value is {:.1} h old", age / 3600.0)),
+        None => Some("no value".to_owned()),
     })
 }
 
