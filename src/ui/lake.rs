@@ -136,42 +136,7 @@ impl LakeScreen {
             .iter()
             .filter(|e| !e.engine.is_source())
             .collect();
-        ui.horizontal(|ui| {
-            ui.label("Target");
-            let current = self.target.clone().unwrap_or_else(|| "choose…".into());
-            egui::ComboBox::from_id_salt("lake-target")
-                .selected_text(current)
-                .show_ui(ui, |ui| {
-                    for t in &targets {
-                        if ui
-                            .selectable_label(self.target.as_deref() == Some(&t.name), &t.name)
-                            .clicked()
-                        {
-                            self.target = Some(t.name.clone());
-                            self.storage = None;
-                            self.error = None;
-                            let mut endpoint = (*t).clone();
-                            // A relative folder is relative to the workspace file, as in the CLI.
-                            if let Some(file) = &doc.path {
-                                endpoint.resolve_relative_path(file);
-                            }
-                            // Building an S3 client reads the credential chain: not on this thread.
-                            backend.spawn(async move {
-                                let storage = Storage::from_endpoint(&endpoint)
-                                    .await
-                                    .map_err(|e| e.to_string());
-                                UiEvent::LakeOpened {
-                                    target: endpoint.name,
-                                    storage,
-                                }
-                            });
-                        }
-                    }
-                });
-            ui.separator();
-            ui.label("small files below (KB)");
-            ui.add(egui::DragValue::new(&mut self.small_file_kb).range(1..=10_000_000));
-        });
+        self.target_ui(ui, doc, backend, &targets);
         if targets.is_empty() {
             ui.label("Add a local or S3 target endpoint to browse it.");
             return None;
@@ -252,6 +217,77 @@ impl LakeScreen {
             ui.colored_label(ui.visuals().error_fg_color, e);
         }
         ui.separator();
+        let (picked_folder, open) = self.entries_ui(ui, small_limit);
+        go_to = go_to.or(picked_folder);
+        if let Some(prefix) = go_to {
+            self.list(backend, prefix, None);
+        }
+        if let Some(table) = query {
+            return Some(Open::Query(table));
+        }
+        if preview_folder {
+            return Some(Open::Folder {
+                storage,
+                prefix: self.prefix.clone(),
+            });
+        }
+        open.map(|key| Open::File {
+            uri: storage.uri(&key),
+            storage: storage.clone(),
+            key,
+        })
+    }
+
+    /// The target chooser and the small-file limit.
+    fn target_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        doc: &WorkspaceDoc,
+        backend: &Backend,
+        targets: &[&crate::config::EndpointConfig],
+    ) {
+        ui.horizontal(|ui| {
+            ui.label("Target");
+            let current = self.target.clone().unwrap_or_else(|| "choose…".into());
+            egui::ComboBox::from_id_salt("lake-target")
+                .selected_text(current)
+                .show_ui(ui, |ui| {
+                    for t in targets {
+                        if ui
+                            .selectable_label(self.target.as_deref() == Some(&t.name), &t.name)
+                            .clicked()
+                        {
+                            self.target = Some(t.name.clone());
+                            self.storage = None;
+                            self.error = None;
+                            let mut endpoint = (*t).clone();
+                            // A relative folder is relative to the workspace file, as in the CLI.
+                            if let Some(file) = &doc.path {
+                                endpoint.resolve_relative_path(file);
+                            }
+                            // Building an S3 client reads the credential chain: not on this thread.
+                            backend.spawn(async move {
+                                let storage = Storage::from_endpoint(&endpoint)
+                                    .await
+                                    .map_err(|e| e.to_string());
+                                UiEvent::LakeOpened {
+                                    target: endpoint.name,
+                                    storage,
+                                }
+                            });
+                        }
+                    }
+                });
+            ui.separator();
+            ui.label("small files below (KB)");
+            ui.add(egui::DragValue::new(&mut self.small_file_kb).range(1..=10_000_000));
+        });
+    }
+
+    /// The current folder's sub-folders and files, only the visible rows drawn. Returns the
+    /// folder to go to and the file to open, if one was clicked.
+    fn entries_ui(&self, ui: &mut egui::Ui, small_limit: u64) -> (Option<String>, Option<String>) {
+        let mut go_to = None;
         let mut open = None;
         let rows = self.folders.len() + self.objects.len();
         let row_height = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
@@ -288,23 +324,7 @@ impl LakeScreen {
                 }
             }
         });
-        if let Some(prefix) = go_to {
-            self.list(backend, prefix, None);
-        }
-        if let Some(table) = query {
-            return Some(Open::Query(table));
-        }
-        if preview_folder {
-            return Some(Open::Folder {
-                storage,
-                prefix: self.prefix.clone(),
-            });
-        }
-        open.map(|key| Open::File {
-            uri: storage.uri(&key),
-            storage: storage.clone(),
-            key,
-        })
+        (go_to, open)
     }
 }
 
