@@ -252,6 +252,15 @@ impl PostgresSource {
                 format!("ALTER ROLE {} WITH REPLICATION", self.endpoint.user),
             )
         });
+        checks.extend(self.table_checks(conn).await?);
+        checks.extend(self.slot_checks(conn).await?);
+        Ok(checks)
+    }
+
+    /// Tables without a primary key, and what each table's replica identity lets the
+    /// change stream carry.
+    async fn table_checks(&self, conn: &mut PgConnection) -> Result<Vec<CheckResult>, sqlx::Error> {
+        let mut checks = Vec::new();
         let no_pk: Vec<String> = sqlx::query_scalar(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -275,7 +284,6 @@ impl PostgresSource {
             )
         });
 
-        // CDC: what each table's replica identity lets the stream carry.
         let identities: Vec<(String, String, bool)> = sqlx::query_as(
             "SELECT n.nspname || '.' || c.relname, c.relreplident::text, \
                     EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
@@ -325,7 +333,12 @@ impl PostgresSource {
                     .into(),
             )
         });
-        // Slot hygiene: this tool's slots and what they hold back.
+        Ok(checks)
+    }
+
+    /// This tool's replication slots and what they hold back.
+    async fn slot_checks(&self, conn: &mut PgConnection) -> Result<Vec<CheckResult>, sqlx::Error> {
+        let mut checks = Vec::new();
         let slots: Vec<(String, bool, i64)> = sqlx::query_as(
             "SELECT slot_name::text, active, \
                     COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::int8 \
