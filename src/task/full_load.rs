@@ -19,7 +19,7 @@ use arrow_array::RecordBatch;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::checkpoint::{Checkpoint, FileRecord, LoadStatus, TableLoadState};
+use super::checkpoint::{Checkpoint, FileRecord, LoadStatus, TableLoadState, TaskState};
 use super::stats::{TableState, TableStats, TaskSummary};
 use super::{Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
@@ -108,32 +108,16 @@ pub(super) async fn run<S: Source>(
     ));
     let location = location.trim_end_matches('/').to_owned();
 
-    if options.reload {
-        let state = checkpoint.snapshot().await;
-        for table in state.tables.keys() {
-            let prefix = layout::table_prefix(&settings.bucket_folder, source.endpoint(), table);
-            delete_load_files(&storage, &prefix, |_| true).await?;
-        }
-        checkpoint.reset().await?;
-        events.log(LogLevel::Info, "reload: previous full-load files deleted");
-    }
-    if !options.reload_tables.is_empty() {
-        require_selected(&task, &options.reload_tables, &tables)?;
-        // Forgetting a table's state is enough: the plan below deletes the files of a table
-        // it knows nothing of before loading it, so a crash in between loses nothing.
-        checkpoint
-            .update(|s| {
-                for t in &options.reload_tables {
-                    s.tables.remove(t);
-                }
-                s.full_load_completed_at = None;
-            })
-            .await?;
-        events.log(
-            LogLevel::Info,
-            format!("reloading {}", crate::ident::list(&options.reload_tables)),
-        );
-    }
+    forget_for_reload(
+        source.endpoint(),
+        &storage,
+        &checkpoint,
+        &task,
+        &options,
+        &tables,
+        &events,
+    )
+    .await?;
     let state = checkpoint.snapshot().await;
     if let Some(done) = state.full_load_completed_at {
         events.log(
@@ -155,70 +139,11 @@ pub(super) async fn run<S: Source>(
     }
     storage.clean_spool(&task.name);
 
-    // Plan: finished tables stay, unfinished ones lose their unlisted files, new ones get ranges.
-    let range_bytes = task.full_load_settings.parallel_load_range_mb.max(1) * 1024 * 1024;
-    let mut jobs: Vec<(Arc<TableJob>, Vec<TableRange>)> = Vec::new();
-    let mut finished: Vec<TableStats> = Vec::new();
-    let mut new_states = Vec::new();
-    for info in tables {
-        let key = info.id();
-        let prefix = layout::table_prefix(&settings.bucket_folder, source.endpoint(), &key);
-        let (pending, next_file_number, mut stats) = match state.tables.get(&key) {
-            Some(s) if s.status == LoadStatus::Completed => {
-                finished.push(completed_stats(s));
-                continue;
-            }
-            Some(s) => {
-                let listed: std::collections::HashSet<&str> =
-                    s.files().map(|f| f.key.as_str()).collect();
-                let removed = delete_load_files(&storage, &prefix, |k| !listed.contains(k)).await?;
-                if removed > 0 {
-                    events.log(
-                        LogLevel::Info,
-                        format!("{key}: removed {removed} file(s) of an interrupted range; it loads again"),
-                    );
-                }
-                let pending: Vec<TableRange> = s
-                    .ranges
-                    .iter()
-                    .filter(|r| !r.done)
-                    .map(|r| r.range.clone())
-                    .collect();
-                let mut stats = TableStats::new(&info.schema, &info.name, info.estimated_rows);
-                stats.full_load_rows = s.rows();
-                stats.files = s.files().count() as u64;
-                stats.bytes = s.files().map(|f| f.bytes).sum();
-                (pending, s.first_free_number(), stats)
-            }
-            None => {
-                // Files from a load this state does not know (e.g. after its state was moved
-                // away) would be duplicates: remove them.
-                delete_load_files(&storage, &prefix, |_| true).await?;
-                let ranges = source.plan_ranges(&info, range_bytes);
-                new_states.push((
-                    key.clone(),
-                    TableLoadState::new(&info.schema, &info.name, ranges.clone()),
-                ));
-                (
-                    ranges,
-                    1,
-                    TableStats::new(&info.schema, &info.name, info.estimated_rows),
-                )
-            }
-        };
-        stats.state = TableState::BeforeLoad;
-        jobs.push((
-            Arc::new(TableJob {
-                info,
-                key,
-                prefix,
-                next_file_number: StdMutex::new(next_file_number),
-                stats: StdMutex::new(stats),
-                started: StdMutex::new(None),
-            }),
-            pending,
-        ));
-    }
+    let Planned {
+        mut jobs,
+        finished,
+        new_states,
+    } = plan_tables(&*source, &storage, &task, &state, tables, &events).await?;
 
     let snapshot = source.open_snapshot().await?;
     checkpoint
@@ -267,75 +192,23 @@ pub(super) async fn run<S: Source>(
 
     // Largest tables first, so that the last range to finish is a small one.
     jobs.sort_by_key(|(j, _)| std::cmp::Reverse(j.info.size_bytes));
-    let sub_tasks = task.full_load_settings.max_full_load_sub_tasks.max(1);
-    let row_group_bytes =
-        (MEMORY_BUDGET / sub_tasks).clamp(8 << 20, crate::lake::format::ROW_GROUP_BYTES);
-    let writer_options = WriterOptions {
-        format: settings.data_format,
-        compression: settings.compression,
-        max_file_bytes: settings.max_file_size.saturating_mul(1024),
-        op: settings.include_op_for_full_load.then_some("I"),
-        timestamp_column: Some(settings.timestamp_column_name.clone()).filter(|s| !s.is_empty()),
-        row_group_bytes,
+    let loading = Loading {
+        task: &task,
+        source: source.clone(),
+        storage: &storage,
+        checkpoint: &checkpoint,
+        events: &events,
     };
-    let snapshot = Arc::new(snapshot);
-    let semaphore = Arc::new(Semaphore::new(sub_tasks));
-    let mut running = JoinSet::new();
-    for (table, ranges) in &jobs {
-        if ranges.is_empty() {
-            // Every range was done but the table was not marked: mark it now.
-            running.spawn(complete_if_done(
-                table.clone(),
-                checkpoint.clone(),
-                events.clone(),
-            ));
+    let failures = match loading.load(&jobs, snapshot, &mut stop).await {
+        Ok(failures) => failures,
+        Err(stopped) => {
+            events.log(
+                LogLevel::Warn,
+                "stopped; finished ranges are kept and the next run resumes",
+            );
+            return Err(stopped);
         }
-        for range in ranges {
-            let job = RangeJob {
-                task: task.name.clone(),
-                source: source.clone(),
-                table: table.clone(),
-                range: range.clone(),
-                snapshot: snapshot.clone(),
-                storage: storage.clone(),
-                writer_options: writer_options.clone(),
-                checkpoint: checkpoint.clone(),
-                events: events.clone(),
-            };
-            let semaphore = semaphore.clone();
-            running.spawn(async move {
-                let _permit = semaphore.acquire_owned().await;
-                job.run().await
-            });
-        }
-    }
-
-    let mut failures: Vec<(String, String)> = Vec::new();
-    loop {
-        tokio::select! {
-            next = running.join_next() => match next {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err((table, message)))) => {
-                    if !failures.iter().any(|(t, _)| *t == table) {
-                        failures.push((table, message));
-                    }
-                }
-                Some(Err(e)) => failures.push(("(engine)".into(), e.to_string())),
-            },
-            changed = stop.changed() => {
-                if changed.is_ok() && *stop.borrow() == Some(TaskCommand::Stop) {
-                    running.abort_all();
-                    while running.join_next().await.is_some() {}
-                    source.release_snapshot().await;
-                    events.log(LogLevel::Warn, "stopped; finished ranges are kept and the next run resumes");
-                    return Err(TaskError::Stopped { task: task.name });
-                }
-            }
-        }
-    }
-    source.release_snapshot().await;
-
+    };
     if !failures.is_empty() {
         return Err(TaskError::TablesFailed {
             task: task.name,
@@ -363,6 +236,262 @@ pub(super) async fn run<S: Source>(
         location,
         snapshot_position: state.snapshot_position,
     })
+}
+
+/// The tables of a run, as [`plan_tables`] found them.
+struct Planned {
+    /// Tables with ranges to load (none: every range was done, the table is marked).
+    jobs: Vec<(Arc<TableJob>, Vec<TableRange>)>,
+    /// Tables loaded before, which stay.
+    finished: Vec<TableStats>,
+    /// The states of tables planned afresh, recorded with the snapshot.
+    new_states: Vec<(TableId, TableLoadState)>,
+}
+
+/// Plans each table ([`plan_table`]): finished tables stay, unfinished ones lose the files
+/// their state does not list, new ones lose any load files and get ranges.
+async fn plan_tables<S: Source>(
+    source: &S,
+    storage: &Storage,
+    task: &TaskConfig,
+    state: &TaskState,
+    tables: Vec<TableInfo>,
+    events: &Events,
+) -> Result<Planned, TaskError> {
+    let settings = &task.target_settings;
+    let range_bytes = task.full_load_settings.parallel_load_range_mb.max(1) * 1024 * 1024;
+    let mut jobs: Vec<(Arc<TableJob>, Vec<TableRange>)> = Vec::new();
+    let mut finished: Vec<TableStats> = Vec::new();
+    let mut new_states = Vec::new();
+    for info in tables {
+        let key = info.id();
+        let prefix = layout::table_prefix(&settings.bucket_folder, source.endpoint(), &key);
+        let mut stats = TableStats::new(&info.schema, &info.name, info.estimated_rows);
+        let (pending, next_file_number) = match plan_table(state.tables.get(&key)) {
+            TablePlan::Done(s) => {
+                finished.push(completed_stats(s));
+                continue;
+            }
+            TablePlan::Resume {
+                state: s,
+                pending,
+                next_file_number,
+            } => {
+                let listed: std::collections::HashSet<&str> =
+                    s.files().map(|f| f.key.as_str()).collect();
+                let removed = delete_load_files(storage, &prefix, |k| !listed.contains(k)).await?;
+                if removed > 0 {
+                    events.log(
+                        LogLevel::Info,
+                        format!("{key}: removed {removed} file(s) of an interrupted range; it loads again"),
+                    );
+                }
+                stats.full_load_rows = s.rows();
+                stats.files = s.files().count() as u64;
+                stats.bytes = s.files().map(|f| f.bytes).sum();
+                (pending, next_file_number)
+            }
+            TablePlan::New => {
+                // Files from a load this state does not know (e.g. after its state was moved
+                // away) would be duplicates: remove them.
+                delete_load_files(storage, &prefix, |_| true).await?;
+                let ranges = source.plan_ranges(&info, range_bytes);
+                new_states.push((
+                    key.clone(),
+                    TableLoadState::new(&info.schema, &info.name, ranges.clone()),
+                ));
+                (ranges, 1)
+            }
+        };
+        stats.state = TableState::BeforeLoad;
+        jobs.push((
+            Arc::new(TableJob {
+                info,
+                key,
+                prefix,
+                next_file_number: StdMutex::new(next_file_number),
+                stats: StdMutex::new(stats),
+                started: StdMutex::new(None),
+            }),
+            pending,
+        ));
+    }
+
+    Ok(Planned {
+        jobs,
+        finished,
+        new_states,
+    })
+}
+
+/// `--reload` forgets the whole load and deletes its files; `--reload-table` forgets those
+/// tables (the plan then deletes their files before they load again, so a crash in between
+/// loses nothing).
+async fn forget_for_reload(
+    endpoint: &str,
+    storage: &Storage,
+    checkpoint: &Checkpoint,
+    task: &TaskConfig,
+    options: &RunOptions,
+    tables: &[TableInfo],
+    events: &Events,
+) -> Result<(), TaskError> {
+    let settings = &task.target_settings;
+    if options.reload {
+        let state = checkpoint.snapshot().await;
+        for table in state.tables.keys() {
+            let prefix = layout::table_prefix(&settings.bucket_folder, endpoint, table);
+            delete_load_files(storage, &prefix, |_| true).await?;
+        }
+        checkpoint.reset().await?;
+        events.log(LogLevel::Info, "reload: previous full-load files deleted");
+    }
+    if !options.reload_tables.is_empty() {
+        require_selected(task, &options.reload_tables, tables)?;
+        // Forgetting a table's state is enough: the plan below deletes the files of a table
+        // it knows nothing of before loading it, so a crash in between loses nothing.
+        checkpoint
+            .update(|s| {
+                for t in &options.reload_tables {
+                    s.tables.remove(t);
+                }
+                s.full_load_completed_at = None;
+            })
+            .await?;
+        events.log(
+            LogLevel::Info,
+            format!("reloading {}", crate::ident::list(&options.reload_tables)),
+        );
+    }
+    Ok(())
+}
+
+/// What a table's full load needs in this run, from its state alone.
+#[derive(Debug)]
+enum TablePlan<'a> {
+    /// Loaded: it stays.
+    Done(&'a TableLoadState),
+    /// Interrupted: the ranges not done load again (their files unlisted in `state` are
+    /// removed first), numbering files from `next_file_number`.
+    Resume {
+        state: &'a TableLoadState,
+        pending: Vec<TableRange>,
+        next_file_number: u32,
+    },
+    /// Not known: planned afresh (any load files already there are removed first).
+    New,
+}
+
+fn plan_table(state: Option<&TableLoadState>) -> TablePlan<'_> {
+    match state {
+        Some(s) if s.status == LoadStatus::Completed => TablePlan::Done(s),
+        Some(s) => TablePlan::Resume {
+            state: s,
+            pending: s
+                .ranges
+                .iter()
+                .filter(|r| !r.done)
+                .map(|r| r.range.clone())
+                .collect(),
+            next_file_number: s.first_free_number(),
+        },
+        None => TablePlan::New,
+    }
+}
+
+/// How range files are written: row groups cut at a share of [`MEMORY_BUDGET`], so that
+/// `sub_tasks` ranges together stay within it.
+fn writer_options(settings: &crate::config::TargetSettings, sub_tasks: usize) -> WriterOptions {
+    let row_group_bytes =
+        (MEMORY_BUDGET / sub_tasks.max(1)).clamp(8 << 20, crate::lake::format::ROW_GROUP_BYTES);
+    WriterOptions {
+        format: settings.data_format,
+        compression: settings.compression,
+        max_file_bytes: settings.max_file_size.saturating_mul(1024),
+        op: settings.include_op_for_full_load.then_some("I"),
+        timestamp_column: Some(settings.timestamp_column_name.clone()).filter(|s| !s.is_empty()),
+        row_group_bytes,
+    }
+}
+
+/// The range jobs of one full load.
+struct Loading<'a, S> {
+    task: &'a TaskConfig,
+    source: Arc<S>,
+    storage: &'a Storage,
+    checkpoint: &'a Arc<Checkpoint>,
+    events: &'a Events,
+}
+
+impl<S: Source> Loading<'_, S> {
+    /// Loads every pending range of `jobs` from `snapshot`, `max_full_load_sub_tasks` at a
+    /// time, and releases the snapshot. Returns the tables that failed, with why; a stop
+    /// aborts the ranges (finished ones stay) and is the error.
+    async fn load(
+        &self,
+        jobs: &[(Arc<TableJob>, Vec<TableRange>)],
+        snapshot: Snapshot,
+        stop: &mut watch::Receiver<Option<TaskCommand>>,
+    ) -> Result<Vec<(String, String)>, TaskError> {
+        let sub_tasks = self.task.full_load_settings.max_full_load_sub_tasks.max(1);
+        let writer_options = writer_options(&self.task.target_settings, sub_tasks);
+        let snapshot = Arc::new(snapshot);
+        let semaphore = Arc::new(Semaphore::new(sub_tasks));
+        let mut running = JoinSet::new();
+        for (table, ranges) in jobs {
+            if ranges.is_empty() {
+                // Every range was done but the table was not marked: mark it now.
+                running.spawn(complete_if_done(
+                    table.clone(),
+                    self.checkpoint.clone(),
+                    self.events.clone(),
+                ));
+            }
+            for range in ranges {
+                let job = RangeJob {
+                    task: self.task.name.clone(),
+                    source: self.source.clone(),
+                    table: table.clone(),
+                    range: range.clone(),
+                    snapshot: snapshot.clone(),
+                    storage: self.storage.clone(),
+                    writer_options: writer_options.clone(),
+                    checkpoint: self.checkpoint.clone(),
+                    events: self.events.clone(),
+                };
+                let semaphore = semaphore.clone();
+                running.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    job.run().await
+                });
+            }
+        }
+        let mut failures: Vec<(String, String)> = Vec::new();
+        loop {
+            tokio::select! {
+                next = running.join_next() => match next {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err((table, message)))) => {
+                        if !failures.iter().any(|(t, _)| *t == table) {
+                            failures.push((table, message));
+                        }
+                    }
+                    Some(Err(e)) => failures.push(("(engine)".into(), e.to_string())),
+                },
+                changed = stop.changed() => {
+                    if changed.is_ok() && *stop.borrow() == Some(TaskCommand::Stop) {
+                        running.abort_all();
+                        while running.join_next().await.is_some() {}
+                        self.source.release_snapshot().await;
+                        return Err(TaskError::Stopped { task: self.task.name.clone() });
+                    }
+                }
+            }
+        }
+        self.source.release_snapshot().await;
+        Ok(failures)
+    }
 }
 
 fn completed_stats(s: &TableLoadState) -> TableStats {
@@ -621,4 +750,80 @@ impl FileSink {
         });
         Ok(())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::checkpoint::RangeState;
+
+    fn state(done: &[bool]) -> TableLoadState {
+        let ranges = (0..done.len() as u32)
+            .map(|index| TableRange {
+                index,
+                start: None,
+                end: None,
+            })
+            .collect();
+        let mut s = TableLoadState::new("public", "t", ranges);
+        for (r, &d) in s.ranges.iter_mut().zip(done) {
+            *r = RangeState {
+                done: d,
+                files: d
+                    .then(|| FileRecord {
+                        key: format!("raw/s/public/t/LOAD{:08X}.parquet", r.range.index + 1),
+                        rows: 1,
+                        bytes: 1,
+                    })
+                    .into_iter()
+                    .collect(),
+                ..r.clone()
+            };
+        }
+        s
+    }
+
+    #[test]
+    fn a_table_loads_afresh_resumes_its_pending_ranges_or_stays() {
+        assert!(matches!(plan_table(None), TablePlan::New));
+        let mut done = state(&[true, true]);
+        done.status = LoadStatus::Completed;
+        assert!(matches!(plan_table(Some(&done)), TablePlan::Done(_)));
+        let interrupted = state(&[true, false, true, false]);
+        match plan_table(Some(&interrupted)) {
+            TablePlan::Resume {
+                pending,
+                next_file_number,
+                ..
+            } => {
+                let pending: Vec<u32> = pending.iter().map(|r| r.index).collect();
+                assert_eq!(pending, [1, 3]);
+                assert_eq!(
+                    next_file_number, 4,
+                    "after the highest file a done range holds"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn row_groups_share_the_memory_budget() {
+        let settings = crate::config::TargetSettings::default();
+        assert_eq!(
+            writer_options(&settings, 1).row_group_bytes,
+            ROW_GROUP_LIMIT
+        );
+        assert_eq!(
+            writer_options(&settings, 8).row_group_bytes,
+            MEMORY_BUDGET / 8
+        );
+        assert_eq!(writer_options(&settings, 1000).row_group_bytes, 8 << 20);
+        assert_eq!(
+            writer_options(&settings, 1).max_file_bytes,
+            settings.max_file_size * 1024
+        );
+    }
+
+    const ROW_GROUP_LIMIT: usize = crate::lake::format::ROW_GROUP_BYTES;
 }
