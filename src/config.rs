@@ -23,8 +23,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid workspace file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("invalid workspace file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid workspace file {path}, line {line}: {message}")]
     Invalid {
         path: PathBuf,
@@ -576,9 +580,9 @@ impl Workspace {
 
     /// Parses and validates `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Workspace, ConfigError> {
-        let workspace: Workspace = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let workspace: Workspace = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         workspace.validate(text, path)?;
         Ok(workspace)

@@ -37,9 +37,13 @@ pub enum CatalogError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(
-        "the catalog {uri} is unreadable ({message}). Delete it: the next crawl rebuilds it from the files"
+        "the catalog {uri} is unreadable ({source}). Delete it: the next crawl rebuilds it from the files"
     )]
-    Corrupt { uri: String, message: String },
+    Corrupt {
+        uri: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// The raw tables under one `bucket_folder` of a target.
@@ -269,7 +273,7 @@ pub async fn load(storage: &Storage, bucket_folder: &str) -> Result<Catalog, Cat
             let mut catalog: Catalog =
                 serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt {
                     uri: storage.uri(&key),
-                    message: e.to_string(),
+                    source: e,
                 })?;
             // Catalogs written before tables were keyed by folder keyed them by name.
             catalog.tables = std::mem::take(&mut catalog.tables)
@@ -412,7 +416,7 @@ pub async fn crawl(
     let key = catalog_key(bucket_folder);
     let json = serde_json::to_vec(&catalog).map_err(|e| CatalogError::Corrupt {
         uri: storage.uri(&key),
-        message: e.to_string(),
+        source: e,
     })?;
     storage.put_bytes(&key, Bytes::from(json)).await?;
     Ok((catalog, report))

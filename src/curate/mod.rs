@@ -117,8 +117,12 @@ pub enum CurateError {
     TableIsHistory { table: String, history_of: String },
     #[error("model {name} is not in the workspace; its models are: {known}")]
     UnknownModel { name: String, known: String },
-    #[error("model {model}: {message}")]
-    Model { model: String, message: String },
+    #[error("model {model}: {source}")]
+    Model {
+        model: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(
         "the workspace has models but no target for their tables: set [curate] target = \"<a local target>\""
     )]

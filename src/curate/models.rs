@@ -135,7 +135,7 @@ pub async fn run_models(
             crate::query::QueryError::Curate(e) => e,
             e => CurateError::Model {
                 model: String::new(),
-                message: e.to_string(),
+                source: Box::new(e),
             },
         })?;
     let mut outcomes = Vec::new();
@@ -148,7 +148,7 @@ pub async fn run_models(
             .await
             .map_err(|e| CurateError::Model {
                 model: model.name.clone(),
-                message: e.to_string(),
+                source: Box::new(e),
             })?;
     }
     Ok(outcomes)
@@ -186,7 +186,7 @@ async fn run_model(
     let name = format!("{}.{}", model.schema, model.name);
     let sql_error = |e: datafusion::error::DataFusionError| CurateError::Model {
         model: name.clone(),
-        message: e.to_string(),
+        source: Box::new(e),
     };
     // Kept until the model is written: `__model` reads its rows from there.
     let (columns, _scratch) = query_once(ctx, model, &sql_error).await?;
@@ -461,7 +461,7 @@ impl Materialize<'_> {
             .await
             .map_err(|e| CurateError::Model {
                 model: model_name.clone(),
-                message: e.to_string(),
+                source: Box::new(e),
             })?;
         let written = write_snapshot(
             self.catalog,

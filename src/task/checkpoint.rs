@@ -34,9 +34,13 @@ pub enum CheckpointError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(
-        "task state {uri} is unreadable ({message}). Move it away to start the task afresh (its data files stay)"
+        "task state {uri} is unreadable ({source}). Move it away to start the task afresh (its data files stay)"
     )]
-    Corrupt { uri: String, message: String },
+    Corrupt {
+        uri: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(
         "task state {uri} was written by task '{found}', not '{expected}'. Two tasks must not share a bucket_folder and name"
     )]
@@ -258,7 +262,7 @@ impl Checkpoint {
                 let state: TaskState =
                     serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
                         uri: storage.uri(&key),
-                        message: e.to_string(),
+                        source: e,
                     })?;
                 let mut state: TaskState = state;
                 // A table's own fields name it exactly; keys written before tables were
@@ -309,7 +313,7 @@ impl Checkpoint {
         let result = change(&mut state);
         let json = serde_json::to_vec_pretty(&*state).map_err(|e| CheckpointError::Corrupt {
             uri: self.storage.uri(&self.key),
-            message: e.to_string(),
+            source: e,
         })?;
         self.storage.put_bytes(&self.key, Bytes::from(json)).await?;
         Ok(result)
