@@ -12,6 +12,7 @@
 //! - a table with a single integer primary key splits into key ranges; others read whole.
 
 pub mod binlog;
+pub mod row_image;
 pub mod types;
 
 use std::collections::HashMap;
@@ -614,7 +615,7 @@ impl MysqlSource {
                     endpoint: e.name.clone(),
                     table: table.qualified_name(),
                     column: table.columns.get(i).map_or("?".into(), |c| c.name.clone()),
-                    message,
+                    message: format!("{message} (at row {rows} of range {})", range.index),
                 })?;
             rows += 1;
             if (builder.len() >= BATCH_ROWS || builder.bytes() >= BATCH_BYTES)
