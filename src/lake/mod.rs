@@ -1,11 +1,13 @@
 //! The lake: where files go ([`layout`]), how they are encoded ([`format`]), where they are
-//! stored ([`storage`]), how they are read back for preview ([`inspect`]), and how the
-//! curated layer's engines reach the same storage ([`adapters`]).
+//! stored ([`storage`]), how they are read back for preview ([`inspect`], through
+//! [`parquet_read`]), and how the curated layer's engines reach the same storage
+//! ([`adapters`]).
 
 pub mod adapters;
 pub mod format;
 pub mod inspect;
 pub mod layout;
+pub mod parquet_read;
 pub mod storage;
 
 pub use storage::{ObjectMeta, S3Options, Storage, StorageError};

@@ -1,0 +1,1331 @@
+//! Parquet files read back through ranged reads of a byte source: metadata (schema, row
+//! groups, column statistics) and pages of rows. [`super::inspect`] reads lake files through
+//! it (`tributary preview`, the app's preview, the crawler, curate); `fuzz/` reads bytes in
+//! memory ([`MemorySource`]).
+//!
+//! Invariants, whatever the file (a file in a lake can be anyone's, and `fuzz/` feeds this
+//! module arbitrary ones):
+//! - nothing here reads a whole file: metadata comes from the footer (one ranged read with a
+//!   prefetch hint), and rows come only from the row groups (pages) that hold them;
+//! - every read lies within the file: a footer that points past its end is an error before
+//!   anything is read or allocated for it, and a source that returns fewer bytes than asked
+//!   is an error too;
+//! - the footer and the page index are checked ([`thrift_fits`]) before the parquet crate
+//!   decodes them, which sizes its vectors by the counts they hold: every count and length
+//!   must fit in the bytes that remain, so what is allocated is bounded by the metadata's own
+//!   size. (A page's size, an i32 in its header, is the format's: pages are allocated as
+//!   their headers say, below 2 GiB.)
+//! - a malformed file is an error naming it, never a panic.
+//!
+//! This module uses nothing else of the crate: `fuzz/` compiles it on its own (see
+//! `fuzz/src/lib.rs`).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::async_reader::MetadataFetch;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{
+    FooterTail, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
+
+/// Bytes read from the end of a file to find its metadata: usually all of it, in one read.
+const FOOTER_PREFETCH: u64 = 64 * 1024;
+/// The footer's last 8 bytes: the metadata's length and the magic `PAR1`.
+const FOOTER_TAIL: u64 = 8;
+
+/// Ranged reads of one object that does not change while it is read, of known size: a lake
+/// file, or bytes in memory.
+pub trait ByteSource: Send + Sync + 'static {
+    /// What the source itself fails with (the lake's storage errors).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The object's name in its store (a key), to tell files apart.
+    fn name(&self) -> &str;
+
+    /// Where the object is, for messages.
+    fn uri(&self) -> String;
+
+    /// The object's size in bytes.
+    fn size(&self) -> u64;
+
+    /// The bytes of `range`, which the caller keeps within `0..size()`.
+    fn read(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, Self::Error>>;
+}
+
+/// A file held in memory.
+pub struct MemorySource {
+    pub uri: String,
+    pub bytes: Bytes,
+}
+
+impl ByteSource for MemorySource {
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &str {
+        &self.uri
+    }
+
+    fn uri(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, Self::Error>> {
+        // Ranges are checked against the size by the reader; clamped again here, so that a
+        // caller's mistake is a short read (an error), not a panic.
+        let len = self.bytes.len();
+        let start = usize::try_from(range.start).unwrap_or(len).min(len);
+        let end = usize::try_from(range.end).unwrap_or(len).clamp(start, len);
+        futures::future::ready(Ok(self.bytes.slice(start..end))).boxed()
+    }
+}
+
+/// What reading a file back can fail with; `E` is the byte source's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError<E: std::error::Error + Send + Sync + 'static> {
+    /// The byte source (the lake's storage) failed.
+    #[error(transparent)]
+    Storage(E),
+    #[error(
+        "{uri} is not a readable Parquet file ({message}). It may be truncated, corrupt, or not Parquet at all"
+    )]
+    NotParquet { uri: String, message: String },
+    #[error("reading {uri}: {message}")]
+    Read { uri: String, message: String },
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for InspectError<E> {
+    fn from(e: E) -> Self {
+        InspectError::Storage(e)
+    }
+}
+
+/// A Parquet file's metadata, ready to show.
+#[derive(Debug, Clone)]
+pub struct ParquetSummary {
+    pub uri: String,
+    pub size: u64,
+    pub num_rows: i64,
+    pub created_by: Option<String>,
+    pub schema: SchemaRef,
+    /// Parquet's own view of each leaf column: physical and logical type.
+    pub parquet_columns: Vec<(String, String)>,
+    pub row_groups: Vec<RowGroupSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RowGroupSummary {
+    pub rows: i64,
+    pub compressed_bytes: i64,
+    pub uncompressed_bytes: i64,
+    pub columns: Vec<ColumnChunkSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ColumnChunkSummary {
+    pub name: String,
+    /// Formatted with the column's logical type; `None` when the file has no statistics.
+    pub min: Option<String>,
+    pub max: Option<String>,
+    pub nulls: Option<u64>,
+    pub encodings: String,
+    pub compression: String,
+    pub compressed_bytes: i64,
+    pub uncompressed_bytes: i64,
+}
+
+/// A column chunk's formatted min, max and null count.
+type ChunkStats = (Option<String>, Option<String>, Option<u64>);
+
+/// Parquet's async reader over a [`ByteSource`], by ranged reads that stay within the file.
+struct RangeReader<S> {
+    source: Arc<S>,
+}
+
+impl<S: ByteSource> RangeReader<S> {
+    /// Refuses a range past the end of the file, before anything is read or allocated for it:
+    /// the ranges come from the file's own footer.
+    fn check(&self, range: &Range<u64>) -> parquet::errors::Result<()> {
+        let size = self.source.size();
+        if range.start > range.end || range.end > size {
+            return Err(ParquetError::General(format!(
+                "its metadata points at bytes {}..{}, outside its {size} bytes",
+                range.start, range.end
+            )));
+        }
+        Ok(())
+    }
+
+    async fn read(&self, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+        let expected = range.end - range.start;
+        let bytes = self
+            .source
+            .read(range.clone())
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        if bytes.len() as u64 != expected {
+            return Err(ParquetError::General(format!(
+                "reading bytes {}..{} returned {} bytes: the file changed or is shorter than its size",
+                range.start,
+                range.end,
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+impl<S: ByteSource> AsyncFileReader for RangeReader<S> {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.check(&range)?;
+            self.read(range).await
+        }
+        .boxed()
+    }
+
+    /// The ranges a read needs (a page of each column), fetched at once rather than one
+    /// after another: object stores answer each request with a fixed latency.
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            for range in &ranges {
+                self.check(range)?;
+            }
+            let this = &*self;
+            futures::future::try_join_all(ranges.into_iter().map(|range| this.read(range))).await
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move { self.load_metadata().await.map(Arc::new) }.boxed()
+    }
+}
+
+impl<S: ByteSource> RangeReader<S> {
+    /// The file's metadata, with its offset index when it has a sound one: the footer is
+    /// checked, then decoded; the offset index (where each page starts, which lets a read of
+    /// a few rows fetch only their pages: the first rows of a GB file on S3 come in well
+    /// under a second) is checked, and left out when it does not decode.
+    async fn load_metadata(&self) -> parquet::errors::Result<ParquetMetaData> {
+        let size = self.source.size();
+        // One read of the end of the file usually holds the whole footer.
+        let tail_start = size.saturating_sub(FOOTER_PREFETCH);
+        let range = tail_start..size;
+        self.check(&range)?;
+        let tail = self.read(range).await?;
+        let footer = tail
+            .len()
+            .checked_sub(FOOTER_TAIL as usize)
+            .and_then(|at| tail.get(at..))
+            .and_then(|b| <&[u8; FOOTER_TAIL as usize]>::try_from(b).ok())
+            .ok_or_else(|| {
+                ParquetError::General(format!("it has {size} bytes, too few for a footer"))
+            })?;
+        let length = FooterTail::try_new(footer)?.metadata_length() as u64;
+        let start = (size - FOOTER_TAIL).checked_sub(length).ok_or_else(|| {
+            ParquetError::General(format!(
+                "its footer says its metadata has {length} bytes, more than the file"
+            ))
+        })?;
+        let metadata = if start >= tail_start {
+            let from = (start - tail_start) as usize;
+            tail.slice(from..tail.len() - FOOTER_TAIL as usize)
+        } else {
+            let range = start..size - FOOTER_TAIL;
+            self.check(&range)?;
+            self.read(range).await?
+        };
+        thrift_fits(&metadata, footer_spec::FILE_META_DATA)
+            .map_err(|e| ParquetError::General(format!("its metadata is malformed ({e})")))?;
+        let metadata = ParquetMetaDataReader::decode_metadata(&metadata)?;
+        let fetch = CheckedFetch {
+            reader: self,
+            metadata: &metadata,
+        };
+        let mut with_index = ParquetMetaDataReader::new_with_metadata(metadata.clone())
+            .with_offset_index_policy(PageIndexPolicy::Optional)
+            .with_column_index_policy(PageIndexPolicy::Skip);
+        let indexed = match with_index.load_page_index(fetch).await {
+            Ok(()) => with_index.finish(),
+            Err(e) => Err(e),
+        };
+        // A page index that does not decode only costs speed: rows are then read by whole
+        // row groups.
+        Ok(indexed.unwrap_or(metadata))
+    }
+}
+
+/// Fetches of the page index: within the file, and each column chunk's offset index in the
+/// fetched bytes checked ([`thrift_fits`]) before the parquet crate decodes it.
+struct CheckedFetch<'a, S> {
+    reader: &'a RangeReader<S>,
+    metadata: &'a ParquetMetaData,
+}
+
+impl<S: ByteSource> MetadataFetch for CheckedFetch<'_, S> {
+    fn fetch(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.reader.check(&range)?;
+            let bytes = self.reader.read(range.clone()).await?;
+            for chunk in self
+                .metadata
+                .row_groups()
+                .iter()
+                .flat_map(|rg| rg.columns())
+            {
+                let (Some(offset), Some(length)) =
+                    (chunk.offset_index_offset(), chunk.offset_index_length())
+                else {
+                    continue;
+                };
+                let start = u64::try_from(offset)
+                    .ok()
+                    .and_then(|o| o.checked_sub(range.start));
+                let slice = start
+                    .and_then(|s| usize::try_from(s).ok())
+                    .zip(usize::try_from(length).ok())
+                    .and_then(|(s, l)| bytes.get(s..s.checked_add(l)?));
+                if let Some(slice) = slice {
+                    thrift_fits(slice, footer_spec::OFFSET_INDEX).map_err(|e| {
+                        ParquetError::General(format!("its page index is malformed ({e})"))
+                    })?;
+                }
+            }
+            Ok(bytes)
+        }
+        .boxed()
+    }
+}
+
+/// The thrift structures of a Parquet footer and page index, as parquet 58 decodes them: the
+/// type each field is read as, whatever type its header declares. Fields not listed are
+/// skipped by their declared type, as the parquet crate skips them.
+mod footer_spec {
+    /// How a value is read.
+    #[derive(Clone, Copy)]
+    pub enum Ty {
+        /// i8.
+        Byte,
+        /// A zigzag varint (i16, i32, i64, enums).
+        Varint,
+        Double,
+        Binary,
+        /// A struct field's boolean: its value is in the field header.
+        Bool,
+        List(&'static Ty),
+        Struct(&'static [(i16, Ty)]),
+        /// One field, then the end; an unknown variant is skipped (`true`) or an error.
+        Union(&'static [(i16, Ty)], bool),
+        /// An empty struct of a union: one 0 byte.
+        Empty,
+    }
+    use Ty::*;
+
+    const DECIMAL: &[(i16, Ty)] = &[(1, Varint), (2, Varint)];
+    const TIME_UNIT: Ty = Union(&[(1, Empty), (2, Empty), (3, Empty)], false);
+    const TIME: &[(i16, Ty)] = &[(1, Bool), (2, TIME_UNIT)];
+    const LOGICAL_TYPE: Ty = Union(
+        &[
+            (1, Empty),
+            (2, Empty),
+            (3, Empty),
+            (4, Empty),
+            (5, Struct(DECIMAL)),
+            (6, Empty),
+            (7, Struct(TIME)),
+            (8, Struct(TIME)),
+            (10, Struct(&[(1, Byte), (2, Bool)])),
+            (11, Empty),
+            (12, Empty),
+            (13, Empty),
+            (14, Empty),
+            (15, Empty),
+            (16, Struct(&[(1, Byte)])),
+            (17, Struct(&[(1, Binary)])),
+            (18, Struct(&[(1, Binary), (2, Varint)])),
+        ],
+        true,
+    );
+    const SCHEMA_ELEMENT: Ty = Struct(&[
+        (1, Varint),
+        (2, Varint),
+        (3, Varint),
+        (4, Binary),
+        (5, Varint),
+        (6, Varint),
+        (7, Varint),
+        (8, Varint),
+        (9, Varint),
+        (10, LOGICAL_TYPE),
+    ]);
+    const STATISTICS: Ty = Struct(&[
+        (1, Binary),
+        (2, Binary),
+        (3, Varint),
+        (4, Varint),
+        (5, Binary),
+        (6, Binary),
+        (7, Bool),
+        (8, Bool),
+    ]);
+    const PAGE_ENCODING_STATS: Ty = Struct(&[(1, Varint), (2, Varint), (3, Varint)]);
+    const SIZE_STATISTICS: Ty = Struct(&[(1, Varint), (2, List(&Varint)), (3, List(&Varint))]);
+    const BOUNDING_BOX: Ty = Struct(&[
+        (1, Double),
+        (2, Double),
+        (3, Double),
+        (4, Double),
+        (5, Double),
+        (6, Double),
+        (7, Double),
+        (8, Double),
+    ]);
+    const GEOSPATIAL_STATISTICS: Ty = Struct(&[(1, BOUNDING_BOX), (2, List(&Varint))]);
+    /// Fields 3 (path_in_schema) and 8 (key_value_metadata) are skipped by the crate.
+    const COLUMN_META_DATA: Ty = Struct(&[
+        (1, Varint),
+        (2, List(&Varint)),
+        (4, Varint),
+        (5, Varint),
+        (6, Varint),
+        (7, Varint),
+        (9, Varint),
+        (10, Varint),
+        (11, Varint),
+        (12, STATISTICS),
+        (13, List(&PAGE_ENCODING_STATS)),
+        (14, Varint),
+        (15, Varint),
+        (16, SIZE_STATISTICS),
+        (17, GEOSPATIAL_STATISTICS),
+    ]);
+    /// Fields 8 and 9 (encryption) are skipped: the crate is built without it.
+    const COLUMN_CHUNK: Ty = Struct(&[
+        (1, Binary),
+        (2, Varint),
+        (3, COLUMN_META_DATA),
+        (4, Varint),
+        (5, Varint),
+        (6, Varint),
+        (7, Varint),
+    ]);
+    const SORTING_COLUMN: Ty = Struct(&[(1, Varint), (2, Bool), (3, Bool)]);
+    const ROW_GROUP: Ty = Struct(&[
+        (1, List(&COLUMN_CHUNK)),
+        (2, Varint),
+        (3, Varint),
+        (4, List(&SORTING_COLUMN)),
+        (5, Varint),
+        (7, Varint),
+    ]);
+    const KEY_VALUE: Ty = Struct(&[(1, Binary), (2, Binary)]);
+    const COLUMN_ORDER: Ty = Union(&[(1, Empty)], true);
+    pub const FILE_META_DATA: Ty = Struct(&[
+        (1, Varint),
+        (2, List(&SCHEMA_ELEMENT)),
+        (3, Varint),
+        (4, List(&ROW_GROUP)),
+        (5, List(&KEY_VALUE)),
+        (6, Binary),
+        (7, List(&COLUMN_ORDER)),
+    ]);
+    const PAGE_LOCATION: Ty = Struct(&[(1, Varint), (2, Varint), (3, Varint)]);
+    pub const OFFSET_INDEX: Ty = Struct(&[(1, List(&PAGE_LOCATION)), (2, List(&Varint))]);
+}
+
+/// How deep the parquet crate skips unknown fields.
+const THRIFT_SKIP_DEPTH: u32 = 64;
+
+/// Checks, as the parquet crate would read `bytes` as `ty` (compact protocol), that every
+/// list it would size a vector by holds no more items than bytes remain after its header
+/// (each item takes at least one). What the crate would refuse anyway may pass or fail here.
+fn thrift_fits(bytes: &[u8], ty: footer_spec::Ty) -> Result<(), String> {
+    ThriftWalker { bytes, pos: 0 }.read(ty)
+}
+
+/// A reader of thrift compact-protocol values that only checks them, in step with the
+/// parquet crate's decoder.
+struct ThriftWalker<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl ThriftWalker<'_> {
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let b = *self.bytes.get(self.pos).ok_or("cut short")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn skip_bytes(&mut self, n: u64) -> Result<(), String> {
+        match usize::try_from(n) {
+            Ok(n) if n <= self.remaining() => {
+                self.pos += n;
+                Ok(())
+            }
+            _ => Err(format!(
+                "{n} bytes announced where {} remain",
+                self.remaining()
+            )),
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f).wrapping_shl(shift);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+            shift = shift.saturating_add(7);
+        }
+    }
+
+    fn zigzag(&mut self) -> Result<i64, String> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    /// A list header: its element type and size, the size checked against what remains.
+    fn list_begin(&mut self) -> Result<(u8, usize), String> {
+        let header = self.byte()?;
+        if header == 0 {
+            return Ok((3, 0));
+        }
+        let element = header & 0x0f;
+        if !(1..=12).contains(&element) {
+            return Err(format!("list of unknown type {element}"));
+        }
+        let size = match header >> 4 {
+            15 => {
+                let n = self.varint()?;
+                i32::try_from(n).map_err(|_| format!("list of {n} items"))? as u64
+            }
+            n => u64::from(n),
+        };
+        match usize::try_from(size) {
+            Ok(n) if n <= self.remaining() => Ok((element, n)),
+            _ => Err(format!(
+                "a list of {size} items where {} bytes remain",
+                self.remaining()
+            )),
+        }
+    }
+
+    /// A field header after field `last`: `None` at the end of the struct.
+    fn field_begin(&mut self, last: i16) -> Result<Option<(i16, u8)>, String> {
+        let header = self.byte()?;
+        let kind = header & 0x0f;
+        if kind > 12 {
+            return Err(format!("field of unknown type {kind}"));
+        }
+        if kind == 0 {
+            return Ok(None);
+        }
+        let delta = header >> 4;
+        let id = if delta != 0 {
+            last.checked_add(i16::from(delta))
+                .ok_or("field id overflow")?
+        } else {
+            self.zigzag()? as i16
+        };
+        Ok(Some((id, kind)))
+    }
+
+    fn read(&mut self, ty: footer_spec::Ty) -> Result<(), String> {
+        use footer_spec::Ty;
+        match ty {
+            Ty::Byte => self.byte().map(drop),
+            Ty::Varint => self.varint().map(drop),
+            Ty::Double => self.skip_bytes(8),
+            Ty::Binary => {
+                let len = self.varint()?;
+                self.skip_bytes(len)
+            }
+            // Only as a list element: one byte.
+            Ty::Bool => match self.byte()? {
+                0..=2 => Ok(()),
+                b => Err(format!("boolean {b}")),
+            },
+            Ty::List(element) => {
+                let (_, size) = self.list_begin()?;
+                for _ in 0..size {
+                    self.read(*element)?;
+                }
+                Ok(())
+            }
+            Ty::Struct(fields) => {
+                let mut last = 0;
+                while let Some((id, kind)) = self.field_begin(last)? {
+                    match fields.iter().find(|(f, _)| *f == id).map(|(_, t)| *t) {
+                        Some(Ty::Bool) if matches!(kind, 1 | 2) => {}
+                        Some(Ty::Bool) => return Err("a boolean field of another type".into()),
+                        Some(t) => self.read(t)?,
+                        None => self.skip(kind, THRIFT_SKIP_DEPTH)?,
+                    }
+                    last = id;
+                }
+                Ok(())
+            }
+            Ty::Union(variants, skip_unknown) => {
+                let (id, kind) = self.field_begin(0)?.ok_or("an empty union")?;
+                match variants.iter().find(|(v, _)| *v == id).map(|(_, t)| *t) {
+                    Some(t) => self.read(t)?,
+                    None if skip_unknown => self.skip(kind, THRIFT_SKIP_DEPTH)?,
+                    None => return Err(format!("unknown union variant {id}")),
+                }
+                match self.field_begin(id)? {
+                    None => Ok(()),
+                    Some(_) => Err("a union with two fields".into()),
+                }
+            }
+            Ty::Empty => match self.byte()? {
+                0 => Ok(()),
+                _ => Err("an empty struct with fields".into()),
+            },
+        }
+    }
+
+    /// Skips a value of declared type `kind`, as the parquet crate does (booleans in a
+    /// skipped list take no bytes there).
+    fn skip(&mut self, kind: u8, depth: u32) -> Result<(), String> {
+        if depth == 0 {
+            return Err("nested too deep".into());
+        }
+        match kind {
+            1 | 2 => Ok(()),
+            3 => self.byte().map(drop),
+            4..=6 => self.varint().map(drop),
+            7 => self.skip_bytes(8),
+            8 => {
+                let len = self.varint()?;
+                self.skip_bytes(len)
+            }
+            12 => {
+                let mut last = 0;
+                while let Some((id, kind)) = self.field_begin(last)? {
+                    self.skip(kind, depth - 1)?;
+                    last = id;
+                }
+                Ok(())
+            }
+            9 => {
+                let (element, size) = self.list_begin()?;
+                if matches!(element, 10 | 11) {
+                    return Err("a set or map".into());
+                }
+                for _ in 0..size {
+                    self.skip(element, depth - 1)?;
+                }
+                Ok(())
+            }
+            k => Err(format!("cannot skip type {k}")),
+        }
+    }
+}
+
+/// An open Parquet file: metadata read once, rows read page by page.
+pub struct ParquetFile<S> {
+    source: Arc<S>,
+    metadata: Arc<ParquetMetaData>,
+    schema: SchemaRef,
+}
+
+impl<S: ByteSource> ParquetFile<S> {
+    /// Reads the footer of the file `source` holds.
+    pub async fn from_source(source: S) -> Result<Self, InspectError<S::Error>> {
+        let source = Arc::new(source);
+        let reader = RangeReader {
+            source: source.clone(),
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| not_parquet(source.as_ref(), e))?;
+        let metadata = builder.metadata().clone();
+        let schema = builder.schema().clone();
+        Ok(ParquetFile {
+            source,
+            metadata,
+            schema,
+        })
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn key(&self) -> &str {
+        self.source.name()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.source.size()
+    }
+
+    pub fn num_rows(&self) -> i64 {
+        self.metadata.file_metadata().num_rows()
+    }
+
+    pub fn summary(&self) -> Result<ParquetSummary, InspectError<S::Error>> {
+        let uri = self.source.uri();
+        let file = self.metadata.file_metadata();
+        let parquet_schema = file.schema_descr();
+        let parquet_columns = parquet_schema
+            .columns()
+            .iter()
+            .map(|c| {
+                let logical = c
+                    .logical_type_ref()
+                    .map(|l| format!("{l:?}"))
+                    .unwrap_or_else(|| format!("{:?}", c.converted_type()));
+                (
+                    c.path().string(),
+                    format!("{} {logical}", c.physical_type()),
+                )
+            })
+            .collect();
+        let format_options = arrow_cast::display::FormatOptions::default();
+        let row_groups = self.metadata.row_groups();
+        // Statistics per top-level column, formatted with its Arrow (logical) type.
+        let mut per_column: Vec<Vec<ChunkStats>> = Vec::new();
+        for field in self.schema.fields() {
+            let stats = StatisticsConverter::try_new(field.name(), &self.schema, parquet_schema)
+                .and_then(|c| {
+                    Ok((
+                        c.row_group_mins(row_groups.iter())?,
+                        c.row_group_maxes(row_groups.iter())?,
+                        c.row_group_null_counts(row_groups.iter())?,
+                    ))
+                });
+            let column = match stats {
+                Ok((mins, maxes, nulls)) => {
+                    let (mins, maxes) = (displayable(&mins), displayable(&maxes));
+                    let fmt = |a: &arrow_array::ArrayRef, i: usize| {
+                        use arrow_array::Array;
+                        if a.is_null(i) {
+                            return None;
+                        }
+                        arrow_cast::display::ArrayFormatter::try_new(a.as_ref(), &format_options)
+                            .ok()
+                            .map(|f| f.value(i).to_string())
+                    };
+                    (0..row_groups.len())
+                        .map(|i| {
+                            use arrow_array::Array;
+                            (
+                                fmt(&mins, i),
+                                fmt(&maxes, i),
+                                nulls.is_valid(i).then(|| nulls.value(i)),
+                            )
+                        })
+                        .collect()
+                }
+                // Nested columns have no single min/max.
+                Err(_) => vec![(None, None, None); row_groups.len()],
+            };
+            per_column.push(column);
+        }
+        let summaries = row_groups
+            .iter()
+            .enumerate()
+            .map(|(g, rg)| RowGroupSummary {
+                rows: rg.num_rows(),
+                compressed_bytes: rg.compressed_size(),
+                uncompressed_bytes: rg.total_byte_size(),
+                columns: rg
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        let name = c.column_path().string();
+                        let top = c.column_path().parts().first().cloned().unwrap_or_default();
+                        let stats = self
+                            .schema
+                            .index_of(&top)
+                            .ok()
+                            .and_then(|i| per_column.get(i))
+                            .and_then(|s| s.get(g))
+                            .cloned()
+                            .unwrap_or((None, None, None));
+                        ColumnChunkSummary {
+                            name,
+                            min: stats.0,
+                            max: stats.1,
+                            nulls: stats.2,
+                            encodings: c
+                                .encodings()
+                                .map(|e| format!("{e:?}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            compression: format!("{:?}", c.compression()),
+                            compressed_bytes: c.compressed_size(),
+                            uncompressed_bytes: c.uncompressed_size(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(ParquetSummary {
+            uri,
+            size: self.source.size(),
+            num_rows: file.num_rows(),
+            created_by: file.created_by().map(str::to_owned),
+            schema: self.schema.clone(),
+            parquet_columns,
+            row_groups: summaries,
+        })
+    }
+
+    /// Rows `[offset, offset + limit)`, reading only the row groups that hold them.
+    pub async fn read_rows(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RecordBatch>, InspectError<S::Error>> {
+        let end_row = offset.saturating_add(limit);
+        let mut start = 0usize;
+        let mut groups = Vec::new();
+        let mut skip = 0usize;
+        for (i, rg) in self.metadata.row_groups().iter().enumerate() {
+            // Row counts come from the footer: summed without overflow, whatever they say.
+            let end = start.saturating_add(usize::try_from(rg.num_rows()).unwrap_or(0));
+            if end > offset && start < end_row {
+                if groups.is_empty() {
+                    skip = offset.saturating_sub(start);
+                }
+                groups.push(i);
+            }
+            start = end;
+        }
+        if groups.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stream = self
+            .stream_builder()?
+            .with_row_groups(groups)
+            .with_offset(skip)
+            .with_limit(limit)
+            .with_batch_size(limit.clamp(1, 8192))
+            .build()
+            .map_err(|e| self.read_error(e))?;
+        stream.try_collect().await.map_err(|e| self.read_error(e))
+    }
+
+    /// A reader of this file's rows, from the metadata already read.
+    fn stream_builder(
+        &self,
+    ) -> Result<ParquetRecordBatchStreamBuilder<RangeReader<S>>, InspectError<S::Error>> {
+        let reader = RangeReader {
+            source: self.source.clone(),
+        };
+        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
+            self.metadata.clone(),
+            Default::default(),
+        )
+        .map_err(|e| not_parquet(self.source.as_ref(), e))?;
+        Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+            reader, metadata,
+        ))
+    }
+
+    fn read_error(&self, e: impl std::fmt::Display) -> InspectError<S::Error> {
+        InspectError::Read {
+            uri: self.source.uri(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn metadata(&self) -> &Arc<ParquetMetaData> {
+        &self.metadata
+    }
+
+    /// The named columns (those the file has, in file order) of the given row groups, and
+    /// of only the selected rows of them when `rows` is given.
+    pub async fn read_columns(
+        &self,
+        columns: &[&str],
+        row_groups: Vec<usize>,
+        rows: Option<parquet::arrow::arrow_reader::RowSelection>,
+    ) -> Result<Vec<RecordBatch>, InspectError<S::Error>> {
+        if row_groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let roots: Vec<usize> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = parquet::arrow::ProjectionMask::roots(
+            self.metadata.file_metadata().schema_descr(),
+            roots,
+        );
+        let mut builder = self
+            .stream_builder()?
+            .with_row_groups(row_groups)
+            .with_projection(mask);
+        if let Some(rows) = rows {
+            builder = builder.with_row_selection(rows);
+        }
+        let stream = builder.build().map_err(|e| self.read_error(e))?;
+        stream.try_collect().await.map_err(|e| self.read_error(e))
+    }
+}
+
+/// Several Parquet files read as one table: a folder or a partition. The schema is the
+/// union of the files' columns by name, in order of first appearance; a column whose type
+/// differs between files is read as text. Rows are numbered across the files in key order.
+pub struct ParquetDataset<S> {
+    files: Vec<(String, Arc<ParquetFile<S>>)>,
+    /// Row number at which each file starts.
+    starts: Vec<usize>,
+    schema: SchemaRef,
+    /// Files that were not opened because there were too many.
+    pub skipped_files: usize,
+}
+
+impl<S: ByteSource> ParquetDataset<S> {
+    /// One file as a dataset (no I/O).
+    pub fn single(file: Arc<ParquetFile<S>>) -> Self {
+        Self::from_files(vec![(file.key().to_owned(), file)], 0)
+    }
+
+    /// Open files (with their keys) as one table; `skipped_files` were left out.
+    pub fn from_files(files: Vec<(String, Arc<ParquetFile<S>>)>, skipped_files: usize) -> Self {
+        let mut fields: Vec<Field> = Vec::new();
+        for (_, file) in &files {
+            for f in file.schema().fields() {
+                match fields.iter_mut().find(|m| m.name() == f.name()) {
+                    Some(m) if m.data_type() != f.data_type() => {
+                        *m = Field::new(f.name(), DataType::Utf8, true);
+                    }
+                    Some(_) => {}
+                    None => fields.push(f.as_ref().clone().with_nullable(true)),
+                }
+            }
+        }
+        let mut starts = Vec::with_capacity(files.len());
+        let mut rows = 0usize;
+        for (_, file) in &files {
+            starts.push(rows);
+            rows = rows.saturating_add(usize::try_from(file.num_rows()).unwrap_or(0));
+        }
+        ParquetDataset {
+            files,
+            starts,
+            schema: Arc::new(Schema::new(fields)),
+            skipped_files,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, &ParquetFile<S>)> {
+        self.files.iter().map(|(k, f)| (k.as_str(), f.as_ref()))
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0).saturating_add(
+            self.files
+                .last()
+                .map_or(0, |(_, f)| usize::try_from(f.num_rows()).unwrap_or(0)),
+        )
+    }
+
+    /// Rows `[offset, offset + limit)` across files, in the merged schema.
+    pub async fn read_rows(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<RecordBatch>, InspectError<S::Error>> {
+        let mut out = Vec::new();
+        let end = offset.saturating_add(limit);
+        for ((_, file), &start) in self.files.iter().zip(&self.starts) {
+            let rows = usize::try_from(file.num_rows()).unwrap_or(0);
+            let file_end = start.saturating_add(rows);
+            if file_end <= offset || start >= end {
+                continue;
+            }
+            let from = offset.saturating_sub(start);
+            let take = end.min(file_end).saturating_sub(start.saturating_add(from));
+            for batch in file.read_rows(from, take).await? {
+                out.push(self.conform(&batch)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The rows of one row group of file `file` whose column `column` shows `needle`
+    /// (case-insensitive), in the merged schema: one step of a filter over the dataset.
+    pub async fn filter_row_group(
+        &self,
+        file: usize,
+        row_group: usize,
+        column: &str,
+        needle: &str,
+    ) -> Result<Vec<RecordBatch>, InspectError<S::Error>> {
+        let Some((_, f)) = self.files.get(file) else {
+            return Ok(Vec::new());
+        };
+        if f.schema().field_with_name(column).is_err() {
+            return Ok(Vec::new());
+        }
+        let needle = needle.to_lowercase();
+        let columns: Vec<&str> = f
+            .schema()
+            .fields()
+            .iter()
+            .map(|c| c.name().as_str())
+            .collect();
+        let mut out = Vec::new();
+        for batch in f.read_columns(&columns, vec![row_group], None).await? {
+            let Some(values) = batch.column_by_name(column) else {
+                continue;
+            };
+            let formatter = arrow_cast::display::ArrayFormatter::try_new(
+                values.as_ref(),
+                &arrow_cast::display::FormatOptions::default(),
+            )
+            .map_err(|e| f.read_error(e))?;
+            let keep: arrow_array::BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    Some(
+                        values.is_valid(i)
+                            && formatter
+                                .value(i)
+                                .to_string()
+                                .to_lowercase()
+                                .contains(&needle),
+                    )
+                })
+                .collect();
+            let matched = arrow_select::filter::filter_record_batch(&batch, &keep)
+                .map_err(|e| f.read_error(e))?;
+            if matched.num_rows() > 0 {
+                out.push(self.conform(&matched)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A file's batch in the merged schema: missing columns null, differing types as text.
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch, InspectError<S::Error>> {
+        let rows = batch.num_rows();
+        let error = |e: arrow_schema::ArrowError| InspectError::Read {
+            uri: String::from("(merged schema)"),
+            message: e.to_string(),
+        };
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| match batch.column_by_name(field.name()) {
+                Some(c) if c.data_type() == field.data_type() => Ok(c.clone()),
+                Some(c) => arrow_cast::cast(c, field.data_type()).map_err(error),
+                None => Ok(arrow_array::new_null_array(field.data_type(), rows)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options).map_err(error)
+    }
+}
+
+/// The array with named time zones replaced by `+00:00`, the same instants: formatting a
+/// named zone needs the tz database (chrono-tz), which the build leaves out.
+pub fn displayable(array: &ArrayRef) -> ArrayRef {
+    match array.data_type() {
+        DataType::Timestamp(unit, Some(tz)) if tz.as_ref() != "+00:00" => {
+            arrow_cast::cast(array, &DataType::Timestamp(*unit, Some("+00:00".into())))
+                .unwrap_or_else(|_| array.clone())
+        }
+        _ => array.clone(),
+    }
+}
+
+/// [`displayable`] for every column of a batch.
+pub fn displayable_batch(batch: &RecordBatch) -> RecordBatch {
+    let columns: Vec<ArrayRef> = batch.columns().iter().map(displayable).collect();
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap_or_else(|_| batch.clone())
+}
+
+/// A Parquet error while opening `source`: the source's own error when it failed, otherwise
+/// the file is not readable Parquet.
+fn not_parquet<S: ByteSource>(source: &S, e: ParquetError) -> InspectError<S::Error> {
+    let message = match e {
+        ParquetError::External(inner) => match inner.downcast::<S::Error>() {
+            Ok(s) => return InspectError::Storage(*s),
+            Err(other) => other.to_string(),
+        },
+        other => other.to_string(),
+    };
+    InspectError::NotParquet {
+        uri: source.uri(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use arrow_array::{Int64Array, StringArray};
+
+    /// A small file: `id` 0..n, `name` with a NULL every third row.
+    fn parquet_bytes(n: i64) -> Bytes {
+        parquet_bytes_with(n, None)
+    }
+
+    fn parquet_bytes_with(
+        n: i64,
+        properties: Option<parquet::file::properties::WriterProperties>,
+    ) -> Bytes {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+            ),
+            (
+                "name",
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 3 != 0).then(|| format!("n{i}"))),
+                )) as ArrayRef,
+            ),
+        ])
+        .expect("batch");
+        let mut out = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), properties)
+            .expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        Bytes::from(out)
+    }
+
+    /// Bytes in memory that fail the test if asked for a range outside them.
+    struct Strict {
+        bytes: Bytes,
+    }
+
+    impl ByteSource for Strict {
+        type Error = std::convert::Infallible;
+        fn name(&self) -> &str {
+            "strict.parquet"
+        }
+        fn uri(&self) -> String {
+            "mem://strict.parquet".into()
+        }
+        fn size(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn read(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, Self::Error>> {
+            assert!(
+                range.start <= range.end && range.end <= self.size(),
+                "asked for {range:?} of {} bytes",
+                self.size()
+            );
+            let slice = self.bytes.slice(range.start as usize..range.end as usize);
+            futures::future::ready(Ok(slice)).boxed()
+        }
+    }
+
+    fn strict(bytes: Bytes) -> Strict {
+        Strict { bytes }
+    }
+
+    #[tokio::test]
+    async fn a_file_reads_back_by_ranges() {
+        let file = ParquetFile::from_source(strict(parquet_bytes(10)))
+            .await
+            .expect("opens");
+        assert_eq!(file.num_rows(), 10);
+        let summary = file.summary().expect("summary");
+        assert_eq!(summary.row_groups.len(), 1);
+        assert_eq!(summary.row_groups[0].columns[1].nulls, Some(4));
+        let rows = file.read_rows(8, 5).await.expect("rows");
+        let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(total, 2);
+    }
+
+    #[tokio::test]
+    async fn a_footer_that_points_past_the_end_is_an_error_before_any_read() {
+        // Without page indexes, whose ranges the footer reader checks itself.
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_offset_index_disabled(true)
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+            .build();
+        let good = parquet_bytes_with(1000, Some(properties));
+        // The footer alone (metadata, its length, the magic), after the leading magic: every
+        // column chunk it describes now lies past the end of the file.
+        let len_at = good.len() - 8;
+        let metadata_len =
+            u32::from_le_bytes(good[len_at..len_at + 4].try_into().expect("4 bytes")) as usize;
+        let footer_start = len_at - metadata_len;
+        assert!(
+            footer_start > 4 + metadata_len + 8,
+            "the data is larger than the footer"
+        );
+        let mut cut = good[..4].to_vec();
+        cut.extend_from_slice(&good[footer_start..]);
+        // The strict source fails the test if any read goes past the end: the footer's
+        // ranges are refused before they are read, when the page index or the rows are.
+        let err = match ParquetFile::from_source(strict(Bytes::from(cut))).await {
+            Err(e) => e,
+            Ok(file) => file
+                .read_rows(0, 200)
+                .await
+                .expect_err("chunks past the end"),
+        };
+        assert!(err.to_string().contains("outside its"), "{err}");
+
+        // A footer length larger than the file.
+        let mut long = good.to_vec();
+        long[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = ParquetFile::from_source(strict(Bytes::from(long)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, InspectError::NotParquet { .. }), "{err}");
+    }
+
+    #[test]
+    fn thrift_counts_must_fit_in_the_bytes() {
+        use footer_spec::{FILE_META_DATA, OFFSET_INDEX};
+        // FileMetaData { 2: schema } whose list announces 2^31 - 1 elements.
+        let huge = [0x29, 0xfc, 0xff, 0xff, 0xff, 0xff, 0x07, 0x00];
+        assert!(thrift_fits(&huge, FILE_META_DATA).is_err());
+        // The same field declared as an i32: the crate reads a list there all the same.
+        let declared_i32 = [0x25, 0xfc, 0xff, 0xff, 0xff, 0xff, 0x07, 0x00];
+        assert!(thrift_fits(&declared_i32, FILE_META_DATA).is_err());
+        // Two schema elements { 4: name }, then the end.
+        let two = [
+            0x29, 0x2c, 0x48, 0x01, b'a', 0x00, 0x48, 0x01, b'b', 0x00, 0x00,
+        ];
+        assert_eq!(thrift_fits(&two, FILE_META_DATA), Ok(()));
+        assert!(thrift_fits(&two[..8], FILE_META_DATA).is_err(), "cut short");
+        // An unknown field skipped, holding a list too long for the bytes.
+        let skipped = [0xf9, 0xf5, 0xff, 0xff, 0xff, 0x07, 0x00];
+        assert!(thrift_fits(&skipped, FILE_META_DATA).is_err());
+        // An offset index of one page location, and one announcing more than it holds.
+        let index = [0x19, 0x1c, 0x16, 0x08, 0x15, 0x10, 0x16, 0x00, 0x00, 0x00];
+        assert_eq!(thrift_fits(&index, OFFSET_INDEX), Ok(()));
+        let index = [0x19, 0xfc, 0x80, 0x80, 0x04, 0x00];
+        assert!(thrift_fits(&index, OFFSET_INDEX).is_err());
+    }
+
+    #[tokio::test]
+    async fn files_written_by_the_arrow_writer_pass_the_checks() {
+        for rows in [1000, 1, 0] {
+            let bytes = parquet_bytes(rows);
+            let file = ParquetFile::from_source(strict(bytes))
+                .await
+                .expect("opens");
+            assert_eq!(
+                file.metadata().offset_index().is_some(),
+                rows > 0,
+                "the page index of the row group is kept"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_footer_whose_counts_do_not_fit_is_refused_before_it_is_decoded() {
+        // Found by fuzzing: a schema list of ~2^24 elements in a 72-byte file (the parquet
+        // crate allocated 2.4 GB for it).
+        let file = b"]\x07\x07\x07\x07\x07\x9b\xff\x06\x01\x00\x07\xf9\xf8\xf8$\xf8\xf8\xec\xf9\x0b\x07PAR1\x0aPAR\x07\x07\x9b\x07\x01\x00\x07AR\x07\x07\x9b\x07\x01\x00\x07\xf9\xf9\xf8\x00\x00\x01\x00\x00\x00\x00\x00\x8c\x00\x00\x00PAR1\x00\x00\x00PAR1";
+        let err = ParquetFile::from_source(strict(Bytes::from_static(file)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("metadata is malformed"), "{err}");
+    }
+
+    /// A source that returns fewer bytes than asked (an object that shrank).
+    struct Short(Bytes);
+
+    impl ByteSource for Short {
+        type Error = std::convert::Infallible;
+        fn name(&self) -> &str {
+            "short"
+        }
+        fn uri(&self) -> String {
+            "mem://short".into()
+        }
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, Self::Error>> {
+            let end = (range.end as usize).min(self.0.len()).saturating_sub(1);
+            let start = (range.start as usize).min(end);
+            futures::future::ready(Ok(self.0.slice(start..end))).boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_read_is_an_error() {
+        let err = ParquetFile::from_source(Short(parquet_bytes(5)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("returned"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn row_counts_from_the_footer_do_not_overflow() {
+        let file = Arc::new(
+            ParquetFile::from_source(MemorySource {
+                uri: "m".into(),
+                bytes: parquet_bytes(3),
+            })
+            .await
+            .expect("opens"),
+        );
+        let dataset =
+            ParquetDataset::from_files(vec![("a".into(), file.clone()), ("b".into(), file)], 0);
+        assert_eq!(dataset.num_rows(), 6);
+        let rows = dataset
+            .read_rows(usize::MAX - 1, usize::MAX)
+            .await
+            .expect("none");
+        assert!(rows.is_empty());
+        let rows = dataset.read_rows(2, usize::MAX).await.expect("rows");
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 4);
+    }
+}
