@@ -57,6 +57,17 @@ pub fn column(
             meta.len()
         ));
     }
+    if column_type == ColumnType::MYSQL_TYPE_NEWDECIMAL {
+        // MySQL's limits; the decoder subtracts the scale from the precision unchecked.
+        let (precision, scale) = (meta.first().copied(), meta.get(1).copied());
+        if !matches!((precision, scale), (Some(p @ 1..=65), Some(s @ 0..=30)) if s <= p) {
+            return Err(format!(
+                "column {name} is DECIMAL({}, {}), outside MySQL's DECIMAL(1..=65, 0..=30)",
+                precision.unwrap_or(0),
+                scale.unwrap_or(0)
+            ));
+        }
+    }
     if column_type == ColumnType::MYSQL_TYPE_TIME2 && matches!(meta.first(), Some(1 | 2)) {
         // mysql_common 0.37 decodes negative TIME(1)/TIME(2) values with a fraction
         // wrongly (an unsigned underflow): refuse rather than write a wrong value.
@@ -160,6 +171,11 @@ const DATETIME2_OFFSET: u64 = 0x80_0000_0000;
 /// Refuses values at the start of `data` that mysql_common 0.37's decoder would mishandle
 /// (an arithmetic overflow: a panic with overflow checks, a wrong value without).
 fn refuse_what_the_decoder_mishandles(c: &ColumnCtx, data: &[u8]) -> Result<(), String> {
+    if c.column_type == ColumnType::MYSQL_TYPE_NEWDECIMAL {
+        let precision = c.meta.first().copied().unwrap_or(0).into();
+        let scale = c.meta.get(1).copied().unwrap_or(0).into();
+        check_decimal(precision, scale, data)?;
+    }
     if c.column_type == ColumnType::MYSQL_TYPE_DATETIME2 {
         // A packed value below the offset is a negative datetime, which MySQL never writes;
         // the smallest one overflows when the decoder negates it.
@@ -169,6 +185,54 @@ fn refuse_what_the_decoder_mishandles(c: &ColumnCtx, data: &[u8]) -> Result<(), 
                 return Err(format!("DATETIME2 value 0x{packed:010x} is before year 0"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Decimal digits per 4-byte group of MySQL's binary DECIMAL, and bytes for fewer digits.
+const DIGITS_PER_GROUP: usize = 9;
+const BYTES_FOR_DIGITS: [usize; DIGITS_PER_GROUP + 1] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+
+/// Checks that the binary DECIMAL(`precision`, `scale`) at the start of `data` has digit
+/// groups in range (each below 10^its digits), as MySQL writes them: mysql_common scales
+/// the last group unchecked, and an out-of-range one overflowed (and would print wrong
+/// digits). A value cut short is left to the decoder, which reports it.
+fn check_decimal(precision: usize, scale: usize, data: &[u8]) -> Result<(), String> {
+    let integer = precision.saturating_sub(scale);
+    let mut groups = Vec::new();
+    groups.push(integer % DIGITS_PER_GROUP);
+    groups.extend(std::iter::repeat_n(
+        DIGITS_PER_GROUP,
+        integer / DIGITS_PER_GROUP,
+    ));
+    groups.extend(std::iter::repeat_n(
+        DIGITS_PER_GROUP,
+        scale / DIGITS_PER_GROUP,
+    ));
+    groups.push(scale % DIGITS_PER_GROUP);
+    let size: usize = groups.iter().map(|&d| BYTES_FOR_DIGITS[d]).sum();
+    let Some(value) = data.get(..size) else {
+        return Ok(());
+    };
+    // The sign is the first bit, set for positive values; a negative value's bytes are
+    // inverted.
+    let negative = value.first().is_some_and(|b| b & 0x80 == 0);
+    let mut at = 0;
+    for digits in groups.into_iter().filter(|&d| d > 0) {
+        let len = BYTES_FOR_DIGITS[digits];
+        let group = value.get(at..at + len).unwrap_or_default();
+        let mut x: u64 = 0;
+        for (i, &b) in group.iter().enumerate() {
+            let b = if at + i == 0 { b ^ 0x80 } else { b };
+            let b = if negative { !b } else { b };
+            x = x << 8 | u64::from(b);
+        }
+        if x >= 10u64.pow(digits as u32) {
+            return Err(format!(
+                "DECIMAL({precision}, {scale}) value has a group of {digits} digits holding {x}"
+            ));
+        }
+        at += len;
     }
     Ok(())
 }
@@ -305,6 +369,34 @@ mod tests {
         assert!(err.contains("before year 0"), "{err}");
         let ok = decode_rows(&[0, 0x80, 0, 0, 0, 0], &dt, false, true).expect("year 0");
         assert_eq!(ok.len(), 1);
+        // DECIMAL: MySQL's limits on the table map, and digit groups in range (found by
+        // fuzzing: the decoder's scaling of the last group overflowed).
+        let decimal = |meta: &[u8]| {
+            column(
+                "d",
+                "t",
+                "c",
+                ColumnType::MYSQL_TYPE_NEWDECIMAL,
+                meta,
+                false,
+                None,
+            )
+        };
+        assert!(decimal(&[0, 0]).is_err());
+        assert!(decimal(&[5, 6]).is_err());
+        assert!(decimal(&[66, 0]).is_err());
+        let dec = columns(&[(ColumnType::MYSQL_TYPE_NEWDECIMAL, &[10, 8])]);
+        // 1.23456789 and -1.23456789: 1 integer digit in 1 byte, 8 fraction digits in 4.
+        let one = [0, 0x81, 0x01, 0x65, 0xec, 0x15];
+        let rows = decode_rows(&one, &dec, false, true).expect("decodes");
+        assert_eq!(rows[0].1, Some(vec![Value::Bytes(b"1.23456789".to_vec())]));
+        let minus_one = [0, 0x7e, 0xfe, 0x9a, 0x13, 0xea];
+        let rows = decode_rows(&minus_one, &dec, false, true).expect("decodes");
+        assert_eq!(rows[0].1, Some(vec![Value::Bytes(b"-1.23456789".to_vec())]));
+        // Eight fraction digits holding 2^31 - 1.
+        let err = decode_rows(&[0, 0x81, 0x7f, 0xff, 0xff, 0xff], &dec, false, true)
+            .expect_err("out of range");
+        assert!(err.contains("holding"), "{err}");
         // A varchar longer than the data it says it has.
         assert!(decode_rows(&[0, 1, 0, 0, 0, 200, b'a'], &cols, true, false).is_err());
     }

@@ -762,6 +762,8 @@ fn decode_array(v: &[u8], element: &Kind, child: &mut ColumnBuilder) -> Result<u
     // first, so a count larger than the data ends in "truncated", not in an allocation.
     let mut count: usize = 1;
     for d in 0..ndim {
+        // Each dimension: its size, then its lower bound (which is not used, but is there).
+        header(16 + d * 8)?;
         let size = header(12 + d * 8)?;
         let size = usize::try_from(size).map_err(|_| format!("array dimension of size {size}"))?;
         count = count.saturating_mul(size);
@@ -1456,6 +1458,9 @@ mod tests {
             vec![0, 0, 0, 1, 0, 0],
             // 2^31 elements announced, none there.
             int_array(&[i32::MAX, 2], &[]).expect("array"),
+            // A dimension of size 0 without its lower bound (found by fuzzing: the position
+            // passed the end and the trailing-bytes check underflowed).
+            vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 0],
         ] {
             assert!(b.append(Some(&bad)).is_err(), "{bad:?}");
         }
