@@ -268,10 +268,67 @@ impl<S: ByteSource> RangeReader<S> {
             Ok(()) => with_index.finish(),
             Err(e) => Err(e),
         };
-        // A page index that does not decode only costs speed: rows are then read by whole
-        // row groups.
-        Ok(indexed.unwrap_or(metadata))
+        // A page index that does not decode, or points outside its column chunks, only costs
+        // speed: rows are then read by whole row groups.
+        Ok(indexed
+            .ok()
+            .filter(|m| offset_index_fits(m, size))
+            .unwrap_or(metadata))
     }
+}
+
+/// Where a column chunk lies, as the parquet crate computes it (which asserts both are not
+/// negative), if all of it is within the file's `size` bytes.
+fn chunk_range(
+    chunk: &parquet::file::metadata::ColumnChunkMetaData,
+    size: u64,
+) -> Option<Range<u64>> {
+    let start = chunk
+        .dictionary_page_offset()
+        .unwrap_or_else(|| chunk.data_page_offset());
+    let start = u64::try_from(start).ok()?;
+    let end = start.checked_add(u64::try_from(chunk.compressed_size()).ok()?)?;
+    (end <= size).then_some(start..end)
+}
+
+/// Whether every page of `metadata`'s offset index lies within its column chunk, in order,
+/// with first rows from 0 and increasing within its row group: the parquet crate adds and
+/// subtracts these unchecked.
+fn offset_index_fits(metadata: &ParquetMetaData, size: u64) -> bool {
+    let Some(index) = metadata.offset_index() else {
+        return true;
+    };
+    index.len() == metadata.num_row_groups()
+        && metadata
+            .row_groups()
+            .iter()
+            .zip(index)
+            .all(|(rg, columns)| {
+                columns.len() == rg.num_columns()
+                    && rg.columns().iter().zip(columns).all(|(chunk, pages)| {
+                        let Some(range) = chunk_range(chunk, size) else {
+                            return false;
+                        };
+                        let mut next_offset = range.start;
+                        let mut next_row = 0i64;
+                        pages.page_locations().iter().all(|page| {
+                            let fits = u64::try_from(page.offset)
+                                .ok()
+                                .zip(u64::try_from(page.compressed_page_size).ok());
+                            let Some((offset, len)) = fits else {
+                                return false;
+                            };
+                            let ok = offset >= next_offset
+                                && offset.checked_add(len).is_some_and(|end| end <= range.end)
+                                && page.first_row_index >= next_row
+                                && page.first_row_index < rg.num_rows().max(1)
+                                && (next_row > 0 || page.first_row_index == 0);
+                            next_offset = offset.saturating_add(len);
+                            next_row = page.first_row_index.saturating_add(1);
+                            ok
+                        })
+                    })
+            })
 }
 
 /// Fetches of the page index: within the file, and each column chunk's offset index in the
@@ -828,6 +885,7 @@ impl<S: ByteSource> ParquetFile<S> {
         if groups.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        self.check_row_groups(&groups)?;
         let stream = self
             .stream_builder()?
             .with_row_groups(groups)
@@ -856,6 +914,34 @@ impl<S: ByteSource> ParquetFile<S> {
         ))
     }
 
+    /// Refuses to read row groups that do not exist or whose column chunks lie outside the
+    /// file, before the parquet crate computes their ranges (it asserts, then adds, unchecked).
+    fn check_row_groups(&self, groups: &[usize]) -> Result<(), InspectError<S::Error>> {
+        let size = self.source.size();
+        for &g in groups {
+            let Some(rg) = self.metadata.row_groups().get(g) else {
+                return Err(self.read_error(format!("the file has no row group {g}")));
+            };
+            if rg.num_rows() < 0 {
+                return Err(self.not_parquet(format!("row group {g} has {} rows", rg.num_rows())));
+            }
+            if let Some(c) = rg.columns().iter().find(|c| chunk_range(c, size).is_none()) {
+                return Err(self.not_parquet(format!(
+                    "column {} of row group {g} lies outside its {size} bytes",
+                    c.column_path()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn not_parquet(&self, message: String) -> InspectError<S::Error> {
+        InspectError::NotParquet {
+            uri: self.source.uri(),
+            message,
+        }
+    }
+
     fn read_error(&self, e: impl std::fmt::Display) -> InspectError<S::Error> {
         InspectError::Read {
             uri: self.source.uri(),
@@ -878,6 +964,7 @@ impl<S: ByteSource> ParquetFile<S> {
         if row_groups.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_row_groups(&row_groups)?;
         let roots: Vec<usize> = self
             .schema
             .fields()
@@ -1275,6 +1362,28 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.to_string().contains("metadata is malformed"), "{err}");
+    }
+
+    /// Files that made the parquet crate panic or allocate gigabytes before the checks here
+    /// (fuzz/regressions/parquet_preview/): read as the preview reads them, they are errors.
+    #[tokio::test]
+    async fn files_found_by_fuzzing_are_errors_not_panics() {
+        let files: [&[u8]; 2] = [
+            // Page locations whose offset plus size overflowed.
+            include_bytes!("../../fuzz/regressions/parquet_preview/page-offset-overflow"),
+            // A schema list of about 2^24 elements in 72 bytes.
+            include_bytes!("../../fuzz/regressions/parquet_preview/schema-list-2g"),
+        ];
+        for bytes in files {
+            let source = MemorySource {
+                uri: "mem://regression".into(),
+                bytes: Bytes::from_static(bytes),
+            };
+            if let Ok(file) = ParquetFile::from_source(source).await {
+                let _ = file.summary();
+                let _ = file.read_rows(0, 200).await;
+            }
+        }
     }
 
     /// A source that returns fewer bytes than asked (an object that shrank).
