@@ -15,6 +15,9 @@
 //!   must fit in the bytes that remain, so what is allocated is bounded by the metadata's own
 //!   size. (A page's size, an i32 in its header, is the format's: pages are allocated as
 //!   their headers say, below 2 GiB.)
+//! - the Arrow schema a file embeds (`ARROW:schema`) is used only when every type in it is
+//!   one arrow-ipc decodes without panicking ([`arrow_schema_is_sound`]); otherwise the
+//!   schema comes from the Parquet types alone;
 //! - a malformed file is an error naming it, never a panic.
 //!
 //! This module uses nothing else of the crate: `fuzz/` compiles it on its own (see
@@ -28,8 +31,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::MetadataFetch;
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
@@ -275,6 +278,110 @@ impl<S: ByteSource> RangeReader<S> {
             .filter(|m| offset_index_fits(m, size))
             .unwrap_or(metadata))
     }
+}
+
+/// Whether the Arrow schema a file embeds (base64 of an IPC message, as the `ARROW:schema`
+/// key holds it) has only types that arrow-ipc 58 decodes without panicking: known types,
+/// with the widths, units and children its decoder expects. The checks mirror
+/// `arrow_ipc::convert::get_data_type`; unions and run-end encoding, which Parquet cannot
+/// hold, count as unsound. An embedded schema that does not even parse is left to the
+/// parquet crate, which reports it.
+pub fn arrow_schema_is_sound(encoded: &str) -> bool {
+    use base64::Engine;
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return true;
+    };
+    let slice = match bytes.get(..4) {
+        Some([255, 255, 255, 255]) if bytes.len() > 8 => &bytes[8..],
+        _ => bytes.as_slice(),
+    };
+    let Ok(message) = arrow_ipc::root_as_message(slice) else {
+        return true;
+    };
+    let Some(schema) = message.header_as_schema() else {
+        return true;
+    };
+    let big_endian = schema.endianness() == arrow_ipc::Endianness::Big;
+    schema
+        .fields()
+        .is_some_and(|fields| fields.iter().all(|f| ipc_field_is_sound(f, big_endian)))
+}
+
+fn ipc_field_is_sound(field: arrow_ipc::Field<'_>, big_endian: bool) -> bool {
+    use arrow_ipc::{DateUnit, IntervalUnit, Precision, TimeUnit, Type};
+    let int =
+        |i: Option<arrow_ipc::Int<'_>>| i.is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64));
+    if let Some(dictionary) = field.dictionary()
+        && !int(dictionary.indexType())
+    {
+        return false;
+    }
+    let units = [
+        TimeUnit::SECOND,
+        TimeUnit::MILLISECOND,
+        TimeUnit::MICROSECOND,
+        TimeUnit::NANOSECOND,
+    ];
+    let one_child = || field.children().is_some_and(|c| c.len() == 1);
+    let children_sound = || {
+        field
+            .children()
+            .is_none_or(|c| c.iter().all(|f| ipc_field_is_sound(f, big_endian)))
+    };
+    let own = match field.type_type() {
+        Type::Null
+        | Type::Bool
+        | Type::Binary
+        | Type::BinaryView
+        | Type::LargeBinary
+        | Type::Utf8
+        | Type::Utf8View
+        | Type::LargeUtf8
+        | Type::Struct_ => true,
+        Type::Int => int(field.type_as_int()),
+        Type::FixedSizeBinary => field.type_as_fixed_size_binary().is_some(),
+        Type::FloatingPoint => field.type_as_floating_point().is_some_and(|f| {
+            matches!(
+                f.precision(),
+                Precision::HALF | Precision::SINGLE | Precision::DOUBLE
+            )
+        }),
+        Type::Date => field
+            .type_as_date()
+            .is_some_and(|d| matches!(d.unit(), DateUnit::DAY | DateUnit::MILLISECOND)),
+        Type::Time => field.type_as_time().is_some_and(|t| {
+            matches!(
+                (t.bitWidth(), t.unit()),
+                (32, TimeUnit::SECOND | TimeUnit::MILLISECOND)
+                    | (64, TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
+            )
+        }),
+        Type::Timestamp => field
+            .type_as_timestamp()
+            .is_some_and(|t| units.contains(&t.unit())),
+        Type::Duration => field
+            .type_as_duration()
+            .is_some_and(|d| units.contains(&d.unit())),
+        Type::Interval => field.type_as_interval().is_some_and(|i| {
+            matches!(
+                i.unit(),
+                IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO
+            )
+        }),
+        Type::List | Type::LargeList | Type::ListView | Type::LargeListView => one_child(),
+        Type::FixedSizeList => one_child() && field.type_as_fixed_size_list().is_some(),
+        Type::Map => one_child() && field.type_as_map().is_some(),
+        Type::Decimal => {
+            !big_endian
+                && field.type_as_decimal().is_some_and(|d| {
+                    u8::try_from(d.precision()).is_ok()
+                        && i8::try_from(d.scale()).is_ok()
+                        && matches!(d.bitWidth(), 32 | 64 | 128 | 256)
+                })
+        }
+        _ => false,
+    };
+    own && children_sound()
 }
 
 /// Where a column chunk lies, as the parquet crate computes it (which asserts both are not
@@ -711,6 +818,8 @@ pub struct ParquetFile<S> {
     source: Arc<S>,
     metadata: Arc<ParquetMetaData>,
     schema: SchemaRef,
+    /// The metadata with the Arrow schema and the options it was read with.
+    arrow: ArrowReaderMetadata,
 }
 
 impl<S: ByteSource> ParquetFile<S> {
@@ -720,15 +829,24 @@ impl<S: ByteSource> ParquetFile<S> {
         let reader = RangeReader {
             source: source.clone(),
         };
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        let metadata = reader
+            .load_metadata()
             .await
             .map_err(|e| not_parquet(source.as_ref(), e))?;
-        let metadata = builder.metadata().clone();
-        let schema = builder.schema().clone();
+        let embedded = metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == "ARROW:schema"))
+            .and_then(|kv| kv.value.as_deref());
+        let options = ArrowReaderOptions::new()
+            .with_skip_arrow_metadata(embedded.is_some_and(|e| !arrow_schema_is_sound(e)));
+        let arrow = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+            .map_err(|e| not_parquet(source.as_ref(), e))?;
         Ok(ParquetFile {
             source,
-            metadata,
-            schema,
+            metadata: arrow.metadata().clone(),
+            schema: arrow.schema().clone(),
+            arrow,
         })
     }
 
@@ -904,13 +1022,9 @@ impl<S: ByteSource> ParquetFile<S> {
         let reader = RangeReader {
             source: self.source.clone(),
         };
-        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
-            self.metadata.clone(),
-            Default::default(),
-        )
-        .map_err(|e| not_parquet(self.source.as_ref(), e))?;
         Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
-            reader, metadata,
+            reader,
+            self.arrow.clone(),
         ))
     }
 
@@ -1368,11 +1482,13 @@ mod tests {
     /// (fuzz/regressions/parquet_preview/): read as the preview reads them, they are errors.
     #[tokio::test]
     async fn files_found_by_fuzzing_are_errors_not_panics() {
-        let files: [&[u8]; 2] = [
+        let files: [&[u8]; 3] = [
             // Page locations whose offset plus size overflowed.
             include_bytes!("../../fuzz/regressions/parquet_preview/page-offset-overflow"),
             // A schema list of about 2^24 elements in 72 bytes.
             include_bytes!("../../fuzz/regressions/parquet_preview/schema-list-2g"),
+            // An embedded Arrow schema with a Time of bit width 0 (arrow-ipc panicked).
+            include_bytes!("../../fuzz/regressions/parquet_preview/arrow-schema-time-unit"),
         ];
         for bytes in files {
             let source = MemorySource {
@@ -1384,6 +1500,34 @@ mod tests {
                 let _ = file.read_rows(0, 200).await;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_embedded_arrow_schema_is_kept_when_sound() {
+        let at = arrow_array::TimestampMicrosecondArray::from(vec![0, 1]).with_timezone("UTC");
+        let batch = RecordBatch::try_from_iter([("at", Arc::new(at) as ArrayRef)]).expect("batch");
+        let mut out = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).expect("writer");
+        writer.write(&batch).expect("write");
+        let metadata = writer.close().expect("close");
+        let encoded = metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == "ARROW:schema"))
+            .and_then(|kv| kv.value.clone())
+            .expect("an embedded schema");
+        assert!(arrow_schema_is_sound(&encoded));
+        let file = ParquetFile::from_source(strict(Bytes::from(out)))
+            .await
+            .expect("opens");
+        assert_eq!(
+            file.schema().field(0).data_type(),
+            &DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
+            "the time zone's name comes from the embedded schema"
+        );
+        // What does not parse is left to the parquet crate, which reports it.
+        assert!(arrow_schema_is_sound("/////w=="));
     }
 
     /// A source that returns fewer bytes than asked (an object that shrank).
