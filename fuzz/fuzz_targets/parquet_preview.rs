@@ -3,7 +3,7 @@
 //! shows them, and one step of the column filter.
 #![no_main]
 
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
@@ -12,7 +12,27 @@ use tributary_fuzz::lake::parquet_read::{
     MemorySource, ParquetDataset, ParquetFile, displayable_batch,
 };
 
+/// libfuzzer-sys aborts on every panic, through its panic hook. tributary contains the
+/// parquet crate's own panics on malformed files (`parquet_read::contain`), as a release
+/// build unwinds them: the hook lets those unwind, and still aborts on any other panic, which
+/// is a crash to report (and one escaping the containment aborts when it reaches libFuzzer).
+fn contain_parquet_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let abort = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_parquet = info
+                .location()
+                .is_some_and(|l| l.file().contains("/parquet-") || l.file().contains("/arrow-"));
+            if !in_parquet {
+                abort(info);
+            }
+        }));
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
+    contain_parquet_panics();
     futures::executor::block_on(async {
         let source = MemorySource {
             uri: "fuzz.parquet".into(),

@@ -18,7 +18,10 @@
 //! - the Arrow schema a file embeds (`ARROW:schema`) is used only when every type in it is
 //!   one arrow-ipc decodes without panicking ([`arrow_schema_is_sound`]); otherwise the
 //!   schema comes from the Parquet types alone;
-//! - a malformed file is an error naming it, never a panic.
+//! - a malformed file is an error naming it, never a panic. The parquet crate (58) itself
+//!   panics on some malformed pages (an `expect` when a data page in dictionary encoding has
+//!   no dictionary, unchecked arithmetic on page headers): every call into it on a file's
+//!   bytes runs inside [`contain`], which turns its panic into [`InspectError::Read`].
 //!
 //! This module uses nothing else of the crate: `fuzz/` compiles it on its own (see
 //! `fuzz/src/lib.rs`).
@@ -39,6 +42,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{
     FooterTail, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
+use std::panic::AssertUnwindSafe;
 
 /// Bytes read from the end of a file to find its metadata: usually all of it, in one read.
 const FOOTER_PREFETCH: u64 = 64 * 1024;
@@ -829,18 +833,19 @@ impl<S: ByteSource> ParquetFile<S> {
         let reader = RangeReader {
             source: source.clone(),
         };
-        let metadata = reader
-            .load_metadata()
-            .await
-            .map_err(|e| not_parquet(source.as_ref(), e))?;
-        let embedded = metadata
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == "ARROW:schema"))
-            .and_then(|kv| kv.value.as_deref());
-        let options = ArrowReaderOptions::new()
-            .with_skip_arrow_metadata(embedded.is_some_and(|e| !arrow_schema_is_sound(e)));
-        let arrow = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+        let load = async {
+            let metadata = reader.load_metadata().await?;
+            let embedded = metadata
+                .file_metadata()
+                .key_value_metadata()
+                .and_then(|kv| kv.iter().find(|kv| kv.key == "ARROW:schema"))
+                .and_then(|kv| kv.value.as_deref());
+            let options = ArrowReaderOptions::new()
+                .with_skip_arrow_metadata(embedded.is_some_and(|e| !arrow_schema_is_sound(e)));
+            ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+        };
+        let arrow = contain(source.as_ref(), load)
+            .await?
             .map_err(|e| not_parquet(source.as_ref(), e))?;
         Ok(ParquetFile {
             source,
@@ -871,6 +876,12 @@ impl<S: ByteSource> ParquetFile<S> {
     }
 
     pub fn summary(&self) -> Result<ParquetSummary, InspectError<S::Error>> {
+        // Statistics are decoded by the parquet crate.
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.summary_uncontained()))
+            .unwrap_or_else(|panic| Err(panicked(self.source.as_ref(), panic)))
+    }
+
+    fn summary_uncontained(&self) -> Result<ParquetSummary, InspectError<S::Error>> {
         let uri = self.source.uri();
         let file = self.metadata.file_metadata();
         let parquet_schema = file.schema_descr();
@@ -1004,15 +1015,18 @@ impl<S: ByteSource> ParquetFile<S> {
             return Ok(Vec::new());
         }
         self.check_row_groups(&groups)?;
-        let stream = self
-            .stream_builder()?
-            .with_row_groups(groups)
-            .with_offset(skip)
-            .with_limit(limit)
-            .with_batch_size(limit.clamp(1, 8192))
-            .build()
-            .map_err(|e| self.read_error(e))?;
-        stream.try_collect().await.map_err(|e| self.read_error(e))
+        let read = async {
+            let stream = self
+                .stream_builder()?
+                .with_row_groups(groups)
+                .with_offset(skip)
+                .with_limit(limit)
+                .with_batch_size(limit.clamp(1, 8192))
+                .build()
+                .map_err(|e| self.read_error(e))?;
+            stream.try_collect().await.map_err(|e| self.read_error(e))
+        };
+        contain(self.source.as_ref(), read).await?
     }
 
     /// A reader of this file's rows, from the metadata already read.
@@ -1098,8 +1112,11 @@ impl<S: ByteSource> ParquetFile<S> {
         if let Some(rows) = rows {
             builder = builder.with_row_selection(rows);
         }
-        let stream = builder.build().map_err(|e| self.read_error(e))?;
-        stream.try_collect().await.map_err(|e| self.read_error(e))
+        let read = async {
+            let stream = builder.build().map_err(|e| self.read_error(e))?;
+            stream.try_collect().await.map_err(|e| self.read_error(e))
+        };
+        contain(self.source.as_ref(), read).await?
     }
 }
 
@@ -1286,6 +1303,36 @@ pub fn displayable_batch(batch: &RecordBatch) -> RecordBatch {
         .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
         .collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap_or_else(|_| batch.clone())
+}
+
+/// Runs `work`, calls into the parquet crate on `source`'s bytes, turning a panic of the
+/// crate into an error naming the file (see the module doc).
+async fn contain<S: ByteSource, T>(
+    source: &S,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, InspectError<S::Error>> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panicked(source, panic))
+}
+
+/// The error for a panic of the parquet crate while it read `source`.
+fn panicked<S: ByteSource>(
+    source: &S,
+    panic: Box<dyn std::any::Any + Send>,
+) -> InspectError<S::Error> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    InspectError::Read {
+        uri: source.uri(),
+        message: format!(
+            "the Parquet decoder failed on this file ({message}): it is corrupt, or written in a way this reader does not support"
+        ),
+    }
 }
 
 /// A Parquet error while opening `source`: the source's own error when it failed, otherwise
@@ -1482,13 +1529,16 @@ mod tests {
     /// (fuzz/regressions/parquet_preview/): read as the preview reads them, they are errors.
     #[tokio::test]
     async fn files_found_by_fuzzing_are_errors_not_panics() {
-        let files: [&[u8]; 3] = [
+        let files: [&[u8]; 4] = [
             // Page locations whose offset plus size overflowed.
             include_bytes!("../../fuzz/regressions/parquet_preview/page-offset-overflow"),
             // A schema list of about 2^24 elements in 72 bytes.
             include_bytes!("../../fuzz/regressions/parquet_preview/schema-list-2g"),
             // An embedded Arrow schema with a Time of bit width 0 (arrow-ipc panicked).
             include_bytes!("../../fuzz/regressions/parquet_preview/arrow-schema-time-unit"),
+            // A data page in dictionary encoding without a dictionary page (the parquet crate
+            // `expect`s one: contained, an error).
+            include_bytes!("../../fuzz/regressions/parquet_preview/dictionary-page-missing"),
         ];
         for bytes in files {
             let source = MemorySource {
