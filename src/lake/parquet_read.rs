@@ -15,6 +15,9 @@
 //!   must fit in the bytes that remain, so what is allocated is bounded by the metadata's own
 //!   size. (A page's size, an i32 in its header, is the format's: pages are allocated as
 //!   their headers say, below 2 GiB.)
+//! - pages are checked before the parquet crate decodes them ([`check_pages`]): at most
+//!   [`MAX_PAGE_BYTES`] uncompressed, and a dictionary of no more values than its bytes hold
+//!   (the crate sizes and zero-fills the dictionary by the header's count).
 //! - the Arrow schema a file embeds (`ARROW:schema`) is used only when every type in it is
 //!   one arrow-ipc decodes without panicking ([`arrow_schema_is_sound`]); otherwise the
 //!   schema comes from the Parquet types alone;
@@ -159,6 +162,9 @@ type ChunkStats = (Option<String>, Option<String>, Option<u64>);
 /// Parquet's async reader over a [`ByteSource`], by ranged reads that stay within the file.
 struct RangeReader<S> {
     source: Arc<S>,
+    /// Where each column chunk lies and the fewest bytes one of its values takes, to check
+    /// the pages of data reads; empty while the metadata is read.
+    chunks: Arc<Vec<(Range<u64>, ValueWidth)>>,
 }
 
 impl<S: ByteSource> RangeReader<S> {
@@ -198,7 +204,9 @@ impl<S: ByteSource> AsyncFileReader for RangeReader<S> {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
             self.check(&range)?;
-            self.read(range).await
+            let bytes = self.read(range.clone()).await?;
+            self.check_data(&range, &bytes)?;
+            Ok(bytes)
         }
         .boxed()
     }
@@ -214,7 +222,12 @@ impl<S: ByteSource> AsyncFileReader for RangeReader<S> {
                 self.check(range)?;
             }
             let this = &*self;
-            futures::future::try_join_all(ranges.into_iter().map(|range| this.read(range))).await
+            let read = ranges.iter().map(|range| this.read(range.clone()));
+            let all = futures::future::try_join_all(read).await?;
+            for (range, bytes) in ranges.iter().zip(&all) {
+                self.check_data(range, bytes)?;
+            }
+            Ok(all)
         }
         .boxed()
     }
@@ -228,6 +241,19 @@ impl<S: ByteSource> AsyncFileReader for RangeReader<S> {
 }
 
 impl<S: ByteSource> RangeReader<S> {
+    /// Checks the pages of `bytes`, read at `range` for a column chunk's data.
+    fn check_data(&self, range: &Range<u64>, bytes: &[u8]) -> parquet::errors::Result<()> {
+        let Some((_, width)) = self.chunks.iter().find(|(c, _)| c.contains(&range.start)) else {
+            return Ok(());
+        };
+        check_pages(bytes, *width).map_err(|e| {
+            ParquetError::General(format!(
+                "a page at bytes {}..{} {e}",
+                range.start, range.end
+            ))
+        })
+    }
+
     /// The file's metadata, with its offset index when it has a sound one: the footer is
     /// checked, then decoded; the offset index (where each page starts, which lets a read of
     /// a few rows fetch only their pages: the first rows of a GB file on S3 come in well
@@ -620,6 +646,70 @@ mod footer_spec {
     pub const OFFSET_INDEX: Ty = Struct(&[(1, List(&PAGE_LOCATION)), (2, List(&Varint))]);
 }
 
+/// The largest uncompressed page read: no value a source sends is larger than 1 GiB
+/// (PostgreSQL's largest field), and a page holds at least one.
+pub const MAX_PAGE_BYTES: i64 = (1 << 30) + (1 << 20);
+
+/// The fewest bits one value of a column takes in a PLAIN dictionary page.
+#[derive(Debug, Clone, Copy)]
+struct ValueWidth {
+    bits: u64,
+}
+
+impl ValueWidth {
+    fn of(column: &parquet::schema::types::ColumnDescriptor) -> Self {
+        use parquet::basic::Type;
+        let bytes = match column.physical_type() {
+            Type::BOOLEAN => return ValueWidth { bits: 1 },
+            Type::INT32 | Type::FLOAT | Type::BYTE_ARRAY => 4,
+            Type::INT64 | Type::DOUBLE => 8,
+            Type::INT96 => 12,
+            Type::FIXED_LEN_BYTE_ARRAY => column.type_length().max(1) as u64,
+        };
+        ValueWidth { bits: bytes * 8 }
+    }
+}
+
+/// Checks the page headers in `bytes`, whole pages of one column chunk, as the parquet crate
+/// reads them: an uncompressed size of at most [`MAX_PAGE_BYTES`], and a dictionary page's
+/// value count within what its uncompressed bytes hold at `width`. A page cut short by the
+/// end of `bytes` ends the check: the crate refuses it.
+fn check_pages(bytes: &[u8], width: ValueWidth) -> Result<(), String> {
+    let mut walker = ThriftWalker { bytes, pos: 0 };
+    while walker.remaining() > 0 {
+        let Ok(head) = walker.page_head() else {
+            return Ok(());
+        };
+        if !(0..=MAX_PAGE_BYTES).contains(&i64::from(head.uncompressed)) {
+            return Err(format!(
+                "declares {} uncompressed bytes (at most {MAX_PAGE_BYTES} are read)",
+                head.uncompressed
+            ));
+        }
+        if let Some(values) = head.dictionary_values {
+            let holds = u64::try_from(head.uncompressed).unwrap_or(0) * 8 / width.bits;
+            if u64::try_from(values).map_or(true, |v| v > holds) {
+                return Err(format!(
+                    "declares a dictionary of {values} values in {} bytes",
+                    head.uncompressed
+                ));
+            }
+        }
+        match u64::try_from(head.compressed) {
+            Ok(n) if walker.skip_bytes(n).is_ok() => {}
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// What [`check_pages`] reads of a page header.
+struct PageHead {
+    uncompressed: i32,
+    compressed: i32,
+    dictionary_values: Option<i32>,
+}
+
 /// How deep the parquet crate skips unknown fields.
 const THRIFT_SKIP_DEPTH: u32 = 64;
 
@@ -723,6 +813,56 @@ impl ThriftWalker<'_> {
             self.zigzag()? as i16
         };
         Ok(Some((id, kind)))
+    }
+
+    /// A page header, read as the parquet crate reads one (statistics skipped).
+    fn page_head(&mut self) -> Result<PageHead, String> {
+        use footer_spec::Ty;
+        let mut head = PageHead {
+            uncompressed: 0,
+            compressed: 0,
+            dictionary_values: None,
+        };
+        let mut last = 0;
+        while let Some((id, kind)) = self.field_begin(last)? {
+            match id {
+                1 | 4 => self.varint().map(drop)?,
+                2 => head.uncompressed = self.zigzag()? as i32,
+                3 => head.compressed = self.zigzag()? as i32,
+                5 => self.read(Ty::Struct(&[
+                    (1, Ty::Varint),
+                    (2, Ty::Varint),
+                    (3, Ty::Varint),
+                    (4, Ty::Varint),
+                ]))?,
+                6 => self.read(Ty::Struct(&[]))?,
+                7 => {
+                    let mut last = 0;
+                    while let Some((id, kind)) = self.field_begin(last)? {
+                        match id {
+                            1 => head.dictionary_values = Some(self.zigzag()? as i32),
+                            2 => self.varint().map(drop)?,
+                            3 if matches!(kind, 1 | 2) => {}
+                            3 => return Err("a boolean field of another type".into()),
+                            _ => self.skip(kind, THRIFT_SKIP_DEPTH)?,
+                        }
+                        last = id;
+                    }
+                }
+                8 => self.read(Ty::Struct(&[
+                    (1, Ty::Varint),
+                    (2, Ty::Varint),
+                    (3, Ty::Varint),
+                    (4, Ty::Varint),
+                    (5, Ty::Varint),
+                    (6, Ty::Varint),
+                    (7, Ty::Bool),
+                ]))?,
+                _ => self.skip(kind, THRIFT_SKIP_DEPTH)?,
+            }
+            last = id;
+        }
+        Ok(head)
     }
 
     fn read(&mut self, ty: footer_spec::Ty) -> Result<(), String> {
@@ -832,6 +972,7 @@ impl<S: ByteSource> ParquetFile<S> {
         let source = Arc::new(source);
         let reader = RangeReader {
             source: source.clone(),
+            chunks: Arc::default(),
         };
         let load = async {
             let metadata = reader.load_metadata().await?;
@@ -1033,8 +1174,17 @@ impl<S: ByteSource> ParquetFile<S> {
     fn stream_builder(
         &self,
     ) -> Result<ParquetRecordBatchStreamBuilder<RangeReader<S>>, InspectError<S::Error>> {
+        let size = self.source.size();
+        let chunks = self
+            .metadata
+            .row_groups()
+            .iter()
+            .flat_map(|rg| rg.columns())
+            .filter_map(|c| Some((chunk_range(c, size)?, ValueWidth::of(c.column_descr()))))
+            .collect();
         let reader = RangeReader {
             source: self.source.clone(),
+            chunks: Arc::new(chunks),
         };
         Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
             reader,
@@ -1498,6 +1648,46 @@ mod tests {
         assert!(thrift_fits(&index, OFFSET_INDEX).is_err());
     }
 
+    /// A dictionary page header of `values` values in 8 bytes, then the 8 bytes.
+    fn dictionary_page(values: u64, uncompressed: u64) -> Vec<u8> {
+        let varint = |mut v: u64, out: &mut Vec<u8>| loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        };
+        let mut page = vec![0x15, 0x04, 0x15];
+        varint(uncompressed * 2, &mut page);
+        page.extend([0x15, 0x10, 0x4c, 0x15]);
+        varint(values * 2, &mut page);
+        page.extend([0x15, 0x00, 0x00, 0x00]);
+        page.extend([0; 8]);
+        page
+    }
+
+    #[test]
+    fn pages_are_checked_before_they_are_decoded() {
+        let int64 = ValueWidth { bits: 64 };
+        assert_eq!(check_pages(&dictionary_page(1, 8), int64), Ok(()));
+        // Found by fuzzing: the parquet crate zero-filled a dictionary of the header's count.
+        assert!(check_pages(&dictionary_page(1_000_000_000, 8), int64).is_err());
+        assert!(check_pages(&dictionary_page(2, 8), int64).is_err());
+        assert_eq!(
+            check_pages(&dictionary_page(64, 8), ValueWidth { bits: 1 }),
+            Ok(())
+        );
+        // An uncompressed size past the cap.
+        assert!(check_pages(&dictionary_page(1, 1 << 31), int64).is_err());
+        // Two pages; a page cut short is left to the crate.
+        let mut two = dictionary_page(1, 8);
+        two.extend(dictionary_page(1, 8));
+        assert_eq!(check_pages(&two, int64), Ok(()));
+        assert_eq!(check_pages(&two[..two.len() - 3], int64), Ok(()));
+    }
+
     #[tokio::test]
     async fn files_written_by_the_arrow_writer_pass_the_checks() {
         for rows in [1000, 1, 0] {
@@ -1529,7 +1719,7 @@ mod tests {
     /// (fuzz/regressions/parquet_preview/): read as the preview reads them, they are errors.
     #[tokio::test]
     async fn files_found_by_fuzzing_are_errors_not_panics() {
-        let files: [&[u8]; 4] = [
+        let files: [&[u8]; 5] = [
             // Page locations whose offset plus size overflowed.
             include_bytes!("../../fuzz/regressions/parquet_preview/page-offset-overflow"),
             // A schema list of about 2^24 elements in 72 bytes.
@@ -1539,6 +1729,8 @@ mod tests {
             // A data page in dictionary encoding without a dictionary page (the parquet crate
             // `expect`s one: contained, an error).
             include_bytes!("../../fuzz/regressions/parquet_preview/dictionary-page-missing"),
+            // A dictionary page declaring about a billion values (7.5 GB zero-filled).
+            include_bytes!("../../fuzz/regressions/parquet_preview/dictionary-of-a-billion-values"),
         ];
         for bytes in files {
             let source = MemorySource {
