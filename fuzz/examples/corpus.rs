@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use mysql_common::binlog::EventStreamReader;
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::{EventData, OptionalMetaExtractor, OptionalMetadataField};
-use mysql_common::binlog::EventStreamReader;
-use tributary_fuzz::{BinlogColumn, charset_code, encode_binlog_header, encode_copy_header, encode_frames};
+use tributary_fuzz::{
+    BinlogColumn, charset_code, encode_binlog_header, encode_copy_header, encode_frames,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,10 +25,17 @@ fn main() {
         Some("copy") => {
             let columns: Vec<Vec<u8>> = args[2..]
                 .iter()
-                .map(|c| c.split(',').map(|b| u8::from_str_radix(b, 16).expect("hex code")).collect())
+                .map(|c| {
+                    c.split(',')
+                        .map(|b| u8::from_str_radix(b, 16).expect("hex code"))
+                        .collect()
+                })
                 .collect();
             let refs: Vec<&[u8]> = columns.iter().map(Vec::as_slice).collect();
-            let chunk: u8 = std::env::var("CHUNK").ok().and_then(|c| c.parse().ok()).unwrap_or(0);
+            let chunk: u8 = std::env::var("CHUNK")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             let mut out = encode_copy_header(&refs, false, chunk);
             out.extend_from_slice(&stdin);
             std::fs::write(&args[1], out).expect("write");
@@ -38,7 +47,11 @@ fn main() {
             let mut all = Vec::new();
             for line in text.lines().filter(|l| !l.is_empty()) {
                 let mut parts = line.split('|');
-                let (_, xid, hex) = (parts.next(), parts.next().expect("xid"), parts.next().expect("hex"));
+                let (_, xid, hex) = (
+                    parts.next(),
+                    parts.next().expect("xid"),
+                    parts.next().expect("hex"),
+                );
                 let bytes: Vec<u8> = (0..hex.len())
                     .step_by(2)
                     .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
@@ -51,7 +64,8 @@ fn main() {
             }
             for (i, (xid, messages)) in by_xid.iter().enumerate() {
                 let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-                std::fs::write(format!("{dir}/tx-{i:02}-xid{xid}"), encode_frames(&refs)).expect("write");
+                std::fs::write(format!("{dir}/tx-{i:02}-xid{xid}"), encode_frames(&refs))
+                    .expect("write");
             }
             let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
             std::fs::write(format!("{dir}/all"), encode_frames(&refs)).expect("write");
@@ -68,28 +82,36 @@ fn main() {
                     continue;
                 }
                 match event.read_data().expect("event data") {
-                    Some(EventData::TableMapEvent(tme)) if tme.database_name() == database.as_str() => {
-                        let meta = OptionalMetaExtractor::new(tme.iter_optional_meta()).expect("meta");
+                    Some(EventData::TableMapEvent(tme))
+                        if tme.database_name() == database.as_str() =>
+                    {
+                        let meta =
+                            OptionalMetaExtractor::new(tme.iter_optional_meta()).expect("meta");
                         let mut labels = Vec::new();
                         for field in tme.iter_optional_meta() {
                             match field.expect("field") {
-                                OptionalMetadataField::EnumStrValue(v) => {
-                                    labels.extend(v.iter_values().map(|l| l.expect("labels").values().len() as u8))
-                                }
-                                OptionalMetadataField::SetStrValue(v) => {
-                                    labels.extend(v.iter_values().map(|l| l.expect("labels").values().len() as u8))
-                                }
+                                OptionalMetadataField::EnumStrValue(v) => labels.extend(
+                                    v.iter_values()
+                                        .map(|l| l.expect("labels").values().len() as u8),
+                                ),
+                                OptionalMetadataField::SetStrValue(v) => labels.extend(
+                                    v.iter_values()
+                                        .map(|l| l.expect("labels").values().len() as u8),
+                                ),
                                 _ => {}
                             }
                         }
                         let mut labels = labels.into_iter();
-                        let (mut signed, mut charsets, mut enum_charsets) =
-                            (meta.iter_signedness(), meta.iter_charset(), meta.iter_enum_and_set_charset());
+                        let (mut signed, mut charsets, mut enum_charsets) = (
+                            meta.iter_signedness(),
+                            meta.iter_charset(),
+                            meta.iter_enum_and_set_charset(),
+                        );
                         let mut columns = Vec::new();
                         let metas: Vec<Vec<u8>> = (0..tme.columns_count() as usize)
                             .map(|i| tme.get_column_metadata(i).unwrap_or(&[]).to_vec())
                             .collect();
-                        for i in 0..tme.columns_count() as usize {
+                        for (i, meta) in metas.iter().enumerate() {
                             let t = tme.get_column_type(i).expect("type").expect("type");
                             let unsigned = t.is_numeric_type() && signed.next().unwrap_or(false);
                             let collation = if t.is_character_type() {
@@ -103,15 +125,21 @@ fn main() {
                                 column_type: t as u8,
                                 unsigned,
                                 charset: collation.map_or(7, charset_code),
-                                meta: &metas[i],
-                                labels: if t.is_enum_or_set_type() { labels.next().unwrap_or(0) } else { 0 },
+                                meta,
+                                labels: if t.is_enum_or_set_type() {
+                                    labels.next().unwrap_or(0)
+                                } else {
+                                    0
+                                },
                             });
                         }
                         let header = encode_binlog_header(&columns, false, false);
                         maps.insert(tme.table_id(), (tme.table_name().into_owned(), header));
                     }
                     Some(EventData::RowsEvent(rows)) => {
-                        let Some((table, header)) = maps.get(&rows.table_id()) else { continue };
+                        let Some((table, header)) = maps.get(&rows.table_id()) else {
+                            continue;
+                        };
                         let mut input = header.clone();
                         // The images byte is the header's last.
                         let images = input.last_mut().expect("images byte");

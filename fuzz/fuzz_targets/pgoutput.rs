@@ -59,10 +59,10 @@ fuzz_target!(|data: &[u8]| {
                     _ => None,
                 })
                 .collect();
-            if let Some(texts) = texts {
-                if let Err(e) = builder.append_row(texts) {
-                    let _ = (e.column, e.position(), e.message);
-                }
+            if let Some(texts) = texts
+                && let Err(e) = builder.append_row(texts)
+            {
+                let _ = (e.column, e.position(), e.message);
             }
             if builder.len() >= 64 {
                 builder.finish();

@@ -252,15 +252,8 @@ pub fn binlog_case(data: &[u8]) -> Result<BinlogCase<'_>, String> {
         let meta = input.take(meta_len);
         let labels = input.byte() % 9;
         let charset = CHARSETS[((flags >> 1) & 7) as usize];
-        let (ctx, kind) = row_image::column(
-            "db",
-            "t",
-            &name,
-            column_type,
-            meta,
-            flags & 1 != 0,
-            charset,
-        )?;
+        let (ctx, kind) =
+            row_image::column("db", "t", &name, column_type, meta, flags & 1 != 0, charset)?;
         let mut decoder = ColumnDecoder::new(kind);
         if matches!(decoder.kind, MyKind::Enum | MyKind::Set) {
             decoder.labels = (0..labels).map(|l| format!("l{l}")).collect();
