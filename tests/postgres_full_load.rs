@@ -644,3 +644,97 @@ async fn one_table_reloads_alone() {
     );
     assert!(err.contains("captures changes only"), "{err}");
 }
+
+/// A column made NOT NULL after the snapshot a load reads from (a slot's snapshot is taken
+/// before the tables are discovered) still holds NULLs in that snapshot: they are read and
+/// written as the NULLs they are, not refused and not a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn nulls_of_a_column_made_not_null_after_the_snapshot_are_written() {
+    use sqlx::Connection;
+    use tributary::config::{Compression, DataFormat, Workspace};
+    use tributary::lake::format::{RollingWriter, WriterOptions};
+    use tributary::source::postgres::{PgEndpoint, PostgresSource};
+    use tributary::source::{SelectionRules, Snapshot, Source, TableRange};
+
+    let pg = Pg::from_env();
+    let db = "tributary_null_after_snapshot";
+    let mut conn = pg.fresh_database(db).await;
+    conn.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, NULL), (2, 'two')",
+    )
+    .await
+    .unwrap();
+    // The snapshot, exported by a transaction that stays open as a slot's creation does.
+    let mut holder = sqlx::PgConnection::connect(&pg.url(db)).await.unwrap();
+    holder
+        .execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    // After it, the NULL is gone and the column is NOT NULL: discovery sees that.
+    conn.execute("UPDATE t SET v = 'one' WHERE id = 1; ALTER TABLE t ALTER v SET NOT NULL")
+        .await
+        .unwrap();
+
+    let dir = TestDir::new();
+    let path = local_workspace(&pg, &dir, db, "");
+    let workspace = Workspace::load(Path::new(&path)).unwrap();
+    let endpoint = PgEndpoint::from_config(&workspace.endpoints[0], Some(pg.password.clone()));
+    let snapshot = Snapshot {
+        id,
+        position: "0/0".into(),
+    };
+    let source = PostgresSource::new(endpoint).with_slot_snapshot(snapshot.clone());
+    let rules = SelectionRules::new(&["public.t".to_string()], &[]);
+    let table = source.discover(&rules).await.unwrap().remove(0);
+    assert!(!table.columns[1].nullable, "the catalog says NOT NULL");
+    assert!(
+        table.arrow_schema.field(1).is_nullable(),
+        "the field is nullable"
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let range = TableRange {
+        index: 0,
+        start: None,
+        end: None,
+    };
+    let rows = source
+        .read_range(&table, &range, Some(&snapshot), tx)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+
+    // Written as the full load writes it.
+    let mut writer = RollingWriter::new(
+        WriterOptions {
+            format: DataFormat::Parquet,
+            compression: Compression::Snappy,
+            max_file_bytes: u64::MAX,
+            op: None,
+            timestamp_column: None,
+            row_group_bytes: 1 << 20,
+        },
+        &table.arrow_schema,
+        dir.path().to_path_buf(),
+        "t".into(),
+    );
+    while let Some(batch) = rx.recv().await {
+        writer.write(&batch).unwrap();
+    }
+    let file = writer.close().unwrap().expect("a file");
+    let batches = read_parquet_file(&file.path);
+    let values: Vec<Option<String>> = batches
+        .iter()
+        .flat_map(|b| {
+            let v = b.column(1).as_string::<i32>();
+            (0..b.num_rows())
+                .map(|i| v.is_valid(i).then(|| v.value(i).to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(values, vec![None, Some("two".to_string())]);
+    holder.execute("COMMIT").await.unwrap();
+}

@@ -1,13 +1,14 @@
 //! The lake: where files go ([`layout`]), how they are encoded ([`format`]), where they are
-//! stored ([`storage`]), how they are read back for preview ([`inspect`]), and how the
-//! curated layer's engines reach the same storage ([`adapters`]); local files made durable
-//! and private ([`durable`]).
+//! stored ([`storage`]), how they are read back for preview ([`inspect`], through
+//! [`parquet_read`]), how the curated layer's engines reach the same storage
+//! ([`adapters`]), and local files made durable and private ([`durable`]).
 
 pub mod adapters;
 pub mod durable;
 pub mod format;
 pub mod inspect;
 pub mod layout;
+pub mod parquet_read;
 pub mod storage;
 
 pub use storage::{ObjectMeta, S3Options, Storage, StorageError};

@@ -86,6 +86,10 @@ pub struct TableInfo {
     pub schema: String,
     pub name: String,
     pub columns: Vec<ColumnInfo>,
+    /// The columns as Arrow fields, every one nullable: a column's `NOT NULL` is read when
+    /// the table is discovered, which can come after the snapshot its rows are read from (a
+    /// slot's snapshot, a reload's), so a NULL there is real data and is written as NULL.
+    /// [`ColumnInfo::nullable`] keeps what the catalog said.
     pub arrow_schema: SchemaRef,
     pub primary_key: Vec<String>,
     /// Size on disk, used to split large tables into ranges and to estimate progress.

@@ -15,21 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
+use mysql_async::BinlogStreamRequest;
 use mysql_async::binlog::events::{
     EventData, OptionalMetaExtractor, OptionalMetadataField, RowsEventData, TableMapEvent,
 };
-use mysql_async::binlog::value::BinlogValue;
-use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStreamRequest, Value};
-use mysql_common::io::ParseBuf;
 
+pub use super::row_image::RowImages;
+use super::row_image::{self, ColumnCtx};
 use super::types::{ColumnDecoder, Kind};
 use super::{BinlogPosition, MyEndpoint};
 use crate::source::{SelectionRules, SourceError};
-
-/// Charsets whose binlog bytes are decoded (binary is bytes; the rest is UTF-8 or Windows-1252).
-const DECODED_CHARSETS: [&str; 6] = ["utf8mb4", "utf8mb3", "utf8", "ascii", "latin1", "binary"];
 
 /// How often an idle server sends a heartbeat, so the runner sees where the binlog ends.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -78,9 +74,6 @@ pub enum RowOp {
     Update,
     Delete,
 }
-
-/// Row images of a rows event: `(before, after)`, one side empty for inserts and deletes.
-pub type RowImages = Vec<(Option<Vec<Value>>, Option<Vec<Value>>)>;
 
 /// What the runner reads from the stream.
 #[derive(Debug)]
@@ -408,7 +401,7 @@ impl BinlogReader {
                     map: self.table_map(&tme)?,
                 }
             }
-            EventData::RowsEvent(rows) => self.rows(&rows)?,
+            EventData::RowsEvent(rows) => self.rows(&rows, log_pos)?,
             EventData::HeartbeatEvent => BinlogEvent::Heartbeat {
                 position: self.position(log_pos),
             },
@@ -472,23 +465,6 @@ impl BinlogReader {
                 .map_err(|err| bad(err.to_string()))?
                 .ok_or_else(|| bad(format!("column {i} has no type")))?;
             let column_meta = tme.get_column_metadata(i).unwrap_or(&[]);
-            // mysql_common indexes the metadata without checking its length.
-            if column_meta.len() < metadata_len(column_type) {
-                return Err(bad(format!(
-                    "column {name} ({column_type:?}) has {} bytes of metadata, fewer than its type needs",
-                    column_meta.len()
-                )));
-            }
-            if column_type == ColumnType::MYSQL_TYPE_TIME2
-                && matches!(column_meta.first(), Some(1 | 2))
-            {
-                // mysql_common 0.37 decodes negative TIME(1)/TIME(2) values with a fraction
-                // wrongly (an unsigned underflow): refuse rather than write a wrong value.
-                return Err(bad(format!(
-                    "column {name} is TIME({}), whose negative values the binlog decoder cannot read exactly. Widen it without loss (ALTER TABLE `{schema}`.`{table}` MODIFY {name} TIME(3)), then reload the task",
-                    column_meta[0]
-                )));
-            }
             let unsigned = if column_type.is_numeric_type() {
                 signedness.next().unwrap_or(false)
             } else {
@@ -508,38 +484,24 @@ impl BinlogReader {
                 None
             };
             let charset = match charset {
-                Some(id) => match self.charsets.get(&id) {
-                    Some(c) if DECODED_CHARSETS.contains(&c.as_str()) => Some(c.clone()),
-                    Some(c) => {
-                        return Err(bad(format!(
-                            "column {name} is in charset {c}, which tributary does not decode from the binlog (it decodes {}). Convert it (ALTER TABLE `{schema}`.`{table}` MODIFY {name} … CHARACTER SET utf8mb4), then reload the task",
-                            DECODED_CHARSETS.join(", ")
-                        )));
-                    }
-                    None => {
-                        return Err(bad(format!(
-                            "column {name} has collation id {id}, which the server does not list"
-                        )));
-                    }
-                },
-                None if column_type.is_character_type() => {
-                    return Err(bad(format!(
-                        "column {name} has no charset in the table map: binlog_row_metadata is not FULL"
-                    )));
-                }
+                Some(id) => Some(self.charsets.get(&id).ok_or_else(|| {
+                    bad(format!(
+                        "column {name} has collation id {id}, which the server does not list"
+                    ))
+                })?),
                 None => None,
             };
-            let kind =
-                binlog_kind(column_type, column_meta, unsigned, charset).ok_or_else(|| {
-                    bad(format!(
-                        "column {name} has binlog type {column_type:?}, which tributary cannot read"
-                    ))
-                })?;
-            contexts.push(ColumnCtx {
+            let (ctx, kind) = row_image::column(
+                &schema,
+                &table,
+                name,
                 column_type,
-                meta: column_meta.to_vec(),
+                column_meta,
                 unsigned,
-            });
+                charset.map(String::as_str),
+            )
+            .map_err(bad)?;
+            contexts.push(ctx);
             let mut decoder = ColumnDecoder::new(kind);
             match decoder.kind {
                 Kind::Enum => decoder.labels = enums.next().unwrap_or_default(),
@@ -563,7 +525,8 @@ impl BinlogReader {
         })
     }
 
-    fn rows(&self, event: &RowsEventData<'_>) -> Result<BinlogEvent, SourceError> {
+    /// The rows of a rows event that ends at `log_pos` in the current file.
+    fn rows(&self, event: &RowsEventData<'_>, log_pos: u32) -> Result<BinlogEvent, SourceError> {
         let table_id = event.table_id();
         let op = match event {
             RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => RowOp::Insert,
@@ -590,9 +553,10 @@ impl BinlogReader {
             return Ok(BinlogEvent::Other);
         }
         let context = format!(
-            "decoding a row of {}.{}",
+            "decoding a row of {}.{} (rows event ending at {}:{log_pos})",
             tme.database_name(),
-            tme.table_name()
+            tme.table_name(),
+            self.file
         );
         let Some(columns) = self.columns.get(&table_id) else {
             return Err(self.error(&context, "a rows event before its table map"));
@@ -607,21 +571,13 @@ impl BinlogReader {
                 "a row image does not hold every column: binlog_row_image is not FULL (SET GLOBAL binlog_row_image = 'FULL', then reload the task)",
             ));
         }
-        let mut buf = ParseBuf(event.rows_data());
-        let mut rows = Vec::new();
-        while !buf.is_empty() {
-            let before = event
-                .columns_before_image()
-                .map(|_| read_image(&mut buf, columns))
-                .transpose()
-                .map_err(|m| self.error(&context, m))?;
-            let after = event
-                .columns_after_image()
-                .map(|_| read_image(&mut buf, columns))
-                .transpose()
-                .map_err(|m| self.error(&context, m))?;
-            rows.push((before, after));
-        }
+        let rows = row_image::decode_rows(
+            event.rows_data(),
+            columns,
+            event.columns_before_image().is_some(),
+            event.columns_after_image().is_some(),
+        )
+        .map_err(|m| self.error(&context, m))?;
         Ok(BinlogEvent::Rows { table_id, op, rows })
     }
 
@@ -669,110 +625,6 @@ fn rotate_file_name(raw: &[u8], before_format_description: bool, checksums: bool
         _ => raw,
     };
     String::from_utf8_lossy(name).into_owned()
-}
-
-/// Bytes of table-map metadata a column type's value decoder reads.
-fn metadata_len(column_type: ColumnType) -> usize {
-    use ColumnType::*;
-    match column_type {
-        MYSQL_TYPE_STRING
-        | MYSQL_TYPE_VARCHAR
-        | MYSQL_TYPE_VAR_STRING
-        | MYSQL_TYPE_NEWDECIMAL
-        | MYSQL_TYPE_BIT
-        | MYSQL_TYPE_ENUM
-        | MYSQL_TYPE_SET => 2,
-        MYSQL_TYPE_BLOB
-        | MYSQL_TYPE_TINY_BLOB
-        | MYSQL_TYPE_MEDIUM_BLOB
-        | MYSQL_TYPE_LONG_BLOB
-        | MYSQL_TYPE_GEOMETRY
-        | MYSQL_TYPE_VECTOR
-        | MYSQL_TYPE_TIMESTAMP2
-        | MYSQL_TYPE_DATETIME2
-        | MYSQL_TYPE_TIME2
-        | MYSQL_TYPE_TYPED_ARRAY => 1,
-        _ => 0,
-    }
-}
-
-/// How one column's binlog values are read.
-struct ColumnCtx {
-    column_type: ColumnType,
-    meta: Vec<u8>,
-    unsigned: bool,
-}
-
-/// One row image (every column present): a null bitmap, then each non-null value. Values
-/// are decoded by mysql_common's column decoder, without building its per-row column
-/// descriptions (which cost more than the values).
-fn read_image<'a>(buf: &mut ParseBuf<'a>, columns: &'a [ColumnCtx]) -> Result<Vec<Value>, String> {
-    let nulls = buf
-        .checked_eat(columns.len().div_ceil(8))
-        .ok_or("a row image ends inside its null bitmap")?;
-    let mut values = Vec::with_capacity(columns.len());
-    for (i, c) in columns.iter().enumerate() {
-        if nulls[i / 8] & (1 << (i % 8)) != 0 {
-            values.push(Value::NULL);
-            continue;
-        }
-        let value: BinlogValue<'a> = buf
-            .parse((c.column_type, c.meta.as_slice(), c.unsigned, false))
-            .map_err(|e| e.to_string())?;
-        values.push(match value {
-            BinlogValue::Value(v) => v,
-            other => Value::try_from(other).map_err(|e| e.to_string())?,
-        });
-    }
-    Ok(values)
-}
-
-/// The kind of a binlog column, as [`Kind::from_information_schema`] gives for the same
-/// column, so full-load and CDC files agree.
-fn binlog_kind(
-    column_type: ColumnType,
-    meta: &[u8],
-    unsigned: bool,
-    charset: Option<String>,
-) -> Option<Kind> {
-    use ColumnType::*;
-    let byte = |i: usize| meta.get(i).copied().unwrap_or(0) as u32;
-    Some(match column_type {
-        MYSQL_TYPE_TINY if unsigned => Kind::Int16,
-        MYSQL_TYPE_TINY => Kind::Int8,
-        MYSQL_TYPE_SHORT if unsigned => Kind::Int32,
-        MYSQL_TYPE_SHORT => Kind::Int16,
-        MYSQL_TYPE_INT24 if unsigned => Kind::Int32,
-        MYSQL_TYPE_INT24 => Kind::Int24,
-        MYSQL_TYPE_LONG if unsigned => Kind::Int64,
-        MYSQL_TYPE_LONG => Kind::Int32,
-        MYSQL_TYPE_LONGLONG if unsigned => Kind::UInt64,
-        MYSQL_TYPE_LONGLONG => Kind::Int64,
-        MYSQL_TYPE_FLOAT => Kind::Float32,
-        MYSQL_TYPE_DOUBLE => Kind::Float64,
-        MYSQL_TYPE_NEWDECIMAL => Kind::decimal(byte(0), byte(1)),
-        MYSQL_TYPE_BIT => Kind::bits(byte(1) * 8 + byte(0)),
-        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
-        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Kind::DateTime,
-        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
-        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
-        MYSQL_TYPE_YEAR => Kind::Year,
-        MYSQL_TYPE_ENUM => Kind::Enum,
-        MYSQL_TYPE_SET => Kind::Set,
-        MYSQL_TYPE_JSON => Kind::Json,
-        MYSQL_TYPE_VARCHAR
-        | MYSQL_TYPE_VAR_STRING
-        | MYSQL_TYPE_STRING
-        | MYSQL_TYPE_BLOB
-        | MYSQL_TYPE_TINY_BLOB
-        | MYSQL_TYPE_MEDIUM_BLOB
-        | MYSQL_TYPE_LONG_BLOB => match charset {
-            Some(c) if c != "binary" => Kind::Text { charset: c },
-            _ => Kind::Binary,
-        },
-        MYSQL_TYPE_GEOMETRY | MYSQL_TYPE_VECTOR => Kind::Binary,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

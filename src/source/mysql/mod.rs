@@ -13,6 +13,7 @@
 
 pub mod binlog;
 pub mod ddl;
+pub mod row_image;
 pub mod types;
 
 use std::collections::HashMap;
@@ -615,7 +616,7 @@ impl MysqlSource {
                     endpoint: e.name.clone(),
                     table: table.qualified_name(),
                     column: table.columns.get(i).map_or("?".into(), |c| c.name.clone()),
-                    message,
+                    message: format!("{message} (at row {rows} of range {})", range.index),
                 })?;
             rows += 1;
             if (builder.len() >= BATCH_ROWS || builder.bytes() >= BATCH_BYTES)

@@ -14,10 +14,22 @@
 //!   (utf8mb4, utf8mb3, ascii, latin1) into UTF-8; `binary`, `varbinary`, blobs and geometry
 //!   are binary.
 //!
-//! Invariant: a value read by the full load and the same value read from the binlog append
-//! the same Arrow value. Both arrive as [`mysql_async::Value`]s, which [`ColumnDecoder`]
-//! normalises (binlog enums are indexes, sets bitmaps, timestamps epoch seconds, text raw
-//! bytes in the column's charset).
+//! Invariants:
+//! - a value read by the full load and the same value read from the binlog append the same
+//!   Arrow value. Both arrive as [`Value`]s, which [`ColumnDecoder`] normalises (binlog enums
+//!   are indexes, sets bitmaps, timestamps epoch seconds, text raw bytes in the column's
+//!   charset);
+//! - whatever the values (a server is outside the program, and `fuzz/` feeds binlog rows
+//!   through here), a value that does not fit its column is an error naming the column,
+//!   never a panic and never a changed value (a decimal wider than its precision, an
+//!   out-of-range integer or timestamp);
+//! - a NULL is appended as NULL: [`RowBuilder::schema_for`] makes every field nullable,
+//!   because a column's `NOT NULL` is read when the table is discovered, which can be after
+//!   the snapshot or binlog event its rows come from. Given a schema with a non-nullable
+//!   field, a NULL there is an error, not a panic.
+//!
+//! This module uses nothing of the crate but [`crate::source::postgres::copy_binary`]'s
+//! numeric parser: `fuzz/` compiles it on its own (see `fuzz/src/lib.rs`).
 
 use std::sync::Arc;
 
@@ -28,9 +40,9 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use mysql_async::Value;
+use mysql_common::value::Value;
 
-use crate::source::postgres::copy_binary::parse_numeric;
+use crate::source::postgres::copy_binary::{parse_numeric, within_precision};
 
 /// The largest precision an Arrow `Decimal128` holds.
 const MAX_DECIMAL128_PRECISION: u32 = 38;
@@ -120,8 +132,9 @@ impl Kind {
         })
     }
 
+    /// `decimal(precision, scale)`, as text when Arrow's decimal cannot hold it.
     pub fn decimal(precision: u32, scale: u32) -> Kind {
-        if precision > MAX_DECIMAL128_PRECISION || scale > precision {
+        if precision == 0 || precision > MAX_DECIMAL128_PRECISION || scale > precision {
             Kind::DecimalText
         } else {
             Kind::Decimal {
@@ -196,15 +209,37 @@ pub struct RowBuilder {
     schema: SchemaRef,
     decoders: Vec<ColumnDecoder>,
     columns: Vec<Column>,
+    nullable: Vec<bool>,
     rows: usize,
     bytes: usize,
 }
 
 impl RowBuilder {
-    /// `schema` has one field per decoder, of type [`Kind::data_type`].
+    /// `schema` has one field per decoder, of type [`Kind::data_type`] (what
+    /// [`schema_for`](Self::schema_for) makes).
+    ///
+    /// # Panics
+    /// When `schema` does not match `decoders` (a programming error, not a data error).
     pub fn new(schema: SchemaRef, decoders: Vec<ColumnDecoder>) -> Self {
+        assert_eq!(
+            schema.fields().len(),
+            decoders.len(),
+            "RowBuilder: the schema has {} fields for {} decoders",
+            schema.fields().len(),
+            decoders.len()
+        );
+        for (field, decoder) in schema.fields().iter().zip(&decoders) {
+            assert_eq!(
+                field.data_type(),
+                &decoder.kind.data_type(),
+                "RowBuilder: field {} does not match its kind {:?}",
+                field.name(),
+                decoder.kind
+            );
+        }
         RowBuilder {
             columns: decoders.iter().map(|d| Column::new(&d.kind)).collect(),
+            nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
             schema,
             decoders,
             rows: 0,
@@ -239,6 +274,12 @@ impl RowBuilder {
         let mut bytes = 0;
         for (i, (value, decoder)) in values.iter().zip(&self.decoders).enumerate() {
             let cell = decode(decoder, value).map_err(|m| (i, m))?;
+            if cell == Cell::Null && !self.nullable.get(i).copied().unwrap_or(true) {
+                return Err((
+                    i,
+                    "NULL in a column whose field is not nullable (the table's schema must have nullable fields)".into(),
+                ));
+            }
             bytes += cell.size();
             cells.push(cell);
         }
@@ -269,7 +310,8 @@ impl RowBuilder {
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
         self.rows = 0;
         self.bytes = 0;
-        // Every column builds exactly its kind's type, and every field is nullable.
+        // Every column builds exactly its field's type (checked in `new`), and nulls were
+        // checked against the fields by `append_row`.
         RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)
             .unwrap_or_else(|e| panic!("row builder built arrays that do not fit its schema: {e}"))
     }
@@ -399,9 +441,9 @@ fn decode(decoder: &ColumnDecoder, value: &Value) -> Result<Cell, String> {
             Value::Double(f) => Cell::Float(*f),
             v => return Err(format!("expected a float, got {v:?}")),
         },
-        Kind::Decimal { scale, .. } => {
+        Kind::Decimal { precision, scale } => {
             let text = std::str::from_utf8(bytes_of(value)?).map_err(|e| e.to_string())?;
-            Cell::Wide(parse_numeric(text, *scale)?)
+            Cell::Wide(within_precision(parse_numeric(text, *scale)?, *precision)?)
         }
         Kind::DecimalText => Cell::Text(utf8(value)?),
         // MySQL's JSON type: the full load gets the server's text (`{"a": 1}`), the binlog a
@@ -447,13 +489,17 @@ fn decode(decoder: &ColumnDecoder, value: &Value) -> Result<Cell, String> {
                 }
             }
             Value::Int(0) => Cell::Null,
-            Value::Int(seconds) => Cell::Micros(seconds * 1_000_000),
+            Value::Int(seconds) => Cell::Micros(
+                seconds
+                    .checked_mul(1_000_000)
+                    .ok_or_else(|| format!("timestamp {seconds} s is out of range"))?,
+            ),
             // The full load: a UTC date and time (the session's time zone is UTC).
             v => date_micros(v)?.map_or(Cell::Null, Cell::Micros),
         },
         Kind::Time => match value {
             Value::Time(negative, days, h, m, s, us) => {
-                let hours = *days * 24 + *h as u32;
+                let hours = u64::from(*days) * 24 + u64::from(*h);
                 let sign = if *negative { "-" } else { "" };
                 Cell::Text(if *us > 0 {
                     format!("{sign}{hours:02}:{m:02}:{s:02}.{us:06}")
@@ -642,6 +688,74 @@ mod tests {
             cell(Kind::Time, Value::Time(true, 34, 22, 59, 59, 0)),
             Cell::Text("-838:59:59".into())
         );
+    }
+
+    #[test]
+    fn a_null_is_appended_as_null_whatever_the_catalog_said() {
+        // Discovery's schema: every field nullable, NOT NULL or not.
+        let names = vec!["id".to_string(), "v".to_string()];
+        let decoders = vec![
+            ColumnDecoder::new(Kind::Int32),
+            ColumnDecoder::new(Kind::Text {
+                charset: "utf8mb4".into(),
+            }),
+        ];
+        let schema = RowBuilder::schema_for(&names, &decoders);
+        let mut builder = RowBuilder::new(schema, decoders.clone());
+        builder
+            .append_row(&[Value::Int(1), Value::NULL])
+            .expect("appends");
+        let batch = builder.finish();
+        assert!(batch.column(1).is_null(0));
+
+        // A schema with a field that is not nullable: an error naming the column, no panic.
+        let strict = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("v", DataType::Utf8, false),
+        ]));
+        let mut builder = RowBuilder::new(strict, decoders);
+        let (column, _) = builder
+            .append_row(&[Value::Int(1), Value::NULL])
+            .expect_err("NULL in a field that is not nullable");
+        assert_eq!(column, 1);
+        builder
+            .append_row(&[Value::Int(2), Value::Bytes(b"x".to_vec())])
+            .expect("appends");
+        assert_eq!(builder.finish().num_rows(), 1);
+    }
+
+    #[test]
+    fn values_that_do_not_fit_are_errors_not_panics() {
+        let decode1 = |kind: Kind, value: Value| decode(&ColumnDecoder::new(kind), &value);
+        assert!(decode1(Kind::Timestamp, Value::Int(i64::MAX)).is_err());
+        assert!(decode1(Kind::Int8, Value::Int(128)).is_err());
+        assert!(
+            decode1(
+                Kind::Decimal {
+                    precision: 3,
+                    scale: 1
+                },
+                Value::Bytes(b"100.0".to_vec())
+            )
+            .is_err()
+        );
+        assert_eq!(
+            decode1(
+                Kind::Decimal {
+                    precision: 3,
+                    scale: 1
+                },
+                Value::Bytes(b"-99.9".to_vec())
+            ),
+            Ok(Cell::Wide(-999))
+        );
+        // Days of a TIME beyond what MySQL sends do not overflow.
+        assert!(matches!(
+            decode1(Kind::Time, Value::Time(false, u32::MAX, 23, 0, 0, 0)),
+            Ok(Cell::Text(_))
+        ));
+        // decimal(0, 0) has no Arrow type: text.
+        assert_eq!(Kind::decimal(0, 0), Kind::DecimalText);
     }
 
     #[test]

@@ -9,6 +9,21 @@
 //! pgoutput sends for CDC), with the session settings of [`super::SESSION_SETTINGS`]
 //! (`DateStyle=ISO`, `TimeZone=UTC`, `bytea_output=hex`, `extra_float_digits=1`), so a value
 //! lands in the lake identically whether it came from the full load or from the change stream.
+//!
+//! Invariants, whatever the bytes (a server is outside the program, and `fuzz/` feeds both
+//! decoders arbitrary input):
+//! - malformed input is a [`DecodeError`] that says which column and where (row and byte
+//!   offset of binary COPY), never a panic, and no allocation is sized by a length read from
+//!   the input before that many bytes have arrived;
+//! - a value that does not fit its Arrow type (a decimal past its precision or with more
+//!   places than its scale, a date past Arrow's range) is an error, never silently changed;
+//! - a NULL in a field the schema says is not nullable is an error naming the column: callers
+//!   pass nullable fields (see [`crate::source::TableInfo::arrow_schema`]), because a column's
+//!   `NOT NULL` is read when the table is discovered, which can be after the snapshot the rows
+//!   come from.
+//!
+//! This module and [`super::types`] use nothing else of the crate: `fuzz/` compiles them on
+//! their own (see `fuzz/src/lib.rs`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -32,11 +47,21 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 
-/// A value that could not be decoded: which column, and why.
+/// The largest header extension accepted. PostgreSQL sends none; the format allows one, but
+/// a length this large is not a COPY stream, and waiting for it would hold the whole input.
+const MAX_HEADER_EXTENSION: u32 = 1024 * 1024;
+/// Header flag bit 16: each tuple carries an OID field, which `COPY (SELECT …)` never sends.
+const FLAG_WITH_OIDS: u32 = 1 << 16;
+
+/// A value that could not be decoded: which column, where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
     /// Index of the column, or `None` for a framing error.
     pub column: Option<usize>,
+    /// Binary COPY: the index of the row in the stream (from 0), when the error is in one.
+    pub row: Option<u64>,
+    /// Binary COPY: the byte offset in the stream of the row (or header) with the error.
+    pub offset: Option<u64>,
     pub message: String,
 }
 
@@ -44,7 +69,33 @@ impl DecodeError {
     fn framing(message: impl Into<String>) -> Self {
         DecodeError {
             column: None,
+            row: None,
+            offset: None,
             message: message.into(),
+        }
+    }
+
+    fn in_column(column: usize, message: String) -> Self {
+        DecodeError {
+            column: Some(column),
+            ..DecodeError::framing(message)
+        }
+    }
+
+    fn at(mut self, row: Option<u64>, offset: u64) -> Self {
+        self.row = row;
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Where the error is, for a message: ` at row 12 (byte 3456 of the COPY data)`, or
+    /// nothing when unknown.
+    pub fn position(&self) -> String {
+        match (self.row, self.offset) {
+            (Some(row), Some(offset)) => format!(" at row {row} (byte {offset} of the COPY data)"),
+            (None, Some(offset)) => format!(" at byte {offset} of the COPY data"),
+            (Some(row), None) => format!(" at row {row}"),
+            (None, None) => String::new(),
         }
     }
 }
@@ -52,8 +103,13 @@ impl DecodeError {
 pub struct CopyBinaryDecoder {
     schema: SchemaRef,
     columns: Vec<ColumnBuilder>,
+    nullable: Vec<bool>,
     /// Bytes of an incomplete tuple (or header) carried to the next chunk.
     pending: Vec<u8>,
+    /// Offset in the stream of the first byte not yet decoded (the start of `pending`).
+    offset: u64,
+    /// Rows decoded since the start of the stream.
+    rows_total: u64,
     header_done: bool,
     finished: bool,
     rows: usize,
@@ -63,11 +119,16 @@ pub struct CopyBinaryDecoder {
 }
 
 impl CopyBinaryDecoder {
+    /// `schema` has one field per kind, of type [`Kind::data_type`]; a mismatch is an error
+    /// when the first batch is built.
     pub fn new(schema: SchemaRef, kinds: &[Kind]) -> Self {
         CopyBinaryDecoder {
+            nullable: schema.fields().iter().map(|f| f.is_nullable()).collect(),
             schema,
             columns: kinds.iter().map(ColumnBuilder::new).collect(),
             pending: Vec::new(),
+            offset: 0,
+            rows_total: 0,
             header_done: false,
             finished: false,
             rows: 0,
@@ -76,7 +137,8 @@ impl CopyBinaryDecoder {
         }
     }
 
-    /// Decodes `chunk`, calling `emit` with each full batch.
+    /// Decodes `chunk`, calling `emit` with each full batch. After an error the decoder is
+    /// done: the row in error may be partly appended.
     pub fn feed(
         &mut self,
         chunk: &[u8],
@@ -84,12 +146,15 @@ impl CopyBinaryDecoder {
     ) -> Result<(), DecodeError> {
         if self.pending.is_empty() {
             let used = self.decode_tuples(chunk, emit)?;
-            self.pending.extend_from_slice(&chunk[used..]);
+            self.offset += used as u64;
+            self.pending
+                .extend_from_slice(chunk.get(used..).unwrap_or_default());
         } else {
             let mut buf = std::mem::take(&mut self.pending);
             buf.extend_from_slice(chunk);
             let used = self.decode_tuples(&buf, emit)?;
-            buf.drain(..used);
+            self.offset += used as u64;
+            buf.drain(..used.min(buf.len()));
             self.pending = buf;
         }
         Ok(())
@@ -100,21 +165,29 @@ impl CopyBinaryDecoder {
         if !self.finished {
             return Err(DecodeError::framing(
                 "COPY data ended without its trailer (the stream was cut)",
-            ));
+            )
+            .at(None, self.offset));
         }
         if !self.pending.is_empty() {
-            return Err(DecodeError::framing("data after the COPY trailer"));
+            return Err(DecodeError::framing("data after the COPY trailer").at(None, self.offset));
         }
-        Ok((self.rows > 0).then(|| self.take_batch()))
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.take_batch().map(Some)
     }
 
-    fn take_batch(&mut self) -> RecordBatch {
+    fn take_batch(&mut self) -> Result<RecordBatch, DecodeError> {
         let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         self.rows = 0;
         self.bytes = 0;
-        // The arrays are built from the schema's own kinds, so this cannot fail.
-        RecordBatch::try_new(self.schema.clone(), arrays)
-            .unwrap_or_else(|e| panic!("decoder built arrays that do not fit its schema: {e}"))
+        // Types come from the kinds and nulls were checked per value: a failure here is a
+        // schema that does not match the kinds (a caller's mistake), reported, not a panic.
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| {
+            DecodeError::framing(format!(
+                "the decoded columns do not fit the table's schema ({e})"
+            ))
+        })
     }
 
     /// Decodes every complete tuple in `buf`; returns how many bytes were used.
@@ -125,80 +198,113 @@ impl CopyBinaryDecoder {
     ) -> Result<usize, DecodeError> {
         let mut pos = 0;
         if !self.header_done {
-            if buf.len() < 19 {
+            let Some(header) = buf.get(..19) else {
+                return Ok(0);
+            };
+            let header_error = |m: String| DecodeError::framing(m).at(None, self.offset);
+            if !header.starts_with(SIGNATURE) {
+                return Err(header_error("missing binary COPY signature".into()));
+            }
+            let flags = be_u32(header, 11).unwrap_or(0);
+            if flags & FLAG_WITH_OIDS != 0 || flags >> 17 != 0 {
+                return Err(header_error(format!(
+                    "COPY header flags 0x{flags:08x}: OIDs or flags this reader does not know"
+                )));
+            }
+            let extension = be_u32(header, 15).unwrap_or(0);
+            if extension > MAX_HEADER_EXTENSION {
+                return Err(header_error(format!(
+                    "COPY header extension of {extension} bytes (at most {MAX_HEADER_EXTENSION} are read)"
+                )));
+            }
+            let end = 19 + extension as usize;
+            if buf.len() < end {
                 return Ok(0);
             }
-            if &buf[..11] != SIGNATURE {
-                return Err(DecodeError::framing("missing binary COPY signature"));
-            }
-            let extension = be_u32(&buf[15..19]) as usize;
-            if buf.len() < 19 + extension {
-                return Ok(0);
-            }
-            pos = 19 + extension;
+            pos = end;
             self.header_done = true;
         }
         let ncols = self.columns.len();
-        while pos + 2 <= buf.len() {
+        while let Some(&[hi, lo]) = buf.get(pos..pos + 2) {
+            let row_offset = self.offset + pos as u64;
             if self.finished {
-                return Err(DecodeError::framing("data after the COPY trailer"));
+                return Err(
+                    DecodeError::framing("data after the COPY trailer").at(None, row_offset)
+                );
             }
-            let count = i16::from_be_bytes([buf[pos], buf[pos + 1]]);
+            let count = i16::from_be_bytes([hi, lo]);
             if count == -1 {
                 self.finished = true;
                 pos += 2;
                 continue;
             }
-            if count as usize != ncols {
+            if usize::try_from(count).ok() != Some(ncols) {
                 return Err(DecodeError::framing(format!(
                     "tuple has {count} fields, expected {ncols}"
-                )));
+                ))
+                .at(Some(self.rows_total), row_offset));
             }
             // First pass: is the whole tuple here? Record field slices.
             self.fields.clear();
             let mut p = pos + 2;
             let mut complete = true;
             for _ in 0..ncols {
-                if p + 4 > buf.len() {
+                let Some(&[a, b, c, d]) = buf.get(p..p + 4) else {
                     complete = false;
                     break;
-                }
-                let len = i32::from_be_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
+                };
                 p += 4;
-                if len < 0 {
-                    self.fields.push(None);
-                } else {
-                    let len = len as usize;
-                    if p + len > buf.len() {
+                // A negative length is NULL; a length past the data waits for more.
+                match usize::try_from(i32::from_be_bytes([a, b, c, d])) {
+                    Err(_) => self.fields.push(None),
+                    Ok(len) if len <= buf.len() - p => {
+                        self.fields.push(Some((p, len)));
+                        p += len;
+                    }
+                    Ok(_) => {
                         complete = false;
                         break;
                     }
-                    self.fields.push(Some((p, len)));
-                    p += len;
                 }
             }
             if !complete {
                 break;
             }
             for (i, field) in self.fields.iter().enumerate() {
-                let value = field.map(|(start, len)| &buf[start..start + len]);
-                self.columns[i]
-                    .append(value)
-                    .map_err(|message| DecodeError {
-                        column: Some(i),
-                        message,
-                    })?;
+                let value = match field {
+                    Some((start, len)) => Some(buf.get(*start..start + len).ok_or_else(|| {
+                        DecodeError::framing("internal error: a field past the data")
+                    })?),
+                    None => None,
+                };
+                let result = match self.columns.get_mut(i) {
+                    None => Err("more fields than columns".to_string()),
+                    Some(_)
+                        if value.is_none() && !self.nullable.get(i).copied().unwrap_or(true) =>
+                    {
+                        Err(NOT_NULLABLE.to_string())
+                    }
+                    Some(column) => column.append(value),
+                };
+                result.map_err(|message| {
+                    DecodeError::in_column(i, message).at(Some(self.rows_total), row_offset)
+                })?;
             }
             self.bytes += p - pos;
             self.rows += 1;
+            self.rows_total += 1;
             pos = p;
             if self.rows >= BATCH_ROWS || self.bytes >= BATCH_BYTES {
-                emit(self.take_batch());
+                emit(self.take_batch()?);
             }
         }
         Ok(pos)
     }
 }
+
+/// The message for a NULL in a field the schema says is not nullable.
+const NOT_NULLABLE: &str =
+    "NULL in a column whose field is not nullable (the table's schema must have nullable fields)";
 
 /// Builds record batches from rows of PostgreSQL text values (pgoutput's `t` values), into
 /// exactly the Arrow types and values [`CopyBinaryDecoder`] produces from binary COPY.
@@ -258,13 +364,10 @@ impl TextBatchBuilder {
                     "row has more than the table's {ncols} values"
                 )));
             };
-            let error = |message| DecodeError {
-                column: Some(i),
-                message,
-            };
+            let error = |message| DecodeError::in_column(i, message);
             match value {
                 None if !self.nullable.get(i).copied().unwrap_or(true) => {
-                    return Err(error("null in a column that is not nullable".into()));
+                    return Err(error(NOT_NULLABLE.into()));
                 }
                 None => parsed.push(None),
                 Some(v) => {
@@ -281,10 +384,9 @@ impl TextBatchBuilder {
         }
         for (i, (column, value)) in self.columns.iter_mut().zip(parsed).enumerate() {
             // Cannot fail: each value was parsed by its own column.
-            column.append_parsed(value).map_err(|message| DecodeError {
-                column: Some(i),
-                message,
-            })?;
+            column
+                .append_parsed(value)
+                .map_err(|message| DecodeError::in_column(i, message))?;
         }
         self.rows += 1;
         self.bytes += bytes;
@@ -317,8 +419,10 @@ impl TextBatchBuilder {
     }
 }
 
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+/// The big-endian u32 at `at`, if `b` holds it.
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    let bytes = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
 
 fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], String> {
@@ -400,7 +504,9 @@ impl ColumnBuilder {
             ColumnBuilder::Oid(b) => b.append_value(u32::from_be_bytes(fixed(v, "oid")?) as i64),
             ColumnBuilder::Float32(b) => b.append_value(f32::from_be_bytes(fixed(v, "float4")?)),
             ColumnBuilder::Float64(b) => b.append_value(f64::from_be_bytes(fixed(v, "float8")?)),
-            ColumnBuilder::Decimal(b, _, scale) => b.append_value(decode_numeric(v, *scale)?),
+            ColumnBuilder::Decimal(b, precision, scale) => {
+                b.append_value(within_precision(decode_numeric(v, *scale)?, *precision)?)
+            }
             ColumnBuilder::Text(b) => b.append_value(text(v)?),
             ColumnBuilder::Jsonb(b) => match v.split_first() {
                 Some((1, rest)) => b.append_value(text(rest)?),
@@ -416,7 +522,9 @@ impl ColumnBuilder {
                 let days = i32::from_be_bytes(fixed(v, "date")?);
                 b.append_value(match days {
                     i32::MAX | i32::MIN => days, // ±infinity
-                    d => d + PG_EPOCH_OFFSET_DAYS,
+                    d => d
+                        .checked_add(PG_EPOCH_OFFSET_DAYS)
+                        .ok_or_else(|| format!("date {d} days after 2000-01-01 is out of range"))?,
                 })
             }
             ColumnBuilder::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
@@ -433,9 +541,13 @@ impl ColumnBuilder {
                 validity,
                 child,
             } => {
+                let last = offsets.last().copied().unwrap_or(0);
                 let count = decode_array(v, element, child)?;
-                let last = *offsets.last().unwrap_or(&0);
-                offsets.push(last + count as i32);
+                let next = i32::try_from(count)
+                    .ok()
+                    .and_then(|n| last.checked_add(n))
+                    .ok_or(TOO_MANY_ELEMENTS)?;
+                offsets.push(next);
                 validity.append_non_null();
             }
         }
@@ -465,7 +577,9 @@ impl ColumnBuilder {
             // so PostgreSQL's shortest exact output gives back the very same float.
             ColumnBuilder::Float32(_) => Parsed::Float32(parse_number(&v, "float4")?),
             ColumnBuilder::Float64(_) => Parsed::Float64(parse_number(&v, "float8")?),
-            ColumnBuilder::Decimal(_, _, scale) => Parsed::Decimal(parse_numeric(&v, *scale)?),
+            ColumnBuilder::Decimal(_, precision, scale) => {
+                Parsed::Decimal(within_precision(parse_numeric(&v, *scale)?, *precision)?)
+            }
             ColumnBuilder::Text(_) | ColumnBuilder::Jsonb(_) | ColumnBuilder::Uuid(..) => {
                 Parsed::Text(v)
             }
@@ -534,7 +648,7 @@ impl ColumnBuilder {
                 let next = i32::try_from(elements.len())
                     .ok()
                     .and_then(|n| last.checked_add(n))
-                    .ok_or("more than 2^31 array elements in one batch")?;
+                    .ok_or(TOO_MANY_ELEMENTS)?;
                 for e in elements {
                     child.append_parsed(e)?;
                 }
@@ -612,61 +726,113 @@ impl ColumnBuilder {
     }
 }
 
+const TOO_MANY_ELEMENTS: &str = "more than 2^31 array elements in one batch";
+
+/// `unscaled` if it has at most `precision` digits: a wider value does not fit the column's
+/// decimal type (Parquet would store it cut).
+pub(crate) fn within_precision(unscaled: i128, precision: u8) -> Result<i128, String> {
+    let limit = 10u128.checked_pow(precision.into()).unwrap_or(u128::MAX);
+    if unscaled.unsigned_abs() < limit {
+        Ok(unscaled)
+    } else {
+        Err(format!(
+            "numeric value has more than the column's {precision} digits"
+        ))
+    }
+}
+
 /// Decodes an array value into `child`, returning how many elements it appended.
 fn decode_array(v: &[u8], element: &Kind, child: &mut ColumnBuilder) -> Result<usize, String> {
     let header = |i: usize| -> Result<i32, String> {
-        v.get(i..i + 4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        i.checked_add(4)
+            .and_then(|end| v.get(i..end))
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
             .ok_or_else(|| "truncated array header".to_string())
     };
     let ndim = header(0)?;
     if ndim == 0 {
         return Ok(0);
     }
-    if !(1..=6).contains(&ndim) {
-        return Err(format!("array with {ndim} dimensions"));
-    }
+    let ndim = usize::try_from(ndim)
+        .ok()
+        .filter(|n| (1..=MAX_ARRAY_DIMENSIONS).contains(n))
+        .ok_or_else(|| format!("array with {ndim} dimensions"))?;
+    // The element count is only a bound on the loop: each element reads its own length
+    // first, so a count larger than the data ends in "truncated", not in an allocation.
     let mut count: usize = 1;
-    for d in 0..ndim as usize {
-        count = count.saturating_mul(header(12 + d * 8)?.max(0) as usize);
+    for d in 0..ndim {
+        // Each dimension: its size, then its lower bound (which is not used, but is there).
+        header(16 + d * 8)?;
+        let size = header(12 + d * 8)?;
+        let size = usize::try_from(size).map_err(|_| format!("array dimension of size {size}"))?;
+        count = count.saturating_mul(size);
     }
-    let mut pos = 12 + ndim as usize * 8;
+    let mut pos = 12 + ndim * 8;
     for _ in 0..count {
         let len = header(pos)?;
         pos += 4;
-        if len < 0 {
-            child.append_null();
-        } else {
-            let end = pos + len as usize;
-            let bytes = v.get(pos..end).ok_or("truncated array element")?;
-            child
-                .append(Some(bytes))
-                .map_err(|e| format!("array element of type {element:?}: {e}"))?;
-            pos = end;
+        match usize::try_from(len) {
+            Err(_) => child.append_null(),
+            Ok(len) => {
+                let bytes = pos
+                    .checked_add(len)
+                    .and_then(|end| v.get(pos..end))
+                    .ok_or("truncated array element")?;
+                child
+                    .append(Some(bytes))
+                    .map_err(|e| format!("array element of type {element:?}: {e}"))?;
+                pos += len;
+            }
         }
+    }
+    if pos != v.len() {
+        return Err(format!(
+            "array value has {} bytes after its {count} elements",
+            v.len() - pos
+        ));
     }
     Ok(count)
 }
 
-/// PostgreSQL's binary numeric (base-10000 digits) as an unscaled i128 at `scale`.
+/// PostgreSQL's binary numeric (base-10000 digits) as an unscaled i128 at `scale`. Digits
+/// that the scale would drop must be zeros (as the text path requires), so no value is
+/// silently changed.
 fn decode_numeric(v: &[u8], scale: i8) -> Result<i128, String> {
-    if v.len() < 8 {
+    let word = |i: usize| -> Option<u16> {
+        let b = v.get(2 * i..2 * i + 2)?;
+        Some(u16::from_be_bytes(b.try_into().ok()?))
+    };
+    let (Some(ndigits), Some(weight), Some(sign), Some(_dscale)) =
+        (word(0), word(1), word(2), word(3))
+    else {
         return Err("truncated numeric".into());
-    }
-    let ndigits = i16::from_be_bytes([v[0], v[1]]) as usize;
-    let weight = i16::from_be_bytes([v[2], v[3]]) as i32;
-    let sign = u16::from_be_bytes([v[4], v[5]]);
-    if v.len() < 8 + ndigits * 2 {
-        return Err("truncated numeric digits".into());
-    }
+    };
+    let ndigits = ndigits as usize;
+    let weight = weight as i16 as i32;
     match sign {
         0x0000 | 0x4000 => {}
         0xC000 => return Err("NaN does not fit a decimal column".into()),
-        _ => return Err("infinity does not fit a decimal column".into()),
+        0xD000 | 0xF000 => return Err("infinity does not fit a decimal column".into()),
+        _ => return Err(format!("numeric with an unknown sign 0x{sign:04x}")),
+    }
+    if ndigits > i16::MAX as usize {
+        return Err(format!("numeric with {} digits", ndigits as i16));
+    }
+    if v.len() != 8 + ndigits * 2 {
+        return Err(format!(
+            "numeric of {ndigits} digits has {} bytes, expected {}",
+            v.len(),
+            8 + ndigits * 2
+        ));
     }
     let mut unscaled: i128 = 0;
     for i in 0..ndigits {
-        let digit = i16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as i128;
+        let digit = word(4 + i).ok_or("truncated numeric digits")?;
+        if digit > 9999 {
+            return Err(format!("numeric digit {digit} is not a base-10000 digit"));
+        }
+        let digit = i128::from(digit);
         // The digit's least significant decimal position, shifted by the column's scale.
         let exponent = 4 * (weight - i as i32) + scale as i32;
         let term = if exponent >= 0 {
@@ -674,7 +840,17 @@ fn decode_numeric(v: &[u8], scale: i8) -> Result<i128, String> {
                 .checked_pow(exponent as u32)
                 .and_then(|p| p.checked_mul(digit))
         } else if exponent > -4 {
-            Some(digit / 10i128.pow((-exponent) as u32))
+            let p = 10i128.pow((-exponent) as u32);
+            if digit % p != 0 {
+                return Err(format!(
+                    "numeric has more decimal places than the column's scale {scale}"
+                ));
+            }
+            Some(digit / p)
+        } else if digit != 0 {
+            return Err(format!(
+                "numeric has more decimal places than the column's scale {scale}"
+            ));
         } else {
             Some(0)
         };
@@ -1177,7 +1353,7 @@ mod tests {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Decimal128Type, Int32Type};
-    use arrow_schema::{Field, Schema};
+    use arrow_schema::{DataType, Field, Schema};
 
     fn numeric(weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
         let mut v = Vec::new();
@@ -1211,6 +1387,156 @@ mod tests {
             Ok(10i128.pow(36))
         );
         assert!(decode_numeric(&numeric(0, 0xC000, 0, &[]), 2).is_err());
+    }
+
+    /// Numeric bytes as given: digit count, weight, sign, display scale, digits.
+    fn raw_numeric(ndigits: u16, weight: i16, sign: u16, digits: &[u16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [ndigits, weight as u16, sign, 0] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn malformed_numerics_are_errors_not_panics() {
+        // A negative digit count (it indexed out of bounds).
+        assert!(decode_numeric(&raw_numeric(0xffff, 0, 0, &[1, 2]), 2).is_err());
+        assert!(decode_numeric(&raw_numeric(0x8000, 0, 0, &[]), 2).is_err());
+        // Fewer or more digit bytes than the count says.
+        assert!(decode_numeric(&raw_numeric(3, 0, 0, &[1, 2]), 2).is_err());
+        assert!(decode_numeric(&raw_numeric(1, 0, 0, &[1, 2]), 2).is_err());
+        assert!(decode_numeric(&[0, 1, 0], 2).is_err());
+        // Digits are base 10000; an unknown sign is not a number.
+        assert!(decode_numeric(&raw_numeric(1, 0, 0, &[10000]), 0).is_err());
+        assert!(decode_numeric(&raw_numeric(1, 0, 0x4000, &[0xffff]), 0).is_err());
+        assert!(decode_numeric(&raw_numeric(1, 0, 0x1234, &[1]), 0).is_err());
+        assert!(decode_numeric(&raw_numeric(0, 0, 0xD000, &[]), 0).is_err());
+        // Places the column's scale cannot hold are refused, as in text, not cut.
+        assert!(decode_numeric(&numeric(0, 0, 3, &[1, 5]), 2).is_err());
+        assert!(decode_numeric(&numeric(-2, 0, 8, &[1]), 2).is_err());
+        assert_eq!(decode_numeric(&numeric(0, 0, 3, &[1, 5000]), 2), Ok(150));
+        // Extreme weights overflow into an error.
+        assert!(decode_numeric(&numeric(i16::MAX, 0, 0, &[1]), 0).is_err());
+        assert_eq!(decode_numeric(&numeric(i16::MIN, 0, 0, &[0]), 0), Ok(0));
+    }
+
+    #[test]
+    fn decimals_wider_than_their_precision_are_errors() {
+        let kind = Kind::Decimal {
+            precision: 4,
+            scale: 1,
+        };
+        let mut b = ColumnBuilder::new(&kind);
+        assert_eq!(b.append(Some(&numeric(0, 0, 1, &[999, 9000]))), Ok(()));
+        assert!(b.append(Some(&numeric(0, 0, 1, &[1000]))).is_err());
+        assert_eq!(b.append_text(Some("-999.9")), Ok(()));
+        assert!(b.append_text(Some("1000")).is_err());
+        assert_eq!(b.finish().len(), 2);
+    }
+
+    #[test]
+    fn dates_past_arrow_range_are_errors() {
+        let mut b = ColumnBuilder::new(&Kind::Date);
+        assert!(b.append(Some(&(i32::MAX - 1).to_be_bytes())).is_err());
+        assert_eq!(b.append(Some(&i32::MAX.to_be_bytes())), Ok(()), "infinity");
+    }
+
+    #[test]
+    fn malformed_arrays_are_errors_not_panics() {
+        let mut b = ColumnBuilder::new(&Kind::List(Box::new(Kind::Int32)));
+        let mut trailing = int_array(&[1], &[Some(1)]).expect("array");
+        trailing.push(0);
+        for bad in [
+            trailing,
+            int_array(&[-1], &[]).expect("array"),
+            int_array(&[2], &[Some(1)]).expect("array"),
+            vec![0, 0, 0, 7],
+            vec![0, 0, 0, 1, 0, 0],
+            // 2^31 elements announced, none there.
+            int_array(&[i32::MAX, 2], &[]).expect("array"),
+            // A dimension of size 0 without its lower bound (found by fuzzing: the position
+            // passed the end and the trailing-bytes check underflowed).
+            vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 0],
+        ] {
+            assert!(b.append(Some(&bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(b.finish().len(), 0);
+    }
+
+    fn one_column(kind: Kind, nullable: bool) -> CopyBinaryDecoder {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "v",
+            kind.data_type(),
+            nullable,
+        )]));
+        CopyBinaryDecoder::new(schema, &[kind])
+    }
+
+    #[test]
+    fn a_null_in_a_not_nullable_field_is_an_error_that_says_where() {
+        let stream = copy_stream(&[vec![Some(b"a".to_vec())], vec![None]]);
+        let mut decoder = one_column(Kind::Text, false);
+        let err = decoder
+            .feed(&stream, &mut |_| {})
+            .expect_err("NULL in a not-nullable field");
+        assert_eq!(err.column, Some(0));
+        assert_eq!(err.row, Some(1));
+        // Header (19 bytes), then row 0: count (2), length (4) and one byte.
+        assert_eq!(err.offset, Some(19 + 7));
+        assert_eq!(err.position(), " at row 1 (byte 26 of the COPY data)");
+
+        // Nullable, as discovery makes every field: the NULL is kept.
+        let mut decoder = one_column(Kind::Text, true);
+        decoder.feed(&stream, &mut |_| {}).expect("decodes");
+        let batch = decoder.finish().expect("trailer").expect("rows");
+        assert!(batch.column(0).is_null(1));
+    }
+
+    #[test]
+    fn malformed_copy_framing_is_an_error_not_a_panic() {
+        let mut header = SIGNATURE.to_vec();
+        header.extend_from_slice(&0u32.to_be_bytes());
+        // An extension too long to be COPY: refused at once, not waited for.
+        let mut long = header.clone();
+        long.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut decoder = one_column(Kind::Int32, true);
+        assert!(decoder.feed(&long, &mut |_| {}).is_err());
+        // OIDs, and flags no reader knows.
+        for flags in [FLAG_WITH_OIDS, 1 << 20] {
+            let mut v = SIGNATURE.to_vec();
+            v.extend_from_slice(&flags.to_be_bytes());
+            v.extend_from_slice(&0u32.to_be_bytes());
+            let mut decoder = one_column(Kind::Int32, true);
+            assert!(decoder.feed(&v, &mut |_| {}).is_err(), "{flags:x}");
+        }
+        // A negative field count other than the trailer's -1.
+        let mut v = header.clone();
+        v.extend_from_slice(&0u32.to_be_bytes());
+        v.extend_from_slice(&(-2i16).to_be_bytes());
+        let mut decoder = one_column(Kind::Int32, true);
+        let err = decoder.feed(&v, &mut |_| {}).expect_err("-2 fields");
+        assert_eq!((err.row, err.offset), (Some(0), Some(19)));
+        // A field length past the data waits for more, then the end is an error.
+        let mut v = header;
+        v.extend_from_slice(&0u32.to_be_bytes());
+        v.extend_from_slice(&1i16.to_be_bytes());
+        v.extend_from_slice(&i32::MAX.to_be_bytes());
+        let mut decoder = one_column(Kind::Bytea, true);
+        decoder.feed(&v, &mut |_| {}).expect("waits");
+        assert!(decoder.finish().is_err());
+    }
+
+    #[test]
+    fn a_schema_that_does_not_fit_is_an_error_not_a_panic() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
+        let mut decoder = CopyBinaryDecoder::new(schema, &[Kind::Int32]);
+        let stream = copy_stream(&[vec![Some(1i32.to_be_bytes().to_vec())]]);
+        decoder.feed(&stream, &mut |_| {}).expect("decodes");
+        assert!(decoder.finish().is_err());
     }
 
     #[test]

@@ -574,11 +574,12 @@ impl Source for PostgresSource {
             .into_iter()
             .map(|mut t| {
                 t.key.sort();
+                // Every field nullable, whatever the catalog says: see `TableInfo::arrow_schema`.
                 let fields: Vec<Field> = t
                     .columns
                     .iter()
                     .zip(&t.kinds)
-                    .map(|(c, k)| Field::new(&c.name, k.data_type(), c.nullable))
+                    .map(|(c, k)| Field::new(&c.name, k.data_type(), true))
                     .collect();
                 let select_list = t
                     .columns
@@ -718,7 +719,7 @@ impl Source for PostgresSource {
                 .and_then(|i| table.columns.get(i))
                 .map(|c| c.name.clone())
                 .unwrap_or_else(|| "(row framing)".into()),
-            message: e.message,
+            message: format!("{}{} of range {}", e.message, e.position(), range.index),
         };
         {
             let mut stream = conn.copy_out_raw(&statement).await.map_err(classify)?;

@@ -90,7 +90,11 @@ pub fn scalar_kind(oid: u32, typmod: i32, is_enum: bool) -> Option<Kind> {
             let scale = (typmod - 4) & 0xffff;
             // PostgreSQL 15 allows negative scales, stored as a signed 11-bit field.
             let scale = if scale > 1000 { scale - 2048 } else { scale };
-            if precision > MAX_DECIMAL128_PRECISION || !(0..=precision).contains(&scale) {
+            // A precision of 0 is no numeric PostgreSQL makes (a typmod from a relation
+            // message is outside data): text, like any numeric without an Arrow decimal.
+            if !(1..=MAX_DECIMAL128_PRECISION).contains(&precision)
+                || !(0..=precision).contains(&scale)
+            {
                 return None;
             }
             Kind::Decimal {
@@ -161,6 +165,10 @@ mod tests {
             "p > 38 is text"
         );
         assert_eq!(scalar_kind(1186, -1, false), None, "interval is text");
+        // Found by fuzzing pgoutput relations: precision 0 made an invalid Arrow decimal
+        // (a panic when the batch was built).
+        assert_eq!(scalar_kind(NUMERIC, typmod(0, 0), false), None);
+        assert_eq!(scalar_kind(NUMERIC, 4, false), None);
         assert_eq!(
             scalar_kind(12345, -1, true),
             Some(Kind::Text),
