@@ -20,8 +20,8 @@ use mysql_async::Value;
 use tokio::sync::watch;
 
 use super::batch::{BatchWriter, Rows, Turn};
-use super::cdc::CdcOutcome;
 use super::checkpoint::{Checkpoint, SchemaChange};
+use super::stats::CdcOutcome;
 use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
 use crate::config::TaskConfig;
 use crate::ident::TableId;

@@ -34,31 +34,11 @@ use crate::source::postgres::pgoutput::{
 };
 use crate::source::postgres::replication::{format_lsn, parse_lsn};
 use crate::source::postgres::types::Kind;
-use crate::task::stats::TableStats;
+use crate::task::stats::CdcOutcome;
 use crate::task::toast;
 
 /// How often slot lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Live figures of a CDC task, for the terminal and the app.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct CdcStats {
-    /// The end of the last durable batch.
-    pub confirmed_position: String,
-    /// Source commit to file durable, for the last batch's oldest change (ms).
-    pub latency_ms: u64,
-    /// Changes per second over the last batch.
-    pub changes_per_second: f64,
-    /// WAL the slot holds back (bytes).
-    pub slot_lag_bytes: i64,
-    pub batches: u64,
-}
-
-/// How a CDC run ends.
-pub struct CdcOutcome {
-    pub tables: Vec<TableStats>,
-    pub confirmed_position: Option<String>,
-}
 
 pub(super) struct CdcRun {
     pub pg: PgEndpoint,

@@ -28,10 +28,9 @@ use crate::source::mysql::{BinlogPosition, MyEndpoint, MysqlSource};
 use crate::source::postgres::replication::parse_lsn;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{Source, SourceError, TableInfo};
-pub use cdc::CdcStats;
 use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;
-pub use stats::{TableState, TableStats, TaskSummary};
+pub use stats::{CdcStats, TableState, TableStats, TaskSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -705,7 +704,7 @@ async fn load_before_cdc<S: Source>(
 /// A load-then-CDC run's summary: the load's, with what CDC wrote added.
 fn cdc_summary(
     mut load: TaskSummary,
-    outcome: cdc::CdcOutcome,
+    outcome: stats::CdcOutcome,
     started: std::time::Instant,
 ) -> TaskSummary {
     merge_cdc_stats(&mut load.tables, outcome.tables);

@@ -1,4 +1,4 @@
-//! Table statistics, as in DMS's table statistics view.
+//! Table statistics, as in DMS's table statistics view, and a CDC run's live figures.
 
 use serde::{Deserialize, Serialize};
 
@@ -128,4 +128,24 @@ impl TaskSummary {
         out.push_str(&line("total", "", total, self.seconds));
         out
     }
+}
+
+/// Live figures of a CDC task, for the terminal and the app.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CdcStats {
+    /// The end of the last durable batch.
+    pub confirmed_position: String,
+    /// Source commit to file durable, for the last batch's oldest change (ms).
+    pub latency_ms: u64,
+    /// Changes per second over the last batch.
+    pub changes_per_second: f64,
+    /// WAL the slot holds back (bytes).
+    pub slot_lag_bytes: i64,
+    pub batches: u64,
+}
+
+/// How a CDC run ends.
+pub struct CdcOutcome {
+    pub tables: Vec<TableStats>,
+    pub confirmed_position: Option<String>,
 }
