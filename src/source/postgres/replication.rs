@@ -7,20 +7,33 @@
 //! - the replication connection that exported the snapshot stays idle until the full load
 //!   is over (any command on it would end the snapshot);
 //! - the slot is only advanced by the caller, through [`ChangeStream::confirm`], once the
-//!   changes up to that position are durable.
+//!   changes up to that position are durable;
+//! - the stream reads ahead of its caller by bytes, not by messages: at most
+//!   [`READ_AHEAD_BYTES`] of messages wait in [`ChangeStream`]'s queue, plus the
+//!   [`LIBRARY_EVENTS`] messages the replication library holds, whatever a transaction's
+//!   size (a message is one row change, so one very wide row still arrives whole).
 //!
 //! Sessions use `DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`,
 //! `bytea_output=hex` and `extra_float_digits=1` (see [`super::SESSION_SETTINGS`]), so
 //! pgoutput's text values and the full load's text casts are formatted alike.
 
+use std::sync::Arc;
+
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
 use sqlx::{PgConnection, Row};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
 use crate::ident::TableId;
 use crate::source::{Snapshot, SourceError};
+
+/// Bytes of stream messages read ahead of the task, waiting in [`ChangeStream`]'s queue.
+pub const READ_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+/// Messages the replication library buffers between its socket and [`ChangeStream`] (its
+/// default, 8,192, held that many rows of whatever size).
+pub const LIBRARY_EVENTS: usize = 16;
 
 /// A slot as the server reports it.
 #[derive(Debug, Clone)]
@@ -65,6 +78,7 @@ impl PgEndpoint {
         .with_tls(TlsConfig::disabled())
         .with_options(options)
         .with_application_name("tributary")
+        .with_buffer_size(LIBRARY_EVENTS)
     }
 
     /// A replication error as a [`SourceError`] naming the endpoint and the fix.
@@ -349,8 +363,18 @@ impl PgEndpoint {
         let client = ReplicationClient::connect(config)
             .await
             .map_err(|e| self.classify_replication(e, &format!("streaming slot {slot}")))?;
-        Ok(ChangeStream {
+        let (events, queue) = mpsc::unbounded_channel();
+        let (applied, confirmations) = watch::channel(0);
+        let forwarder = tokio::spawn(forward(
             client,
+            events,
+            Arc::new(Semaphore::new(READ_AHEAD_BYTES)),
+            confirmations,
+        ));
+        Ok(ChangeStream {
+            queue,
+            applied,
+            forwarder,
             endpoint: self.clone(),
             slot: slot.to_owned(),
         })
@@ -395,16 +419,34 @@ pub struct SnapshotHolder {
     _client: ReplicationClient,
 }
 
-/// The slot's change stream: pgoutput messages in commit order.
+/// The slot's change stream: pgoutput messages in commit order, read ahead of the caller
+/// by at most [`READ_AHEAD_BYTES`] (a task of its own, [`forward`], reads them).
 pub struct ChangeStream {
-    client: ReplicationClient,
+    queue: mpsc::UnboundedReceiver<Received>,
+    /// The position the caller confirmed, passed on to the server by the forwarder.
+    applied: watch::Sender<u64>,
+    forwarder: tokio::task::JoinHandle<()>,
     endpoint: PgEndpoint,
     slot: String,
 }
 
+/// A message read ahead, holding its share of the read-ahead budget until it is taken.
+struct Received {
+    event: Result<Option<ReplicationEvent>, PgWireError>,
+    _budget: OwnedSemaphorePermit,
+}
+
 impl ChangeStream {
+    /// The next event; `None` when the server ended the stream, and an error after that.
     pub async fn recv(&mut self) -> Result<Option<ReplicationEvent>, SourceError> {
-        self.client.recv().await.map_err(|e| {
+        let Some(received) = self.queue.recv().await else {
+            return Err(SourceError::Database {
+                endpoint: self.endpoint.name.clone(),
+                context: format!("streaming slot {}", self.slot),
+                message: "the replication stream ended; run the task again to reconnect".into(),
+            });
+        };
+        received.event.map_err(|e| {
             self.endpoint
                 .classify_replication(e, &format!("streaming slot {}", self.slot))
         })
@@ -413,10 +455,93 @@ impl ChangeStream {
     /// Lets the server recycle WAL up to `position`: call only once everything before it
     /// is durable.
     pub fn confirm(&self, position: u64) {
-        self.client.update_applied_lsn(Lsn::from_u64(position));
+        self.applied.send_if_modified(|applied| {
+            let raised = position > *applied;
+            *applied = (*applied).max(position);
+            raised
+        });
     }
 
-    pub async fn close(mut self) {
-        let _ = self.client.shutdown().await;
+    /// Ends the stream and waits until its connection is closed (the slot is then free).
+    pub async fn close(self) {
+        let ChangeStream {
+            queue,
+            applied,
+            forwarder,
+            ..
+        } = self;
+        drop(applied);
+        drop(queue);
+        let _ = forwarder.await;
+    }
+}
+
+/// Reads the library's events into `events` while `budget` (bytes) has room, and passes the
+/// caller's confirmations on. Ends, closing the connection, when the stream ends or fails
+/// (that last event forwarded) or when the caller drops its end.
+async fn forward(
+    mut client: ReplicationClient,
+    events: mpsc::UnboundedSender<Received>,
+    budget: Arc<Semaphore>,
+    mut confirmations: watch::Receiver<u64>,
+) {
+    /// Passes a raised confirmation on to the library; false once the caller is gone.
+    fn apply(
+        client: &ReplicationClient,
+        changed: Result<(), watch::error::RecvError>,
+        confirmations: &mut watch::Receiver<u64>,
+    ) -> bool {
+        if changed.is_err() {
+            return false;
+        }
+        client.update_applied_lsn(Lsn::from_u64(*confirmations.borrow_and_update()));
+        true
+    }
+    'stream: loop {
+        let event = tokio::select! {
+            event = client.recv() => event,
+            changed = confirmations.changed() => {
+                if apply(&client, changed, &mut confirmations) {
+                    continue;
+                }
+                break;
+            }
+        };
+        let last = !matches!(event, Ok(Some(_)));
+        // A message larger than the whole budget waits for all of it: it is alone.
+        let share = event_bytes(&event).clamp(1, READ_AHEAD_BYTES) as u32;
+        let permit = loop {
+            tokio::select! {
+                permit = budget.clone().acquire_many_owned(share) => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => break 'stream,
+                },
+                changed = confirmations.changed() => {
+                    if !apply(&client, changed, &mut confirmations) {
+                        break 'stream;
+                    }
+                }
+            }
+        };
+        let received = Received {
+            event,
+            _budget: permit,
+        };
+        if events.send(received).is_err() || last {
+            break;
+        }
+    }
+    let _ = client.shutdown().await;
+}
+
+/// The memory an event takes, for the read-ahead budget.
+fn event_bytes(event: &Result<Option<ReplicationEvent>, PgWireError>) -> usize {
+    const EVENT: usize = std::mem::size_of::<ReplicationEvent>();
+    match event {
+        Ok(Some(ReplicationEvent::XLogData { data, .. })) => EVENT + data.len(),
+        Ok(Some(ReplicationEvent::Message {
+            prefix, content, ..
+        })) => EVENT + prefix.len() + content.len(),
+        _ => EVENT,
     }
 }
