@@ -34,9 +34,15 @@ use crate::source::postgres::pgoutput::Value;
 use crate::source::postgres::types::Kind;
 
 /// Bytes of column values the cache keeps, over all tables.
-pub(super) const CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// Bookkeeping per cached row, beyond its values.
-const ROW_OVERHEAD: usize = 96;
+pub(super) const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Bookkeeping per cached row, beyond its values: its key's vector and copies, its hash
+/// slot, its values' vector and its entry in the eviction order (with the table's name),
+/// as measured with heaptrack (with 96, a 64 MB budget held 95 MB).
+const ROW_OVERHEAD: usize = 320;
+/// Bytes of keys a table remembers as evicted in the open batch; past it, the table only
+/// remembers that some were ([`TableCache::evicted_overflow`]), so a huge transaction does
+/// not grow the set without bound.
+const EVICTED_KEY_BYTES: usize = 8 * 1024 * 1024;
 /// Raw files whose footers stay in memory between lookups; later ones are opened each time.
 const MAX_OPEN_FILES: usize = 256;
 
@@ -47,6 +53,11 @@ pub enum ToastError {
         CACHE_BYTES / 1_048_576
     )]
     EvictedInBatch { key: String },
+    #[error(
+        "the row with key {key} may have changed earlier in this batch, which changed more rows of the table than the {} MB recovery cache can keep or remember",
+        CACHE_BYTES / 1_048_576
+    )]
+    EvictedManyInBatch { key: String },
     #[error(
         "the row with key {key} changed earlier in this batch while the table's replica identity was FULL or its key was being redefined, so its values were not kept"
     )]
@@ -115,12 +126,40 @@ struct CachedRow {
 #[derive(Default)]
 struct TableCache {
     rows: HashMap<Key, CachedRow>,
-    /// Keys whose latest row is in the open batch but no longer in `rows`.
+    /// Keys whose latest row is in the open batch but no longer in `rows`...
     evicted_in_batch: HashSet<Key>,
+    /// ...and their bytes, up to [`EVICTED_KEY_BYTES`]...
+    evicted_bytes: usize,
+    /// ...past which the set is dropped and any key not cached may have changed in the
+    /// open batch: recovering it fails rather than read an older row from the raw zone.
+    evicted_overflow: bool,
     /// The open batch has rows of the table that were not cached (its identity was FULL).
     uncached_in_batch: bool,
     /// The table's raw files, newest first; listed at its first raw-zone lookup.
     files: Option<Vec<RawFile>>,
+}
+
+impl TableCache {
+    /// Remembers that `key`'s latest row, of the open batch, left the cache.
+    fn evicted(&mut self, key: Key) {
+        if self.evicted_overflow {
+            return;
+        }
+        self.evicted_bytes += ROW_OVERHEAD + key.iter().flatten().map(Bytes::len).sum::<usize>();
+        if self.evicted_bytes > EVICTED_KEY_BYTES {
+            self.evicted_in_batch = HashSet::new();
+            self.evicted_overflow = true;
+        } else {
+            self.evicted_in_batch.insert(key);
+        }
+    }
+
+    /// A new batch (or an emptied table): no row of the open batch was evicted.
+    fn forget_evicted(&mut self) {
+        self.evicted_in_batch = HashSet::new();
+        self.evicted_bytes = 0;
+        self.evicted_overflow = false;
+    }
 }
 
 struct RawFile {
@@ -246,7 +285,7 @@ impl ToastRecovery {
         if let Some(cache) = self.tables.get_mut(table) {
             self.used -= cache.rows.values().map(|r| r.bytes).sum::<usize>();
             cache.rows.clear();
-            cache.evicted_in_batch.clear();
+            cache.forget_evicted();
         }
     }
 
@@ -254,7 +293,7 @@ impl ToastRecovery {
     pub fn batch_written<'a>(&mut self, placed: impl IntoIterator<Item = (&'a TableId, &'a str)>) {
         self.batch += 1;
         for cache in self.tables.values_mut() {
-            cache.evicted_in_batch.clear();
+            cache.forget_evicted();
             cache.uncached_in_batch = false;
         }
         for (table, key) in placed {
@@ -284,7 +323,7 @@ impl ToastRecovery {
             {
                 self.used -= row.bytes;
                 if row.batch == self.batch {
-                    cache.evicted_in_batch.insert(key);
+                    cache.evicted(key);
                 }
             }
         }
@@ -343,6 +382,9 @@ impl ToastRecovery {
         if cache.evicted_in_batch.contains(&key) {
             return Err(ToastError::EvictedInBatch { key: shown });
         }
+        if cache.evicted_overflow {
+            return Err(ToastError::EvictedManyInBatch { key: shown });
+        }
         if cache.uncached_in_batch {
             return Err(ToastError::UncachedInBatch { key: shown });
         }
@@ -364,7 +406,8 @@ fn key_of(key_columns: &[bool], values: &[Value]) -> Option<Key> {
     for (is_key, value) in key_columns.iter().zip(values) {
         if *is_key {
             key.push(match value {
-                Value::Text(b) => Some(b.clone()),
+                // A copy: a slice would keep the whole stream message alive with the key.
+                Value::Text(b) => Some(Bytes::copy_from_slice(b)),
                 Value::Null => None,
                 Value::Binary(_) | Value::UnchangedToast => return None,
             });
@@ -772,6 +815,46 @@ mod tests {
                 None,
                 None,
             )
+            .await
+            .expect_err("nothing in the raw zone");
+        assert!(matches!(err, ToastError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn evicted_keys_are_bounded_and_then_every_miss_of_the_batch_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (names, kinds, key, toastable) = columns();
+        let cols = Columns {
+            names: &names,
+            kinds: &kinds,
+            key: &key,
+            toastable: &toastable,
+        };
+        let table = TableId::new("p", "t");
+        let mut toast = ToastRecovery::new(Storage::local(dir.path()), ROW_OVERHEAD + 200);
+        // Keys of 1 KB: the eviction set passes its bound after about 8,000 of them.
+        let rows = EVICTED_KEY_BYTES / 1024 + 100;
+        for i in 0..rows {
+            toast.remember(&table, &cols, &[text(&format!("{i:01024}")), text("doc")]);
+        }
+        let cache = toast.tables.get(&table).expect("cached table");
+        assert!(cache.evicted_overflow);
+        assert!(cache.evicted_in_batch.is_empty());
+        assert!(cache.evicted_bytes <= EVICTED_KEY_BYTES + 2048);
+        // A key never seen may still have changed in the batch: no guess from the raw zone.
+        let mut update = vec![text("987654321"), Value::UnchangedToast];
+        let err = toast
+            .recover(&table, "raw/t/", &cols, &mut update, None, None)
+            .await
+            .expect_err("unknown in an overflowing batch");
+        assert!(
+            matches!(err, ToastError::EvictedManyInBatch { .. }),
+            "{err}"
+        );
+        // The next batch starts with a clean slate.
+        toast.batch_written([]);
+        let err = toast
+            .recover(&table, "raw/t/", &cols, &mut update, None, None)
             .await
             .expect_err("nothing in the raw zone");
         assert!(matches!(err, ToastError::NotFound { .. }), "{err}");
