@@ -247,6 +247,26 @@ impl RollingWriter {
         self.open.as_ref().map_or(0, |o| o.size)
     }
 
+    /// Bytes the open file holds in memory: a Parquet row group not yet written.
+    pub fn buffered_bytes(&self) -> usize {
+        match self.open.as_ref().map(|o| &o.encoder) {
+            Some(Encoder::Parquet(w)) => w.in_progress_size(),
+            _ => 0,
+        }
+    }
+
+    /// Writes the open Parquet row group out now (callers sharing a memory budget between
+    /// writers); nothing for other formats.
+    pub fn flush_row_group(&mut self) -> Result<(), FormatError> {
+        if let Some(open) = self.open.as_mut()
+            && let Encoder::Parquet(w) = &mut open.encoder
+        {
+            w.flush()
+                .map_err(|e| FormatError::encode("parquet", &open.path, e))?;
+        }
+        Ok(())
+    }
+
     /// Writes a batch of the table's own columns. Returns a file when this batch filled it.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Option<FinishedFile>, FormatError> {
         if batch.num_rows() == 0 {

@@ -6,8 +6,13 @@
 //!   pending-batch protocol of [`super::checkpoint`], and [`BatchWriter::flush`] returns only
 //!   after the batch's end position is durably the task's `confirmed_position`, so the
 //!   caller may then let the source forget what came before (confirm a slot);
-//! - rows go to spool files as they come (a builder holds at most [`FLUSH_ROWS`] rows per
-//!   table), so a large transaction never has to fit in memory;
+//! - rows go to spool files as they come, so a large transaction never has to fit in
+//!   memory: a table's builder holds at most [`FLUSH_ROWS`] rows, all builders together at
+//!   most about [`FLUSH_BYTES`], and all open Parquet row groups together about
+//!   [`ROW_GROUPS_BYTES`] (past a budget, the largest is written out);
+//! - a table's file is closed when it reaches `max_file_size` (DMS `MaxFileSize`) and the
+//!   next rows start a new one, inside the same batch: a batch may hold several files of a
+//!   table, all listed in its pending batch and named in commit order;
 //! - a table's schema change closes its file: the next rows start a new one.
 
 use std::collections::HashMap;
@@ -18,7 +23,6 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray}
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 
-use super::cdc::CdcStats;
 use super::checkpoint::{Checkpoint, PendingBatch, SchemaChange};
 use super::{Events, LogLevel, TaskError, TaskEvent};
 use crate::config::TaskConfig;
@@ -27,13 +31,16 @@ use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
 use crate::source::mysql::types::RowBuilder;
 use crate::source::postgres::copy_binary::TextBatchBuilder;
-use crate::task::stats::{TableState, TableStats};
+use crate::task::stats::{CdcStats, TableState, TableStats};
 use crate::task::toast::ToastRecovery;
 
-/// Rows a table's builder holds before they go to its spool file...
+/// Rows a table's builder holds before they go to its spool file.
 pub(super) const FLUSH_ROWS: usize = 8192;
-/// ...or bytes of values, whichever comes first.
+/// Bytes of values all tables' builders hold together; past it, the largest is spooled.
 pub(super) const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of Parquet row groups all tables' open files hold together; past it, the largest
+/// row group is written out (one table alone gets row groups of about this size).
+pub(super) const ROW_GROUPS_BYTES: usize = 32 * 1024 * 1024;
 /// How long a stop waits for an open transaction to commit before dropping the batch.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -93,7 +100,7 @@ pub(super) struct TableBatch {
     positions: Vec<String>,
     commit_times: Vec<i64>,
     writer: Option<RollingWriter>,
-    /// Files finished in this batch (a second one only after a schema change).
+    /// Files finished in this batch (another one after `max_file_size` or a schema change).
     finished: Vec<FinishedFile>,
     pub(super) stats: TableStats,
 }
@@ -116,6 +123,8 @@ pub(super) struct BatchWriter {
     pub(super) tables: HashMap<TableId, TableBatch>,
     batch: Option<Batch>,
     pub(super) stats: CdcStats,
+    /// Bytes of values in all tables' builders ([`FLUSH_BYTES`]).
+    buffered: usize,
     last_file_millis: i64,
     pub(super) totals: std::collections::BTreeMap<TableId, super::checkpoint::CdcTableState>,
     /// PostgreSQL: unchanged TOASTed values of updates (unused by other sources).
@@ -163,6 +172,7 @@ impl BatchWriter {
                 batches: cdc.batches,
                 ..CdcStats::default()
             },
+            buffered: 0,
             last_file_millis: cdc.last_file_millis,
             totals: cdc.tables,
             toast_logged: Default::default(),
@@ -182,10 +192,14 @@ impl BatchWriter {
             .map(|b| b.started.elapsed())
     }
 
+    /// The largest file of the open batch, finished or still open.
     pub(super) fn largest_file_bytes(&self) -> u64 {
         self.tables
             .values()
-            .map(|t| t.writer.as_ref().map_or(0, RollingWriter::open_bytes))
+            .flat_map(|t| {
+                let open = t.writer.as_ref().map_or(0, RollingWriter::open_bytes);
+                t.finished.iter().map(|f| f.bytes).chain([open])
+            })
             .max()
             .unwrap_or(0)
     }
@@ -195,11 +209,11 @@ impl BatchWriter {
         WriterOptions {
             format: s.data_format,
             compression: s.compression,
-            // One file per table per batch: the batch decides when files close.
-            max_file_bytes: u64::MAX,
+            // A file closes at max_file_size, or at the end of the batch or a schema change.
+            max_file_bytes: s.max_file_size.saturating_mul(1024),
             op: None,
             timestamp_column: None,
-            row_group_bytes: crate::lake::format::ROW_GROUP_BYTES / 4,
+            row_group_bytes: ROW_GROUPS_BYTES,
         }
     }
 
@@ -369,9 +383,11 @@ impl BatchWriter {
         let Some(table) = self.tables.get_mut(key) else {
             return Ok(());
         };
+        let before = table.builder.bytes();
         if let Err(message) = append(&mut table.builder) {
             return Err(self.table_error(key, format!("at {position}: {message}")));
         }
+        let grown = table.builder.bytes().saturating_sub(before);
         table.ops.push(op);
         table.positions.push(position);
         table.commit_times.push(commit_micros);
@@ -381,10 +397,16 @@ impl BatchWriter {
             _ => table.stats.deletes += 1,
         }
         // Bounded by rows and by bytes: one huge transaction must not fill the memory.
-        let full = table.builder.len() >= FLUSH_ROWS || table.builder.bytes() >= FLUSH_BYTES;
+        let full = table.builder.len() >= FLUSH_ROWS;
+        self.buffered += grown;
         self.touch(commit_micros);
         if full {
             self.spool(key)?;
+        }
+        if self.buffered >= FLUSH_BYTES
+            && let Some(largest) = largest(&self.tables, |t| t.builder.bytes())
+        {
+            self.spool(&largest)?;
         }
         Ok(())
     }
@@ -420,6 +442,7 @@ impl BatchWriter {
         if t.builder.is_empty() {
             return Ok(());
         }
+        self.buffered = self.buffered.saturating_sub(t.builder.bytes());
         let data = t.builder.finish();
         let mut columns: Vec<ArrayRef> =
             vec![Arc::new(StringArray::from(std::mem::take(&mut t.ops)))];
@@ -446,7 +469,20 @@ impl BatchWriter {
                 format!("{}-cdc", self.task.name),
             )
         });
-        writer.write(&batch)?;
+        if let Some(file) = writer.write(&batch)? {
+            // Full: the writer starts a new file with the next rows of the batch.
+            t.finished.push(file);
+        }
+        let row_groups: usize = self.tables.values().map(|t| row_group_bytes(t)).sum();
+        if row_groups > ROW_GROUPS_BYTES
+            && let Some(largest) = largest(&self.tables, row_group_bytes)
+            && let Some(writer) = self
+                .tables
+                .get_mut(&largest)
+                .and_then(|t| t.writer.as_mut())
+        {
+            writer.flush_row_group()?;
+        }
         Ok(())
     }
 
@@ -503,6 +539,7 @@ impl BatchWriter {
 
     /// Drops the open batch (a stop inside a transaction): it is redone on the next run.
     pub(super) fn abandon(&mut self) {
+        self.buffered = 0;
         for t in self.tables.values_mut() {
             t.builder.finish();
             t.ops.clear();
@@ -619,6 +656,24 @@ impl BatchWriter {
         self.events.send(TaskEvent::Cdc(self.stats.clone()));
         Ok(Some(batch.end_position))
     }
+}
+
+/// The table whose `bytes` are the most, if any holds some.
+fn largest(
+    tables: &HashMap<TableId, TableBatch>,
+    bytes: impl Fn(&TableBatch) -> usize,
+) -> Option<TableId> {
+    tables
+        .iter()
+        .map(|(key, t)| (bytes(t), key))
+        .filter(|(b, _)| *b > 0)
+        .max_by_key(|(b, _)| *b)
+        .map(|(_, key)| key.clone())
+}
+
+/// Bytes of the table's open Parquet row group.
+fn row_group_bytes(t: &TableBatch) -> usize {
+    t.writer.as_ref().map_or(0, RollingWriter::buffered_bytes)
 }
 
 /// A batch interrupted while being put in place: removes its files, so it is written again.
