@@ -9,6 +9,7 @@
 //!   [`ColumnInfo::cast_to_text`], never dropped;
 //! - batches are bounded (rows and bytes), so memory does not grow with table size.
 
+pub mod decimal;
 pub mod mysql;
 pub mod postgres;
 

@@ -28,8 +28,8 @@
 //!   the snapshot or binlog event its rows come from. Given a schema with a non-nullable
 //!   field, a NULL there is an error, not a panic.
 //!
-//! This module uses nothing of the crate but [`crate::source::postgres::copy_binary`]'s
-//! numeric parser: `fuzz/` compiles it on its own (see `fuzz/src/lib.rs`).
+//! This module uses nothing of the crate but [`crate::source::decimal`]: `fuzz/` compiles
+//! them on their own (see `fuzz/src/lib.rs`).
 
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use mysql_common::value::Value;
 
-use crate::source::postgres::copy_binary::{parse_numeric, within_precision};
+use crate::source::decimal::{parse_numeric, within_precision};
 
 /// The largest precision an Arrow `Decimal128` holds.
 const MAX_DECIMAL128_PRECISION: u32 = 38;

@@ -22,8 +22,8 @@
 //!   `NOT NULL` is read when the table is discovered, which can be after the snapshot the rows
 //!   come from.
 //!
-//! This module and [`super::types`] use nothing else of the crate: `fuzz/` compiles them on
-//! their own (see `fuzz/src/lib.rs`).
+//! This module and [`super::types`] use nothing else of the crate but
+//! [`crate::source::decimal`]: `fuzz/` compiles them on their own (see `fuzz/src/lib.rs`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -38,6 +38,7 @@ use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::SchemaRef;
 
 use super::types::{Kind, list_element_field};
+use crate::source::decimal::{parse_numeric, show, within_precision};
 
 pub const BATCH_ROWS: usize = 65_536;
 pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -728,19 +729,6 @@ impl ColumnBuilder {
 
 const TOO_MANY_ELEMENTS: &str = "more than 2^31 array elements in one batch";
 
-/// `unscaled` if it has at most `precision` digits: a wider value does not fit the column's
-/// decimal type (Parquet would store it cut).
-pub(crate) fn within_precision(unscaled: i128, precision: u8) -> Result<i128, String> {
-    let limit = 10u128.checked_pow(precision.into()).unwrap_or(u128::MAX);
-    if unscaled.unsigned_abs() < limit {
-        Ok(unscaled)
-    } else {
-        Err(format!(
-            "numeric value has more than the column's {precision} digits"
-        ))
-    }
-}
-
 /// Decodes an array value into `child`, returning how many elements it appended.
 fn decode_array(v: &[u8], element: &Kind, child: &mut ColumnBuilder) -> Result<usize, String> {
     let header = |i: usize| -> Result<i32, String> {
@@ -892,15 +880,6 @@ enum Parsed<'a> {
 }
 
 /// `v` for an error message, cut to a readable length.
-fn show(v: &str) -> String {
-    const MAX: usize = 64;
-    if v.chars().count() <= MAX {
-        format!("'{v}'")
-    } else {
-        format!("'{}…'", v.chars().take(MAX).collect::<String>())
-    }
-}
-
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
         "t" | "true" => Ok(true),
@@ -911,54 +890,6 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 
 fn parse_number<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
     v.parse().map_err(|_| format!("invalid {what} {}", show(v)))
-}
-
-/// A numeric's text (`-123.450`) as an unscaled i128 at `scale`. Missing decimal places
-/// are zeros; extra ones must be zeros.
-pub(crate) fn parse_numeric(v: &str, scale: i8) -> Result<i128, String> {
-    match v {
-        "NaN" => return Err("NaN does not fit a decimal column".into()),
-        "Infinity" | "-Infinity" => return Err("infinity does not fit a decimal column".into()),
-        _ => {}
-    }
-    let invalid = || format!("invalid numeric {}", show(v));
-    let (negative, digits) = match v.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, v.strip_prefix('+').unwrap_or(v)),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if (int.is_empty() && frac.is_empty())
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
-        return Err(invalid());
-    }
-    let overflow = || "numeric value exceeds 38 digits".to_string();
-    // Digits kept: those left of the point, plus `scale` after it (fewer if scale < 0).
-    let keep = int.len() as i64 + scale as i64;
-    let mut unscaled: i128 = 0;
-    for (k, b) in int.bytes().chain(frac.bytes()).enumerate() {
-        let digit = i128::from(b - b'0');
-        if (k as i64) < keep {
-            unscaled = unscaled
-                .checked_mul(10)
-                .and_then(|u| u.checked_add(digit))
-                .ok_or_else(overflow)?;
-        } else if digit != 0 {
-            return Err(format!(
-                "numeric {} has more decimal places than the column's scale {scale}",
-                show(v)
-            ));
-        }
-    }
-    let missing = keep - (int.len() + frac.len()) as i64;
-    if missing > 0 {
-        unscaled = u32::try_from(missing)
-            .ok()
-            .and_then(|m| 10i128.checked_pow(m))
-            .and_then(|p| unscaled.checked_mul(p))
-            .ok_or_else(overflow)?;
-    }
-    Ok(if negative { -unscaled } else { unscaled })
 }
 
 /// bytea's hex output (`\x0102`); the escape format is read too.
@@ -1785,10 +1716,6 @@ mod tests {
             Err("numeric value exceeds 38 digits".to_string())
         );
         assert_eq!(b.finish().len(), 0, "failed values append nothing");
-        assert_eq!(parse_numeric(".5", 2), Ok(50));
-        assert_eq!(parse_numeric("-0.5", 0).map_err(|_| ()), Err(()));
-        assert_eq!(parse_numeric("12300", -2), Ok(123));
-        assert!(parse_numeric("12340", -2).is_err());
     }
 
     /// Days since 2000-01-01 in binary.
