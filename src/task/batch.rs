@@ -15,6 +15,7 @@
 //!   table, all listed in its pending batch and named in commit order;
 //! - a table's schema change closes its file: the next rows start a new one.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,10 +30,7 @@ use crate::config::TaskConfig;
 use crate::ident::TableId;
 use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
-use crate::source::mysql::types::RowBuilder;
-use crate::source::postgres::copy_binary::TextBatchBuilder;
 use crate::task::stats::{CdcStats, TableState, TableStats};
-use crate::task::toast::ToastRecovery;
 
 /// Rows a table's builder holds before they go to its spool file.
 pub(super) const FLUSH_ROWS: usize = 8192;
@@ -58,38 +56,21 @@ pub(super) enum Turn {
     Abandoned,
 }
 
-/// A table's rows of the open batch, as its source's builder holds them.
-pub(super) enum Rows {
-    Postgres(TextBatchBuilder),
-    Mysql(RowBuilder),
+/// A table's rows of the open batch, as its engine's builder holds them (each engine
+/// implements it for its builder, beside its CDC part).
+pub(super) trait TableRows: Send {
+    /// Rows held.
+    fn len(&self) -> usize;
+    /// Bytes of values held (for [`FLUSH_BYTES`]).
+    fn bytes(&self) -> usize;
+    /// The rows held, as a batch of the table's columns; the builder is then empty.
+    fn finish(&mut self) -> RecordBatch;
+    /// The builder itself, for its engine's appends ([`BatchWriter::append_row`]).
+    fn as_any(&mut self) -> &mut dyn Any;
 }
 
-impl Rows {
-    fn len(&self) -> usize {
-        match self {
-            Rows::Postgres(b) => b.len(),
-            Rows::Mysql(b) => b.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Rows::Postgres(b) => b.text_bytes(),
-            Rows::Mysql(b) => b.bytes(),
-        }
-    }
-
-    fn finish(&mut self) -> RecordBatch {
-        match self {
-            Rows::Postgres(b) => b.finish(),
-            Rows::Mysql(b) => b.finish(),
-        }
-    }
-}
+/// A table's builder, whatever its engine.
+pub(super) type Rows = Box<dyn TableRows>;
 
 /// What one table has in the open batch.
 pub(super) struct TableBatch {
@@ -127,10 +108,8 @@ pub(super) struct BatchWriter {
     buffered: usize,
     last_file_millis: i64,
     pub(super) totals: std::collections::BTreeMap<TableId, super::checkpoint::CdcTableState>,
-    /// PostgreSQL: unchanged TOASTed values of updates (unused by other sources).
-    pub(super) toast: ToastRecovery,
-    /// Tables whose TOAST recovery has been logged in this run.
-    pub(super) toast_logged: std::collections::HashSet<TableId>,
+    /// The files the last batch put in place: (table, object key).
+    last_files: Vec<(TableId, String)>,
     /// The source-side names recorded with each batch: slot and publication (PostgreSQL).
     stream_names: (String, String),
     /// Tables reloaded alone: the first `_position` that applies to each
@@ -160,7 +139,6 @@ impl BatchWriter {
             changes_from.insert(key.clone(), "\u{10FFFF}".into());
         }
         BatchWriter {
-            toast: ToastRecovery::new(storage.clone(), super::toast::CACHE_BYTES),
             storage,
             task,
             checkpoint,
@@ -175,7 +153,7 @@ impl BatchWriter {
             buffered: 0,
             last_file_millis: cdc.last_file_millis,
             totals: cdc.tables,
-            toast_logged: Default::default(),
+            last_files: Vec::new(),
             stream_names,
             changes_from,
         }
@@ -298,6 +276,13 @@ impl BatchWriter {
         Ok(())
     }
 
+    /// The files the last written batch put in place: (table, object key).
+    pub(super) fn last_files(&self) -> impl Iterator<Item = (&TableId, &str)> {
+        self.last_files
+            .iter()
+            .map(|(table, key)| (table, key.as_str()))
+    }
+
     /// Every table the task has written or recorded changes of.
     pub(super) fn known_tables(&self) -> Vec<TableId> {
         let mut known: Vec<TableId> = self.totals.keys().cloned().collect();
@@ -366,16 +351,16 @@ impl BatchWriter {
         )
     }
 
-    /// Adds one row of table `key` to its builder (`append` appends the values, whole or
-    /// not at all), spooling the builder when it is full. A table without a schema (not
-    /// selected) is passed by.
-    pub(super) fn append_row(
+    /// Adds one row of table `key` to its builder, a `B` (`append` appends the values,
+    /// whole or not at all), spooling the builder when it is full. A table without a
+    /// schema (not selected) is passed by.
+    pub(super) fn append_row<B: 'static>(
         &mut self,
         key: &TableId,
         op: &'static str,
         position: String,
         commit_micros: i64,
-        append: impl FnOnce(&mut Rows) -> Result<(), String>,
+        append: impl FnOnce(&mut B) -> Result<(), String>,
     ) -> Result<(), TaskError> {
         if self.in_reload(key, &position) {
             return Ok(());
@@ -384,7 +369,11 @@ impl BatchWriter {
             return Ok(());
         };
         let before = table.builder.bytes();
-        if let Err(message) = append(&mut table.builder) {
+        let appended = match table.builder.as_any().downcast_mut::<B>() {
+            Some(builder) => append(builder),
+            None => Err("a row of another engine's builder".into()),
+        };
+        if let Err(message) = appended {
             return Err(self.table_error(key, format!("at {position}: {message}")));
         }
         let grown = table.builder.bytes().saturating_sub(before);
@@ -439,7 +428,7 @@ impl BatchWriter {
         let Some(t) = self.tables.get_mut(key) else {
             return Ok(());
         };
-        if t.builder.is_empty() {
+        if t.builder.len() == 0 {
             return Ok(());
         }
         self.buffered = self.buffered.saturating_sub(t.builder.bytes());
@@ -473,7 +462,7 @@ impl BatchWriter {
             // Full: the writer starts a new file with the next rows of the batch.
             t.finished.push(file);
         }
-        let row_groups: usize = self.tables.values().map(|t| row_group_bytes(t)).sum();
+        let row_groups: usize = self.tables.values().map(row_group_bytes).sum();
         if row_groups > ROW_GROUPS_BYTES
             && let Some(largest) = largest(&self.tables, row_group_bytes)
             && let Some(writer) = self
@@ -640,8 +629,10 @@ impl BatchWriter {
             })
             .await?;
         // 4. Only now may the source forget what came before: the caller confirms.
-        self.toast
-            .batch_written(placed.iter().map(|(table, key, _)| (table, key.as_str())));
+        self.last_files = placed
+            .into_iter()
+            .map(|(table, key, _)| (table, key))
+            .collect();
         self.last_file_millis = newest;
         let now = Utc::now().timestamp_micros();
         let seconds = batch.started.elapsed().as_secs_f64().max(0.001);

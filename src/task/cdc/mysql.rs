@@ -1,5 +1,5 @@
-//! Change data capture from MySQL/MariaDB into the raw zone: binlog row events, batched as
-//! PostgreSQL's are ([`super::batch`]), written exactly once.
+//! MySQL/MariaDB's part of the CDC loop ([`super`]): binlog row events, batched as
+//! PostgreSQL's are ([`crate::task::batch`]), written exactly once.
 //!
 //! Invariants:
 //! - the stream starts at the task's `confirmed_position` (a binlog file and position at a
@@ -17,33 +17,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::Value;
-use tokio::sync::watch;
 
-use super::batch::{BatchWriter, Rows, Turn};
-use super::checkpoint::{Checkpoint, SchemaChange};
-use super::stats::CdcOutcome;
-use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
+use super::{CdcRun, Engine, Flow};
 use crate::config::TaskConfig;
 use crate::ident::TableId;
-use crate::lake::Storage;
 use crate::source::SelectionRules;
-use crate::source::mysql::binlog::{self, BinlogEvent, BinlogReader, RowOp, TableMap};
+use crate::source::mysql::binlog::{self, BinlogEvent, BinlogReader, RowImages, RowOp, TableMap};
 use crate::source::mysql::ddl::{self, Ddl};
 use crate::source::mysql::types::RowBuilder;
 use crate::source::mysql::{BinlogPosition, MyEndpoint, file_index};
-
-/// How often the binlog lag is measured.
-const LAG_INTERVAL: Duration = Duration::from_secs(10);
-
-pub(super) struct BinlogCdcRun {
-    pub endpoint: MyEndpoint,
-    pub storage: Storage,
-    pub task: TaskConfig,
-    pub checkpoint: Arc<Checkpoint>,
-    pub events: Events,
-    pub stop: watch::Receiver<Option<TaskCommand>>,
-    pub until_caught_up: bool,
-}
+use crate::task::batch::{BatchWriter, TableRows};
+use crate::task::checkpoint::{Checkpoint, SchemaChange};
+use crate::task::stats::CdcOutcome;
+use crate::task::{Events, LogLevel, TaskError};
 
 /// The open transaction.
 struct Txn {
@@ -74,7 +60,7 @@ impl Txn {
 /// The `_position` of change `seq` of the transaction starting at offset `start` of binlog
 /// file number `file`. With `seq` 0 and a snapshot's binlog position, it is the first
 /// position the snapshot does not hold: the position falls between transactions.
-pub(super) fn change_position(file: u64, start: u64, seq: u32) -> String {
+pub(in crate::task) fn change_position(file: u64, start: u64, seq: u32) -> String {
     format!("{file:06X}{start:010X}{seq:08X}")
 }
 
@@ -83,46 +69,50 @@ fn reached(a: &BinlogPosition, b: &BinlogPosition) -> bool {
     (a.file_index(), a.pos) >= (b.file_index(), b.pos)
 }
 
-impl BinlogCdcRun {
-    pub async fn run(mut self) -> Result<CdcOutcome, TaskError> {
-        let rules = SelectionRules::new(&self.task.include, &self.task.exclude);
-        let state = self.checkpoint.snapshot().await;
-        let cdc = state.cdc.clone().unwrap_or_default();
-        super::batch::remove_pending_batch(
-            &self.storage,
-            &self.checkpoint,
-            &self.events,
-            &self.task,
-            &cdc,
-        )
-        .await?;
-        let start_text = cdc
-            .confirmed_position
-            .clone()
+impl CdcRun<MyEndpoint> {
+    /// Reads the binlog from the task's confirmed position through the CDC loop.
+    pub async fn run(self) -> Result<CdcOutcome, TaskError> {
+        let CdcRun {
+            endpoint,
+            storage,
+            task,
+            checkpoint,
+            events,
+            stop,
+            until_caught_up,
+        } = self;
+        let rules = SelectionRules::new(&task.include, &task.exclude);
+        let state = checkpoint.snapshot().await;
+        super::prepare(&storage, &checkpoint, &events, &task, &state).await?;
+        let start_text = state
+            .cdc
+            .as_ref()
+            .and_then(|c| c.confirmed_position.clone())
             .or(state.snapshot_position.clone())
             .unwrap_or_default();
         let Some(start) = BinlogPosition::parse(&start_text) else {
-            return Err(self.internal(&format!(
-                "the task state has no binlog position to start from ({start_text:?})"
-            )));
+            return Err(TaskError::Internal {
+                task: task.name.clone(),
+                message: format!(
+                    "the task state has no binlog position to start from ({start_text:?})"
+                ),
+            });
         };
-        let mut control = self.endpoint.connect().await?;
-        let caught_up_at = if self.until_caught_up {
-            self.endpoint.current_position(&mut control).await?
+        let mut control = endpoint.connect().await?;
+        let caught_up_at = if until_caught_up {
+            endpoint.current_position(&mut control).await?
         } else {
             None
         };
-        self.storage.clean_spool(&self.task.name);
-        let server_id = binlog::server_id(&self.task.name);
-        let mut reader =
-            BinlogReader::open(&self.endpoint, &start, server_id, rules.clone()).await?;
+        let server_id = binlog::server_id(&task.name);
+        let reader = BinlogReader::open(&endpoint, &start, server_id, rules.clone()).await?;
         let replica = format!("binlog replica {server_id}");
         if state.cdc.is_none() {
             // The stream's record starts here, before its first batch.
             let text = start.to_string();
-            self.checkpoint
+            checkpoint
                 .update(|s| {
-                    s.cdc = Some(super::checkpoint::CdcState {
+                    s.cdc = Some(crate::task::checkpoint::CdcState {
                         slot: replica.clone(),
                         confirmed_position: Some(text.clone()),
                         ..Default::default()
@@ -130,7 +120,7 @@ impl BinlogCdcRun {
                 })
                 .await?;
         }
-        self.events.log(
+        events.log(
             LogLevel::Info,
             format!(
                 "CDC from the binlog at {start}, resuming by {} (replica server id {server_id})",
@@ -141,242 +131,318 @@ impl BinlogCdcRun {
                 }
             ),
         );
-        let mut writer = BatchWriter::new(
-            self.storage.clone(),
-            self.task.clone(),
-            self.checkpoint.clone(),
-            self.events.clone(),
+        let writer = BatchWriter::new(
+            storage,
+            task.clone(),
+            checkpoint.clone(),
+            events.clone(),
             &state,
             start.to_string(),
             (replica, String::new()),
         );
-        // Table id → its map (selected tables only).
-        let mut maps: HashMap<u64, TableMap> = HashMap::new();
-        // Table → the signature its files are written with in this run.
-        let mut signatures: HashMap<TableId, String> = HashMap::new();
-        let mut txn: Option<Txn> = None;
-        let mut confirmed = start.clone();
-        let mut persisted = start.clone();
-        let mut last_persist = Instant::now();
-        let interval = Duration::from_secs(self.task.target_settings.cdc_max_batch_interval.max(1));
-        let min_bytes = self
-            .task
-            .target_settings
-            .cdc_min_file_size
-            .saturating_mul(1024);
-        let mut last_lag = Instant::now() - LAG_INTERVAL;
-        let mut stopping: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let engine = Mysql {
+            endpoint,
+            task: task.name.clone(),
+            checkpoint,
+            events: events.clone(),
+            control,
+            reader,
+            rules,
+            maps: HashMap::new(),
+            signatures: HashMap::new(),
+            txn: None,
+            confirmed: start.clone(),
+            persisted: start,
+            last_persist: Instant::now(),
+            persist_every: Duration::from_secs(task.target_settings.cdc_max_batch_interval.max(1)),
+            caught_up_at,
+        };
+        super::run(engine, writer, stop, events).await
+    }
+}
 
-        loop {
-            let event = tokio::select! {
-                event = reader.next() => match event? {
-                    Some(e) => Some(e),
-                    None => return Err(self.internal("the server closed the binlog stream")),
-                },
-                _ = tick.tick() => None,
-                _ = self.stop.changed(), if stopping.is_none() => {
-                    stopping = Some(Instant::now());
-                    None
-                }
-            };
-            let mut idle_at = None;
-            match event {
-                Some(BinlogEvent::Begin {
-                    position,
-                    time,
-                    explicit,
-                    ..
-                }) => {
-                    if position == 0 {
-                        // Events unpacked from a compressed transaction carry no position.
-                        return Err(self.internal(
-                            "the binlog holds compressed transactions (binlog_transaction_compression = ON), whose events carry no position: SET GLOBAL binlog_transaction_compression = OFF, then reload the task",
-                        ));
-                    }
-                    txn = Some(Txn {
-                        file: file_index(reader.file()),
-                        start: position,
-                        seq: 0,
-                        commit_micros: time as i64 * 1_000_000,
-                        explicit,
-                    });
-                }
-                Some(BinlogEvent::TableMap { table_id, map }) => {
-                    // The reader maps selected tables only.
-                    let key = map.id();
-                    let signature = map.signature();
-                    if signatures.get(&key) != Some(&signature) {
-                        let position = txn.as_ref().map(Txn::position).unwrap_or_default();
-                        let schema = RowBuilder::schema_for(&map.names, &map.decoders);
-                        let builder =
-                            Rows::Mysql(RowBuilder::new(schema.clone(), map.decoders.clone()));
-                        writer.schema(&key, &signature, schema, builder, position)?;
-                        signatures.insert(key, signature);
-                    }
-                    maps.insert(table_id, map);
-                }
-                Some(BinlogEvent::Rows { table_id, op, rows }) => {
-                    let Some(map) = maps.get(&table_id) else {
-                        continue;
-                    };
-                    let Some(t) = txn.as_mut() else {
-                        return Err(self.internal("a row change outside a transaction"));
-                    };
-                    let key = map.id();
-                    for (before, after) in rows {
-                        for (op, values) in split_change(map, op, before, after) {
-                            let position = t.next_position();
-                            writer.append_row(&key, op, position, t.commit_micros, |rows| {
-                                append(rows, map, &values)
-                            })?;
-                        }
-                    }
-                }
-                Some(BinlogEvent::Statement {
-                    schema,
-                    sql,
-                    position,
-                    time,
-                }) => {
-                    let emptied = ddl::parse(&schema, &sql)
-                        .map(|ddl| emptied_tables(ddl, &rules, &writer.known_tables()))
-                        .unwrap_or_default();
-                    if !emptied.is_empty() {
-                        let t = txn.get_or_insert(Txn {
-                            file: position.file_index(),
-                            start: position.pos,
-                            seq: 0,
-                            commit_micros: time as i64 * 1_000_000,
-                            explicit: false,
-                        });
-                        let at = t.next_position();
-                        let mut recorded = false;
-                        for (table, change) in emptied {
-                            if let Some(to) = change.strip_prefix(RENAMED_IN_FROM) {
-                                self.events.log(
-                                    LogLevel::Warn,
-                                    format!(
-                                        "{table} was renamed from {to} at {at}: the rows it had then are not in the binlog, so the lake holds only its changes since. Load it again: tributary run … --reload-table '{table}'"
-                                    ),
-                                );
-                                continue;
-                            }
-                            let change = SchemaChange {
-                                position: at.clone(),
-                                change,
-                            };
-                            recorded |= writer.emptied(&table, change);
-                        }
-                        if recorded {
-                            writer.touch(t.commit_micros);
-                        }
-                    }
-                    if txn.as_ref().is_none_or(|t| !t.explicit) {
-                        // DDL commits on its own.
-                        writer.commit(position.to_string(), time as i64 * 1_000_000);
-                        txn = None;
-                        idle_at = Some(position);
-                    }
-                }
-                Some(BinlogEvent::Commit { position, time }) => {
-                    writer.commit(position.to_string(), time as i64 * 1_000_000);
-                    txn = None;
-                    idle_at = Some(position);
-                }
-                Some(BinlogEvent::Heartbeat { position }) if txn.is_none() && position.pos > 0 => {
-                    idle_at = Some(position);
-                }
-                Some(BinlogEvent::Heartbeat { .. } | BinlogEvent::Other) | None => {}
-            }
-            if let Some(at) = idle_at {
-                if writer.is_empty() && reached(&at, &confirmed) {
-                    // Nothing of ours in flight: the task may start after this point.
-                    confirmed = at.clone();
-                }
-                if let Some(target) = &caught_up_at
-                    && reached(&at, target)
-                    && txn.is_none()
-                {
-                    if let Some(end) = writer.flush().await? {
-                        confirmed = BinlogPosition::parse(&end).unwrap_or(confirmed);
-                    }
-                    self.persist(&confirmed, &mut persisted).await?;
-                    self.events.log(
-                        LogLevel::Info,
-                        "caught up: every change committed before the start is written",
-                    );
-                    break;
-                }
-            }
-            // Batch boundaries fall between transactions only.
-            let turn = writer
-                .end_of_turn(txn.is_some(), stopping, min_bytes, interval)
-                .await?;
-            let (Turn::Go { written } | Turn::Stopped { written }) = &turn else {
-                break;
-            };
-            if let Some(end) = written {
-                confirmed = BinlogPosition::parse(end).unwrap_or(confirmed);
-                persisted = confirmed.clone();
-            }
-            let stopped = matches!(turn, Turn::Stopped { .. });
-            if txn.is_none() && writer.is_empty() && (stopped || last_persist.elapsed() >= interval)
-            {
-                // Traffic of other tables moves the start on, so a restart does not reread
-                // it (and a purge of old binlogs does not strand the task).
-                self.persist(&confirmed, &mut persisted).await?;
-                last_persist = Instant::now();
-            }
-            if stopped {
-                break;
-            }
-            if last_lag.elapsed() >= LAG_INTERVAL {
-                last_lag = Instant::now();
-                match self.lag_bytes(&mut control, &confirmed).await {
-                    Ok(lag) => {
-                        writer.stats.slot_lag_bytes = lag;
-                        self.events.send(TaskEvent::Cdc(writer.stats.clone()));
-                    }
-                    Err(e) => {
-                        self.events.log(
-                            LogLevel::Warn,
-                            format!("measuring binlog lag: {e}; retrying later"),
-                        );
-                        if let Ok(c) = self.endpoint.connect().await {
-                            control = c;
-                        }
-                    }
-                }
-            }
+/// MySQL's part of the CDC loop: binlog row events into the batch, the position recorded.
+struct Mysql {
+    endpoint: MyEndpoint,
+    /// The task's name, for errors.
+    task: String,
+    checkpoint: Arc<Checkpoint>,
+    events: Events,
+    /// A normal connection beside the stream, for the binlog lag.
+    control: mysql_async::Conn,
+    reader: BinlogReader,
+    rules: SelectionRules,
+    /// Table id → its map (selected tables only).
+    maps: HashMap<u64, TableMap>,
+    /// Table → the signature its files are written with in this run.
+    signatures: HashMap<TableId, String>,
+    txn: Option<Txn>,
+    /// Where the next run may start: the end of the last durable batch, or of the last
+    /// transaction read while none of ours was in flight...
+    confirmed: BinlogPosition,
+    /// ...and what the task state says.
+    persisted: BinlogPosition,
+    last_persist: Instant,
+    persist_every: Duration,
+    /// `--until-caught-up`: the end of the binlog when the run started.
+    caught_up_at: Option<BinlogPosition>,
+}
+
+impl Engine for Mysql {
+    type Event = BinlogEvent;
+
+    async fn next(&mut self) -> Result<BinlogEvent, TaskError> {
+        match self.reader.next().await? {
+            Some(event) => Ok(event),
+            None => Err(self.internal("the server closed the binlog stream")),
         }
-        reader.close().await;
-        let _ = control.disconnect().await;
-        let tables = writer.tables.into_values().map(|t| t.stats).collect();
-        Ok(CdcOutcome {
-            tables,
-            confirmed_position: Some(confirmed.to_string()),
-        })
     }
 
+    async fn apply(
+        &mut self,
+        writer: &mut BatchWriter,
+        event: BinlogEvent,
+    ) -> Result<Flow, TaskError> {
+        let idle_at = match event {
+            BinlogEvent::Begin {
+                position,
+                time,
+                explicit,
+                ..
+            } => {
+                if position == 0 {
+                    // Events unpacked from a compressed transaction carry no position.
+                    return Err(self.internal(
+                        "the binlog holds compressed transactions (binlog_transaction_compression = ON), whose events carry no position: SET GLOBAL binlog_transaction_compression = OFF, then reload the task",
+                    ));
+                }
+                self.txn = Some(Txn {
+                    file: file_index(self.reader.file()),
+                    start: position,
+                    seq: 0,
+                    commit_micros: time as i64 * 1_000_000,
+                    explicit,
+                });
+                None
+            }
+            BinlogEvent::TableMap { table_id, map } => {
+                self.table_map(writer, table_id, map)?;
+                None
+            }
+            BinlogEvent::Rows { table_id, op, rows } => {
+                self.rows(writer, table_id, op, rows)?;
+                None
+            }
+            BinlogEvent::Statement {
+                schema,
+                sql,
+                position,
+                time,
+            } => self.statement(writer, &schema, &sql, position, time),
+            BinlogEvent::Commit { position, time } => {
+                writer.commit(position.to_string(), time as i64 * 1_000_000);
+                self.txn = None;
+                Some(position)
+            }
+            BinlogEvent::Heartbeat { position } if self.txn.is_none() && position.pos > 0 => {
+                Some(position)
+            }
+            BinlogEvent::Heartbeat { .. } | BinlogEvent::Other => None,
+        };
+        match idle_at {
+            Some(at) => self.idle(writer, at).await,
+            None => Ok(Flow::Go),
+        }
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    async fn written(
+        &mut self,
+        writer: &mut BatchWriter,
+        written: Option<&str>,
+        stopped: bool,
+    ) -> Result<(), TaskError> {
+        if let Some(end) = written {
+            self.confirmed = BinlogPosition::parse(end).unwrap_or(self.confirmed.clone());
+            self.persisted = self.confirmed.clone();
+        }
+        if self.txn.is_none()
+            && writer.is_empty()
+            && (stopped || self.last_persist.elapsed() >= self.persist_every)
+        {
+            // Traffic of other tables moves the start on, so a restart does not reread
+            // it (and a purge of old binlogs does not strand the task).
+            self.persist().await?;
+            self.last_persist = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn side_work(&mut self) {}
+
+    async fn lag_bytes(&mut self) -> Option<i64> {
+        match Self::binlog_after(&self.endpoint, &mut self.control, &self.confirmed).await {
+            Ok(lag) => Some(lag),
+            Err(e) => {
+                self.events.log(
+                    LogLevel::Warn,
+                    format!("measuring binlog lag: {e}; retrying later"),
+                );
+                if let Ok(c) = self.endpoint.connect().await {
+                    self.control = c;
+                }
+                None
+            }
+        }
+    }
+
+    async fn close(self, _writer: &mut BatchWriter) -> String {
+        self.reader.close().await;
+        let _ = self.control.disconnect().await;
+        self.confirmed.to_string()
+    }
+}
+
+impl Mysql {
     fn internal(&self, message: &str) -> TaskError {
         TaskError::Internal {
-            task: self.task.name.clone(),
+            task: self.task.clone(),
             message: message.to_owned(),
         }
     }
 
-    /// Records `confirmed` as where the next run starts, if it moved.
-    async fn persist(
-        &self,
-        confirmed: &BinlogPosition,
-        persisted: &mut BinlogPosition,
+    /// A table map (the reader maps selected tables only): a new or changed schema starts
+    /// the table's next file.
+    fn table_map(
+        &mut self,
+        writer: &mut BatchWriter,
+        table_id: u64,
+        map: TableMap,
     ) -> Result<(), TaskError> {
-        if confirmed == persisted {
+        let key = map.id();
+        let signature = map.signature();
+        if self.signatures.get(&key) != Some(&signature) {
+            let position = self.txn.as_ref().map(Txn::position).unwrap_or_default();
+            let schema = RowBuilder::schema_for(&map.names, &map.decoders);
+            let builder = Box::new(RowBuilder::new(schema.clone(), map.decoders.clone()));
+            writer.schema(&key, &signature, schema, builder, position)?;
+            self.signatures.insert(key, signature);
+        }
+        self.maps.insert(table_id, map);
+        Ok(())
+    }
+
+    /// A rows event of a mapped table: each row into the batch.
+    fn rows(
+        &mut self,
+        writer: &mut BatchWriter,
+        table_id: u64,
+        op: RowOp,
+        rows: RowImages,
+    ) -> Result<(), TaskError> {
+        let Some(map) = self.maps.get(&table_id) else {
+            return Ok(());
+        };
+        let Some(t) = self.txn.as_mut() else {
+            return Err(self.internal("a row change outside a transaction"));
+        };
+        let key = map.id();
+        for (before, after) in rows {
+            for (op, values) in split_change(map, op, before, after) {
+                let position = t.next_position();
+                writer.append_row(&key, op, position, t.commit_micros, |b: &mut RowBuilder| {
+                    append(b, map, &values)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A statement: a DDL that empties tables (TRUNCATE, DROP, RENAME) is recorded. Returns
+    /// where the stream is idle, when the statement committed on its own.
+    fn statement(
+        &mut self,
+        writer: &mut BatchWriter,
+        schema: &str,
+        sql: &str,
+        position: BinlogPosition,
+        time: u32,
+    ) -> Option<BinlogPosition> {
+        let emptied = ddl::parse(schema, sql)
+            .map(|ddl| emptied_tables(ddl, &self.rules, &writer.known_tables()))
+            .unwrap_or_default();
+        if !emptied.is_empty() {
+            let t = self.txn.get_or_insert(Txn {
+                file: position.file_index(),
+                start: position.pos,
+                seq: 0,
+                commit_micros: time as i64 * 1_000_000,
+                explicit: false,
+            });
+            let at = t.next_position();
+            let mut recorded = false;
+            for (table, change) in emptied {
+                if let Some(to) = change.strip_prefix(RENAMED_IN_FROM) {
+                    self.events.log(
+                        LogLevel::Warn,
+                        format!(
+                            "{table} was renamed from {to} at {at}: the rows it had then are not in the binlog, so the lake holds only its changes since. Load it again: tributary run … --reload-table '{table}'"
+                        ),
+                    );
+                    continue;
+                }
+                let change = SchemaChange {
+                    position: at.clone(),
+                    change,
+                };
+                recorded |= writer.emptied(&table, change);
+            }
+            if recorded {
+                writer.touch(t.commit_micros);
+            }
+        }
+        if self.txn.as_ref().is_none_or(|t| !t.explicit) {
+            // DDL commits on its own.
+            writer.commit(position.to_string(), time as i64 * 1_000_000);
+            self.txn = None;
+            return Some(position);
+        }
+        None
+    }
+
+    /// The stream is between transactions at `at`: the start may move there, and a run
+    /// until caught up may end.
+    async fn idle(
+        &mut self,
+        writer: &mut BatchWriter,
+        at: BinlogPosition,
+    ) -> Result<Flow, TaskError> {
+        if writer.is_empty() && reached(&at, &self.confirmed) {
+            // Nothing of ours in flight: the task may start after this point.
+            self.confirmed = at.clone();
+        }
+        if let Some(target) = &self.caught_up_at
+            && reached(&at, target)
+            && self.txn.is_none()
+        {
+            if let Some(end) = writer.flush().await? {
+                self.confirmed = BinlogPosition::parse(&end).unwrap_or(self.confirmed.clone());
+            }
+            self.persist().await?;
+            return Ok(Flow::CaughtUp);
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Records `confirmed` as where the next run starts, if it moved.
+    async fn persist(&mut self) -> Result<(), TaskError> {
+        if self.confirmed == self.persisted {
             return Ok(());
         }
-        let text = confirmed.to_string();
+        let text = self.confirmed.to_string();
         self.checkpoint
             .update(|s| {
                 let c = s.cdc.get_or_insert_with(Default::default);
@@ -385,13 +451,13 @@ impl BinlogCdcRun {
                 }
             })
             .await?;
-        *persisted = confirmed.clone();
+        self.persisted = self.confirmed.clone();
         Ok(())
     }
 
     /// Bytes of binlog written after `at`.
-    async fn lag_bytes(
-        &self,
+    async fn binlog_after(
+        endpoint: &MyEndpoint,
         conn: &mut mysql_async::Conn,
         at: &BinlogPosition,
     ) -> Result<i64, crate::source::SourceError> {
@@ -399,7 +465,7 @@ impl BinlogCdcRun {
         let files: Vec<mysql_async::Row> = conn
             .query("SHOW BINARY LOGS")
             .await
-            .map_err(|e| self.endpoint.classify(e, "listing binlog files"))?;
+            .map_err(|e| endpoint.classify(e, "listing binlog files"))?;
         let mut lag = 0i64;
         for row in files {
             let (Some(name), Some(size)) = (row.get::<String, _>(0), row.get::<u64, _>(1)) else {
@@ -418,7 +484,7 @@ impl BinlogCdcRun {
 /// Columns the full load reads as text (MariaDB's INET4, INET6, UUID…) arrive in the
 /// binlog in their binary storage form, which CDC would write differently: refused, with
 /// the way out, rather than written two ways.
-pub(super) async fn refuse_text_cast_columns(
+pub(in crate::task) async fn refuse_text_cast_columns(
     endpoint: &MyEndpoint,
     task: &TaskConfig,
 ) -> Result<(), TaskError> {
@@ -452,11 +518,26 @@ pub(super) async fn refuse_text_cast_columns(
     })
 }
 
+impl TableRows for RowBuilder {
+    fn len(&self) -> usize {
+        RowBuilder::len(self)
+    }
+
+    fn bytes(&self) -> usize {
+        RowBuilder::bytes(self)
+    }
+
+    fn finish(&mut self) -> arrow_array::RecordBatch {
+        RowBuilder::finish(self)
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
 /// Appends one row image to a table's MySQL builder.
-fn append(rows: &mut Rows, map: &TableMap, values: &[Value]) -> Result<(), String> {
-    let Rows::Mysql(builder) = rows else {
-        return Err("a MySQL row for a table of another source".into());
-    };
+fn append(builder: &mut RowBuilder, map: &TableMap, values: &[Value]) -> Result<(), String> {
     builder.append_row(values).map_err(|(i, m)| {
         format!(
             "decoding column {}: {m}",

@@ -1,5 +1,5 @@
-//! Change data capture from PostgreSQL into the raw zone: pgoutput changes, batched as DMS
-//! batches them ([`super::batch`]), written exactly once.
+//! PostgreSQL's part of the CDC loop ([`super`]): pgoutput changes, batched as DMS batches
+//! them ([`crate::task::batch`]), written exactly once.
 //!
 //! Invariants:
 //! - the slot is confirmed only after the batch's end position is durably the task's
@@ -9,46 +9,30 @@
 //! - `_position` is the commit LSN and the change's number in its transaction, both
 //!   zero-padded hexadecimal: it sorts in exact commit order;
 //! - every U row is a whole after-image: unchanged TOASTed values come from the old tuple
-//!   (REPLICA IDENTITY FULL) or are recovered by [`super::toast`].
+//!   (REPLICA IDENTITY FULL) or are recovered by [`crate::task::toast`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_schema::{Field, Schema};
 use pgwire_replication::ReplicationEvent;
 use sqlx::PgConnection;
-use tokio::sync::watch;
 
-use super::batch::{BatchWriter, Rows, Turn};
-use super::checkpoint::Checkpoint;
-use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
-use crate::config::TaskConfig;
+use super::{CdcRun, Engine, Flow};
 use crate::ident::TableId;
-use crate::lake::{Storage, layout};
 use crate::source::SelectionRules;
 use crate::source::postgres::PgEndpoint;
 use crate::source::postgres::copy_binary::TextBatchBuilder;
 use crate::source::postgres::pgoutput::{
     self, Message, OldTuple, Relation, ReplicaIdentity, Value,
 };
-use crate::source::postgres::replication::{format_lsn, parse_lsn};
+use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
 use crate::source::postgres::types::Kind;
+use crate::task::batch::{BatchWriter, TableRows};
 use crate::task::stats::CdcOutcome;
-use crate::task::toast;
-
-/// How often slot lag is measured.
-const LAG_INTERVAL: Duration = Duration::from_secs(10);
-
-pub(super) struct CdcRun {
-    pub pg: PgEndpoint,
-    pub storage: Storage,
-    pub task: TaskConfig,
-    pub checkpoint: Arc<Checkpoint>,
-    pub events: Events,
-    pub stop: watch::Receiver<Option<TaskCommand>>,
-    pub until_caught_up: bool,
-}
+use crate::task::toast::{self, ToastRecovery};
+use crate::task::{Events, LogLevel, TaskError};
 
 /// One relation of the stream, as its last Relation message described it.
 struct RelationInfo {
@@ -67,260 +51,292 @@ struct RelationInfo {
     key_columns: Vec<bool>,
 }
 
-impl CdcRun {
-    pub async fn run(mut self) -> Result<CdcOutcome, TaskError> {
-        let slot = self.task.slot_name();
-        let publication = self.task.publication_name();
-        let rules = SelectionRules::new(&self.task.include, &self.task.exclude);
-        let state = self.checkpoint.snapshot().await;
-        let cdc = state.cdc.clone().unwrap_or_default();
-
-        super::batch::remove_pending_batch(
-            &self.storage,
-            &self.checkpoint,
-            &self.events,
-            &self.task,
-            &cdc,
-        )
-        .await?;
-        let confirmed = cdc
-            .confirmed_position
-            .as_deref()
+impl CdcRun<PgEndpoint> {
+    /// Streams the task's slot from its confirmed position through the CDC loop.
+    pub async fn run(self) -> Result<CdcOutcome, TaskError> {
+        let CdcRun {
+            endpoint: pg,
+            storage,
+            task,
+            checkpoint,
+            events,
+            stop,
+            until_caught_up,
+        } = self;
+        let slot = task.slot_name();
+        let publication = task.publication_name();
+        let state = checkpoint.snapshot().await;
+        super::prepare(&storage, &checkpoint, &events, &task, &state).await?;
+        let confirmed = state
+            .cdc
+            .as_ref()
+            .and_then(|c| c.confirmed_position.as_deref())
             .or(state.snapshot_position.as_deref())
             .and_then(parse_lsn)
             .unwrap_or(0);
-        let mut control = self.pg.connect().await?;
-        let caught_up_at = if self.until_caught_up {
+        let mut control = pg.connect().await?;
+        let caught_up_at = if until_caught_up {
             // Everything committed before now is before this message in the stream.
-            Some(self.pg.heartbeat(&mut control).await?)
+            Some(pg.heartbeat(&mut control).await?)
         } else {
             None
         };
-        self.storage.clean_spool(&self.task.name);
-        let mut stream = self.pg.stream(&slot, &publication, confirmed).await?;
-        self.events.log(
+        let stream = pg.stream(&slot, &publication, confirmed).await?;
+        events.log(
             LogLevel::Info,
             format!(
                 "CDC from slot {slot} (publication {publication}) after position {}",
                 format_lsn(confirmed)
             ),
         );
-
-        let mut writer = BatchWriter::new(
-            self.storage.clone(),
-            self.task.clone(),
-            self.checkpoint.clone(),
-            self.events.clone(),
+        let writer = BatchWriter::new(
+            storage,
+            task.clone(),
+            checkpoint,
+            events.clone(),
             &state,
             format_lsn(confirmed),
-            (slot.clone(), publication.clone()),
+            (slot.clone(), publication),
         );
-        let mut relations: HashMap<u32, RelationInfo> = HashMap::new();
-        let mut txn: Option<(u64, i64, u32)> = None; // commit LSN, commit time, next seq
-        let mut skipping = false;
-        let mut confirmed_lsn = confirmed;
-        let interval = Duration::from_secs(self.task.target_settings.cdc_max_batch_interval.max(1));
-        let min_bytes = self
-            .task
-            .target_settings
-            .cdc_min_file_size
-            .saturating_mul(1024);
-        let heartbeat_every =
-            Duration::from_secs(self.task.cdc_settings.heartbeat_frequency.max(1) * 60);
-        let mut last_heartbeat = Instant::now();
-        let mut last_lag = Instant::now() - LAG_INTERVAL;
-        let mut stopping: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cdc = &task.cdc_settings;
+        let engine = Postgres {
+            pg,
+            task: task.name.clone(),
+            events: events.clone(),
+            control,
+            stream,
+            slot,
+            rules: SelectionRules::new(&task.include, &task.exclude),
+            relations: HashMap::new(),
+            txn: None,
+            skipping: false,
+            confirmed_lsn: confirmed,
+            caught_up_at,
+            heartbeat_every: cdc
+                .heartbeat_enable
+                .then(|| Duration::from_secs(cdc.heartbeat_frequency.max(1) * 60)),
+            last_heartbeat: Instant::now(),
+            slot_wal_warning_mb: cdc.slot_wal_warning_mb,
+            changes: RowChanges {
+                toast: ToastRecovery::new(writer.storage.clone(), toast::CACHE_BYTES),
+                toast_logged: HashSet::new(),
+            },
+        };
+        super::run(engine, writer, stop, events).await
+    }
+}
 
-        loop {
-            let event = tokio::select! {
-                event = stream.recv() => event?,
-                _ = tick.tick() => None,
-                _ = self.stop.changed(), if stopping.is_none() => {
-                    stopping = Some(Instant::now());
-                    None
-                }
-            };
-            match event {
-                Some(ReplicationEvent::Begin {
-                    final_lsn,
-                    commit_time_micros,
-                    ..
-                }) => {
-                    // The server already starts after the confirmed point; this guard keeps
-                    // the exactly-once promise should a server or library ever resend.
-                    skipping = final_lsn.as_u64() < confirmed_lsn;
-                    txn = Some((final_lsn.as_u64(), pg_to_unix_micros(commit_time_micros), 0));
-                }
-                Some(ReplicationEvent::XLogData { data, .. }) => {
-                    let message = pgoutput::decode(&data).map_err(|e| TaskError::Internal {
-                        task: self.task.name.clone(),
-                        message: format!("decoding the change stream: {e}"),
-                    })?;
-                    match message {
-                        Message::Relation(r) => {
-                            self.relation(&mut control, &rules, &mut relations, &mut writer, r, txn)
-                                .await?
-                        }
-                        Message::Insert { .. }
-                        | Message::Update { .. }
-                        | Message::Delete { .. }
-                        | Message::Truncate { .. }
-                            if !skipping =>
-                        {
-                            let Some((commit_lsn, commit_micros, seq)) = &mut txn else {
-                                return Err(self.internal("a change outside a transaction"));
-                            };
-                            writer
-                                .change(&relations, message, *commit_lsn, seq, *commit_micros)
-                                .await?;
-                        }
-                        _ => {}
-                    }
-                }
-                Some(ReplicationEvent::Commit {
-                    end_lsn,
-                    commit_time_micros,
-                    ..
-                }) => {
-                    let end = end_lsn.as_u64();
-                    if !skipping {
-                        writer.commit(format_lsn(end), pg_to_unix_micros(commit_time_micros));
-                    }
-                    txn = None;
-                    if writer.is_empty() {
-                        // Nothing of ours in flight: the slot may move past this transaction.
-                        confirmed_lsn = confirmed_lsn.max(end);
-                        stream.confirm(confirmed_lsn);
-                    }
-                }
-                Some(ReplicationEvent::Message { lsn, prefix, .. }) => {
-                    if prefix == "tributary.heartbeat" && txn.is_none() && writer.is_empty() {
-                        confirmed_lsn = confirmed_lsn.max(lsn.as_u64());
-                        stream.confirm(confirmed_lsn);
-                    }
-                    if caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && txn.is_none() {
-                        if let Some(end) = writer.flush().await?.as_deref().and_then(parse_lsn) {
-                            stream.confirm(end);
-                            confirmed_lsn = confirmed_lsn.max(end);
-                        }
-                        self.events.log(
-                            LogLevel::Info,
-                            "caught up: every change committed before the start is written",
-                        );
-                        break;
-                    }
-                }
-                Some(ReplicationEvent::KeepAlive { .. })
-                | Some(ReplicationEvent::StoppedAt { .. }) => {}
-                None => {}
-            }
-            // Batch boundaries fall between transactions only.
-            let turn = writer
-                .end_of_turn(txn.is_some(), stopping, min_bytes, interval)
-                .await?;
-            let (Turn::Go { written } | Turn::Stopped { written }) = &turn else {
-                break;
-            };
-            if let Some(end) = written.as_deref().and_then(parse_lsn) {
-                stream.confirm(end);
-                confirmed_lsn = confirmed_lsn.max(end);
-            }
-            if matches!(turn, Turn::Stopped { .. }) {
-                break;
-            }
-            if self.task.cdc_settings.heartbeat_enable
-                && last_heartbeat.elapsed() >= heartbeat_every
-            {
-                let result = self.pg.heartbeat(&mut control).await;
-                self.side_query(&mut control, "heartbeat", result).await;
-                last_heartbeat = Instant::now();
-            }
-            if last_lag.elapsed() >= LAG_INTERVAL {
-                last_lag = Instant::now();
-                let result = self.pg.slot_status_on(&mut control, &slot).await;
-                if let Some(Some(status)) = self
-                    .side_query(&mut control, "measuring slot lag", result)
-                    .await
-                {
-                    writer.stats.slot_lag_bytes = status.lag_bytes;
-                    let limit = self.task.cdc_settings.slot_wal_warning_mb as i64 * 1024 * 1024;
-                    if status.retained_bytes > limit {
-                        self.events.log(
-                            LogLevel::Warn,
-                            format!(
-                                "slot {slot} holds {} MB of WAL (limit {} MB; {} MB of it not yet captured): the task is behind, or a long transaction on the source holds the WAL; the source's disk fills until it moves on",
-                                status.retained_bytes / 1_048_576,
-                                self.task.cdc_settings.slot_wal_warning_mb,
-                                status.lag_bytes / 1_048_576
-                            ),
-                        );
-                    }
-                    self.events.send(TaskEvent::Cdc(writer.stats.clone()));
-                }
-            }
+/// PostgreSQL's part of the CDC loop: pgoutput messages into the batch, the slot confirmed.
+struct Postgres {
+    pg: PgEndpoint,
+    /// The task's name, for errors.
+    task: String,
+    events: Events,
+    /// A normal connection beside the stream: types, heartbeats, slot lag.
+    control: PgConnection,
+    stream: ChangeStream,
+    slot: String,
+    rules: SelectionRules,
+    relations: HashMap<u32, RelationInfo>,
+    /// The open transaction: commit LSN, commit time, next change number.
+    txn: Option<(u64, i64, u32)>,
+    /// The open transaction ends before the confirmed position: passed by.
+    skipping: bool,
+    confirmed_lsn: u64,
+    /// `--until-caught-up`: the position of the heartbeat written at the start.
+    caught_up_at: Option<u64>,
+    heartbeat_every: Option<Duration>,
+    last_heartbeat: Instant,
+    slot_wal_warning_mb: u64,
+    changes: RowChanges,
+}
+
+impl Engine for Postgres {
+    type Event = ReplicationEvent;
+
+    async fn next(&mut self) -> Result<ReplicationEvent, TaskError> {
+        match self.stream.recv().await? {
+            Some(event) => Ok(event),
+            None => Err(self.internal("the server ended the replication stream")),
         }
-        stream.close().await;
+    }
+
+    async fn apply(
+        &mut self,
+        writer: &mut BatchWriter,
+        event: ReplicationEvent,
+    ) -> Result<Flow, TaskError> {
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                // The server already starts after the confirmed point; this guard keeps
+                // the exactly-once promise should a server or library ever resend.
+                self.skipping = final_lsn.as_u64() < self.confirmed_lsn;
+                self.txn = Some((final_lsn.as_u64(), pg_to_unix_micros(commit_time_micros), 0));
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let message = pgoutput::decode(&data)
+                    .map_err(|e| self.internal(&format!("decoding the change stream: {e}")))?;
+                match message {
+                    Message::Relation(r) => self.relation(writer, r).await?,
+                    Message::Insert { .. }
+                    | Message::Update { .. }
+                    | Message::Delete { .. }
+                    | Message::Truncate { .. }
+                        if !self.skipping =>
+                    {
+                        let Some((commit_lsn, commit_micros, seq)) = &mut self.txn else {
+                            return Err(self.internal("a change outside a transaction"));
+                        };
+                        self.changes
+                            .change(
+                                writer,
+                                &self.relations,
+                                message,
+                                *commit_lsn,
+                                seq,
+                                *commit_micros,
+                            )
+                            .await?;
+                    }
+                    _ => {}
+                }
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                let end = end_lsn.as_u64();
+                if !self.skipping {
+                    writer.commit(format_lsn(end), pg_to_unix_micros(commit_time_micros));
+                }
+                self.txn = None;
+                if writer.is_empty() {
+                    // Nothing of ours in flight: the slot may move past this transaction.
+                    self.confirm(end);
+                }
+            }
+            ReplicationEvent::Message { lsn, prefix, .. } => {
+                if prefix == "tributary.heartbeat" && self.txn.is_none() && writer.is_empty() {
+                    self.confirm(lsn.as_u64());
+                }
+                if self.caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && self.txn.is_none() {
+                    let written = writer.flush().await?;
+                    self.written(writer, written.as_deref(), false).await?;
+                    return Ok(Flow::CaughtUp);
+                }
+            }
+            ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(Flow::Go)
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    async fn written(
+        &mut self,
+        writer: &mut BatchWriter,
+        written: Option<&str>,
+        _stopped: bool,
+    ) -> Result<(), TaskError> {
+        if let Some(end) = written.and_then(parse_lsn) {
+            self.changes.toast.batch_written(writer.last_files());
+            self.confirm(end);
+        }
+        Ok(())
+    }
+
+    async fn side_work(&mut self) {
+        if let Some(every) = self.heartbeat_every
+            && self.last_heartbeat.elapsed() >= every
+        {
+            let result = self.pg.heartbeat(&mut self.control).await;
+            side_query(
+                &self.pg,
+                &self.events,
+                &mut self.control,
+                "heartbeat",
+                result,
+            )
+            .await;
+            self.last_heartbeat = Instant::now();
+        }
+    }
+
+    async fn lag_bytes(&mut self) -> Option<i64> {
+        let result = self.pg.slot_status_on(&mut self.control, &self.slot).await;
+        let status = side_query(
+            &self.pg,
+            &self.events,
+            &mut self.control,
+            "measuring slot lag",
+            result,
+        )
+        .await??;
+        let limit = self.slot_wal_warning_mb as i64 * 1024 * 1024;
+        if status.retained_bytes > limit {
+            self.events.log(
+                LogLevel::Warn,
+                format!(
+                    "slot {} holds {} MB of WAL (limit {} MB; {} MB of it not yet captured): the task is behind, or a long transaction on the source holds the WAL; the source's disk fills until it moves on",
+                    self.slot,
+                    status.retained_bytes / 1_048_576,
+                    self.slot_wal_warning_mb,
+                    status.lag_bytes / 1_048_576
+                ),
+            );
+        }
+        Some(status.lag_bytes)
+    }
+
+    async fn close(mut self, writer: &mut BatchWriter) -> String {
+        self.stream.close().await;
         // The stream's last status update may not have reached the server before it closed.
-        if confirmed_lsn > 0 {
-            let result = self.pg.advance_slot(&slot, confirmed_lsn).await;
-            self.side_query(&mut control, "confirming the slot", result)
-                .await;
+        if self.confirmed_lsn > 0 {
+            let result = self.pg.advance_slot(&self.slot, self.confirmed_lsn).await;
+            side_query(
+                &self.pg,
+                &self.events,
+                &mut self.control,
+                "confirming the slot",
+                result,
+            )
+            .await;
         }
-        let tables = writer.tables.into_values().map(|t| t.stats).collect();
-        Ok(CdcOutcome {
-            tables,
-            confirmed_position: Some(writer.stats.confirmed_position),
-        })
+        writer.stats.confirmed_position.clone()
+    }
+}
+
+impl Postgres {
+    /// Lets the slot move up to `lsn` (never back).
+    fn confirm(&mut self, lsn: u64) {
+        self.confirmed_lsn = self.confirmed_lsn.max(lsn);
+        self.stream.confirm(self.confirmed_lsn);
     }
 
     fn internal(&self, message: &str) -> TaskError {
         TaskError::Internal {
-            task: self.task.name.clone(),
+            task: self.task.clone(),
             message: message.to_owned(),
-        }
-    }
-
-    /// Side work on the control connection (heartbeat, slot lag): a failure is logged and
-    /// the connection renewed, never a reason to stop capturing.
-    async fn side_query<T>(
-        &self,
-        control: &mut PgConnection,
-        what: &str,
-        result: Result<T, crate::source::SourceError>,
-    ) -> Option<T> {
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.events
-                    .log(LogLevel::Warn, format!("{what}: {e}; retrying later"));
-                if let Ok(c) = self.pg.connect().await {
-                    *control = c;
-                }
-                None
-            }
         }
     }
 
     /// A Relation message: a table's columns, sent before its first change in a session
     /// and again after its schema changes.
-    async fn relation(
-        &self,
-        conn: &mut PgConnection,
-        rules: &SelectionRules,
-        relations: &mut HashMap<u32, RelationInfo>,
-        writer: &mut BatchWriter,
-        r: Relation,
-        txn: Option<(u64, i64, u32)>,
-    ) -> Result<(), TaskError> {
+    async fn relation(&mut self, writer: &mut BatchWriter, r: Relation) -> Result<(), TaskError> {
         let schema = if r.schema.is_empty() {
             "pg_catalog".to_owned()
         } else {
             r.schema.clone()
         };
         let key = TableId::new(schema, r.name.clone());
-        let selected = rules.matches_id(&key);
+        let selected = self.rules.matches_id(&key);
         let types: Vec<(String, u32, i32)> = r
             .columns
             .iter()
@@ -329,14 +345,15 @@ impl CdcRun {
         // pgoutput sends a relation again after any cache invalidation (ANALYZE, VACUUM,
         // GRANT): only a real change of columns makes a new schema.
         let key_columns: Vec<bool> = r.columns.iter().map(|c| c.is_key).collect();
-        if relations
+        if self
+            .relations
             .get(&r.id)
             .is_some_and(|known| known.key_columns != key_columns)
         {
             // Kept rows are keyed by the old key's values: they no longer name the same rows.
-            writer.toast.reset(&key);
+            self.changes.toast.reset(&key);
         }
-        if let Some(known) = relations.get_mut(&r.id)
+        if let Some(known) = self.relations.get_mut(&r.id)
             && known.types == types
             && known.key == key
         {
@@ -348,10 +365,19 @@ impl CdcRun {
         let mut signature = Vec::with_capacity(r.columns.len());
         for c in &r.columns {
             let (kind, type_name) = if selected {
-                let result = self.pg.type_kind(conn, c.type_oid, c.typmod).await;
-                self.side_query(conn, "looking up a column type", result)
-                    .await
-                    .unwrap_or((None, format!("type {}", c.type_oid)))
+                let result = self
+                    .pg
+                    .type_kind(&mut self.control, c.type_oid, c.typmod)
+                    .await;
+                side_query(
+                    &self.pg,
+                    &self.events,
+                    &mut self.control,
+                    "looking up a column type",
+                    result,
+                )
+                .await
+                .unwrap_or((None, format!("type {}", c.type_oid)))
             } else {
                 (None, String::new())
             };
@@ -370,7 +396,8 @@ impl CdcRun {
             key_columns,
         };
         if selected {
-            let position = txn
+            let position = self
+                .txn
                 .map(|(lsn, _, seq)| change_position(lsn, seq))
                 .unwrap_or_default();
             let table_schema = Arc::new(Schema::new(
@@ -380,11 +407,32 @@ impl CdcRun {
                     .map(|(c, k)| Field::new(c, k.data_type(), true))
                     .collect::<Vec<_>>(),
             ));
-            let builder = Rows::Postgres(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
+            let builder = Box::new(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
             writer.schema(&key, &info.signature, table_schema, builder, position)?;
         }
-        relations.insert(r.id, info);
+        self.relations.insert(r.id, info);
         Ok(())
+    }
+}
+
+/// Side work on the control connection (types, heartbeat, slot lag): a failure is logged
+/// and the connection renewed, never a reason to stop capturing.
+async fn side_query<T>(
+    pg: &PgEndpoint,
+    events: &Events,
+    control: &mut PgConnection,
+    what: &str,
+    result: Result<T, crate::source::SourceError>,
+) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            events.log(LogLevel::Warn, format!("{what}: {e}; retrying later"));
+            if let Ok(c) = pg.connect().await {
+                *control = c;
+            }
+            None
+        }
     }
 }
 
@@ -409,55 +457,29 @@ fn key_differs(key_columns: &[bool], old: &[Value], new: &[Value]) -> bool {
         .any(|(is_key, (o, n))| *is_key && text(o) != text(n))
 }
 
-/// Deletes every CDC file of the task's tables (all but `LOAD*` files under each table's
-/// folder) and any file of a pending batch: a reload starts a new stream.
-pub(super) async fn delete_cdc_files(
-    storage: &Storage,
-    task: &TaskConfig,
-    state: &super::checkpoint::TaskState,
-) -> Result<usize, TaskError> {
-    let mut removed = 0;
-    let mut tables: Vec<&TableId> = state.tables.keys().collect();
-    if let Some(cdc) = &state.cdc {
-        tables.extend(cdc.tables.keys());
-        let pending = cdc
-            .pending_batch
-            .iter()
-            .flat_map(|p| p.keys.iter().cloned());
-        super::batch::delete_recorded(storage, task, &pending.collect::<Vec<_>>()).await?;
+impl TableRows for TextBatchBuilder {
+    fn len(&self) -> usize {
+        TextBatchBuilder::len(self)
     }
-    tables.sort();
-    tables.dedup();
-    for table in tables {
-        removed += delete_table_cdc_files(storage, task, table).await?;
-    }
-    Ok(removed)
-}
 
-/// Deletes the CDC files (all but `LOAD*`) in the folder of `table`, and only there;
-/// returns how many there were.
-pub(super) async fn delete_table_cdc_files(
-    storage: &Storage,
-    task: &TaskConfig,
-    table: &TableId,
-) -> Result<usize, TaskError> {
-    let prefix = layout::table_prefix(&task.target_settings.bucket_folder, &task.source, table);
-    let mut removed = 0;
-    for object in storage.list_all(&prefix).await? {
-        let name = object.key.rsplit('/').next().unwrap_or("");
-        if layout::is_inside(&prefix, &object.key) && layout::parse_load_number(name).is_none() {
-            storage.delete(&object.key).await?;
-            removed += 1;
-        }
+    fn bytes(&self) -> usize {
+        self.text_bytes()
     }
-    Ok(removed)
+
+    fn finish(&mut self) -> arrow_array::RecordBatch {
+        TextBatchBuilder::finish(self)
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 /// The `_position` of change number `seq` of the transaction that commits at `commit_lsn`.
 /// With `seq` 0 and a snapshot's LSN, it is the first position the snapshot does not hold:
 /// a transaction is in a slot's snapshot exactly when its commit record comes before the
 /// slot's consistent point.
-pub(super) fn change_position(commit_lsn: u64, seq: u32) -> String {
+pub(in crate::task) fn change_position(commit_lsn: u64, seq: u32) -> String {
     format!("{commit_lsn:016X}{seq:08X}")
 }
 
@@ -466,12 +488,19 @@ fn pg_to_unix_micros(pg: i64) -> i64 {
     pg.saturating_add(946_684_800_000_000)
 }
 
-/// PostgreSQL changes into the open batch.
-impl BatchWriter {
+/// PostgreSQL's changes into the open batch, with the TOAST recovery they need.
+struct RowChanges {
+    toast: ToastRecovery,
+    /// Tables whose TOAST recovery has been logged in this run.
+    toast_logged: HashSet<TableId>,
+}
+
+impl RowChanges {
     /// One change of the stream. `seq` numbers the changes of the transaction whose commit
     /// is at `commit_lsn`; a change of primary key takes two numbers (a D, then an I).
     async fn change(
         &mut self,
+        writer: &mut BatchWriter,
         relations: &HashMap<u32, RelationInfo>,
         message: Message,
         commit_lsn: u64,
@@ -492,14 +521,14 @@ impl BatchWriter {
                 let mut recorded = false;
                 for id in ids {
                     if let Some(info) = relations.get(id).filter(|i| i.selected)
-                        && self.truncated(&info.key, &position)
+                        && writer.truncated(&info.key, &position)
                     {
                         self.toast.truncated(&info.key);
                         recorded = true;
                     }
                 }
                 if recorded {
-                    self.touch(commit_micros);
+                    writer.touch(commit_micros);
                 }
                 return Ok(());
             }
@@ -511,8 +540,8 @@ impl BatchWriter {
         };
         // Before any TOAST recovery: a change already in a reloaded table's load is not
         // looked at at all. (All changes of a transaction compare alike: by commit LSN.)
-        if self.has_reload_mark(&info.key)
-            && self.in_reload(&info.key, &change_position(commit_lsn, 0))
+        if writer.has_reload_mark(&info.key)
+            && writer.in_reload(&info.key, &change_position(commit_lsn, 0))
         {
             return Ok(());
         }
@@ -538,7 +567,7 @@ impl BatchWriter {
                             Some(OldTuple::Key(k)) => Some(k.as_slice()),
                             _ => None,
                         };
-                        self.recover_toast(info, &mut new, old_key).await?;
+                        self.recover_toast(writer, info, &mut new, old_key).await?;
                     }
                 }
                 // A changed key: the old row goes away and the new one appears, so a reader
@@ -557,7 +586,7 @@ impl BatchWriter {
         };
         for (op, values) in rows {
             let position = next_position();
-            self.append(info, op, &values, position, commit_micros)?;
+            Self::append(writer, info, op, &values, position, commit_micros)?;
             if info.identity == ReplicaIdentity::Full || op == "D" {
                 // FULL rows need no recovery and are not kept: forget what was kept.
                 self.toast.forget(&info.key, &info.key_columns, &values);
@@ -575,12 +604,13 @@ impl BatchWriter {
     /// Fills the unchanged TOASTed values of an update's new tuple ([`toast`]).
     async fn recover_toast(
         &mut self,
+        writer: &mut BatchWriter,
         info: &RelationInfo,
         new: &mut [Value],
         old_key: Option<&[Value]>,
     ) -> Result<(), TaskError> {
         if self.toast_logged.insert(info.key.clone()) {
-            self.events.log(
+            writer.events.log(
                 LogLevel::Info,
                 format!(
                     "{}: recovering unchanged TOASTed values of updates from this run's rows or the raw zone (replica identity {:?}; FULL puts them in the stream)",
@@ -588,15 +618,15 @@ impl BatchWriter {
                 ),
             );
         }
-        let truncated_at = self.totals.get(&info.key).and_then(|t| {
+        let truncated_at = writer.totals.get(&info.key).and_then(|t| {
             t.schema_changes
                 .iter()
                 .rfind(|c| c.empties_table())
                 .map(|c| c.position.clone())
         });
-        let Some(prefix) = self.tables.get(&info.key).map(|t| t.prefix.clone()) else {
+        let Some(prefix) = writer.tables.get(&info.key).map(|t| t.prefix.clone()) else {
             return Err(TaskError::Internal {
-                task: self.task.name.clone(),
+                task: writer.task.name.clone(),
                 message: format!("{}: an update before the table's schema", info.key),
             });
         };
@@ -617,7 +647,7 @@ impl BatchWriter {
             | toast::ToastError::Read(crate::lake::inspect::InspectError::Storage(e)) => {
                 TaskError::Storage(e)
             }
-            e => self.table_error(
+            e => writer.table_error(
                 &info.key,
                 format!(
                     "an update left a TOASTed column unchanged (replica identity {:?}, so the value is not in the stream), and it could not be recovered: {e}. Run ALTER TABLE {} REPLICA IDENTITY FULL, then reload the task (--reload)",
@@ -630,7 +660,7 @@ impl BatchWriter {
 
     /// Adds one row of pgoutput values to its table's batch.
     fn append(
-        &mut self,
+        writer: &mut BatchWriter,
         info: &RelationInfo,
         op: &'static str,
         values: &[Value],
@@ -643,32 +673,35 @@ impl BatchWriter {
             texts.push(match v {
                 Value::Null => None,
                 Value::Text(b) => Some(std::str::from_utf8(b).map_err(|_| {
-                    self.table_error(
+                    writer.table_error(
                         &info.key,
                         format!("column {column} at {position} is not valid UTF-8"),
                     )
                 })?),
                 Value::Binary(_) | Value::UnchangedToast => {
-                    return Err(self.table_error(
+                    return Err(writer.table_error(
                         &info.key,
                         format!("column {column} at {position} arrived without its text value"),
                     ));
                 }
             });
         }
-        self.append_row(&info.key, op, position, commit_micros, |rows| {
-            let Rows::Postgres(builder) = rows else {
-                return Err("a PostgreSQL row for a table of another source".into());
-            };
-            builder.append_row(texts).map_err(|e| {
-                format!(
-                    "decoding column {}: {}",
-                    e.column
-                        .and_then(|i| info.columns.get(i))
-                        .map_or("?", String::as_str),
-                    e.message
-                )
-            })
-        })
+        writer.append_row(
+            &info.key,
+            op,
+            position,
+            commit_micros,
+            |builder: &mut TextBatchBuilder| {
+                builder.append_row(texts).map_err(|e| {
+                    format!(
+                        "decoding column {}: {}",
+                        e.column
+                            .and_then(|i| info.columns.get(i))
+                            .map_or("?", String::as_str),
+                        e.message
+                    )
+                })
+            },
+        )
     }
 }
