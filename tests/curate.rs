@@ -308,6 +308,51 @@ async fn assert_curated_equals_sources(
     read
 }
 
+/// The history (SCD type 2): every version, the current ones equal to the table, each
+/// with its commit time.
+async fn assert_history_versions(ws: &str, pg_conn: &mut PgConnection) {
+    let versions = |id: i64| {
+        let out = assert_success(&tributary(&[
+            "query",
+            ws,
+            &format!(
+                "SELECT string_agg(op || ':' || CAST(is_current AS VARCHAR), ',' \
+                   ORDER BY valid_from_position NULLS FIRST) AS versions \
+                 FROM shop.public.customers_history WHERE id = {id}"
+            ),
+        ]));
+        out.lines().nth(3).unwrap_or_default().to_owned()
+    };
+    assert!(
+        versions(7).contains("I:false,D:false,I:true"),
+        "deleted, inserted again: {}",
+        versions(7)
+    );
+    assert!(
+        versions(8).contains("I:false,D:false"),
+        "moved to key 9000: {}",
+        versions(8)
+    );
+    assert!(versions(5000).contains("I:true"), "{}", versions(5000));
+    let out = assert_success(&tributary(&[
+        "query",
+        ws,
+        "SELECT count(*) AS current, count(valid_from) AS stamped FROM shop.public.customers_history \
+         WHERE is_current AND valid_from_position IS NOT NULL",
+    ]));
+    let changed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE id % 10 = 1 OR id IN (7, 5000, 9000)",
+    )
+    .fetch_one(&mut *pg_conn)
+    .await
+    .unwrap();
+    assert!(
+        out.contains(&format!("| {changed}       | {changed} "))
+            || out.matches(&format!("| {changed} ")).count() >= 2,
+        "current versions written by a change, each with its commit time ({changed}): {out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn curated_tables_equal_the_sources_after_load_and_cdc() {
     let (pg, my) = (Pg::from_env(), My::from_env());
@@ -336,47 +381,7 @@ async fn curated_tables_equal_the_sources_after_load_and_cdc() {
         "one snapshot per curate"
     );
 
-    // The history (SCD type 2): every version, the current ones equal to the table.
-    let versions = |id: i64| {
-        let out = assert_success(&tributary(&[
-            "query",
-            &ws,
-            &format!(
-                "SELECT string_agg(op || ':' || CAST(is_current AS VARCHAR), ',' \
-                   ORDER BY valid_from_position NULLS FIRST) AS versions \
-                 FROM shop.public.customers_history WHERE id = {id}"
-            ),
-        ]));
-        out.lines().nth(3).unwrap_or_default().to_owned()
-    };
-    assert!(
-        versions(7).contains("I:false,D:false,I:true"),
-        "deleted, inserted again: {}",
-        versions(7)
-    );
-    assert!(
-        versions(8).contains("I:false,D:false"),
-        "moved to key 9000: {}",
-        versions(8)
-    );
-    assert!(versions(5000).contains("I:true"), "{}", versions(5000));
-    let out = assert_success(&tributary(&[
-        "query",
-        &ws,
-        "SELECT count(*) AS current, count(valid_from) AS stamped FROM shop.public.customers_history \
-         WHERE is_current AND valid_from_position IS NOT NULL",
-    ]));
-    let changed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM customers WHERE id % 10 = 1 OR id IN (7, 5000, 9000)",
-    )
-    .fetch_one(&mut pg_conn)
-    .await
-    .unwrap();
-    assert!(
-        out.contains(&format!("| {changed}       | {changed} "))
-            || out.matches(&format!("| {changed} ")).count() >= 2,
-        "current versions written by a change, each with its commit time ({changed}): {out}"
-    );
+    assert_history_versions(&ws, &mut pg_conn).await;
 
     // More changes: merged into the current state from the new files only.
     pg_conn

@@ -109,6 +109,46 @@ async fn full_load_then_cdc_rebuilds_every_table() {
         "{first}"
     );
 
+    changes_of_every_kind(&mut conn).await;
+
+    let second = assert_success(&run_until_caught_up(&ws, "cdc_basic"));
+    assert!(second.contains("caught up"), "{second}");
+    assert!(
+        second.contains("public.docs: recovering unchanged TOASTed values"),
+        "{second}"
+    );
+    let tables = ["accounts", "orders", "late_table", "wiped", "docs"];
+    assert_lake_equals_source(&pg, db, &dir, "cdc_basic", &tables);
+
+    // In a new run, from the CDC files: the latest row for the key, not the full load's.
+    conn.execute("UPDATE docs SET title = 'third' WHERE id IN (1, 3, 100)")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "cdc_basic"));
+    assert_lake_equals_source(&pg, db, &dir, "cdc_basic", &tables);
+    let docs = dir.lake().join("raw/shop/public/docs");
+    for f in files_under(&docs) {
+        for batch in read_parquet_file(&docs.join(&f)) {
+            for row in rows_of(&batch) {
+                let body = row.get("body").map_or(0, String::len);
+                assert!(body > 6000, "{f}: a body was not recovered: {row:?}");
+            }
+        }
+    }
+
+    assert_cdc_files_and_state(&dir);
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws,
+        "--task",
+        "cdc_basic",
+        "--yes",
+    ]));
+}
+
+/// Mixed DML, a long transaction, one spanning tables, key changes, TOAST under both
+/// identities, and schema changes (add, drop, retype a column; a new table; a truncate).
+async fn changes_of_every_kind(conn: &mut PgConnection) {
     // Mixed DML, a long transaction, one spanning tables, TOAST, a schema change.
     conn.execute(
         "INSERT INTO accounts SELECT g, 'new ' || g, g, NULL, NULL FROM generate_series(1001, 1500) g;
@@ -150,7 +190,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     .await
     .unwrap();
     exec(
-        &mut conn,
+        conn,
         format!("UPDATE orders SET doc = {TOASTED} WHERE id IN (1, 2, 3)"),
     )
     .await;
@@ -161,7 +201,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     // Under REPLICA IDENTITY DEFAULT it comes from the full load's files, or from this
     // run's rows.
     exec(
-        &mut conn,
+        conn,
         format!(
             "UPDATE docs SET title = 'retitled' WHERE id IN (1, 2);
              INSERT INTO docs VALUES (100, 'new', {TOASTED}, NULL);
@@ -191,32 +231,11 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     )
     .await
     .unwrap();
+}
 
-    let second = assert_success(&run_until_caught_up(&ws, "cdc_basic"));
-    assert!(second.contains("caught up"), "{second}");
-    assert!(
-        second.contains("public.docs: recovering unchanged TOASTed values"),
-        "{second}"
-    );
-    let tables = ["accounts", "orders", "late_table", "wiped", "docs"];
-    assert_lake_equals_source(&pg, db, &dir, "cdc_basic", &tables);
-
-    // In a new run, from the CDC files: the latest row for the key, not the full load's.
-    conn.execute("UPDATE docs SET title = 'third' WHERE id IN (1, 3, 100)")
-        .await
-        .unwrap();
-    assert_success(&run_until_caught_up(&ws, "cdc_basic"));
-    assert_lake_equals_source(&pg, db, &dir, "cdc_basic", &tables);
-    let docs = dir.lake().join("raw/shop/public/docs");
-    for f in files_under(&docs) {
-        for batch in read_parquet_file(&docs.join(&f)) {
-            for row in rows_of(&batch) {
-                let body = row.get("body").map_or(0, String::len);
-                assert!(body > 6000, "{f}: a body was not recovered: {row:?}");
-            }
-        }
-    }
-
+/// CDC files carry Op, the commit time and _position first, in date partitions; the state
+/// records the schema changes and the counts.
+fn assert_cdc_files_and_state(dir: &TestDir) {
     // CDC files carry Op, the commit time and _position first, in date partitions.
     let cdc_files: Vec<String> = files_under(&dir.lake().join("raw/shop/public/accounts"))
         .into_iter()
@@ -260,13 +279,6 @@ async fn full_load_then_cdc_rebuilds_every_table() {
             .any(|c| c["change"].as_str().unwrap().contains("email text")),
         "{accounts}"
     );
-    assert_success(&tributary(&[
-        "delete-task",
-        &ws,
-        "--task",
-        "cdc_basic",
-        "--yes",
-    ]));
 }
 
 /// Transactions over both tables, forever, until `stop` says so.
