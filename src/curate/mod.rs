@@ -375,7 +375,8 @@ pub async fn curate(
         let cdc = state.cdc.as_ref();
         let changes_end = cdc
             .and_then(|c| c.confirmed_position.as_deref())
-            .and_then(|p| crate::task::written_changes_end(source_engine, p));
+            .and_then(|p| crate::task::written_changes_end(source_engine, p))
+            .map(crate::task::position::ChangePosition::into_string);
         let pending: HashSet<String> = cdc
             .and_then(|c| c.pending_batch.as_ref())
             .map(|p| p.keys.iter().cloned().collect())
@@ -531,7 +532,7 @@ impl TableJob<'_> {
             .state
             .tables
             .get(self.table)
-            .and_then(|t| t.changes_from.as_deref());
+            .and_then(|t| t.changes_from.as_ref());
         let mut positions: Vec<String> = self
             .state
             .cdc
@@ -540,8 +541,8 @@ impl TableJob<'_> {
             .map(|t| {
                 t.schema_changes
                     .iter()
-                    .filter(|c| c.empties_table() && since.is_none_or(|s| *c.position >= *s))
-                    .map(|c| c.position.clone())
+                    .filter(|c| c.empties_table() && since.is_none_or(|s| c.position >= *s))
+                    .map(|c| c.position.to_string())
                     .collect()
             })
             .unwrap_or_default();

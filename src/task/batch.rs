@@ -30,6 +30,7 @@ use crate::config::TaskConfig;
 use crate::ident::TableId;
 use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
+use crate::task::position::ChangePosition;
 use crate::task::stats::{CdcStats, TableState, TableStats};
 
 /// Rows a table's builder holds before they go to its spool file.
@@ -78,7 +79,7 @@ pub(super) struct TableBatch {
     schema: SchemaRef,
     pub(super) builder: Rows,
     ops: Vec<&'static str>,
-    positions: Vec<String>,
+    positions: Vec<ChangePosition>,
     commit_times: Vec<i64>,
     writer: Option<RollingWriter>,
     /// Files finished in this batch (another one after `max_file_size` or a schema change).
@@ -114,7 +115,7 @@ pub(super) struct BatchWriter {
     stream_names: (String, String),
     /// Tables reloaded alone: the first `_position` that applies to each
     /// ([`TableLoadState::changes_from`](super::checkpoint::TableLoadState::changes_from)).
-    changes_from: HashMap<TableId, String>,
+    changes_from: HashMap<TableId, ChangePosition>,
 }
 
 impl BatchWriter {
@@ -129,14 +130,14 @@ impl BatchWriter {
         stream_names: (String, String),
     ) -> Self {
         let cdc = state.cdc.clone().unwrap_or_default();
-        let mut changes_from: HashMap<TableId, String> = state
+        let mut changes_from: HashMap<TableId, ChangePosition> = state
             .tables
             .iter()
             .filter_map(|(key, t)| Some((key.clone(), t.changes_from.clone()?)))
             .collect();
         // A table waiting for its reload passes every change by: its snapshot will hold it.
         for key in &state.reloading {
-            changes_from.insert(key.clone(), "\u{10FFFF}".into());
+            changes_from.insert(key.clone(), ChangePosition::after_all());
         }
         BatchWriter {
             storage,
@@ -203,7 +204,7 @@ impl BatchWriter {
         signature: &str,
         table_schema: SchemaRef,
         builder: Rows,
-        position: String,
+        position: ChangePosition,
     ) -> Result<(), TaskError> {
         let settings = self.task.target_settings.clone();
         let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
@@ -311,10 +312,10 @@ impl BatchWriter {
 
     /// Whether the change of table `key` at `position` is already in the table's load: the
     /// table was reloaded alone from a snapshot that comes after it.
-    pub(super) fn in_reload(&self, key: &TableId, position: &str) -> bool {
+    pub(super) fn in_reload(&self, key: &TableId, position: &ChangePosition) -> bool {
         self.changes_from
             .get(key)
-            .is_some_and(|from| position < from.as_str())
+            .is_some_and(|from| position < from)
     }
 
     /// Records that `key` was emptied at `position` by `change` (a truncate, a drop, a
@@ -341,11 +342,11 @@ impl BatchWriter {
     }
 
     /// Records a truncate of `key` at `position` ([`Self::emptied`]).
-    pub(super) fn truncated(&mut self, key: &TableId, position: &str) -> bool {
+    pub(super) fn truncated(&mut self, key: &TableId, position: &ChangePosition) -> bool {
         self.emptied(
             key,
             SchemaChange {
-                position: position.to_owned(),
+                position: position.clone(),
                 change: SchemaChange::TRUNCATE.into(),
             },
         )
@@ -358,7 +359,7 @@ impl BatchWriter {
         &mut self,
         key: &TableId,
         op: &'static str,
-        position: String,
+        position: ChangePosition,
         commit_micros: i64,
         append: impl FnOnce(&mut B) -> Result<(), String>,
     ) -> Result<(), TaskError> {
@@ -441,9 +442,10 @@ impl BatchWriter {
             ));
         }
         t.commit_times.clear();
-        columns.push(Arc::new(StringArray::from(std::mem::take(
-            &mut t.positions,
-        ))));
+        let positions = std::mem::take(&mut t.positions);
+        columns.push(Arc::new(StringArray::from_iter_values(
+            positions.iter().map(ChangePosition::as_str),
+        )));
         columns.extend(data.columns().iter().cloned());
         let batch =
             RecordBatch::try_new(t.schema.clone(), columns).map_err(|e| TaskError::Internal {

@@ -15,6 +15,7 @@
 //!   the stream's changes to it before that `_position` are in its new load, and are
 //!   never written.
 
+use super::position::ChangePosition;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -113,7 +114,7 @@ pub struct CdcTableState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchemaChange {
     /// The `_position` from which the change applies.
-    pub position: String,
+    pub position: ChangePosition,
     /// What happened: `columns: id int8, name text, email text` (the table's columns from
     /// here on), or one of the changes that empty the table ([`Self::empties_table`]):
     /// `truncate`, `drop` (MySQL's DROP TABLE / DATABASE), `renamed to <schema.table>`.
@@ -126,14 +127,14 @@ impl SchemaChange {
     const RENAMED_TO: &str = "renamed to ";
     const COLUMNS: &str = "columns: ";
 
-    pub fn columns(position: String, signature: &str) -> Self {
+    pub fn columns(position: ChangePosition, signature: &str) -> Self {
         SchemaChange {
             position,
             change: format!("{}{signature}", Self::COLUMNS),
         }
     }
 
-    pub fn renamed_to(position: String, to: &TableId) -> Self {
+    pub fn renamed_to(position: ChangePosition, to: &TableId) -> Self {
         SchemaChange {
             position,
             change: format!("{}{to}", Self::RENAMED_TO),
@@ -178,7 +179,7 @@ pub struct TableLoadState {
     /// reloaded alone from a snapshot later than where the stream stands: the changes
     /// before it are in the load, so the stream's copies of them are passed by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changes_from: Option<String>,
+    pub changes_from: Option<ChangePosition>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

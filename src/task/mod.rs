@@ -10,6 +10,7 @@ mod cdc;
 pub mod checkpoint;
 mod full_load;
 mod mysql;
+pub mod position;
 mod postgres;
 mod reload;
 pub mod stats;
@@ -31,6 +32,7 @@ use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{Source, SourceError, TableInfo};
 use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;
+use position::ChangePosition;
 pub use stats::{CdcStats, TableState, TableStats, TaskSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -236,15 +238,15 @@ pub async fn check_endpoint(
 /// The `_position` before which a CDC task's changes are all in the raw zone: those of the
 /// batches up to its `confirmed_position` (the state is written after their files).
 /// Changes at or after it may belong to a batch still being written.
-pub fn written_changes_end(engine: Engine, confirmed_position: &str) -> Option<String> {
+pub fn written_changes_end(engine: Engine, confirmed_position: &str) -> Option<ChangePosition> {
     match engine {
         // Every transaction committed at or before the batch's end LSN.
         Engine::Postgres => {
-            parse_lsn(confirmed_position).map(|lsn| cdc::postgres::change_position(lsn + 1, 0))
+            parse_lsn(confirmed_position).map(|lsn| ChangePosition::postgres(lsn + 1, 0))
         }
         // Every transaction starting before the batch's end position.
         Engine::Mysql => BinlogPosition::parse(confirmed_position)
-            .map(|b| cdc::mysql::change_position(b.file_index(), b.pos, 0)),
+            .map(|b| ChangePosition::mysql(b.file_index(), b.pos, 0)),
         _ => None,
     }
 }

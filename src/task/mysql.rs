@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::checkpoint::Checkpoint;
+use super::position::ChangePosition;
 use super::{
     Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskSummary, cdc, cdc_summary, full_load,
     load_before_cdc, reload, request_reload,
@@ -65,7 +66,7 @@ pub(super) async fn run(
         load
     } else {
         let mark = |p: &str| {
-            BinlogPosition::parse(p).map(|b| cdc::mysql::change_position(b.file_index(), b.pos, 0))
+            BinlogPosition::parse(p).map(|b| ChangePosition::mysql(b.file_index(), b.pos, 0))
         };
         let reloaded =
             reload::run(source, mark, &storage, &checkpoint, &task, &events, &stop).await;

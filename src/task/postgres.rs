@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Checkpoint};
+use super::position::ChangePosition;
 use super::{
     Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskSummary, cdc, cdc_summary, full_load,
     load_before_cdc, reload, request_reload,
@@ -216,7 +217,7 @@ async fn reload_alone(
         .create_slot_with_snapshot(&temporary, &publication, true)
         .await?;
     let source = Arc::new(PostgresSource::new(pg.clone()).with_slot_snapshot(snapshot));
-    let mark = |p: &str| parse_lsn(p).map(|lsn| cdc::postgres::change_position(lsn, 0));
+    let mark = |p: &str| parse_lsn(p).map(|lsn| ChangePosition::postgres(lsn, 0));
     let reloaded = reload::run(source, mark, storage, checkpoint, task, events, stop).await;
     drop(holder);
     reloaded

@@ -18,6 +18,7 @@
 //! [`TaskState::reloading`]: super::checkpoint::TaskState::reloading
 //! [`TableLoadState::changes_from`]: super::checkpoint::TableLoadState::changes_from
 
+use super::position::ChangePosition;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ pub(super) async fn request<S: Source>(
 /// Returns the full load's summary.
 pub(super) async fn run<S: Source>(
     source: Arc<S>,
-    mark: impl Fn(&str) -> Option<String>,
+    mark: impl Fn(&str) -> Option<ChangePosition>,
     storage: &Storage,
     checkpoint: &Arc<Checkpoint>,
     task: &TaskConfig,

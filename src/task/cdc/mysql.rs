@@ -28,6 +28,7 @@ use crate::source::mysql::types::RowBuilder;
 use crate::source::mysql::{BinlogPosition, MyEndpoint, file_index};
 use crate::task::batch::{BatchWriter, TableRows};
 use crate::task::checkpoint::{Checkpoint, SchemaChange};
+use crate::task::position::ChangePosition;
 use crate::task::stats::CdcOutcome;
 use crate::task::{Events, LogLevel, TaskError};
 
@@ -46,22 +47,15 @@ struct Txn {
 
 impl Txn {
     /// The `_position` of the transaction's next change.
-    fn position(&self) -> String {
-        change_position(self.file, self.start, self.seq)
+    fn position(&self) -> ChangePosition {
+        ChangePosition::mysql(self.file, self.start, self.seq)
     }
 
-    fn next_position(&mut self) -> String {
+    fn next_position(&mut self) -> ChangePosition {
         let p = self.position();
         self.seq += 1;
         p
     }
-}
-
-/// The `_position` of change `seq` of the transaction starting at offset `start` of binlog
-/// file number `file`. With `seq` 0 and a snapshot's binlog position, it is the first
-/// position the snapshot does not hold: the position falls between transactions.
-pub(in crate::task) fn change_position(file: u64, start: u64, seq: u32) -> String {
-    format!("{file:06X}{start:010X}{seq:08X}")
 }
 
 /// Whether position `a` is at or after `b`.
@@ -604,7 +598,7 @@ fn emptied_tables(ddl: Ddl, rules: &SelectionRules, known: &[TableId]) -> Vec<(T
                 let gone = selected(&from).then(|| {
                     (
                         from.clone(),
-                        SchemaChange::renamed_to(String::new(), &to).change,
+                        SchemaChange::renamed_to(ChangePosition::default(), &to).change,
                     )
                 });
                 let arrived = selected(&to).then(|| (to, format!("{RENAMED_IN_FROM}{from}")));

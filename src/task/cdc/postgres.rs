@@ -30,6 +30,7 @@ use crate::source::postgres::pgoutput::{
 use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
 use crate::source::postgres::types::Kind;
 use crate::task::batch::{BatchWriter, TableRows};
+use crate::task::position::ChangePosition;
 use crate::task::stats::CdcOutcome;
 use crate::task::toast::{self, ToastRecovery};
 use crate::task::{Events, LogLevel, TaskError};
@@ -398,7 +399,7 @@ impl Postgres {
         if selected {
             let position = self
                 .txn
-                .map(|(lsn, _, seq)| change_position(lsn, seq))
+                .map(|(lsn, _, seq)| ChangePosition::postgres(lsn, seq))
                 .unwrap_or_default();
             let table_schema = Arc::new(Schema::new(
                 info.columns
@@ -475,14 +476,6 @@ impl TableRows for TextBatchBuilder {
     }
 }
 
-/// The `_position` of change number `seq` of the transaction that commits at `commit_lsn`.
-/// With `seq` 0 and a snapshot's LSN, it is the first position the snapshot does not hold:
-/// a transaction is in a slot's snapshot exactly when its commit record comes before the
-/// slot's consistent point.
-pub(in crate::task) fn change_position(commit_lsn: u64, seq: u32) -> String {
-    format!("{commit_lsn:016X}{seq:08X}")
-}
-
 /// Microseconds since 2000-01-01 (PostgreSQL) to since 1970-01-01.
 fn pg_to_unix_micros(pg: i64) -> i64 {
     pg.saturating_add(946_684_800_000_000)
@@ -508,7 +501,7 @@ impl RowChanges {
         commit_micros: i64,
     ) -> Result<(), TaskError> {
         let mut next_position = || {
-            let p = change_position(commit_lsn, *seq);
+            let p = ChangePosition::postgres(commit_lsn, *seq);
             *seq += 1;
             p
         };
@@ -541,7 +534,7 @@ impl RowChanges {
         // Before any TOAST recovery: a change already in a reloaded table's load is not
         // looked at at all. (All changes of a transaction compare alike: by commit LSN.)
         if writer.has_reload_mark(&info.key)
-            && writer.in_reload(&info.key, &change_position(commit_lsn, 0))
+            && writer.in_reload(&info.key, &ChangePosition::postgres(commit_lsn, 0))
         {
             return Ok(());
         }
@@ -638,7 +631,7 @@ impl RowChanges {
                 &toast_columns(info),
                 new,
                 old_key,
-                truncated_at.as_deref(),
+                truncated_at.as_ref().map(ChangePosition::as_str),
             )
             .await;
         result.map_err(|e| match e {
@@ -664,7 +657,7 @@ impl RowChanges {
         info: &RelationInfo,
         op: &'static str,
         values: &[Value],
-        position: String,
+        position: ChangePosition,
         commit_micros: i64,
     ) -> Result<(), TaskError> {
         let mut texts: Vec<Option<&str>> = Vec::with_capacity(values.len());
