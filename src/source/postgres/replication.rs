@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
@@ -373,6 +374,7 @@ impl PgEndpoint {
         ));
         Ok(ChangeStream {
             queue,
+            current: None,
             applied,
             forwarder,
             endpoint: self.clone(),
@@ -423,6 +425,8 @@ pub struct SnapshotHolder {
 /// by at most [`READ_AHEAD_BYTES`] (a task of its own, [`forward`], reads them).
 pub struct ChangeStream {
     queue: mpsc::UnboundedReceiver<Received>,
+    /// The chunk being taken.
+    current: Option<Received>,
     /// The position the caller confirmed, passed on to the server by the forwarder.
     applied: watch::Sender<u64>,
     forwarder: tokio::task::JoinHandle<()>,
@@ -430,23 +434,37 @@ pub struct ChangeStream {
     slot: String,
 }
 
-/// A message read ahead, holding its share of the read-ahead budget until it is taken.
+/// Events the forwarder passes on at once, at most: those the library already holds,
+/// so that a busy stream pays one hop per chunk, not per event.
+const CHUNK_EVENTS: usize = 256;
+
+type Event = Result<Option<ReplicationEvent>, PgWireError>;
+
+/// Messages read ahead, holding their share of the read-ahead budget until the last is
+/// taken.
 struct Received {
-    event: Result<Option<ReplicationEvent>, PgWireError>,
+    events: std::collections::VecDeque<Event>,
     _budget: OwnedSemaphorePermit,
 }
 
 impl ChangeStream {
     /// The next event; `None` when the server ended the stream, and an error after that.
     pub async fn recv(&mut self) -> Result<Option<ReplicationEvent>, SourceError> {
-        let Some(received) = self.queue.recv().await else {
-            return Err(SourceError::Database {
-                endpoint: self.endpoint.name.clone(),
-                context: format!("streaming slot {}", self.slot),
-                message: "the replication stream ended; run the task again to reconnect".into(),
-            });
+        let event = loop {
+            if let Some(event) = self.current.as_mut().and_then(|c| c.events.pop_front()) {
+                break event;
+            }
+            // The chunk is taken: its budget goes back to the forwarder.
+            self.current = self.queue.recv().await;
+            if self.current.is_none() {
+                return Err(SourceError::Database {
+                    endpoint: self.endpoint.name.clone(),
+                    context: format!("streaming slot {}", self.slot),
+                    message: "the replication stream ended; run the task again to reconnect".into(),
+                });
+            }
         };
-        received.event.map_err(|e| {
+        event.map_err(|e| {
             self.endpoint
                 .classify_replication(e, &format!("streaming slot {}", self.slot))
         })
@@ -507,9 +525,26 @@ async fn forward(
                 break;
             }
         };
-        let last = !matches!(event, Ok(Some(_)));
-        // A message larger than the whole budget waits for all of it: it is alone.
-        let share = event_bytes(&event).clamp(1, READ_AHEAD_BYTES) as u32;
+        let mut last = !matches!(event, Ok(Some(_)));
+        let mut bytes = event_bytes(&event);
+        let mut chunk = std::collections::VecDeque::from([event]);
+        // With it, the events the library already holds. Only while its worker runs: a
+        // receive that finds the stream ended awaits the worker's result, which must not
+        // be cut short.
+        while !last
+            && chunk.len() < CHUNK_EVENTS
+            && bytes < READ_AHEAD_BYTES / 4
+            && client.is_running()
+        {
+            let Some(event) = client.recv().now_or_never() else {
+                break;
+            };
+            last = !matches!(event, Ok(Some(_)));
+            bytes += event_bytes(&event);
+            chunk.push_back(event);
+        }
+        // A chunk larger than the whole budget waits for all of it: it is alone.
+        let share = bytes.clamp(1, READ_AHEAD_BYTES) as u32;
         let permit = loop {
             tokio::select! {
                 permit = budget.clone().acquire_many_owned(share) => match permit {
@@ -524,7 +559,7 @@ async fn forward(
             }
         };
         let received = Received {
-            event,
+            events: chunk,
             _budget: permit,
         };
         if events.send(received).is_err() || last {
@@ -535,7 +570,7 @@ async fn forward(
 }
 
 /// The memory an event takes, for the read-ahead budget.
-fn event_bytes(event: &Result<Option<ReplicationEvent>, PgWireError>) -> usize {
+fn event_bytes(event: &Event) -> usize {
     const EVENT: usize = std::mem::size_of::<ReplicationEvent>();
     match event {
         Ok(Some(ReplicationEvent::XLogData { data, .. })) => EVENT + data.len(),
