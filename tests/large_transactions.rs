@@ -52,33 +52,25 @@ struct Sampled {
 /// 20 ms; failed after 20 minutes.
 fn run_sampled(ws: &str) -> Sampled {
     let started = Instant::now();
-    let mut child = tributary_command(&["run", ws, "--task", "big", "--until-caught-up"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0u64;
-    while child.try_wait().unwrap().is_none() {
-        if let Ok(status) = std::fs::read_to_string(&status_file) {
-            let hwm = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    let output = run_until_caught_up_watched(
+        ws,
+        "big",
+        Duration::from_secs(1200),
+        Duration::from_millis(20),
+        |pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+            let hwm = status.ok().and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            });
             peak_kb = peak_kb.max(hwm.unwrap_or(0));
-        }
-        if started.elapsed() > Duration::from_secs(1200) {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "the capture did not end within 20 minutes:\n{}",
-                stderr(&output)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        },
+    );
     Sampled {
-        output: child.wait_with_output().unwrap(),
+        output,
         peak_rss_mb: peak_kb / 1024,
         seconds: started.elapsed().as_secs_f64(),
     }

@@ -379,6 +379,24 @@ impl My {
 /// `tributary run WS --task TASK --until-caught-up`, killed (and failed) after 2 minutes:
 /// a catch-up that never ends is a bug to report, not a test run to wait for.
 pub fn run_until_caught_up(ws: &str, task: &str) -> Output {
+    run_until_caught_up_watched(
+        ws,
+        task,
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_millis(50),
+        |_| {},
+    )
+}
+
+/// The same, killed (and failed) after `limit`, calling `watch` with the process id every
+/// `every` while it runs (to sample its memory, say).
+pub fn run_until_caught_up_watched(
+    ws: &str,
+    task: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut watch: impl FnMut(u32),
+) -> Output {
     let mut child = tributary_command(&["run", ws, "--task", task, "--until-caught-up"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -386,15 +404,17 @@ pub fn run_until_caught_up(ws: &str, task: &str) -> Output {
         .unwrap();
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(120) {
+        watch(child.id());
+        if started.elapsed() > limit {
             child.kill().unwrap();
             let output = child.wait_with_output().unwrap();
             panic!(
-                "--until-caught-up did not end within 2 minutes:\n{}",
+                "--until-caught-up did not end within {} s:\n{}",
+                limit.as_secs(),
                 stderr(&output)
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(every);
     }
     child.wait_with_output().unwrap()
 }
