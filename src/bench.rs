@@ -17,7 +17,8 @@ use arrow_array::cast::AsArray;
 
 use crate::config::{Engine, MigrationType, Workspace};
 use crate::lake::{Storage, layout};
-use crate::source::mysql::{MyEndpoint, MysqlSource, file_index, quote as mysql_quote};
+use crate::source::mysql::{MyEndpoint, MysqlSource, quote as mysql_quote};
+use crate::source::position::binlog_file_index;
 use crate::source::postgres::{PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, TableInfo};
 
@@ -699,7 +700,7 @@ async fn mysql_cdc(
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|f| (start.file_index()..=end.file_index()).contains(&file_index(f)))
+        .filter(|f| (start.file_index()..=end.file_index()).contains(&binlog_file_index(f)))
         .collect();
     let _ = conn.disconnect().await;
     let mut reference = Command::new("mariadb-binlog");

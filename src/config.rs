@@ -209,7 +209,46 @@ pub enum Engine {
     S3,
 }
 
+/// A source database engine's defaults for a new endpoint: what its own tools assume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseDefaults {
+    pub port: u16,
+    pub user: &'static str,
+    /// The variable the engine's own client reads the password from.
+    pub password_env: &'static str,
+}
+
 impl Engine {
+    /// Every engine, sources first, in the order the app offers them.
+    pub const ALL: [Engine; 4] = [Engine::Postgres, Engine::Mysql, Engine::Local, Engine::S3];
+
+    /// The engine for people: `PostgreSQL`, `Local folder`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Postgres => "PostgreSQL",
+            Engine::Mysql => "MySQL",
+            Engine::Local => "Local folder",
+            Engine::S3 => "S3 bucket",
+        }
+    }
+
+    /// A source database's defaults for a new endpoint; `None` for a target.
+    pub fn database_defaults(self) -> Option<DatabaseDefaults> {
+        match self {
+            Engine::Postgres => Some(DatabaseDefaults {
+                port: 5432,
+                user: "postgres",
+                password_env: "PGPASSWORD",
+            }),
+            Engine::Mysql => Some(DatabaseDefaults {
+                port: 3306,
+                user: "root",
+                password_env: "MYSQL_PWD",
+            }),
+            Engine::Local | Engine::S3 => None,
+        }
+    }
+
     /// The name the workspace file uses: `postgres`, `mysql`, `local`, `s3`.
     pub fn name(self) -> &'static str {
         match self {
@@ -221,7 +260,7 @@ impl Engine {
     }
 
     pub fn is_source(self) -> bool {
-        matches!(self, Engine::Postgres | Engine::Mysql)
+        self.database_defaults().is_some()
     }
 }
 

@@ -685,7 +685,7 @@ async fn nulls_of_a_column_made_not_null_after_the_snapshot_are_written() {
     let endpoint = PgEndpoint::from_config(&workspace.endpoints[0], Some(pg.password.clone()));
     let snapshot = Snapshot {
         id,
-        position: "0/0".into(),
+        position: tributary::source::SourcePosition::parse("0/0"),
     };
     let source = PostgresSource::new(endpoint).with_slot_snapshot(snapshot.clone());
     let rules = SelectionRules::new(&["public.t".to_string()], &[]);

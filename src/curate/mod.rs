@@ -371,12 +371,13 @@ pub async fn curate(
             .await?
             .snapshot()
             .await;
-        let source_engine = workspace.endpoint(&task.source, workspace_path)?.engine;
         let cdc = state.cdc.as_ref();
+        // The changes before it are all in the raw zone: those of the batches up to the
+        // confirmed position (the state is written after their files). Changes at or after
+        // it may belong to a batch still being written.
         let changes_end = cdc
-            .and_then(|c| c.confirmed_position.as_deref())
-            .and_then(|p| crate::task::written_changes_end(source_engine, p))
-            .map(crate::task::position::ChangePosition::into_string);
+            .and_then(|c| c.confirmed_position.as_ref())
+            .map(|p| p.stream_end().into_string());
         let pending: HashSet<String> = cdc
             .and_then(|c| c.pending_batch.as_ref())
             .map(|p| p.keys.iter().cloned().collect())
@@ -515,9 +516,10 @@ impl TableJob<'_> {
             Some(load) => {
                 let position = load
                     .snapshot_position
-                    .as_deref()
-                    .or(self.state.snapshot_position.as_deref())
-                    .unwrap_or("");
+                    .as_ref()
+                    .or(self.state.snapshot_position.as_ref())
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
                 let bytes: u64 = load.files().map(|f| f.bytes).sum();
                 format!("{position}|{} files|{bytes} bytes", load.files().count())
             }

@@ -41,11 +41,12 @@ pub enum FormatError {
         "no space left on the device writing {path}. Free space there or choose another target"
     )]
     DiskFull { path: PathBuf },
-    #[error("encoding {format} file {path}: {message}")]
+    #[error("encoding {format} file {path}: {source}")]
     Encode {
         format: &'static str,
         path: PathBuf,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -64,7 +65,11 @@ impl FormatError {
     }
 
     /// Parquet and Arrow writers wrap I/O errors in their own; find a full disk inside.
-    fn encode(format: &'static str, path: &Path, e: impl std::fmt::Display) -> Self {
+    fn encode(
+        format: &'static str,
+        path: &Path,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         let message = e.to_string();
         if message.contains("No space left on device") || message.contains("os error 28") {
             FormatError::DiskFull {
@@ -74,7 +79,7 @@ impl FormatError {
             FormatError::Encode {
                 format,
                 path: path.to_owned(),
-                message,
+                source: Box::new(e),
             }
         }
     }
@@ -414,11 +419,8 @@ impl RollingWriter {
             ));
         }
         columns.extend(batch.columns().iter().cloned());
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| FormatError::Encode {
-            format: "arrow",
-            path: self.spool_dir.clone(),
-            message: e.to_string(),
-        })
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| FormatError::encode("arrow", &self.spool_dir, e))
     }
 }
 

@@ -68,6 +68,14 @@ pub enum StorageError {
         uri: String,
         message: String,
     },
+    /// Bytes that failed on their way, after the request itself succeeded.
+    #[error("{op} {uri}: {source}")]
+    Transfer {
+        op: &'static str,
+        uri: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("'{uri}' is not a local path or an s3://bucket/prefix URI")]
     InvalidUri { uri: String },
     #[error(
@@ -91,6 +99,18 @@ impl StorageError {
         match e {
             DurableError::Io { op, path, source } => StorageError::io(op, &path, source),
             other => StorageError::UnsafeSpool { source: other, fix },
+        }
+    }
+
+    fn transfer(
+        op: &'static str,
+        uri: String,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageError::Transfer {
+            op,
+            uri,
+            source: Box::new(source),
         }
     }
 
@@ -171,7 +191,8 @@ impl Storage {
                 profile: e.profile.clone(),
             })
             .await),
-            Engine::Postgres | Engine::Mysql => Err(StorageError::InvalidUri {
+            // Every other engine is a source database.
+            _ => Err(StorageError::InvalidUri {
                 uri: format!("endpoint '{}' (a source, not a target)", e.name),
             }),
         }
@@ -406,11 +427,7 @@ impl Storage {
                         .collect()
                         .await
                         .map(|b| Some(b.into_bytes()))
-                        .map_err(|e| StorageError::S3 {
-                            op: "reading",
-                            uri: self.uri(key),
-                            message: e.to_string(),
-                        }),
+                        .map_err(|e| StorageError::transfer("reading", self.uri(key), e)),
                     Err(e) => match s.error("reading", key, e) {
                         StorageError::NotFound { .. } => Ok(None),
                         other => Err(other),
@@ -454,11 +471,7 @@ impl Storage {
                     .collect()
                     .await
                     .map(|b| b.into_bytes())
-                    .map_err(|e| StorageError::S3 {
-                        op: "reading",
-                        uri: self.uri(key),
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| StorageError::transfer("reading", self.uri(key), e))
             }
         }
     }
@@ -796,11 +809,7 @@ impl S3Storage {
         if size < MULTIPART_THRESHOLD {
             let body = ByteStream::from_path(local)
                 .await
-                .map_err(|e| StorageError::S3 {
-                    op: "reading",
-                    uri: local.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| StorageError::transfer("reading", local.display().to_string(), e))?;
             return self
                 .client
                 .put_object()

@@ -11,7 +11,10 @@
 
 pub mod decimal;
 pub mod mysql;
+pub mod position;
 pub mod postgres;
+
+pub use position::SourcePosition;
 
 use std::sync::Arc;
 
@@ -58,6 +61,14 @@ pub enum SourceError {
         endpoint: String,
         context: String,
         message: String,
+    },
+    /// A driver's error with no better-known meaning, kept whole as the source.
+    #[error("endpoint '{endpoint}': {context}: {source}")]
+    Driver {
+        endpoint: String,
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("endpoint '{endpoint}', table {table}: cannot decode column '{column}': {message}")]
     Decode {
@@ -149,8 +160,18 @@ pub struct TableRange {
 pub struct Snapshot {
     /// Engine-specific snapshot handle (PostgreSQL: an exported snapshot id).
     pub id: String,
-    /// The source position of the snapshot (PostgreSQL: an LSN), where CDC starts.
-    pub position: String,
+    /// Where in the source's log the snapshot stands, where CDC starts; `None` where the
+    /// source keeps no log to read changes from (MySQL with the binlog off: full load only).
+    pub position: Option<SourcePosition>,
+}
+
+impl Snapshot {
+    /// The position for people: `none (no change log)` without one.
+    pub fn describe_position(&self) -> String {
+        self.position
+            .as_ref()
+            .map_or_else(|| "none (no change log)".to_owned(), ToString::to_string)
+    }
 }
 
 /// What the full-load runner needs from a source database.

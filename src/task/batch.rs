@@ -30,7 +30,7 @@ use crate::config::TaskConfig;
 use crate::ident::TableId;
 use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
-use crate::task::position::ChangePosition;
+use crate::source::position::{ChangePosition, SourcePosition};
 use crate::task::stats::{CdcStats, TableState, TableStats};
 
 /// Rows a table's builder holds before they go to its spool file.
@@ -47,11 +47,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// position of a batch just written.
 pub(super) enum Turn {
     Go {
-        written: Option<String>,
+        written: Option<SourcePosition>,
     },
     /// Stopped between transactions: everything finished is written.
     Stopped {
-        written: Option<String>,
+        written: Option<SourcePosition>,
     },
     /// Stopped inside a transaction that did not commit in time: its batch is dropped.
     Abandoned,
@@ -89,8 +89,9 @@ pub(super) struct TableBatch {
 
 struct Batch {
     started: Instant,
-    /// Where the source stands after the batch's last transaction.
-    end_position: String,
+    /// Where the source stands after the batch's last transaction (none before its first
+    /// commit).
+    end_position: Option<SourcePosition>,
     first_commit_micros: Option<i64>,
     last_commit_micros: i64,
     changes: u64,
@@ -126,7 +127,7 @@ impl BatchWriter {
         checkpoint: Arc<Checkpoint>,
         events: Events,
         state: &super::checkpoint::TaskState,
-        confirmed_position: String,
+        confirmed_position: &SourcePosition,
         stream_names: (String, String),
     ) -> Self {
         let cdc = state.cdc.clone().unwrap_or_default();
@@ -147,7 +148,7 @@ impl BatchWriter {
             tables: HashMap::new(),
             batch: None,
             stats: CdcStats {
-                confirmed_position,
+                confirmed_position: confirmed_position.to_string(),
                 batches: cdc.batches,
                 ..CdcStats::default()
             },
@@ -405,7 +406,7 @@ impl BatchWriter {
     pub(super) fn touch(&mut self, commit_micros: i64) {
         let batch = self.batch.get_or_insert_with(|| Batch {
             started: Instant::now(),
-            end_position: String::new(),
+            end_position: None,
             first_commit_micros: None,
             last_commit_micros: commit_micros,
             changes: 0,
@@ -415,9 +416,9 @@ impl BatchWriter {
     }
 
     /// A transaction of the open batch committed; the source stands at `end_position`.
-    pub(super) fn commit(&mut self, end_position: String, commit_micros: i64) {
+    pub(super) fn commit(&mut self, end_position: SourcePosition, commit_micros: i64) {
         if let Some(b) = &mut self.batch {
-            b.end_position = end_position;
+            b.end_position = Some(end_position);
             b.last_commit_micros = commit_micros;
         }
     }
@@ -548,9 +549,15 @@ impl BatchWriter {
 
     /// Writes the open batch: files in place, then the state, then the slot confirmed.
     /// Returns the batch's end position, if there was a batch.
-    pub(super) async fn flush(&mut self) -> Result<Option<String>, TaskError> {
+    pub(super) async fn flush(&mut self) -> Result<Option<SourcePosition>, TaskError> {
         let Some(batch) = self.batch.take() else {
             return Ok(None);
+        };
+        let Some(end_position) = batch.end_position.clone() else {
+            return Err(TaskError::Internal {
+                task: self.task.name.clone(),
+                message: "a CDC batch was written before any of its transactions committed".into(),
+            });
         };
         let keys: Vec<TableId> = self.tables.keys().cloned().collect();
         for key in &keys {
@@ -585,7 +592,6 @@ impl BatchWriter {
                 placed.push((key.clone(), format!("{}{partition}{name}", t.prefix), file));
             }
         }
-        let end_position = batch.end_position.clone();
 
         // 1. Record what is about to appear, so a crash in between can be cleaned up.
         let pending_keys: Vec<String> = placed.iter().map(|(_, k, _)| k.clone()).collect();
@@ -638,7 +644,7 @@ impl BatchWriter {
         self.last_file_millis = newest;
         let now = Utc::now().timestamp_micros();
         let seconds = batch.started.elapsed().as_secs_f64().max(0.001);
-        self.stats.confirmed_position = end_position;
+        self.stats.confirmed_position = end_position.to_string();
         self.stats.batches += 1;
         self.stats.latency_ms =
             (now - batch.first_commit_micros.unwrap_or(now)).max(0) as u64 / 1000;
@@ -647,7 +653,7 @@ impl BatchWriter {
             self.events.send(TaskEvent::Table(t.stats.clone()));
         }
         self.events.send(TaskEvent::Cdc(self.stats.clone()));
-        Ok(Some(batch.end_position))
+        Ok(Some(end_position))
     }
 }
 
@@ -667,57 +673,4 @@ fn largest(
 /// Bytes of the table's open Parquet row group.
 fn row_group_bytes(t: &TableBatch) -> usize {
     t.writer.as_ref().map_or(0, RollingWriter::buffered_bytes)
-}
-
-/// A batch interrupted while being put in place: removes its files, so it is written again.
-pub(super) async fn remove_pending_batch(
-    storage: &Storage,
-    checkpoint: &Checkpoint,
-    events: &Events,
-    task: &TaskConfig,
-    cdc: &super::checkpoint::CdcState,
-) -> Result<(), TaskError> {
-    let Some(pending) = &cdc.pending_batch else {
-        return Ok(());
-    };
-    delete_recorded(storage, task, &pending.keys).await?;
-    events.log(
-        LogLevel::Info,
-        format!(
-            "removed {} file(s) of an interrupted CDC batch; it is written again",
-            pending.keys.len()
-        ),
-    );
-    checkpoint
-        .update(|s| {
-            if let Some(c) = &mut s.cdc {
-                c.pending_batch = None;
-            }
-        })
-        .await?;
-    Ok(())
-}
-
-/// Deletes files the task state recorded as this task's own (a pending batch). Each must
-/// lie inside the task's source folder of the raw zone: a state edited by hand, or written
-/// by something else, deletes nothing outside it.
-pub(super) async fn delete_recorded(
-    storage: &Storage,
-    task: &TaskConfig,
-    keys: &[String],
-) -> Result<(), TaskError> {
-    let folder = layout::source_prefix(&task.target_settings.bucket_folder, &task.source);
-    if let Some(outside) = keys.iter().find(|k| !layout::is_inside(&folder, k)) {
-        return Err(TaskError::Internal {
-            task: task.name.clone(),
-            message: format!(
-                "the task state lists the file {outside} as one of its own, but it is not inside the task's folder {folder}; nothing was deleted. Check who wrote the task state (_tributary/{}/state.json), or move it away to start the task afresh",
-                task.name
-            ),
-        });
-    }
-    for key in keys {
-        storage.delete(key).await?;
-    }
-    Ok(())
 }

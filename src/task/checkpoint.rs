@@ -15,7 +15,7 @@
 //!   the stream's changes to it before that `_position` are in its new load, and are
 //!   never written.
 
-use super::position::ChangePosition;
+use crate::source::position::{ChangePosition, SourcePosition};
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -57,8 +57,8 @@ pub struct TaskState {
     pub version: u32,
     pub task: String,
     pub source_endpoint: String,
-    /// Source position of the snapshot the last full load read from (PostgreSQL: an LSN).
-    pub snapshot_position: Option<String>,
+    /// Where the snapshot the last full load read from stands in the source's log.
+    pub snapshot_position: Option<SourcePosition>,
     pub full_load_started_at: Option<DateTime<Utc>>,
     pub full_load_completed_at: Option<DateTime<Utc>>,
     /// Keyed by table (written `schema.table`, see [`TableId`]).
@@ -81,9 +81,9 @@ pub struct TaskState {
 pub struct CdcState {
     pub slot: String,
     pub publication: String,
-    /// The end of the last transaction whose changes are durably in files (PostgreSQL: an
-    /// LSN). Streaming resumes after it.
-    pub confirmed_position: Option<String>,
+    /// The end of the last transaction whose changes are durably in files. Streaming
+    /// resumes after it.
+    pub confirmed_position: Option<SourcePosition>,
     /// A batch being put in place: on restart its files are deleted and it is redone.
     pub pending_batch: Option<PendingBatch>,
     pub batches: u64,
@@ -95,7 +95,7 @@ pub struct CdcState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingBatch {
     pub keys: Vec<String>,
-    pub end_position: String,
+    pub end_position: SourcePosition,
 }
 
 /// What CDC has written for one table, and its schema history.
@@ -172,9 +172,9 @@ pub struct TableLoadState {
     /// The next `LOADxxxxxxxx` counter to use.
     pub next_file_number: u32,
     pub last_error: Option<String>,
-    /// Source position of the snapshot the table was first read from.
+    /// Where the snapshot the table was first read from stands in the source's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_position: Option<String>,
+    pub snapshot_position: Option<SourcePosition>,
     /// The first `_position` of the change stream that applies to this table, when it was
     /// reloaded alone from a snapshot later than where the stream stands: the changes
     /// before it are in the load, so the stream's copies of them are passed by.

@@ -149,7 +149,7 @@ pub(super) async fn run<S: Source>(
     checkpoint
         .update(|s| {
             for (key, mut table) in new_states {
-                table.snapshot_position = Some(snapshot.position.clone());
+                table.snapshot_position = snapshot.position.clone();
                 s.tables.insert(key, table);
             }
             // A resumed load reads its remaining ranges from a new, later snapshot. The first
@@ -157,8 +157,9 @@ pub(super) async fn run<S: Source>(
             // from the ranges loaded before the interruption, so CDC must start there.
             // Replaying them over rows read later is harmless, since every change is a full
             // image applied by key in position order.
-            s.snapshot_position
-                .get_or_insert_with(|| snapshot.position.clone());
+            if s.snapshot_position.is_none() {
+                s.snapshot_position = snapshot.position.clone();
+            }
             s.full_load_started_at.get_or_insert_with(chrono::Utc::now);
         })
         .await?;
@@ -179,7 +180,7 @@ pub(super) async fn run<S: Source>(
         format!(
             "full load of {} table(s) from snapshot at position {} into {location}",
             jobs.len() + finished.len(),
-            snapshot.position
+            snapshot.describe_position()
         ),
     );
     events.send(TaskEvent::Planned {

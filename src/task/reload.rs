@@ -18,14 +18,16 @@
 //! [`TaskState::reloading`]: super::checkpoint::TaskState::reloading
 //! [`TableLoadState::changes_from`]: super::checkpoint::TableLoadState::changes_from
 
-use super::position::ChangePosition;
+use crate::source::position::SourcePosition;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::checkpoint::Checkpoint;
-use super::{Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskSummary, cdc, full_load};
+use super::{
+    Events, LogLevel, RunOptions, TaskCommand, TaskError, TaskSummary, cleanup, full_load,
+};
 use crate::config::TaskConfig;
 use crate::ident::TableId;
 use crate::lake::Storage;
@@ -52,12 +54,11 @@ pub(super) async fn request<S: Source>(
     Ok(())
 }
 
-/// Loads the requested tables again from `source`, whose snapshot must be exact; `mark`
-/// turns the snapshot's source position into the first `_position` that applies after it.
-/// Returns the full load's summary.
+/// Loads the requested tables again from `source`, whose snapshot must be exact; each
+/// table's changes apply from the first `_position` its snapshot does not hold
+/// ([`SourcePosition::snapshot_end`]). Returns the full load's summary.
 pub(super) async fn run<S: Source>(
     source: Arc<S>,
-    mark: impl Fn(&str) -> Option<ChangePosition>,
     storage: &Storage,
     checkpoint: &Arc<Checkpoint>,
     task: &TaskConfig,
@@ -87,7 +88,7 @@ pub(super) async fn run<S: Source>(
     }
     let mut removed = 0;
     for key in &tables {
-        removed += cdc::delete_table_cdc_files(storage, task, key).await?;
+        removed += cleanup::delete_table_cdc_files(storage, task, key).await?;
     }
     let loaded_before: HashSet<TableId> = checkpoint
         .update(|s| {
@@ -136,8 +137,8 @@ pub(super) async fn run<S: Source>(
         .iter()
         .filter(|(k, _)| !loaded_before.contains(*k))
     {
-        let position = load.snapshot_position.clone();
-        let Some(from) = position.as_deref().and_then(&mark) else {
+        let position = load.snapshot_position.as_ref();
+        let Some(from) = position.map(SourcePosition::snapshot_end) else {
             return Err(TaskError::Internal {
                 task: task.name.clone(),
                 message: format!(

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::source::SourcePosition;
+
 /// A table's state in a task, with DMS's wording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TableState {
@@ -77,8 +79,8 @@ pub struct TaskSummary {
     pub seconds: f64,
     /// Where the loaded files are, e.g. `/var/lib/lake/raw/shop` or `s3://bucket/raw/shop`.
     pub location: String,
-    /// Source position of the full load's snapshot.
-    pub snapshot_position: Option<String>,
+    /// Where the full load's snapshot stands in the source's log.
+    pub snapshot_position: Option<SourcePosition>,
 }
 
 impl TaskSummary {
@@ -147,5 +149,5 @@ pub struct CdcStats {
 /// How a CDC run ends.
 pub struct CdcOutcome {
     pub tables: Vec<TableStats>,
-    pub confirmed_position: Option<String>,
+    pub confirmed_position: Option<SourcePosition>,
 }

@@ -88,6 +88,13 @@ pub enum ToastError {
         uri: String,
         message: String,
     },
+    #[error("column {column} in {uri}: {source}")]
+    Cast {
+        column: String,
+        uri: String,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -595,10 +602,10 @@ fn key_mask(
                 key: shown_key.to_owned(),
                 uri: uri.to_owned(),
             })?;
-        let convert = |e: arrow_schema::ArrowError| ToastError::Convert {
+        let convert = |source: arrow_schema::ArrowError| ToastError::Cast {
             column: name.clone(),
             uri: uri.to_owned(),
-            message: e.to_string(),
+            source,
         };
         let value = arrow_cast::cast(value, column.data_type()).map_err(convert)?;
         let equal = arrow_ord::cmp::eq(column, &Scalar::new(value)).map_err(convert)?;

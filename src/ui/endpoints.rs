@@ -145,13 +145,8 @@ impl EndpointsScreen {
         }
         ui.separator();
         ui.horizontal_wrapped(|ui| {
-            for (engine, label) in [
-                (Engine::Postgres, "+ PostgreSQL"),
-                (Engine::Mysql, "+ MySQL"),
-                (Engine::Local, "+ Local folder"),
-                (Engine::S3, "+ S3 bucket"),
-            ] {
-                if ui.button(label).clicked() {
+            for engine in Engine::ALL {
+                if ui.button(format!("+ {}", engine.label())).clicked() {
                     let name = unique_name(doc, engine.name());
                     doc.workspace.endpoints.push(new_endpoint(name, engine));
                     self.selected = Some(doc.workspace.endpoints.len() - 1);
@@ -181,26 +176,15 @@ fn new_endpoint(name: String, engine: Engine) -> EndpointConfig {
         Ok(e) => e,
         Err(_) => unreachable!("a name and an engine always parse"),
     };
-    match engine {
-        Engine::Postgres | Engine::Mysql => {
+    match engine.database_defaults() {
+        Some(defaults) => {
             e.host = Some("127.0.0.1".into());
-            e.port = Some(if engine == Engine::Postgres {
-                5432
-            } else {
-                3306
-            });
-            e.user = Some(
-                if engine == Engine::Postgres {
-                    "postgres"
-                } else {
-                    "root"
-                }
-                .into(),
-            );
-            e.password_env = Some(default_password_env(engine).into());
+            e.port = Some(defaults.port);
+            e.user = Some(defaults.user.into());
+            e.password_env = Some(defaults.password_env.into());
         }
-        Engine::Local => e.path = Some(PathBuf::from("lake")),
-        Engine::S3 => e.bucket = Some(String::new()),
+        None if engine == Engine::Local => e.path = Some(PathBuf::from("lake")),
+        None => e.bucket = Some(String::new()),
     }
     e
 }
@@ -234,25 +218,6 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
             field_ui(ui, "Name", &mut name, name_problem.as_deref());
             e.name = name.unwrap_or_default();
             match e.engine {
-                Engine::Postgres | Engine::Mysql => {
-                    let host_problem = e.host.is_none().then_some("required");
-                    field_ui(ui, "Host", &mut e.host, host_problem);
-                    let mut port = e.port.map(|p| p.to_string());
-                    let port_problem = port
-                        .as_deref()
-                        .filter(|p| p.parse::<u16>().is_err())
-                        .map(|_| "a port number, 1 to 65535");
-                    field_ui(ui, "Port", &mut port, port_problem);
-                    if let Some(p) = port.as_deref().and_then(|p| p.parse().ok()) {
-                        e.port = Some(p);
-                    } else if port.is_none() {
-                        e.port = None;
-                    }
-                    field_ui(ui, "Database", &mut e.database, None);
-                    let user_problem = e.user.is_none().then_some("required");
-                    field_ui(ui, "User", &mut e.user, user_problem);
-                    password_source_ui(ui, e);
-                }
                 Engine::Local => {
                     let mut path = e.path.as_ref().map(|p| p.display().to_string());
                     let problem = path.is_none().then_some("required");
@@ -285,6 +250,26 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                     }
                     ui.end_row();
                 }
+                // Every source database.
+                _ => {
+                    let host_problem = e.host.is_none().then_some("required");
+                    field_ui(ui, "Host", &mut e.host, host_problem);
+                    let mut port = e.port.map(|p| p.to_string());
+                    let port_problem = port
+                        .as_deref()
+                        .filter(|p| p.parse::<u16>().is_err())
+                        .map(|_| "a port number, 1 to 65535");
+                    field_ui(ui, "Port", &mut port, port_problem);
+                    if let Some(p) = port.as_deref().and_then(|p| p.parse().ok()) {
+                        e.port = Some(p);
+                    } else if port.is_none() {
+                        e.port = None;
+                    }
+                    field_ui(ui, "Database", &mut e.database, None);
+                    let user_problem = e.user.is_none().then_some("required");
+                    field_ui(ui, "User", &mut e.user, user_problem);
+                    password_source_ui(ui, e);
+                }
             }
         });
 }
@@ -311,7 +296,10 @@ fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
             && e.password_keyring
         {
             e.password_keyring = false;
-            e.password_env = Some(default_password_env(e.engine).into());
+            e.password_env = e
+                .engine
+                .database_defaults()
+                .map(|d| d.password_env.to_owned());
         }
         if ui.radio(e.password_keyring, "OS keyring").clicked() {
             e.password_keyring = true;
@@ -355,15 +343,6 @@ fn first_clause(message: &str) -> &str {
         .min()
         .unwrap_or(message.len());
     &message[..end]
-}
-
-/// The variable a new endpoint names for its password: the one the engine's own tools read.
-fn default_password_env(engine: Engine) -> &'static str {
-    if engine == Engine::Postgres {
-        "PGPASSWORD"
-    } else {
-        "MYSQL_PWD"
-    }
 }
 
 fn name_problem(name: &str) -> Option<String> {

@@ -21,10 +21,11 @@ use mysql_async::binlog::events::{
 };
 use mysql_async::prelude::Queryable;
 
+use super::MyEndpoint;
 pub use super::row_image::RowImages;
 use super::row_image::{self, ColumnCtx};
 use super::types::{ColumnDecoder, Kind};
-use super::{BinlogPosition, MyEndpoint};
+use crate::source::position::BinlogPosition;
 use crate::source::{SelectionRules, SourceError};
 
 /// How often an idle server sends a heartbeat, so the runner sees where the binlog ends.

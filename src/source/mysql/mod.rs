@@ -31,6 +31,7 @@ use super::{
     TableRange,
 };
 use crate::config::EndpointConfig;
+use crate::source::position::{BinlogPosition, SourcePosition};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows per record batch sent by a reader, or bytes, whichever comes first.
@@ -141,53 +142,6 @@ fn setting_check(name: &str, value: &str, want: &str, why: &str, since: &str) ->
         format!("{name} = {value}: CDC needs {want}{why}"),
         format!("SET GLOBAL {name} = '{want}', and set {name} = {want} {RESTART}{since}"),
     )
-}
-
-/// A position in the binlog: the file and the offset after an event, and the GTID of the
-/// last transaction before it, where the server has GTIDs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BinlogPosition {
-    pub file: String,
-    pub pos: u64,
-    pub gtid: Option<String>,
-}
-
-impl std::fmt::Display for BinlogPosition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)?;
-        if let Some(g) = &self.gtid {
-            write!(f, " gtid {g}")?;
-        }
-        Ok(())
-    }
-}
-
-impl BinlogPosition {
-    /// Parses what [`Display`](std::fmt::Display) writes.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (position, gtid) = match text.split_once(" gtid ") {
-            Some((p, g)) => (p, Some(g.to_string()).filter(|g| !g.is_empty())),
-            None => (text, None),
-        };
-        let (file, pos) = position.rsplit_once(':')?;
-        Some(BinlogPosition {
-            file: file.to_string(),
-            pos: pos.parse().ok()?,
-            gtid,
-        })
-    }
-
-    /// The number in the file's name (`mysql-bin.000012` → 12), which orders files.
-    pub fn file_index(&self) -> u64 {
-        file_index(&self.file)
-    }
-}
-
-pub fn file_index(file: &str) -> u64 {
-    file.rsplit('.')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 impl MyEndpoint {
@@ -311,10 +265,10 @@ impl MyEndpoint {
                     message: format!("{} (error {code})", s.message),
                 },
             },
-            _ => SourceError::Database {
+            _ => SourceError::Driver {
                 endpoint,
                 context: context.to_string(),
-                message: e.to_string(),
+                source: Box::new(e),
             },
         }
     }
@@ -880,7 +834,7 @@ impl Source for MysqlSource {
         *self.pool.lock().await = Some(Arc::new(pool));
         Ok(Snapshot {
             id: "consistent snapshot".into(),
-            position: position.map(|p| p.to_string()).unwrap_or_default(),
+            position: position.map(SourcePosition::Binlog),
         })
     }
 
@@ -973,18 +927,5 @@ mod tests {
         let error = bad.require_cdc("m").unwrap_err().to_string();
         assert!(error.contains("the binary log is off"), "{error}");
         assert!(error.contains("Fix: set log_bin"), "{error}");
-    }
-
-    #[test]
-    fn positions_round_trip() {
-        let p = BinlogPosition {
-            file: "mysql-bin.000012".into(),
-            pos: 1234,
-            gtid: Some("0-1-55".into()),
-        };
-        assert_eq!(BinlogPosition::parse(&p.to_string()), Some(p.clone()));
-        assert_eq!(p.file_index(), 12);
-        let no_gtid = BinlogPosition { gtid: None, ..p };
-        assert_eq!(BinlogPosition::parse(&no_gtid.to_string()), Some(no_gtid));
     }
 }

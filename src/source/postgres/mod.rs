@@ -26,6 +26,7 @@ use super::{
     CheckResult, ColumnInfo, SelectionRules, Snapshot, Source, SourceError, TableInfo, TableRange,
 };
 use crate::config::EndpointConfig;
+use crate::source::position::{SourcePosition, parse_lsn};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -148,10 +149,10 @@ impl PgEndpoint {
                     },
                 }
             }
-            _ => SourceError::Database {
+            _ => SourceError::Driver {
                 endpoint,
                 context: context.to_string(),
-                message: e.to_string(),
+                source: Box::new(e),
             },
         }
     }
@@ -480,6 +481,15 @@ pub fn sql_table_name(table: &crate::ident::TableId) -> String {
     format!("{}.{}", part(&table.schema), part(&table.table))
 }
 
+/// A WAL location the server printed, or an error that says what came instead.
+fn wal_position(endpoint: &str, text: String) -> Result<u64, SourceError> {
+    parse_lsn(&text).ok_or_else(|| SourceError::Database {
+        endpoint: endpoint.to_string(),
+        context: "reading the WAL position".into(),
+        message: format!("the server returned {text:?}, not an LSN"),
+    })
+}
+
 impl Source for PostgresSource {
     fn endpoint(&self) -> &str {
         &self.endpoint.name
@@ -649,9 +659,11 @@ impl Source for PostgresSource {
             id: row
                 .try_get(0)
                 .map_err(|e| self.endpoint.classify(e, "exporting a snapshot"))?,
-            position: row
-                .try_get(1)
-                .map_err(|e| self.endpoint.classify(e, "reading the WAL position"))?,
+            position: Some(SourcePosition::Lsn(wal_position(
+                &self.endpoint.name,
+                row.try_get(1)
+                    .map_err(|e| self.endpoint.classify(e, "reading the WAL position"))?,
+            )?)),
         };
         *self.snapshot_holder.lock().await = Some(conn);
         Ok(snapshot)

@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
 use crate::ident::TableId;
+use crate::source::position::{SourcePosition, format_lsn, parse_lsn};
 use crate::source::{Snapshot, SourceError};
 
 /// Bytes of stream messages read ahead of the task, waiting in [`ChangeStream`]'s queue.
@@ -50,14 +51,6 @@ pub struct SlotStatus {
     /// The server removed WAL the slot needed (`wal_status = 'lost'`, past
     /// `max_slot_wal_keep_size`): it can never stream again.
     pub lost: bool,
-}
-
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    Lsn::parse(text).ok().map(|l| l.as_u64())
-}
-
-pub fn format_lsn(lsn: u64) -> String {
-    Lsn::from_u64(lsn).to_pg_string()
 }
 
 impl PgEndpoint {
@@ -322,8 +315,16 @@ impl PgEndpoint {
                     message: "CREATE_REPLICATION_SLOT returned no slot".into(),
                 })
         };
+        let position = field(1)?;
+        let Some(lsn) = parse_lsn(&position) else {
+            return Err(SourceError::Database {
+                endpoint: self.name.clone(),
+                context,
+                message: format!("CREATE_REPLICATION_SLOT returned {position:?}, not an LSN"),
+            });
+        };
         let snapshot = Snapshot {
-            position: field(1)?,
+            position: Some(SourcePosition::Lsn(lsn)),
             id: field(2)?,
         };
         Ok((SnapshotHolder { _client: client }, snapshot))

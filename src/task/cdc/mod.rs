@@ -1,7 +1,11 @@
-//! Change data capture into the raw zone: one loop for every engine ([`run`]) and the part
-//! each engine plays in it ([`Engine`]): PostgreSQL ([`postgres`], pgoutput over a
-//! replication slot) and MySQL/MariaDB ([`mysql`], the binlog read as a replica). Both write
-//! through the one [`BatchWriter`].
+//! The source engines as tasks drive them, and change data capture into the raw zone.
+//!
+//! Each engine has one file here: PostgreSQL ([`postgres`], pgoutput over a replication
+//! slot) and MySQL/MariaDB ([`mysql`], the binlog read as a replica). The file holds the
+//! engine's whole course ([`SourceEngine`]: its checks, its tables, a run from the full load
+//! to CDC) and its part in the one CDC loop ([`run`], [`Engine`]). Every engine writes
+//! through the one [`BatchWriter`]. [`source_engine`] is the only place that maps the
+//! workspace's `engine` key to an engine.
 //!
 //! Invariants, for every engine:
 //! - an engine turns each event of its stream into [`BatchWriter`] calls (`schema`,
@@ -11,11 +15,11 @@
 //!   confirmed, the binlog position recorded) only once a batch is durably in place;
 //! - side work (heartbeats, lag) never fails a run: it is logged and retried later.
 //!
-//! A new engine is a file here with a struct implementing [`Engine`], started from its run
-//! in `task/mod.rs`.
+//! A new engine is a folder under `src/source/` and a file here with a struct implementing
+//! [`SourceEngine`] and one implementing [`Engine`], named in [`source_engine`].
 
-pub(super) mod mysql;
-pub(super) mod postgres;
+mod mysql;
+mod postgres;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,16 +28,61 @@ use tokio::sync::watch;
 
 use super::batch::{BatchWriter, Turn};
 use super::checkpoint::Checkpoint;
+use super::control::{Events, LogLevel, TaskCommand, TaskEvent};
+use super::error::TaskError;
 use super::stats::CdcOutcome;
-use super::{Events, LogLevel, TaskCommand, TaskError, TaskEvent};
-use crate::config::TaskConfig;
-use crate::ident::TableId;
-use crate::lake::{Storage, layout};
+use futures::future::BoxFuture;
+
+use super::course::TaskRun;
+use crate::check::CheckResult;
+use crate::config::{self, EndpointConfig, TaskConfig, Workspace};
+use crate::lake::Storage;
+use crate::source::SourcePosition;
+use crate::source::{SelectionRules, SourceError, TableInfo};
+use crate::task::stats::TaskSummary;
 
 /// How often the lag behind the source is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the loop wakes without an event (a due batch, a stop, side work).
 const TICK: Duration = Duration::from_millis(500);
+
+/// A source engine as a task drives it, from the endpoint's checks to a whole run.
+pub(super) trait SourceEngine: Sync {
+    /// The endpoint's checks (connection, prerequisites), each with its fix, and those of
+    /// each of `workspace`'s CDC tasks that read it (`tributary check`).
+    fn check<'a>(
+        &'a self,
+        workspace: &'a Workspace,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+    ) -> BoxFuture<'a, Vec<CheckResult>>;
+
+    /// The tables `rules` select, with their columns and keys.
+    fn discover<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        rules: &'a SelectionRules,
+    ) -> BoxFuture<'a, Result<Vec<TableInfo>, SourceError>>;
+
+    /// A whole run of a task reading the endpoint, as its migration type says: the full
+    /// load, CDC, or the full load and then CDC from exactly where its snapshot ends.
+    fn run<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        run: TaskRun,
+    ) -> BoxFuture<'a, Result<TaskSummary, TaskError>>;
+}
+
+/// The engine that reads a source endpoint of `engine`; `None` for a target's engine.
+pub(super) fn source_engine(engine: config::Engine) -> Option<&'static dyn SourceEngine> {
+    match engine {
+        config::Engine::Postgres => Some(&postgres::PostgresEngine),
+        config::Engine::Mysql => Some(&mysql::MysqlEngine),
+        config::Engine::Local | config::Engine::S3 => None,
+    }
+}
 
 /// What a CDC run needs, for the engine whose endpoint is `E`; each engine's part
 /// implements `run` for its endpoint.
@@ -77,7 +126,7 @@ pub(super) trait Engine {
     async fn written(
         &mut self,
         writer: &mut BatchWriter,
-        written: Option<&str>,
+        written: Option<&SourcePosition>,
         stopped: bool,
     ) -> Result<(), TaskError>;
 
@@ -89,7 +138,7 @@ pub(super) trait Engine {
     async fn lag_bytes(&mut self) -> Option<i64>;
 
     /// Closes the stream; returns the position the run confirmed.
-    async fn close(self, writer: &mut BatchWriter) -> String;
+    async fn close(self) -> SourcePosition;
 }
 
 /// The CDC loop: reads `engine`'s events into `writer` until a stop, a caught-up run or an
@@ -135,7 +184,7 @@ pub(super) async fn run<E: Engine>(
             Turn::Abandoned => break,
         };
         engine
-            .written(&mut writer, written.as_deref(), stopped)
+            .written(&mut writer, written.as_ref(), stopped)
             .await?;
         if stopped {
             break;
@@ -149,7 +198,7 @@ pub(super) async fn run<E: Engine>(
             }
         }
     }
-    let confirmed = engine.close(&mut writer).await;
+    let confirmed = engine.close().await;
     Ok(CdcOutcome {
         tables: writer.tables.into_values().map(|t| t.stats).collect(),
         confirmed_position: Some(confirmed),
@@ -166,59 +215,7 @@ async fn prepare(
     state: &super::checkpoint::TaskState,
 ) -> Result<(), TaskError> {
     let cdc = state.cdc.clone().unwrap_or_default();
-    super::batch::remove_pending_batch(storage, checkpoint, events, task, &cdc).await?;
+    super::cleanup::remove_pending_batch(storage, checkpoint, events, task, &cdc).await?;
     storage.clean_spool(&task.name);
     Ok(())
-}
-
-/// Deletes every CDC file of the task's tables (all but `LOAD*` files under each table's
-/// folder) and any file of a pending batch, and says how many: a reload starts a new
-/// stream, and old changes would replay over the new load.
-pub(super) async fn delete_cdc_files(
-    storage: &Storage,
-    task: &TaskConfig,
-    state: &super::checkpoint::TaskState,
-    events: &Events,
-) -> Result<(), TaskError> {
-    let mut removed = 0;
-    let mut tables: Vec<&TableId> = state.tables.keys().collect();
-    if let Some(cdc) = &state.cdc {
-        tables.extend(cdc.tables.keys());
-        let pending = cdc
-            .pending_batch
-            .iter()
-            .flat_map(|p| p.keys.iter().cloned());
-        super::batch::delete_recorded(storage, task, &pending.collect::<Vec<_>>()).await?;
-    }
-    tables.sort();
-    tables.dedup();
-    for table in tables {
-        removed += delete_table_cdc_files(storage, task, table).await?;
-    }
-    if removed > 0 {
-        events.log(
-            LogLevel::Info,
-            format!("deleted {removed} CDC file(s) of the previous stream"),
-        );
-    }
-    Ok(())
-}
-
-/// Deletes the CDC files (all but `LOAD*`) in the folder of `table`, and only there;
-/// returns how many there were.
-pub(super) async fn delete_table_cdc_files(
-    storage: &Storage,
-    task: &TaskConfig,
-    table: &TableId,
-) -> Result<usize, TaskError> {
-    let prefix = layout::table_prefix(&task.target_settings.bucket_folder, &task.source, table);
-    let mut removed = 0;
-    for object in storage.list_all(&prefix).await? {
-        let name = object.key.rsplit('/').next().unwrap_or("");
-        if layout::is_inside(&prefix, &object.key) && layout::parse_load_number(name).is_none() {
-            storage.delete(&object.key).await?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }

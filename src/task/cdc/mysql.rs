@@ -1,3 +1,7 @@
+//! A MySQL/MariaDB task from start to end: the server's binlog settings, the full load,
+//! tables reloaded alone, then CDC from the snapshot's binlog
+//! position (or from the binlog's end, for a CDC-only task).
+//!
 //! MySQL/MariaDB's part of the CDC loop ([`super`]): binlog row events, batched as
 //! PostgreSQL's are ([`crate::task::batch`]), written exactly once.
 //!
@@ -16,21 +20,166 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use mysql_async::Value;
 
-use super::{CdcRun, Engine, Flow};
-use crate::config::TaskConfig;
+use super::{CdcRun, Engine, Flow, SourceEngine};
+use crate::check::CheckResult;
+use crate::config::{EndpointConfig, MigrationType, TaskConfig, Workspace};
 use crate::ident::TableId;
-use crate::source::SelectionRules;
 use crate::source::mysql::binlog::{self, BinlogEvent, BinlogReader, RowImages, RowOp, TableMap};
 use crate::source::mysql::ddl::{self, Ddl};
 use crate::source::mysql::types::RowBuilder;
-use crate::source::mysql::{BinlogPosition, MyEndpoint, file_index};
+use crate::source::mysql::{MyEndpoint, MysqlSource};
+use crate::source::position::{BinlogPosition, ChangePosition, SourcePosition, binlog_file_index};
+use crate::source::{SelectionRules, Source, SourceError, TableInfo};
 use crate::task::batch::{BatchWriter, TableRows};
 use crate::task::checkpoint::{Checkpoint, SchemaChange};
-use crate::task::position::ChangePosition;
-use crate::task::stats::CdcOutcome;
-use crate::task::{Events, LogLevel, TaskError};
+use crate::task::control::{Events, LogLevel};
+use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
+use crate::task::error::TaskError;
+use crate::task::stats::{CdcOutcome, TaskSummary};
+use crate::task::{cleanup, full_load, reload};
+
+// ---- The course of a task ----
+
+/// MySQL/MariaDB as tasks drive it.
+pub(super) struct MysqlEngine;
+
+impl SourceEngine for MysqlEngine {
+    fn check<'a>(
+        &'a self,
+        _workspace: &'a Workspace,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+    ) -> BoxFuture<'a, Vec<CheckResult>> {
+        // The binlog is read as a replica: nothing on the server belongs to one task.
+        Box::pin(async move {
+            MysqlSource::new(MyEndpoint::from_config(endpoint, password), 1)
+                .check()
+                .await
+        })
+    }
+
+    fn discover<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        rules: &'a SelectionRules,
+    ) -> BoxFuture<'a, Result<Vec<TableInfo>, SourceError>> {
+        Box::pin(async move {
+            MysqlSource::new(MyEndpoint::from_config(endpoint, password), 1)
+                .discover(rules)
+                .await
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        run: TaskRun,
+    ) -> BoxFuture<'a, Result<TaskSummary, TaskError>> {
+        Box::pin(run_task(MyEndpoint::from_config(endpoint, password), run))
+    }
+}
+
+/// A MySQL/MariaDB task: the full load, CDC from the binlog, or the full load and then CDC
+/// from the snapshot's binlog position.
+async fn run_task(endpoint: MyEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError> {
+    let TaskRun {
+        storage,
+        checkpoint,
+        task,
+        options,
+        events,
+        stop,
+    } = run;
+    let started = std::time::Instant::now();
+    let source = Arc::new(MysqlSource::new(
+        endpoint.clone(),
+        task.full_load_settings.max_full_load_sub_tasks,
+    ));
+    if task.migration_type == MigrationType::FullLoad {
+        return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
+    }
+    // Every CDC prerequisite is checked before anything is created.
+    let mut conn = endpoint.connect().await?;
+    endpoint
+        .binlog_settings(&mut conn)
+        .await?
+        .require_cdc(&endpoint.name)?;
+    refuse_text_cast_columns(&endpoint, &task).await?;
+    let current = endpoint.current_position(&mut conn).await?;
+    let _ = conn.disconnect().await;
+    let state = checkpoint.snapshot().await;
+    if options.reload {
+        cleanup::delete_cdc_files(&storage, &task, &state, &events).await?;
+        checkpoint.update(|s| s.cdc = None).await?;
+    }
+    let mut options = options;
+    request_reload(&*source, &checkpoint, &task, &mut options, &events).await?;
+    let state = checkpoint.snapshot().await;
+    let load = load_before_cdc(
+        source.clone(),
+        &storage,
+        &checkpoint,
+        &task,
+        &options,
+        &events,
+        &stop,
+    )
+    .await?;
+    let load = if checkpoint.snapshot().await.reloading.is_empty() {
+        load
+    } else {
+        let reloaded = reload::run(source, &storage, &checkpoint, &task, &events, &stop).await;
+        reload::outcome(reloaded, load, &events)?
+    };
+    if !task.has_full_load()
+        && state
+            .cdc
+            .as_ref()
+            .is_none_or(|c| c.confirmed_position.is_none())
+    {
+        // CDC only: changes from now on.
+        let Some(position) = current else {
+            return Err(TaskError::Internal {
+                task: task.name,
+                message: "the server reports no binlog position".into(),
+            });
+        };
+        events.log(
+            LogLevel::Info,
+            format!("CDC starts at the binlog's end, {position}"),
+        );
+        let position = SourcePosition::Binlog(position);
+        checkpoint
+            .update(|s| {
+                s.cdc
+                    .get_or_insert_with(Default::default)
+                    .confirmed_position = Some(position.clone());
+            })
+            .await?;
+    }
+    if stop.borrow().is_some() {
+        return Err(TaskError::Stopped { task: task.name });
+    }
+    let outcome = CdcRun {
+        endpoint,
+        storage,
+        task: task.clone(),
+        checkpoint,
+        events,
+        stop,
+        until_caught_up: options.until_caught_up,
+    }
+    .run()
+    .await?;
+    Ok(cdc_summary(load, outcome, started))
+}
+
+// ---- The part in the CDC loop ----
 
 /// The open transaction.
 struct Txn {
@@ -78,17 +227,17 @@ impl CdcRun<MyEndpoint> {
         let rules = SelectionRules::new(&task.include, &task.exclude);
         let state = checkpoint.snapshot().await;
         super::prepare(&storage, &checkpoint, &events, &task, &state).await?;
-        let start_text = state
+        let start = state
             .cdc
             .as_ref()
-            .and_then(|c| c.confirmed_position.clone())
-            .or(state.snapshot_position.clone())
-            .unwrap_or_default();
-        let Some(start) = BinlogPosition::parse(&start_text) else {
+            .and_then(|c| c.confirmed_position.as_ref())
+            .or(state.snapshot_position.as_ref());
+        let Some(start) = start.and_then(SourcePosition::binlog).cloned() else {
             return Err(TaskError::Internal {
                 task: task.name.clone(),
                 message: format!(
-                    "the task state has no binlog position to start from ({start_text:?})"
+                    "the task state has no binlog position to start from ({})",
+                    start.map_or("none".to_string(), ToString::to_string)
                 ),
             });
         };
@@ -103,12 +252,12 @@ impl CdcRun<MyEndpoint> {
         let replica = format!("binlog replica {server_id}");
         if state.cdc.is_none() {
             // The stream's record starts here, before its first batch.
-            let text = start.to_string();
+            let position = SourcePosition::Binlog(start.clone());
             checkpoint
                 .update(|s| {
                     s.cdc = Some(crate::task::checkpoint::CdcState {
                         slot: replica.clone(),
-                        confirmed_position: Some(text.clone()),
+                        confirmed_position: Some(position.clone()),
                         ..Default::default()
                     });
                 })
@@ -131,7 +280,7 @@ impl CdcRun<MyEndpoint> {
             checkpoint.clone(),
             events.clone(),
             &state,
-            start.to_string(),
+            &SourcePosition::Binlog(start.clone()),
             (replica, String::new()),
         );
         let engine = Mysql {
@@ -211,7 +360,7 @@ impl Engine for Mysql {
                     ));
                 }
                 self.txn = Some(Txn {
-                    file: file_index(self.reader.file()),
+                    file: binlog_file_index(self.reader.file()),
                     start: position,
                     seq: 0,
                     commit_micros: time as i64 * 1_000_000,
@@ -234,7 +383,10 @@ impl Engine for Mysql {
                 time,
             } => self.statement(writer, &schema, &sql, position, time),
             BinlogEvent::Commit { position, time } => {
-                writer.commit(position.to_string(), time as i64 * 1_000_000);
+                writer.commit(
+                    SourcePosition::Binlog(position.clone()),
+                    time as i64 * 1_000_000,
+                );
                 self.txn = None;
                 Some(position)
             }
@@ -256,11 +408,11 @@ impl Engine for Mysql {
     async fn written(
         &mut self,
         writer: &mut BatchWriter,
-        written: Option<&str>,
+        written: Option<&SourcePosition>,
         stopped: bool,
     ) -> Result<(), TaskError> {
-        if let Some(end) = written {
-            self.confirmed = BinlogPosition::parse(end).unwrap_or(self.confirmed.clone());
+        if let Some(end) = written.and_then(SourcePosition::binlog) {
+            self.confirmed = end.clone();
             self.persisted = self.confirmed.clone();
         }
         if self.txn.is_none()
@@ -293,10 +445,10 @@ impl Engine for Mysql {
         }
     }
 
-    async fn close(self, _writer: &mut BatchWriter) -> String {
+    async fn close(self) -> SourcePosition {
         self.reader.close().await;
         let _ = self.control.disconnect().await;
-        self.confirmed.to_string()
+        SourcePosition::Binlog(self.confirmed)
     }
 }
 
@@ -400,7 +552,10 @@ impl Mysql {
         }
         if self.txn.as_ref().is_none_or(|t| !t.explicit) {
             // DDL commits on its own.
-            writer.commit(position.to_string(), time as i64 * 1_000_000);
+            writer.commit(
+                SourcePosition::Binlog(position.clone()),
+                time as i64 * 1_000_000,
+            );
             self.txn = None;
             return Some(position);
         }
@@ -422,8 +577,8 @@ impl Mysql {
             && reached(&at, target)
             && self.txn.is_none()
         {
-            if let Some(end) = writer.flush().await? {
-                self.confirmed = BinlogPosition::parse(&end).unwrap_or(self.confirmed.clone());
+            if let Some(SourcePosition::Binlog(end)) = writer.flush().await? {
+                self.confirmed = end;
             }
             self.persist().await?;
             return Ok(Flow::CaughtUp);
@@ -436,12 +591,12 @@ impl Mysql {
         if self.confirmed == self.persisted {
             return Ok(());
         }
-        let text = self.confirmed.to_string();
+        let position = SourcePosition::Binlog(self.confirmed.clone());
         self.checkpoint
             .update(|s| {
                 let c = s.cdc.get_or_insert_with(Default::default);
                 if c.pending_batch.is_none() {
-                    c.confirmed_position = Some(text.clone());
+                    c.confirmed_position = Some(position.clone());
                 }
             })
             .await?;
@@ -465,7 +620,7 @@ impl Mysql {
             let (Some(name), Some(size)) = (row.get::<String, _>(0), row.get::<u64, _>(1)) else {
                 continue;
             };
-            match file_index(&name).cmp(&at.file_index()) {
+            match binlog_file_index(&name).cmp(&at.file_index()) {
                 std::cmp::Ordering::Greater => lag += size as i64,
                 std::cmp::Ordering::Equal => lag += size as i64 - at.pos as i64,
                 std::cmp::Ordering::Less => {}

@@ -1,3 +1,7 @@
+//! A PostgreSQL task from start to end: the server's readiness, the slot and publication,
+//! the full load from the slot's own snapshot, tables reloaded alone from temporary slots,
+//! then CDC from exactly where the snapshot ends.
+//!
 //! PostgreSQL's part of the CDC loop ([`super`]): pgoutput changes, batched as DMS batches
 //! them ([`crate::task::batch`]), written exactly once.
 //!
@@ -16,24 +20,396 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_schema::{Field, Schema};
+use futures::future::BoxFuture;
 use pgwire_replication::ReplicationEvent;
 use sqlx::PgConnection;
+use tokio::sync::watch;
 
-use super::{CdcRun, Engine, Flow};
+use super::{CdcRun, Engine, Flow, SourceEngine};
+use crate::check::{CheckResult, CheckStatus};
+use crate::config::{EndpointConfig, MigrationType, TaskConfig, Workspace};
 use crate::ident::TableId;
-use crate::source::SelectionRules;
-use crate::source::postgres::PgEndpoint;
+use crate::lake::Storage;
+use crate::source::position::{ChangePosition, SourcePosition, format_lsn};
 use crate::source::postgres::copy_binary::TextBatchBuilder;
 use crate::source::postgres::pgoutput::{
     self, Message, OldTuple, Relation, ReplicaIdentity, Value,
 };
-use crate::source::postgres::replication::{ChangeStream, format_lsn, parse_lsn};
+use crate::source::postgres::replication::{ChangeStream, SlotStatus};
 use crate::source::postgres::types::Kind;
+use crate::source::postgres::{PgEndpoint, PostgresSource};
+use crate::source::{SelectionRules, Source, SourceError, TableInfo};
 use crate::task::batch::{BatchWriter, TableRows};
-use crate::task::position::ChangePosition;
-use crate::task::stats::CdcOutcome;
+use crate::task::checkpoint::{self, Checkpoint};
+use crate::task::control::{Events, LogLevel, TaskCommand};
+use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
+use crate::task::error::TaskError;
+use crate::task::stats::{CdcOutcome, TaskSummary};
 use crate::task::toast::{self, ToastRecovery};
-use crate::task::{Events, LogLevel, TaskError};
+use crate::task::{cleanup, full_load, reload};
+
+// ---- The course of a task ----
+
+/// PostgreSQL as tasks drive it.
+pub(super) struct PostgresEngine;
+
+impl SourceEngine for PostgresEngine {
+    fn check<'a>(
+        &'a self,
+        workspace: &'a Workspace,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+    ) -> BoxFuture<'a, Vec<CheckResult>> {
+        Box::pin(async move {
+            let pg = PgEndpoint::from_config(endpoint, password);
+            let mut results = PostgresSource::new(pg.clone()).check().await;
+            if results.iter().any(|r| r.status == CheckStatus::Fail) {
+                return results;
+            }
+            let readers = workspace
+                .tasks
+                .iter()
+                .filter(|t| t.source == endpoint.name && t.has_cdc());
+            for task in readers {
+                results.push(slot_check(&pg, task).await);
+            }
+            results
+        })
+    }
+
+    fn discover<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        rules: &'a SelectionRules,
+    ) -> BoxFuture<'a, Result<Vec<TableInfo>, SourceError>> {
+        Box::pin(async move {
+            PostgresSource::new(PgEndpoint::from_config(endpoint, password))
+                .discover(rules)
+                .await
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        run: TaskRun,
+    ) -> BoxFuture<'a, Result<TaskSummary, TaskError>> {
+        Box::pin(run_task(PgEndpoint::from_config(endpoint, password), run))
+    }
+}
+
+/// A PostgreSQL task: the full load, CDC, or the full load from the slot's snapshot and
+/// then CDC from exactly where the snapshot ends.
+async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError> {
+    let TaskRun {
+        storage,
+        checkpoint,
+        task,
+        options,
+        events,
+        stop,
+    } = run;
+    let started = std::time::Instant::now();
+    if task.migration_type == MigrationType::FullLoad {
+        let source = Arc::new(PostgresSource::new(pg));
+        return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
+    }
+    let slot = task.slot_name();
+    let publication = task.publication_name();
+    let status = ready_slot(&pg, &task, &events).await?;
+    let mut options = options;
+    let state = checkpoint.snapshot().await;
+    let cdc_started = state
+        .cdc
+        .as_ref()
+        .is_some_and(|c| c.confirmed_position.is_some());
+    // A slot whose start the state never recorded (killed just after creating it, or the
+    // state was moved away) cannot say where CDC starts relative to a load: recreate it.
+    let unanchored = task.has_full_load() && state.snapshot_position.is_none() && !cdc_started;
+    let lost = status.as_ref().is_some_and(|s| s.lost);
+    let start_over = status.is_some() && (options.reload || unanchored);
+    if start_over {
+        if let Err(e) = pg.drop_slot(&slot).await {
+            // Another run took the slot since its status was read: between the first
+            // run's snapshot (the slot is active while it is held) and its streaming, the
+            // slot is idle for a moment.
+            if pg
+                .slot_status(&slot)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.active)
+            {
+                return Err(TaskError::SlotBusy {
+                    task: task.name.clone(),
+                    slot,
+                });
+            }
+            return Err(e.into());
+        }
+        events.log(
+            LogLevel::Info,
+            format!("dropped replication slot {slot} to start over"),
+        );
+    }
+    if lost && !options.reload && !unanchored {
+        return Err(TaskError::SlotLost {
+            task: task.name.clone(),
+            slot,
+        });
+    }
+    if options.reload {
+        cleanup::delete_cdc_files(&storage, &task, &state, &events).await?;
+    }
+    let mut source = PostgresSource::new(pg.clone());
+    let mut holder = None;
+    if status.is_none() || start_over {
+        if cdc_started && !options.reload {
+            return Err(TaskError::SlotLost {
+                task: task.name.clone(),
+                slot,
+            });
+        }
+        let (h, snapshot) = pg
+            .create_slot_with_snapshot(&slot, &publication, false)
+            .await?;
+        events.log(
+            LogLevel::Info,
+            format!(
+                "created replication slot {slot} at {}",
+                snapshot.describe_position()
+            ),
+        );
+        if task.has_full_load() {
+            // Everything loaded before the slot existed could miss changes: load afresh
+            // from the slot's own snapshot.
+            if !state.tables.is_empty() && !options.reload {
+                events.log(
+                    LogLevel::Info,
+                    "the slot is new, so the full load starts afresh from its snapshot",
+                );
+            }
+            if !options.reload && (!state.tables.is_empty() || state.cdc.is_some()) {
+                cleanup::delete_cdc_files(&storage, &task, &state, &events).await?;
+                options.reload = true;
+            }
+            source = source.with_slot_snapshot(snapshot.clone());
+            holder = Some(h);
+        }
+        checkpoint
+            .update(|s| {
+                // A new slot starts a new stream: nothing of the old one applies.
+                s.cdc = Some(checkpoint::CdcState {
+                    slot: slot.clone(),
+                    publication: publication.clone(),
+                    confirmed_position: if task.has_full_load() {
+                        None
+                    } else {
+                        snapshot.position.clone()
+                    },
+                    ..Default::default()
+                });
+            })
+            .await?;
+    }
+    request_reload(&source, &checkpoint, &task, &mut options, &events).await?;
+    let load = load_before_cdc(
+        Arc::new(source),
+        &storage,
+        &checkpoint,
+        &task,
+        &options,
+        &events,
+        &stop,
+    )
+    .await?;
+    drop(holder); // the snapshot is no longer needed by anyone
+    let load = if checkpoint.snapshot().await.reloading.is_empty() {
+        load
+    } else {
+        let reloaded = reload_alone(&pg, &storage, &checkpoint, &task, &events, &stop).await;
+        reload::outcome(reloaded, load, &events)?
+    };
+    let outcome = CdcRun {
+        endpoint: pg,
+        storage,
+        task: task.clone(),
+        checkpoint,
+        events,
+        stop,
+        until_caught_up: options.until_caught_up,
+    }
+    .run()
+    .await?;
+    Ok(cdc_summary(load, outcome, started))
+}
+
+/// Checks the server and the slot before anything changes, and makes the publication (or
+/// checks that a given one publishes every selected table). Returns the slot's status.
+async fn ready_slot(
+    pg: &PgEndpoint,
+    task: &TaskConfig,
+    events: &Events,
+) -> Result<Option<SlotStatus>, TaskError> {
+    pg.require_logical_wal().await?;
+    let slot = task.slot_name();
+    let publication = task.publication_name();
+    let status = pg.slot_status(&slot).await?;
+    if status.as_ref().is_some_and(|s| s.active) {
+        // Another run streams this slot: touching the state now could undo its batch.
+        return Err(TaskError::SlotBusy {
+            task: task.name.clone(),
+            slot,
+        });
+    }
+    if pg.ensure_publication(&publication).await? {
+        events.log(
+            LogLevel::Info,
+            format!("created publication {publication} FOR ALL TABLES"),
+        );
+    } else if let Some(problem) = unpublished_tables(pg, task).await? {
+        // A publication made by hand may leave out tables the task selects: their changes
+        // would silently never come.
+        return Err(TaskError::Source(SourceError::Database {
+            endpoint: pg.name.clone(),
+            context: format!("checking publication {publication}"),
+            message: format!("{}. {}", problem.detail, problem.fix),
+        }));
+    }
+    Ok(status)
+}
+
+/// Reloads the tables waiting for it, each from a temporary slot's snapshot, while the
+/// task's own slot stays where it is.
+async fn reload_alone(
+    pg: &PgEndpoint,
+    storage: &Storage,
+    checkpoint: &Arc<Checkpoint>,
+    task: &TaskConfig,
+    events: &Events,
+    stop: &watch::Receiver<Option<TaskCommand>>,
+) -> Result<TaskSummary, TaskError> {
+    let (slot, publication) = (task.slot_name(), task.publication_name());
+    // A temporary slot's snapshot: its consistent point says exactly which changes it
+    // holds, while the task's own slot stays where it is.
+    // Named per process: a killed run's slot may outlive it for a moment.
+    let temporary = format!(
+        "{}_reload_{}",
+        &slot[..slot.len().min(44)],
+        std::process::id()
+    );
+    let (holder, snapshot) = pg
+        .create_slot_with_snapshot(&temporary, &publication, true)
+        .await?;
+    let source = Arc::new(PostgresSource::new(pg.clone()).with_slot_snapshot(snapshot));
+    let reloaded = reload::run(source, storage, checkpoint, task, events, stop).await;
+    drop(holder);
+    reloaded
+}
+
+/// What is wrong when the task's (existing) publication leaves out tables the task selects.
+struct Unpublished {
+    detail: String,
+    fix: String,
+}
+
+async fn unpublished_tables(
+    pg: &PgEndpoint,
+    task: &TaskConfig,
+) -> Result<Option<Unpublished>, SourceError> {
+    let publication = task.publication_name();
+    let rules = crate::source::SelectionRules::new(&task.include, &task.exclude);
+    let selected: Vec<TableId> = PostgresSource::new(pg.clone())
+        .discover(&rules)
+        .await?
+        .iter()
+        .map(TableInfo::id)
+        .collect();
+    let missing: Vec<String> = pg
+        .unpublished(&publication, &selected)
+        .await?
+        .iter()
+        .map(crate::source::postgres::sql_table_name)
+        .collect();
+    Ok((!missing.is_empty()).then(|| Unpublished {
+        detail: format!(
+            "publication {publication} does not publish {}, which task '{}' selects: their changes would never reach the task",
+            missing.join(", "),
+            task.name
+        ),
+        fix: format!(
+            "Run ALTER PUBLICATION {publication} ADD TABLE {} (or drop it and let the task create one FOR ALL TABLES), or exclude them",
+            missing.join(", ")
+        ),
+    }))
+}
+
+/// A CDC task's slot and publication on its source (`tributary check`).
+async fn slot_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
+    let name = format!("task {}", task.name);
+    let (slot, publication) = (task.slot_name(), task.publication_name());
+    let status = match pg.slot_status(&slot).await {
+        Ok(s) => s,
+        Err(e) => return CheckResult::fail_from(&name, &e),
+    };
+    let publication_exists = match pg.publication_exists(&publication).await {
+        Ok(p) => p,
+        Err(e) => return CheckResult::fail_from(&name, &e),
+    };
+    if publication_exists {
+        match unpublished_tables(pg, task).await {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                return CheckResult {
+                    name,
+                    status: CheckStatus::Fail,
+                    detail: problem.detail,
+                    fix: Some(problem.fix),
+                };
+            }
+            Err(e) => return CheckResult::fail_from(&name, &e),
+        }
+    }
+    let publication_text = if publication_exists {
+        format!("publication {publication} exists")
+    } else {
+        format!("publication {publication} is created on the first run")
+    };
+    match status {
+        None => CheckResult::pass(
+            &name,
+            format!("slot {slot} is created on the first run; {publication_text}"),
+        ),
+        Some(s)
+            if s.plugin.as_deref() != Some("pgoutput")
+                || s.database.as_deref() != Some(pg.database.as_str()) =>
+        {
+            CheckResult {
+                name,
+                status: CheckStatus::Fail,
+                detail: format!(
+                    "slot {slot} exists but is not a pgoutput slot of database {} (plugin {:?}, database {:?})",
+                    pg.database, s.plugin, s.database
+                ),
+                fix: Some(format!(
+                    "set cdc_settings.slot_name to another name, or drop it: SELECT pg_drop_replication_slot('{slot}')"
+                )),
+            }
+        }
+        Some(s) => CheckResult::pass(
+            &name,
+            format!(
+                "slot {slot} exists ({}, {} MB of WAL held); {publication_text}",
+                if s.active { "streaming" } else { "idle" },
+                s.retained_bytes / 1_048_576
+            ),
+        ),
+    }
+}
+
+// ---- The part in the CDC loop ----
 
 /// One relation of the stream, as its last Relation message described it.
 struct RelationInfo {
@@ -71,9 +447,9 @@ impl CdcRun<PgEndpoint> {
         let confirmed = state
             .cdc
             .as_ref()
-            .and_then(|c| c.confirmed_position.as_deref())
-            .or(state.snapshot_position.as_deref())
-            .and_then(parse_lsn)
+            .and_then(|c| c.confirmed_position.as_ref())
+            .or(state.snapshot_position.as_ref())
+            .and_then(SourcePosition::lsn)
             .unwrap_or(0);
         let mut control = pg.connect().await?;
         let caught_up_at = if until_caught_up {
@@ -96,7 +472,7 @@ impl CdcRun<PgEndpoint> {
             checkpoint,
             events.clone(),
             &state,
-            format_lsn(confirmed),
+            &SourcePosition::Lsn(confirmed),
             (slot.clone(), publication),
         );
         let cdc = &task.cdc_settings;
@@ -213,7 +589,10 @@ impl Engine for Postgres {
             } => {
                 let end = end_lsn.as_u64();
                 if !self.skipping {
-                    writer.commit(format_lsn(end), pg_to_unix_micros(commit_time_micros));
+                    writer.commit(
+                        SourcePosition::Lsn(end),
+                        pg_to_unix_micros(commit_time_micros),
+                    );
                 }
                 self.txn = None;
                 if writer.is_empty() {
@@ -227,7 +606,7 @@ impl Engine for Postgres {
                 }
                 if self.caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && self.txn.is_none() {
                     let written = writer.flush().await?;
-                    self.written(writer, written.as_deref(), false).await?;
+                    self.written(writer, written.as_ref(), false).await?;
                     return Ok(Flow::CaughtUp);
                 }
             }
@@ -243,10 +622,10 @@ impl Engine for Postgres {
     async fn written(
         &mut self,
         writer: &mut BatchWriter,
-        written: Option<&str>,
+        written: Option<&SourcePosition>,
         _stopped: bool,
     ) -> Result<(), TaskError> {
-        if let Some(end) = written.and_then(parse_lsn) {
+        if let Some(end) = written.and_then(SourcePosition::lsn) {
             self.changes.toast.batch_written(writer.last_files());
             self.confirm(end);
         }
@@ -296,7 +675,7 @@ impl Engine for Postgres {
         Some(status.lag_bytes)
     }
 
-    async fn close(mut self, writer: &mut BatchWriter) -> String {
+    async fn close(mut self) -> SourcePosition {
         self.stream.close().await;
         // The stream's last status update may not have reached the server before it closed.
         if self.confirmed_lsn > 0 {
@@ -310,7 +689,7 @@ impl Engine for Postgres {
             )
             .await;
         }
-        writer.stats.confirmed_position.clone()
+        SourcePosition::Lsn(self.confirmed_lsn)
     }
 }
 

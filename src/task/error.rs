@@ -1,0 +1,55 @@
+//! A task's errors: each says what went wrong and, where there is one, the fix.
+
+use crate::config::{ConfigError, Engine};
+use crate::lake::StorageError;
+use crate::lake::format::FormatError;
+use crate::source::SourceError;
+use crate::task::checkpoint::CheckpointError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("task '{task}': {count} table(s) failed: {details}")]
+    TablesFailed {
+        task: String,
+        count: usize,
+        details: String,
+    },
+    #[error("task '{task}' was stopped before it finished; run it again to resume")]
+    Stopped { task: String },
+    #[error("task '{task}': engine {engine:?} is not supported as a source yet")]
+    UnsupportedSource { task: String, engine: Engine },
+    #[error(
+        "task '{task}': replication slot {slot} is gone, so changes since the last run are lost to CDC. Run the task with --reload to load every table again and create a new slot"
+    )]
+    SlotLost { task: String, slot: String },
+    #[error(
+        "task '{task}': replication slot {slot} is in use by another run of this task (the app, a service, a cron job). Stop that run first"
+    )]
+    SlotBusy { task: String, slot: String },
+    #[error("task '{task}' failed inside the engine: {source}")]
+    Panicked {
+        task: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("task '{task}' failed inside the engine: {message}")]
+    Internal { task: String, message: String },
+    #[error(
+        "task '{task}' does not select table {table} (check its include and exclude rules), so it cannot reload it"
+    )]
+    NotSelected { task: String, table: String },
+    #[error(
+        "task '{task}' captures changes only: it has no full load to redo for one table. Use migration_type = \"full-load-and-cdc\" to load tables and then capture their changes"
+    )]
+    ReloadTableWithoutLoad { task: String },
+}
