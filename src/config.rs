@@ -572,6 +572,23 @@ pub struct CdcSettings {
     pub heartbeat_frequency: u64,
     /// Warn when the slot holds more WAL than this many MB.
     pub slot_wal_warning_mb: u64,
+    /// What a schema change does to the task ([`SchemaChangePolicy`]).
+    pub schema_change_policy: SchemaChangePolicy,
+}
+
+/// What a change of a table's columns does to a CDC task
+/// (`cdc_settings.schema_change_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaChangePolicy {
+    /// Record what the rows the change did not touch hold (a constant default), and
+    /// reload the table where the log does not say (a volatile default, a rewrite).
+    #[default]
+    Apply,
+    /// Reload the table on any change of its columns.
+    Reload,
+    /// Stop the task, naming the change, where `apply` would reload.
+    Stop,
 }
 
 impl Default for CdcSettings {
@@ -582,6 +599,7 @@ impl Default for CdcSettings {
             heartbeat_enable: true,
             heartbeat_frequency: 5,
             slot_wal_warning_mb: 1024,
+            schema_change_policy: SchemaChangePolicy::Apply,
         }
     }
 }

@@ -1047,3 +1047,174 @@ async fn a_source_table_named_like_a_history_table_is_never_overwritten() {
     assert_eq!(read["shop.public.orders_history"].0, ["id", "note"]);
     drop_slots(&mut conn, db).await;
 }
+
+/// Columns added with a default (PostgreSQL's fast defaults): the rows the ALTER did not
+/// touch read the default in the curated table, as at the source, whether their last image
+/// is the load's or a change from before the ALTER, and after a rebuild from the LOAD files
+/// too. A table altered before any change of it compares with its load's columns. A
+/// volatile default is not in the change log: the table loads again on its own, with a
+/// warning that says why, and the stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
+    let pg = Pg::from_env();
+    let db = "trib_curate_add_default";
+    let (mut conn, dir, ws) = local_cdc_setup(
+        &pg,
+        db,
+        "CREATE TABLE items (id int8 PRIMARY KEY, label text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;
+         CREATE TABLE tags (id int8 PRIMARY KEY, t text);
+         INSERT INTO tags SELECT g, 'tag ' || g FROM generate_series(1, 50) g;",
+        "defaults-cdc",
+        "",
+    )
+    .await;
+    assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    // Images from before the ALTER: they lack the new columns.
+    conn.execute("UPDATE items SET label = 'before' WHERE id <= 5")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    assert_success(&tributary(&["curate", &ws]));
+    conn.execute(
+        "ALTER TABLE items ADD COLUMN active boolean NOT NULL DEFAULT true;
+         ALTER TABLE items ADD COLUMN price numeric(10,2) DEFAULT 9.99;
+         ALTER TABLE items ADD COLUMN seen timestamptz DEFAULT '2026-01-02 03:04:05.678+00';
+         ALTER TABLE items ADD COLUMN note text;
+         UPDATE items SET active = false, label = 'after' WHERE id BETWEEN 3 AND 12;
+         UPDATE items SET price = NULL, note = 'priced' WHERE id = 20;
+         INSERT INTO items (id, label) VALUES (2000, 'new');
+         ALTER TABLE tags ADD COLUMN weight int4 NOT NULL DEFAULT 7;
+         UPDATE tags SET weight = 1 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    assert!(
+        text.contains("column active added; rows it did not touch read \"true\""),
+        "{text}"
+    );
+    let items = "SELECT id::text, label, active::text, price::text,
+        extract(epoch FROM seen)::numeric(20,6)::text, note FROM items";
+    let tags = "SELECT id::text, t, weight::text FROM tags";
+    let columns = ["id", "label", "active", "price", "seen", "note"];
+    for rebuild in [false, true] {
+        let mut args = vec!["curate", ws.as_str()];
+        if rebuild {
+            args.push("--rebuild");
+        }
+        assert_success(&tributary(&args));
+        let read = read_curated(&dir, &["shop.public.items", "shop.public.tags"]);
+        let source = pg_rows(&mut conn, items).await;
+        assert_readers_see(&read, "shop.public.items", &columns, source);
+        let source = pg_rows(&mut conn, tags).await;
+        assert_readers_see(&read, "shop.public.tags", &["id", "t", "weight"], source);
+    }
+
+    conn.execute(
+        "ALTER TABLE tags ADD COLUMN token text DEFAULT md5(random()::text);
+         UPDATE tags SET t = 'x' WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    assert!(
+        text.contains("public.tags: column token was added, but it was added with a default the change log does not carry")
+            && text.contains("so the table loads again from a new snapshot"),
+        "{text}"
+    );
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &["shop.public.items", "shop.public.tags"]);
+    let source = pg_rows(
+        &mut conn,
+        "SELECT id::text, t, weight::text, token FROM tags",
+    )
+    .await;
+    assert_readers_see(
+        &read,
+        "shop.public.tags",
+        &["id", "t", "weight", "token"],
+        source,
+    );
+    let source = pg_rows(&mut conn, items).await;
+    assert_readers_see(&read, "shop.public.items", &columns, source);
+    drop_slots(&mut conn, db).await;
+}
+
+/// The same on MariaDB, from the ALTER statements in the binlog: literal defaults, NOT
+/// NULL without a default (the type's implicit default), none (NULL); a default the
+/// statement cannot say (a function) loads the table again.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
+    let my = My::from_env();
+    let db = "tributary_add_default";
+    let mut conn = my.fresh_database(db).await;
+    conn.query_drop(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label varchar(20));
+         INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_500;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"my-defaults-cdc\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\ninclude = [\"{db}.%\"]\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         cdc_max_batch_interval = 1\n",
+        my.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    assert_success(&run_until_caught_up(&ws, "my-defaults-cdc"));
+    conn.query_drop("UPDATE items SET label = 'before' WHERE id <= 5")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "my-defaults-cdc"));
+    conn.query_drop(
+        "ALTER TABLE items ADD COLUMN active TINYINT(1) NOT NULL DEFAULT TRUE,
+           ADD COLUMN price DECIMAL(10,2) DEFAULT '9.99', ADD COLUMN qty INT NOT NULL,
+           ADD COLUMN note VARCHAR(10);
+         UPDATE items SET active = 0, label = 'after' WHERE id BETWEEN 3 AND 12;
+         UPDATE items SET price = NULL, qty = 4 WHERE id = 20;",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "my-defaults-cdc"));
+    assert!(
+        text.contains("column price added; rows it did not touch read \"9.99\""),
+        "{text}"
+    );
+    assert_success(&tributary(&["curate", &ws]));
+    let table = format!("shop.{db}.items");
+    let read = read_curated(&dir, &[&table]);
+    let source = my_rows(
+        &mut conn,
+        "SELECT CAST(id AS CHAR), label, CAST(active AS CHAR), CAST(price AS CHAR),
+           CAST(qty AS CHAR), note FROM items",
+    )
+    .await;
+    let columns = ["id", "label", "active", "price", "qty", "note"];
+    assert_readers_see(&read, &table, &columns, source);
+
+    conn.query_drop(
+        "ALTER TABLE items ADD COLUMN token VARCHAR(40) DEFAULT (UUID());
+         UPDATE items SET label = 'x' WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "my-defaults-cdc"));
+    assert!(
+        text.contains("column token was added, but its default is an expression")
+            && text.contains("so the table loads again from a new snapshot"),
+        "{text}"
+    );
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &[&table]);
+    let source = my_rows(
+        &mut conn,
+        "SELECT CAST(id AS CHAR), label, CAST(active AS CHAR), CAST(price AS CHAR),
+           CAST(qty AS CHAR), note, token FROM items",
+    )
+    .await;
+    let columns = ["id", "label", "active", "price", "qty", "note", "token"];
+    assert_readers_see(&read, &table, &columns, source);
+}

@@ -6,11 +6,17 @@
 //! it; rows no change touches stay. The base streams through a hash anti-join whose build
 //! side is the changed keys, and one sort by key spills to disk under the memory limit, so
 //! a table larger than memory merges; the changed keys are held in memory.
+//!
+//! A column added with a default reads that default in the row images older than its
+//! addition ([`Merge::fills`]): the changes before its position, and the base when it is a
+//! load from a snapshot before it.
 
+use arrow_schema::DataType;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 
+use super::plan::Fill;
 use crate::sql::{ident, ident_list, literal};
 
 /// The column names the raw zone adds to a table's own: DMS's `Op` and the change's
@@ -28,9 +34,58 @@ pub struct Merge<'a> {
     /// Only changes before this position apply (those after may be of a batch still
     /// being written).
     pub before: Option<&'a str>,
+    /// Columns whose older images read a constant, with the column's type.
+    pub fills: &'a [(Fill, DataType)],
+    /// The position of the base's rows, when the base is a load (its snapshot's end);
+    /// `None` for the curated table's own files, which hold the filled values already.
+    pub base_position: Option<&'a str>,
+}
+
+/// A fill's value as SQL, typed as the column.
+fn fill_value(fill: &Fill, data_type: &DataType) -> String {
+    let value = fill.value.as_deref().map_or("NULL".to_owned(), literal);
+    format!("arrow_cast({value}, {})", literal(&data_type.to_string()))
 }
 
 impl Merge<'_> {
+    /// The select list of the changes' rows.
+    fn change_columns(&self) -> String {
+        let position = ident(POSITION);
+        self.columns
+            .iter()
+            .map(|c| match self.fills.iter().find(|(f, _)| &f.column == c) {
+                Some((fill, data_type)) => format!(
+                    "CASE WHEN {position} < {before} THEN {value} ELSE {c} END AS {c}",
+                    before = literal(&fill.before),
+                    value = fill_value(fill, data_type),
+                    c = ident(c)
+                ),
+                None => ident(c),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The select list of the base's rows, alias `b`: a load older than a column's
+    /// addition reads its fill.
+    fn base_columns(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| {
+                let fill = self.fills.iter().find(|(f, _)| {
+                    &f.column == c && self.base_position.is_some_and(|p| p < f.before.as_str())
+                });
+                match fill {
+                    Some((fill, data_type)) => {
+                        format!("{} AS {}", fill_value(fill, data_type), ident(c))
+                    }
+                    None => format!("b.{}", ident(c)),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn changes_filter(&self) -> String {
         let position = ident(POSITION);
         // Every change has a position; one without (a foreign file) must not count as the
@@ -104,13 +159,8 @@ impl Merge<'_> {
             filter = self.changes_filter(),
             a_n = on("a", "n"),
             n_b = on("n", "b"),
-            base_columns = self
-                .columns
-                .iter()
-                .map(|c| format!("b.{}", ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            columns = ident_list(self.columns),
+            base_columns = self.base_columns(),
+            columns = self.change_columns(),
             op = ident(OP),
         );
         ctx.sql(&sql).await?.execute_stream().await

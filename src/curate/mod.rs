@@ -45,7 +45,7 @@ use crate::lake::adapters::Buckets;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
 use crate::task::CheckpointError;
-use crate::task::checkpoint::{Checkpoint, TaskState};
+use crate::task::checkpoint::{Checkpoint, SchemaChange, TaskState};
 
 use crate::sql::files_table;
 pub use merge::{OP, POSITION};
@@ -527,6 +527,26 @@ impl TableJob<'_> {
         }
     }
 
+    /// The table's schema changes the stream recorded, oldest first.
+    fn schema_changes(&self) -> &[SchemaChange] {
+        self.state
+            .cdc
+            .as_ref()
+            .and_then(|c| c.tables.get(self.table))
+            .map_or(&[], |t| t.schema_changes.as_slice())
+    }
+
+    /// Where the table's load stands in the stream: the first `_position` its snapshot
+    /// does not hold.
+    fn load_position(&self) -> Option<String> {
+        self.state
+            .tables
+            .get(self.table)
+            .and_then(|t| t.snapshot_position.as_ref())
+            .or(self.state.snapshot_position.as_ref())
+            .map(|p| p.snapshot_end().into_string())
+    }
+
     /// Truncate positions recorded for the table, in order: those since its load (a
     /// reloaded table's earlier truncates are in its new load already).
     fn truncates(&self) -> Vec<String> {
@@ -812,11 +832,25 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    let fills: Vec<_> = plan::fills(job.schema_changes(), &columns)
+        .into_iter()
+        .filter_map(|fill| {
+            let data_type = file_columns.field_with_name(&fill.column).ok()?.data_type();
+            Some((fill, data_type.clone()))
+        })
+        .collect();
+    // A rebuild's base is the load, whose rows stand where its snapshot does.
+    let base_position = match (&rebuild, &truncated_at) {
+        (Some(_), None) => job.load_position(),
+        _ => None,
+    };
     let merge = merge::Merge {
         columns: &columns,
         key: &key,
         after: after_all.as_deref(),
         before: job.changes_end.as_deref(),
+        fills: &fills,
+        base_position: base_position.as_deref(),
     };
     let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
     // Files whose newest change is unknown were read; none of their changes is new.

@@ -11,7 +11,9 @@
 //! - a table is rebuilt from its LOAD files when it is new, when asked, when its full load
 //!   changed (a reload), or when its columns did; otherwise the changes merge into it;
 //! - a refusal (an unreadable or non-Parquet file, no key, a table of another task or
-//!   another table's history) says what is wrong and what to do.
+//!   another table's history) says what is wrong and what to do;
+//! - a row image older than an ADD COLUMN reads what the source's rows read for the new
+//!   column ([`fills`]), not the NULL its file has.
 
 use std::collections::{HashMap, HashSet};
 
@@ -20,7 +22,7 @@ use arrow_schema::Schema as ArrowSchema;
 use super::CurateError;
 use crate::catalog::RawTable;
 use crate::lake::layout;
-use crate::task::checkpoint::LoadStatus;
+use crate::task::checkpoint::{AddedValue, LoadStatus, SchemaChange};
 
 /// Snapshot summary keys: what a snapshot applied.
 pub(super) const APPLIED_POSITION: &str = "tributary.position";
@@ -246,6 +248,41 @@ pub fn apply_after(after: Option<&str>, truncated_at: Option<&str>) -> Option<St
         (Some(a), Some(t)) => Some(a.max(t).to_owned()),
         (a, t) => a.or(t).map(str::to_owned),
     }
+}
+
+/// Column `column` reads `value` (the recorded text, `None` for NULL) in every row image
+/// whose position is before `before`: the rows the ADD COLUMN at `before` did not touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub column: String,
+    pub before: String,
+    pub value: Option<String>,
+}
+
+/// The fills of a table's `columns` from its recorded schema changes (oldest first): for
+/// each column, its newest addition, whose value every older image of the row reads at
+/// the source (a column dropped and added again reads the new default). An addition whose
+/// value is unknown fills nothing: the task warned to reload the table.
+pub fn fills(changes: &[SchemaChange], columns: &[String]) -> Vec<Fill> {
+    columns
+        .iter()
+        .filter_map(|column| {
+            let (change, added) = changes.iter().rev().find_map(|change| {
+                let added = change.added.iter().find(|a| &a.name == column)?;
+                Some((change, added))
+            })?;
+            let value = match &added.value {
+                AddedValue::Constant(v) => Some(v.clone()),
+                AddedValue::Null => None,
+                AddedValue::Unknown(_) => return None,
+            };
+            Some(Fill {
+                column: column.clone(),
+                before: change.position.to_string(),
+                value,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -535,5 +572,46 @@ mod tests {
             columns_changed(&current, None),
             "an unreadable schema rebuilds"
         );
+    }
+
+    #[test]
+    fn images_older_than_an_add_column_read_its_newest_recorded_value() {
+        use crate::source::position::ChangePosition;
+        use crate::task::checkpoint::AddedColumn;
+        let add = |lsn, name: &str, value| {
+            SchemaChange::columns(
+                ChangePosition::postgres(lsn, 0),
+                "",
+                Vec::new(),
+                vec![AddedColumn {
+                    name: name.into(),
+                    value,
+                }],
+            )
+        };
+        let changes = [
+            add(1, "a", AddedValue::Constant("1".into())),
+            add(2, "b", AddedValue::Null),
+            add(3, "c", AddedValue::Unknown("volatile".into())),
+            // Dropped and added again: the newest addition counts.
+            add(4, "a", AddedValue::Constant("7".into())),
+        ];
+        let columns = ["id", "a", "b", "c"].map(String::from);
+        assert_eq!(
+            fills(&changes, &columns),
+            vec![
+                Fill {
+                    column: "a".into(),
+                    before: ChangePosition::postgres(4, 0).to_string(),
+                    value: Some("7".into()),
+                },
+                Fill {
+                    column: "b".into(),
+                    before: ChangePosition::postgres(2, 0).to_string(),
+                    value: None,
+                },
+            ]
+        );
+        assert!(fills(&[], &columns).is_empty());
     }
 }

@@ -24,9 +24,11 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray}
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 
-use super::checkpoint::{Checkpoint, PendingBatch, SchemaChange};
+use super::checkpoint::{
+    AddedColumn, AddedValue, Checkpoint, PendingBatch, SchemaChange, TaskState,
+};
 use super::{Events, LogLevel, TaskError, TaskEvent};
-use crate::config::TaskConfig;
+use crate::config::{SchemaChangePolicy, TaskConfig};
 use crate::ident::TableId;
 use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
@@ -55,6 +57,45 @@ pub(super) enum Turn {
     },
     /// Stopped inside a transaction that did not commit in time: its batch is dropped.
     Abandoned,
+    /// Between transactions, with tables a schema change asks to reload: their requests
+    /// are durable with the batch, and the run ends so that they load again.
+    Reload {
+        written: Option<SourcePosition>,
+    },
+}
+
+/// What a change of a table's columns does to the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OnColumnsChange {
+    Go,
+    /// Load the table again (why): the log lacks what its rows hold.
+    Reload(String),
+    /// Stop the task (`schema_change_policy = "stop"`).
+    Stop,
+}
+
+/// What the columns change that `added` describes does to the task under `policy`;
+/// `first`: the table's first recorded shape, not a change.
+fn on_columns_change(
+    policy: SchemaChangePolicy,
+    first: bool,
+    added: &[AddedColumn],
+) -> OnColumnsChange {
+    if first {
+        return OnColumnsChange::Go;
+    }
+    let unknown = added.iter().find_map(|a| match &a.value {
+        AddedValue::Unknown(why) => Some(format!("column {} was added, but {why}", a.name)),
+        _ => None,
+    });
+    match policy {
+        SchemaChangePolicy::Apply => unknown.map_or(OnColumnsChange::Go, OnColumnsChange::Reload),
+        SchemaChangePolicy::Reload => OnColumnsChange::Reload(
+            unknown.unwrap_or_else(|| "its columns changed".to_owned())
+                + " (schema_change_policy = \"reload\")",
+        ),
+        SchemaChangePolicy::Stop => OnColumnsChange::Stop,
+    }
 }
 
 /// A table's rows of the open batch, as its engine's builder holds them (each engine
@@ -117,6 +158,10 @@ pub(super) struct BatchWriter {
     /// Tables reloaded alone: the first `_position` that applies to each
     /// ([`TableLoadState::changes_from`](super::checkpoint::TableLoadState::changes_from)).
     changes_from: HashMap<TableId, ChangePosition>,
+    /// The columns each table's load read: the shape its first schema change follows.
+    load_columns: HashMap<TableId, Vec<String>>,
+    /// Tables a schema change asks to load again, recorded with the next batch.
+    pub(super) reload_requests: Vec<TableId>,
 }
 
 impl BatchWriter {
@@ -158,6 +203,13 @@ impl BatchWriter {
             last_files: Vec::new(),
             stream_names,
             changes_from,
+            load_columns: state
+                .tables
+                .iter()
+                .filter(|(_, t)| !t.columns.is_empty())
+                .map(|(key, t)| (key.clone(), t.columns.clone()))
+                .collect(),
+            reload_requests: Vec::new(),
         }
     }
 
@@ -197,8 +249,25 @@ impl BatchWriter {
         }
     }
 
-    /// A (new or changed) schema of selected table `key`: later rows use it. `signature` describes the columns, to record what changed; `builder` builds
-    /// rows of `table_schema`.
+    /// The columns a new shape of table `key` with `names` adds to its last recorded one
+    /// (its last columns change, else its load's columns); `None` when no earlier shape
+    /// is known (a state written before shapes were recorded).
+    pub(super) fn added_columns(&self, key: &TableId, names: &[String]) -> Option<Vec<String>> {
+        let last = self
+            .totals
+            .get(key)
+            .and_then(|t| t.schema_changes.iter().rfind(|c| c.is_columns()));
+        let previous = match last {
+            Some(change) if change.names.is_empty() => return None,
+            Some(change) => &change.names,
+            None => self.load_columns.get(key)?,
+        };
+        Some(added_columns(previous, names))
+    }
+
+    /// A (new or changed) schema of selected table `key`: later rows use it. `signature`
+    /// describes the columns, to record what changed, and `added` what the rows before it
+    /// read for the columns it adds; `builder` builds rows of `table_schema`.
     pub(super) fn schema(
         &mut self,
         key: &TableId,
@@ -206,6 +275,7 @@ impl BatchWriter {
         table_schema: SchemaRef,
         builder: Rows,
         position: ChangePosition,
+        added: Vec<AddedColumn>,
     ) -> Result<(), TaskError> {
         let settings = self.task.target_settings.clone();
         let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
@@ -220,15 +290,52 @@ impl BatchWriter {
         fields.extend(table_schema.fields().iter().map(|f| f.as_ref().clone()));
         let file_schema = Arc::new(Schema::new(fields));
 
-        let total = self.totals.entry(key.clone()).or_default();
         // Truncates are recorded among the changes too: compare with the last schema.
-        let last = total
-            .schema_changes
-            .iter()
-            .rfind(|c| c.is_columns())
+        let last = self
+            .totals
+            .get(key)
+            .and_then(|t| t.schema_changes.iter().rfind(|c| c.is_columns()))
             .map(|c| c.change.clone());
-        let change = SchemaChange::columns(position, signature);
+        let names = table_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let change = SchemaChange::columns(position, signature, names, added);
         if last.as_deref() != Some(change.change.as_str()) {
+            // A change inside a reloaded table's new snapshot is in its load already.
+            let loaded = self
+                .changes_from
+                .get(key)
+                .is_some_and(|from| change.position < *from);
+            let policy = self.task.cdc_settings.schema_change_policy;
+            let on_change = match on_columns_change(policy, last.is_none(), &change.added) {
+                _ if loaded => OnColumnsChange::Go,
+                on_change => on_change,
+            };
+            match on_change {
+                OnColumnsChange::Go => {}
+                OnColumnsChange::Stop => {
+                    return Err(TaskError::SchemaChangeStopped {
+                        task: self.task.name.clone(),
+                        table: key.to_string(),
+                        position: change.position.to_string(),
+                        change: change.change.clone(),
+                    });
+                }
+                OnColumnsChange::Reload(why) => {
+                    self.events.log(
+                        LogLevel::Warn,
+                        format!(
+                            "{key}: {why}, so the table loads again from a new snapshot while the stream goes on"
+                        ),
+                    );
+                    self.changes_from
+                        .insert(key.clone(), ChangePosition::after_all());
+                    self.reload_requests.push(key.clone());
+                }
+            }
+            let total = self.totals.entry(key.clone()).or_default();
             if last.is_some() {
                 total.ddls += 1;
                 self.events.log(
@@ -239,9 +346,13 @@ impl BatchWriter {
                     ),
                 );
             }
+            for column in &change.added {
+                let (level, message) = describe_added(key, column);
+                self.events.log(level, message);
+            }
             total.schema_changes.push(change);
         }
-        let total = total.clone();
+        let total = self.totals.entry(key.clone()).or_default().clone();
         if self.tables.contains_key(key) {
             // Close the file of the old schema; the next rows start a new one.
             self.finish_table(key)?;
@@ -346,10 +457,7 @@ impl BatchWriter {
     pub(super) fn truncated(&mut self, key: &TableId, position: &ChangePosition) -> bool {
         self.emptied(
             key,
-            SchemaChange {
-                position: position.clone(),
-                change: SchemaChange::TRUNCATE.into(),
-            },
+            SchemaChange::other(position.clone(), SchemaChange::TRUNCATE),
         )
     }
 
@@ -514,11 +622,16 @@ impl BatchWriter {
         }
         let full = self.largest_file_bytes() >= min_bytes;
         let due = self.batch_age().is_some_and(|age| age >= interval);
-        let written = if full || due || stopping.is_some() {
+        let reload = !self.reload_requests.is_empty();
+        let written = if full || due || stopping.is_some() || reload {
             self.flush().await?
         } else {
             None
         };
+        if reload {
+            self.reload_requests.clear();
+            return Ok(Turn::Reload { written });
+        }
         if stopping.is_some() {
             self.events.log(
                 LogLevel::Info,
@@ -549,8 +662,15 @@ impl BatchWriter {
 
     /// Writes the open batch: files in place, then the state, then the slot confirmed.
     /// Returns the batch's end position, if there was a batch.
+    /// Reload requests are recorded with the batch (or alone, without one).
     pub(super) async fn flush(&mut self) -> Result<Option<SourcePosition>, TaskError> {
         let Some(batch) = self.batch.take() else {
+            if !self.reload_requests.is_empty() {
+                let tables = self.reload_requests.clone();
+                self.checkpoint
+                    .update(|s| request_reloads(s, &tables))
+                    .await?;
+            }
             return Ok(None);
         };
         let Some(end_position) = batch.end_position.clone() else {
@@ -624,6 +744,7 @@ impl BatchWriter {
         }
         let totals = self.totals.clone();
         let names = self.stream_names.clone();
+        let reloads = self.reload_requests.clone();
         self.checkpoint
             .update(|s| {
                 let c = s.cdc.get_or_insert_with(Default::default);
@@ -634,6 +755,7 @@ impl BatchWriter {
                 c.batches += 1;
                 c.last_file_millis = newest;
                 c.tables = totals;
+                request_reloads(s, &reloads);
             })
             .await?;
         // 4. Only now may the source forget what came before: the caller confirms.
@@ -670,7 +792,93 @@ fn largest(
         .map(|(_, key)| key.clone())
 }
 
+/// Records `tables` for a reload from their own snapshot ([`super::reload`]).
+fn request_reloads(state: &mut TaskState, tables: &[TableId]) {
+    for t in tables {
+        if !state.reloading.contains(t) {
+            state.reloading.push(t.clone());
+        }
+    }
+}
+
+/// The names of `names` that `previous` lacks, in order.
+fn added_columns(previous: &[String], names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| !previous.contains(n))
+        .cloned()
+        .collect()
+}
+
+/// What the log says of a column a schema change added, and how loudly.
+fn describe_added(key: &TableId, column: &AddedColumn) -> (LogLevel, String) {
+    let name = &column.name;
+    match &column.value {
+        AddedValue::Constant(v) => (
+            LogLevel::Info,
+            format!(
+                "{key}: column {name} added; rows it did not touch read {v:?}, recorded for curation"
+            ),
+        ),
+        AddedValue::Null => (
+            LogLevel::Info,
+            format!(
+                "{key}: column {name} added without a default; rows it did not touch read NULL"
+            ),
+        ),
+        AddedValue::Unknown(why) => (
+            LogLevel::Info,
+            format!(
+                "{key}: column {name} added; what the rows it did not touch hold is not in the change log ({why})"
+            ),
+        ),
+    }
+}
+
 /// Bytes of the table's open Parquet row group.
 fn row_group_bytes(t: &TableBatch) -> usize {
     t.writer.as_ref().map_or(0, RollingWriter::buffered_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_columns_change_goes_on_reloads_or_stops_as_the_policy_says() {
+        use SchemaChangePolicy::{Apply, Reload, Stop};
+        let added = |value| {
+            vec![AddedColumn {
+                name: "c".into(),
+                value,
+            }]
+        };
+        let known = added(AddedValue::Constant("1".into()));
+        let unknown = added(AddedValue::Unknown("volatile".into()));
+        assert_eq!(on_columns_change(Apply, false, &known), OnColumnsChange::Go);
+        assert_eq!(
+            on_columns_change(Apply, false, &unknown),
+            OnColumnsChange::Reload("column c was added, but volatile".into())
+        );
+        assert!(matches!(
+            on_columns_change(Reload, false, &[]),
+            OnColumnsChange::Reload(why) if why.contains("schema_change_policy = \"reload\"")
+        ));
+        assert_eq!(
+            on_columns_change(Stop, false, &known),
+            OnColumnsChange::Stop
+        );
+        // A table's first shape in the stream is no change.
+        for policy in [Apply, Reload, Stop] {
+            assert_eq!(
+                on_columns_change(policy, true, &unknown),
+                OnColumnsChange::Go
+            );
+        }
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            added_columns(&names(&["id", "a"]), &names(&["id", "b", "a"])),
+            names(&["b"])
+        );
+    }
 }

@@ -18,6 +18,9 @@
 use crate::source::position::{ChangePosition, SourcePosition};
 use std::collections::BTreeMap;
 
+use arrow_array::{Array, StringArray};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_cast::{CastOptions, cast_with_options};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -119,6 +122,74 @@ pub struct SchemaChange {
     /// here on), or one of the changes that empty the table ([`Self::empties_table`]):
     /// `truncate`, `drop` (MySQL's DROP TABLE / DATABASE), `renamed to <schema.table>`.
     pub change: String,
+    /// The column names from here on (a columns change; empty in states written before
+    /// they were recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// The columns this change added, with what the rows it did not touch read for them:
+    /// every row image before [`Self::position`] (a load's rows included, when the load's
+    /// snapshot is before it) reads [`AddedValue::Constant`] for the column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<AddedColumn>,
+}
+
+/// A column a schema change added, and the value rows older than the change read for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedColumn {
+    pub name: String,
+    pub value: AddedValue,
+}
+
+/// What rows older than an ADD COLUMN read for the new column at the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddedValue {
+    /// This value, as text an Arrow cast turns into the raw zone's type of the column
+    /// exactly (checked when it was recorded): PostgreSQL's fast default
+    /// (`pg_attribute.attmissingval`).
+    Constant(String),
+    /// NULL: the column was added without a default.
+    Null,
+    /// Not in the change log (a volatile default, an identity or generated column, or a
+    /// rewrite since): why. The table must be reloaded to hold the source's values.
+    Unknown(String),
+}
+
+impl AddedValue {
+    /// The constant of the one value in `value` (the column's type in the raw zone): its
+    /// text, when an Arrow cast of that text gives the same value back; otherwise unknown,
+    /// since a value the lake cannot write exactly must not be guessed.
+    pub fn constant(value: &dyn Array) -> AddedValue {
+        let unknown = || {
+            AddedValue::Unknown(format!(
+                "its default has no exact text form for the lake's type {}",
+                value.data_type()
+            ))
+        };
+        if value.len() != 1 {
+            return unknown();
+        }
+        if value.is_null(0) {
+            return AddedValue::Null;
+        }
+        let Ok(formatter) = ArrayFormatter::try_new(value, &FormatOptions::default()) else {
+            return unknown();
+        };
+        let text = formatter.value(0).to_string();
+        let options = CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        };
+        let back = cast_with_options(
+            &StringArray::from(vec![text.as_str()]),
+            value.data_type(),
+            &options,
+        );
+        match back {
+            Ok(back) if back.as_ref() == value => AddedValue::Constant(text),
+            _ => unknown(),
+        }
+    }
 }
 
 impl SchemaChange {
@@ -127,18 +198,32 @@ impl SchemaChange {
     const RENAMED_TO: &str = "renamed to ";
     const COLUMNS: &str = "columns: ";
 
-    pub fn columns(position: ChangePosition, signature: &str) -> Self {
+    pub fn columns(
+        position: ChangePosition,
+        signature: &str,
+        names: Vec<String>,
+        added: Vec<AddedColumn>,
+    ) -> Self {
         SchemaChange {
             position,
             change: format!("{}{signature}", Self::COLUMNS),
+            names,
+            added,
+        }
+    }
+
+    /// A change that records no columns: `truncate`, `drop`.
+    pub fn other(position: ChangePosition, change: &str) -> Self {
+        SchemaChange {
+            position,
+            change: change.to_owned(),
+            names: Vec::new(),
+            added: Vec::new(),
         }
     }
 
     pub fn renamed_to(position: ChangePosition, to: &TableId) -> Self {
-        SchemaChange {
-            position,
-            change: format!("{}{to}", Self::RENAMED_TO),
-        }
+        SchemaChange::other(position, &format!("{}{to}", Self::RENAMED_TO))
     }
 
     /// Whether this records the table's columns.
@@ -175,6 +260,10 @@ pub struct TableLoadState {
     /// Where the snapshot the table was first read from stands in the source's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_position: Option<SourcePosition>,
+    /// The columns the load reads, in order (empty in states written before they were
+    /// recorded): the shape CDC compares the table's first schema change with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
     /// The first `_position` of the change stream that applies to this table, when it was
     /// reloaded alone from a snapshot later than where the stream stands: the changes
     /// before it are in the load, so the stream's copies of them are passed by.
@@ -218,6 +307,7 @@ impl TableLoadState {
             next_file_number: 1,
             last_error: None,
             snapshot_position: None,
+            columns: Vec::new(),
             changes_from: None,
         }
     }
@@ -347,5 +437,73 @@ impl Checkpoint {
             s.reloading.clear();
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{
+        ArrayRef, BinaryArray, BooleanArray, Decimal128Array, Int16Array, TimestampMicrosecondArray,
+    };
+
+    use super::*;
+
+    fn constant(array: ArrayRef) -> AddedValue {
+        AddedValue::constant(array.as_ref())
+    }
+
+    #[test]
+    fn a_default_is_recorded_only_when_its_text_gives_it_back() {
+        let t = |s: &str| AddedValue::Constant(s.to_owned());
+        assert_eq!(
+            constant(Arc::new(BooleanArray::from(vec![true]))),
+            t("true")
+        );
+        assert_eq!(constant(Arc::new(Int16Array::from(vec![-7]))), t("-7"));
+        let money = Decimal128Array::from(vec![1250])
+            .with_precision_and_scale(12, 2)
+            .expect("valid");
+        assert_eq!(constant(Arc::new(money)), t("12.50"));
+        let at = TimestampMicrosecondArray::from(vec![1_700_000_000_123_456]).with_timezone("UTC");
+        let AddedValue::Constant(text) = constant(Arc::new(at.clone())) else {
+            panic!("a timestamp has an exact text form");
+        };
+        let back = cast_with_options(
+            &StringArray::from(vec![text.as_str()]),
+            at.data_type(),
+            &CastOptions::default(),
+        )
+        .expect("casts");
+        assert_eq!(back.as_ref(), &at as &dyn Array);
+        assert_eq!(
+            constant(Arc::new(Int16Array::from(vec![None::<i16>]))),
+            AddedValue::Null
+        );
+        // Bytes print as hex, which casts back to other bytes: not recorded.
+        let bytes = BinaryArray::from(vec![&b"\x01\xff"[..]]);
+        assert!(matches!(constant(Arc::new(bytes)), AddedValue::Unknown(_)));
+    }
+
+    #[test]
+    fn schema_changes_of_older_states_read_without_names_or_additions() {
+        let old = r#"{"position":"000000010000000000000005","change":"columns: id int8"}"#;
+        let change: SchemaChange = serde_json::from_str(old).expect("reads");
+        assert!(change.names.is_empty() && change.added.is_empty());
+        let added = SchemaChange::columns(
+            ChangePosition::postgres(1, 0),
+            "id int8, active bool",
+            vec!["id".into(), "active".into()],
+            vec![AddedColumn {
+                name: "active".into(),
+                value: AddedValue::Constant("true".into()),
+            }],
+        );
+        let text = serde_json::to_string(&added).expect("writes");
+        assert!(
+            text.contains(r#""added":[{"name":"active","value":{"constant":"true"}}]"#),
+            "{text}"
+        );
     }
 }

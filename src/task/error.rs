@@ -36,6 +36,15 @@ pub enum TaskError {
         "task '{task}': replication slot {slot} is in use by another run of this task (the app, a service, a cron job). Stop that run first"
     )]
     SlotBusy { task: String, slot: String },
+    #[error(
+        "task '{task}': table {table} changed its columns at {position} ({change}), and schema_change_policy = \"stop\" stops the task there. Load the table again (tributary run … --reload-table '{table}'), whose new load holds the change, or set schema_change_policy = \"apply\" in the task's [tasks.cdc_settings]"
+    )]
+    SchemaChangeStopped {
+        task: String,
+        table: String,
+        position: String,
+        change: String,
+    },
     #[error("task '{task}' failed inside the engine: {source}")]
     Panicked {
         task: String,

@@ -297,10 +297,9 @@ async fn plan_tables<S: Source>(
                 // away) would be duplicates: remove them.
                 delete_load_files(storage, &prefix, |_| true).await?;
                 let ranges = source.plan_ranges(&info, range_bytes);
-                new_states.push((
-                    key.clone(),
-                    TableLoadState::new(&info.schema, &info.name, ranges.clone()),
-                ));
+                let mut state = TableLoadState::new(&info.schema, &info.name, ranges.clone());
+                state.columns = info.columns.iter().map(|c| c.name.clone()).collect();
+                new_states.push((key.clone(), state));
                 (ranges, 1)
             }
         };

@@ -150,4 +150,7 @@ pub struct CdcStats {
 pub struct CdcOutcome {
     pub tables: Vec<TableStats>,
     pub confirmed_position: Option<SourcePosition>,
+    /// A schema change asked to load tables again: the run ended for their reload, and
+    /// the course streams on after it.
+    pub reload: bool,
 }

@@ -1,6 +1,7 @@
-//! The statements of a MySQL/MariaDB binlog that change which rows a table holds without
-//! row events: TRUNCATE, DROP TABLE / DATABASE and RENAME TABLE (also `ALTER TABLE …
-//! RENAME`).
+//! The statements of a MySQL/MariaDB binlog that change which rows a table holds, or
+//! what they hold, without row events: TRUNCATE, DROP TABLE / DATABASE, RENAME TABLE (also
+//! `ALTER TABLE … RENAME`), and `ALTER TABLE … ADD COLUMN`, whose default every existing
+//! row reads.
 //!
 //! Names are read the way the server reads them: backquoted (a doubled backquote is one),
 //! double-quoted (ANSI_QUOTES), or plain; a name may be qualified by its schema, and a
@@ -22,6 +23,31 @@ pub enum Ddl {
     DropSchema(String),
     /// Each table now has the second name; the first holds nothing.
     Rename(Vec<(TableId, TableId)>),
+    /// The columns were added to the table: every row it held reads each one's default.
+    AddColumns(TableId, Vec<AddedColumn>),
+}
+
+/// A column an `ALTER TABLE … ADD` added, and what rows older than it read for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedColumn {
+    pub name: String,
+    pub default: ColumnDefault,
+}
+
+/// What an added column reads in the rows the table held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnDefault {
+    /// `DEFAULT <literal>`: the literal's text (a string unquoted, a number as written,
+    /// `TRUE`/`FALSE` as 1/0), which the server converts to the column's type.
+    Literal(String),
+    /// NULL: `DEFAULT NULL`, or no default on a nullable column.
+    Null,
+    /// No default on a NOT NULL column: the type's implicit default (0, '', …); the
+    /// type's first word, lower-case, says which.
+    Implicit(String),
+    /// A value this statement does not say: an expression or function default
+    /// (`CURRENT_TIMESTAMP`, `UUID()`, `(expr)`), AUTO_INCREMENT, a generated column.
+    Unknown(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +56,14 @@ enum Token {
     Word(String),
     /// A quoted name.
     Quoted(String),
+    /// A string literal, unescaped.
+    Str(String),
     Dot,
     Comma,
-    /// Anything else: parentheses, operators, literals.
+    Open,
+    Close,
+    Minus,
+    /// Anything else: operators, other literals.
     Other,
 }
 
@@ -93,6 +124,7 @@ fn tokens(sql: &str) -> Option<Vec<Token>> {
             '`' | '"' | '\'' => {
                 let quote = c;
                 let mut text = String::new();
+                let mut escaped = false;
                 i += 1;
                 loop {
                     let ch = *chars.get(i)?;
@@ -106,16 +138,21 @@ fn tokens(sql: &str) -> Option<Vec<Token>> {
                         break;
                     }
                     if ch == '\\' && quote == '\'' {
-                        // A string literal's escape: skip the escaped character.
+                        // A string literal's escape: skip the escaped character. What it
+                        // means depends on the session's sql_mode (NO_BACKSLASH_ESCAPES),
+                        // so such a literal is not read as a value.
+                        escaped = true;
                         i += 1;
                     }
                     text.push(ch);
                     i += 1;
                 }
-                out.push(if quote == '\'' {
+                out.push(if quote != '\'' {
+                    Token::Quoted(text)
+                } else if escaped {
                     Token::Other
                 } else {
-                    Token::Quoted(text)
+                    Token::Str(text)
                 });
             }
             '.' => {
@@ -124,6 +161,18 @@ fn tokens(sql: &str) -> Option<Vec<Token>> {
             }
             ',' => {
                 out.push(Token::Comma);
+                i += 1;
+            }
+            '(' => {
+                out.push(Token::Open);
+                i += 1;
+            }
+            '-' => {
+                out.push(Token::Minus);
+                i += 1;
+            }
+            ')' => {
+                out.push(Token::Close);
                 i += 1;
             }
             c if c.is_alphanumeric() || c == '_' || c == '$' || !c.is_ascii() => {
@@ -266,26 +315,173 @@ pub fn parse(default_schema: &str, sql: &str) -> Option<Ddl> {
         }
         p.if_exists();
         let from = p.table()?;
-        // `RENAME [TO|AS] name` among the clauses (not RENAME COLUMN, INDEX or KEY, which
-        // rename parts of the table; RENAME is reserved, so a plain word is the keyword).
-        while let Some(token) = p.peek().cloned() {
-            p.at += 1;
-            if !token.is("rename") {
-                continue;
+        p.wait();
+        let mut added = Vec::new();
+        for clause in split(&tokens[p.at..]) {
+            let mut c = Parser {
+                tokens: clause,
+                at: 0,
+                default_schema,
+            };
+            // `RENAME [TO|AS] name` (not RENAME COLUMN, INDEX or KEY, which rename parts
+            // of the table; RENAME is reserved, so a plain word is the keyword).
+            if c.keyword("rename") {
+                let part = c.peek().is_some_and(|t| {
+                    t.is("column") || t.is("index") || t.is("key") || t.is("constraint")
+                });
+                if part {
+                    continue;
+                }
+                if !(c.keyword("to") || c.keyword("as")) {
+                    c.keyword("table");
+                }
+                return Some(Ddl::Rename(vec![(from, c.table()?)]));
             }
-            let part = p.peek().is_some_and(|t| {
-                t.is("column") || t.is("index") || t.is("key") || t.is("constraint")
-            });
-            if part {
-                continue;
+            if c.keyword("add") {
+                // A column that cannot be read is left out: its value is then unknown.
+                added.extend(added_columns(&clause[c.at..]).unwrap_or_default());
             }
-            if !(p.keyword("to") || p.keyword("as")) {
-                p.keyword("table");
-            }
-            return Some(Ddl::Rename(vec![(from, p.table()?)]));
         }
+        return (!added.is_empty()).then_some(Ddl::AddColumns(from, added));
     }
     None
+}
+
+/// `tokens` split at the commas outside parentheses.
+fn split(tokens: &[Token]) -> Vec<&[Token]> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            Token::Open => depth += 1,
+            Token::Close => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 0 => {
+                parts.push(&tokens[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&tokens[start..]);
+    parts
+}
+
+/// What follows `ADD`: `[COLUMN] [IF NOT EXISTS] definition` or `(definition, …)`; no
+/// column for `ADD INDEX`, a key, a constraint, a partition.
+fn added_columns(tokens: &[Token]) -> Option<Vec<AddedColumn>> {
+    let mut at = usize::from(tokens.first().is_some_and(|t| t.is("column")));
+    const NOT_COLUMNS: [&str; 13] = [
+        "index",
+        "key",
+        "constraint",
+        "primary",
+        "unique",
+        "fulltext",
+        "spatial",
+        "foreign",
+        "partition",
+        "check",
+        "period",
+        "system",
+        "vector",
+    ];
+    if tokens
+        .get(at)
+        .is_some_and(|t| NOT_COLUMNS.iter().any(|k| t.is(k)))
+    {
+        return Some(Vec::new());
+    }
+    if tokens.get(at).is_some_and(|t| t.is("if")) {
+        let not_exists = tokens.get(at + 1).is_some_and(|t| t.is("not"))
+            && tokens.get(at + 2).is_some_and(|t| t.is("exists"));
+        if !not_exists {
+            return None;
+        }
+        at += 3;
+    }
+    match tokens.get(at)? {
+        Token::Open => {
+            let inner = tokens.get(at + 1..tokens.len().checked_sub(1)?)?;
+            if tokens.last() != Some(&Token::Close) {
+                return None;
+            }
+            split(inner).into_iter().map(column_definition).collect()
+        }
+        _ => Some(vec![column_definition(&tokens[at..])?]),
+    }
+}
+
+/// `name type[(…)] attributes…`: the column and what the rows the table held read for it.
+fn column_definition(tokens: &[Token]) -> Option<AddedColumn> {
+    let name = tokens.first()?.name()?.to_owned();
+    let Token::Word(type_word) = tokens.get(1)? else {
+        return None;
+    };
+    let type_word = type_word.to_ascii_lowercase();
+    let unknown = |why: &str| ColumnDefault::Unknown(why.to_owned());
+    let (mut not_null, mut default, mut known) = (false, None, true);
+    let mut why = String::new();
+    let mut i = 2;
+    while let Some(token) = tokens.get(i) {
+        i += 1;
+        if token.is("not") && tokens.get(i).is_some_and(|t| t.is("null")) {
+            not_null = true;
+            i += 1;
+        } else if token.is("default") {
+            let (value, used) = default_value(&tokens[i..]);
+            default = Some(value);
+            i += used;
+        } else if token.is("auto_increment") || type_word == "serial" {
+            (known, why) = (false, "it is AUTO_INCREMENT, so rows are numbered".into());
+        } else if token.is("generated") || token.is("as") {
+            (known, why) = (false, "it is a generated column".into());
+        }
+    }
+    let default = match default {
+        _ if !known => unknown(&why),
+        Some(value) => value,
+        None if not_null => ColumnDefault::Implicit(type_word),
+        None => ColumnDefault::Null,
+    };
+    Some(AddedColumn { name, default })
+}
+
+/// The default after `DEFAULT`, and how many tokens it took.
+fn default_value(tokens: &[Token]) -> (ColumnDefault, usize) {
+    let number = |tokens: &[Token]| -> Option<(String, usize)> {
+        let Some(Token::Word(whole)) = tokens.first() else {
+            return None;
+        };
+        if !whole.starts_with(|c: char| c.is_ascii_digit()) {
+            return None;
+        }
+        match (tokens.get(1), tokens.get(2)) {
+            (Some(Token::Dot), Some(Token::Word(fraction))) => {
+                Some((format!("{whole}.{fraction}"), 3))
+            }
+            _ => Some((whole.clone(), 1)),
+        }
+    };
+    match tokens.first() {
+        Some(Token::Str(text)) => (ColumnDefault::Literal(text.clone()), 1),
+        Some(Token::Minus) => match number(&tokens[1..]) {
+            Some((n, used)) => (ColumnDefault::Literal(format!("-{n}")), used + 1),
+            None => (expression(), 1),
+        },
+        Some(t) if t.is("null") => (ColumnDefault::Null, 1),
+        Some(t) if t.is("true") => (ColumnDefault::Literal("1".into()), 1),
+        Some(t) if t.is("false") => (ColumnDefault::Literal("0".into()), 1),
+        _ => match number(tokens) {
+            Some((n, used)) => (ColumnDefault::Literal(n), used),
+            None => (expression(), 1),
+        },
+    }
+}
+
+fn expression() -> ColumnDefault {
+    ColumnDefault::Unknown(
+        "its default is an expression or a function (CURRENT_TIMESTAMP, UUID(), …), evaluated when the column was added".into(),
+    )
 }
 
 #[cfg(test)]
@@ -322,7 +518,7 @@ mod tests {
             parse("x", "TRUNCATE \"ansi name\""),
             Some(Ddl::Truncate(id("x", "ansi name")))
         );
-        assert_eq!(parse("x", "ALTER TABLE t ADD c INT"), None);
+        assert_eq!(parse("x", "ALTER TABLE t DROP INDEX i"), None);
         assert_eq!(parse("x", "TRUNCATE TABLE `open"), None);
     }
 
@@ -372,6 +568,59 @@ mod tests {
         assert_eq!(
             parse("s", "/*!40000 ALTER TABLE `t` RENAME AS `u` */"),
             Some(Ddl::Rename(vec![(id("s", "t"), id("s", "u"))]))
+        );
+    }
+
+    #[test]
+    fn add_column_says_what_older_rows_read() {
+        let col = |name: &str, default| AddedColumn {
+            name: name.into(),
+            default,
+        };
+        let lit = |t: &str| ColumnDefault::Literal(t.into());
+        let parsed = parse(
+            "shop",
+            "ALTER TABLE `it ems` ADD COLUMN active TINYINT(1) NOT NULL DEFAULT TRUE, \
+             ADD price DECIMAL(10,2) DEFAULT 9.99 COMMENT 'in euro', ADD note varchar(20), \
+             ADD COLUMN IF NOT EXISTS n INT NOT NULL, ADD (a INT DEFAULT -1, b CHAR(2) DEFAULT 'it''s'), \
+             ADD INDEX (price), ADD c INT DEFAULT NULL, ADD d DATETIME DEFAULT CURRENT_TIMESTAMP, \
+             ADD e INT AUTO_INCREMENT, ADD f INT AS (a + 1) VIRTUAL, DROP COLUMN g, \
+             ADD h ENUM('x','y') NOT NULL, ADD i varchar(9) DEFAULT 'a\\'b'",
+        );
+        assert_eq!(
+            parsed,
+            Some(Ddl::AddColumns(
+                TableId::new("shop", "it ems"),
+                vec![
+                    col("active", lit("1")),
+                    col("price", lit("9.99")),
+                    col("note", ColumnDefault::Null),
+                    col("n", ColumnDefault::Implicit("int".into())),
+                    col("a", lit("-1")),
+                    col("b", lit("it's")),
+                    col("c", ColumnDefault::Null),
+                    col("d", expression()),
+                    col(
+                        "e",
+                        ColumnDefault::Unknown("it is AUTO_INCREMENT, so rows are numbered".into())
+                    ),
+                    col(
+                        "f",
+                        ColumnDefault::Unknown("it is a generated column".into())
+                    ),
+                    col("h", ColumnDefault::Implicit("enum".into())),
+                    // A backslash escape depends on the session's sql_mode.
+                    col("i", expression()),
+                ]
+            ))
+        );
+        assert_eq!(parse("shop", "ALTER TABLE t ADD INDEX i (a)"), None);
+        assert_eq!(
+            parse("shop", "ALTER TABLE t ADD COLUMN x INT, RENAME TO u"),
+            Some(Ddl::Rename(vec![(
+                TableId::new("shop", "t"),
+                TableId::new("shop", "u")
+            )]))
         );
     }
 }

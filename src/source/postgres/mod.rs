@@ -465,6 +465,59 @@ impl PgEndpoint {
     }
 }
 
+/// A live column of a table as the catalog has it now, with what rows that lack it
+/// physically read for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogColumn {
+    pub name: String,
+    pub type_oid: u32,
+    pub typmod: i32,
+    /// The fast default (`pg_attribute.attmissingval`, in the type's text form): rows
+    /// written before the column was added read it. Set once by the ADD COLUMN and never
+    /// changed by a later `SET DEFAULT`; cleared by any rewrite of the table.
+    pub missing: Option<String>,
+    /// Whether values of rows older than the column could be anything but `missing` or
+    /// NULL: the column has a default, is an identity or generated column, or is of a
+    /// domain type (whose default or constraints make ADD COLUMN rewrite the table).
+    pub may_be_rewritten: bool,
+}
+
+const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, \
+     CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END, \
+     a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typtype = 'd' \
+     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+     WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+     ORDER BY a.attnum";
+
+impl PgEndpoint {
+    /// The live columns of relation `relid`, in order, with their fast defaults.
+    pub async fn catalog_columns(
+        &self,
+        conn: &mut PgConnection,
+        relid: u32,
+    ) -> Result<Vec<CatalogColumn>, SourceError> {
+        let context = format!("reading the columns of relation {relid}");
+        let rows = sqlx::query(COLUMNS_SQL)
+            .bind(i64::from(relid))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.classify(e, &context))?;
+        let get = |e| self.classify(e, &context);
+        rows.iter()
+            .map(|row| {
+                let oid: i64 = row.try_get(1).map_err(get)?;
+                Ok(CatalogColumn {
+                    name: row.try_get(0).map_err(get)?,
+                    type_oid: u32::try_from(oid).unwrap_or(0),
+                    typmod: row.try_get(2).map_err(get)?,
+                    missing: row.try_get(3).map_err(get)?,
+                    may_be_rewritten: row.try_get(4).map_err(get)?,
+                })
+            })
+            .collect()
+    }
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }

@@ -85,7 +85,9 @@ pub(super) fn source_engine(engine: config::Engine) -> Option<&'static dyn Sourc
 }
 
 /// What a CDC run needs, for the engine whose endpoint is `E`; each engine's part
-/// implements `run` for its endpoint.
+/// implements `run` for its endpoint. A course runs it again after each reload a schema
+/// change asks for ([`CdcOutcome::reload`]).
+#[derive(Clone)]
 pub(in crate::task) struct CdcRun<E> {
     pub endpoint: E,
     pub storage: Storage,
@@ -154,6 +156,7 @@ pub(super) async fn run<E: Engine>(
     let min_bytes = settings.cdc_min_file_size.saturating_mul(1024);
     let mut last_lag = Instant::now() - LAG_INTERVAL;
     let mut stopping: Option<Instant> = None;
+    let mut reload = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -181,6 +184,10 @@ pub(super) async fn run<E: Engine>(
         let (stopped, written) = match turn {
             Turn::Go { written } => (false, written),
             Turn::Stopped { written } => (true, written),
+            Turn::Reload { written } => {
+                reload = true;
+                (true, written)
+            }
             Turn::Abandoned => break,
         };
         engine
@@ -199,9 +206,12 @@ pub(super) async fn run<E: Engine>(
         }
     }
     let confirmed = engine.close().await;
+    // Requests a caught-up run wrote with its last batch load in this run too.
+    let reload = reload || !writer.reload_requests.is_empty();
     Ok(CdcOutcome {
         tables: writer.tables.into_values().map(|t| t.stats).collect(),
         confirmed_position: Some(confirmed),
+        reload,
     })
 }
 

@@ -20,6 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_array::StringArray;
+use arrow_cast::{CastOptions, cast_with_options};
+use arrow_schema::DataType;
 use futures::future::BoxFuture;
 use mysql_async::Value;
 
@@ -34,7 +37,7 @@ use crate::source::mysql::{MyEndpoint, MysqlSource};
 use crate::source::position::{BinlogPosition, ChangePosition, SourcePosition, binlog_file_index};
 use crate::source::{SelectionRules, Source, SourceError, TableInfo};
 use crate::task::batch::{BatchWriter, TableRows};
-use crate::task::checkpoint::{Checkpoint, SchemaChange};
+use crate::task::checkpoint::{AddedColumn, AddedValue, Checkpoint, SchemaChange};
 use crate::task::control::{Events, LogLevel};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
 use crate::task::error::TaskError;
@@ -130,10 +133,11 @@ async fn run_task(endpoint: MyEndpoint, run: TaskRun) -> Result<TaskSummary, Tas
         &stop,
     )
     .await?;
-    let load = if checkpoint.snapshot().await.reloading.is_empty() {
+    let mut load = if checkpoint.snapshot().await.reloading.is_empty() {
         load
     } else {
-        let reloaded = reload::run(source, &storage, &checkpoint, &task, &events, &stop).await;
+        let reloaded =
+            reload::run(source.clone(), &storage, &checkpoint, &task, &events, &stop).await;
         reload::outcome(reloaded, load, &events)?
     };
     if !task.has_full_load()
@@ -165,18 +169,25 @@ async fn run_task(endpoint: MyEndpoint, run: TaskRun) -> Result<TaskSummary, Tas
     if stop.borrow().is_some() {
         return Err(TaskError::Stopped { task: task.name });
     }
-    let outcome = CdcRun {
+    let cdc = CdcRun {
         endpoint,
-        storage,
+        storage: storage.clone(),
         task: task.clone(),
-        checkpoint,
-        events,
-        stop,
+        checkpoint: checkpoint.clone(),
+        events: events.clone(),
+        stop: stop.clone(),
         until_caught_up: options.until_caught_up,
+    };
+    // The stream goes on after each reload a schema change asks for.
+    loop {
+        let outcome = cdc.clone().run().await?;
+        if !outcome.reload || stop.borrow().is_some() {
+            return Ok(cdc_summary(load, outcome, started));
+        }
+        let reloaded =
+            reload::run(source.clone(), &storage, &checkpoint, &task, &events, &stop).await;
+        load = reload::outcome(reloaded, load, &events)?;
     }
-    .run()
-    .await?;
-    Ok(cdc_summary(load, outcome, started))
 }
 
 // ---- The part in the CDC loop ----
@@ -293,6 +304,7 @@ impl CdcRun<MyEndpoint> {
             rules,
             maps: HashMap::new(),
             signatures: HashMap::new(),
+            added: HashMap::new(),
             txn: None,
             confirmed: start.clone(),
             persisted: start,
@@ -319,6 +331,9 @@ struct Mysql {
     maps: HashMap<u64, TableMap>,
     /// Table → the signature its files are written with in this run.
     signatures: HashMap<TableId, String>,
+    /// Table → the columns `ALTER TABLE … ADD` statements read in this run added to it,
+    /// until its next table map shows them.
+    added: HashMap<TableId, Vec<ddl::AddedColumn>>,
     txn: Option<Txn>,
     /// Where the next run may start: the end of the last durable batch, or of the last
     /// transaction read while none of ours was in flight...
@@ -474,7 +489,27 @@ impl Mysql {
             let position = self.txn.as_ref().map(Txn::position).unwrap_or_default();
             let schema = RowBuilder::schema_for(&map.names, &map.decoders);
             let builder = Box::new(RowBuilder::new(schema.clone(), map.decoders.clone()));
-            writer.schema(&key, &signature, schema, builder, position)?;
+            let statements = self.added.remove(&key).unwrap_or_default();
+            let added = writer
+                .added_columns(&key, &map.names)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|name| {
+                    let data_type = schema.field_with_name(&name).map(|f| f.data_type());
+                    let statement = statements
+                        .iter()
+                        .rev()
+                        .find(|c| c.name.eq_ignore_ascii_case(&name));
+                    let value = match (statement, data_type) {
+                        (Some(c), Ok(data_type)) => added_value(&c.default, data_type),
+                        _ => AddedValue::Unknown(
+                            "the ALTER TABLE that added it was not read in this run".into(),
+                        ),
+                    };
+                    AddedColumn { name, value }
+                })
+                .collect();
+            writer.schema(&key, &signature, schema, builder, position, added)?;
             self.signatures.insert(key, signature);
         }
         self.maps.insert(table_id, map);
@@ -517,7 +552,14 @@ impl Mysql {
         position: BinlogPosition,
         time: u32,
     ) -> Option<BinlogPosition> {
-        let emptied = ddl::parse(schema, sql)
+        let ddl = ddl::parse(schema, sql);
+        if let Some(Ddl::AddColumns(table, columns)) = &ddl
+            && self.rules.matches_id(table)
+        {
+            let known = self.added.entry(table.clone()).or_default();
+            known.extend(columns.iter().cloned());
+        }
+        let emptied = ddl
             .map(|ddl| emptied_tables(ddl, &self.rules, &writer.known_tables()))
             .unwrap_or_default();
         if !emptied.is_empty() {
@@ -540,10 +582,7 @@ impl Mysql {
                     );
                     continue;
                 }
-                let change = SchemaChange {
-                    position: at.clone(),
-                    change,
-                };
+                let change = SchemaChange::other(at.clone(), &change);
                 recorded |= writer.emptied(&table, change);
             }
             if recorded {
@@ -726,6 +765,51 @@ fn split_change(
 /// Marks a table renamed *into* a selected name, in [`emptied_tables`]'s answer.
 const RENAMED_IN_FROM: &str = "renamed in from ";
 
+/// What rows older than an added column read for it, from its `ALTER TABLE` clause, as a
+/// value of `data_type` (the column's type in the raw zone). Exact or unknown, never a
+/// guess: a literal the server would convert in a way a cast may not (into a date-time,
+/// whose literal depends on the session's time zone, or into bytes, which it pads) is
+/// unknown.
+fn added_value(default: &ddl::ColumnDefault, data_type: &DataType) -> AddedValue {
+    use ddl::ColumnDefault;
+    let literal = |text: &str| {
+        if matches!(
+            data_type,
+            DataType::Timestamp(..)
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::FixedSizeBinary(_)
+        ) {
+            return AddedValue::Unknown(format!(
+                "its default {text:?} is converted by the server in ways the lake cannot repeat exactly for its type {data_type}"
+            ));
+        }
+        let options = CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        };
+        match cast_with_options(&StringArray::from(vec![text]), data_type, &options) {
+            Ok(value) => AddedValue::constant(value.as_ref()),
+            Err(_) => AddedValue::Unknown(format!(
+                "its default {text:?} does not convert exactly to the lake's type {data_type}"
+            )),
+        }
+    };
+    match default {
+        ColumnDefault::Literal(text) => literal(text),
+        ColumnDefault::Null => AddedValue::Null,
+        ColumnDefault::Implicit(type_word) => match type_word.as_str() {
+            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
+            | "numeric" | "dec" | "fixed" | "float" | "double" | "real" => literal("0"),
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => literal(""),
+            other => AddedValue::Unknown(format!(
+                "it is NOT NULL without a default, and the implicit default of type {other} is not read"
+            )),
+        },
+        ColumnDefault::Unknown(why) => AddedValue::Unknown(why.clone()),
+    }
+}
+
 /// What a statement did to the task's tables: each selected table it emptied with the
 /// change to record ([`SchemaChange::empties_table`]), and each selected table it renamed
 /// another into (`RENAMED_IN_FROM`, to warn about: its earlier rows are not in the binlog).
@@ -733,6 +817,7 @@ const RENAMED_IN_FROM: &str = "renamed in from ";
 fn emptied_tables(ddl: Ddl, rules: &SelectionRules, known: &[TableId]) -> Vec<(TableId, String)> {
     let selected = |t: &TableId| rules.matches_id(t);
     match ddl {
+        Ddl::AddColumns(..) => Vec::new(),
         Ddl::Truncate(t) => vec![(t, SchemaChange::TRUNCATE.to_owned())]
             .into_iter()
             .filter(|(t, _)| selected(t))
@@ -798,5 +883,47 @@ mod tests {
                 (id("shop", "r"), format!("{RENAMED_IN_FROM}other.q")),
             ]
         );
+    }
+
+    #[test]
+    fn added_values_are_exact_or_unknown() {
+        use crate::source::mysql::ddl::ColumnDefault;
+        let constant = |t: &str| AddedValue::Constant(t.to_owned());
+        let lit = |t: &str| ColumnDefault::Literal(t.to_owned());
+        assert_eq!(added_value(&lit("1"), &DataType::Int8), constant("1"));
+        assert_eq!(
+            added_value(&lit("9.99"), &DataType::Decimal128(10, 2)),
+            constant("9.99")
+        );
+        assert_eq!(added_value(&lit("x y"), &DataType::Utf8), constant("x y"));
+        assert_eq!(
+            added_value(&ColumnDefault::Null, &DataType::Int32),
+            AddedValue::Null
+        );
+        let implicit = |t: &str| ColumnDefault::Implicit(t.to_owned());
+        assert_eq!(
+            added_value(&implicit("int"), &DataType::Int32),
+            constant("0")
+        );
+        assert_eq!(
+            added_value(&implicit("varchar"), &DataType::Utf8),
+            constant("")
+        );
+        for (default, data_type) in [
+            (implicit("enum"), DataType::Utf8),
+            // The server rounds 1.5 into an INT; a cast refuses it.
+            (lit("1.5"), DataType::Int32),
+            (
+                lit("2026-01-01 00:00:00"),
+                DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
+            ),
+            (lit("ab"), DataType::Binary),
+            (ColumnDefault::Unknown("why".into()), DataType::Int32),
+        ] {
+            assert!(
+                matches!(added_value(&default, &data_type), AddedValue::Unknown(_)),
+                "{default:?} as {data_type}"
+            );
+        }
     }
 }

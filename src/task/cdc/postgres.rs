@@ -37,10 +37,10 @@ use crate::source::postgres::pgoutput::{
 };
 use crate::source::postgres::replication::{ChangeStream, SlotStatus};
 use crate::source::postgres::types::Kind;
-use crate::source::postgres::{PgEndpoint, PostgresSource};
+use crate::source::postgres::{CatalogColumn, PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, SourceError, TableInfo};
 use crate::task::batch::{BatchWriter, TableRows};
-use crate::task::checkpoint::{self, Checkpoint};
+use crate::task::checkpoint::{self, AddedColumn, AddedValue, Checkpoint};
 use crate::task::control::{Events, LogLevel, TaskCommand};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
 use crate::task::error::TaskError;
@@ -226,25 +226,45 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
     )
     .await?;
     drop(holder); // the snapshot is no longer needed by anyone
-    let load = if checkpoint.snapshot().await.reloading.is_empty() {
-        load
-    } else {
-        let reloaded = reload_alone(&pg, &storage, &checkpoint, &task, &events, &stop).await;
-        reload::outcome(reloaded, load, &events)?
-    };
-    let outcome = CdcRun {
-        endpoint: pg,
-        storage,
+    let mut load = load;
+    let cdc = CdcRun {
+        endpoint: pg.clone(),
+        storage: storage.clone(),
         task: task.clone(),
-        checkpoint,
-        events,
-        stop,
+        checkpoint: checkpoint.clone(),
+        events: events.clone(),
+        stop: stop.clone(),
         until_caught_up: options.until_caught_up,
+    };
+    // Tables waiting for a reload load before the stream goes on, and again whenever a
+    // schema change asks for one.
+    loop {
+        if !checkpoint.snapshot().await.reloading.is_empty() {
+            let reloaded = reload_alone(&pg, &storage, &checkpoint, &task, &events, &stop).await;
+            load = reload::outcome(reloaded, load, &events)?;
+        }
+        let outcome = cdc.clone().run().await?;
+        if !outcome.reload || stop.borrow().is_some() {
+            return Ok(cdc_summary(load, outcome, started));
+        }
+        slot_released(&pg, &task.slot_name()).await?;
     }
-    .run()
-    .await?;
-    Ok(cdc_summary(load, outcome, started))
 }
+
+/// Waits, up to [`SLOT_RELEASE_WAIT`], until no session streams `slot`: the server ends a
+/// closed stream's walsender a moment after it closes, and the slot is busy until then.
+async fn slot_released(pg: &PgEndpoint, slot: &str) -> Result<(), TaskError> {
+    let started = Instant::now();
+    while pg.slot_status(slot).await?.is_some_and(|s| s.active)
+        && started.elapsed() < SLOT_RELEASE_WAIT
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// How long a course waits for its own closed stream to let go of the slot.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// Checks the server and the slot before anything changes, and makes the publication (or
 /// checks that a given one publishes every selected table). Returns the slot's status.
@@ -787,11 +807,107 @@ impl Postgres {
                     .map(|(c, k)| Field::new(c, k.data_type(), true))
                     .collect::<Vec<_>>(),
             ));
+            let added = match writer.added_columns(&key, &info.columns) {
+                Some(added) if !added.is_empty() => self.added_values(r.id, &info, &added).await,
+                _ => Vec::new(),
+            };
             let builder = Box::new(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
-            writer.schema(&key, &info.signature, table_schema, builder, position)?;
+            writer.schema(
+                &key,
+                &info.signature,
+                table_schema,
+                builder,
+                position,
+                added,
+            )?;
         }
         self.relations.insert(r.id, info);
         Ok(())
+    }
+}
+
+impl Postgres {
+    /// What rows older than the columns `added` to relation `relid` read for them, from
+    /// the catalog (pgoutput carries no default).
+    async fn added_values(
+        &mut self,
+        relid: u32,
+        info: &RelationInfo,
+        added: &[String],
+    ) -> Vec<AddedColumn> {
+        let result = self.pg.catalog_columns(&mut self.control, relid).await;
+        let live = side_query(
+            &self.pg,
+            &self.events,
+            &mut self.control,
+            "reading the columns a schema change added",
+            result,
+        )
+        .await;
+        added_values(live.as_deref(), &info.types, &info.kinds, added)
+    }
+}
+
+/// What rows older than the columns `added` read for them, from the catalog's `live`
+/// columns now (`None`: it could not be read). `types` (name, type OID, typmod) and
+/// `kinds` are the columns as the stream's relation message described them; a column the
+/// catalog no longer has with that type (a later DDL overtook the stream) is unknown.
+///
+/// The catalog is read after the fact, but what it says of an added column holds from its
+/// ADD on: its fast default is set by the ADD and only ever cleared (by a rewrite, which
+/// then shows as a default without one: unknown), and a column added without any default
+/// read NULL whatever came later. Left open: a column dropped and added again under the
+/// same name and type while the stream lagged behind both.
+fn added_values(
+    live: Option<&[CatalogColumn]>,
+    types: &[(String, u32, i32)],
+    kinds: &[Kind],
+    added: &[String],
+) -> Vec<AddedColumn> {
+    let unknown = |why: &str| AddedValue::Unknown(why.to_owned());
+    added
+        .iter()
+        .map(|name| {
+            let streamed = types.iter().position(|(c, _, _)| c == name);
+            let column = streamed.and_then(|i| {
+                let (_, oid, typmod) = &types[i];
+                let now = live?
+                    .iter()
+                    .find(|c| &c.name == name && c.type_oid == *oid && c.typmod == *typmod);
+                Some((now, kinds.get(i)?))
+            });
+            let value = match column {
+                _ if live.is_none() => unknown("the source's catalog could not be read"),
+                None | Some((None, _)) => unknown(
+                    "the table changed again before the stream reached this change, so the catalog no longer says what its rows held",
+                ),
+                Some((Some(c), kind)) => match &c.missing {
+                    Some(text) => decoded(kind, text),
+                    None if !c.may_be_rewritten => AddedValue::Null,
+                    None => unknown(
+                        "it was added with a default the change log does not carry (a volatile, identity, generated or domain default), or the table was rewritten since",
+                    ),
+                },
+            };
+            AddedColumn {
+                name: name.clone(),
+                value,
+            }
+        })
+        .collect()
+}
+
+/// A fast default's text (the type's output form, as pgoutput sends values) decoded as
+/// the stream decodes the column, then recorded as its exact constant.
+fn decoded(kind: &Kind, text: &str) -> AddedValue {
+    let schema = Arc::new(Schema::new(vec![Field::new("v", kind.data_type(), true)]));
+    let mut builder = TextBatchBuilder::new(schema, std::slice::from_ref(kind));
+    match builder.append_row([Some(text)]) {
+        Ok(()) => AddedValue::constant(builder.finish().column(0).as_ref()),
+        Err(e) => AddedValue::Unknown(format!(
+            "its default {text:?} does not decode: {}",
+            e.message
+        )),
     }
 }
 
@@ -1075,5 +1191,59 @@ impl RowChanges {
                 })
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_added_column_reads_its_fast_default_while_the_catalog_still_has_the_column() {
+        let column = |name: &str, oid, missing: Option<&str>, may_be_rewritten| CatalogColumn {
+            name: name.into(),
+            type_oid: oid,
+            typmod: -1,
+            missing: missing.map(str::to_owned),
+            may_be_rewritten,
+        };
+        let types = [
+            ("id".to_owned(), 20, -1),
+            ("on".to_owned(), 16, -1),
+            ("n".to_owned(), 23, -1),
+            ("at".to_owned(), 1184, -1),
+        ];
+        let kinds = [Kind::Int64, Kind::Bool, Kind::Int32, Kind::TimestampTz];
+        let live = [
+            column("id", 20, None, false),
+            column("on", 16, Some("t"), true),
+            column("n", 23, None, false),
+            column("at", 1184, None, true),
+        ];
+        let added = ["on", "n", "at"].map(String::from);
+        let values: Vec<AddedValue> = added_values(Some(&live), &types, &kinds, &added)
+            .into_iter()
+            .map(|a| a.value)
+            .collect();
+        assert_eq!(values[0], AddedValue::Constant("true".into()));
+        assert_eq!(values[1], AddedValue::Null);
+        assert!(matches!(&values[2], AddedValue::Unknown(why) if why.contains("volatile")));
+        // Another column dropped since: what the catalog says of these still holds.
+        let dropped = [&live[..1], &live[2..]].concat();
+        let values = added_values(Some(&dropped), &types, &kinds, &added[1..]);
+        assert_eq!(values[0].value, AddedValue::Null);
+        // A column gone, or of another type since: a later DDL overtook the stream.
+        let mut retyped = live.clone();
+        retyped[2].type_oid = 20;
+        let values = added_values(Some(&retyped[..3]), &types, &kinds, &added);
+        assert!(values[1..].iter().all(
+            |a| matches!(&a.value, AddedValue::Unknown(why) if why.contains("changed again"))
+        ));
+        let values = added_values(None, &types, &kinds, &added);
+        assert!(
+            values
+                .iter()
+                .all(|a| matches!(a.value, AddedValue::Unknown(_)))
+        );
     }
 }
