@@ -587,7 +587,7 @@ pub enum SchemaChangePolicy {
     Apply,
     /// Reload the table on any change of its columns.
     Reload,
-    /// Stop the task, naming the change, where `apply` would reload.
+    /// Stop the task at any change of a table's columns, naming it.
     Stop,
 }
 

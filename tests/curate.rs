@@ -1138,6 +1138,24 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
     );
     let source = pg_rows(&mut conn, items).await;
     assert_readers_see(&read, "shop.public.items", &columns, source);
+
+    // A renamed column keeps its rows' values: never taken for an added one.
+    conn.execute(
+        "ALTER TABLE items RENAME COLUMN label TO title;
+         UPDATE items SET title = 'renamed' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    assert!(
+        text.contains("public.items: column title was added, but columns were dropped or renamed"),
+        "{text}"
+    );
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &["shop.public.items"]);
+    let renamed = ["id", "title", "active", "price", "seen", "note"];
+    let source = pg_rows(&mut conn, &items.replace("label", "title")).await;
+    assert_readers_see(&read, "shop.public.items", &renamed, source);
     drop_slots(&mut conn, db).await;
 }
 

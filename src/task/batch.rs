@@ -249,20 +249,18 @@ impl BatchWriter {
         }
     }
 
-    /// The columns a new shape of table `key` with `names` adds to its last recorded one
-    /// (its last columns change, else its load's columns); `None` when no earlier shape
-    /// is known (a state written before shapes were recorded).
-    pub(super) fn added_columns(&self, key: &TableId, names: &[String]) -> Option<Vec<String>> {
+    /// The column names of table `key`'s last recorded shape: its last columns change,
+    /// else the columns its load read; `None` when neither is known (a table the stream
+    /// shows first, or a load recorded before its columns were).
+    pub(super) fn previous_columns(&self, key: &TableId) -> Option<Vec<String>> {
         let last = self
             .totals
             .get(key)
             .and_then(|t| t.schema_changes.iter().rfind(|c| c.is_columns()));
-        let previous = match last {
-            Some(change) if change.names.is_empty() => return None,
-            Some(change) => &change.names,
-            None => self.load_columns.get(key)?,
-        };
-        Some(added_columns(previous, names))
+        match last {
+            Some(change) => Some(change.column_names()),
+            None => self.load_columns.get(key).cloned(),
+        }
     }
 
     /// A (new or changed) schema of selected table `key`: later rows use it. `signature`
@@ -308,8 +306,15 @@ impl BatchWriter {
                 .changes_from
                 .get(key)
                 .is_some_and(|from| change.position < *from);
+            // The first shape the stream shows is a change only when it differs from the
+            // load's.
+            let first = last.is_none()
+                && self
+                    .load_columns
+                    .get(key)
+                    .is_none_or(|load| *load == change.names);
             let policy = self.task.cdc_settings.schema_change_policy;
-            let on_change = match on_columns_change(policy, last.is_none(), &change.added) {
+            let on_change = match on_columns_change(policy, first, &change.added) {
                 _ if loaded => OnColumnsChange::Go,
                 on_change => on_change,
             };
@@ -327,7 +332,7 @@ impl BatchWriter {
                     self.events.log(
                         LogLevel::Warn,
                         format!(
-                            "{key}: {why}, so the table loads again from a new snapshot while the stream goes on"
+                            "{key}: {why}, so the table loads again from a new snapshot; capture pauses for the reload and then goes on from where it stands"
                         ),
                     );
                     self.changes_from
@@ -802,7 +807,7 @@ fn request_reloads(state: &mut TaskState, tables: &[TableId]) {
 }
 
 /// The names of `names` that `previous` lacks, in order.
-fn added_columns(previous: &[String], names: &[String]) -> Vec<String> {
+pub(super) fn added_columns(previous: &[String], names: &[String]) -> Vec<String> {
     names
         .iter()
         .filter(|n| !previous.contains(n))

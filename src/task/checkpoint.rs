@@ -231,6 +231,22 @@ impl SchemaChange {
         self.change.starts_with(Self::COLUMNS)
     }
 
+    /// The column names of a columns change: those recorded, or, in a state written before
+    /// they were, each `name type` of its signature up to the first space (a name with a
+    /// space in it then reads as another column, which can only make a change look larger).
+    pub fn column_names(&self) -> Vec<String> {
+        if !self.names.is_empty() {
+            return self.names.clone();
+        }
+        self.change
+            .strip_prefix(Self::COLUMNS)
+            .unwrap_or("")
+            .split(", ")
+            .filter(|c| !c.is_empty())
+            .map(|c| c.split_once(' ').map_or(c, |(name, _)| name).to_owned())
+            .collect()
+    }
+
     /// Whether the table holds no row from here on: a reader rebuilding it from the raw
     /// zone starts it empty at this position.
     pub fn empties_table(&self) -> bool {

@@ -254,7 +254,7 @@ impl Parser<'_> {
         if self.keyword("nowait") {
             return;
         }
-        if self.keyword("wait") {
+        if self.keyword("wait") && self.at < self.tokens.len() {
             self.at += 1;
         }
     }
@@ -317,7 +317,7 @@ pub fn parse(default_schema: &str, sql: &str) -> Option<Ddl> {
         let from = p.table()?;
         p.wait();
         let mut added = Vec::new();
-        for clause in split(&tokens[p.at..]) {
+        for clause in split(tokens.get(p.at..).unwrap_or_default()) {
             let mut c = Parser {
                 tokens: clause,
                 at: 0,
@@ -419,27 +419,35 @@ fn column_definition(tokens: &[Token]) -> Option<AddedColumn> {
     };
     let type_word = type_word.to_ascii_lowercase();
     let unknown = |why: &str| ColumnDefault::Unknown(why.to_owned());
-    let (mut not_null, mut default, mut known) = (false, None, true);
-    let mut why = String::new();
+    let (mut not_null, mut null, mut default) = (false, false, None);
+    let mut why =
+        (type_word == "serial").then_some("it is SERIAL (AUTO_INCREMENT), so rows are numbered");
     let mut i = 2;
     while let Some(token) = tokens.get(i) {
         i += 1;
         if token.is("not") && tokens.get(i).is_some_and(|t| t.is("null")) {
             not_null = true;
             i += 1;
+        } else if token.is("null") {
+            null = true;
         } else if token.is("default") {
-            let (value, used) = default_value(&tokens[i..]);
+            let (value, used) = default_value(tokens.get(i..).unwrap_or_default());
             default = Some(value);
             i += used;
-        } else if token.is("auto_increment") || type_word == "serial" {
-            (known, why) = (false, "it is AUTO_INCREMENT, so rows are numbered".into());
+        } else if token.is("auto_increment") {
+            why = Some("it is AUTO_INCREMENT, so rows are numbered");
         } else if token.is("generated") || token.is("as") {
-            (known, why) = (false, "it is a generated column".into());
+            why = Some("it is a generated column");
         }
     }
     let default = match default {
-        _ if !known => unknown(&why),
+        _ if why.is_some() => unknown(why.unwrap_or_default()),
         Some(value) => value,
+        // Without explicit_defaults_for_timestamp (MariaDB before 10.10, MySQL 5.7), such a
+        // column defaults to CURRENT_TIMESTAMP.
+        None if type_word == "timestamp" && !null => unknown(
+            "it is a TIMESTAMP without NULL or DEFAULT, which may default to CURRENT_TIMESTAMP (explicit_defaults_for_timestamp)",
+        ),
         None if not_null => ColumnDefault::Implicit(type_word),
         None => ColumnDefault::Null,
     };
@@ -448,17 +456,21 @@ fn column_definition(tokens: &[Token]) -> Option<AddedColumn> {
 
 /// The default after `DEFAULT`, and how many tokens it took.
 fn default_value(tokens: &[Token]) -> (ColumnDefault, usize) {
+    // A plain decimal number (`12`, `9.99`), whose text the server keeps as written when
+    // it converts it; hexadecimal, exponents and leading zeros are not read.
+    let digits = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit());
     let number = |tokens: &[Token]| -> Option<(String, usize)> {
         let Some(Token::Word(whole)) = tokens.first() else {
             return None;
         };
-        if !whole.starts_with(|c: char| c.is_ascii_digit()) {
+        if !digits(whole) || (whole.len() > 1 && whole.starts_with('0')) {
             return None;
         }
         match (tokens.get(1), tokens.get(2)) {
-            (Some(Token::Dot), Some(Token::Word(fraction))) => {
+            (Some(Token::Dot), Some(Token::Word(fraction))) if digits(fraction) => {
                 Some((format!("{whole}.{fraction}"), 3))
             }
+            (Some(Token::Dot), _) => None,
             _ => Some((whole.clone(), 1)),
         }
     };
@@ -614,6 +626,23 @@ mod tests {
                 ]
             ))
         );
+        let defaults = |sql: &str| match parse("shop", sql) {
+            Some(Ddl::AddColumns(_, columns)) => columns.into_iter().map(|c| c.default).collect(),
+            other => panic!("{sql}: {other:?}"),
+        };
+        let found: Vec<ColumnDefault> = defaults(
+            "ALTER TABLE t ADD s SERIAL, ADD ts TIMESTAMP, ADD tn TIMESTAMP NULL, \
+             ADD x INT DEFAULT 0x41, ADD y INT DEFAULT 01, ADD z DECIMAL(4,1) DEFAULT 1. NOT NULL",
+        );
+        assert!(matches!(&found[0], ColumnDefault::Unknown(w) if w.contains("SERIAL")));
+        assert!(matches!(&found[1], ColumnDefault::Unknown(w) if w.contains("TIMESTAMP")));
+        assert_eq!(found[2], ColumnDefault::Null);
+        assert!(
+            found[3..]
+                .iter()
+                .all(|d| matches!(d, ColumnDefault::Unknown(_)))
+        );
+        assert_eq!(parse("shop", "ALTER TABLE t WAIT"), None);
         assert_eq!(parse("shop", "ALTER TABLE t ADD INDEX i (a)"), None);
         assert_eq!(
             parse("shop", "ALTER TABLE t ADD COLUMN x INT, RENAME TO u"),

@@ -36,7 +36,7 @@ use crate::source::mysql::types::RowBuilder;
 use crate::source::mysql::{MyEndpoint, MysqlSource};
 use crate::source::position::{BinlogPosition, ChangePosition, SourcePosition, binlog_file_index};
 use crate::source::{SelectionRules, Source, SourceError, TableInfo};
-use crate::task::batch::{BatchWriter, TableRows};
+use crate::task::batch::{BatchWriter, TableRows, added_columns};
 use crate::task::checkpoint::{AddedColumn, AddedValue, Checkpoint, SchemaChange};
 use crate::task::control::{Events, LogLevel};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
@@ -490,9 +490,9 @@ impl Mysql {
             let schema = RowBuilder::schema_for(&map.names, &map.decoders);
             let builder = Box::new(RowBuilder::new(schema.clone(), map.decoders.clone()));
             let statements = self.added.remove(&key).unwrap_or_default();
-            let added = writer
-                .added_columns(&key, &map.names)
-                .unwrap_or_default()
+            // Without an earlier shape (a table the stream shows first), nothing is added.
+            let previous = writer.previous_columns(&key);
+            let added = added_columns(previous.as_deref().unwrap_or(&map.names), &map.names)
                 .into_iter()
                 .map(|name| {
                     let data_type = schema.field_with_name(&name).map(|f| f.data_type());

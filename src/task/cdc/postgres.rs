@@ -39,7 +39,7 @@ use crate::source::postgres::replication::{ChangeStream, SlotStatus};
 use crate::source::postgres::types::Kind;
 use crate::source::postgres::{CatalogColumn, PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, SourceError, TableInfo};
-use crate::task::batch::{BatchWriter, TableRows};
+use crate::task::batch::{BatchWriter, TableRows, added_columns};
 use crate::task::checkpoint::{self, AddedColumn, AddedValue, Checkpoint};
 use crate::task::control::{Events, LogLevel, TaskCommand};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
@@ -247,17 +247,22 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
         if !outcome.reload || stop.borrow().is_some() {
             return Ok(cdc_summary(load, outcome, started));
         }
-        slot_released(&pg, &task.slot_name()).await?;
+        slot_released(&pg, &task).await?;
     }
 }
 
 /// Waits, up to [`SLOT_RELEASE_WAIT`], until no session streams `slot`: the server ends a
 /// closed stream's walsender a moment after it closes, and the slot is busy until then.
-async fn slot_released(pg: &PgEndpoint, slot: &str) -> Result<(), TaskError> {
+async fn slot_released(pg: &PgEndpoint, task: &TaskConfig) -> Result<(), TaskError> {
+    let slot = task.slot_name();
     let started = Instant::now();
-    while pg.slot_status(slot).await?.is_some_and(|s| s.active)
-        && started.elapsed() < SLOT_RELEASE_WAIT
-    {
+    while pg.slot_status(&slot).await?.is_some_and(|s| s.active) {
+        if started.elapsed() >= SLOT_RELEASE_WAIT {
+            return Err(TaskError::SlotBusy {
+                task: task.name.clone(),
+                slot,
+            });
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -807,9 +812,27 @@ impl Postgres {
                     .map(|(c, k)| Field::new(c, k.data_type(), true))
                     .collect::<Vec<_>>(),
             ));
-            let added = match writer.added_columns(&key, &info.columns) {
-                Some(added) if !added.is_empty() => self.added_values(r.id, &info, &added).await,
-                _ => Vec::new(),
+            // Without an earlier shape (a table the stream shows first), nothing is added.
+            let previous = writer.previous_columns(&key);
+            let previous = previous.as_deref().unwrap_or(&info.columns);
+            let added = added_columns(previous, &info.columns);
+            // A name gone in the same change may be the added one's old name (a RENAME
+            // COLUMN): then what its rows hold is theirs, not a default.
+            let renamed = !added.is_empty() && previous.iter().any(|p| !info.columns.contains(p));
+            let added = if renamed {
+                added
+                    .into_iter()
+                    .map(|name| AddedColumn {
+                        name,
+                        value: AddedValue::Unknown(
+                            "columns were dropped or renamed in the same change, so whether it is a new column is not known".into(),
+                        ),
+                    })
+                    .collect()
+            } else if added.is_empty() {
+                Vec::new()
+            } else {
+                self.added_values(r.id, &info, &added).await
             };
             let builder = Box::new(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
             writer.schema(
