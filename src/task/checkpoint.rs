@@ -18,9 +18,10 @@
 use crate::source::position::{ChangePosition, SourcePosition};
 use std::collections::BTreeMap;
 
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, ArrayRef, StringArray};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_cast::{CastOptions, cast_with_options};
+use arrow_schema::{ArrowError, DataType};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -176,20 +177,32 @@ impl AddedValue {
             return unknown();
         };
         let text = formatter.value(0).to_string();
-        let options = CastOptions {
-            safe: false,
-            ..CastOptions::default()
-        };
-        let back = cast_with_options(
-            &StringArray::from(vec![text.as_str()]),
-            value.data_type(),
-            &options,
-        );
-        match back {
+        match cast_text(&text, value.data_type()) {
             Ok(back) if back.as_ref() == value => AddedValue::Constant(text),
             _ => unknown(),
         }
     }
+
+    /// The constant of `text` cast to `data_type` ([`Self::constant`]); unknown when the
+    /// cast fails.
+    pub fn from_text(text: &str, data_type: &DataType) -> AddedValue {
+        match cast_text(text, data_type) {
+            Ok(value) => AddedValue::constant(value.as_ref()),
+            Err(_) => AddedValue::Unknown(format!(
+                "its default {text:?} does not convert exactly to the lake's type {data_type}"
+            )),
+        }
+    }
+}
+
+/// `text` as a one-value array of `data_type`, by the cast curate reads recorded values
+/// with (an error, not a NULL, where it does not convert).
+fn cast_text(text: &str, data_type: &DataType) -> Result<ArrayRef, ArrowError> {
+    let options = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    cast_with_options(&StringArray::from(vec![text]), data_type, &options)
 }
 
 impl SchemaChange {

@@ -106,14 +106,6 @@ pub async fn list_source_tables(
     e: &EndpointConfig,
     rules: &SelectionRules,
 ) -> Result<Vec<TableId>, TaskError> {
-    let tables = discover_tables(e, rules).await?;
-    Ok(tables.iter().map(TableInfo::id).collect())
-}
-
-async fn discover_tables(
-    e: &EndpointConfig,
-    rules: &SelectionRules,
-) -> Result<Vec<TableInfo>, TaskError> {
     let Some(engine) = cdc::source_engine(e.engine) else {
         return Err(TaskError::UnsupportedSource {
             task: String::new(),
@@ -121,7 +113,8 @@ async fn discover_tables(
         });
     };
     let password = e.resolve_password().await?;
-    Ok(engine.discover(e, password, rules).await?)
+    let tables = engine.discover(e, password, rules).await?;
+    Ok(tables.iter().map(TableInfo::id).collect())
 }
 
 /// Starts task `task_name` of `workspace` on `runtime`.
@@ -178,16 +171,19 @@ async fn run(
     if !options.reload_tables.is_empty() && !task.has_full_load() {
         return Err(TaskError::ReloadTableWithoutLoad { task: task.name });
     }
+    let password = source_endpoint.resolve_password().await?;
     if !task.has_full_load() {
         // A load records the keys curation merges by; a CDC-only task has none to do it.
         let rules = SelectionRules::new(&task.include, &task.exclude);
-        match discover_tables(source_endpoint, &rules).await {
+        match engine
+            .discover(source_endpoint, password.clone(), &rules)
+            .await
+        {
             Ok(tables) => checkpoint.record_primary_keys(&tables).await?,
-            Err(TaskError::Source(SourceError::NoTables { .. })) => {}
-            Err(e) => return Err(e),
+            Err(SourceError::NoTables { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    let password = source_endpoint.resolve_password().await?;
     let run = TaskRun {
         storage,
         checkpoint,

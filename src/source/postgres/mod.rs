@@ -106,6 +106,16 @@ impl PgEndpoint {
         }
     }
 
+    /// A WAL location the server printed while `context`, or an error that says what came
+    /// instead.
+    pub fn lsn(&self, context: &str, text: &str) -> Result<u64, SourceError> {
+        parse_lsn(text).ok_or_else(|| SourceError::Database {
+            endpoint: self.name.clone(),
+            context: context.to_owned(),
+            message: format!("the server returned {text:?}, not an LSN"),
+        })
+    }
+
     /// Turns a driver error into one that says what is wrong and how to fix it.
     pub fn classify(&self, e: sqlx::Error, context: &str) -> SourceError {
         let endpoint = self.name.clone();
@@ -534,15 +544,6 @@ pub fn sql_table_name(table: &crate::ident::TableId) -> String {
     format!("{}.{}", part(&table.schema), part(&table.table))
 }
 
-/// A WAL location the server printed, or an error that says what came instead.
-fn wal_position(endpoint: &str, text: String) -> Result<u64, SourceError> {
-    parse_lsn(&text).ok_or_else(|| SourceError::Database {
-        endpoint: endpoint.to_string(),
-        context: "reading the WAL position".into(),
-        message: format!("the server returned {text:?}, not an LSN"),
-    })
-}
-
 impl Source for PostgresSource {
     fn endpoint(&self) -> &str {
         &self.endpoint.name
@@ -712,11 +713,13 @@ impl Source for PostgresSource {
             id: row
                 .try_get(0)
                 .map_err(|e| self.endpoint.classify(e, "exporting a snapshot"))?,
-            position: Some(SourcePosition::Lsn(wal_position(
-                &self.endpoint.name,
-                row.try_get(1)
-                    .map_err(|e| self.endpoint.classify(e, "reading the WAL position"))?,
-            )?)),
+            position: Some(SourcePosition::Lsn(
+                self.endpoint.lsn(
+                    "reading the WAL position",
+                    &row.try_get::<String, _>(1)
+                        .map_err(|e| self.endpoint.classify(e, "reading the WAL position"))?,
+                )?,
+            )),
         };
         *self.snapshot_holder.lock().await = Some(conn);
         Ok(snapshot)

@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
 use crate::ident::TableId;
-use crate::source::position::{SourcePosition, format_lsn, parse_lsn};
+use crate::source::position::{SourcePosition, format_lsn};
 use crate::source::{Snapshot, SourceError};
 
 /// Bytes of stream messages read ahead of the task, waiting in [`ChangeStream`]'s queue.
@@ -315,16 +315,8 @@ impl PgEndpoint {
                     message: "CREATE_REPLICATION_SLOT returned no slot".into(),
                 })
         };
-        let position = field(1)?;
-        let Some(lsn) = parse_lsn(&position) else {
-            return Err(SourceError::Database {
-                endpoint: self.name.clone(),
-                context,
-                message: format!("CREATE_REPLICATION_SLOT returned {position:?}, not an LSN"),
-            });
-        };
         let snapshot = Snapshot {
-            position: Some(SourcePosition::Lsn(lsn)),
+            position: Some(SourcePosition::Lsn(self.lsn(&context, &field(1)?)?)),
             id: field(2)?,
         };
         Ok((SnapshotHolder { _client: client }, snapshot))
@@ -393,11 +385,7 @@ impl PgEndpoint {
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| self.classify(e, "writing a heartbeat"))?;
-        parse_lsn(&text).ok_or_else(|| SourceError::Database {
-            endpoint: self.name.clone(),
-            context: "writing a heartbeat".into(),
-            message: format!("unexpected LSN '{text}'"),
-        })
+        self.lsn("writing a heartbeat", &text)
     }
 
     /// Moves the slot's confirmed position to `position` (after the stream closed, since

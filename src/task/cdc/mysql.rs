@@ -20,8 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::StringArray;
-use arrow_cast::{CastOptions, cast_with_options};
 use arrow_schema::DataType;
 use futures::future::BoxFuture;
 use mysql_async::Value;
@@ -784,16 +782,7 @@ fn added_value(default: &ddl::ColumnDefault, data_type: &DataType) -> AddedValue
                 "its default {text:?} is converted by the server in ways the lake cannot repeat exactly for its type {data_type}"
             ));
         }
-        let options = CastOptions {
-            safe: false,
-            ..CastOptions::default()
-        };
-        match cast_with_options(&StringArray::from(vec![text]), data_type, &options) {
-            Ok(value) => AddedValue::constant(value.as_ref()),
-            Err(_) => AddedValue::Unknown(format!(
-                "its default {text:?} does not convert exactly to the lake's type {data_type}"
-            )),
-        }
+        AddedValue::from_text(text, data_type)
     };
     match default {
         ColumnDefault::Literal(text) => literal(text),

@@ -847,9 +847,7 @@ impl Postgres {
         self.relations.insert(r.id, info);
         Ok(())
     }
-}
 
-impl Postgres {
     /// What rows older than the columns `added` to relation `relid` read for them, from
     /// the catalog (pgoutput carries no default).
     async fn added_values(
