@@ -140,6 +140,27 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         every: Option<u64>,
     },
+    /// Compare a task's source tables with the lake at one exact source position: the
+    /// source read in one snapshot whose log position is known, the task waited for until
+    /// it has confirmed that position, and the raw zone replayed to it (and the curated
+    /// table, when it stands exactly there) compared by key and row hash. Prints per table
+    /// the rows compared, missing, extra and different, with the first keys and the
+    /// differing columns. Exit code 0 when every table is equal, 1 otherwise.
+    Validate {
+        workspace: PathBuf,
+        #[arg(long)]
+        task: String,
+        /// Only this table (schema.table); repeat for several (default: every table).
+        #[arg(long, value_name = "SCHEMA.TABLE", value_parser = crate::ident::TableId::parse)]
+        table: Vec<crate::ident::TableId>,
+        /// Reload the tables that differ (the task's per-table reload, run here until it
+        /// has caught up: stop the task elsewhere first).
+        #[arg(long)]
+        repair: bool,
+        /// How long to wait for the task to confirm the snapshot's position.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        wait: u64,
+    },
     /// Run the workspace's SQL models ([[models]]): each query's rows pass its data-quality
     /// checks (fail, quarantine or warn, as declared) and become the Iceberg table
     /// `<schema>.<name>`. Exit code 1 if a check that fails the run failed.
@@ -314,6 +335,21 @@ pub fn main() -> ExitCode {
                 every,
             } => curate(workspace, CurateOptions { task, rebuild }, every).await,
             Command::Transform { workspace, model } => transform(workspace, model).await,
+            Command::Validate {
+                workspace,
+                task,
+                table,
+                repair,
+                wait,
+            } => {
+                let options = crate::validate::ValidateOptions {
+                    task,
+                    tables: table,
+                    repair,
+                    wait: std::time::Duration::from_secs(wait),
+                };
+                validate(workspace, options).await
+            }
             Command::Query {
                 workspace,
                 sql,
@@ -713,6 +749,58 @@ async fn check(path: PathBuf, only: Option<String>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+async fn validate(path: PathBuf, options: crate::validate::ValidateOptions) -> ExitCode {
+    use crate::validate::ValidateEvent;
+    let workspace = match load_workspace(&path) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    let result = crate::validate::validate(&workspace, &path, &options, |event| match event {
+        ValidateEvent::Snapshot { position, tables } => {
+            println!("source snapshot at {position}: comparing {tables} table(s)")
+        }
+        ValidateEvent::Waiting { confirmed } => println!(
+            "waiting for task {} to reach the snapshot (its stream stands at {confirmed})",
+            options.task
+        ),
+        ValidateEvent::Table(report) => println!("{}", report.describe()),
+        ValidateEvent::Repairing(tables) => {
+            println!("repairing: reloading {}", crate::ident::list(&tables))
+        }
+    })
+    .await;
+    match result {
+        Ok(report) => {
+            let differing = report.tables.iter().filter(|t| !t.equal()).count();
+            println!(
+                "validated {} table(s) at {} in {:.1}s: {} equal, {differing} not",
+                report.tables.len(),
+                report.position,
+                report.seconds,
+                report.tables.len() - differing
+            );
+            match &report.repaired {
+                Some((tables, crate::validate::Repair::Requested(uri))) => println!(
+                    "asked task {} to reload {} ({uri}): it does so within seconds while it runs, or on its next run; validate again to confirm",
+                    options.task,
+                    crate::ident::list(tables)
+                ),
+                Some((tables, crate::validate::Repair::Reloaded)) => println!(
+                    "reloaded {}; validate again to confirm",
+                    crate::ident::list(tables)
+                ),
+                None => {}
+            }
+            if report.all_equal() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(1, e),
     }
 }
 

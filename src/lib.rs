@@ -22,3 +22,4 @@ pub mod source;
 pub mod sql;
 pub mod task;
 pub mod ui;
+pub mod validate;

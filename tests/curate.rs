@@ -1236,3 +1236,246 @@ async fn mariadb_columns_added_with_a_default_read_it_where_the_alter_touched_no
     let columns = ["id", "label", "active", "price", "qty", "note", "token"];
     assert_readers_see(&read, &table, &columns, source);
 }
+
+/// Runs `tributary validate` of `task` until it passes, for at most a minute (a repair's
+/// reload takes a moment); returns the last run's output.
+async fn validate_until_equal(ws: &str, task: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = tributary(&["validate", ws, "--task", task, "--wait", "60"]);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        if out.status.success() {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never equal again:\n{text}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// A background run, killed when the test ends, whether it passes or panics.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The CDC file of the table in `table_folder` that holds its deletes.
+fn cdc_file_with_deletes(table_folder: &std::path::Path) -> std::path::PathBuf {
+    use arrow_array::Array;
+    files_under(table_folder)
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet") && !f.starts_with("LOAD"))
+        .map(|f| table_folder.join(f))
+        .find(|f| {
+            read_parquet_file(f).iter().any(|b| {
+                b.column_by_name("Op").is_some_and(|op| {
+                    (0..op.len()).any(|i| {
+                        arrow_cast::display::array_value_to_string(op, i).is_ok_and(|v| v == "D")
+                    })
+                })
+            })
+        })
+        .expect("a CDC file with deletes")
+}
+
+/// `validate` compares the source with the lake at one exact position while the task runs:
+/// equal on a correct lake (the raw zone replayed and the curated table, fills of an added
+/// column included); a CDC file removed behind the task's back is named by table, keys and
+/// columns, with exit code 1; `--repair` asks the running task to reload the table, which
+/// is then equal again.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_proves_the_lake_equals_the_source_and_names_what_differs() {
+    let pg = Pg::from_env();
+    let db = "trib_validate";
+    let (mut conn, dir, ws) = local_cdc_setup(
+        &pg,
+        db,
+        "CREATE TABLE items (id int8 PRIMARY KEY, label text, price numeric(10,2), qty int2,
+           seen timestamptz, doc jsonb, data bytea, at time, ratio float8);
+         INSERT INTO items SELECT g, 'item ' || g, g * 1.5, (g % 100)::int2,
+           '2026-01-01'::timestamptz + g * interval '1 minute', jsonb_build_object('g', g),
+           decode(md5(g::text), 'hex'), '12:00'::time + g * interval '1 second', g / 7.0
+           FROM generate_series(1, 3000) g;
+         CREATE TABLE pairs (a int4, b text, v text, PRIMARY KEY (a, b));
+         INSERT INTO pairs SELECT g % 7, 'b' || g, 'v' || g FROM generate_series(1, 200) g;",
+        "validate-cdc",
+        "",
+    )
+    .await;
+    assert_success(&run_until_caught_up(&ws, "validate-cdc"));
+    conn.execute(
+        "UPDATE items SET label = 'changed' WHERE id BETWEEN 10 AND 19;
+         DELETE FROM items WHERE id > 2990;
+         UPDATE pairs SET v = 'w' WHERE a = 3;",
+    )
+    .await
+    .unwrap();
+    conn.execute("ALTER TABLE items ADD COLUMN active boolean NOT NULL DEFAULT true")
+        .await
+        .unwrap();
+    conn.execute("UPDATE items SET active = false WHERE id = 1")
+        .await
+        .unwrap();
+    assert_success(&run_until_caught_up(&ws, "validate-cdc"));
+    assert_success(&tributary(&["curate", &ws]));
+
+    // The task runs; validate waits until it has confirmed the snapshot's position.
+    let task = Running(spawn_quiet(&["run", &ws, "--task", "validate-cdc"]));
+    let text = assert_success(&tributary(&[
+        "validate",
+        &ws,
+        "--task",
+        "validate-cdc",
+        "--wait",
+        "60",
+    ]));
+    assert!(
+        text.contains(
+            "EQUAL     public.items: 2990 source rows; raw zone: 2990 rows equal; curated: 2990 rows equal"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "EQUAL     public.pairs: 200 source rows; raw zone: 200 rows equal; curated: 200 rows equal"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("2 equal, 0 not"), "{text}");
+
+    // A change the curated table has not applied: the raw zone is compared, the curated
+    // table says why it is not.
+    conn.execute("UPDATE items SET qty = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    let text = assert_success(&tributary(&[
+        "validate",
+        &ws,
+        "--task",
+        "validate-cdc",
+        "--table",
+        "public.items",
+        "--wait",
+        "60",
+    ]));
+    assert!(
+        text.contains("raw zone: 2990 rows equal; curated: not compared: it applied changes up to"),
+        "{text}"
+    );
+    assert!(!text.contains("public.pairs"), "{text}");
+
+    // The first CDC file of items (the label updates and the deletes) removed.
+    let folder = dir.lake().join("raw/shop/public/items");
+    std::fs::remove_file(cdc_file_with_deletes(&folder)).unwrap();
+    let out = tributary(&["validate", &ws, "--task", "validate-cdc", "--wait", "60"]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "DIFFERENT public.items: 2990 source rows; raw zone: 0 missing, 10 extra, 10 different"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("extra id=2991"), "{text}");
+    assert!(
+        text.contains("different id=10: label: changed → item 10"),
+        "{text}"
+    );
+    assert!(text.contains("EQUAL     public.pairs"), "{text}");
+    assert!(text.contains("1 equal, 1 not"), "{text}");
+
+    // --repair: the running task reloads the table, and it is equal again.
+    let out = tributary(&[
+        "validate",
+        &ws,
+        "--task",
+        "validate-cdc",
+        "--repair",
+        "--wait",
+        "60",
+    ]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("asked task validate-cdc to reload public.items"),
+        "{text}"
+    );
+    let text = validate_until_equal(&ws, "validate-cdc").await;
+    assert!(text.contains("EQUAL     public.items"), "{text}");
+    drop(task);
+
+    // A task that does not run never reaches the snapshot: validate says what to do.
+    let out = tributary(&["validate", &ws, "--task", "validate-cdc", "--wait", "1"]);
+    let text = assert_failure(&out, 1);
+    assert!(
+        text.contains("has not confirmed the source's position")
+            && text.contains("tributary run WORKSPACE --task validate-cdc"),
+        "{text}"
+    );
+    drop_slots(&mut conn, db).await;
+}
+
+/// The same on MariaDB: a consistent snapshot at its binlog position, equal while the task
+/// runs, and a removed CDC file named.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_validate_compares_at_the_snapshots_binlog_position() {
+    let my = My::from_env();
+    let db = "tributary_validate";
+    let mut conn = my.fresh_database(db).await;
+    conn.query_drop(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label varchar(20), price decimal(10,2),
+           seen datetime(6), flag tinyint(1));
+         INSERT INTO items SELECT seq, CONCAT('item ', seq), seq * 1.5,
+           '2026-01-01 00:00:00' + INTERVAL seq SECOND, seq % 2 FROM seq_1_to_1000;",
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new();
+    let ws = dir.write_workspace(&format!(
+        "{}{}[[tasks]]\nname = \"my-validate-cdc\"\nsource = \"shop\"\ntarget = \"lake\"\n\
+         migration_type = \"full-load-and-cdc\"\ninclude = [\"{db}.%\"]\n\
+         [tasks.target_settings]\nbucket_folder = \"raw\"\ndata_format = \"parquet\"\n\
+         cdc_max_batch_interval = 1\n",
+        my.endpoint_toml("shop", db),
+        local_target_toml("lake", &dir.lake())
+    ));
+    assert_success(&run_until_caught_up(&ws, "my-validate-cdc"));
+    conn.query_drop(
+        "UPDATE items SET label = 'changed' WHERE id BETWEEN 10 AND 14;
+         DELETE FROM items WHERE id > 995;
+         ALTER TABLE items ADD COLUMN qty INT NOT NULL DEFAULT 3;
+         UPDATE items SET qty = 4 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let task = Running(spawn_quiet(&["run", &ws, "--task", "my-validate-cdc"]));
+    let text = assert_success(&tributary(&[
+        "validate",
+        &ws,
+        "--task",
+        "my-validate-cdc",
+        "--wait",
+        "60",
+    ]));
+    let table = format!("{db}.items");
+    assert!(
+        text.contains(&format!(
+            "EQUAL     {table}: 995 source rows; raw zone: 995 rows equal; curated: not compared: not curated yet"
+        )),
+        "{text}"
+    );
+    let folder = dir.lake().join(format!("raw/shop/{db}/items"));
+    std::fs::remove_file(cdc_file_with_deletes(&folder)).unwrap();
+    let out = tributary(&["validate", &ws, "--task", "my-validate-cdc", "--wait", "60"]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("extra id=996"), "{text}");
+    assert!(
+        text.contains("different id=10: label: changed → item 10"),
+        "{text}"
+    );
+    drop(task);
+}

@@ -39,6 +39,9 @@ pub struct Merge<'a> {
     /// The position of the base's rows, when the base is a load (its snapshot's end);
     /// `None` for the curated table's own files, which hold the filled values already.
     pub base_position: Option<&'a str>,
+    /// Whether the rows come ordered by key (a curated table's files are); a comparison
+    /// that reads them once needs no order and skips the sort.
+    pub sorted: bool,
 }
 
 /// A fill's value as SQL, typed as the column.
@@ -124,7 +127,7 @@ impl Merge<'_> {
         Ok(value)
     }
 
-    /// The merged state, ordered by key: the base's rows no change touches, then each
+    /// The merged state, ordered by key when [`Merge::sorted`]: the base's rows no change touches, then each
     /// touched key's newest change unless it is a delete. The newest position per key is a
     /// hash aggregate over the changes alone, and it is the joins' build side (the left),
     /// so the base and the changes' full rows stream through; one sort orders the result, spilling to disk
@@ -155,13 +158,18 @@ impl Merge<'_> {
              SELECT {base_columns} FROM newest n RIGHT ANTI JOIN base b ON {n_b}
              UNION ALL
              SELECT {columns} FROM latest WHERE {op} <> 'D'
-             ORDER BY {key}",
+             {order}",
             filter = self.changes_filter(),
             a_n = on("a", "n"),
             n_b = on("n", "b"),
             base_columns = self.base_columns(),
             columns = self.change_columns(),
             op = ident(OP),
+            order = if self.sorted {
+                format!("ORDER BY {key}")
+            } else {
+                String::new()
+            },
         );
         ctx.sql(&sql).await?.execute_stream().await
     }

@@ -23,6 +23,7 @@ pub mod iceberg;
 mod merge;
 pub mod models;
 mod plan;
+pub mod replay;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use std::time::Instant;
 use ::iceberg::io::FileIO;
 use ::iceberg::spec::Schema;
 use ::iceberg::{NamespaceIdent, TableCreation, TableIdent};
-use arrow_schema::Schema as ArrowSchema;
+use arrow_schema::{DataType, Schema as ArrowSchema};
 use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -350,6 +351,46 @@ pub async fn curate(
         outcomes.push(outcome);
     };
     for task in tasks {
+        let lake = TaskLake::open(workspace, workspace_path, &catalog, task).await?;
+        for table in task_tables(&lake.state) {
+            let started = Instant::now();
+            let job = lake.job(&table, &catalog, &ctx, settings);
+            // One table's failure is reported; the others are curated.
+            let mut outcome = match curate_table(&job, options.rebuild).await {
+                Ok(outcome) => outcome,
+                Err(e) => job.outcome(Action::Failed(failure_message(&e, &lake.zone))),
+            };
+            outcome.seconds = started.elapsed().as_secs_f64();
+            report(outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// What the lake holds of one task: its state, then the raw zone's listing (in that
+/// order: every file of a batch the state confirms is in place before the state says so,
+/// so the listing sees it), and where its curated zone is.
+pub struct TaskLake<'a> {
+    task: &'a TaskConfig,
+    pub state: TaskState,
+    /// Changes at or after this `_position` may belong to a batch still being written.
+    changes_end: Option<String>,
+    /// The CDC files of the batch the task is writing.
+    pending: HashSet<String>,
+    raw: catalog::Catalog,
+    zone: Zone,
+}
+
+impl<'a> TaskLake<'a> {
+    /// Reads task `task`'s state and lists its raw zone; refuses a curated folder inside
+    /// the raw zone's (or around it).
+    pub async fn open(
+        workspace: &Workspace,
+        workspace_path: &Path,
+        catalog: &IcebergCatalog,
+        task: &'a TaskConfig,
+    ) -> Result<TaskLake<'a>, CurateError> {
+        let settings = &workspace.curate;
         let target = workspace.endpoint(&task.target, workspace_path)?;
         let storage = target_storage(target, catalog.buckets()).await?;
         let bucket_folder = &task.target_settings.bucket_folder;
@@ -365,53 +406,64 @@ pub async fn curate(
                 folder: settings.folder.clone(),
             });
         }
-        // The state first, then the files: every file of a batch the state confirms is in
-        // place before the state says so, so the listing sees it.
         let state = Checkpoint::open(storage.clone(), bucket_folder, &task.name, &task.source)
             .await?
             .snapshot()
             .await;
         let cdc = state.cdc.as_ref();
         // The changes before it are all in the raw zone: those of the batches up to the
-        // confirmed position (the state is written after their files). Changes at or after
-        // it may belong to a batch still being written.
+        // confirmed position (the state is written after their files).
         let changes_end = cdc
             .and_then(|c| c.confirmed_position.as_ref())
             .map(|p| p.stream_end().into_string());
-        let pending: HashSet<String> = cdc
+        let pending = cdc
             .and_then(|c| c.pending_batch.as_ref())
             .map(|p| p.keys.iter().cloned().collect())
             .unwrap_or_default();
         let (raw, _) = catalog::crawl(&storage, bucket_folder).await?;
-        let zone = Zone {
-            storage,
-            folder: settings.folder.clone(),
-        };
-        for table in task_tables(&state) {
-            let started = Instant::now();
-            let location = layout::table_prefix(bucket_folder, &task.source, &table);
-            let job = TableJob {
-                task,
-                state: &state,
-                table: &table,
-                raw: raw.tables.get(&location),
-                changes_end: changes_end.clone(),
-                pending: &pending,
-                zone: &zone,
-                catalog: &catalog,
-                ctx: &ctx,
-                settings,
-            };
-            // One table's failure is reported; the others are curated.
-            let mut outcome = match curate_table(&job, options.rebuild).await {
-                Ok(outcome) => outcome,
-                Err(e) => job.outcome(Action::Failed(failure_message(&e, &zone))),
-            };
-            outcome.seconds = started.elapsed().as_secs_f64();
-            report(outcome);
+        Ok(TaskLake {
+            task,
+            state,
+            changes_end,
+            pending,
+            raw,
+            zone: Zone {
+                storage,
+                folder: settings.folder.clone(),
+            },
+        })
+    }
+
+    /// The tables the task's state knows.
+    pub fn tables(&self) -> Vec<TableId> {
+        task_tables(&self.state)
+    }
+
+    fn job<'j>(
+        &'j self,
+        table: &'j TableId,
+        catalog: &'j IcebergCatalog,
+        ctx: &'j SessionContext,
+        settings: &'j CurateSettings,
+    ) -> TableJob<'j> {
+        let location = layout::table_prefix(
+            &self.task.target_settings.bucket_folder,
+            &self.task.source,
+            table,
+        );
+        TableJob {
+            task: self.task,
+            state: &self.state,
+            table,
+            raw: self.raw.tables.get(&location),
+            changes_end: self.changes_end.clone(),
+            pending: &self.pending,
+            zone: &self.zone,
+            catalog,
+            ctx,
+            settings,
         }
     }
-    Ok(outcomes)
 }
 
 /// What a table's failure says: the error, and for a full disk (deep inside a writer's
@@ -804,41 +856,14 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         normalized(&columns_arrow).map_err(|source| CurateError::iceberg(name.clone(), source))?,
     );
 
-    // The changes are read as the table's columns (cast from the files' types by
-    // DataFusion, NULL where a file lacks one) and the raw zone's two.
     let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
-    let change_schema = ArrowSchema::new(
-        file_columns
-            .fields()
-            .iter()
-            .cloned()
-            .chain([OP, POSITION].map(|c| {
-                Arc::new(arrow_schema::Field::new(
-                    c,
-                    arrow_schema::DataType::Utf8,
-                    true,
-                ))
-            }))
-            .collect::<Vec<_>>(),
-    );
-    register(
-        job.ctx,
-        "changes",
-        files_table(&change_files, Arc::new(change_schema)).map_err(sql_error)?,
-    )
-    .map_err(sql_error)?;
+    register_changes(job, &file_columns, &change_files)?;
     let columns: Vec<String> = file_columns
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let fills: Vec<_> = plan::fills(job.schema_changes(), &columns)
-        .into_iter()
-        .filter_map(|fill| {
-            let data_type = file_columns.field_with_name(&fill.column).ok()?.data_type();
-            Some((fill, data_type.clone()))
-        })
-        .collect();
+    let fills = typed_fills(job, &file_columns);
     // A rebuild's base is the load, whose rows stand where its snapshot does.
     let base_position = match (&rebuild, &truncated_at) {
         (Some(_), None) => job.load_position(),
@@ -851,6 +876,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         before: job.changes_end.as_deref(),
         fills: &fills,
         base_position: base_position.as_deref(),
+        sorted: true,
     };
     let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
     // Files whose newest change is unknown were read; none of their changes is new.
@@ -883,12 +909,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
             .map(|f| f.file_path().to_owned())
             .collect()
     };
-    register(
-        job.ctx,
-        "base",
-        files_table(&base_files, file_columns.clone()).map_err(sql_error)?,
-    )
-    .map_err(sql_error)?;
+    register_files(job, "base", &base_files, file_columns.clone())?;
     let rows = merge.rows(job.ctx).await.map_err(sql_error)?;
     let applied_position = last_position.or(after_all).unwrap_or_default();
     let properties = [
@@ -936,6 +957,66 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         data_files: written.data_files,
         seconds: 0.0,
     })
+}
+
+/// Registers the CDC files `files` as table `changes` in the job's session, read as the
+/// table's columns (cast from the files' types by DataFusion, NULL where a file lacks one)
+/// and the raw zone's two.
+fn register_changes(
+    job: &TableJob<'_>,
+    file_columns: &ArrowSchema,
+    files: &[String],
+) -> Result<(), CurateError> {
+    let change_schema = ArrowSchema::new(
+        file_columns
+            .fields()
+            .iter()
+            .cloned()
+            .chain([OP, POSITION].map(|c| {
+                Arc::new(arrow_schema::Field::new(
+                    c,
+                    arrow_schema::DataType::Utf8,
+                    true,
+                ))
+            }))
+            .collect::<Vec<_>>(),
+    );
+    register_files(job, "changes", files, Arc::new(change_schema))
+}
+
+/// Registers `files`, read as `schema`, as table `name` in the job's session.
+fn register_files(
+    job: &TableJob<'_>,
+    name: &str,
+    files: &[String],
+    schema: Arc<ArrowSchema>,
+) -> Result<(), CurateError> {
+    let sql_error = |source| CurateError::Sql {
+        table: job.name(),
+        source,
+    };
+    register(
+        job.ctx,
+        name,
+        files_table(files, schema).map_err(sql_error)?,
+    )
+    .map_err(sql_error)
+}
+
+/// The fills of the table's columns (as the data files hold them), with their types.
+fn typed_fills(job: &TableJob<'_>, file_columns: &ArrowSchema) -> Vec<(plan::Fill, DataType)> {
+    let columns: Vec<String> = file_columns
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    plan::fills(job.schema_changes(), &columns)
+        .into_iter()
+        .filter_map(|fill| {
+            let data_type = file_columns.field_with_name(&fill.column).ok()?.data_type();
+            Some((fill, data_type.clone()))
+        })
+        .collect()
 }
 
 /// The table `ident` ready to take rows with `columns`: created at `location` if it does

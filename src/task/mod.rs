@@ -14,6 +14,8 @@ mod course;
 mod error;
 mod full_load;
 mod reload;
+pub mod requests;
+mod snapshot;
 pub mod stats;
 mod toast;
 
@@ -33,6 +35,7 @@ pub(crate) use control::Events;
 pub use control::{LogLevel, RunOptions, TaskCommand, TaskEvent};
 use course::TaskRun;
 pub use error::TaskError;
+pub use snapshot::ExactSnapshot;
 pub use stats::{CdcStats, TableState, TableStats, TaskSummary};
 
 pub struct TaskHandle {
@@ -115,6 +118,24 @@ pub async fn list_source_tables(
     let password = e.resolve_password().await?;
     let tables = engine.discover(e, password, rules).await?;
     Ok(tables.iter().map(TableInfo::id).collect())
+}
+
+/// Task `task`'s tables read from one snapshot of its source at an exact position, for
+/// `tributary validate`. Close it when done (it holds a temporary slot or transactions).
+pub async fn exact_snapshot(
+    workspace: &Workspace,
+    path: &std::path::Path,
+    task: &crate::config::TaskConfig,
+) -> Result<ExactSnapshot, TaskError> {
+    let endpoint = workspace.endpoint(&task.source, path)?;
+    let Some(engine) = cdc::source_engine(endpoint.engine) else {
+        return Err(TaskError::UnsupportedSource {
+            task: task.name.clone(),
+            engine: endpoint.engine,
+        });
+    };
+    let password = endpoint.resolve_password().await?;
+    engine.exact_snapshot(endpoint, password, task).await
 }
 
 /// Starts task `task_name` of `workspace` on `runtime`.

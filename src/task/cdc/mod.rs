@@ -34,6 +34,8 @@ use super::stats::CdcOutcome;
 use futures::future::BoxFuture;
 
 use super::course::TaskRun;
+use super::requests;
+use super::snapshot::ExactSnapshot;
 use crate::check::CheckResult;
 use crate::config::{self, EndpointConfig, TaskConfig, Workspace};
 use crate::lake::Storage;
@@ -73,6 +75,15 @@ pub(super) trait SourceEngine: Sync {
         password: Option<String>,
         run: TaskRun,
     ) -> BoxFuture<'a, Result<TaskSummary, TaskError>>;
+
+    /// The tables `task` selects, read from one snapshot at an exact position
+    /// (`tributary validate`).
+    fn exact_snapshot<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        task: &'a TaskConfig,
+    ) -> BoxFuture<'a, Result<ExactSnapshot, TaskError>>;
 }
 
 /// The engine that reads a source endpoint of `engine`; `None` for a target's engine.
@@ -157,6 +168,7 @@ pub(super) async fn run<E: Engine>(
     let mut last_lag = Instant::now() - LAG_INTERVAL;
     let mut stopping: Option<Instant> = None;
     let mut reload = false;
+    let mut requests = OutsideRequests::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -197,6 +209,7 @@ pub(super) async fn run<E: Engine>(
             break;
         }
         engine.side_work().await;
+        requests.take(&mut writer, &events).await;
         if last_lag.elapsed() >= LAG_INTERVAL {
             last_lag = Instant::now();
             if let Some(lag) = engine.lag_bytes().await {
@@ -208,11 +221,91 @@ pub(super) async fn run<E: Engine>(
     let confirmed = engine.close().await;
     // Requests a caught-up run wrote with its last batch load in this run too.
     let reload = reload || !writer.reload_requests.is_empty();
+    if reload {
+        // The state records them now: their files may go.
+        requests.done(&writer.storage, &events).await;
+    }
     Ok(CdcOutcome {
         tables: writer.tables.into_values().map(|t| t.stats).collect(),
         confirmed_position: Some(confirmed),
         reload,
     })
+}
+
+/// Reload requests from outside the process ([`requests`]) the loop has taken.
+struct OutsideRequests {
+    last_poll: Instant,
+    taken: Vec<String>,
+}
+
+impl Default for OutsideRequests {
+    fn default() -> Self {
+        OutsideRequests {
+            last_poll: Instant::now() - requests::POLL,
+            taken: Vec::new(),
+        }
+    }
+}
+
+impl OutsideRequests {
+    /// Every [`requests::POLL`], makes new requests the writer's own reload requests.
+    async fn take(&mut self, writer: &mut BatchWriter, events: &Events) {
+        if self.last_poll.elapsed() < requests::POLL {
+            return;
+        }
+        self.last_poll = Instant::now();
+        let task = &writer.task;
+        let found = requests::pending(
+            &writer.storage,
+            &task.target_settings.bucket_folder,
+            &task.name,
+        )
+        .await;
+        let (found, warnings) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                events.log(LogLevel::Warn, format!("reading reload requests: {e}"));
+                return;
+            }
+        };
+        for warning in warnings {
+            events.log(LogLevel::Warn, warning);
+        }
+        for (key, tables) in found {
+            if self.taken.contains(&key) {
+                continue;
+            }
+            events.log(
+                LogLevel::Info,
+                format!(
+                    "reload of {} requested ({}): the table(s) load again from a new snapshot",
+                    crate::ident::list(&tables),
+                    writer.storage.uri(&key)
+                ),
+            );
+            for t in tables {
+                if !writer.reload_requests.contains(&t) {
+                    writer.reload_requests.push(t);
+                }
+            }
+            self.taken.push(key);
+        }
+    }
+
+    /// Deletes the requests taken, once the task's state records them.
+    async fn done(&mut self, storage: &Storage, events: &Events) {
+        for key in self.taken.drain(..) {
+            if let Err(e) = storage.delete(&key).await {
+                events.log(
+                    LogLevel::Warn,
+                    format!(
+                        "{e}: the request is done; delete {} by hand",
+                        storage.uri(&key)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Before a run streams: removes the files of a batch a killed run was putting in place,

@@ -39,6 +39,7 @@ use crate::task::checkpoint::{AddedColumn, AddedValue, Checkpoint, SchemaChange}
 use crate::task::control::{Events, LogLevel};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
 use crate::task::error::TaskError;
+use crate::task::snapshot::{self, ExactSnapshot, RangeReader, SnapshotReader};
 use crate::task::stats::{CdcOutcome, TaskSummary};
 use crate::task::{cleanup, full_load, reload};
 
@@ -82,6 +83,56 @@ impl SourceEngine for MysqlEngine {
         run: TaskRun,
     ) -> BoxFuture<'a, Result<TaskSummary, TaskError>> {
         Box::pin(run_task(MyEndpoint::from_config(endpoint, password), run))
+    }
+
+    fn exact_snapshot<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        task: &'a TaskConfig,
+    ) -> BoxFuture<'a, Result<ExactSnapshot, TaskError>> {
+        Box::pin(async move {
+            let source = MysqlSource::new(
+                MyEndpoint::from_config(endpoint, password),
+                task.full_load_settings.max_full_load_sub_tasks,
+            );
+            let (reader, tables) = RangeReader::open(source, task).await?;
+            let position = match snapshot::position_of(&reader, endpoint) {
+                Ok(position) => position,
+                Err(e) => {
+                    reader.release().await;
+                    return Err(e);
+                }
+            };
+            Ok(ExactSnapshot::new(
+                position,
+                tables,
+                Box::new(MySnapshot(reader)),
+            ))
+        })
+    }
+}
+
+/// Consistent-snapshot transactions opened under one lock at a binlog position. The task
+/// records its position in its state even when idle, so the source has nothing more to
+/// tell of it.
+struct MySnapshot(RangeReader<MysqlSource>);
+
+impl SnapshotReader for MySnapshot {
+    fn read<'a>(
+        &'a self,
+        table: &'a TableInfo,
+        out: tokio::sync::mpsc::Sender<arrow_array::RecordBatch>,
+    ) -> BoxFuture<'a, Result<u64, SourceError>> {
+        Box::pin(self.0.read_table(table, out))
+    }
+
+    fn confirmed(&self) -> BoxFuture<'_, Result<Option<SourcePosition>, SourceError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.0.release().await })
     }
 }
 

@@ -35,7 +35,7 @@ use crate::source::postgres::copy_binary::TextBatchBuilder;
 use crate::source::postgres::pgoutput::{
     self, Message, OldTuple, Relation, ReplicaIdentity, Value,
 };
-use crate::source::postgres::replication::{ChangeStream, SlotStatus};
+use crate::source::postgres::replication::{ChangeStream, SlotStatus, SnapshotHolder};
 use crate::source::postgres::types::Kind;
 use crate::source::postgres::{CatalogColumn, PgEndpoint, PostgresSource};
 use crate::source::{SelectionRules, Source, SourceError, TableInfo};
@@ -44,6 +44,7 @@ use crate::task::checkpoint::{self, AddedColumn, AddedValue, Checkpoint};
 use crate::task::control::{Events, LogLevel, TaskCommand};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
 use crate::task::error::TaskError;
+use crate::task::snapshot::{self, ExactSnapshot, RangeReader, SnapshotReader};
 use crate::task::stats::{CdcOutcome, TaskSummary};
 use crate::task::toast::{self, ToastRecovery};
 use crate::task::{cleanup, full_load, reload};
@@ -97,6 +98,86 @@ impl SourceEngine for PostgresEngine {
         run: TaskRun,
     ) -> BoxFuture<'a, Result<TaskSummary, TaskError>> {
         Box::pin(run_task(PgEndpoint::from_config(endpoint, password), run))
+    }
+
+    fn exact_snapshot<'a>(
+        &'a self,
+        endpoint: &'a EndpointConfig,
+        password: Option<String>,
+        task: &'a TaskConfig,
+    ) -> BoxFuture<'a, Result<ExactSnapshot, TaskError>> {
+        Box::pin(async move {
+            let pg = PgEndpoint::from_config(endpoint, password);
+            let mut source = PostgresSource::new(pg.clone());
+            let mut holder = None;
+            if task.has_cdc() {
+                // A temporary slot's snapshot, as a reload's: its consistent point is
+                // exact. (A full-load task's lake is its load: any snapshot will do.)
+                let slot = task.slot_name();
+                let temporary = format!(
+                    "{}_validate_{}",
+                    &slot[..slot.len().min(42)],
+                    std::process::id()
+                );
+                let (slot_holder, snapshot) = pg
+                    .create_slot_with_snapshot(&temporary, &task.publication_name(), true)
+                    .await?;
+                holder = Some(slot_holder);
+                source = source.with_slot_snapshot(snapshot);
+                // An idle task's stream moves past the snapshot only when something is
+                // written after it: a heartbeat, which the task confirms.
+                let mut conn = pg.connect().await?;
+                if let Err(e) = pg.heartbeat(&mut conn).await {
+                    tracing::warn!("{e}: an idle task may not reach the snapshot's position");
+                }
+            }
+            let (reader, tables) = RangeReader::open(source, task).await?;
+            let position = snapshot::position_of(&reader, endpoint)?;
+            let reader = PgSnapshot {
+                reader,
+                _holder: holder,
+                pg,
+                slot: task.slot_name(),
+            };
+            Ok(ExactSnapshot::new(position, tables, Box::new(reader)))
+        })
+    }
+}
+
+/// A temporary slot's snapshot, and the task's slot whose confirmed position tells how
+/// far the task has got.
+struct PgSnapshot {
+    reader: RangeReader<PostgresSource>,
+    /// Holds the temporary slot and its exported snapshot (a CDC task's).
+    _holder: Option<SnapshotHolder>,
+    pg: PgEndpoint,
+    slot: String,
+}
+
+impl SnapshotReader for PgSnapshot {
+    fn read<'a>(
+        &'a self,
+        table: &'a TableInfo,
+        out: tokio::sync::mpsc::Sender<arrow_array::RecordBatch>,
+    ) -> BoxFuture<'a, Result<u64, SourceError>> {
+        Box::pin(self.reader.read_table(table, out))
+    }
+
+    fn confirmed(&self) -> BoxFuture<'_, Result<Option<SourcePosition>, SourceError>> {
+        Box::pin(async move {
+            let status = self.pg.slot_status(&self.slot).await?;
+            let Some(flushed) = status.and_then(|s| s.confirmed_flush) else {
+                return Ok(None);
+            };
+            Ok(Some(SourcePosition::Lsn(
+                self.pg
+                    .lsn("reading the slot's confirmed position", &flushed)?,
+            )))
+        })
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { self.reader.release().await })
     }
 }
 
@@ -513,6 +594,7 @@ impl CdcRun<PgEndpoint> {
             txn: None,
             skipping: false,
             confirmed_lsn: confirmed,
+            passed: None,
             caught_up_at,
             heartbeat_every: cdc
                 .heartbeat_enable
@@ -545,6 +627,8 @@ struct Postgres {
     /// The open transaction ends before the confirmed position: passed by.
     skipping: bool,
     confirmed_lsn: u64,
+    /// A heartbeat passed while a batch was open: confirmed once that batch is written.
+    passed: Option<u64>,
     /// `--until-caught-up`: the position of the heartbeat written at the start.
     caught_up_at: Option<u64>,
     heartbeat_every: Option<Duration>,
@@ -626,8 +710,13 @@ impl Engine for Postgres {
                 }
             }
             ReplicationEvent::Message { lsn, prefix, .. } => {
-                if prefix == "tributary.heartbeat" && self.txn.is_none() && writer.is_empty() {
-                    self.confirm(lsn.as_u64());
+                if prefix == "tributary.heartbeat" && self.txn.is_none() {
+                    if writer.is_empty() {
+                        self.confirm(lsn.as_u64());
+                    } else {
+                        // Confirmed once the batch before it is written.
+                        self.passed = Some(lsn.as_u64());
+                    }
                 }
                 if self.caught_up_at.is_some_and(|at| lsn.as_u64() >= at) && self.txn.is_none() {
                     let written = writer.flush().await?;
@@ -653,6 +742,13 @@ impl Engine for Postgres {
         if let Some(end) = written.and_then(SourcePosition::lsn) {
             self.changes.toast.batch_written(writer.last_files());
             self.confirm(end);
+            if writer.is_empty() && self.txn.is_none() {
+                // Everything received is written: a heartbeat passed meanwhile is too
+                // (`tributary validate` waits for the one it writes).
+                if let Some(at) = self.passed.take() {
+                    self.confirm(at);
+                }
+            }
         }
         Ok(())
     }

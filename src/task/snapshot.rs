@@ -1,0 +1,159 @@
+//! The source read at one exact log position, for `tributary validate`.
+//!
+//! Invariants:
+//! - every table is read from the same snapshot, whose position is exact: a transaction
+//!   is in it exactly when its changes' `_position`s are before
+//!   [`SourcePosition::snapshot_end`] (PostgreSQL: a temporary slot's consistent point;
+//!   MySQL: the binlog position under the snapshot's lock), so the lake's state before
+//!   that position is the state to compare with;
+//! - the snapshot holds nothing the task needs: a PostgreSQL temporary slot, or MySQL
+//!   transactions, all released by [`ExactSnapshot::close`] (or when the process ends);
+//! - a table is read in the full load's ranges, on as many connections, into a bounded
+//!   channel: memory does not grow with the table.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+
+use super::TaskError;
+use crate::config::{EndpointConfig, TaskConfig};
+use crate::source::{SelectionRules, Snapshot, Source, SourceError, SourcePosition, TableInfo};
+
+/// The task's tables, read from one snapshot at [`ExactSnapshot::position`].
+pub struct ExactSnapshot {
+    pub position: SourcePosition,
+    /// The tables the task selects, as the source has them now.
+    pub tables: Vec<TableInfo>,
+    reader: Box<dyn SnapshotReader>,
+}
+
+impl ExactSnapshot {
+    pub(super) fn new(
+        position: SourcePosition,
+        tables: Vec<TableInfo>,
+        reader: Box<dyn SnapshotReader>,
+    ) -> ExactSnapshot {
+        ExactSnapshot {
+            position,
+            tables,
+            reader,
+        }
+    }
+
+    /// Reads `table` whole from the snapshot into `out`; returns its row count.
+    pub async fn read(
+        &self,
+        table: &TableInfo,
+        out: mpsc::Sender<RecordBatch>,
+    ) -> Result<u64, SourceError> {
+        self.reader.read(table, out).await
+    }
+
+    /// How far the source itself has seen the task confirm its stream, where it keeps that
+    /// (a PostgreSQL slot's `confirmed_flush_lsn`): every change before it is in the raw
+    /// zone, though the task's state says so only at its next batch.
+    pub async fn confirmed(&self) -> Result<Option<SourcePosition>, SourceError> {
+        self.reader.confirmed().await
+    }
+
+    /// Ends the snapshot (its slot or transactions).
+    pub async fn close(self) {
+        self.reader.close().await;
+    }
+}
+
+/// An engine's side of [`ExactSnapshot`].
+pub(super) trait SnapshotReader: Send + Sync {
+    fn read<'a>(
+        &'a self,
+        table: &'a TableInfo,
+        out: mpsc::Sender<RecordBatch>,
+    ) -> BoxFuture<'a, Result<u64, SourceError>>;
+
+    fn confirmed(&self) -> BoxFuture<'_, Result<Option<SourcePosition>, SourceError>>;
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Reads a [`Source`]'s tables from its open snapshot, range by range as the full load
+/// does.
+pub(super) struct RangeReader<S> {
+    pub source: Arc<S>,
+    pub snapshot: Snapshot,
+    pub range_bytes: u64,
+    pub readers: usize,
+}
+
+impl<S: Source> RangeReader<S> {
+    /// Opens `source`'s snapshot (exact where the source is built for it) and lists the
+    /// tables `task` selects.
+    pub async fn open(
+        source: S,
+        task: &TaskConfig,
+    ) -> Result<(RangeReader<S>, Vec<TableInfo>), TaskError> {
+        let snapshot = source.open_snapshot().await?;
+        let rules = SelectionRules::new(&task.include, &task.exclude);
+        let tables = match source.discover(&rules).await {
+            Ok(tables) => tables,
+            Err(e) => {
+                source.release_snapshot().await;
+                return Err(e.into());
+            }
+        };
+        let settings = &task.full_load_settings;
+        let reader = RangeReader {
+            source: Arc::new(source),
+            snapshot,
+            range_bytes: settings.parallel_load_range_mb.max(1) * 1024 * 1024,
+            readers: settings.max_full_load_sub_tasks.max(1),
+        };
+        Ok((reader, tables))
+    }
+
+    pub async fn read_table(
+        &self,
+        table: &TableInfo,
+        out: mpsc::Sender<RecordBatch>,
+    ) -> Result<u64, SourceError> {
+        let ranges = self.source.plan_ranges(table, self.range_bytes);
+        let mut reading = FuturesUnordered::new();
+        let mut rows = 0;
+        for range in &ranges {
+            if reading.len() >= self.readers
+                && let Some(read) = reading.next().await
+            {
+                rows += read?;
+            }
+            reading.push(
+                self.source
+                    .read_range(table, range, Some(&self.snapshot), out.clone()),
+            );
+        }
+        while let Some(read) = reading.next().await {
+            rows += read?;
+        }
+        Ok(rows)
+    }
+
+    pub async fn release(&self) {
+        self.source.release_snapshot().await;
+    }
+}
+
+/// The position of `reader`'s snapshot, which an exact snapshot always has.
+pub(super) fn position_of<S>(
+    reader: &RangeReader<S>,
+    endpoint: &EndpointConfig,
+) -> Result<SourcePosition, TaskError> {
+    reader.snapshot.position.clone().ok_or_else(|| {
+        TaskError::Source(SourceError::Database {
+            endpoint: endpoint.name.clone(),
+            context: "opening a snapshot to validate against".into(),
+            message: "the source keeps no change log (MySQL's binlog is off), so no snapshot has a position to compare the lake at. Turn the binlog on (log_bin, binlog_format = ROW)".into(),
+        })
+    })
+}

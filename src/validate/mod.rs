@@ -1,0 +1,783 @@
+//! `tributary validate`: a task's source tables compared with the lake at one exact source
+//! position, with no lag tolerance.
+//!
+//! How (see README "Validation"):
+//! 1. the source is read in one snapshot whose log position P is exact
+//!    ([`crate::task::exact_snapshot`]);
+//! 2. the task must have confirmed P: every change before it is then in the raw zone
+//!    (validate waits, up to [`ValidateOptions::wait`]);
+//! 3. the lake's state at P is the raw zone replayed up to P (the load, then each change
+//!    before P, with added columns' fills: [`crate::curate::replay`]), and also the curated
+//!    table when it stands exactly at P;
+//! 4. each side's rows are digested (key and row hash, [`digest`]), spooled to temporary
+//!    files by key, and compared part by part; the first few keys of each kind of
+//!    difference are read again to name the differing columns.
+//!
+//! Invariants: nothing in the lake or the task state is written (`--repair` runs the task's
+//! own per-table reload); memory holds one spool part, never a table; a table the lake
+//! cannot tell at P is reported as not compared, with why, and counts as a failure.
+
+pub mod digest;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::catalog::iceberg::IcebergCatalog;
+use crate::config::{ConfigError, TaskConfig, Workspace};
+use crate::curate::replay::{LakeRows, Replayed};
+use crate::curate::{self, CurateError, TaskLake};
+use crate::ident::TableId;
+use crate::source::{SourceError, SourcePosition, TableInfo};
+use crate::task::checkpoint::Checkpoint;
+use crate::task::{self, ExactSnapshot, RunOptions, TaskError};
+use digest::{Differences, DigestError, Digester, Finished, Spool};
+
+/// Errors of a validation, each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Curate(#[from] CurateError),
+    #[error(transparent)]
+    Checkpoint(#[from] task::CheckpointError),
+    #[error(
+        "task '{task}' has not confirmed the source's position {position} after {seconds} s: its stream stands at {confirmed}. Run the task (tributary run WORKSPACE --task {task}), or wait longer (--wait SECONDS), and validate again"
+    )]
+    NotCaughtUp {
+        task: String,
+        position: String,
+        confirmed: String,
+        seconds: u64,
+    },
+    #[error(
+        "task '{task}' selects no table {table} in the source. Name a table the task replicates (schema.table)"
+    )]
+    UnknownTable { task: String, table: String },
+    #[error("table {table}: {source}")]
+    Digest {
+        table: String,
+        #[source]
+        source: DigestError,
+    },
+    #[error("table {table}: reading the source: {source}")]
+    Source {
+        table: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("table {table}: reading the lake: {source}")]
+    Lake {
+        table: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+/// What to validate.
+#[derive(Debug, Clone)]
+pub struct ValidateOptions {
+    pub task: String,
+    /// Only these tables (default: every table the task selects).
+    pub tables: Vec<TableId>,
+    /// Reload the tables that differ (the task's per-table reload).
+    pub repair: bool,
+    /// How long to wait for the task to confirm the snapshot's position.
+    pub wait: Duration,
+}
+
+/// One side of the lake compared with the source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Side {
+    Compared(Comparison),
+    /// Not compared, and why.
+    NotCompared(String),
+}
+
+/// A lake side's differences from the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub lake_rows: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    /// The first keys of each kind, for people: `missing id=7`, `different id=3: b: x → y`.
+    pub samples: Vec<String>,
+}
+
+impl Comparison {
+    pub fn equal(&self) -> bool {
+        self.missing == 0 && self.extra == 0 && self.different == 0
+    }
+
+    fn describe(&self) -> String {
+        if self.equal() {
+            return format!("{} rows equal", self.lake_rows);
+        }
+        format!(
+            "{} missing, {} extra, {} different",
+            self.missing, self.extra, self.different
+        )
+    }
+}
+
+/// One table's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableReport {
+    pub table: TableId,
+    pub source_rows: u64,
+    /// The raw zone replayed to the position.
+    pub raw: Side,
+    /// The curated table, compared when it stands exactly at the position.
+    pub curated: Side,
+    /// What makes the table differ beyond its rows (a column the lake lacks).
+    pub problems: Vec<String>,
+}
+
+impl TableReport {
+    /// Equal: the raw zone's state equals the source, and so does the curated table where
+    /// it was compared.
+    pub fn equal(&self) -> bool {
+        self.problems.is_empty()
+            && matches!(&self.raw, Side::Compared(c) if c.equal())
+            && !matches!(&self.curated, Side::Compared(c) if !c.equal())
+    }
+
+    /// A line, and the samples and problems below it.
+    pub fn describe(&self) -> String {
+        let verdict = if self.equal() { "EQUAL" } else { "DIFFERENT" };
+        let side = |s: &Side| match s {
+            Side::Compared(c) => c.describe(),
+            Side::NotCompared(why) => format!("not compared: {why}"),
+        };
+        let mut text = format!(
+            "{verdict:9} {}: {} source rows; raw zone: {}; curated: {}",
+            self.table,
+            self.source_rows,
+            side(&self.raw),
+            side(&self.curated)
+        );
+        for line in self
+            .problems
+            .iter()
+            .chain(
+                [&self.raw, &self.curated]
+                    .into_iter()
+                    .flat_map(|s| match s {
+                        Side::Compared(c) => c.samples.as_slice(),
+                        Side::NotCompared(_) => &[],
+                    }),
+            )
+        {
+            text.push_str("\n          ");
+            text.push_str(line);
+        }
+        text
+    }
+}
+
+/// What a validation is doing, as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidateEvent {
+    /// The snapshot is open at `position`, with `tables` to compare.
+    Snapshot {
+        position: String,
+        tables: usize,
+    },
+    /// Waiting for the task, whose stream stands at `confirmed`.
+    Waiting {
+        confirmed: String,
+    },
+    Table(TableReport),
+    /// `--repair`: these tables are being reloaded.
+    Repairing(Vec<TableId>),
+}
+
+/// The whole result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidateReport {
+    pub position: String,
+    pub tables: Vec<TableReport>,
+    /// The tables `--repair` reloaded, and how.
+    pub repaired: Option<(Vec<TableId>, Repair)>,
+    pub seconds: f64,
+}
+
+impl ValidateReport {
+    pub fn all_equal(&self) -> bool {
+        self.tables.iter().all(TableReport::equal)
+    }
+}
+
+/// Validates task `options.task` of `workspace`, reporting each table as it is done.
+pub async fn validate(
+    workspace: &Workspace,
+    workspace_path: &Path,
+    options: &ValidateOptions,
+    mut on_event: impl FnMut(ValidateEvent),
+) -> Result<ValidateReport, ValidateError> {
+    let started = Instant::now();
+    let task_config = workspace.task(&options.task, workspace_path)?;
+    let catalog = curate::open_catalog(workspace, workspace_path).await?;
+    let ctx = curate::session(&workspace.curate, catalog.buckets()).map_err(|source| {
+        ValidateError::Lake {
+            table: String::new(),
+            source,
+        }
+    })?;
+    let snapshot = task::exact_snapshot(workspace, workspace_path, task_config).await?;
+    let position = snapshot.position.to_string();
+    let cx = Context {
+        workspace,
+        workspace_path,
+        task: task_config,
+        catalog: &catalog,
+        ctx: &ctx,
+        snapshot: &snapshot,
+    };
+    let compared = compare_tables(&cx, options, &mut on_event).await;
+    snapshot.close().await;
+    let tables = compared?;
+    let differing: Vec<TableId> = tables
+        .iter()
+        .filter(|t| !t.equal())
+        .map(|t| t.table.clone())
+        .collect();
+    let repaired = if options.repair && !differing.is_empty() {
+        on_event(ValidateEvent::Repairing(differing.clone()));
+        let repair = repair(workspace, workspace_path, task_config, &catalog, &differing).await?;
+        Some((differing, repair))
+    } else {
+        None
+    };
+    Ok(ValidateReport {
+        position,
+        tables,
+        repaired,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What every table's comparison shares.
+struct Context<'a> {
+    workspace: &'a Workspace,
+    workspace_path: &'a Path,
+    task: &'a TaskConfig,
+    catalog: &'a IcebergCatalog,
+    ctx: &'a SessionContext,
+    snapshot: &'a ExactSnapshot,
+}
+
+async fn compare_tables(
+    cx: &Context<'_>,
+    options: &ValidateOptions,
+    on_event: &mut impl FnMut(ValidateEvent),
+) -> Result<Vec<TableReport>, ValidateError> {
+    let selected = |t: &TableId| options.tables.is_empty() || options.tables.contains(t);
+    let in_source: Vec<&TableInfo> = cx
+        .snapshot
+        .tables
+        .iter()
+        .filter(|t| selected(&t.id()))
+        .collect();
+    if let Some(unknown) = options
+        .tables
+        .iter()
+        .find(|t| !cx.snapshot.tables.iter().any(|s| s.id() == **t))
+    {
+        return Err(ValidateError::UnknownTable {
+            task: cx.task.name.clone(),
+            table: unknown.to_string(),
+        });
+    }
+    on_event(ValidateEvent::Snapshot {
+        position: cx.snapshot.position.to_string(),
+        tables: in_source.len(),
+    });
+    if cx.task.has_cdc() {
+        wait_for_task(cx, options.wait, on_event).await?;
+    }
+    let lake = TaskLake::open(cx.workspace, cx.workspace_path, cx.catalog, cx.task).await?;
+    let before = cx.snapshot.position.snapshot_end().into_string();
+    let mut reports = Vec::new();
+    for info in &in_source {
+        let report = compare_table(cx, &lake, info, &before).await?;
+        on_event(ValidateEvent::Table(report.clone()));
+        reports.push(report);
+    }
+    // Tables the lake holds that the source no longer has (dropped, or deselected).
+    let source_ids: HashSet<TableId> = cx.snapshot.tables.iter().map(TableInfo::id).collect();
+    for table in lake
+        .tables()
+        .into_iter()
+        .filter(|t| selected(t) && !source_ids.contains(t))
+    {
+        let report = TableReport {
+            table,
+            source_rows: 0,
+            raw: Side::NotCompared("not in the source".into()),
+            curated: Side::NotCompared("not in the source".into()),
+            problems: vec![
+                "the lake holds this table, the source does not (dropped, or no longer selected by the task)".into(),
+            ],
+        };
+        on_event(ValidateEvent::Table(report.clone()));
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Waits until the task has confirmed the snapshot's position: in its state, or where the
+/// source keeps the task's progress (a slot an idle task moved past a heartbeat).
+async fn wait_for_task(
+    cx: &Context<'_>,
+    wait: Duration,
+    on_event: &mut impl FnMut(ValidateEvent),
+) -> Result<(), ValidateError> {
+    let target = cx.snapshot.position.snapshot_end();
+    let target_storage = cx.workspace.endpoint(&cx.task.target, cx.workspace_path)?;
+    let storage = curate::target_storage(target_storage, cx.catalog.buckets()).await?;
+    let started = Instant::now();
+    let mut told = None;
+    loop {
+        let state = Checkpoint::open(
+            storage.clone(),
+            &cx.task.target_settings.bucket_folder,
+            &cx.task.name,
+            &cx.task.source,
+        )
+        .await?
+        .snapshot()
+        .await;
+        let confirmed = state.cdc.and_then(|c| c.confirmed_position);
+        let seen = cx.snapshot.confirmed().await.map_err(TaskError::from)?;
+        if reached(confirmed.as_ref(), &target) || reached(seen.as_ref(), &target) {
+            return Ok(());
+        }
+        let mut stands = confirmed
+            .as_ref()
+            .map_or_else(|| "nothing yet".to_owned(), ToString::to_string);
+        if let Some(seen) = &seen {
+            stands.push_str(&format!(" (the source has it at {seen})"));
+        }
+        if started.elapsed() >= wait {
+            return Err(ValidateError::NotCaughtUp {
+                task: cx.task.name.clone(),
+                position: cx.snapshot.position.to_string(),
+                confirmed: stands,
+                seconds: wait.as_secs(),
+            });
+        }
+        if told.as_ref() != Some(&stands) {
+            on_event(ValidateEvent::Waiting {
+                confirmed: stands.clone(),
+            });
+            told = Some(stands);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether a stream confirmed up to `confirmed` holds every change before `target`.
+fn reached(
+    confirmed: Option<&SourcePosition>,
+    target: &crate::source::position::ChangePosition,
+) -> bool {
+    confirmed.is_some_and(|c| c.stream_end() >= *target)
+}
+
+/// The columns compared: the source's, in the lake's types; and the source's columns the
+/// lake lacks.
+fn compared_columns(source: &Schema, lake: &Schema) -> (SchemaRef, Vec<String>) {
+    let mut missing = Vec::new();
+    let fields: Vec<_> = source
+        .fields()
+        .iter()
+        .filter_map(|f| match lake.field_with_name(f.name()) {
+            Ok(l) => Some(l.clone()),
+            Err(_) => {
+                missing.push(f.name().clone());
+                None
+            }
+        })
+        .collect();
+    (Arc::new(Schema::new(fields)), missing)
+}
+
+async fn compare_table(
+    cx: &Context<'_>,
+    lake: &TaskLake<'_>,
+    info: &TableInfo,
+    before: &str,
+) -> Result<TableReport, ValidateError> {
+    let table = info.id();
+    let name = table.to_string();
+    let settings = &cx.workspace.curate;
+    let replayed =
+        curate::replay::replay(lake, cx.catalog, cx.ctx, settings, &table, before).await?;
+    let lake_rows = match replayed {
+        Replayed::Rows(rows) => rows,
+        Replayed::Unknown(why) => {
+            return Ok(TableReport {
+                table,
+                source_rows: 0,
+                raw: Side::NotCompared(why.clone()),
+                curated: Side::NotCompared(why),
+                problems: Vec::new(),
+            });
+        }
+    };
+    let (schema, absent) = compared_columns(&info.arrow_schema, &lake_rows.columns);
+    let mut problems: Vec<String> = absent
+        .iter()
+        .map(|c| format!("column {c} is in the source and not in the lake"))
+        .collect();
+    if !info.primary_key.is_empty() && info.primary_key != lake_rows.key {
+        problems.push(format!(
+            "the source's primary key is ({}), the lake's ({})",
+            info.primary_key.join(", "),
+            lake_rows.key.join(", ")
+        ));
+    }
+    let digest_error = |source| ValidateError::Digest {
+        table: name.clone(),
+        source,
+    };
+    let digester = Arc::new(Digester::new(schema, &lake_rows.key).map_err(digest_error)?);
+    let estimate = info.estimated_rows.max(1);
+    let LakeRows {
+        rows,
+        newest,
+        load_id,
+        ..
+    } = lake_rows;
+    // The lake's side digests on a task of its own, the source's here, at the same time.
+    let lake_side = tokio::spawn(digest_stream(rows, digester.clone(), estimate));
+    let source_spool = digest_source(cx, info, &digester, estimate).await?;
+    let lake_spool = lake_side
+        .await
+        .map_err(|e| ValidateError::Lake {
+            table: name.clone(),
+            source: datafusion::error::DataFusionError::External(Box::new(e)),
+        })?
+        .map_err(|e| e.for_table(&name))?;
+    let raw = digest::compare(&source_spool, &lake_spool).map_err(digest_error)?;
+
+    // The curated table, when it stands where the replay does.
+    let curated_rows = curate::replay::curated_rows(
+        lake,
+        cx.catalog,
+        cx.ctx,
+        settings,
+        &table,
+        (&load_id, newest.as_deref()),
+    )
+    .await?;
+    let curated = match curated_rows {
+        Err(why) => Side::NotCompared(why),
+        Ok(rows) => {
+            let spool = digest_stream(rows, digester.clone(), estimate)
+                .await
+                .map_err(|e| e.for_table(&name))?;
+            let differences = digest::compare(&source_spool, &spool).map_err(digest_error)?;
+            Side::Compared(comparison(&digester, &differences, spool.rows, Vec::new()))
+        }
+    };
+    let details = if raw.different_keys.is_empty() {
+        Vec::new()
+    } else {
+        differing_rows(cx, lake, info, &digester, &raw.different_keys, before).await?
+    };
+    Ok(TableReport {
+        table,
+        source_rows: source_spool.rows,
+        raw: Side::Compared(comparison(&digester, &raw, lake_spool.rows, details)),
+        curated,
+        problems,
+    })
+}
+
+/// A side's comparison for people; `details` name the differing columns of the first
+/// different keys, in their order.
+fn comparison(
+    digester: &Digester,
+    d: &Differences,
+    lake_rows: u64,
+    details: Vec<String>,
+) -> Comparison {
+    let mut samples: Vec<String> = Vec::new();
+    samples.extend(
+        d.missing_keys
+            .iter()
+            .map(|k| format!("missing {}", digester.describe_key(k))),
+    );
+    samples.extend(
+        d.extra_keys
+            .iter()
+            .map(|k| format!("extra {}", digester.describe_key(k))),
+    );
+    for (i, k) in d.different_keys.iter().enumerate() {
+        let columns = details.get(i).map(String::as_str).unwrap_or("");
+        samples.push(format!("different {}{columns}", digester.describe_key(k)));
+    }
+    Comparison {
+        lake_rows,
+        missing: d.missing,
+        extra: d.extra,
+        different: d.different,
+        samples,
+    }
+}
+
+/// An error of a side digested on its own task, for the table it concerns.
+enum SideError {
+    Digest(DigestError),
+    Lake(datafusion::error::DataFusionError),
+}
+
+impl SideError {
+    fn for_table(self, table: &str) -> ValidateError {
+        match self {
+            SideError::Digest(source) => ValidateError::Digest {
+                table: table.to_owned(),
+                source,
+            },
+            SideError::Lake(source) => ValidateError::Lake {
+                table: table.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+/// Digests a lake stream whole.
+async fn digest_stream(
+    mut rows: SendableRecordBatchStream,
+    digester: Arc<Digester>,
+    estimate: u64,
+) -> Result<Finished, SideError> {
+    let mut spool = Spool::new(estimate).map_err(SideError::Digest)?;
+    while let Some(batch) = rows.next().await {
+        let batch = batch.map_err(SideError::Lake)?;
+        digester
+            .digest(&batch, &mut spool)
+            .map_err(SideError::Digest)?;
+    }
+    spool.finish().map_err(SideError::Digest)
+}
+
+/// Reads `info` from the snapshot, passing each batch to `each`.
+async fn read_source(
+    cx: &Context<'_>,
+    info: &TableInfo,
+    mut each: impl FnMut(&RecordBatch) -> Result<(), DigestError>,
+) -> Result<(), ValidateError> {
+    let name = info.id().to_string();
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(4);
+    let read = cx.snapshot.read(info, tx);
+    let consume = async {
+        while let Some(batch) = rx.recv().await {
+            each(&batch)?;
+        }
+        Ok::<(), DigestError>(())
+    };
+    let (read, consumed) = tokio::join!(read, consume);
+    consumed.map_err(|source| ValidateError::Digest {
+        table: name.clone(),
+        source,
+    })?;
+    read.map_err(|source| ValidateError::Source {
+        table: name,
+        source,
+    })?;
+    Ok(())
+}
+
+async fn digest_source(
+    cx: &Context<'_>,
+    info: &TableInfo,
+    digester: &Digester,
+    estimate: u64,
+) -> Result<Finished, ValidateError> {
+    let mut spool = Spool::new(estimate).map_err(|source| ValidateError::Digest {
+        table: info.id().to_string(),
+        source,
+    })?;
+    read_source(cx, info, |batch| digester.digest(batch, &mut spool)).await?;
+    spool.finish().map_err(|source| ValidateError::Digest {
+        table: info.id().to_string(),
+        source,
+    })
+}
+
+/// For each of `keys` (rows on both sides that differ), `: column: source → lake, …`;
+/// the source and the replay are read once more, keeping only those rows.
+async fn differing_rows(
+    cx: &Context<'_>,
+    lake: &TaskLake<'_>,
+    info: &TableInfo,
+    digester: &Digester,
+    keys: &[Vec<u8>],
+    before: &str,
+) -> Result<Vec<String>, ValidateError> {
+    let name = info.id().to_string();
+    let wanted: HashSet<Vec<u8>> = keys.iter().cloned().collect();
+    let mut source = Vec::new();
+    read_source(cx, info, |batch| {
+        source.extend(digester.find(batch, &wanted)?);
+        Ok(())
+    })
+    .await?;
+    let mut lake_found = Vec::new();
+    let settings = &cx.workspace.curate;
+    if let Replayed::Rows(rows) =
+        curate::replay::replay(lake, cx.catalog, cx.ctx, settings, &info.id(), before).await?
+    {
+        let mut stream = rows.rows;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|source| ValidateError::Lake {
+                table: name.clone(),
+                source,
+            })?;
+            lake_found.extend(digester.find(&batch, &wanted).map_err(|source| {
+                ValidateError::Digest {
+                    table: name.clone(),
+                    source,
+                }
+            })?);
+        }
+    }
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let row = |found: &[digest::FoundRow]| {
+                found
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, values)| values.clone())
+            };
+            match (row(&source), row(&lake_found)) {
+                (Some(s), Some(l)) => format!(
+                    ": {}",
+                    digest::differing_columns(digester.schema(), &s, &l).join("; ")
+                ),
+                _ => String::new(),
+            }
+        })
+        .collect())
+}
+
+/// What `--repair` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Repair {
+    /// A CDC task was asked to reload the tables (the request's URI): it does so within
+    /// seconds while it runs, or on its next run.
+    Requested(String),
+    /// A full-load task's tables were loaded again here.
+    Reloaded,
+}
+
+/// Reloads `tables` through the task's per-table reload: a CDC task, which runs elsewhere
+/// (validate waited for it), is asked to; a full-load task's tables load again here.
+async fn repair(
+    workspace: &Workspace,
+    workspace_path: &Path,
+    task_config: &TaskConfig,
+    catalog: &IcebergCatalog,
+    tables: &[TableId],
+) -> Result<Repair, ValidateError> {
+    if task_config.has_cdc() {
+        let target = workspace.endpoint(&task_config.target, workspace_path)?;
+        let storage = curate::target_storage(target, catalog.buckets()).await?;
+        let uri = task::requests::request_reload(
+            &storage,
+            &task_config.target_settings.bucket_folder,
+            &task_config.name,
+            tables,
+            "tributary validate --repair",
+        )
+        .await
+        .map_err(CurateError::from)?;
+        return Ok(Repair::Requested(uri));
+    }
+    let handle = task::start_task(
+        &tokio::runtime::Handle::current(),
+        Arc::new(workspace.clone()),
+        workspace_path.to_path_buf(),
+        &task_config.name,
+        RunOptions {
+            reload_tables: tables.to_vec(),
+            ..RunOptions::default()
+        },
+    );
+    handle.finish().await?;
+    Ok(Repair::Reloaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_schema::{DataType, Field};
+
+    use super::*;
+
+    fn comparison(missing: u64) -> Side {
+        Side::Compared(Comparison {
+            lake_rows: 3,
+            missing,
+            extra: 0,
+            different: 0,
+            samples: Vec::new(),
+        })
+    }
+
+    fn report(raw: Side, curated: Side, problems: Vec<String>) -> TableReport {
+        TableReport {
+            table: TableId::new("public", "t"),
+            source_rows: 3,
+            raw,
+            curated,
+            problems,
+        }
+    }
+
+    #[test]
+    fn a_table_is_equal_only_when_its_replay_is_and_its_curated_table_does_not_differ() {
+        let not = || Side::NotCompared("why".into());
+        assert!(report(comparison(0), not(), vec![]).equal());
+        assert!(report(comparison(0), comparison(0), vec![]).equal());
+        assert!(!report(comparison(0), comparison(1), vec![]).equal());
+        assert!(!report(comparison(1), not(), vec![]).equal());
+        assert!(
+            !report(not(), not(), vec![]).equal(),
+            "not compared is no pass"
+        );
+        assert!(!report(comparison(0), not(), vec!["column c".into()]).equal());
+    }
+
+    #[test]
+    fn columns_are_compared_in_the_lake_types_and_a_missing_one_is_named() {
+        let source = Schema::new(vec![
+            Field::new("id", DataType::Int16, true),
+            Field::new("new", DataType::Utf8, true),
+        ]);
+        let lake = Schema::new(vec![
+            Field::new("dropped", DataType::Utf8, true),
+            Field::new("id", DataType::Int32, true),
+        ]);
+        let (schema, missing) = compared_columns(&source, &lake);
+        assert_eq!(schema.fields().len(), 1);
+        assert_eq!(schema.field(0).data_type(), &DataType::Int32);
+        assert_eq!(missing, ["new"]);
+    }
+}
