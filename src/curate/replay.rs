@@ -72,9 +72,12 @@ pub async fn replay(
         load_id: &load_id,
         rebuild: false,
     };
-    let (raw, key) = match plan::decide(&facts, |k| job.zone.storage.uri(k))? {
-        plan::Decision::Skip(why) => return Ok(Replayed::Unknown(why.to_owned())),
-        plan::Decision::Curate { raw, key, .. } => (raw, key),
+    // A table curate would refuse (no key, a file that is not Parquet) is not compared;
+    // the others are.
+    let (raw, key) = match plan::decide(&facts, |k| job.zone.storage.uri(k)) {
+        Ok(plan::Decision::Skip(why)) => return Ok(Replayed::Unknown(why.to_owned())),
+        Ok(plan::Decision::Curate { raw, key, .. }) => (raw, key),
+        Err(e) => return Ok(Replayed::Unknown(e.to_string())),
     };
     let load_position = job.load_position();
     if let Some(load) = load_position.as_deref().filter(|l| *l > before) {

@@ -92,6 +92,12 @@ pub enum UiEvent {
     },
     /// A curate or models run finished.
     ZoneActivity(query::Activity),
+    /// A validation of task `task` moved on (request `request`; an older one's are dropped).
+    Validation {
+        task: String,
+        request: u64,
+        update: tasks::ValidationUpdate,
+    },
     Exported(Result<String, String>),
 }
 
@@ -118,6 +124,12 @@ impl Backend {
 
     pub fn ctx(&self) -> &egui::Context {
         &self.ctx
+    }
+
+    /// Sends `event` to the UI from background work, which is then repainted.
+    pub fn emit(&self, event: UiEvent) {
+        let _ = self.tx.send(event);
+        self.ctx.request_repaint();
     }
 
     /// Runs `work` in the background; its event reaches the UI, which is then repainted.
@@ -335,6 +347,11 @@ impl TributaryApp {
                 self.endpoints.password_saved(endpoint, result)
             }
             UiEvent::SourceTables { source, tables } => self.tasks.source_tables(source, tables),
+            UiEvent::Validation {
+                task,
+                request,
+                update,
+            } => self.tasks.validation(task, request, update),
             UiEvent::LakeOpened { target, storage } => {
                 self.lake.opened(&self.backend, &self.doc, target, storage)
             }

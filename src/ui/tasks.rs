@@ -1,6 +1,7 @@
 //! Tasks screen: create and edit tasks (source, target, migration type, selection rules with
 //! the live list of source tables they match, target settings with DMS's defaults shown), and
-//! start, stop, resume or reload them.
+//! start, stop, resume or reload them, and validate them against their source (with the
+//! per-table results as they come).
 
 use std::collections::HashMap;
 
@@ -13,6 +14,7 @@ use crate::config::{
 use crate::ident::TableId;
 use crate::source::SelectionRules;
 use crate::task::RunOptions;
+use crate::validate::{TableReport, ValidateEvent, ValidateOptions, ValidateReport};
 
 #[derive(Default)]
 pub struct TasksScreen {
@@ -24,11 +26,185 @@ pub struct TasksScreen {
     exclude_text: String,
     /// A table whose Reload button was clicked: the run controls start it.
     reload_table: Option<TableId>,
+    /// The last validation of each task.
+    validations: HashMap<String, Validation>,
+    next_request: u64,
+}
+
+/// What a validation running in the background says.
+#[derive(Debug, Clone)]
+pub enum ValidationUpdate {
+    Event(ValidateEvent),
+    Done(Result<ValidateReport, String>),
+}
+
+/// A task's validation, as far as its events have come.
+#[derive(Default)]
+struct Validation {
+    request: u64,
+    /// What it is doing, while it runs.
+    status: Option<String>,
+    tables: Vec<TableReport>,
+    /// The summary, or the error.
+    outcome: Option<Result<String, String>>,
 }
 
 impl TasksScreen {
     pub fn source_tables(&mut self, source: String, tables: Result<Vec<TableId>, String>) {
         self.source_tables.insert(source, Some(tables));
+    }
+
+    /// Applies a validation's update, unless a newer validation of the task started since.
+    pub fn validation(&mut self, task: String, request: u64, update: ValidationUpdate) {
+        let Some(v) = self
+            .validations
+            .get_mut(&task)
+            .filter(|v| v.request == request)
+        else {
+            return;
+        };
+        match update {
+            ValidationUpdate::Event(ValidateEvent::Snapshot { position, tables }) => {
+                v.status = Some(format!(
+                    "source snapshot at {position}: comparing {tables} table(s)"
+                ));
+            }
+            ValidationUpdate::Event(ValidateEvent::Waiting { confirmed }) => {
+                v.status = Some(format!(
+                    "waiting for the task to reach the snapshot (its stream stands at {confirmed}); run the task if it is stopped"
+                ));
+            }
+            ValidationUpdate::Event(ValidateEvent::Table(report)) => v.tables.push(report),
+            ValidationUpdate::Event(ValidateEvent::Repairing(tables)) => {
+                v.status = Some(format!(
+                    "repairing: reloading {}",
+                    crate::ident::list(&tables)
+                ));
+            }
+            ValidationUpdate::Done(result) => {
+                v.status = None;
+                v.outcome = Some(result.map(|report| {
+                    let differing = report.tables.iter().filter(|t| !t.equal()).count();
+                    let repaired = match &report.repaired {
+                        Some((tables, _)) => format!(
+                            "; {} asked to reload (validate again to confirm)",
+                            crate::ident::list(tables)
+                        ),
+                        None => String::new(),
+                    };
+                    format!(
+                        "validated at {} in {:.1}s: {} equal, {differing} not{repaired}",
+                        report.position,
+                        report.seconds,
+                        report.tables.len() - differing
+                    )
+                }));
+            }
+        }
+    }
+
+    /// Validates `task` in the background ([`crate::validate`]).
+    fn start_validation(
+        &mut self,
+        backend: &Backend,
+        doc: &WorkspaceDoc,
+        path: std::path::PathBuf,
+        task: &str,
+        repair: bool,
+    ) {
+        self.next_request += 1;
+        let request = self.next_request;
+        self.validations.insert(
+            task.to_owned(),
+            Validation {
+                request,
+                status: Some("opening a snapshot of the source".into()),
+                ..Validation::default()
+            },
+        );
+        let workspace = doc.workspace.clone();
+        let options = ValidateOptions {
+            task: task.to_owned(),
+            tables: Vec::new(),
+            repair,
+            wait: std::time::Duration::from_secs(300),
+        };
+        let emitter = backend.clone();
+        backend.runtime().spawn(async move {
+            let emit = |update| {
+                emitter.emit(UiEvent::Validation {
+                    task: options.task.clone(),
+                    request,
+                    update,
+                })
+            };
+            let result = crate::validate::validate(&workspace, &path, &options, |event| {
+                emit(ValidationUpdate::Event(event))
+            })
+            .await
+            .map_err(|e| e.to_string());
+            emit(ValidationUpdate::Done(result));
+        });
+    }
+
+    /// The task's last validation: per table, the verdict and each side's counts, and
+    /// what differs below.
+    fn validation_ui(&self, ui: &mut egui::Ui, task: &str) {
+        let Some(v) = self.validations.get(task) else {
+            return;
+        };
+        ui.separator();
+        ui.strong("Validation");
+        if let Some(status) = &v.status {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(status);
+            });
+        }
+        match &v.outcome {
+            Some(Ok(summary)) if v.tables.iter().all(TableReport::equal) => {
+                ui.colored_label(egui::Color32::from_rgb(60, 170, 90), summary);
+            }
+            Some(Ok(summary)) => {
+                ui.colored_label(ui.visuals().error_fg_color, summary);
+            }
+            Some(Err(e)) => {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            None => {}
+        }
+        if v.tables.is_empty() {
+            return;
+        }
+        egui::Grid::new("validation")
+            .striped(true)
+            .num_columns(5)
+            .show(ui, |ui| {
+                for header in ["Table", "Result", "Source rows", "Raw zone", "Curated"] {
+                    ui.strong(header);
+                }
+                ui.end_row();
+                for t in &v.tables {
+                    ui.label(t.table.to_string());
+                    let color = if t.equal() {
+                        egui::Color32::from_rgb(60, 170, 90)
+                    } else {
+                        ui.visuals().error_fg_color
+                    };
+                    ui.colored_label(color, t.verdict());
+                    ui.label(t.source_rows.to_string());
+                    ui.label(t.raw.describe());
+                    ui.label(t.curated.describe());
+                    ui.end_row();
+                }
+            });
+        for t in v.tables.iter().filter(|t| t.details().next().is_some()) {
+            ui.collapsing(format!("What differs in {}", t.table), |ui| {
+                for line in t.details() {
+                    ui.monospace(line);
+                }
+            });
+        }
     }
 
     pub fn tasks_ui(
@@ -48,6 +224,7 @@ impl TasksScreen {
         };
         egui::ScrollArea::vertical().show(ui, |ui| {
             self.run_controls_ui(ui, doc, backend, runs, index);
+            self.validation_ui(ui, &doc.workspace.tasks[index].name);
             ui.separator();
             let before = toml::to_string(&doc.workspace.tasks[index]).ok();
             self.editor_ui(ui, doc, backend, index);
@@ -143,7 +320,7 @@ impl TasksScreen {
                 runs.start(
                     backend,
                     &doc.workspace,
-                    path,
+                    path.clone(),
                     &task,
                     RunOptions {
                         reload: reload.clicked(),
@@ -154,6 +331,22 @@ impl TasksScreen {
             }
             if ui.add_enabled(running, egui::Button::new("Stop")).clicked() {
                 runs.stop(&task);
+            }
+            let validating = self
+                .validations
+                .get(&task)
+                .is_some_and(|v| v.outcome.is_none());
+            let can_validate = !validating && !doc.dirty;
+            let validate = ui
+                .add_enabled(can_validate, egui::Button::new("Validate"))
+                .on_hover_text(
+                    "Compares the source with the lake at one exact position (a CDC task must run meanwhile)",
+                );
+            let repair = ui
+                .add_enabled(can_validate, egui::Button::new("Validate and repair"))
+                .on_hover_text("Validates, then reloads the tables that differ");
+            if validate.clicked() || repair.clicked() {
+                self.start_validation(backend, doc, path, &task, repair.clicked());
             }
             if doc.dirty {
                 ui.weak("Save the workspace to run with these settings.");

@@ -154,36 +154,47 @@ impl TableReport {
             && !matches!(&self.curated, Side::Compared(c) if !c.equal())
     }
 
-    /// A line, and the samples and problems below it.
+    /// A line, and the problems and samples below it.
     pub fn describe(&self) -> String {
-        let verdict = if self.equal() { "EQUAL" } else { "DIFFERENT" };
-        let side = |s: &Side| match s {
-            Side::Compared(c) => c.describe(),
-            Side::NotCompared(why) => format!("not compared: {why}"),
-        };
         let mut text = format!(
-            "{verdict:9} {}: {} source rows; raw zone: {}; curated: {}",
+            "{:9} {}: {} source rows; raw zone: {}; curated: {}",
+            self.verdict(),
             self.table,
             self.source_rows,
-            side(&self.raw),
-            side(&self.curated)
+            self.raw.describe(),
+            self.curated.describe()
         );
-        for line in self
-            .problems
-            .iter()
-            .chain(
-                [&self.raw, &self.curated]
-                    .into_iter()
-                    .flat_map(|s| match s {
-                        Side::Compared(c) => c.samples.as_slice(),
-                        Side::NotCompared(_) => &[],
-                    }),
-            )
-        {
+        for line in self.details() {
             text.push_str("\n          ");
             text.push_str(line);
         }
         text
+    }
+
+    /// `EQUAL` or `DIFFERENT`.
+    pub fn verdict(&self) -> &'static str {
+        if self.equal() { "EQUAL" } else { "DIFFERENT" }
+    }
+
+    /// What differs: the problems, then each side's samples.
+    pub fn details(&self) -> impl Iterator<Item = &str> {
+        let samples = [&self.raw, &self.curated]
+            .into_iter()
+            .flat_map(|s| match s {
+                Side::Compared(c) => c.samples.as_slice(),
+                Side::NotCompared(_) => &[],
+            });
+        self.problems.iter().chain(samples).map(String::as_str)
+    }
+}
+
+impl Side {
+    /// `3 rows equal`, `1 missing, 0 extra, 2 different`, or `not compared: why`.
+    pub fn describe(&self) -> String {
+        match self {
+            Side::Compared(c) => c.describe(),
+            Side::NotCompared(why) => format!("not compared: {why}"),
+        }
     }
 }
 
