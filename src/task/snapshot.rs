@@ -14,9 +14,7 @@
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::TaskError;
@@ -120,21 +118,30 @@ impl<S: Source> RangeReader<S> {
         out: mpsc::Sender<RecordBatch>,
     ) -> Result<u64, SourceError> {
         let ranges = self.source.plan_ranges(table, self.range_bytes);
-        let mut reading = FuturesUnordered::new();
+        // Each range on a task of its own, as the full load reads them: decoding uses
+        // every core.
+        let mut reading = tokio::task::JoinSet::new();
         let mut rows = 0;
-        for range in &ranges {
+        for range in ranges {
             if reading.len() >= self.readers
-                && let Some(read) = reading.next().await
+                && let Some(read) = reading.join_next().await
             {
-                rows += read?;
+                rows += joined(read)?;
             }
-            reading.push(
-                self.source
-                    .read_range(table, range, Some(&self.snapshot), out.clone()),
+            let (source, table, snapshot, out) = (
+                self.source.clone(),
+                table.clone(),
+                self.snapshot.clone(),
+                out.clone(),
             );
+            reading.spawn(async move {
+                source
+                    .read_range(&table, &range, Some(&snapshot), out)
+                    .await
+            });
         }
-        while let Some(read) = reading.next().await {
-            rows += read?;
+        while let Some(read) = reading.join_next().await {
+            rows += joined(read)?;
         }
         Ok(rows)
     }
@@ -142,6 +149,19 @@ impl<S: Source> RangeReader<S> {
     pub async fn release(&self) {
         self.source.release_snapshot().await;
     }
+}
+
+/// A range read's rows, or its error; a read that panicked is an error too.
+fn joined(
+    read: Result<Result<u64, SourceError>, tokio::task::JoinError>,
+) -> Result<u64, SourceError> {
+    read.unwrap_or_else(|e| {
+        Err(SourceError::Driver {
+            endpoint: String::new(),
+            context: "reading a range of the snapshot".into(),
+            source: Box::new(e),
+        })
+    })
 }
 
 /// The position of `reader`'s snapshot, which an exact snapshot always has.

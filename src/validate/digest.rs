@@ -212,7 +212,7 @@ impl Spool {
     pub fn new(rows: u64) -> Result<Spool, DigestError> {
         let count = rows.div_ceil(PART_ROWS).clamp(1, 4096) as usize;
         let parts = (0..count)
-            .map(|_| tempfile::tempfile().map(BufWriter::new))
+            .map(|_| tempfile::tempfile().map(|f| BufWriter::with_capacity(1 << 18, f)))
             .collect::<Result<_, _>>()
             .map_err(DigestError::Spool)?;
         Ok(Spool { parts, rows: 0 })
