@@ -1156,6 +1156,21 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
     let renamed = ["id", "title", "active", "price", "seen", "note"];
     let source = pg_rows(&mut conn, &items.replace("label", "title")).await;
     assert_readers_see(&read, "shop.public.items", &renamed, source);
+
+    // DROP COLUMN leaves the curated table's current schema; a column widened in place
+    // (int4 to int8) keeps its values.
+    conn.execute(
+        "ALTER TABLE tags DROP COLUMN token;
+         ALTER TABLE tags ALTER COLUMN weight TYPE int8;
+         UPDATE tags SET weight = 5000000000 WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &["shop.public.tags"]);
+    let source = pg_rows(&mut conn, tags).await;
+    assert_readers_see(&read, "shop.public.tags", &["id", "t", "weight"], source);
     drop_slots(&mut conn, db).await;
 }
 

@@ -43,9 +43,11 @@ pub fn schema_from_arrow(schema: &ArrowSchema, first_id: i32) -> iceberg::Result
 }
 
 /// The Iceberg schema of Arrow `schema` as the next schema of a table whose current one is
-/// `current`: a column with the same name and type keeps its field ids (readers match
-/// columns by id across schemas), any other gets new ids from `first_id` on (ids are never
-/// reused, so that is after the table's `last_column_id`).
+/// `current`: a column with the same name keeps its field id (readers match columns by id
+/// across schemas) when its type is the same or one Iceberg promotes it to in place
+/// ([`promotable`]: int to long, float to double, a decimal's precision up); any other
+/// gets new ids from `first_id` on (ids are never reused, so that is after the table's
+/// `last_column_id`).
 pub fn evolve(
     current: Option<&Schema>,
     schema: &ArrowSchema,
@@ -55,21 +57,39 @@ pub fn evolve(
     let mut next = first_id;
     let mut fields = Vec::new();
     for field in schema.fields() {
+        let new_type = file_type(field);
         let kept = current
             .as_ref()
             .and_then(|c| c.field_with_name(field.name()).ok())
             .filter(|old| {
-                strip_ids(&ArrowSchema::new(vec![(*old).clone()]))
+                let old_type = strip_ids(&ArrowSchema::new(vec![(*old).clone()]))
                     .field(0)
                     .data_type()
-                    == &file_type(field)
+                    .clone();
+                old_type == new_type || promotable(&old_type, &new_type)
             });
         fields.push(match kept {
-            Some(old) => Arc::new(old.clone()),
+            Some(old) => Arc::new(old.as_ref().clone().with_data_type(match old.data_type() {
+                // Nested types keep their children's ids as they are.
+                DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => {
+                    old.data_type().clone()
+                }
+                _ => new_type,
+            })),
             None => with_field_ids(field, &mut next),
         });
     }
     arrow_schema_to_schema(&ArrowSchema::new(fields))
+}
+
+/// Whether Iceberg promotes a column of type `old` to `new` in place (its spec's allowed
+/// type promotions): its files keep the old type and readers widen the values.
+pub fn promotable(old: &DataType, new: &DataType) -> bool {
+    match (old, new) {
+        (DataType::Int32, DataType::Int64) | (DataType::Float32, DataType::Float64) => true,
+        (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) => s1 == s2 && p2 >= p1,
+        _ => false,
+    }
 }
 
 /// The type a column of `field`'s type has in the data files (Int16 is written as Int32).
@@ -593,5 +613,49 @@ mod tests {
         let next = evolve(Some(&schema), &ArrowSchema::new(wider), 14).unwrap();
         let ids: Vec<i32> = next.as_struct().fields().iter().map(|f| f.id).collect();
         assert_eq!(ids, vec![10, 11, 13, 14]);
+    }
+
+    #[test]
+    fn a_widened_column_keeps_its_field_id_and_another_type_change_does_not() {
+        let arrow = |count: DataType, price: DataType, label: DataType| {
+            ArrowSchema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("count", count, true),
+                Field::new("price", price, true),
+                Field::new("label", label, true),
+            ])
+        };
+        let before = schema_from_arrow(
+            &arrow(DataType::Int32, DataType::Decimal128(10, 2), DataType::Utf8),
+            1,
+        )
+        .unwrap();
+        // int to bigint, numeric(10,2) to numeric(20,2): promoted in place.
+        let widened = evolve(
+            Some(&before),
+            &arrow(DataType::Int64, DataType::Decimal128(20, 2), DataType::Utf8),
+            5,
+        )
+        .unwrap();
+        let ids: Vec<i32> = widened.as_struct().fields().iter().map(|f| f.id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        let files = arrow_schema(&widened).unwrap();
+        assert_eq!(files.field(1).data_type(), &DataType::Int64);
+        assert_eq!(files.field(2).data_type(), &DataType::Decimal128(20, 2));
+        // A scale change and text to integer are not promotions: new fields.
+        let changed = evolve(
+            Some(&before),
+            &arrow(
+                DataType::Int32,
+                DataType::Decimal128(10, 3),
+                DataType::Int64,
+            ),
+            5,
+        )
+        .unwrap();
+        let ids: Vec<i32> = changed.as_struct().fields().iter().map(|f| f.id).collect();
+        assert_eq!(ids, vec![1, 2, 5, 6]);
+        assert!(promotable(&DataType::Float32, &DataType::Float64));
+        assert!(!promotable(&DataType::Int64, &DataType::Int32));
     }
 }

@@ -33,7 +33,7 @@ use std::time::Instant;
 use ::iceberg::io::FileIO;
 use ::iceberg::spec::Schema;
 use ::iceberg::{NamespaceIdent, TableCreation, TableIdent};
-use arrow_schema::{DataType, Schema as ArrowSchema};
+use arrow_schema::{ArrowError, DataType, Schema as ArrowSchema};
 use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -662,7 +662,7 @@ pub async fn raw_schema(
                 })
                 .collect::<Vec<_>>(),
         );
-        merged = ArrowSchema::try_merge([merged, schema]).map_err(|e| CurateError::Schema {
+        merged = merge_widening(&merged, &schema).map_err(|e| CurateError::Schema {
             table: table.to_owned(),
             message: format!(
                 "{} disagrees with the table's other files: {e}. A column changed type; reload the table",
@@ -671,6 +671,26 @@ pub async fn raw_schema(
         })?;
     }
     Ok(merged)
+}
+
+/// `a` and `b` merged by column name, where a column widened in place (int to bigint,
+/// float to double, a decimal's precision up: [`iceberg::promotable`], and smallint to
+/// either) takes the wider type; another type change is an error.
+fn merge_widening(a: &ArrowSchema, b: &ArrowSchema) -> Result<ArrowSchema, ArrowError> {
+    let wider = |x: &DataType, y: &DataType| {
+        iceberg::promotable(x, y)
+            || matches!((x, y), (DataType::Int16, DataType::Int32 | DataType::Int64))
+    };
+    let mut fields: Vec<arrow_schema::FieldRef> = a.fields().iter().cloned().collect();
+    let mut rest = Vec::new();
+    for field in b.fields() {
+        match fields.iter_mut().find(|f| f.name() == field.name()) {
+            Some(f) if wider(f.data_type(), field.data_type()) => *f = field.clone(),
+            Some(f) if wider(field.data_type(), f.data_type()) => {}
+            _ => rest.push(field.clone()),
+        }
+    }
+    ArrowSchema::try_merge([ArrowSchema::new(fields), ArrowSchema::new(rest)])
 }
 
 /// A session for merges and queries, spilling beyond the configured memory.
@@ -774,11 +794,14 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
                 .raw_schema(&[&files.load[..], &changes[..]].concat())
                 .await?;
         } else {
-            current_columns = Some(current);
+            current_columns = Some(plan::without_dropped(
+                &current,
+                plan::source_columns(job.schema_changes()),
+            ));
         }
     }
-    // A merge keeps the table's columns (one the source dropped stays, NULL from then on);
-    // a rebuild takes every column its files have.
+    // A merge keeps the table's columns, a rebuild takes every column its files have; in
+    // both, a column the source dropped leaves the current schema.
     let columns_arrow =
         current_columns.unwrap_or_else(|| nullable(&data_columns(&raw_schema, job)));
     if let Some(k) = key
@@ -1127,10 +1150,10 @@ fn register(
 }
 
 /// The table's own columns: the raw zone's additions (`Op`, `_position`, the task's
-/// timestamp column) left out.
+/// timestamp column) and the columns the source dropped left out.
 fn data_columns(schema: &ArrowSchema, job: &TableJob<'_>) -> ArrowSchema {
     let timestamp = &job.task.target_settings.timestamp_column_name;
-    ArrowSchema::new(
+    let own = ArrowSchema::new(
         schema
             .fields()
             .iter()
@@ -1140,7 +1163,8 @@ fn data_columns(schema: &ArrowSchema, job: &TableJob<'_>) -> ArrowSchema {
             })
             .cloned()
             .collect::<Vec<_>>(),
-    )
+    );
+    plan::without_dropped(&own, plan::source_columns(job.schema_changes()))
 }
 
 /// `schema` as the data files hold it: the types Iceberg lacks widened (Int16 to Int32).
@@ -1158,4 +1182,38 @@ fn nullable(schema: &ArrowSchema) -> ArrowSchema {
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_schema::Field;
+
+    use super::*;
+
+    #[test]
+    fn raw_files_merge_to_the_widest_type_a_column_was_promoted_to() {
+        let schema = |t: DataType| {
+            ArrowSchema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("n", t, true),
+            ])
+        };
+        let merged = merge_widening(&schema(DataType::Int32), &schema(DataType::Int64)).unwrap();
+        assert_eq!(merged.field(1).data_type(), &DataType::Int64);
+        let merged = merge_widening(&schema(DataType::Int64), &schema(DataType::Int16)).unwrap();
+        assert_eq!(merged.field(1).data_type(), &DataType::Int64);
+        let wider = merge_widening(
+            &schema(DataType::Decimal128(10, 2)),
+            &schema(DataType::Decimal128(20, 2)),
+        )
+        .unwrap();
+        assert_eq!(wider.field(1).data_type(), &DataType::Decimal128(20, 2));
+        assert!(merge_widening(&schema(DataType::Int32), &schema(DataType::Utf8)).is_err());
+        let added = merge_widening(
+            &schema(DataType::Int32),
+            &ArrowSchema::new(vec![Field::new("m", DataType::Utf8, true)]),
+        )
+        .unwrap();
+        assert_eq!(added.fields().len(), 3);
+    }
 }

@@ -235,10 +235,39 @@ pub fn newest_truncate(truncates: &[String], after: Option<&str>) -> Option<Stri
 
 /// Whether the raw files' data columns (`new`, as the table's files would hold them) add
 /// to, or change the type of, the curated table's `current` columns: then the table is
-/// rebuilt with them. Columns the source dropped stay (NULL from then on).
+/// rebuilt with them. A column missing from `new` is no change here ([`without_dropped`]
+/// decides which columns the source dropped).
 pub fn columns_changed(current: &ArrowSchema, new: Option<ArrowSchema>) -> bool {
     new.and_then(|new| ArrowSchema::try_merge([current.clone(), new]).ok())
         .is_none_or(|merged| merged != *current)
+}
+
+/// The table's column names as the source has them now: those of its newest recorded
+/// columns change, where the change recorded them (`None`: unknown, every column stays).
+pub fn source_columns(changes: &[SchemaChange]) -> Option<&[String]> {
+    changes
+        .iter()
+        .rev()
+        .find(|c| c.is_columns())
+        .map(|c| c.names.as_slice())
+        .filter(|names| !names.is_empty())
+}
+
+/// `schema` without the columns the source dropped (or renamed away): those not in `names`.
+/// They leave the curated table's current schema; its older snapshots keep them.
+pub fn without_dropped(schema: &ArrowSchema, names: Option<&[String]>) -> ArrowSchema {
+    let Some(names) = names else {
+        return schema.clone();
+    };
+    ArrowSchema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| names.contains(f.name()))
+            .cloned()
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    )
 }
 
 /// The position from which changes apply: after what the table applied and after its
@@ -347,6 +376,41 @@ mod tests {
 
     fn uri(key: &str) -> String {
         format!("/lake/{key}")
+    }
+
+    fn schema(fields: &[(&str, DataType)]) -> ArrowSchema {
+        ArrowSchema::new(
+            fields
+                .iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn a_column_the_newest_shape_lacks_leaves_the_current_schema() {
+        let change = |names: &[&str]| {
+            SchemaChange::columns(
+                crate::source::position::ChangePosition::postgres(1, 0),
+                "sig",
+                names.iter().map(|n| (*n).to_owned()).collect(),
+                Vec::new(),
+            )
+        };
+        let curated = schema(&[
+            ("id", DataType::Int64),
+            ("gone", DataType::Utf8),
+            ("kept", DataType::Utf8),
+        ]);
+        assert_eq!(source_columns(&[]), None);
+        let changes = [change(&["id", "gone", "kept"]), change(&["id", "kept"])];
+        let names = source_columns(&changes);
+        let left = without_dropped(&curated, names);
+        let left: Vec<&str> = left.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(left, ["id", "kept"]);
+        // A state written before names were recorded drops nothing.
+        let unknown = [change(&[])];
+        assert_eq!(without_dropped(&curated, source_columns(&unknown)), curated);
     }
 
     #[test]
@@ -546,14 +610,6 @@ mod tests {
         );
         assert_eq!(apply_after(None, None), None);
 
-        let schema = |fields: &[(&str, DataType)]| {
-            ArrowSchema::new(
-                fields
-                    .iter()
-                    .map(|(n, t)| Field::new(*n, t.clone(), true))
-                    .collect::<Vec<_>>(),
-            )
-        };
         let current = schema(&[("id", DataType::Int32), ("v", DataType::Utf8)]);
         assert!(!columns_changed(&current, Some(current.clone())));
         assert!(
