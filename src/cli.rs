@@ -153,8 +153,9 @@ enum Command {
         /// Only this table (schema.table); repeat for several (default: every table).
         #[arg(long, value_name = "SCHEMA.TABLE", value_parser = crate::ident::TableId::parse)]
         table: Vec<crate::ident::TableId>,
-        /// Reload the tables that differ (the task's per-table reload, run here until it
-        /// has caught up: stop the task elsewhere first).
+        /// Reload the tables that differ (the task's per-table reload): a CDC task, which
+        /// runs meanwhile, is asked to through a request file it picks up within seconds; a
+        /// full-load task's tables load again here.
         #[arg(long)]
         repair: bool,
         /// How long to wait for the task to confirm the snapshot's position.

@@ -33,8 +33,6 @@ pub enum Replayed {
 
 /// A table's rows in the lake at a position.
 pub struct LakeRows {
-    /// The curated table's name, `source.schema.table`.
-    pub name: String,
     /// The columns as the lake's files hold them (the source's types, widened where
     /// Iceberg lacks one).
     pub columns: Arc<ArrowSchema>,
@@ -47,14 +45,14 @@ pub struct LakeRows {
 }
 
 /// Table `table`'s rows as the raw zone holds them before source position `before` (the
-/// first change they leave out), in no order.
+/// first change they leave out; `None`: every confirmed change), in no order.
 pub async fn replay(
     lake: &TaskLake<'_>,
     catalog: &IcebergCatalog,
     ctx: &SessionContext,
     settings: &CurateSettings,
     table: &TableId,
-    before: &str,
+    before: Option<&str>,
 ) -> Result<Replayed, CurateError> {
     let job = lake.job(table, catalog, ctx, settings);
     let name = job.name();
@@ -79,8 +77,15 @@ pub async fn replay(
         Ok(plan::Decision::Curate { raw, key, .. }) => (raw, key),
         Err(e) => return Ok(Replayed::Unknown(e.to_string())),
     };
+    if job.state.reloading.contains(table) {
+        return Ok(Replayed::Unknown(
+            "it waits for its reload (its changes are passed by until then); validate after the reload".to_owned(),
+        ));
+    }
     let load_position = job.load_position();
-    if let Some(load) = load_position.as_deref().filter(|l| *l > before) {
+    if let (Some(load), Some(before)) = (load_position.as_deref(), before)
+        && load > before
+    {
         return Ok(Replayed::Unknown(format!(
             "its load was taken at {load}, after the snapshot's {before} (it was reloaded meanwhile); validate again"
         )));
@@ -89,7 +94,7 @@ pub async fn replay(
     let truncates: Vec<String> = job
         .truncates()
         .into_iter()
-        .filter(|t| t.as_str() < before)
+        .filter(|t| before.is_none_or(|b| t.as_str() < b))
         .collect();
     let truncated_at = plan::newest_truncate(&truncates, None);
     let changes = plan::changes_after(raw, &files.cdc, truncated_at.as_deref());
@@ -130,7 +135,7 @@ pub async fn replay(
         columns: &columns,
         key: &key,
         after: truncated_at.as_deref(),
-        before: Some(before),
+        before,
         fills: &fills,
         base_position: base_position.as_deref(),
         sorted: false,
@@ -142,7 +147,6 @@ pub async fn replay(
     let newest = merge.last_position(ctx).await.map_err(sql_error)?;
     let rows = merge.rows(ctx).await.map_err(sql_error)?;
     Ok(Replayed::Rows(LakeRows {
-        name,
         columns: file_columns,
         key,
         rows,

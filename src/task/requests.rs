@@ -54,7 +54,11 @@ pub async fn request_reload(
         tables: tables.to_vec(),
         by: by.to_owned(),
     };
-    let body = serde_json::to_vec_pretty(&request).unwrap_or_default();
+    let body = serde_json::to_vec_pretty(&request).map_err(|e| StorageError::Io {
+        op: "encoding the reload request",
+        path: key.clone().into(),
+        source: std::io::Error::other(e),
+    })?;
     storage.put_bytes(&key, Bytes::from(body)).await?;
     Ok(storage.uri(&key))
 }

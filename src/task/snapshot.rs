@@ -23,7 +23,9 @@ use crate::source::{SelectionRules, Snapshot, Source, SourceError, SourcePositio
 
 /// The task's tables, read from one snapshot at [`ExactSnapshot::position`].
 pub struct ExactSnapshot {
-    pub position: SourcePosition,
+    /// Where the snapshot stands; `None` only for a full-load task on a source that keeps
+    /// no change log (its lake is its load, compared with the source as it is now).
+    pub position: Option<SourcePosition>,
     /// The tables the task selects, as the source has them now.
     pub tables: Vec<TableInfo>,
     reader: Box<dyn SnapshotReader>,
@@ -31,7 +33,7 @@ pub struct ExactSnapshot {
 
 impl ExactSnapshot {
     pub(super) fn new(
-        position: SourcePosition,
+        position: Option<SourcePosition>,
         tables: Vec<TableInfo>,
         reader: Box<dyn SnapshotReader>,
     ) -> ExactSnapshot {
@@ -157,23 +159,25 @@ fn joined(
 ) -> Result<u64, SourceError> {
     read.unwrap_or_else(|e| {
         Err(SourceError::Driver {
-            endpoint: String::new(),
-            context: "reading a range of the snapshot".into(),
+            endpoint: "(validate)".into(),
+            context: "reading a range of the snapshot (the read failed inside the engine)".into(),
             source: Box::new(e),
         })
     })
 }
 
-/// The position of `reader`'s snapshot, which an exact snapshot always has.
+/// The position of `reader`'s snapshot, which a task with CDC needs (`required`).
 pub(super) fn position_of<S>(
     reader: &RangeReader<S>,
     endpoint: &EndpointConfig,
-) -> Result<SourcePosition, TaskError> {
-    reader.snapshot.position.clone().ok_or_else(|| {
-        TaskError::Source(SourceError::Database {
+    required: bool,
+) -> Result<Option<SourcePosition>, TaskError> {
+    match &reader.snapshot.position {
+        None if required => Err(TaskError::Source(SourceError::Database {
             endpoint: endpoint.name.clone(),
             context: "opening a snapshot to validate against".into(),
             message: "the source keeps no change log (MySQL's binlog is off), so no snapshot has a position to compare the lake at. Turn the binlog on (log_bin, binlog_format = ROW)".into(),
-        })
-    })
+        })),
+        position => Ok(position.clone()),
+    }
 }

@@ -27,6 +27,10 @@ use arrow_schema::{ArrowError, SchemaRef};
 /// for a small key).
 pub const PART_ROWS: u64 = 1_000_000;
 
+/// The most parts a spool has: a table of more than `MAX_PARTS * PART_ROWS` rows holds
+/// larger parts in memory (open files stay few: three spools at most are open).
+pub const MAX_PARTS: u64 = 256;
+
 /// How many samples of each kind of difference a report names.
 pub const SAMPLES: usize = 5;
 
@@ -41,12 +45,14 @@ pub enum DigestError {
         #[source]
         source: ArrowError,
     },
-    #[error("column '{column}' is not in the rows read")]
+    #[error(
+        "column '{column}' is not in the rows read. The table changed shape meanwhile; validate again"
+    )]
     MissingColumn { column: String },
-    #[error("encoding rows: {0}")]
+    #[error("encoding rows to compare: {0}. This column type cannot be compared; report it")]
     Encode(#[source] ArrowError),
     #[error(
-        "the temporary spool file: {0}. Free space in the temporary folder (TMPDIR), then validate again"
+        "a temporary spool file: {0}. Free space in the temporary folder (TMPDIR), or raise the open-files limit (ulimit -n), then validate again"
     )]
     Spool(#[source] std::io::Error),
 }
@@ -113,10 +119,18 @@ impl Digester {
                 if column.data_type() == field.data_type() {
                     return Ok(column.clone());
                 }
-                arrow_cast::cast(column, field.data_type()).map_err(|source| DigestError::Cast {
-                    column: field.name().clone(),
-                    source,
-                })
+                // Not "safe": a value the lake's type cannot hold is an error, not a NULL
+                // that could match the lake's.
+                let options = arrow_cast::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                arrow_cast::cast_with_options(column, field.data_type(), &options).map_err(
+                    |source| DigestError::Cast {
+                        column: field.name().clone(),
+                        source,
+                    },
+                )
             })
             .collect()
     }
@@ -210,20 +224,12 @@ pub struct Spool {
 impl Spool {
     /// A spool for about `rows` rows.
     pub fn new(rows: u64) -> Result<Spool, DigestError> {
-        let count = rows.div_ceil(PART_ROWS).clamp(1, 4096) as usize;
+        let count = rows.div_ceil(PART_ROWS).clamp(1, MAX_PARTS) as usize;
         let parts = (0..count)
-            .map(|_| tempfile::tempfile().map(|f| BufWriter::with_capacity(1 << 18, f)))
+            .map(|_| tempfile::tempfile().map(|f| BufWriter::with_capacity(1 << 16, f)))
             .collect::<Result<_, _>>()
             .map_err(DigestError::Spool)?;
         Ok(Spool { parts, rows: 0 })
-    }
-
-    pub fn parts(&self) -> usize {
-        self.parts.len()
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows
     }
 
     fn push(&mut self, key: &[u8], hash: u64) -> Result<(), DigestError> {

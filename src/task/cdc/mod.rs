@@ -168,6 +168,7 @@ pub(super) async fn run<E: Engine>(
     let mut last_lag = Instant::now() - LAG_INTERVAL;
     let mut stopping: Option<Instant> = None;
     let mut reload = false;
+    let mut abandoned = false;
     let mut requests = OutsideRequests::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,7 +201,10 @@ pub(super) async fn run<E: Engine>(
                 reload = true;
                 (true, written)
             }
-            Turn::Abandoned => break,
+            Turn::Abandoned => {
+                abandoned = true;
+                break;
+            }
         };
         engine
             .written(&mut writer, written.as_ref(), stopped)
@@ -221,8 +225,9 @@ pub(super) async fn run<E: Engine>(
     let confirmed = engine.close().await;
     // Requests a caught-up run wrote with its last batch load in this run too.
     let reload = reload || !writer.reload_requests.is_empty();
-    if reload {
-        // The state records them now: their files may go.
+    if reload && !abandoned {
+        // A batch written (or the requests alone) recorded them in the state: their files
+        // may go. An abandoned batch recorded nothing; the next run takes them again.
         requests.done(&writer.storage, &events).await;
     }
     Ok(CdcOutcome {
@@ -264,7 +269,10 @@ impl OutsideRequests {
         let (found, warnings) = match found {
             Ok(found) => found,
             Err(e) => {
-                events.log(LogLevel::Warn, format!("reading reload requests: {e}"));
+                events.log(
+                    LogLevel::Warn,
+                    format!("reading reload requests: {e}; they are read again in a moment"),
+                );
                 return;
             }
         };

@@ -97,7 +97,7 @@ impl SourceEngine for MysqlEngine {
                 task.full_load_settings.max_full_load_sub_tasks,
             );
             let (reader, tables) = RangeReader::open(source, task).await?;
-            let position = match snapshot::position_of(&reader, endpoint) {
+            let position = match snapshot::position_of(&reader, endpoint, task.has_cdc()) {
                 Ok(position) => position,
                 Err(e) => {
                     reader.release().await;

@@ -113,12 +113,7 @@ impl SourceEngine for PostgresEngine {
             if task.has_cdc() {
                 // A temporary slot's snapshot, as a reload's: its consistent point is
                 // exact. (A full-load task's lake is its load: any snapshot will do.)
-                let slot = task.slot_name();
-                let temporary = format!(
-                    "{}_validate_{}",
-                    &slot[..slot.len().min(42)],
-                    std::process::id()
-                );
+                let temporary = temporary_slot(&task.slot_name(), "validate");
                 let (slot_holder, snapshot) = pg
                     .create_slot_with_snapshot(&temporary, &task.publication_name(), true)
                     .await?;
@@ -126,13 +121,26 @@ impl SourceEngine for PostgresEngine {
                 source = source.with_slot_snapshot(snapshot);
                 // An idle task's stream moves past the snapshot only when something is
                 // written after it: a heartbeat, which the task confirms.
-                let mut conn = pg.connect().await?;
-                if let Err(e) = pg.heartbeat(&mut conn).await {
+                let written = match pg.connect().await {
+                    Ok(mut conn) => {
+                        let written = pg.heartbeat(&mut conn).await.map(|_| ());
+                        let _ = sqlx::Connection::close(conn).await;
+                        written
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     tracing::warn!("{e}: an idle task may not reach the snapshot's position");
                 }
             }
             let (reader, tables) = RangeReader::open(source, task).await?;
-            let position = snapshot::position_of(&reader, endpoint)?;
+            let position = match snapshot::position_of(&reader, endpoint, task.has_cdc()) {
+                Ok(position) => position,
+                Err(e) => {
+                    reader.release().await;
+                    return Err(e);
+                }
+            };
             let reader = PgSnapshot {
                 reader,
                 _holder: holder,
@@ -142,6 +150,15 @@ impl SourceEngine for PostgresEngine {
             Ok(ExactSnapshot::new(position, tables, Box::new(reader)))
         })
     }
+}
+
+/// A temporary slot's name: the task's slot, what it is for, and the process id (a killed
+/// run's slot may outlive it for a moment), within PostgreSQL's 63 bytes (slot names are
+/// ASCII, checked in the workspace).
+fn temporary_slot(slot: &str, purpose: &str) -> String {
+    let suffix = format!("_{purpose}_{}", std::process::id());
+    let keep = slot.len().min(63usize.saturating_sub(suffix.len()));
+    format!("{}{suffix}", &slot[..keep])
 }
 
 /// A temporary slot's snapshot, and the task's slot whose confirmed position tells how
@@ -400,12 +417,7 @@ async fn reload_alone(
     let (slot, publication) = (task.slot_name(), task.publication_name());
     // A temporary slot's snapshot: its consistent point says exactly which changes it
     // holds, while the task's own slot stays where it is.
-    // Named per process: a killed run's slot may outlive it for a moment.
-    let temporary = format!(
-        "{}_reload_{}",
-        &slot[..slot.len().min(44)],
-        std::process::id()
-    );
+    let temporary = temporary_slot(&slot, "reload");
     let (holder, snapshot) = pg
         .create_slot_with_snapshot(&temporary, &publication, true)
         .await?;
