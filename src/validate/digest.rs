@@ -135,14 +135,23 @@ impl Digester {
             .collect()
     }
 
-    /// Adds `batch`'s rows to `spool`.
-    pub fn digest(&self, batch: &RecordBatch, spool: &mut Spool) -> Result<(), DigestError> {
+    /// `batch`'s columns (cast) and its keys in the row format.
+    fn columns_and_keys(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(Vec<ArrayRef>, arrow_row::Rows), DigestError> {
         let columns = self.columns(batch)?;
         let key_columns: Vec<ArrayRef> = self.key.iter().map(|i| columns[*i].clone()).collect();
         let keys = self
             .keys
             .convert_columns(&key_columns)
             .map_err(DigestError::Encode)?;
+        Ok((columns, keys))
+    }
+
+    /// Adds `batch`'s rows to `spool`.
+    pub fn digest(&self, batch: &RecordBatch, spool: &mut Spool) -> Result<(), DigestError> {
+        let (columns, keys) = self.columns_and_keys(batch)?;
         let rows = self
             .rows
             .convert_columns(&columns)
@@ -160,12 +169,7 @@ impl Digester {
         batch: &RecordBatch,
         wanted: &HashSet<Vec<u8>>,
     ) -> Result<Vec<FoundRow>, DigestError> {
-        let columns = self.columns(batch)?;
-        let key_columns: Vec<ArrayRef> = self.key.iter().map(|i| columns[*i].clone()).collect();
-        let keys = self
-            .keys
-            .convert_columns(&key_columns)
-            .map_err(DigestError::Encode)?;
+        let (columns, keys) = self.columns_and_keys(batch)?;
         let options = FormatOptions::default().with_null("NULL");
         let formatters: Vec<ArrayFormatter> = columns
             .iter()
