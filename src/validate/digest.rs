@@ -271,24 +271,25 @@ pub struct Finished {
 
 impl Finished {
     /// Part `i`'s digests, read from its start.
-    fn read_part(&self, i: usize, mut each: impl FnMut(Vec<u8>, u64)) -> Result<(), DigestError> {
+    fn read_part(&self, i: usize, mut each: impl FnMut(&[u8], u64)) -> Result<(), DigestError> {
         let mut file = &self.parts[i];
         file.seek(SeekFrom::Start(0)).map_err(DigestError::Spool)?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut word = [0u8; 4];
+        let mut key = Vec::new();
         loop {
             match reader.read_exact(&mut word) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(DigestError::Spool(e)),
             }
-            let mut key = vec![0u8; u32::from_le_bytes(word) as usize];
+            key.resize(u32::from_le_bytes(word) as usize, 0);
             let mut hash = [0u8; 8];
             reader
                 .read_exact(&mut key)
                 .and_then(|()| reader.read_exact(&mut hash))
                 .map_err(DigestError::Spool)?;
-            each(key, u64::from_le_bytes(hash));
+            each(&key, u64::from_le_bytes(hash));
         }
     }
 }
@@ -332,24 +333,27 @@ pub fn compare(source: &Finished, lake: &Finished) -> Result<Differences, Digest
     debug_assert_eq!(source.parts.len(), lake.parts.len(), "spooled alike");
     let mut d = Differences::default();
     for i in 0..source.parts.len().min(lake.parts.len()) {
-        let mut rows: HashMap<Vec<u8>, u64> = HashMap::new();
+        // Not the partitioning hasher: every key of a part shares its value modulo the
+        // part count, which would crowd the map's buckets.
+        let mut rows: HashMap<Box<[u8]>, u64, ahash::RandomState> =
+            HashMap::with_hasher(row_hasher());
         source.read_part(i, |key, hash| {
-            if rows.insert(key.clone(), hash).is_some() {
+            if rows.insert(key.into(), hash).is_some() {
                 // A key read twice from the source: one of them has no match.
                 d.missing += 1;
-                sample(&mut d.missing_keys, &key);
+                sample(&mut d.missing_keys, key);
             }
         })?;
-        lake.read_part(i, |key, hash| match rows.remove(&key) {
+        lake.read_part(i, |key, hash| match rows.remove(key) {
             None => {
                 d.extra += 1;
-                sample(&mut d.extra_keys, &key);
+                sample(&mut d.extra_keys, key);
             }
             Some(h) => {
                 d.matched += 1;
                 if h != hash {
                     d.different += 1;
-                    sample(&mut d.different_keys, &key);
+                    sample(&mut d.different_keys, key);
                 }
             }
         })?;
