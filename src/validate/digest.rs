@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
@@ -270,28 +270,38 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// Part `i`'s digests, read from its start.
-    fn read_part(&self, i: usize, mut each: impl FnMut(&[u8], u64)) -> Result<(), DigestError> {
+    /// Part `i`'s bytes, read whole from its start (one part is what memory holds).
+    fn part(&self, i: usize) -> Result<Vec<u8>, DigestError> {
         let mut file = &self.parts[i];
         file.seek(SeekFrom::Start(0)).map_err(DigestError::Spool)?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut word = [0u8; 4];
-        let mut key = Vec::new();
-        loop {
-            match reader.read_exact(&mut word) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(DigestError::Spool(e)),
-            }
-            key.resize(u32::from_le_bytes(word) as usize, 0);
-            let mut hash = [0u8; 8];
-            reader
-                .read_exact(&mut key)
-                .and_then(|()| reader.read_exact(&mut hash))
-                .map_err(DigestError::Spool)?;
-            each(&key, u64::from_le_bytes(hash));
-        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(DigestError::Spool)?;
+        Ok(bytes)
     }
+}
+
+/// The digests in a part's bytes: each key (a slice of them) and its row's hash.
+fn records(mut bytes: &[u8]) -> impl Iterator<Item = Result<(&[u8], u64), DigestError>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let record = (|| {
+            let (length, rest) = bytes.split_first_chunk::<4>()?;
+            let length = u32::from_le_bytes(*length) as usize;
+            let (key, rest) = rest.split_at_checked(length)?;
+            let (hash, rest) = rest.split_first_chunk::<8>()?;
+            bytes = rest;
+            Some((key, u64::from_le_bytes(*hash)))
+        })();
+        Some(record.ok_or_else(|| {
+            bytes = &[];
+            DigestError::Spool(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a spool file ends inside a record",
+            ))
+        }))
+    })
 }
 
 /// How two sides differ.
@@ -328,23 +338,81 @@ fn sample(keys: &mut Vec<Vec<u8>>, key: &[u8]) {
 }
 
 /// Compares the source's digests with the lake's, part by part (both spooled with the
-/// same number of parts, so a key is in the same part on both sides).
+/// same number of parts, so a key is in the same part on both sides), the parts spread
+/// over the machine's cores (memory holds one part per core).
 pub fn compare(source: &Finished, lake: &Finished) -> Result<Differences, DigestError> {
     debug_assert_eq!(source.parts.len(), lake.parts.len(), "spooled alike");
-    let mut d = Differences::default();
-    for i in 0..source.parts.len().min(lake.parts.len()) {
-        // Not the partitioning hasher: every key of a part shares its value modulo the
-        // part count, which would crowd the map's buckets.
-        let mut rows: HashMap<Box<[u8]>, u64, ahash::RandomState> =
-            HashMap::with_hasher(row_hasher());
-        source.read_part(i, |key, hash| {
-            if rows.insert(key.into(), hash).is_some() {
-                // A key read twice from the source: one of them has no match.
-                d.missing += 1;
-                sample(&mut d.missing_keys, key);
+    let parts = source.parts.len().min(lake.parts.len());
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, parts.max(1));
+    let results: Vec<Result<Differences, DigestError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut d = Differences::default();
+                    for i in (t..parts).step_by(threads) {
+                        compare_part(source, lake, i, &mut d)?;
+                    }
+                    Ok(d)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(DigestError::Spool(std::io::Error::other(
+                        "a comparison thread panicked",
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut total = Differences::default();
+    for d in results {
+        let d = d?;
+        total.matched += d.matched;
+        total.missing += d.missing;
+        total.extra += d.extra;
+        total.different += d.different;
+        for (keys, more) in [
+            (&mut total.missing_keys, d.missing_keys),
+            (&mut total.extra_keys, d.extra_keys),
+            (&mut total.different_keys, d.different_keys),
+        ] {
+            for key in more {
+                sample(keys, &key);
             }
-        })?;
-        lake.read_part(i, |key, hash| match rows.remove(key) {
+        }
+    }
+    Ok(total)
+}
+
+/// Adds part `i`'s differences to `d`.
+fn compare_part(
+    source: &Finished,
+    lake: &Finished,
+    i: usize,
+    d: &mut Differences,
+) -> Result<(), DigestError> {
+    // Not the partitioning hasher: every key of a part shares its value modulo the
+    // part count, which would crowd the map's buckets. The keys are slices of the
+    // part's bytes: no allocation per row.
+    let source_part = source.part(i)?;
+    let mut rows: HashMap<&[u8], u64, ahash::RandomState> = HashMap::with_hasher(row_hasher());
+    for record in records(&source_part) {
+        let (key, hash) = record?;
+        if rows.insert(key, hash).is_some() {
+            // A key read twice from the source: one of them has no match.
+            d.missing += 1;
+            sample(&mut d.missing_keys, key);
+        }
+    }
+    let lake_part = lake.part(i)?;
+    for record in records(&lake_part) {
+        let (key, hash) = record?;
+        match rows.remove(key) {
             None => {
                 d.extra += 1;
                 sample(&mut d.extra_keys, key);
@@ -356,13 +424,13 @@ pub fn compare(source: &Finished, lake: &Finished) -> Result<Differences, Digest
                     sample(&mut d.different_keys, key);
                 }
             }
-        })?;
-        d.missing += rows.len() as u64;
-        for key in rows.keys() {
-            sample(&mut d.missing_keys, key);
         }
     }
-    Ok(d)
+    d.missing += rows.len() as u64;
+    for key in rows.keys() {
+        sample(&mut d.missing_keys, key);
+    }
+    Ok(())
 }
 
 /// The columns whose values differ between a key's two rows, as `column: source → lake`.
@@ -541,6 +609,19 @@ mod tests {
             .map(|k| d.describe_key(k))
             .collect();
         assert_eq!(names, ["id=0", "id=1", "id=2", "id=3", "id=4"]);
+    }
+
+    #[test]
+    fn a_spool_cut_inside_a_record_is_an_error() {
+        let mut bytes = 3u32.to_le_bytes().to_vec();
+        bytes.extend(b"abc");
+        bytes.extend(7u64.to_le_bytes());
+        let read: Vec<_> = records(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(read, [(&b"abc"[..], 7)]);
+        bytes.extend(9u32.to_le_bytes());
+        bytes.extend(b"ab");
+        let read: Vec<_> = records(&bytes).collect();
+        assert!(read[1].is_err() && read.len() == 2, "{read:?}");
     }
 
     #[test]

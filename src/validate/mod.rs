@@ -321,7 +321,9 @@ async fn compare_tables(
     if let Some(position) = cx.snapshot.position.as_ref().filter(|_| cx.task.has_cdc()) {
         wait_for_task(cx, position, options.wait, on_event).await?;
     }
+    tracing::info!("the task reached the snapshot");
     let lake = TaskLake::open(cx.workspace, cx.workspace_path, cx.catalog, cx.task).await?;
+    tracing::info!("the lake listed");
     let before = cx
         .snapshot
         .position
@@ -508,6 +510,7 @@ async fn compare_table(
         ..
     } = lake_rows;
     // The lake's side digests on a task of its own, the source's here, at the same time.
+    let started = Instant::now();
     let lake_side = tokio::spawn(digest_stream(rows, digester.clone(), estimate));
     let source_spool = match digest_source(cx, info, &digester, estimate).await {
         Ok(spool) => spool,
@@ -516,6 +519,7 @@ async fn compare_table(
             return Err(e);
         }
     };
+    tracing::info!("{name}: source digested in {:?}", started.elapsed());
     let lake_spool = lake_side
         .await
         .map_err(|e| ValidateError::Lake {
@@ -523,7 +527,9 @@ async fn compare_table(
             source: datafusion::error::DataFusionError::External(Box::new(e)),
         })?
         .map_err(|e| e.for_table(&name))?;
+    tracing::info!("{name}: lake digested in {:?}", started.elapsed());
     let raw = digest::compare(&source_spool, &lake_spool).map_err(digest_error)?;
+    tracing::info!("{name}: compared in {:?}", started.elapsed());
 
     // The curated table, when it stands where the replay does.
     let curated_rows = curate::replay::curated_rows(

@@ -73,6 +73,9 @@ impl PgEndpoint {
         .with_options(options)
         .with_application_name("tributary")
         .with_buffer_size(LIBRARY_EVENTS)
+        // The confirmed position reaches the server within a second (the slot's
+        // confirmed_flush_lsn, which `tributary validate` waits on, and the WAL it frees).
+        .with_status_interval(std::time::Duration::from_secs(1))
     }
 
     /// A replication error as a [`SourceError`] naming the endpoint and the fix.
