@@ -804,15 +804,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
     // both, a column the source dropped leaves the current schema.
     let columns_arrow =
         current_columns.unwrap_or_else(|| nullable(&data_columns(&raw_schema, job)));
-    if let Some(k) = key
-        .iter()
-        .find(|k| columns_arrow.field_with_name(k).is_err())
-    {
-        return Err(CurateError::Schema {
-            table: name,
-            message: format!("primary key column {k} is not in the raw files"),
-        });
-    }
+    require_key(&name, &key, &columns_arrow)?;
     let truncated_at = plan::newest_truncate(&truncates, after.as_deref());
     let work = Work {
         name: name.clone(),
@@ -881,12 +873,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
 
     let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
     register_changes(job, &file_columns, &change_files)?;
-    let columns: Vec<String> = file_columns
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let fills = typed_fills(job, &file_columns);
+    let (columns, fills) = merge_columns(job, &file_columns);
     // A rebuild's base is the load, whose rows stand where its snapshot does.
     let base_position = match (&rebuild, &truncated_at) {
         (Some(_), None) => job.load_position(),
@@ -1026,20 +1013,36 @@ fn register_files(
     .map_err(sql_error)
 }
 
-/// The fills of the table's columns (as the data files hold them), with their types.
-fn typed_fills(job: &TableJob<'_>, file_columns: &ArrowSchema) -> Vec<(plan::Fill, DataType)> {
+/// The table's column names (as the data files hold them), and their fills with their
+/// types: what a merge reads.
+fn merge_columns(
+    job: &TableJob<'_>,
+    file_columns: &ArrowSchema,
+) -> (Vec<String>, Vec<(plan::Fill, DataType)>) {
     let columns: Vec<String> = file_columns
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    plan::fills(job.schema_changes(), &columns)
+    let fills = plan::fills(job.schema_changes(), &columns)
         .into_iter()
         .filter_map(|fill| {
             let data_type = file_columns.field_with_name(&fill.column).ok()?.data_type();
             Some((fill, data_type.clone()))
         })
-        .collect()
+        .collect();
+    (columns, fills)
+}
+
+/// Refuses a table whose primary key columns are not all among `columns`.
+fn require_key(name: &str, key: &[String], columns: &ArrowSchema) -> Result<(), CurateError> {
+    match key.iter().find(|k| columns.field_with_name(k).is_err()) {
+        Some(k) => Err(CurateError::Schema {
+            table: name.to_owned(),
+            message: format!("primary key column {k} is not in the raw files"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The table `ident` ready to take rows with `columns`: created at `location` if it does

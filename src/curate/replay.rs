@@ -17,8 +17,8 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 
 use super::{
-    CurateError, TaskLake, data_columns, merge, normalized, nullable, plan, register_changes,
-    register_files, table_provider, typed_fills,
+    CurateError, TaskLake, data_columns, merge, merge_columns, normalized, nullable, plan,
+    register_changes, register_files, require_key, table_provider,
 };
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::CurateSettings;
@@ -105,15 +105,7 @@ pub async fn replay(
         normalized(&nullable(&data_columns(&raw_schema, &job)))
             .map_err(|source| CurateError::iceberg(name.clone(), source))?,
     );
-    if let Some(k) = key
-        .iter()
-        .find(|k| file_columns.field_with_name(k).is_err())
-    {
-        return Err(CurateError::Schema {
-            table: name,
-            message: format!("primary key column {k} is not in the raw files"),
-        });
-    }
+    require_key(&name, &key, &file_columns)?;
     let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
     register_changes(&job, &file_columns, &change_files)?;
     let base_files: Vec<String> = match truncated_at {
@@ -121,12 +113,7 @@ pub async fn replay(
         None => files.load.iter().map(|k| job.location_of(k)).collect(),
     };
     register_files(&job, "base", &base_files, file_columns.clone())?;
-    let columns: Vec<String> = file_columns
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let fills = typed_fills(&job, &file_columns);
+    let (columns, fills) = merge_columns(&job, &file_columns);
     let base_position = match truncated_at {
         Some(_) => None,
         None => load_position,
