@@ -90,12 +90,22 @@ pub(super) struct RangeReader<S> {
 
 impl<S: Source> RangeReader<S> {
     /// Opens `source`'s snapshot (exact where the source is built for it) and lists the
-    /// tables `task` selects.
+    /// tables `task` selects; returns them with the snapshot's position, which a task with
+    /// CDC needs. The snapshot is released on any failure.
     pub async fn open(
         source: S,
         task: &TaskConfig,
-    ) -> Result<(RangeReader<S>, Vec<TableInfo>), TaskError> {
+        endpoint: &EndpointConfig,
+    ) -> Result<(RangeReader<S>, Vec<TableInfo>, Option<SourcePosition>), TaskError> {
         let snapshot = source.open_snapshot().await?;
+        if snapshot.position.is_none() && task.has_cdc() {
+            source.release_snapshot().await;
+            return Err(TaskError::Source(SourceError::Database {
+                endpoint: endpoint.name.clone(),
+                context: "opening a snapshot to validate against".into(),
+                message: "the source keeps no change log (MySQL's binlog is off), so no snapshot has a position to compare the lake at. Turn the binlog on (log_bin, binlog_format = ROW)".into(),
+            }));
+        }
         let rules = SelectionRules::new(&task.include, &task.exclude);
         let tables = match source.discover(&rules).await {
             Ok(tables) => tables,
@@ -111,7 +121,8 @@ impl<S: Source> RangeReader<S> {
             range_bytes: settings.parallel_load_range_mb.max(1) * 1024 * 1024,
             readers: settings.max_full_load_sub_tasks.max(1),
         };
-        Ok((reader, tables))
+        let position = reader.snapshot.position.clone();
+        Ok((reader, tables, position))
     }
 
     pub async fn read_table(
@@ -164,20 +175,4 @@ fn joined(
             source: Box::new(e),
         })
     })
-}
-
-/// The position of `reader`'s snapshot, which a task with CDC needs (`required`).
-pub(super) fn position_of<S>(
-    reader: &RangeReader<S>,
-    endpoint: &EndpointConfig,
-    required: bool,
-) -> Result<Option<SourcePosition>, TaskError> {
-    match &reader.snapshot.position {
-        None if required => Err(TaskError::Source(SourceError::Database {
-            endpoint: endpoint.name.clone(),
-            context: "opening a snapshot to validate against".into(),
-            message: "the source keeps no change log (MySQL's binlog is off), so no snapshot has a position to compare the lake at. Turn the binlog on (log_bin, binlog_format = ROW)".into(),
-        })),
-        position => Ok(position.clone()),
-    }
 }

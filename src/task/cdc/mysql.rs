@@ -39,7 +39,7 @@ use crate::task::checkpoint::{AddedColumn, AddedValue, Checkpoint, SchemaChange}
 use crate::task::control::{Events, LogLevel};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
 use crate::task::error::TaskError;
-use crate::task::snapshot::{self, ExactSnapshot, RangeReader, SnapshotReader};
+use crate::task::snapshot::{ExactSnapshot, RangeReader, SnapshotReader};
 use crate::task::stats::{CdcOutcome, TaskSummary};
 use crate::task::{cleanup, full_load, reload};
 
@@ -96,14 +96,7 @@ impl SourceEngine for MysqlEngine {
                 MyEndpoint::from_config(endpoint, password),
                 task.full_load_settings.max_full_load_sub_tasks,
             );
-            let (reader, tables) = RangeReader::open(source, task).await?;
-            let position = match snapshot::position_of(&reader, endpoint, task.has_cdc()) {
-                Ok(position) => position,
-                Err(e) => {
-                    reader.release().await;
-                    return Err(e);
-                }
-            };
+            let (reader, tables, position) = RangeReader::open(source, task, endpoint).await?;
             Ok(ExactSnapshot::new(
                 position,
                 tables,

@@ -44,7 +44,7 @@ use crate::task::checkpoint::{self, AddedColumn, AddedValue, Checkpoint};
 use crate::task::control::{Events, LogLevel, TaskCommand};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
 use crate::task::error::TaskError;
-use crate::task::snapshot::{self, ExactSnapshot, RangeReader, SnapshotReader};
+use crate::task::snapshot::{ExactSnapshot, RangeReader, SnapshotReader};
 use crate::task::stats::{CdcOutcome, TaskSummary};
 use crate::task::toast::{self, ToastRecovery};
 use crate::task::{cleanup, full_load, reload};
@@ -133,14 +133,7 @@ impl SourceEngine for PostgresEngine {
                     tracing::warn!("{e}: an idle task may not reach the snapshot's position");
                 }
             }
-            let (reader, tables) = RangeReader::open(source, task).await?;
-            let position = match snapshot::position_of(&reader, endpoint, task.has_cdc()) {
-                Ok(position) => position,
-                Err(e) => {
-                    reader.release().await;
-                    return Err(e);
-                }
-            };
+            let (reader, tables, position) = RangeReader::open(source, task, endpoint).await?;
             let reader = PgSnapshot {
                 reader,
                 _holder: holder,
