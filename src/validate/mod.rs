@@ -511,7 +511,12 @@ async fn compare_table(
     } = lake_rows;
     // The lake's side digests on a task of its own, the source's here, at the same time.
     let started = Instant::now();
-    let lake_side = tokio::spawn(digest_stream(rows, digester.clone(), estimate));
+    let lake_side = tokio::spawn(digest_stream(
+        rows,
+        digester.clone(),
+        estimate,
+        name.clone(),
+    ));
     let source_spool = match digest_source(cx, info, &digester, estimate).await {
         Ok(spool) => spool,
         Err(e) => {
@@ -520,13 +525,10 @@ async fn compare_table(
         }
     };
     tracing::info!("{name}: source digested in {:?}", started.elapsed());
-    let lake_spool = lake_side
-        .await
-        .map_err(|e| ValidateError::Lake {
-            table: name.clone(),
-            source: datafusion::error::DataFusionError::External(Box::new(e)),
-        })?
-        .map_err(|e| e.for_table(&name))?;
+    let lake_spool = lake_side.await.map_err(|e| ValidateError::Lake {
+        table: name.clone(),
+        source: datafusion::error::DataFusionError::External(Box::new(e)),
+    })??;
     tracing::info!("{name}: lake digested in {:?}", started.elapsed());
     let raw = digest::compare(&source_spool, &lake_spool).map_err(digest_error)?;
     tracing::info!("{name}: compared in {:?}", started.elapsed());
@@ -544,9 +546,7 @@ async fn compare_table(
     let curated = match curated_rows {
         Err(why) => Side::NotCompared(why),
         Ok(rows) => {
-            let spool = digest_stream(rows, digester.clone(), estimate)
-                .await
-                .map_err(|e| e.for_table(&name))?;
+            let spool = digest_stream(rows, digester.clone(), estimate, name.clone()).await?;
             let differences = digest::compare(&source_spool, &spool).map_err(digest_error)?;
             Side::Compared(comparison(&digester, &differences, spool.rows, Vec::new()))
         }
@@ -597,41 +597,39 @@ fn comparison(
     }
 }
 
-/// An error of a side digested on its own task, for the table it concerns.
-enum SideError {
-    Digest(DigestError),
-    Lake(datafusion::error::DataFusionError),
-}
-
-impl SideError {
-    fn for_table(self, table: &str) -> ValidateError {
-        match self {
-            SideError::Digest(source) => ValidateError::Digest {
-                table: table.to_owned(),
-                source,
-            },
-            SideError::Lake(source) => ValidateError::Lake {
-                table: table.to_owned(),
-                source,
-            },
-        }
-    }
-}
-
-/// Digests a lake stream whole.
-async fn digest_stream(
+/// Passes each batch of a lake stream to `each`.
+async fn read_lake(
     mut rows: SendableRecordBatchStream,
+    table: &str,
+    mut each: impl FnMut(&RecordBatch) -> Result<(), DigestError>,
+) -> Result<(), ValidateError> {
+    while let Some(batch) = rows.next().await {
+        let batch = batch.map_err(|source| ValidateError::Lake {
+            table: table.to_owned(),
+            source,
+        })?;
+        each(&batch).map_err(|source| ValidateError::Digest {
+            table: table.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Digests a lake stream whole (on a task of its own: everything owned).
+async fn digest_stream(
+    rows: SendableRecordBatchStream,
     digester: Arc<Digester>,
     estimate: u64,
-) -> Result<Finished, SideError> {
-    let mut spool = Spool::new(estimate).map_err(SideError::Digest)?;
-    while let Some(batch) = rows.next().await {
-        let batch = batch.map_err(SideError::Lake)?;
-        digester
-            .digest(&batch, &mut spool)
-            .map_err(SideError::Digest)?;
-    }
-    spool.finish().map_err(SideError::Digest)
+    table: String,
+) -> Result<Finished, ValidateError> {
+    let digest_error = |source| ValidateError::Digest {
+        table: table.clone(),
+        source,
+    };
+    let mut spool = Spool::new(estimate).map_err(digest_error)?;
+    read_lake(rows, &table, |batch| digester.digest(batch, &mut spool)).await?;
+    spool.finish().map_err(digest_error)
 }
 
 /// Reads `info` from the snapshot, passing each batch to `each`.
@@ -701,19 +699,11 @@ async fn differing_rows(
     if let Replayed::Rows(rows) =
         curate::replay::replay(lake, cx.catalog, cx.ctx, settings, &info.id(), before).await?
     {
-        let mut stream = rows.rows;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|source| ValidateError::Lake {
-                table: name.clone(),
-                source,
-            })?;
-            lake_found.extend(digester.find(&batch, &wanted).map_err(|source| {
-                ValidateError::Digest {
-                    table: name.clone(),
-                    source,
-                }
-            })?);
-        }
+        read_lake(rows.rows, &name, |batch| {
+            lake_found.extend(digester.find(batch, &wanted)?);
+            Ok(())
+        })
+        .await?;
     }
     Ok(keys
         .iter()
