@@ -1066,7 +1066,7 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
          CREATE TABLE tags (id int8 PRIMARY KEY, t text);
          INSERT INTO tags SELECT g, 'tag ' || g FROM generate_series(1, 50) g;",
         "defaults-cdc",
-        "",
+        "[curate]\nhistory = [\"shop.public.items\"]\n",
     )
     .await;
     assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
@@ -1139,7 +1139,9 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
     let source = pg_rows(&mut conn, items).await;
     assert_readers_see(&read, "shop.public.items", &columns, source);
 
-    // A renamed column keeps its rows' values: never taken for an added one.
+    // A renamed column keeps its rows' values and its Iceberg field: never taken for an
+    // added one, and no reload.
+    let label_id = field_id(&dir, "shop.public.items", "label");
     conn.execute(
         "ALTER TABLE items RENAME COLUMN label TO title;
          UPDATE items SET title = 'renamed' WHERE id = 1;",
@@ -1148,14 +1150,42 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
     .unwrap();
     let text = assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
     assert!(
-        text.contains("public.items: column title was added, but columns were dropped or renamed"),
+        text.contains("public.items: column label renamed to title")
+            && !text.contains("loads again"),
         "{text}"
     );
-    assert_success(&tributary(&["curate", &ws]));
-    let read = read_curated(&dir, &["shop.public.items"]);
     let renamed = ["id", "title", "active", "price", "seen", "note"];
-    let source = pg_rows(&mut conn, &items.replace("label", "title")).await;
-    assert_readers_see(&read, "shop.public.items", &renamed, source);
+    let titles = items.replace("label", "title");
+    for rebuild in [false, true] {
+        let mut args = vec!["curate", ws.as_str()];
+        if rebuild {
+            args.push("--rebuild");
+        }
+        assert_success(&tributary(&args));
+        let read = read_curated(&dir, &["shop.public.items"]);
+        let source = pg_rows(&mut conn, &titles).await;
+        assert_readers_see(&read, "shop.public.items", &renamed, source);
+        assert_eq!(field_id(&dir, "shop.public.items", "title"), label_id);
+    }
+    // The history shows every version's value under the new name, the load's included.
+    let out = assert_success(&tributary(&[
+        "query",
+        &ws,
+        "SELECT count(*) AS versions, count(title) AS titled, \
+           count(*) FILTER (WHERE title = 'before') AS before FROM shop.public.items_history",
+    ]));
+    let counts: Vec<&str> = out
+        .lines()
+        .nth(3)
+        .unwrap_or_default()
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert!(
+        counts.len() == 3 && counts[0] == counts[1] && counts[2] == "5",
+        "{out}"
+    );
 
     // DROP COLUMN leaves the curated table's current schema; a column widened in place
     // (int4 to int8) keeps its values.
@@ -1171,7 +1201,42 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
     let read = read_curated(&dir, &["shop.public.tags"]);
     let source = pg_rows(&mut conn, tags).await;
     assert_readers_see(&read, "shop.public.tags", &["id", "t", "weight"], source);
+
+    // A table dropped and created again under its name (PostgreSQL's change log has no
+    // DROP TABLE; the new relation says it): the old rows are gone, and a column may come
+    // back with another type.
+    conn.execute(
+        "DROP TABLE tags;
+         CREATE TABLE tags (id int8 PRIMARY KEY, t int4, kind text);
+         INSERT INTO tags VALUES (1, 10, 'a'), (2, 20, NULL);",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "defaults-cdc"));
+    assert!(text.contains("public.tags: drop at"), "{text}");
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &["shop.public.tags"]);
+    let source = pg_rows(&mut conn, "SELECT id::text, t::text, kind FROM tags").await;
+    assert_readers_see(&read, "shop.public.tags", &["id", "t", "kind"], source);
+
+    // `validate` replays the raw zone through all of it and finds the source's rows.
+    let task = Running(spawn_quiet(&["run", &ws, "--task", "defaults-cdc"]));
+    let text = validate_until_equal(&ws, "defaults-cdc").await;
+    assert!(
+        text.contains("public.items") && text.contains("public.tags"),
+        "{text}"
+    );
+    drop(task);
     drop_slots(&mut conn, db).await;
+}
+
+/// The Iceberg field id of `column` in curated table `table`, as pyiceberg reads it.
+fn field_id(dir: &TestDir, table: &str, column: &str) -> u64 {
+    let catalog = dir.path().join("catalog.db");
+    let json = read_curated_json(&catalog.to_string_lossy(), &[table], None);
+    json[table]["field_ids"][column]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{table} has no column {column}: {json}"))
 }
 
 /// The same on MariaDB, from the ALTER statements in the binlog: literal defaults, NOT
@@ -1250,6 +1315,58 @@ async fn mariadb_columns_added_with_a_default_read_it_where_the_alter_touched_no
     .await;
     let columns = ["id", "label", "active", "price", "qty", "note", "token"];
     assert_readers_see(&read, &table, &columns, source);
+
+    // RENAME COLUMN and CHANGE keep the column (its values and its Iceberg field), DROP
+    // COLUMN leaves the current schema, MODIFY to a wider type promotes it in place.
+    let label_id = field_id(&dir, &table, "label");
+    conn.query_drop(
+        "ALTER TABLE items RENAME COLUMN label TO title, CHANGE note remark VARCHAR(10),
+           DROP COLUMN token, MODIFY qty BIGINT NOT NULL;
+         UPDATE items SET title = 'renamed', qty = 5000000000 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let text = assert_success(&run_until_caught_up(&ws, "my-defaults-cdc"));
+    assert!(
+        text.contains("column label renamed to title")
+            && text.contains("column note renamed to remark")
+            && !text.contains("loads again"),
+        "{text}"
+    );
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &[&table]);
+    let source = my_rows(
+        &mut conn,
+        "SELECT CAST(id AS CHAR), title, CAST(active AS CHAR), CAST(price AS CHAR),
+           CAST(qty AS CHAR), remark FROM items",
+    )
+    .await;
+    let columns = ["id", "title", "active", "price", "qty", "remark"];
+    assert_readers_see(&read, &table, &columns, source);
+    assert_eq!(field_id(&dir, &table, "title"), label_id);
+
+    // Dropped and created again: the binlog's DROP TABLE empties it.
+    conn.query_drop(
+        "DROP TABLE items;
+         CREATE TABLE items (id bigint PRIMARY KEY, label int);
+         INSERT INTO items VALUES (1, 10), (2, 20);",
+    )
+    .await
+    .unwrap();
+    assert_success(&run_until_caught_up(&ws, "my-defaults-cdc"));
+    assert_success(&tributary(&["curate", &ws]));
+    let read = read_curated(&dir, &[&table]);
+    let source = my_rows(
+        &mut conn,
+        "SELECT CAST(id AS CHAR), CAST(label AS CHAR) FROM items",
+    )
+    .await;
+    assert_readers_see(&read, &table, &["id", "label"], source);
+
+    let task = Running(spawn_quiet(&["run", &ws, "--task", "my-defaults-cdc"]));
+    let text = validate_until_equal(&ws, "my-defaults-cdc").await;
+    assert!(text.contains("items"), "{text}");
+    drop(task);
 }
 
 /// Runs `tributary validate` of `task` until it passes, for at most a minute (a repair's

@@ -20,18 +20,22 @@ use std::sync::Arc;
 use ::iceberg::TableIdent;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 
-use super::{CurateError, TableJob, prepare_table, register, write_snapshot};
+use super::merge::{image_columns, rows_at};
+use super::plan::{Fill, Read};
+use super::{CurateError, MergeColumns, TableJob, prepare_table, register, write_snapshot};
 use crate::ident::TableId;
 use crate::lake::layout;
 use crate::sql::{files_table, ident, ident_list, literal};
 
-/// Rebuilds the history table of the table `job` curates; returns its rows.
+/// Rebuilds the history table of the table `job` curates, with the `merging` columns;
+/// returns its rows. An image older than a column's rename shows its value under the new
+/// name; one older than its addition shows it as the raw zone has it (NULL).
 pub(super) async fn write_history(
     job: &TableJob<'_>,
     table: &TableIdent,
     location: String,
     key: &[String],
-    columns: &ArrowSchema,
+    merging: &MergeColumns,
     load_files: &[&String],
     cdc_files: &[&String],
 ) -> Result<u64, CurateError> {
@@ -42,9 +46,17 @@ pub(super) async fn write_history(
     };
     let timestamp = &job.task.target_settings.timestamp_column_name;
     let stamp = (!timestamp.is_empty()).then_some(timestamp.as_str());
-    // The raw files' own columns, read as the table's (and the raw zone's) types.
+    let renames: Vec<(Fill, DataType)> = merging
+        .fills
+        .iter()
+        .filter(|(f, _)| matches!(f.read, Read::Column(_)))
+        .cloned()
+        .collect();
+    // The raw files' own columns (older names included), read as the table's (and the raw
+    // zone's) types.
     let with = |extra: &[(&str, DataType)]| -> Arc<ArrowSchema> {
-        let mut fields: Vec<Field> = columns
+        let mut fields: Vec<Field> = merging
+            .read
             .fields()
             .iter()
             .map(|f| f.as_ref().clone())
@@ -78,7 +90,9 @@ pub(super) async fn write_history(
     )
     .map_err(sql_error)?;
 
-    let cols = ident_list(columns.fields().iter().map(|f| f.name()));
+    let cols = ident_list(&merging.columns);
+    let load_cols = rows_at(&merging.columns, &renames, job.load_position().as_deref());
+    let change_cols = image_columns(&merging.columns, &renames);
     let partition = ident_list(key);
     let window = format!("OVER (PARTITION BY {partition} ORDER BY __pos ASC NULLS FIRST)");
     let ts = stamp.map(ident);
@@ -96,9 +110,9 @@ pub(super) async fn write_history(
     };
     let sql = format!(
         "WITH versions AS (
-           SELECT {cols}, 'I' AS op, CAST(NULL AS VARCHAR) AS __pos{load_ts} FROM history_load
+           SELECT {load_cols}, 'I' AS op, CAST(NULL AS VARCHAR) AS __pos{load_ts} FROM history_load b
            UNION ALL
-           SELECT {cols}, {op} AS op, {position} AS __pos{change_ts} FROM history_changes {end}
+           SELECT {change_cols}, {op} AS op, {position} AS __pos{change_ts} FROM history_changes {end}
          )
          SELECT {cols}, op, {valid}__pos AS valid_from_position,
                 lead(__pos) {window} AS valid_to_position,
@@ -127,7 +141,7 @@ pub(super) async fn write_history(
         existing,
         &ident,
         location,
-        &history_columns,
+        (&history_columns).into(),
         [(HISTORY_OF.to_owned(), job.name())],
     )
     .await?;

@@ -36,31 +36,60 @@ use parquet::file::properties::WriterProperties;
 use super::CurateError;
 use crate::catalog::iceberg::{IcebergCatalog, IcebergTable};
 use crate::lake::Storage;
+use crate::source::RenamedColumn;
 
 /// The Iceberg schema of Arrow `schema`, field ids from `first_id` on.
 pub fn schema_from_arrow(schema: &ArrowSchema, first_id: i32) -> iceberg::Result<Schema> {
-    evolve(None, schema, first_id)
+    evolve(None, schema.into(), first_id)
 }
 
-/// The Iceberg schema of Arrow `schema` as the next schema of a table whose current one is
-/// `current`: a column with the same name keeps its field id (readers match columns by id
-/// across schemas) when its type is the same or one Iceberg promotes it to in place
-/// ([`promotable`]: int to long, float to double, a decimal's precision up); any other
-/// gets new ids from `first_id` on (ids are never reused, so that is after the table's
-/// `last_column_id`).
+/// A table's next columns, with the source's column renames since the current schema
+/// (those after the position the table applied), oldest first: a column is the current
+/// schema's column of the name its renames lead back to.
+#[derive(Clone, Copy)]
+pub struct NextColumns<'a> {
+    pub schema: &'a ArrowSchema,
+    pub renamed: &'a [RenamedColumn],
+}
+
+impl<'a> From<&'a ArrowSchema> for NextColumns<'a> {
+    fn from(schema: &'a ArrowSchema) -> Self {
+        NextColumns {
+            schema,
+            renamed: &[],
+        }
+    }
+}
+
+impl NextColumns<'_> {
+    /// The name column `name` has in the current schema: back through its renames.
+    fn current_name(&self, name: &str) -> String {
+        self.renamed.iter().rev().fold(name.to_owned(), |at, r| {
+            if r.to == at { r.from.clone() } else { at }
+        })
+    }
+}
+
+/// The Iceberg schema of the `next` columns as the next schema of a table whose current one
+/// is `current`: a column with the same name, or renamed from a column of the current
+/// schema, keeps its field id (readers match columns by id across schemas) when its type
+/// is the same or one Iceberg promotes it to in place ([`promotable`]: int to long, float
+/// to double, a decimal's precision up); any other gets new ids from `first_id` on (ids
+/// are never reused, so that is after the table's `last_column_id`).
 pub fn evolve(
     current: Option<&Schema>,
-    schema: &ArrowSchema,
+    next_columns: NextColumns<'_>,
     first_id: i32,
 ) -> iceberg::Result<Schema> {
     let current = current.map(schema_to_arrow_schema).transpose()?;
     let mut next = first_id;
     let mut fields = Vec::new();
-    for field in schema.fields() {
+    for field in next_columns.schema.fields() {
         let new_type = file_type(field);
+        let name = next_columns.current_name(field.name());
         let kept = current
             .as_ref()
-            .and_then(|c| c.field_with_name(field.name()).ok())
+            .and_then(|c| c.field_with_name(&name).ok())
             .filter(|old| {
                 let old_type = strip_ids(&ArrowSchema::new(vec![(*old).clone()]))
                     .field(0)
@@ -69,13 +98,15 @@ pub fn evolve(
                 old_type == new_type || promotable(&old_type, &new_type)
             });
         fields.push(match kept {
-            Some(old) => Arc::new(old.as_ref().clone().with_data_type(match old.data_type() {
-                // Nested types keep their children's ids as they are.
-                DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => {
-                    old.data_type().clone()
-                }
-                _ => new_type,
-            })),
+            Some(old) => Arc::new(old.as_ref().clone().with_name(field.name()).with_data_type(
+                match old.data_type() {
+                    // Nested types keep their children's ids as they are.
+                    DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => {
+                        old.data_type().clone()
+                    }
+                    _ => new_type,
+                },
+            )),
             None => with_field_ids(field, &mut next),
         });
     }
@@ -610,9 +641,48 @@ mod tests {
         // A new column: the others keep their ids, the new one gets the next.
         let mut wider = arrow.fields().to_vec();
         wider.push(Arc::new(Field::new("note", DataType::Utf8, true)));
-        let next = evolve(Some(&schema), &ArrowSchema::new(wider), 14).unwrap();
+        let next = evolve(Some(&schema), (&ArrowSchema::new(wider)).into(), 14).unwrap();
         let ids: Vec<i32> = next.as_struct().fields().iter().map(|f| f.id).collect();
         assert_eq!(ids, vec![10, 11, 13, 14]);
+    }
+
+    #[test]
+    fn a_renamed_column_keeps_its_field_id_under_its_new_name() {
+        let arrow = |names: [&str; 3]| {
+            ArrowSchema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let before = schema_from_arrow(&arrow(["id", "label", "note"]), 1).unwrap();
+        let renamed = |from: &str, to: &str| RenamedColumn {
+            from: from.into(),
+            to: to.into(),
+        };
+        // label to name to title, and note to label: each keeps its own id.
+        let renames = [
+            renamed("label", "name"),
+            renamed("name", "title"),
+            renamed("note", "label"),
+        ];
+        let next = arrow(["id", "title", "label"]);
+        let columns = NextColumns {
+            schema: &next,
+            renamed: &renames,
+        };
+        let after = evolve(Some(&before), columns, 4).unwrap();
+        let fields: Vec<(i32, String)> = after
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.id, f.name.clone()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![(1, "id".into()), (2, "title".into()), (3, "label".into())]
+        );
     }
 
     #[test]
@@ -633,7 +703,7 @@ mod tests {
         // int to bigint, numeric(10,2) to numeric(20,2): promoted in place.
         let widened = evolve(
             Some(&before),
-            &arrow(DataType::Int64, DataType::Decimal128(20, 2), DataType::Utf8),
+            (&arrow(DataType::Int64, DataType::Decimal128(20, 2), DataType::Utf8)).into(),
             5,
         )
         .unwrap();
@@ -645,11 +715,12 @@ mod tests {
         // A scale change and text to integer are not promotions: new fields.
         let changed = evolve(
             Some(&before),
-            &arrow(
+            (&arrow(
                 DataType::Int32,
                 DataType::Decimal128(10, 3),
                 DataType::Int64,
-            ),
+            ))
+                .into(),
             5,
         )
         .unwrap();

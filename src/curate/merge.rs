@@ -8,15 +8,16 @@
 //! a table larger than memory merges; the changed keys are held in memory.
 //!
 //! A column added with a default reads that default in the row images older than its
-//! addition ([`Merge::fills`]): the changes before its position, and the base when it is a
-//! load from a snapshot before it.
+//! addition, and a renamed column reads its old name in the images older than the rename
+//! ([`Merge::fills`]): the changes before their positions, and the base when it is a load
+//! from a snapshot before them.
 
 use arrow_schema::DataType;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 
-use super::plan::Fill;
+use super::plan::{Fill, Read};
 use crate::sql::{ident, ident_list, literal};
 
 /// The column names the raw zone adds to a table's own: DMS's `Op` and the change's
@@ -34,7 +35,8 @@ pub struct Merge<'a> {
     /// Only changes before this position apply (those after may be of a batch still
     /// being written).
     pub before: Option<&'a str>,
-    /// Columns whose older images read a constant, with the column's type.
+    /// Columns whose older images read a constant or an older name, with the column's type;
+    /// an older name must be among the registered tables' columns.
     pub fills: &'a [(Fill, DataType)],
     /// The position of the base's rows, when the base is a load (its snapshot's end);
     /// `None` for the curated table's own files, which hold the filled values already.
@@ -44,51 +46,72 @@ pub struct Merge<'a> {
     pub sorted: bool,
 }
 
-/// A fill's value as SQL, typed as the column.
-fn fill_value(fill: &Fill, data_type: &DataType) -> String {
-    let value = fill.value.as_deref().map_or("NULL".to_owned(), literal);
+/// What a fill reads, as SQL typed as the column (`prefix`: the table's alias and a dot,
+/// or nothing).
+fn fill_sql(fill: &Fill, data_type: &DataType, prefix: &str) -> String {
+    let value = match &fill.read {
+        Read::Value(value) => value.as_deref().map_or("NULL".to_owned(), literal),
+        Read::Column(name) => format!("{prefix}{}", ident(name)),
+    };
     format!("arrow_cast({value}, {})", literal(&data_type.to_string()))
 }
 
-impl Merge<'_> {
-    /// The select list of the changes' rows.
-    fn change_columns(&self) -> String {
-        let position = ident(POSITION);
-        self.columns
-            .iter()
-            .map(|c| match self.fills.iter().find(|(f, _)| &f.column == c) {
-                Some((fill, data_type)) => format!(
-                    "CASE WHEN {position} < {before} THEN {value} ELSE {c} END AS {c}",
-                    before = literal(&fill.before),
-                    value = fill_value(fill, data_type),
-                    c = ident(c)
-                ),
-                None => ident(c),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+/// Column `column`'s fills, oldest first.
+fn fills_of<'f>(fills: &'f [(Fill, DataType)], column: &str) -> Vec<&'f (Fill, DataType)> {
+    let mut of: Vec<_> = fills.iter().filter(|(f, _)| f.column == column).collect();
+    of.sort_by(|a, b| a.0.before.cmp(&b.0.before));
+    of
+}
 
-    /// The select list of the base's rows, alias `b`: a load older than a column's
-    /// addition reads its fill.
-    fn base_columns(&self) -> String {
-        self.columns
-            .iter()
-            .map(|c| {
-                let fill = self.fills.iter().find(|(f, _)| {
-                    &f.column == c && self.base_position.is_some_and(|p| p < f.before.as_str())
-                });
-                match fill {
-                    Some((fill, data_type)) => {
-                        format!("{} AS {}", fill_value(fill, data_type), ident(c))
-                    }
-                    None => format!("b.{}", ident(c)),
+/// The select list of change images (with their `_position`): each of `columns` as the
+/// image's position reads it by `fills`.
+pub fn image_columns(columns: &[String], fills: &[(Fill, DataType)]) -> String {
+    let position = ident(POSITION);
+    columns
+        .iter()
+        .map(|c| {
+            let fills = fills_of(fills, c);
+            if fills.is_empty() {
+                return ident(c);
+            }
+            let cases: String = fills
+                .iter()
+                .map(|(fill, data_type)| {
+                    format!(
+                        "WHEN {position} < {before} THEN {value} ",
+                        before = literal(&fill.before),
+                        value = fill_sql(fill, data_type, "")
+                    )
+                })
+                .collect();
+            format!("CASE {cases}ELSE {c} END AS {c}", c = ident(c))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The select list of rows of table alias `b` that all stand at `position` (a load's
+/// snapshot end; `None`: rows that hold their fills already): each of `columns` as the
+/// oldest fill after that position reads it.
+pub fn rows_at(columns: &[String], fills: &[(Fill, DataType)], position: Option<&str>) -> String {
+    columns
+        .iter()
+        .map(|c| {
+            let fill = fills_of(fills, c)
+                .into_iter()
+                .find(|(f, _)| position.is_some_and(|p| p < f.before.as_str()));
+            match fill {
+                Some((fill, data_type)) => {
+                    format!("{} AS {}", fill_sql(fill, data_type, "b."), ident(c))
                 }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+                None => format!("b.{}", ident(c)),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
+impl Merge<'_> {
     fn changes_filter(&self) -> String {
         let position = ident(POSITION);
         // Every change has a position; one without (a foreign file) must not count as the
@@ -162,8 +185,8 @@ impl Merge<'_> {
             filter = self.changes_filter(),
             a_n = on("a", "n"),
             n_b = on("n", "b"),
-            base_columns = self.base_columns(),
-            columns = self.change_columns(),
+            base_columns = rows_at(self.columns, self.fills, self.base_position),
+            columns = image_columns(self.columns, self.fills),
             op = ident(OP),
             order = if self.sorted {
                 format!("ORDER BY {key}")

@@ -45,6 +45,7 @@ use crate::ident::TableId;
 use crate::lake::adapters::Buckets;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
+use crate::source::RenamedColumn;
 use crate::task::CheckpointError;
 use crate::task::checkpoint::{Checkpoint, SchemaChange, TaskState};
 
@@ -765,15 +766,30 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
             } => (raw, key, rebuild, after),
         };
     let files = plan::raw_files(raw, job.changes_end.is_some(), job.pending);
-    let mut changes = plan::changes_after(raw, &files.cdc, after.as_deref());
-    let mut raw_schema = match rebuild {
-        Some(_) => {
-            job.raw_schema(&[&files.load[..], &changes[..]].concat())
-                .await?
-        }
-        None => job.raw_schema(&changes).await?,
-    };
     let truncates = job.truncates();
+    // A rebuild reads the changes after the newest truncate (or drop), and the load when
+    // there is none: the files before it hold nothing the table has now, maybe not even
+    // its columns (a table dropped and created again).
+    let rebuild_files = || {
+        let truncated = plan::newest_truncate(&truncates, None);
+        let changes = plan::changes_after(raw, &files.cdc, truncated.as_deref());
+        let load = if truncated.is_some() {
+            &[][..]
+        } else {
+            &files.load[..]
+        };
+        let read = [load, &changes[..]].concat();
+        (changes, read)
+    };
+    let (mut changes, mut raw_schema) = if rebuild.is_some() {
+        let (changes, read) = rebuild_files();
+        let schema = job.raw_schema(&read).await?;
+        (changes, schema)
+    } else {
+        let changes = plan::changes_after(raw, &files.cdc, after.as_deref());
+        let schema = job.raw_schema(&changes).await?;
+        (changes, schema)
+    };
     let mut current_columns = None;
     if rebuild.is_none() {
         if changes.is_empty() && plan::newest_truncate(&truncates, after.as_deref()).is_none() {
@@ -789,10 +805,9 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         if plan::columns_changed(&current, new) {
             rebuild = Some(plan::Rebuild::ColumnsChanged);
             after = None;
-            changes = plan::changes_after(raw, &files.cdc, None);
-            raw_schema = job
-                .raw_schema(&[&files.load[..], &changes[..]].concat())
-                .await?;
+            let read;
+            (changes, read) = rebuild_files();
+            raw_schema = job.raw_schema(&read).await?;
         } else {
             current_columns = Some(plan::without_dropped(
                 &current,
@@ -806,6 +821,10 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         current_columns.unwrap_or_else(|| nullable(&data_columns(&raw_schema, job)));
     require_key(&name, &key, &columns_arrow)?;
     let truncated_at = plan::newest_truncate(&truncates, after.as_deref());
+    let applied = summary
+        .as_ref()
+        .and_then(|s| s.get(plan::APPLIED_POSITION))
+        .map(String::as_str);
     let work = Work {
         name: name.clone(),
         ident,
@@ -815,6 +834,8 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         changes,
         key,
         rebuild,
+        renamed: plan::renamed_since(job.schema_changes(), applied),
+        raw_columns: raw_schema,
         after_all: plan::apply_after(after.as_deref(), truncated_at.as_deref()),
         truncated_at,
         columns: columns_arrow,
@@ -841,6 +862,10 @@ struct Work<'a> {
     truncated_at: Option<String>,
     /// The table's columns (Arrow types as the source has them).
     columns: ArrowSchema,
+    /// The source's column renames since the table's current schema, oldest first.
+    renamed: Vec<RenamedColumn>,
+    /// The columns of the raw files read, older names included.
+    raw_columns: ArrowSchema,
     load_id: String,
     /// Whether the table's history table is written too.
     history: bool,
@@ -860,6 +885,8 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         after_all,
         truncated_at,
         columns: columns_arrow,
+        renamed,
+        raw_columns,
         load_id,
         history,
     } = work;
@@ -872,19 +899,19 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
     );
 
     let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
-    register_changes(job, &file_columns, &change_files)?;
-    let (columns, fills) = merge_columns(job, &file_columns);
+    let merging = merge_columns(job, &file_columns, &raw_columns)?;
+    register_changes(job, &merging.read, &change_files)?;
     // A rebuild's base is the load, whose rows stand where its snapshot does.
     let base_position = match (&rebuild, &truncated_at) {
         (Some(_), None) => job.load_position(),
         _ => None,
     };
     let merge = merge::Merge {
-        columns: &columns,
+        columns: &merging.columns,
         key: &key,
         after: after_all.as_deref(),
         before: job.changes_end.as_deref(),
-        fills: &fills,
+        fills: &merging.fills,
         base_position: base_position.as_deref(),
         sorted: true,
     };
@@ -901,7 +928,10 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         existing,
         &ident,
         job.zone.table_location(&job.task.source, job.table),
-        &columns_arrow,
+        iceberg::NextColumns {
+            schema: &columns_arrow,
+            renamed: &renamed,
+        },
         [("tributary.primary-key".to_owned(), key.join(","))],
     )
     .await?;
@@ -919,7 +949,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
             .map(|f| f.file_path().to_owned())
             .collect()
     };
-    register_files(job, "base", &base_files, file_columns.clone())?;
+    register_files(job, "base", &base_files, merging.read.clone())?;
     let rows = merge.rows(job.ctx).await.map_err(sql_error)?;
     let applied_position = last_position.or(after_all).unwrap_or_default();
     let properties = [
@@ -942,7 +972,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
             &ident,
             history::history_location(job),
             &key,
-            &file_columns,
+            &merging,
             &files.load,
             &plan::changes_after(raw, &files.cdc, None),
         )
@@ -1013,25 +1043,49 @@ fn register_files(
     .map_err(sql_error)
 }
 
-/// The table's column names (as the data files hold them), and their fills with their
-/// types: what a merge reads.
+/// What a merge reads: the table's column names (as the data files hold them), their fills
+/// with the columns' types, and the schema the raw files are read with (the columns, then
+/// the older names the fills read, typed as the raw files `raw` have them).
+struct MergeColumns {
+    columns: Vec<String>,
+    fills: Vec<(plan::Fill, DataType)>,
+    read: Arc<ArrowSchema>,
+}
+
 fn merge_columns(
     job: &TableJob<'_>,
     file_columns: &ArrowSchema,
-) -> (Vec<String>, Vec<(plan::Fill, DataType)>) {
+    raw: &ArrowSchema,
+) -> Result<MergeColumns, CurateError> {
     let columns: Vec<String> = file_columns
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let fills = plan::fills(job.schema_changes(), &columns)
-        .into_iter()
-        .filter_map(|fill| {
-            let data_type = file_columns.field_with_name(&fill.column).ok()?.data_type();
-            Some((fill, data_type.clone()))
-        })
-        .collect();
-    (columns, fills)
+    let mut read: Vec<arrow_schema::FieldRef> = file_columns.fields().iter().cloned().collect();
+    let mut fills = Vec::new();
+    for fill in plan::fills(job.schema_changes(), &columns) {
+        let Ok(column) = file_columns.field_with_name(&fill.column) else {
+            continue;
+        };
+        if let plan::Read::Column(older) = &fill.read
+            && !read.iter().any(|f| f.name() == older)
+        {
+            // A name no file read has holds nothing to read.
+            let Ok(field) = raw.field_with_name(older) else {
+                continue;
+            };
+            read.push(Arc::new(field.clone().with_nullable(true)));
+        }
+        fills.push((fill, column.data_type().clone()));
+    }
+    let read = normalized(&ArrowSchema::new(read))
+        .map_err(|source| CurateError::iceberg(job.name(), source))?;
+    Ok(MergeColumns {
+        columns,
+        fills,
+        read: Arc::new(read),
+    })
 }
 
 /// Refuses a table whose primary key columns are not all among `columns`.
@@ -1047,21 +1101,21 @@ fn require_key(name: &str, key: &[String], columns: &ArrowSchema) -> Result<(), 
 
 /// The table `ident` ready to take rows with `columns`: created at `location` if it does
 /// not exist, else with a new schema (returned, to commit with the rows) if its columns
-/// differ. Files a crashed run left in it are removed, if it is at `location`.
+/// differ (a renamed column keeps its field). Files a crashed run left in it are removed, if it is at `location`.
 async fn prepare_table(
     catalog: &IcebergCatalog,
     zone: &Zone,
     existing: Option<IcebergTable>,
     ident: &TableIdent,
     location: String,
-    columns: &ArrowSchema,
+    columns: iceberg::NextColumns<'_>,
     properties: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(IcebergTable, Option<Schema>), CurateError> {
     let iceberg_error =
         |source| CurateError::iceberg(crate::catalog::iceberg::display_ident(ident), source);
     let (table, new_schema) = match existing {
         None => {
-            let schema = iceberg::schema_from_arrow(columns, 1).map_err(iceberg_error)?;
+            let schema = iceberg::schema_from_arrow(columns.schema, 1).map_err(iceberg_error)?;
             let creation = TableCreation::builder()
                 .name(ident.name().to_owned())
                 .location(location.clone())
@@ -1168,6 +1222,22 @@ fn data_columns(schema: &ArrowSchema, job: &TableJob<'_>) -> ArrowSchema {
             .collect::<Vec<_>>(),
     );
     plan::without_dropped(&own, plan::source_columns(job.schema_changes()))
+}
+
+/// A source table's columns (`source`) as the lake holds them: nullable, in the types of
+/// its files (those Iceberg lacks widened), without field ids.
+pub fn lake_columns(source: &ArrowSchema) -> Result<ArrowSchema, CurateError> {
+    let schema = normalized(&nullable(source)).map_err(|source| CurateError::Schema {
+        table: String::new(),
+        message: source.to_string(),
+    })?;
+    Ok(ArrowSchema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_metadata(Default::default()))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// `schema` as the data files hold it: the types Iceberg lacks widened (Int16 to Int32).

@@ -452,7 +452,7 @@ impl Materialize<'_> {
             existing,
             &ident,
             location,
-            &columns,
+            (&columns).into(),
             property.clone(),
         )
         .await?;

@@ -22,6 +22,7 @@ use arrow_schema::Schema as ArrowSchema;
 use super::CurateError;
 use crate::catalog::RawTable;
 use crate::lake::layout;
+use crate::source::RenamedColumn;
 use crate::task::checkpoint::{AddedValue, LoadStatus, SchemaChange};
 
 /// Snapshot summary keys: what a snapshot applied.
@@ -253,21 +254,31 @@ pub fn source_columns(changes: &[SchemaChange]) -> Option<&[String]> {
         .filter(|names| !names.is_empty())
 }
 
-/// `schema` without the columns the source dropped (or renamed away): those not in `names`.
-/// They leave the curated table's current schema; its older snapshots keep them.
+/// `schema`'s columns as the source has them, `names` (`None`: unknown, `schema` as it
+/// is): in the source's order, without the columns the source dropped (or renamed away).
+/// Those leave the curated table's current schema; its older snapshots keep them.
 pub fn without_dropped(schema: &ArrowSchema, names: Option<&[String]>) -> ArrowSchema {
     let Some(names) = names else {
         return schema.clone();
     };
     ArrowSchema::new_with_metadata(
-        schema
-            .fields()
+        names
             .iter()
-            .filter(|f| names.contains(f.name()))
+            .filter_map(|n| schema.field_with_name(n).ok())
             .cloned()
             .collect::<Vec<_>>(),
         schema.metadata().clone(),
     )
+}
+
+/// The column renames recorded after position `applied` (what the curated table applied;
+/// `None`: every one), oldest first: those its current schema does not know of.
+pub fn renamed_since(changes: &[SchemaChange], applied: Option<&str>) -> Vec<RenamedColumn> {
+    changes
+        .iter()
+        .filter(|c| applied.is_none_or(|a| c.position.to_string().as_str() > a))
+        .flat_map(|c| c.renamed.iter().cloned())
+        .collect()
 }
 
 /// The position from which changes apply: after what the table applied and after its
@@ -279,39 +290,70 @@ pub fn apply_after(after: Option<&str>, truncated_at: Option<&str>) -> Option<St
     }
 }
 
-/// Column `column` reads `value` (the recorded text, `None` for NULL) in every row image
-/// whose position is before `before`: the rows the ADD COLUMN at `before` did not touch.
+/// Column `column` reads `read` in every row image whose position is before `before`: the
+/// rows an ADD COLUMN at `before` did not touch read its value, and the images older than a
+/// RENAME COLUMN at `before` hold the column under its old name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
     pub column: String,
     pub before: String,
-    pub value: Option<String>,
+    pub read: Read,
 }
 
-/// The fills of a table's `columns` from its recorded schema changes (oldest first): for
-/// each column, its newest addition, whose value every older image of the row reads at
-/// the source (a column dropped and added again reads the new default). An addition whose
-/// value is unknown fills nothing: the task warned to reload the table.
+/// What an older image of a column reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// This value (the recorded text; `None` for NULL).
+    Value(Option<String>),
+    /// The image's column of this name.
+    Column(String),
+}
+
+/// The fills of a table's `columns` from its recorded schema changes (oldest first), for
+/// each column newest first: back through the renames that gave it its name (each a
+/// [`Read::Column`] of the name before), to the addition that created it, whose value every
+/// older image of the row reads at the source (a column dropped and added again reads the
+/// new default). An addition whose value is unknown fills nothing: the task warned to
+/// reload the table.
 pub fn fills(changes: &[SchemaChange], columns: &[String]) -> Vec<Fill> {
-    columns
-        .iter()
-        .filter_map(|column| {
-            let (change, added) = changes.iter().rev().find_map(|change| {
-                let added = change.added.iter().find(|a| &a.name == column)?;
-                Some((change, added))
-            })?;
-            let value = match &added.value {
-                AddedValue::Constant(v) => Some(v.clone()),
-                AddedValue::Null => None,
-                AddedValue::Unknown(_) => return None,
+    let mut fills = Vec::new();
+    for column in columns {
+        let mut name = column.as_str();
+        // Only changes before the rename followed last apply to the older name.
+        let mut until = changes.len();
+        while let Some((at, change)) = changes[..until].iter().enumerate().rev().find(|(_, c)| {
+            c.added.iter().any(|a| a.name == name) || c.renamed.iter().any(|r| r.to == name)
+        }) {
+            let before = change.position.to_string();
+            if let Some(renamed) = change.renamed.iter().find(|r| r.to == name) {
+                fills.push(Fill {
+                    column: column.clone(),
+                    before,
+                    read: Read::Column(renamed.from.clone()),
+                });
+                name = renamed.from.as_str();
+                until = at;
+                continue;
+            }
+            let value = change
+                .added
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| &a.value);
+            let value = match value {
+                Some(AddedValue::Constant(v)) => Some(v.clone()),
+                Some(AddedValue::Null) => None,
+                _ => break,
             };
-            Some(Fill {
+            fills.push(Fill {
                 column: column.clone(),
-                before: change.position.to_string(),
-                value,
-            })
-        })
-        .collect()
+                before,
+                read: Read::Value(value),
+            });
+            break;
+        }
+    }
+    fills
 }
 
 #[cfg(test)]
@@ -394,7 +436,6 @@ mod tests {
                 crate::source::position::ChangePosition::postgres(1, 0),
                 "sig",
                 names.iter().map(|n| (*n).to_owned()).collect(),
-                Vec::new(),
             )
         };
         let curated = schema(&[
@@ -635,15 +676,13 @@ mod tests {
         use crate::source::position::ChangePosition;
         use crate::task::checkpoint::AddedColumn;
         let add = |lsn, name: &str, value| {
-            SchemaChange::columns(
-                ChangePosition::postgres(lsn, 0),
-                "",
-                Vec::new(),
-                vec![AddedColumn {
-                    name: name.into(),
-                    value,
-                }],
-            )
+            let mut change =
+                SchemaChange::columns(ChangePosition::postgres(lsn, 0), "", Vec::new());
+            change.added = vec![AddedColumn {
+                name: name.into(),
+                value,
+            }];
+            change
         };
         let changes = [
             add(1, "a", AddedValue::Constant("1".into())),
@@ -659,15 +698,57 @@ mod tests {
                 Fill {
                     column: "a".into(),
                     before: ChangePosition::postgres(4, 0).to_string(),
-                    value: Some("7".into()),
+                    read: Read::Value(Some("7".into())),
                 },
                 Fill {
                     column: "b".into(),
                     before: ChangePosition::postgres(2, 0).to_string(),
-                    value: None,
+                    read: Read::Value(None),
                 },
             ]
         );
         assert!(fills(&[], &columns).is_empty());
+    }
+
+    #[test]
+    fn a_renamed_column_reads_its_older_names_then_its_default() {
+        use crate::source::RenamedColumn;
+        use crate::source::position::ChangePosition;
+        use crate::task::checkpoint::AddedColumn;
+        let at = |lsn| ChangePosition::postgres(lsn, 0);
+        let mut add = SchemaChange::columns(at(1), "", Vec::new());
+        add.added = vec![AddedColumn {
+            name: "a".into(),
+            value: AddedValue::Constant("5".into()),
+        }];
+        let rename = |lsn, from: &str, to: &str| {
+            let mut change = SchemaChange::columns(at(lsn), "", Vec::new());
+            change.renamed = vec![RenamedColumn {
+                from: from.into(),
+                to: to.into(),
+            }];
+            change
+        };
+        // a added with 5, renamed to b, to c; then another a added without a default.
+        let mut again = SchemaChange::columns(at(4), "", Vec::new());
+        again.added = vec![AddedColumn {
+            name: "a".into(),
+            value: AddedValue::Null,
+        }];
+        let changes = [add, rename(2, "a", "b"), rename(3, "b", "c"), again];
+        let fill = |column: &str, lsn, read| Fill {
+            column: column.into(),
+            before: at(lsn).to_string(),
+            read,
+        };
+        assert_eq!(
+            fills(&changes, &["c".into(), "a".into()]),
+            vec![
+                fill("c", 3, Read::Column("b".into())),
+                fill("c", 2, Read::Column("a".into())),
+                fill("c", 1, Read::Value(Some("5".into()))),
+                fill("a", 4, Read::Value(None)),
+            ]
+        );
     }
 }

@@ -17,8 +17,8 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 
 use super::{
-    CurateError, TaskLake, data_columns, merge, merge_columns, normalized, nullable, plan,
-    register_changes, register_files, require_key, table_provider,
+    CurateError, MergeColumns, TaskLake, data_columns, merge, merge_columns, normalized, nullable,
+    plan, register_changes, register_files, require_key, table_provider,
 };
 use crate::catalog::iceberg::IcebergCatalog;
 use crate::config::CurateSettings;
@@ -98,22 +98,27 @@ pub async fn replay(
         .collect();
     let truncated_at = plan::newest_truncate(&truncates, None);
     let changes = plan::changes_after(raw, &files.cdc, truncated_at.as_deref());
-    let raw_schema = job
-        .raw_schema(&[&files.load[..], &changes[..]].concat())
-        .await?;
+    // After a truncate (or a drop), the load holds nothing the table has, maybe not even
+    // its columns.
+    let load = match truncated_at {
+        Some(_) => &[][..],
+        None => &files.load[..],
+    };
+    let raw_schema = job.raw_schema(&[load, &changes[..]].concat()).await?;
     let file_columns = Arc::new(
         normalized(&nullable(&data_columns(&raw_schema, &job)))
             .map_err(|source| CurateError::iceberg(name.clone(), source))?,
     );
     require_key(&name, &key, &file_columns)?;
+    let MergeColumns {
+        columns,
+        fills,
+        read,
+    } = merge_columns(&job, &file_columns, &raw_schema)?;
     let change_files: Vec<String> = changes.iter().map(|k| job.location_of(k)).collect();
-    register_changes(&job, &file_columns, &change_files)?;
-    let base_files: Vec<String> = match truncated_at {
-        Some(_) => Vec::new(),
-        None => files.load.iter().map(|k| job.location_of(k)).collect(),
-    };
-    register_files(&job, "base", &base_files, file_columns.clone())?;
-    let (columns, fills) = merge_columns(&job, &file_columns);
+    register_changes(&job, &read, &change_files)?;
+    let base_files: Vec<String> = load.iter().map(|k| job.location_of(k)).collect();
+    register_files(&job, "base", &base_files, read)?;
     let base_position = match truncated_at {
         Some(_) => None,
         None => load_position,

@@ -107,8 +107,55 @@ pub struct TableInfo {
     /// Size on disk, used to split large tables into ranges and to estimate progress.
     pub size_bytes: u64,
     pub estimated_rows: u64,
+    /// How the source knows the table and its columns whatever their names, where it
+    /// has such an identity (PostgreSQL).
+    pub identity: Option<SourceIdentity>,
     /// Source-specific data the reader needs (e.g. PostgreSQL type OIDs), opaque to the runner.
     pub(crate) read_plan: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+/// How the source knows a table and its columns whatever their names: PostgreSQL's
+/// relation OID and column numbers (attnum). A table dropped and created again under the
+/// same name is another relation; a renamed column keeps its number, and a table never
+/// gives a number out again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceIdentity {
+    pub relation: u32,
+    /// The number of each column, in the table's order; empty where they are not known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<i32>,
+}
+
+/// A column renamed by a schema change: the rows before it hold its values under `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenamedColumn {
+    pub from: String,
+    pub to: String,
+}
+
+impl SourceIdentity {
+    /// The columns renamed between two shapes of the same relation, each shape its column
+    /// names in order with their identity: a column number under another name. Nothing
+    /// when the relations differ or a shape's numbers are not all known.
+    pub fn renamed(before: (&[String], &Self), after: (&[String], &Self)) -> Vec<RenamedColumn> {
+        let known = |(names, identity): (&[String], &Self)| identity.columns.len() == names.len();
+        if before.1.relation != after.1.relation || !known(before) || !known(after) {
+            return Vec::new();
+        }
+        after
+            .0
+            .iter()
+            .zip(&after.1.columns)
+            .filter_map(|(to, number)| {
+                let at = before.1.columns.iter().position(|n| n == number)?;
+                let from = &before.0[at];
+                (from != to).then(|| RenamedColumn {
+                    from: from.clone(),
+                    to: to.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 impl TableInfo {
@@ -311,5 +358,48 @@ mod tests {
         assert!(!rules.matches("public", "audit_2024"));
         assert!(!rules.matches("sales", "orders"));
         assert!(SelectionRules::default().matches("any", "thing"));
+    }
+
+    #[test]
+    fn a_column_number_under_another_name_is_a_rename() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let id = |relation, columns: &[i32]| SourceIdentity {
+            relation,
+            columns: columns.to_vec(),
+        };
+        let before = names(&["id", "label", "note"]);
+        let after = names(&["id", "title", "note"]);
+        assert_eq!(
+            SourceIdentity::renamed((&before, &id(7, &[1, 2, 3])), (&after, &id(7, &[1, 2, 3]))),
+            vec![RenamedColumn {
+                from: "label".into(),
+                to: "title".into()
+            }]
+        );
+        // The last column dropped and another added: a new number, no rename.
+        let added = names(&["id", "label", "extra"]);
+        assert!(
+            SourceIdentity::renamed((&before, &id(7, &[1, 2, 3])), (&added, &id(7, &[1, 2, 4])))
+                .is_empty()
+        );
+        // Another relation, or numbers not known: nothing is taken for a rename.
+        assert!(
+            SourceIdentity::renamed((&before, &id(7, &[1, 2, 3])), (&after, &id(8, &[1, 2, 3])))
+                .is_empty()
+        );
+        assert!(
+            SourceIdentity::renamed((&before, &id(7, &[])), (&after, &id(7, &[1, 2, 3])))
+                .is_empty()
+        );
+        // Two columns swapping names are two renames.
+        let swapped = names(&["id", "note", "label"]);
+        assert_eq!(
+            SourceIdentity::renamed(
+                (&before, &id(7, &[1, 2, 3])),
+                (&swapped, &id(7, &[1, 2, 3]))
+            )
+            .len(),
+            2
+        );
     }
 }

@@ -33,6 +33,7 @@ use crate::ident::TableId;
 use crate::lake::format::{FinishedFile, RollingWriter, WriterOptions};
 use crate::lake::{Storage, layout};
 use crate::source::position::{ChangePosition, SourcePosition};
+use crate::source::{RenamedColumn, SourceIdentity};
 use crate::task::stats::{CdcStats, TableState, TableStats};
 
 /// Rows a table's builder holds before they go to its spool file.
@@ -62,6 +63,24 @@ pub(super) enum Turn {
     Reload {
         written: Option<SourcePosition>,
     },
+}
+
+/// A table's columns as last recorded, and how the source knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Shape {
+    pub names: Vec<String>,
+    pub identity: Option<SourceIdentity>,
+}
+
+/// What a new shape of a table did to the rows it held, as its engine tells it.
+#[derive(Debug, Default)]
+pub(super) struct ColumnsChanged {
+    /// The columns added, with what older rows read for each.
+    pub added: Vec<AddedColumn>,
+    /// The columns renamed.
+    pub renamed: Vec<RenamedColumn>,
+    /// How the source knows the table and its new columns (PostgreSQL).
+    pub identity: Option<SourceIdentity>,
 }
 
 /// What a change of a table's columns does to the task.
@@ -159,7 +178,7 @@ pub(super) struct BatchWriter {
     /// ([`TableLoadState::changes_from`](super::checkpoint::TableLoadState::changes_from)).
     changes_from: HashMap<TableId, ChangePosition>,
     /// The columns each table's load read: the shape its first schema change follows.
-    load_columns: HashMap<TableId, Vec<String>>,
+    load_shapes: HashMap<TableId, Shape>,
     /// Tables a schema change asks to load again, recorded with the next batch.
     pub(super) reload_requests: Vec<TableId>,
 }
@@ -203,11 +222,17 @@ impl BatchWriter {
             last_files: Vec::new(),
             stream_names,
             changes_from,
-            load_columns: state
+            load_shapes: state
                 .tables
                 .iter()
                 .filter(|(_, t)| !t.columns.is_empty())
-                .map(|(key, t)| (key.clone(), t.columns.clone()))
+                .map(|(key, t)| {
+                    let shape = Shape {
+                        names: t.columns.clone(),
+                        identity: t.identity.clone(),
+                    };
+                    (key.clone(), shape)
+                })
                 .collect(),
             reload_requests: Vec::new(),
         }
@@ -249,23 +274,31 @@ impl BatchWriter {
         }
     }
 
-    /// The column names of table `key`'s last recorded shape: its last columns change,
-    /// else the columns its load read; `None` when neither is known (a table the stream
-    /// shows first, or a load recorded before its columns were).
-    pub(super) fn previous_columns(&self, key: &TableId) -> Option<Vec<String>> {
-        let last = self
-            .totals
-            .get(key)
-            .and_then(|t| t.schema_changes.iter().rfind(|c| c.is_columns()));
-        match last {
-            Some(change) => Some(change.column_names()),
-            None => self.load_columns.get(key).cloned(),
+    /// Table `key`'s last recorded shape: the column names of its last columns change, else
+    /// those its load read, with the source's identity of them where it is known; `None`
+    /// when neither is known (a table the stream shows first, or a load recorded before its
+    /// columns were), or when the table was dropped or renamed away since (what comes
+    /// next is another table).
+    pub(super) fn previous_shape(&self, key: &TableId) -> Option<Shape> {
+        let changes = self.totals.get(key).map(|t| t.schema_changes.as_slice());
+        if changes
+            .and_then(<[SchemaChange]>::last)
+            .is_some_and(SchemaChange::ends_table)
+        {
+            return None;
+        }
+        match changes.and_then(|c| c.iter().rfind(|c| c.is_columns())) {
+            Some(change) => Some(Shape {
+                names: change.column_names(),
+                identity: change.identity.clone(),
+            }),
+            None => self.load_shapes.get(key).cloned(),
         }
     }
 
     /// A (new or changed) schema of selected table `key`: later rows use it. `signature`
-    /// describes the columns, to record what changed, and `added` what the rows before it
-    /// read for the columns it adds; `builder` builds rows of `table_schema`.
+    /// describes the columns, to record what changed, and `columns` what the change did to
+    /// the rows before it; `builder` builds rows of `table_schema`.
     pub(super) fn schema(
         &mut self,
         key: &TableId,
@@ -273,7 +306,7 @@ impl BatchWriter {
         table_schema: SchemaRef,
         builder: Rows,
         position: ChangePosition,
-        added: Vec<AddedColumn>,
+        columns: ColumnsChanged,
     ) -> Result<(), TaskError> {
         let settings = self.task.target_settings.clone();
         let mut fields = vec![Field::new("Op", DataType::Utf8, false)];
@@ -293,14 +326,22 @@ impl BatchWriter {
             .totals
             .get(key)
             .and_then(|t| t.schema_changes.iter().rfind(|c| c.is_columns()))
-            .map(|c| c.change.clone());
+            .map(|c| (c.change.clone(), c.identity.clone()));
         let names = table_schema
             .fields()
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let change = SchemaChange::columns(position, signature, names, added);
-        if last.as_deref() != Some(change.change.as_str()) {
+        let mut change = SchemaChange::columns(position, signature, names);
+        change.added = columns.added;
+        change.renamed = columns.renamed;
+        change.identity = columns.identity;
+        // Another relation under the same name is a change even with the same columns.
+        let same = last.as_ref().is_some_and(|(signature, identity)| {
+            *signature == change.change
+                && (change.identity.is_none() || *identity == change.identity)
+        });
+        if !same {
             // A change inside a reloaded table's new snapshot is in its load already.
             let loaded = self
                 .changes_from
@@ -310,9 +351,9 @@ impl BatchWriter {
             // load's.
             let first = last.is_none()
                 && self
-                    .load_columns
+                    .load_shapes
                     .get(key)
-                    .is_none_or(|load| *load == change.names);
+                    .is_none_or(|load| load.names == change.names);
             let policy = self.task.cdc_settings.schema_change_policy;
             let on_change = match on_columns_change(policy, first, &change.added) {
                 _ if loaded => OnColumnsChange::Go,
@@ -354,6 +395,15 @@ impl BatchWriter {
             for column in &change.added {
                 let (level, message) = describe_added(key, column);
                 self.events.log(level, message);
+            }
+            for column in &change.renamed {
+                self.events.log(
+                    LogLevel::Info,
+                    format!(
+                        "{key}: column {} renamed to {}; its values and its curated column (the same Iceberg field) go on under the new name",
+                        column.from, column.to
+                    ),
+                );
             }
             total.schema_changes.push(change);
         }
@@ -806,11 +856,18 @@ fn request_reloads(state: &mut TaskState, tables: &[TableId]) {
     }
 }
 
-/// The names of `names` that `previous` lacks, in order.
-pub(super) fn added_columns(previous: &[String], names: &[String]) -> Vec<String> {
+/// The columns of `names` that are new since `previous`, in order: those no column of
+/// `previous` became through `renamed`, whose name `previous` lacks or gave away (a column
+/// renamed, then another added under its old name).
+pub(super) fn added_columns(
+    previous: &[String],
+    names: &[String],
+    renamed: &[RenamedColumn],
+) -> Vec<String> {
     names
         .iter()
-        .filter(|n| !previous.contains(n))
+        .filter(|n| !renamed.iter().any(|r| &r.to == *n))
+        .filter(|n| !previous.contains(n) || renamed.iter().any(|r| &r.from == *n))
         .cloned()
         .collect()
 }
@@ -882,8 +939,18 @@ mod tests {
         }
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            added_columns(&names(&["id", "a"]), &names(&["id", "b", "a"])),
+            added_columns(&names(&["id", "a"]), &names(&["id", "b", "a"]), &[]),
             names(&["b"])
         );
+        // `a` renamed to `b`, then another `a` added: that one is new.
+        let renamed = [RenamedColumn {
+            from: "a".into(),
+            to: "b".into(),
+        }];
+        assert_eq!(
+            added_columns(&names(&["id", "a"]), &names(&["id", "b", "a"]), &renamed),
+            names(&["a"])
+        );
+        assert!(added_columns(&names(&["id", "a"]), &names(&["id", "b"]), &renamed).is_empty());
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 use crate::ident::TableId;
 use crate::lake::layout;
 use crate::lake::{Storage, StorageError};
-use crate::source::TableRange;
+use crate::source::{RenamedColumn, SourceIdentity, TableRange};
 
 const STATE_VERSION: u32 = 1;
 
@@ -132,6 +132,14 @@ pub struct SchemaChange {
     /// snapshot is before it) reads [`AddedValue::Constant`] for the column.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub added: Vec<AddedColumn>,
+    /// The columns this change renamed: every row image before [`Self::position`] holds
+    /// the column under its old name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renamed: Vec<RenamedColumn>,
+    /// How the source knows the table and these columns (PostgreSQL), to tell the next
+    /// change's renames and a table created again under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SourceIdentity>,
 }
 
 /// A column a schema change added, and the value rows older than the change read for it.
@@ -211,17 +219,14 @@ impl SchemaChange {
     const RENAMED_TO: &str = "renamed to ";
     const COLUMNS: &str = "columns: ";
 
-    pub fn columns(
-        position: ChangePosition,
-        signature: &str,
-        names: Vec<String>,
-        added: Vec<AddedColumn>,
-    ) -> Self {
+    pub fn columns(position: ChangePosition, signature: &str, names: Vec<String>) -> Self {
         SchemaChange {
             position,
             change: format!("{}{signature}", Self::COLUMNS),
             names,
-            added,
+            added: Vec::new(),
+            renamed: Vec::new(),
+            identity: None,
         }
     }
 
@@ -232,6 +237,8 @@ impl SchemaChange {
             change: change.to_owned(),
             names: Vec::new(),
             added: Vec::new(),
+            renamed: Vec::new(),
+            identity: None,
         }
     }
 
@@ -258,6 +265,12 @@ impl SchemaChange {
             .filter(|c| !c.is_empty())
             .map(|c| c.split_once(' ').map_or(c, |(name, _)| name).to_owned())
             .collect()
+    }
+
+    /// Whether what comes after this is another table under the same name: the table was
+    /// dropped or renamed away (not truncated).
+    pub fn ends_table(&self) -> bool {
+        self.change == Self::DROP || self.change.starts_with(Self::RENAMED_TO)
     }
 
     /// Whether the table holds no row from here on: a reader rebuilding it from the raw
@@ -293,6 +306,9 @@ pub struct TableLoadState {
     /// recorded): the shape CDC compares the table's first schema change with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// How the source knows the table and those columns (PostgreSQL), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SourceIdentity>,
     /// The first `_position` of the change stream that applies to this table, when it was
     /// reloaded alone from a snapshot later than where the stream stands: the changes
     /// before it are in the load, so the stream's copies of them are passed by.
@@ -337,6 +353,7 @@ impl TableLoadState {
             last_error: None,
             snapshot_position: None,
             columns: Vec::new(),
+            identity: None,
             changes_from: None,
         }
     }
@@ -520,15 +537,15 @@ mod tests {
         let old = r#"{"position":"000000010000000000000005","change":"columns: id int8"}"#;
         let change: SchemaChange = serde_json::from_str(old).expect("reads");
         assert!(change.names.is_empty() && change.added.is_empty());
-        let added = SchemaChange::columns(
+        let mut added = SchemaChange::columns(
             ChangePosition::postgres(1, 0),
             "id int8, active bool",
             vec!["id".into(), "active".into()],
-            vec![AddedColumn {
-                name: "active".into(),
-                value: AddedValue::Constant("true".into()),
-            }],
         );
+        added.added = vec![AddedColumn {
+            name: "active".into(),
+            value: AddedValue::Constant("true".into()),
+        }];
         let text = serde_json::to_string(&added).expect("writes");
         assert!(
             text.contains(r#""added":[{"name":"active","value":{"constant":"true"}}]"#),

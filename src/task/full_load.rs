@@ -299,6 +299,7 @@ async fn plan_tables<S: Source>(
                 let ranges = source.plan_ranges(&info, range_bytes);
                 let mut state = TableLoadState::new(&info.schema, &info.name, ranges.clone());
                 state.columns = info.columns.iter().map(|c| c.name.clone()).collect();
+                state.identity = info.identity.clone();
                 new_states.push((key.clone(), state));
                 (ranges, 1)
             }

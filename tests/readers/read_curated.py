@@ -5,7 +5,8 @@ array of its parts; CATALOG: the
 SQLite file, or a postgres:// URL whose password is in PGPASSWORD). With S3_ENDPOINT set
 (and AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), tables in S3 are read from that server.
 
-Prints one JSON object: {table: {"pyiceberg": rows, "duckdb": rows, "snapshots": n}}, rows
+Prints one JSON object: {table: {"columns": names, "field_ids": {name: Iceberg field id},
+"pyiceberg": rows, "duckdb": rows, "snapshots": n}}, rows
 sorted, each value as text (None for NULL; booleans true/false; timestamps as epoch seconds
 with 6 decimals; decimals and dates as their text), so the test compares them with the
 source database's own text.
@@ -88,6 +89,7 @@ def main():
         by_duckdb = rows_of(columns, [dict(zip(names, r)) for r in cursor.fetchall()])
         out[name] = {
             "columns": columns,
+            "field_ids": {f.name: f.field_id for f in table.schema().fields},
             "pyiceberg": by_pyiceberg,
             "duckdb": by_duckdb,
             "snapshots": len(table.metadata.snapshots),

@@ -23,8 +23,13 @@ pub enum Ddl {
     DropSchema(String),
     /// Each table now has the second name; the first holds nothing.
     Rename(Vec<(TableId, TableId)>),
-    /// The columns were added to the table: every row it held reads each one's default.
-    AddColumns(TableId, Vec<AddedColumn>),
+    /// Columns of the table were added (every row it held reads each one's default) or
+    /// renamed (`from`, `to`, in the statement's order: the rows keep their values).
+    AlterColumns {
+        table: TableId,
+        added: Vec<AddedColumn>,
+        renamed: Vec<(String, String)>,
+    },
 }
 
 /// A column an `ALTER TABLE … ADD` added, and what rows older than it read for it.
@@ -218,6 +223,18 @@ impl Parser<'_> {
     }
 
     /// `IF EXISTS`, if it comes next.
+    /// `[IF EXISTS] old TO new` after `RENAME COLUMN`.
+    fn column_rename(&mut self) -> Option<(String, String)> {
+        self.if_exists();
+        let old = self.peek()?.name()?.to_owned();
+        self.at += 1;
+        if !self.keyword("to") {
+            return None;
+        }
+        let new = self.peek()?.name()?.to_owned();
+        Some((old, new))
+    }
+
     fn if_exists(&mut self) {
         if self.peek().is_some_and(|t| t.is("if"))
             && self.tokens.get(self.at + 1).is_some_and(|t| t.is("exists"))
@@ -316,7 +333,7 @@ pub fn parse(default_schema: &str, sql: &str) -> Option<Ddl> {
         p.if_exists();
         let from = p.table()?;
         p.wait();
-        let mut added = Vec::new();
+        let (mut added, mut renamed) = (Vec::new(), Vec::new());
         for clause in split(tokens.get(p.at..).unwrap_or_default()) {
             let mut c = Parser {
                 tokens: clause,
@@ -326,9 +343,14 @@ pub fn parse(default_schema: &str, sql: &str) -> Option<Ddl> {
             // `RENAME [TO|AS] name` (not RENAME COLUMN, INDEX or KEY, which rename parts
             // of the table; RENAME is reserved, so a plain word is the keyword).
             if c.keyword("rename") {
-                let part = c.peek().is_some_and(|t| {
-                    t.is("column") || t.is("index") || t.is("key") || t.is("constraint")
-                });
+                if c.keyword("column") {
+                    // `RENAME COLUMN old TO new`: a column that cannot be read is left out.
+                    renamed.extend(c.column_rename());
+                    continue;
+                }
+                let part = c
+                    .peek()
+                    .is_some_and(|t| t.is("index") || t.is("key") || t.is("constraint"));
                 if part {
                     continue;
                 }
@@ -341,8 +363,23 @@ pub fn parse(default_schema: &str, sql: &str) -> Option<Ddl> {
                 // A column that cannot be read is left out: its value is then unknown.
                 added.extend(added_columns(&clause[c.at..]).unwrap_or_default());
             }
+            // `CHANGE [COLUMN] [IF EXISTS] old new definition`.
+            if c.keyword("change") {
+                c.keyword("column");
+                c.if_exists();
+                let names = (c.peek().and_then(Token::name), c.tokens.get(c.at + 1));
+                if let (Some(old), Some(new)) = (names.0, names.1.and_then(Token::name))
+                    && !old.eq_ignore_ascii_case(new)
+                {
+                    renamed.push((old.to_owned(), new.to_owned()));
+                }
+            }
         }
-        return (!added.is_empty()).then_some(Ddl::AddColumns(from, added));
+        return (!added.is_empty() || !renamed.is_empty()).then_some(Ddl::AlterColumns {
+            table: from,
+            added,
+            renamed,
+        });
     }
     None
 }
@@ -572,10 +609,27 @@ mod tests {
             parse("s", "ALTER TABLE `t` ADD COLUMN c INT, RENAME TO `u v`"),
             Some(Ddl::Rename(vec![(id("s", "t"), id("s", "u v"))]))
         );
+        let columns = |renamed: &[(&str, &str)]| Ddl::AlterColumns {
+            table: id("s", "t"),
+            added: Vec::new(),
+            renamed: renamed
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
+        };
         assert_eq!(
             parse("s", "ALTER TABLE t RENAME COLUMN a TO b"),
-            None,
+            Some(columns(&[("a", "b")])),
             "a column rename keeps the table"
+        );
+        assert_eq!(
+            parse(
+                "s",
+                "ALTER TABLE t CHANGE COLUMN `a` `b c` BIGINT, CHANGE d d INT, \
+                 RENAME COLUMN IF EXISTS e TO f, CHANGE IF EXISTS g h TEXT, RENAME INDEX i TO j"
+            ),
+            Some(columns(&[("a", "b c"), ("e", "f"), ("g", "h")])),
+            "a CHANGE that keeps the name renames nothing"
         );
         assert_eq!(
             parse("s", "/*!40000 ALTER TABLE `t` RENAME AS `u` */"),
@@ -601,9 +655,9 @@ mod tests {
         );
         assert_eq!(
             parsed,
-            Some(Ddl::AddColumns(
-                TableId::new("shop", "it ems"),
-                vec![
+            Some(Ddl::AlterColumns {
+                table: TableId::new("shop", "it ems"),
+                added: vec![
                     col("active", lit("1")),
                     col("price", lit("9.99")),
                     col("note", ColumnDefault::Null),
@@ -623,11 +677,12 @@ mod tests {
                     col("h", ColumnDefault::Implicit("enum".into())),
                     // A backslash escape depends on the session's sql_mode.
                     col("i", expression()),
-                ]
-            ))
+                ],
+                renamed: Vec::new(),
+            })
         );
         let defaults = |sql: &str| match parse("shop", sql) {
-            Some(Ddl::AddColumns(_, columns)) => columns.into_iter().map(|c| c.default).collect(),
+            Some(Ddl::AlterColumns { added, .. }) => added.into_iter().map(|c| c.default).collect(),
             other => panic!("{sql}: {other:?}"),
         };
         let found: Vec<ColumnDefault> = defaults(

@@ -780,6 +780,7 @@ impl Source for MysqlSource {
                 primary_key,
                 size_bytes: size.unwrap_or(0),
                 estimated_rows: rows.unwrap_or(0),
+                identity: None,
                 read_plan: Arc::new(ReadPlan {
                     decoders,
                     select_list: select.join(", "),

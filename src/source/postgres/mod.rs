@@ -23,7 +23,8 @@ use tokio::sync::{Mutex, mpsc};
 use self::copy_binary::CopyBinaryDecoder;
 use self::types::{Kind, scalar_kind};
 use super::{
-    CheckResult, ColumnInfo, SelectionRules, Snapshot, Source, SourceError, TableInfo, TableRange,
+    CheckResult, ColumnInfo, SelectionRules, Snapshot, Source, SourceError, SourceIdentity,
+    TableInfo, TableRange,
 };
 use crate::config::EndpointConfig;
 use crate::source::position::{SourcePosition, parse_lsn};
@@ -391,7 +392,9 @@ SELECT n.nspname::text, c.relname::text,
        COALESCE(et.typtype::text, ''),
        current_setting('block_size')::int8,
        COALESCE((SELECT k.ord FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-                   WHERE i.indrelid = c.oid AND i.indisprimary AND k.attnum = a.attnum), 0)::int4
+                   WHERE i.indrelid = c.oid AND i.indisprimary AND k.attnum = a.attnum), 0)::int4,
+       c.oid::int8,
+       a.attnum::int4
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -480,6 +483,8 @@ impl PgEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogColumn {
     pub name: String,
+    /// The column's number (`attnum`): kept when it is renamed, never given out again.
+    pub number: i32,
     pub type_oid: u32,
     pub typmod: i32,
     /// The fast default (`pg_attribute.attmissingval`, in the type's text form): rows
@@ -494,7 +499,8 @@ pub struct CatalogColumn {
 
 const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, \
      CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END, \
-     a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typtype = 'd' \
+     a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typtype = 'd', \
+     a.attnum::int4 \
      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
      WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
      ORDER BY a.attnum";
@@ -522,6 +528,7 @@ impl PgEndpoint {
                     typmod: row.try_get(2).map_err(get)?,
                     missing: row.try_get(3).map_err(get)?,
                     may_be_rewritten: row.try_get(4).map_err(get)?,
+                    number: row.try_get(5).map_err(get)?,
                 })
             })
             .collect()
@@ -582,6 +589,7 @@ impl Source for PostgresSource {
             columns: Vec<ColumnInfo>,
             kinds: Vec<Kind>,
             key: Vec<(i32, String)>,
+            identity: SourceIdentity,
         }
         let mut tables: Vec<Pending> = Vec::new();
         for row in rows {
@@ -600,6 +608,8 @@ impl Source for PostgresSource {
             let elem_oid: i64 = row.try_get(10).map_err(get)?;
             let elem_typtype: String = row.try_get(11).map_err(get)?;
             let key_position: i32 = row.try_get(13).map_err(get)?;
+            let relation: i64 = row.try_get(14).map_err(get)?;
+            let number: i32 = row.try_get(15).map_err(get)?;
             let kind = kind_of(base_oid, typmod, &typtype, elem_oid, &elem_typtype);
             let new_table = tables
                 .last()
@@ -614,6 +624,10 @@ impl Source for PostgresSource {
                     columns: Vec::new(),
                     kinds: Vec::new(),
                     key: Vec::new(),
+                    identity: SourceIdentity {
+                        relation: u32::try_from(relation).unwrap_or(0),
+                        columns: Vec::new(),
+                    },
                 });
             }
             let Some(t) = tables.last_mut() else { continue };
@@ -627,6 +641,7 @@ impl Source for PostgresSource {
                 cast_to_text: kind.is_none(),
             });
             t.kinds.push(kind.unwrap_or(Kind::Text));
+            t.identity.columns.push(number);
         }
         if tables.is_empty() {
             return Err(SourceError::NoTables {
@@ -662,6 +677,7 @@ impl Source for PostgresSource {
                     primary_key: t.key.into_iter().map(|(_, c)| c).collect(),
                     size_bytes: t.size.max(0) as u64,
                     estimated_rows: t.est_rows.max(0) as u64,
+                    identity: Some(t.identity),
                     read_plan: Arc::new(PgReadPlan {
                         kinds: t.kinds,
                         select_list,

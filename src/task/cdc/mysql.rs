@@ -33,8 +33,8 @@ use crate::source::mysql::ddl::{self, Ddl};
 use crate::source::mysql::types::RowBuilder;
 use crate::source::mysql::{MyEndpoint, MysqlSource};
 use crate::source::position::{BinlogPosition, ChangePosition, SourcePosition, binlog_file_index};
-use crate::source::{SelectionRules, Source, SourceError, TableInfo};
-use crate::task::batch::{BatchWriter, TableRows, added_columns};
+use crate::source::{RenamedColumn, SelectionRules, Source, SourceError, TableInfo};
+use crate::task::batch::{BatchWriter, ColumnsChanged, TableRows, added_columns};
 use crate::task::checkpoint::{AddedColumn, AddedValue, Checkpoint, SchemaChange};
 use crate::task::control::{Events, LogLevel};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
@@ -347,6 +347,7 @@ impl CdcRun<MyEndpoint> {
             maps: HashMap::new(),
             signatures: HashMap::new(),
             added: HashMap::new(),
+            renamed: HashMap::new(),
             txn: None,
             confirmed: start.clone(),
             persisted: start,
@@ -376,6 +377,9 @@ struct Mysql {
     /// Table → the columns `ALTER TABLE … ADD` statements read in this run added to it,
     /// until its next table map shows them.
     added: HashMap<TableId, Vec<ddl::AddedColumn>>,
+    /// The column renames (`from`, `to`, in order) the binlog's ALTER TABLE statements made
+    /// since each table's last table map.
+    renamed: HashMap<TableId, Vec<(String, String)>>,
     txn: Option<Txn>,
     /// Where the next run may start: the end of the last durable batch, or of the last
     /// transaction read while none of ours was in flight...
@@ -532,9 +536,13 @@ impl Mysql {
             let schema = RowBuilder::schema_for(&map.names, &map.decoders);
             let builder = Box::new(RowBuilder::new(schema.clone(), map.decoders.clone()));
             let statements = self.added.remove(&key).unwrap_or_default();
-            // Without an earlier shape (a table the stream shows first), nothing is added.
-            let previous = writer.previous_columns(&key);
-            let added = added_columns(previous.as_deref().unwrap_or(&map.names), &map.names)
+            let renames = self.renamed.remove(&key).unwrap_or_default();
+            // Without an earlier shape (a table the stream shows first, or created again),
+            // nothing is added or renamed.
+            let previous = writer.previous_shape(&key).map(|s| s.names);
+            let previous = previous.as_deref().unwrap_or(&map.names);
+            let renamed = renamed_columns(previous, &map.names, &renames);
+            let added = added_columns(previous, &map.names, &renamed)
                 .into_iter()
                 .map(|name| {
                     let data_type = schema.field_with_name(&name).map(|f| f.data_type());
@@ -551,7 +559,12 @@ impl Mysql {
                     AddedColumn { name, value }
                 })
                 .collect();
-            writer.schema(&key, &signature, schema, builder, position, added)?;
+            let columns = ColumnsChanged {
+                added,
+                renamed,
+                identity: None,
+            };
+            writer.schema(&key, &signature, schema, builder, position, columns)?;
             self.signatures.insert(key, signature);
         }
         self.maps.insert(table_id, map);
@@ -595,11 +608,17 @@ impl Mysql {
         time: u32,
     ) -> Option<BinlogPosition> {
         let ddl = ddl::parse(schema, sql);
-        if let Some(Ddl::AddColumns(table, columns)) = &ddl
+        if let Some(Ddl::AlterColumns {
+            table,
+            added,
+            renamed,
+        }) = &ddl
             && self.rules.matches_id(table)
         {
             let known = self.added.entry(table.clone()).or_default();
-            known.extend(columns.iter().cloned());
+            known.extend(added.iter().cloned());
+            let known = self.renamed.entry(table.clone()).or_default();
+            known.extend(renamed.iter().cloned());
         }
         let emptied = ddl
             .map(|ddl| emptied_tables(ddl, &self.rules, &writer.known_tables()))
@@ -843,6 +862,36 @@ fn added_value(default: &ddl::ColumnDefault, data_type: &DataType) -> AddedValue
     }
 }
 
+/// The columns renamed between a table's `previous` and its new column `names`, by the
+/// `renames` (`from`, `to`) its ALTER statements made in between, in order: a column
+/// whose renames lead to another name the table has (two columns may swap names). Names
+/// compare as MySQL's do, whatever their case.
+fn renamed_columns(
+    previous: &[String],
+    names: &[String],
+    renames: &[(String, String)],
+) -> Vec<RenamedColumn> {
+    let find =
+        |list: &[String], name: &str| list.iter().find(|n| n.eq_ignore_ascii_case(name)).cloned();
+    previous
+        .iter()
+        .filter_map(|from| {
+            let end = renames.iter().fold(from.clone(), |at, (a, b)| {
+                if a.eq_ignore_ascii_case(&at) {
+                    b.clone()
+                } else {
+                    at
+                }
+            });
+            let to = find(names, &end).filter(|to| !to.eq_ignore_ascii_case(from))?;
+            Some(RenamedColumn {
+                from: from.clone(),
+                to,
+            })
+        })
+        .collect()
+}
+
 /// What a statement did to the task's tables: each selected table it emptied with the
 /// change to record ([`SchemaChange::empties_table`]), and each selected table it renamed
 /// another into (`RENAMED_IN_FROM`, to warn about: its earlier rows are not in the binlog).
@@ -850,7 +899,7 @@ fn added_value(default: &ddl::ColumnDefault, data_type: &DataType) -> AddedValue
 fn emptied_tables(ddl: Ddl, rules: &SelectionRules, known: &[TableId]) -> Vec<(TableId, String)> {
     let selected = |t: &TableId| rules.matches_id(t);
     match ddl {
-        Ddl::AddColumns(..) => Vec::new(),
+        Ddl::AlterColumns { .. } => Vec::new(),
         Ddl::Truncate(t) => vec![(t, SchemaChange::TRUNCATE.to_owned())]
             .into_iter()
             .filter(|(t, _)| selected(t))
@@ -884,6 +933,43 @@ fn emptied_tables(ddl: Ddl, rules: &SelectionRules, known: &[TableId]) -> Vec<(T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renames_lead_a_column_to_its_new_name() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let renamed = |from: &str, to: &str| RenamedColumn {
+            from: from.into(),
+            to: to.into(),
+        };
+        let previous = names(&["id", "a", "b"]);
+        assert_eq!(
+            renamed_columns(
+                &previous,
+                &names(&["id", "C", "b"]),
+                &pairs(&[("a", "x"), ("X", "c")])
+            ),
+            vec![renamed("a", "C")],
+            "a chain of renames, names in any case"
+        );
+        assert_eq!(
+            renamed_columns(
+                &previous,
+                &names(&["id", "a", "b"]),
+                &pairs(&[("a", "t"), ("b", "a"), ("t", "b")])
+            ),
+            vec![renamed("a", "b"), renamed("b", "a")],
+            "two columns swapping names"
+        );
+        assert!(
+            renamed_columns(&previous, &names(&["id", "b"]), &pairs(&[("a", "gone")])).is_empty(),
+            "renamed, then dropped"
+        );
+    }
 
     #[test]
     fn statements_empty_only_selected_tables() {

@@ -38,8 +38,8 @@ use crate::source::postgres::pgoutput::{
 use crate::source::postgres::replication::{ChangeStream, SlotStatus, SnapshotHolder};
 use crate::source::postgres::types::Kind;
 use crate::source::postgres::{CatalogColumn, PgEndpoint, PostgresSource};
-use crate::source::{SelectionRules, Source, SourceError, TableInfo};
-use crate::task::batch::{BatchWriter, TableRows, added_columns};
+use crate::source::{SelectionRules, Source, SourceError, SourceIdentity, TableInfo};
+use crate::task::batch::{BatchWriter, ColumnsChanged, Shape, TableRows, added_columns};
 use crate::task::checkpoint::{self, AddedColumn, AddedValue, Checkpoint};
 use crate::task::control::{Events, LogLevel, TaskCommand};
 use crate::task::course::{TaskRun, cdc_summary, load_before_cdc, request_reload};
@@ -902,71 +902,163 @@ impl Postgres {
             key_columns,
         };
         if selected {
-            let position = self
-                .txn
-                .map(|(lsn, _, seq)| ChangePosition::postgres(lsn, seq))
-                .unwrap_or_default();
-            let table_schema = Arc::new(Schema::new(
-                info.columns
-                    .iter()
-                    .zip(&info.kinds)
-                    .map(|(c, k)| Field::new(c, k.data_type(), true))
-                    .collect::<Vec<_>>(),
-            ));
-            // Without an earlier shape (a table the stream shows first), nothing is added.
-            let previous = writer.previous_columns(&key);
-            let previous = previous.as_deref().unwrap_or(&info.columns);
-            let added = added_columns(previous, &info.columns);
-            // A name gone in the same change may be the added one's old name (a RENAME
-            // COLUMN): then what its rows hold is theirs, not a default.
-            let renamed = !added.is_empty() && previous.iter().any(|p| !info.columns.contains(p));
-            let added = if renamed {
-                added
-                    .into_iter()
-                    .map(|name| AddedColumn {
-                        name,
-                        value: AddedValue::Unknown(
-                            "columns were dropped or renamed in the same change, so whether it is a new column is not known".into(),
-                        ),
-                    })
-                    .collect()
-            } else if added.is_empty() {
-                Vec::new()
-            } else {
-                self.added_values(r.id, &info, &added).await
-            };
-            let builder = Box::new(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
-            writer.schema(
-                &key,
-                &info.signature,
-                table_schema,
-                builder,
-                position,
-                added,
-            )?;
+            self.selected_relation(writer, r.id, &info).await?;
         }
         self.relations.insert(r.id, info);
         Ok(())
     }
 
-    /// What rows older than the columns `added` to relation `relid` read for them, from
-    /// the catalog (pgoutput carries no default).
-    async fn added_values(
+    /// A new shape of selected relation `relid`: recorded with what it did to the rows the
+    /// table held. Another relation under the table's name is the table dropped and created
+    /// again (the change log has no DROP TABLE): the rows before it are gone. The columns'
+    /// numbers tell a rename from a drop and an add.
+    async fn selected_relation(
         &mut self,
+        writer: &mut BatchWriter,
         relid: u32,
         info: &RelationInfo,
-        added: &[String],
-    ) -> Vec<AddedColumn> {
-        let result = self.pg.catalog_columns(&mut self.control, relid).await;
-        let live = side_query(
-            &self.pg,
-            &self.events,
-            &mut self.control,
-            "reading the columns a schema change added",
-            result,
+    ) -> Result<(), TaskError> {
+        let key = &info.key;
+        let mut previous = writer.previous_shape(key);
+        let recreated = previous
+            .as_ref()
+            .and_then(|s| s.identity.as_ref())
+            .is_some_and(|identity| identity.relation != relid);
+        if recreated && let Some((lsn, micros, seq)) = &mut self.txn {
+            // Its own position, before the new table's first change.
+            let position = ChangePosition::postgres(*lsn, *seq);
+            *seq += 1;
+            let drop = checkpoint::SchemaChange::other(position, checkpoint::SchemaChange::DROP);
+            if writer.emptied(key, drop) {
+                self.changes.toast.truncated(key);
+                writer.touch(*micros);
+            }
+            previous = None;
+        }
+        let position = self
+            .txn
+            .map(|(lsn, _, seq)| ChangePosition::postgres(lsn, seq))
+            .unwrap_or_default();
+        let table_schema = Arc::new(Schema::new(
+            info.columns
+                .iter()
+                .zip(&info.kinds)
+                .map(|(c, k)| Field::new(c, k.data_type(), true))
+                .collect::<Vec<_>>(),
+        ));
+        // The catalog is asked only when the columns changed, or to learn their numbers.
+        let known = previous
+            .as_ref()
+            .filter(|s| *s.names == *info.columns && s.identity.is_some());
+        let columns = match known {
+            Some(shape) => ColumnsChanged {
+                identity: shape.identity.clone(),
+                ..ColumnsChanged::default()
+            },
+            None => {
+                let result = self.pg.catalog_columns(&mut self.control, relid).await;
+                let live = side_query(
+                    &self.pg,
+                    &self.events,
+                    &mut self.control,
+                    "reading the columns of a changed table",
+                    result,
+                )
+                .await;
+                columns_changed(previous.as_ref(), relid, info, live.as_deref())
+            }
+        };
+        let builder = Box::new(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
+        writer.schema(
+            key,
+            &info.signature,
+            table_schema,
+            builder,
+            position,
+            columns,
         )
-        .await;
-        added_values(live.as_deref(), &info.types, &info.kinds, added)
+    }
+}
+
+/// What a new shape of relation `relid` (`info`, as the stream describes it) did to the
+/// rows of the table, whose `previous` shape is recorded (`None`: a table the stream shows
+/// first, or created again), from the catalog's `live` columns now (`None`: it could not
+/// be read).
+///
+/// The columns' numbers are known when the catalog still has exactly the stream's columns;
+/// a later DDL that overtook the stream leaves them unknown. With the numbers of both
+/// shapes, a column under a number the previous shape had is that column, renamed or not;
+/// without them, a column added while another went away may be a rename, so what its
+/// rows hold is unknown (the table is reloaded).
+fn columns_changed(
+    previous: Option<&Shape>,
+    relid: u32,
+    info: &RelationInfo,
+    live: Option<&[CatalogColumn]>,
+) -> ColumnsChanged {
+    let same_columns = live.is_some_and(|live| {
+        live.len() == info.types.len()
+            && live
+                .iter()
+                .zip(&info.types)
+                .all(|(c, (name, oid, typmod))| {
+                    c.name == *name && c.type_oid == *oid && c.typmod == *typmod
+                })
+    });
+    let identity = SourceIdentity {
+        relation: relid,
+        columns: match live {
+            Some(live) if same_columns => live.iter().map(|c| c.number).collect(),
+            _ => Vec::new(),
+        },
+    };
+    // Without an earlier shape, nothing is added or renamed.
+    let Some(previous) = previous else {
+        return ColumnsChanged {
+            identity: Some(identity),
+            ..ColumnsChanged::default()
+        };
+    };
+    let renamed = match &previous.identity {
+        Some(before) => {
+            SourceIdentity::renamed((&previous.names, before), (&info.columns, &identity))
+        }
+        None => Vec::new(),
+    };
+    let numbered = previous
+        .identity
+        .as_ref()
+        .is_some_and(|i| i.columns.len() == previous.names.len())
+        && !identity.columns.is_empty();
+    let added: Vec<String> = match &previous.identity {
+        // A number the previous shape lacks is a new column, whatever its name.
+        Some(before) if numbered => info
+            .columns
+            .iter()
+            .zip(&identity.columns)
+            .filter(|(_, n)| !before.columns.contains(n))
+            .map(|(name, _)| name.clone())
+            .collect(),
+        _ => added_columns(&previous.names, &info.columns, &renamed),
+    };
+    let gone = previous.names.iter().any(|p| !info.columns.contains(p));
+    let added = if !added.is_empty() && gone && !numbered {
+        added
+            .into_iter()
+            .map(|name| AddedColumn {
+                name,
+                value: AddedValue::Unknown(
+                    "columns were dropped or renamed in the same change, so whether it is a new column is not known".into(),
+                ),
+            })
+            .collect()
+    } else {
+        added_values(live, &info.types, &info.kinds, &added)
+    };
+    ColumnsChanged {
+        added,
+        renamed,
+        identity: Some(identity),
     }
 }
 
@@ -1328,6 +1420,7 @@ mod tests {
             typmod: -1,
             missing: missing.map(str::to_owned),
             may_be_rewritten,
+            number: 1,
         };
         let types = [
             ("id".to_owned(), 20, -1),
