@@ -105,6 +105,11 @@ impl Digester {
         &self.schema
     }
 
+    /// The key's columns, as indexes into [`Self::schema`].
+    pub fn key_columns(&self) -> &[usize] {
+        &self.key
+    }
+
     /// `batch`'s columns of the digester's schema, found by name and cast to its types.
     fn columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>, DigestError> {
         self.schema

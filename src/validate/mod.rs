@@ -5,9 +5,11 @@
 //! 1. the source is read in one snapshot whose log position P is exact
 //!    ([`crate::task::exact_snapshot`]);
 //! 2. the task must have confirmed P: every change before it is then in the raw zone
-//!    (validate waits, up to [`ValidateOptions::wait`]);
+//!    (validate waits, up to [`ValidateOptions::wait`]; meanwhile the first table's source
+//!    side is digested, [`EarlyDigest`], since it needs nothing of the lake);
 //! 3. the lake's state at P is the raw zone replayed up to P (the load, then each change
-//!    before P, with added columns' fills: [`crate::curate::replay`]), and also the curated
+//!    before P, with added columns' fills and renamed columns' older names:
+//!    [`crate::curate::replay`]), and also the curated
 //!    table when it stands exactly at P;
 //! 4. each side's rows are digested (key and row hash, [`digest`]), spooled to temporary
 //!    files by key, and compared part by part; the first few keys of each kind of
@@ -318,9 +320,17 @@ async fn compare_tables(
         position: describe_position(cx.snapshot.position.as_ref()),
         tables: in_source.len(),
     });
-    if let Some(position) = cx.snapshot.position.as_ref().filter(|_| cx.task.has_cdc()) {
-        wait_for_task(cx, position, options.wait, on_event).await?;
-    }
+    let waiting = async {
+        match cx.snapshot.position.as_ref().filter(|_| cx.task.has_cdc()) {
+            Some(position) => wait_for_task(cx, position, options.wait, on_event).await,
+            None => Ok(()),
+        }
+    };
+    // The source's side needs nothing of the lake: the first table's is digested while the
+    // task catches up.
+    let first = in_source.first().copied();
+    let early = async { Ok(early_digest(cx, first).await) };
+    let ((), mut early) = tokio::try_join!(waiting, early)?;
     tracing::info!("the task reached the snapshot");
     let lake = TaskLake::open(cx.workspace, cx.workspace_path, cx.catalog, cx.task).await?;
     tracing::info!("the lake listed");
@@ -333,7 +343,7 @@ async fn compare_tables(
     for info in &in_source {
         // One table's failure (a file gone meanwhile, a type the lake cannot hold) is
         // reported; the others are compared.
-        let report = compare_table(cx, &lake, info, before.as_deref())
+        let report = compare_table(cx, &lake, info, before.as_deref(), early.take())
             .await
             .unwrap_or_else(|e| {
                 let why = e.to_string();
@@ -422,7 +432,7 @@ async fn wait_for_task(
             });
             told = Some(stands);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -460,11 +470,57 @@ fn compared_columns(source: &Schema, lake: &Schema) -> (SchemaRef, Vec<String>) 
     (Arc::new(Schema::new(fields)), missing)
 }
 
+/// A table's source side, digested before its lake side was known: with the digester
+/// the lake's columns would most likely need (the source's, in the lake's types).
+struct EarlyDigest {
+    table: TableId,
+    digester: Arc<Digester>,
+    spool: Result<Finished, ValidateError>,
+}
+
+impl EarlyDigest {
+    /// Whether this digest is the one `digester` would make of table `table`: the same
+    /// key and the same columns in the same types and order.
+    fn fits(&self, table: &TableId, digester: &Digester) -> bool {
+        let same = |a: &Schema, b: &Schema| {
+            a.fields().len() == b.fields().len()
+                && a.fields()
+                    .iter()
+                    .zip(b.fields())
+                    .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+        };
+        self.table == *table
+            && self.digester.key_columns() == digester.key_columns()
+            && same(self.digester.schema(), digester.schema())
+    }
+}
+
+/// Table `info`'s source side, digested as [`EarlyDigest`] says (`None`: no table, or its
+/// columns have no lake form).
+async fn early_digest(cx: &Context<'_>, info: Option<&TableInfo>) -> Option<EarlyDigest> {
+    let info = info?;
+    let schema = curate::lake_columns(&info.arrow_schema).ok()?;
+    let digester = Arc::new(Digester::new(Arc::new(schema), &info.primary_key).ok()?);
+    let spool = digest_source(cx, info, &digester, row_estimate(info)).await;
+    Some(EarlyDigest {
+        table: info.id(),
+        digester,
+        spool,
+    })
+}
+
+/// Rows to size a table's parts for: the source's estimate, or its size where it has none
+/// (a table never analyzed), at least a row per 100 bytes.
+fn row_estimate(info: &TableInfo) -> u64 {
+    info.estimated_rows.max(info.size_bytes / 100).max(1)
+}
+
 async fn compare_table(
     cx: &Context<'_>,
     lake: &TaskLake<'_>,
     info: &TableInfo,
     before: Option<&str>,
+    early: Option<EarlyDigest>,
 ) -> Result<TableReport, ValidateError> {
     let table = info.id();
     let name = table.to_string();
@@ -500,9 +556,7 @@ async fn compare_table(
         source,
     };
     let digester = Arc::new(Digester::new(schema, &lake_rows.key).map_err(digest_error)?);
-    // Parts sized from the source's estimate, or its size where it has none (a table
-    // never analyzed): at least a row per 100 bytes.
-    let estimate = info.estimated_rows.max(info.size_bytes / 100).max(1);
+    let estimate = row_estimate(info);
     let LakeRows {
         rows,
         newest,
@@ -517,7 +571,12 @@ async fn compare_table(
         estimate,
         name.clone(),
     ));
-    let source_spool = match digest_source(cx, info, &digester, estimate).await {
+    let early = early.filter(|e| e.fits(&table, &digester));
+    let source_spool = match early {
+        Some(early) => early.spool,
+        None => digest_source(cx, info, &digester, estimate).await,
+    };
+    let source_spool = match source_spool {
         Ok(spool) => spool,
         Err(e) => {
             lake_side.abort();
