@@ -1167,25 +1167,7 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
         assert_readers_see(&read, "shop.public.items", &renamed, source);
         assert_eq!(field_id(&dir, "shop.public.items", "title"), label_id);
     }
-    // The history shows every version's value under the new name, the load's included.
-    let out = assert_success(&tributary(&[
-        "query",
-        &ws,
-        "SELECT count(*) AS versions, count(title) AS titled, \
-           count(*) FILTER (WHERE title = 'before') AS before FROM shop.public.items_history",
-    ]));
-    let counts: Vec<&str> = out
-        .lines()
-        .nth(3)
-        .unwrap_or_default()
-        .split('|')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    assert!(
-        counts.len() == 3 && counts[0] == counts[1] && counts[2] == "5",
-        "{out}"
-    );
+    assert_history_reads_renamed_columns(&ws);
 
     // DROP COLUMN leaves the curated table's current schema; a column widened in place
     // (int4 to int8) keeps its values.
@@ -1228,6 +1210,29 @@ async fn columns_added_with_a_default_read_it_where_the_alter_touched_no_row() {
     );
     drop(task);
     drop_slots(&mut conn, db).await;
+}
+
+/// The history of `items` shows every version's value under the new name `title`, the
+/// load's included (5 versions were updated to 'before' before the rename).
+fn assert_history_reads_renamed_columns(ws: &str) {
+    let out = assert_success(&tributary(&[
+        "query",
+        ws,
+        "SELECT count(*) AS versions, count(title) AS titled, \
+           count(*) FILTER (WHERE title = 'before') AS before FROM shop.public.items_history",
+    ]));
+    let counts: Vec<&str> = out
+        .lines()
+        .nth(3)
+        .unwrap_or_default()
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert!(
+        counts.len() == 3 && counts[0] == counts[1] && counts[2] == "5",
+        "{out}"
+    );
 }
 
 /// The Iceberg field id of `column` in curated table `table`, as pyiceberg reads it.
