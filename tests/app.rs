@@ -80,6 +80,20 @@ fn endpoints_screen_tests_connections_in_green_and_red() {
     h.get_by_label("load").click();
     wait_for(&mut h, "tables selected", Duration::from_secs(20));
     screenshot(&mut h, "tasks");
+    // A CDC task's own settings: what a schema change does, among them.
+    assert!(h.query_by_label("Change capture settings").is_none());
+    h.get_by_label("full load + CDC").click();
+    h.run_steps(2);
+    h.get_by_label("Change capture settings").click();
+    h.run_steps(2);
+    h.get_by_label("stop").click();
+    h.run_steps(2);
+    let task = &h.state().doc().workspace.tasks[0];
+    assert_eq!(
+        task.cdc_settings.schema_change_policy,
+        tributary::config::SchemaChangePolicy::Stop
+    );
+    screenshot(&mut h, "tasks-cdc");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use super::monitoring::Runs;
 use super::{Backend, UiEvent, WorkspaceDoc};
 use crate::config::{
-    Compression, DataFormat, DatePartitionSequence, DatePartitionStyle, MigrationType,
-    TargetSettings, TaskConfig,
+    CdcSettings, Compression, DataFormat, DatePartitionSequence, DatePartitionStyle, MigrationType,
+    SchemaChangePolicy, TargetSettings, TaskConfig,
 };
 use crate::ident::TableId;
 use crate::source::SelectionRules;
@@ -414,6 +414,11 @@ impl TasksScreen {
         ui.collapsing("Target settings (DMS defaults shown)", |ui| {
             target_settings_ui(ui, &mut task.target_settings);
         });
+        if task.has_cdc() {
+            ui.collapsing("Change capture settings", |ui| {
+                cdc_settings_ui(ui, &mut task.cdc_settings);
+            });
+        }
     }
 
     /// The source's tables that the rules select, matched locally as they are typed.
@@ -509,6 +514,64 @@ fn choice_ui(ui: &mut egui::Ui, label: &str, value: &mut String, choices: &[Stri
             }
         });
     ui.end_row();
+}
+
+fn cdc_settings_ui(ui: &mut egui::Ui, s: &mut CdcSettings) {
+    let defaults = CdcSettings::default();
+    egui::Grid::new("cdc-settings")
+        .num_columns(3)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            ui.label("Schema changes");
+            ui.horizontal(|ui| {
+                for (policy, label, hover) in [
+                    (
+                        SchemaChangePolicy::Apply,
+                        "apply",
+                        "Record what rows older than a change hold (a constant default, a renamed column) and reload a table where the change log does not say",
+                    ),
+                    (
+                        SchemaChangePolicy::Reload,
+                        "reload",
+                        "Reload a table on any change of its columns",
+                    ),
+                    (
+                        SchemaChangePolicy::Stop,
+                        "stop",
+                        "Stop the task at any change of a table's columns, naming it",
+                    ),
+                ] {
+                    ui.radio_value(&mut s.schema_change_policy, policy, label)
+                        .on_hover_text(hover);
+                }
+            });
+            ui.weak("default: apply");
+            ui.end_row();
+            ui.label("Slot name");
+            ui.text_edit_singleline(&mut s.slot_name);
+            ui.weak("default: tributary_<task> (PostgreSQL)");
+            ui.end_row();
+            ui.label("Publication name");
+            ui.text_edit_singleline(&mut s.publication_name);
+            ui.weak("default: tributary_<task> (PostgreSQL)");
+            ui.end_row();
+            ui.label("Heartbeat");
+            ui.checkbox(&mut s.heartbeat_enable, "");
+            ui.weak(if defaults.heartbeat_enable {
+                "default: on"
+            } else {
+                "default: off"
+            });
+            ui.end_row();
+            ui.label("Heartbeat every (min)");
+            ui.add(egui::DragValue::new(&mut s.heartbeat_frequency).range(1..=1440));
+            ui.weak(format!("default: {}", defaults.heartbeat_frequency));
+            ui.end_row();
+            ui.label("Slot WAL warning (MB)");
+            ui.add(egui::DragValue::new(&mut s.slot_wal_warning_mb).range(1..=u64::MAX));
+            ui.weak(format!("default: {}", defaults.slot_wal_warning_mb));
+            ui.end_row();
+        });
 }
 
 fn target_settings_ui(ui: &mut egui::Ui, s: &mut TargetSettings) {
