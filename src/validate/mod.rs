@@ -31,6 +31,7 @@ use arrow_schema::{Schema, SchemaRef};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
+use futures::future::{self, Either};
 use tokio::sync::mpsc;
 
 use crate::catalog::iceberg::IcebergCatalog;
@@ -327,10 +328,19 @@ async fn compare_tables(
         }
     };
     // The source's side needs nothing of the lake: the first table's is digested while the
-    // task catches up.
+    // task catches up, and goes on beside its lake side.
     let first = in_source.first().copied();
-    let early = async { Ok(early_digest(cx, first).await) };
-    let ((), mut early) = tokio::try_join!(waiting, early)?;
+    let digesting = std::pin::pin!(early_digest(cx, first));
+    let mut early = match future::select(std::pin::pin!(waiting), digesting).await {
+        Either::Left((waited, digesting)) => {
+            waited?;
+            Some(Early::Running(digesting))
+        }
+        Either::Right((digested, waiting)) => {
+            waiting.await?;
+            Some(Early::Done(digested))
+        }
+    };
     tracing::info!("the task reached the snapshot");
     let lake = TaskLake::open(cx.workspace, cx.workspace_path, cx.catalog, cx.task).await?;
     tracing::info!("the lake listed");
@@ -470,6 +480,13 @@ fn compared_columns(source: &Schema, lake: &Schema) -> (SchemaRef, Vec<String>) 
     (Arc::new(Schema::new(fields)), missing)
 }
 
+/// The first table's source side, started before its lake side was known: done, or still
+/// being digested (`F`).
+enum Early<F> {
+    Done(Option<EarlyDigest>),
+    Running(F),
+}
+
 /// A table's source side, digested before its lake side was known: with the digester
 /// the lake's columns would most likely need (the source's, in the lake's types).
 struct EarlyDigest {
@@ -520,7 +537,7 @@ async fn compare_table(
     lake: &TaskLake<'_>,
     info: &TableInfo,
     before: Option<&str>,
-    early: Option<EarlyDigest>,
+    early: Option<Early<impl Future<Output = Option<EarlyDigest>>>>,
 ) -> Result<TableReport, ValidateError> {
     let table = info.id();
     let name = table.to_string();
@@ -571,8 +588,12 @@ async fn compare_table(
         estimate,
         name.clone(),
     ));
-    let early = early.filter(|e| e.fits(&table, &digester));
-    let source_spool = match early {
+    let early = match early {
+        Some(Early::Done(digested)) => digested,
+        Some(Early::Running(digesting)) => digesting.await,
+        None => None,
+    };
+    let source_spool = match early.filter(|e| e.fits(&table, &digester)) {
         Some(early) => early.spool,
         None => digest_source(cx, info, &digester, estimate).await,
     };
