@@ -36,37 +36,38 @@ use parquet::file::properties::WriterProperties;
 use super::CurateError;
 use crate::catalog::iceberg::{IcebergCatalog, IcebergTable};
 use crate::lake::Storage;
-use crate::source::RenamedColumn;
 
 /// The Iceberg schema of Arrow `schema`, field ids from `first_id` on.
 pub fn schema_from_arrow(schema: &ArrowSchema, first_id: i32) -> iceberg::Result<Schema> {
     evolve(None, schema.into(), first_id)
 }
 
-/// A table's next columns, with the source's column renames since the current schema
-/// (those after the position the table applied), oldest first: a column is the current
-/// schema's column of the name its renames lead back to.
+/// A table's next columns, each with its name in the current schema
+/// ([`super::plan::names_in_current`]; `None`: a column created since, which gets a new
+/// field id whatever the current schema holds under its name). Without names, each column
+/// is the current schema's column of its own name.
 #[derive(Clone, Copy)]
 pub struct NextColumns<'a> {
     pub schema: &'a ArrowSchema,
-    pub renamed: &'a [RenamedColumn],
+    pub current_names: &'a [Option<String>],
 }
 
 impl<'a> From<&'a ArrowSchema> for NextColumns<'a> {
     fn from(schema: &'a ArrowSchema) -> Self {
         NextColumns {
             schema,
-            renamed: &[],
+            current_names: &[],
         }
     }
 }
 
 impl NextColumns<'_> {
-    /// The name column `name` has in the current schema: back through its renames.
-    fn current_name(&self, name: &str) -> String {
-        self.renamed.iter().rev().fold(name.to_owned(), |at, r| {
-            if r.to == at { r.from.clone() } else { at }
-        })
+    /// The name column `index` has in the current schema, if it is one of its columns.
+    fn current_name(&self, index: usize) -> Option<&str> {
+        match self.current_names.get(index) {
+            Some(name) => name.as_deref(),
+            None => Some(self.schema.field(index).name()),
+        }
     }
 }
 
@@ -84,12 +85,12 @@ pub fn evolve(
     let current = current.map(schema_to_arrow_schema).transpose()?;
     let mut next = first_id;
     let mut fields = Vec::new();
-    for field in next_columns.schema.fields() {
+    for (index, field) in next_columns.schema.fields().iter().enumerate() {
         let new_type = file_type(field);
-        let name = next_columns.current_name(field.name());
         let kept = current
             .as_ref()
-            .and_then(|c| c.field_with_name(&name).ok())
+            .zip(next_columns.current_name(index))
+            .and_then(|(c, name)| c.field_with_name(name).ok())
             .filter(|old| {
                 let old_type = strip_ids(&ArrowSchema::new(vec![(*old).clone()]))
                     .field(0)
@@ -657,20 +658,12 @@ mod tests {
             )
         };
         let before = schema_from_arrow(&arrow(["id", "label", "note"]), 1).unwrap();
-        let renamed = |from: &str, to: &str| RenamedColumn {
-            from: from.into(),
-            to: to.into(),
-        };
-        // label to name to title, and note to label: each keeps its own id.
-        let renames = [
-            renamed("label", "name"),
-            renamed("name", "title"),
-            renamed("note", "label"),
-        ];
+        // label renamed to title, note to label: each keeps its own id; extra is new.
         let next = arrow(["id", "title", "label"]);
+        let names = [Some("id".into()), Some("label".into()), Some("note".into())];
         let columns = NextColumns {
             schema: &next,
-            renamed: &renames,
+            current_names: &names,
         };
         let after = evolve(Some(&before), columns, 4).unwrap();
         let fields: Vec<(i32, String)> = after

@@ -45,7 +45,6 @@ use crate::ident::TableId;
 use crate::lake::adapters::Buckets;
 use crate::lake::inspect::{InspectError, ParquetFile};
 use crate::lake::{Storage, StorageError, layout};
-use crate::source::RenamedColumn;
 use crate::task::CheckpointError;
 use crate::task::checkpoint::{Checkpoint, SchemaChange, TaskState};
 
@@ -767,29 +766,19 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         };
     let files = plan::raw_files(raw, job.changes_end.is_some(), job.pending);
     let truncates = job.truncates();
-    // A rebuild reads the changes after the newest truncate (or drop), and the load when
-    // there is none: the files before it hold nothing the table has now, maybe not even
-    // its columns (a table dropped and created again).
-    let rebuild_files = || {
-        let truncated = plan::newest_truncate(&truncates, None);
-        let changes = plan::changes_after(raw, &files.cdc, truncated.as_deref());
-        let load = if truncated.is_some() {
-            &[][..]
-        } else {
-            &files.load[..]
-        };
+    // A rebuild reads its load and every change, a merge the changes after what the table
+    // applied; both from the newest truncate (or drop) on.
+    let read_from = |rebuild: bool, after: Option<&str>| {
+        let truncated = plan::newest_truncate(&truncates, after);
+        let (load, changes) = files.from(raw, rebuild, after, truncated.as_deref());
         let read = [load, &changes[..]].concat();
         (changes, read)
     };
-    let (mut changes, mut raw_schema) = if rebuild.is_some() {
-        let (changes, read) = rebuild_files();
-        let schema = job.raw_schema(&read).await?;
-        (changes, schema)
-    } else {
-        let changes = plan::changes_after(raw, &files.cdc, after.as_deref());
-        let schema = job.raw_schema(&changes).await?;
-        (changes, schema)
+    let (mut changes, read) = match rebuild {
+        Some(_) => read_from(true, None),
+        None => read_from(false, after.as_deref()),
     };
+    let mut raw_schema = job.raw_schema(&read).await?;
     let mut current_columns = None;
     if rebuild.is_none() {
         if changes.is_empty() && plan::newest_truncate(&truncates, after.as_deref()).is_none() {
@@ -806,7 +795,7 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
             rebuild = Some(plan::Rebuild::ColumnsChanged);
             after = None;
             let read;
-            (changes, read) = rebuild_files();
+            (changes, read) = read_from(true, None);
             raw_schema = job.raw_schema(&read).await?;
         } else {
             current_columns = Some(plan::without_dropped(
@@ -834,7 +823,11 @@ async fn curate_table(job: &TableJob<'_>, rebuild: bool) -> Result<TableOutcome,
         changes,
         key,
         rebuild,
-        renamed: plan::renamed_since(job.schema_changes(), applied),
+        current_names: plan::names_in_current(
+            job.schema_changes(),
+            applied,
+            &names(&columns_arrow),
+        ),
         raw_columns: raw_schema,
         after_all: plan::apply_after(after.as_deref(), truncated_at.as_deref()),
         truncated_at,
@@ -862,8 +855,8 @@ struct Work<'a> {
     truncated_at: Option<String>,
     /// The table's columns (Arrow types as the source has them).
     columns: ArrowSchema,
-    /// The source's column renames since the table's current schema, oldest first.
-    renamed: Vec<RenamedColumn>,
+    /// Each column's name in the table's current schema (`None`: added since).
+    current_names: Vec<Option<String>>,
     /// The columns of the raw files read, older names included.
     raw_columns: ArrowSchema,
     load_id: String,
@@ -885,7 +878,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         after_all,
         truncated_at,
         columns: columns_arrow,
-        renamed,
+        current_names,
         raw_columns,
         load_id,
         history,
@@ -930,7 +923,7 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         job.zone.table_location(&job.task.source, job.table),
         iceberg::NextColumns {
             schema: &columns_arrow,
-            renamed: &renamed,
+            current_names: &current_names,
         },
         [("tributary.primary-key".to_owned(), key.join(","))],
     )
@@ -1057,11 +1050,7 @@ fn merge_columns(
     file_columns: &ArrowSchema,
     raw: &ArrowSchema,
 ) -> Result<MergeColumns, CurateError> {
-    let columns: Vec<String> = file_columns
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let columns = names(file_columns);
     let mut read: Vec<arrow_schema::FieldRef> = file_columns.fields().iter().cloned().collect();
     let mut fills = Vec::new();
     for fill in plan::fills(job.schema_changes(), &columns) {
@@ -1086,6 +1075,11 @@ fn merge_columns(
         fills,
         read: Arc::new(read),
     })
+}
+
+/// The column names of `schema`, in order.
+fn names(schema: &ArrowSchema) -> Vec<String> {
+    schema.fields().iter().map(|f| f.name().clone()).collect()
 }
 
 /// Refuses a table whose primary key columns are not all among `columns`.
@@ -1224,13 +1218,11 @@ fn data_columns(schema: &ArrowSchema, job: &TableJob<'_>) -> ArrowSchema {
     plan::without_dropped(&own, plan::source_columns(job.schema_changes()))
 }
 
-/// A source table's columns (`source`) as the lake holds them: nullable, in the types of
-/// its files (those Iceberg lacks widened), without field ids.
-pub fn lake_columns(source: &ArrowSchema) -> Result<ArrowSchema, CurateError> {
-    let schema = normalized(&nullable(source)).map_err(|source| CurateError::Schema {
-        table: String::new(),
-        message: source.to_string(),
-    })?;
+/// Source table `table`'s columns (`source`) as the lake holds them: nullable, in the types
+/// of its files (those Iceberg lacks widened), without field ids.
+pub fn lake_columns(table: &str, source: &ArrowSchema) -> Result<ArrowSchema, CurateError> {
+    let schema = normalized(&nullable(source))
+        .map_err(|source| CurateError::iceberg(table.to_owned(), source))?;
     Ok(ArrowSchema::new(
         schema
             .fields()

@@ -22,7 +22,6 @@ use arrow_schema::Schema as ArrowSchema;
 use super::CurateError;
 use crate::catalog::RawTable;
 use crate::lake::layout;
-use crate::source::RenamedColumn;
 use crate::task::checkpoint::{AddedValue, LoadStatus, SchemaChange};
 
 /// Snapshot summary keys: what a snapshot applied.
@@ -186,6 +185,28 @@ pub struct RawFiles<'a> {
     pub cdc: Vec<&'a String>,
 }
 
+impl<'a> RawFiles<'a> {
+    /// The files a table is read from: its load (`with_load`, for a rebuild), unless it
+    /// started again empty since at `truncated`, its newest truncate (or drop); and the CDC
+    /// files that may hold changes after both `after` (what the table applied) and that.
+    /// The files before a truncate hold nothing the table has, maybe not even its columns
+    /// (a table dropped and created again).
+    pub fn from(
+        &self,
+        raw: &RawTable,
+        with_load: bool,
+        after: Option<&str>,
+        truncated: Option<&str>,
+    ) -> (&[&'a String], Vec<&'a String>) {
+        let load = match truncated {
+            None if with_load => &self.load[..],
+            _ => &[],
+        };
+        let start = apply_after(after, truncated);
+        (load, changes_after(raw, &self.cdc, start.as_deref()))
+    }
+}
+
 /// Splits the table's files into LOAD files (directly in the table folder) and CDC files;
 /// keeps only CDC files of confirmed batches: none when nothing is confirmed yet
 /// (`confirmed` false), and none of the batch being put in place (`pending`).
@@ -271,13 +292,33 @@ pub fn without_dropped(schema: &ArrowSchema, names: Option<&[String]>) -> ArrowS
     )
 }
 
-/// The column renames recorded after position `applied` (what the curated table applied;
-/// `None`: every one), oldest first: those its current schema does not know of.
-pub fn renamed_since(changes: &[SchemaChange], applied: Option<&str>) -> Vec<RenamedColumn> {
-    changes
+/// Each of `columns`' name in the curated table's current schema, which stands at position
+/// `applied` (`None`: every change is after it): back through the renames recorded since,
+/// one change at a time (a change's renames happen together: two columns may swap names);
+/// `None` where a change since added the column under that name (a new column, whatever
+/// the current schema holds under its name).
+pub fn names_in_current(
+    changes: &[SchemaChange],
+    applied: Option<&str>,
+    columns: &[String],
+) -> Vec<Option<String>> {
+    let since: Vec<&SchemaChange> = changes
         .iter()
         .filter(|c| applied.is_none_or(|a| c.position.to_string().as_str() > a))
-        .flat_map(|c| c.renamed.iter().cloned())
+        .collect();
+    columns
+        .iter()
+        .map(|column| {
+            let mut at = column.clone();
+            for change in since.iter().rev() {
+                if let Some(r) = change.renamed.iter().find(|r| r.to == at) {
+                    at = r.from.clone();
+                } else if change.added.iter().any(|a| a.name == at) {
+                    return None;
+                }
+            }
+            Some(at)
+        })
         .collect()
 }
 
@@ -748,6 +789,52 @@ mod tests {
                 fill("c", 2, Read::Column("a".into())),
                 fill("c", 1, Read::Value(Some("5".into()))),
                 fill("a", 4, Read::Value(None)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_column_is_found_in_the_current_schema_back_through_its_renames() {
+        use crate::source::RenamedColumn;
+        use crate::source::position::ChangePosition;
+        use crate::task::checkpoint::AddedColumn;
+        let at = |lsn| ChangePosition::postgres(lsn, 0);
+        let change = |lsn, renamed: &[(&str, &str)], added: &[&str]| {
+            let mut c = SchemaChange::columns(at(lsn), "", Vec::new());
+            c.renamed = renamed
+                .iter()
+                .map(|(from, to)| RenamedColumn {
+                    from: (*from).into(),
+                    to: (*to).into(),
+                })
+                .collect();
+            c.added = added
+                .iter()
+                .map(|name| AddedColumn {
+                    name: (*name).into(),
+                    value: AddedValue::Null,
+                })
+                .collect();
+            c
+        };
+        let changes = [
+            // Before the curated table's position: its schema knows it.
+            change(1, &[("x", "y")], &[]),
+            // a and b swap names; then c becomes d and a new c is added.
+            change(3, &[("a", "b"), ("b", "a")], &[]),
+            change(4, &[("c", "d")], &[]),
+            change(5, &[], &["c"]),
+        ];
+        let applied = at(2).to_string();
+        let columns = ["y", "a", "b", "d", "c"].map(String::from);
+        assert_eq!(
+            names_in_current(&changes, Some(&applied), &columns),
+            vec![
+                Some("y".into()),
+                Some("b".into()),
+                Some("a".into()),
+                Some("c".into()),
+                None
             ]
         );
     }

@@ -97,13 +97,7 @@ pub async fn replay(
         .filter(|t| before.is_none_or(|b| t.as_str() < b))
         .collect();
     let truncated_at = plan::newest_truncate(&truncates, None);
-    let changes = plan::changes_after(raw, &files.cdc, truncated_at.as_deref());
-    // After a truncate (or a drop), the load holds nothing the table has, maybe not even
-    // its columns.
-    let load = match truncated_at {
-        Some(_) => &[][..],
-        None => &files.load[..],
-    };
+    let (load, changes) = files.from(raw, true, None, truncated_at.as_deref());
     let raw_schema = job.raw_schema(&[load, &changes[..]].concat()).await?;
     let file_columns = Arc::new(
         normalized(&nullable(&data_columns(&raw_schema, &job)))

@@ -296,6 +296,15 @@ impl BatchWriter {
         }
     }
 
+    /// Table `key`'s last recorded columns change, to amend.
+    fn last_columns_change(&mut self, key: &TableId) -> Option<&mut SchemaChange> {
+        self.totals
+            .get_mut(key)?
+            .schema_changes
+            .iter_mut()
+            .rfind(|c| c.is_columns())
+    }
+
     /// A (new or changed) schema of selected table `key`: later rows use it. `signature`
     /// describes the columns, to record what changed, and `columns` what the change did to
     /// the rows before it; `builder` builds rows of `table_schema`.
@@ -336,24 +345,33 @@ impl BatchWriter {
         change.added = columns.added;
         change.renamed = columns.renamed;
         change.identity = columns.identity;
-        // Another relation under the same name is a change even with the same columns.
-        let same = last.as_ref().is_some_and(|(signature, identity)| {
-            *signature == change.change
-                && (change.identity.is_none() || *identity == change.identity)
-        });
+        let previous = self.previous_shape(key);
+        // Another relation under the same name is a change even with the same columns, and
+        // so is the first shape after the table was dropped.
+        let same = previous.is_some()
+            && last.as_ref().is_some_and(|(signature, identity)| {
+                *signature == change.change
+                    && (identity.is_none()
+                        || change.identity.is_none()
+                        || *identity == change.identity)
+            });
+        if same
+            && let Some(learned) = change.identity.take()
+            && let Some(last) = self.last_columns_change(key)
+            && last.identity.is_none()
+        {
+            // A shape recorded before identities were: it learns its own, nothing changed.
+            last.identity = Some(learned);
+        }
         if !same {
             // A change inside a reloaded table's new snapshot is in its load already.
             let loaded = self
                 .changes_from
                 .get(key)
                 .is_some_and(|from| change.position < *from);
-            // The first shape the stream shows is a change only when it differs from the
-            // load's.
-            let first = last.is_none()
-                && self
-                    .load_shapes
-                    .get(key)
-                    .is_none_or(|load| load.names == change.names);
+            // The first shape the stream shows (of the table, or of the one created again
+            // under its name) is a change only when it differs from the load's.
+            let first = previous.is_none_or(|p| last.is_none() && p.names == change.names);
             let policy = self.task.cdc_settings.schema_change_policy;
             let on_change = match on_columns_change(policy, first, &change.added) {
                 _ if loaded => OnColumnsChange::Go,

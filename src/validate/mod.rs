@@ -516,7 +516,8 @@ impl EarlyDigest {
 /// columns have no lake form).
 async fn early_digest(cx: &Context<'_>, info: Option<&TableInfo>) -> Option<EarlyDigest> {
     let info = info?;
-    let schema = curate::lake_columns(&info.arrow_schema).ok()?;
+    // A table whose columns have no lake form is digested once its lake side says how.
+    let schema = curate::lake_columns(&info.qualified_name(), &info.arrow_schema).ok()?;
     let digester = Arc::new(Digester::new(Arc::new(schema), &info.primary_key).ok()?);
     let spool = digest_source(cx, info, &digester, row_estimate(info)).await;
     Some(EarlyDigest {

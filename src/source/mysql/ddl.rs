@@ -222,7 +222,6 @@ impl Parser<'_> {
         hit
     }
 
-    /// `IF EXISTS`, if it comes next.
     /// `[IF EXISTS] old TO new` after `RENAME COLUMN`.
     fn column_rename(&mut self) -> Option<(String, String)> {
         self.if_exists();
@@ -235,6 +234,7 @@ impl Parser<'_> {
         Some((old, new))
     }
 
+    /// `IF EXISTS`, if it comes next.
     fn if_exists(&mut self) {
         if self.peek().is_some_and(|t| t.is("if"))
             && self.tokens.get(self.at + 1).is_some_and(|t| t.is("exists"))
@@ -369,7 +369,7 @@ pub fn parse(default_schema: &str, sql: &str) -> Option<Ddl> {
                 c.if_exists();
                 let names = (c.peek().and_then(Token::name), c.tokens.get(c.at + 1));
                 if let (Some(old), Some(new)) = (names.0, names.1.and_then(Token::name))
-                    && !old.eq_ignore_ascii_case(new)
+                    && old != new
                 {
                     renamed.push((old.to_owned(), new.to_owned()));
                 }
@@ -630,6 +630,11 @@ mod tests {
             ),
             Some(columns(&[("a", "b c"), ("e", "f"), ("g", "h")])),
             "a CHANGE that keeps the name renames nothing"
+        );
+        assert_eq!(
+            parse("s", "ALTER TABLE t CHANGE a A INT"),
+            Some(columns(&[("a", "A")])),
+            "a CHANGE of the name's case renames it"
         );
         assert_eq!(
             parse("s", "/*!40000 ALTER TABLE `t` RENAME AS `u` */"),

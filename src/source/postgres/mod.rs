@@ -485,6 +485,9 @@ pub struct CatalogColumn {
     pub name: String,
     /// The column's number (`attnum`): kept when it is renamed, never given out again.
     pub number: i32,
+    /// A generated column (`GENERATED ALWAYS AS … STORED`), which pgoutput leaves out
+    /// unless the publication publishes generated columns.
+    pub generated: bool,
     pub type_oid: u32,
     pub typmod: i32,
     /// The fast default (`pg_attribute.attmissingval`, in the type's text form): rows
@@ -500,7 +503,7 @@ pub struct CatalogColumn {
 const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, \
      CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END, \
      a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' OR t.typtype = 'd', \
-     a.attnum::int4 \
+     a.attnum::int4, a.attgenerated <> '' \
      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
      WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
      ORDER BY a.attnum";
@@ -529,6 +532,7 @@ impl PgEndpoint {
                     missing: row.try_get(3).map_err(get)?,
                     may_be_rewritten: row.try_get(4).map_err(get)?,
                     number: row.try_get(5).map_err(get)?,
+                    generated: row.try_get(6).map_err(get)?,
                 })
             })
             .collect()

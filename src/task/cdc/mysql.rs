@@ -634,6 +634,9 @@ impl Mysql {
             let at = t.next_position();
             let mut recorded = false;
             for (table, change) in emptied {
+                // What the ALTERs before said of its columns is of a table that is gone.
+                self.added.remove(&table);
+                self.renamed.remove(&table);
                 if let Some(to) = change.strip_prefix(RENAMED_IN_FROM) {
                     self.events.log(
                         LogLevel::Warn,
@@ -883,7 +886,8 @@ fn renamed_columns(
                     at
                 }
             });
-            let to = find(names, &end).filter(|to| !to.eq_ignore_ascii_case(from))?;
+            // A rename may change only the case of the name.
+            let to = find(names, &end).filter(|to| to != from)?;
             Some(RenamedColumn {
                 from: from.clone(),
                 to,
@@ -968,6 +972,11 @@ mod tests {
         assert!(
             renamed_columns(&previous, &names(&["id", "b"]), &pairs(&[("a", "gone")])).is_empty(),
             "renamed, then dropped"
+        );
+        assert_eq!(
+            renamed_columns(&previous, &names(&["id", "A", "b"]), &pairs(&[("a", "A")])),
+            vec![renamed("a", "A")],
+            "only the case changed"
         );
     }
 

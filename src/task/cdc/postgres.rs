@@ -924,14 +924,18 @@ impl Postgres {
             .as_ref()
             .and_then(|s| s.identity.as_ref())
             .is_some_and(|identity| identity.relation != relid);
-        if recreated && let Some((lsn, micros, seq)) = &mut self.txn {
-            // Its own position, before the new table's first change.
-            let position = ChangePosition::postgres(*lsn, *seq);
-            *seq += 1;
-            let drop = checkpoint::SchemaChange::other(position, checkpoint::SchemaChange::DROP);
-            if writer.emptied(key, drop) {
-                self.changes.toast.truncated(key);
-                writer.touch(*micros);
+        if recreated {
+            // Its own position, before the new table's first change (a Relation message
+            // always comes inside the transaction of that change).
+            if let Some((lsn, micros, seq)) = &mut self.txn {
+                let position = ChangePosition::postgres(*lsn, *seq);
+                *seq += 1;
+                let drop =
+                    checkpoint::SchemaChange::other(position, checkpoint::SchemaChange::DROP);
+                if writer.emptied(key, drop) {
+                    self.changes.toast.truncated(key);
+                    writer.touch(*micros);
+                }
             }
             previous = None;
         }
@@ -946,28 +950,18 @@ impl Postgres {
                 .map(|(c, k)| Field::new(c, k.data_type(), true))
                 .collect::<Vec<_>>(),
         ));
-        // The catalog is asked only when the columns changed, or to learn their numbers.
-        let known = previous
-            .as_ref()
-            .filter(|s| *s.names == *info.columns && s.identity.is_some());
-        let columns = match known {
-            Some(shape) => ColumnsChanged {
-                identity: shape.identity.clone(),
-                ..ColumnsChanged::default()
-            },
-            None => {
-                let result = self.pg.catalog_columns(&mut self.control, relid).await;
-                let live = side_query(
-                    &self.pg,
-                    &self.events,
-                    &mut self.control,
-                    "reading the columns of a changed table",
-                    result,
-                )
-                .await;
-                columns_changed(previous.as_ref(), relid, info, live.as_deref())
-            }
-        };
+        // The catalog says the columns' numbers: a column dropped and added again under
+        // its name is another column, which the names alone do not tell.
+        let result = self.pg.catalog_columns(&mut self.control, relid).await;
+        let live = side_query(
+            &self.pg,
+            &self.events,
+            &mut self.control,
+            "reading the columns of a changed table",
+            result,
+        )
+        .await;
+        let columns = columns_changed(previous.as_ref(), relid, info, live.as_deref());
         let builder = Box::new(TextBatchBuilder::new(table_schema.clone(), &info.kinds));
         writer.schema(
             key,
@@ -985,8 +979,9 @@ impl Postgres {
 /// first, or created again), from the catalog's `live` columns now (`None`: it could not
 /// be read).
 ///
-/// The columns' numbers are known when the catalog still has exactly the stream's columns;
-/// a later DDL that overtook the stream leaves them unknown. With the numbers of both
+/// The columns' numbers are known when the catalog still has exactly the stream's columns
+/// ([`streamed_numbers`]); when a later DDL overtook the stream, they are the previous
+/// shape's if the names did not change, and unknown otherwise. With the numbers of both
 /// shapes, a column under a number the previous shape had is that column, renamed or not;
 /// without them, a column added while another went away may be a rename, so what its
 /// rows hold is unknown (the table is reloaded).
@@ -996,20 +991,21 @@ fn columns_changed(
     info: &RelationInfo,
     live: Option<&[CatalogColumn]>,
 ) -> ColumnsChanged {
-    let same_columns = live.is_some_and(|live| {
-        live.len() == info.types.len()
-            && live
-                .iter()
-                .zip(&info.types)
-                .all(|(c, (name, oid, typmod))| {
-                    c.name == *name && c.type_oid == *oid && c.typmod == *typmod
-                })
-    });
     let identity = SourceIdentity {
         relation: relid,
-        columns: match live {
-            Some(live) if same_columns => live.iter().map(|c| c.number).collect(),
-            _ => Vec::new(),
+        columns: match (
+            live.and_then(|live| streamed_numbers(live, &info.types)),
+            previous,
+        ) {
+            (Some(numbers), _) => numbers,
+            // The catalog moved on: the previous shape's numbers hold while its names do.
+            (None, Some(p)) if *p.names == *info.columns => p
+                .identity
+                .as_ref()
+                .filter(|i| i.relation == relid)
+                .map(|i| i.columns.clone())
+                .unwrap_or_default(),
+            (None, _) => Vec::new(),
         },
     };
     // Without an earlier shape, nothing is added or renamed.
@@ -1060,6 +1056,24 @@ fn columns_changed(
         renamed,
         identity: Some(identity),
     }
+}
+
+/// The numbers of the columns the stream describes (`types`: name, type OID, typmod), when
+/// the catalog's `live` columns are still exactly those: all of them, or those that are not
+/// generated (pgoutput leaves generated columns out unless it is told to publish them).
+fn streamed_numbers(live: &[CatalogColumn], types: &[(String, u32, i32)]) -> Option<Vec<i32>> {
+    let matches = |columns: &[&CatalogColumn]| {
+        columns.len() == types.len()
+            && columns.iter().zip(types).all(|(c, (name, oid, typmod))| {
+                c.name == *name && c.type_oid == *oid && c.typmod == *typmod
+            })
+    };
+    let all: Vec<&CatalogColumn> = live.iter().collect();
+    let stored: Vec<&CatalogColumn> = live.iter().filter(|c| !c.generated).collect();
+    [all, stored]
+        .into_iter()
+        .find(|columns| matches(columns))
+        .map(|columns| columns.iter().map(|c| c.number).collect())
 }
 
 /// What rows older than the columns `added` read for them, from the catalog's `live`
@@ -1421,6 +1435,7 @@ mod tests {
             missing: missing.map(str::to_owned),
             may_be_rewritten,
             number: 1,
+            generated: false,
         };
         let types = [
             ("id".to_owned(), 20, -1),
@@ -1460,5 +1475,66 @@ mod tests {
                 .iter()
                 .all(|a| matches!(a.value, AddedValue::Unknown(_)))
         );
+    }
+
+    #[test]
+    fn column_numbers_tell_renames_and_columns_added_again_under_their_name() {
+        let info = |names: &[&str]| RelationInfo {
+            key: TableId::new("public", "t"),
+            selected: true,
+            columns: names.iter().map(|n| (*n).to_owned()).collect(),
+            kinds: vec![Kind::Text; names.len()],
+            toastable: vec![true; names.len()],
+            identity: ReplicaIdentity::Default,
+            signature: String::new(),
+            types: names.iter().map(|n| ((*n).to_owned(), 25, -1)).collect(),
+            key_columns: vec![false; names.len()],
+        };
+        let live = |columns: &[(&str, i32, bool)]| -> Vec<CatalogColumn> {
+            columns
+                .iter()
+                .map(|(name, number, generated)| CatalogColumn {
+                    name: (*name).into(),
+                    type_oid: 25,
+                    typmod: -1,
+                    missing: None,
+                    may_be_rewritten: false,
+                    number: *number,
+                    generated: *generated,
+                })
+                .collect()
+        };
+        let shape = |names: &[&str], numbers: &[i32]| Shape {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            identity: Some(SourceIdentity {
+                relation: 7,
+                columns: numbers.to_vec(),
+            }),
+        };
+        let before = shape(&["id", "a"], &[1, 2]);
+
+        // Renamed: the number stays, nothing is added.
+        let now = live(&[("id", 1, false), ("b", 2, false)]);
+        let change = columns_changed(Some(&before), 7, &info(&["id", "b"]), Some(&now));
+        assert_eq!(change.renamed.len(), 1);
+        assert!(change.added.is_empty());
+        // Dropped and added again under its name: a new number, a new column (NULL).
+        let now = live(&[("id", 1, false), ("a", 3, false)]);
+        let change = columns_changed(Some(&before), 7, &info(&["id", "a"]), Some(&now));
+        assert!(change.renamed.is_empty());
+        assert_eq!(change.added.len(), 1);
+        assert_eq!(change.added[0].value, AddedValue::Null);
+        // A generated column the stream leaves out does not hide the numbers.
+        let now = live(&[("id", 1, false), ("b", 2, false), ("g", 3, true)]);
+        let change = columns_changed(Some(&before), 7, &info(&["id", "b"]), Some(&now));
+        assert_eq!(change.renamed.len(), 1);
+        // The catalog moved on: the names alone cannot tell a rename (unknown, reload).
+        let now = live(&[("id", 1, false), ("c", 2, false)]);
+        let change = columns_changed(Some(&before), 7, &info(&["id", "b"]), Some(&now));
+        assert!(change.renamed.is_empty());
+        assert!(matches!(change.added[0].value, AddedValue::Unknown(_)));
+        // ... but the same names keep the numbers they had.
+        let change = columns_changed(Some(&before), 7, &info(&["id", "a"]), Some(&now));
+        assert_eq!(change.identity.map(|i| i.columns), Some(vec![1, 2]));
     }
 }
