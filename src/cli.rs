@@ -469,6 +469,13 @@ async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
                 format!("slot {slot} is in use by a running task: stop the task first"),
             );
         }
+        Ok(Some(status)) if !status.is_of(&pg.database) => {
+            println!(
+                "replication slot {slot} belongs to {}, not to this endpoint's database {}: left alone",
+                status.owner(),
+                pg.database
+            );
+        }
         Ok(Some(_)) => {
             if let Err(e) = pg.drop_slot(&slot).await {
                 return fail(1, e);

@@ -829,3 +829,54 @@ async fn the_catalog_crawls_tables_partitions_and_schema_versions_incrementally(
         "--yes",
     ]));
 }
+
+/// A cluster's slot names are shared by all its databases: a task whose slot name another
+/// database's task already holds is refused with the fix, never streams it, and
+/// delete-task leaves it alone; `check` lists only its own database's slots.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_of_another_database_is_never_streamed_or_dropped() {
+    let pg = Pg::from_env();
+    let (db_a, db_b) = ("trib_cdc_slot_a", "trib_cdc_slot_b");
+    let mut conn = pg.fresh_database(db_a).await;
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut other = pg.fresh_database(db_b).await;
+    other
+        .execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (dir_a, dir_b) = (TestDir::new(), TestDir::new());
+    let ws_a = cdc_workspace(&pg, &dir_a, db_a, "cdc_shared_name");
+    let ws_b = cdc_workspace(&pg, &dir_b, db_b, "cdc_shared_name");
+    assert_success(&run_until_caught_up(&ws_a, "cdc_shared_name"));
+
+    let err = assert_failure(&run_until_caught_up(&ws_b, "cdc_shared_name"), 1);
+    assert!(
+        err.contains("slot tributary_cdc_shared_name belongs to database trib_cdc_slot_a")
+            && err.contains("Set cdc_settings.slot_name"),
+        "{err}"
+    );
+    let check = stdout(&tributary(&["check", &ws_b, "--endpoint", "shop"]));
+    assert!(
+        check.contains("not a pgoutput slot of database trib_cdc_slot_b")
+            && !check.contains("slot tributary_cdc_shared_name is idle"),
+        "{check}"
+    );
+    let out = tributary(&["delete-task", &ws_b, "--task", "cdc_shared_name", "--yes"]);
+    assert!(stdout(&out).contains("left alone"), "{}", stdout(&out));
+    let kept: Option<String> = sqlx::query_scalar(
+        "SELECT database::text FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_shared_name'",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(kept.as_deref(), Some(db_a));
+    assert_success(&tributary(&[
+        "delete-task",
+        &ws_a,
+        "--task",
+        "cdc_shared_name",
+        "--yes",
+    ]));
+}

@@ -37,6 +37,15 @@ pub enum TaskError {
     )]
     SlotBusy { task: String, slot: String },
     #[error(
+        "task '{task}': replication slot {slot} belongs to {owner}, not to a pgoutput stream of database {database}: a cluster's slot names are shared by all its databases, and this slot is another's. Set cdc_settings.slot_name to a name of its own"
+    )]
+    ForeignSlot {
+        task: String,
+        slot: String,
+        database: String,
+        owner: String,
+    },
+    #[error(
         "task '{task}': table {table} changed its columns at {position} ({change}), and schema_change_policy = \"stop\" stops the task there. Load the table again (tributary run … --reload-table '{table}'), whose new load holds the change, or set schema_change_policy = \"apply\" in the task's [tasks.cdc_settings]"
     )]
     SchemaChangeStopped {

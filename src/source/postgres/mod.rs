@@ -348,13 +348,15 @@ impl PostgresSource {
         Ok(checks)
     }
 
-    /// This tool's replication slots and what they hold back.
+    /// This tool's replication slots of the endpoint's database and what they hold back
+    /// (a cluster's other databases have their own).
     async fn slot_checks(&self, conn: &mut PgConnection) -> Result<Vec<CheckResult>, sqlx::Error> {
         let mut checks = Vec::new();
         let slots: Vec<(String, bool, i64)> = sqlx::query_as(
             "SELECT slot_name::text, active, \
                     COALESCE(pg_current_wal_lsn() - restart_lsn, 0)::int8 \
-             FROM pg_replication_slots WHERE slot_name LIKE 'tributary%' ORDER BY 1",
+             FROM pg_replication_slots \
+             WHERE slot_name LIKE 'tributary%' AND database = current_database() ORDER BY 1",
         )
         .fetch_all(&mut *conn)
         .await?;

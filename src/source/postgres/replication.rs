@@ -53,6 +53,22 @@ pub struct SlotStatus {
     pub lost: bool,
 }
 
+impl SlotStatus {
+    /// Whether this is a pgoutput slot of `database`, one a task of it may stream or drop.
+    pub fn is_of(&self, database: &str) -> bool {
+        self.plugin.as_deref() == Some("pgoutput") && self.database.as_deref() == Some(database)
+    }
+
+    /// Whose slot this is, for people: its database and plugin.
+    pub fn owner(&self) -> String {
+        format!(
+            "database {} (plugin {})",
+            self.database.as_deref().unwrap_or("none: a physical slot"),
+            self.plugin.as_deref().unwrap_or("none")
+        )
+    }
+}
+
 impl PgEndpoint {
     fn replication_config(&self, slot: &str, publication: &str) -> ReplicationConfig {
         let options = SESSION_SETTINGS
@@ -325,10 +341,13 @@ impl PgEndpoint {
         Ok((SnapshotHolder { _client: client }, snapshot))
     }
 
+    /// Drops `slot` if it is one of this endpoint's database: another database's slot of
+    /// the same name (a cluster's slot names are shared) is left alone.
     pub async fn drop_slot(&self, slot: &str) -> Result<(), SourceError> {
         let mut conn = self.connect().await?;
         sqlx::query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND database = current_database()",
         )
         .bind(slot)
         .execute(&mut conn)

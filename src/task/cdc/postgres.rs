@@ -373,6 +373,17 @@ async fn ready_slot(
     let slot = task.slot_name();
     let publication = task.publication_name();
     let status = pg.slot_status(&slot).await?;
+    if let Some(s) = &status
+        && !s.is_of(&pg.database)
+    {
+        // Another database's slot (or another tool's) is never streamed, nor dropped.
+        return Err(TaskError::ForeignSlot {
+            task: task.name.clone(),
+            slot,
+            database: pg.database.clone(),
+            owner: s.owner(),
+        });
+    }
     if status.as_ref().is_some_and(|s| s.active) {
         // Another run streams this slot: touching the state now could undo its batch.
         return Err(TaskError::SlotBusy {
@@ -493,22 +504,18 @@ async fn slot_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
             &name,
             format!("slot {slot} is created on the first run; {publication_text}"),
         ),
-        Some(s)
-            if s.plugin.as_deref() != Some("pgoutput")
-                || s.database.as_deref() != Some(pg.database.as_str()) =>
-        {
-            CheckResult {
-                name,
-                status: CheckStatus::Fail,
-                detail: format!(
-                    "slot {slot} exists but is not a pgoutput slot of database {} (plugin {:?}, database {:?})",
-                    pg.database, s.plugin, s.database
-                ),
-                fix: Some(format!(
-                    "set cdc_settings.slot_name to another name, or drop it: SELECT pg_drop_replication_slot('{slot}')"
-                )),
-            }
-        }
+        Some(s) if !s.is_of(&pg.database) => CheckResult {
+            name,
+            status: CheckStatus::Fail,
+            detail: format!(
+                "slot {slot} exists but is not a pgoutput slot of database {}: it belongs to {}",
+                pg.database,
+                s.owner()
+            ),
+            fix: Some(format!(
+                "set cdc_settings.slot_name to another name, or drop it: SELECT pg_drop_replication_slot('{slot}')"
+            )),
+        },
         Some(s) => CheckResult::pass(
             &name,
             format!(
