@@ -440,7 +440,11 @@ async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
         Err(e) => return fail(1, e),
     };
     let pg = PgEndpoint::from_config(source, password);
-    let (slot, publication) = (task.slot_name(), task.publication_name());
+    let slot = match crate::task::task_slot(&pg, &task).await {
+        Ok(slot) => slot,
+        Err(e) => return fail(1, e),
+    };
+    let publication = task.publication_name();
     if !yes {
         if !std::io::stdin().is_terminal() {
             return fail(

@@ -423,9 +423,37 @@ impl TaskConfig {
         self.migration_type != MigrationType::FullLoad
     }
 
-    /// The replication slot of the task: `cdc_settings.slot_name`, or one named after it.
-    pub fn slot_name(&self) -> String {
-        named_after_task(&self.cdc_settings.slot_name, &self.name)
+    /// The task's replication slot on a PostgreSQL `database`: `cdc_settings.slot_name`;
+    /// else [`Self::legacy_slot_name`] where `legacy_is_its_own` (a slot of that name
+    /// belongs to `database`: tasks from before names carried the database keep their slot);
+    /// else `tributary_<task>_<database>`. A cluster's slot names are shared by all its
+    /// databases, so the default is unique per database and task: the name in the slot
+    /// alphabet (lower case, digits, underscore), cut to 54 bytes and followed by a hash of
+    /// the task and database where it had to be changed or cut, within 63 bytes.
+    pub fn slot_name(&self, database: &str, legacy_is_its_own: bool) -> String {
+        if !self.cdc_settings.slot_name.is_empty() {
+            return self.cdc_settings.slot_name.clone();
+        }
+        if legacy_is_its_own {
+            return self.legacy_slot_name();
+        }
+        let raw = format!("tributary_{}_{database}", self.name);
+        let mut name = slot_alphabet(&raw);
+        if name != raw || name.len() > 63 {
+            let hash = format!(
+                "{:08x}",
+                fnv1a(format!("{}\0{database}", self.name).as_bytes())
+            );
+            name.truncate(54);
+            name = format!("{name}_{hash}");
+        }
+        name
+    }
+
+    /// The slot name of tasks created before names carried the database: `tributary_<task>`
+    /// in the slot alphabet, at most 63 bytes.
+    pub fn legacy_slot_name(&self) -> String {
+        named_after_task("", &self.name)
     }
 
     /// The publication of the task: `cdc_settings.publication_name`, or one named after it.
@@ -440,8 +468,15 @@ fn named_after_task(given: &str, task: &str) -> String {
     if !given.is_empty() {
         return given.to_owned();
     }
-    let mut name: String = format!("tributary_{task}")
-        .chars()
+    let mut name = slot_alphabet(&format!("tributary_{task}"));
+    name.truncate(63);
+    name
+}
+
+/// `text` with every character outside PostgreSQL's slot alphabet (lower-case ASCII
+/// letters, digits, underscore) lowered or made an underscore: one byte each.
+fn slot_alphabet(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_lowercase()
@@ -449,9 +484,14 @@ fn named_after_task(given: &str, task: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    name.truncate(63);
-    name
+        .collect()
+}
+
+/// FNV-1a, 32 bits: a short hash that stays the same from build to build.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, b| {
+        (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn default_migration_type() -> MigrationType {
@@ -561,7 +601,9 @@ pub struct FullLoadSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CdcSettings {
-    /// Replication slot; empty: `tributary_<task>`. Created if absent, reused on restart.
+    /// Replication slot; empty: `tributary_<task>_<database>` (or `tributary_<task>` for a
+    /// task that already has a slot of that name in its database; [`TaskConfig::slot_name`]).
+    /// Created if absent, reused on restart.
     pub slot_name: String,
     /// Publication; empty: `tributary_<task>`. Created if absent, reused on restart.
     pub publication_name: String,
@@ -1154,6 +1196,38 @@ fn validate_task(ws: &Workspace, t: &TaskConfig) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_slot_names_are_unique_per_database_and_task_and_fit_postgresql() {
+        let mut task = TaskConfig {
+            name: "cdc".into(),
+            ..serde_json::from_value(serde_json::json!({
+                "name": "cdc", "source": "s", "target": "t"
+            }))
+            .expect("a task")
+        };
+        assert_eq!(task.slot_name("shop", false), "tributary_cdc_shop");
+        assert_eq!(task.slot_name("shop", true), "tributary_cdc");
+        assert_ne!(
+            task.slot_name("shop", false),
+            task.slot_name("shop2", false)
+        );
+        // Names the alphabet changes, or too long: cut, with a hash that keeps them apart.
+        let (a, b) = (
+            task.slot_name("Shop-EU", false),
+            task.slot_name("shop_eu", false),
+        );
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("tributary_cdc_shop_eu_") && a.len() <= 63,
+            "{a}"
+        );
+        let long = task.slot_name(&"d".repeat(80), false);
+        assert!(long.len() <= 63 && long.is_ascii(), "{long}");
+        assert_ne!(long, task.slot_name(&"d".repeat(81), false));
+        task.cdc_settings.slot_name = "mine".into();
+        assert_eq!(task.slot_name("shop", false), "mine");
+    }
 
     const GOOD: &str = r#"
 [[endpoints]]

@@ -105,7 +105,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     let ws = cdc_workspace(&pg, &dir, db, "cdc_basic");
     let first = assert_success(&run_until_caught_up(&ws, "cdc_basic"));
     assert!(
-        first.contains("created replication slot tributary_cdc_basic"),
+        first.contains("created replication slot tributary_cdc_basic_trib_cdc "),
         "{first}"
     );
 
@@ -400,9 +400,12 @@ async fn cdc_into_s3_then_delete_the_task() {
         text.contains("WARN TOAST and replica identity") && text.contains("public.accounts"),
         "{text}"
     );
-    assert!(text.contains("slot tributary_cdc_s3 is idle"), "{text}");
     assert!(
-        text.contains("PASS task cdc_s3: slot tributary_cdc_s3 exists")
+        text.contains("slot tributary_cdc_s3_trib_cdc_s3 is idle"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PASS task cdc_s3: slot tributary_cdc_s3_trib_cdc_s3 exists")
             && text.contains("publication tributary_cdc_s3 exists"),
         "{text}"
     );
@@ -421,7 +424,7 @@ async fn cdc_into_s3_then_delete_the_task() {
         "--yes",
     ]));
     let slots: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_s3'",
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_s3_trib_cdc_s3'",
     )
     .fetch_one(&mut conn)
     .await
@@ -574,7 +577,7 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
     let started = Instant::now();
     loop {
         let active: Option<bool> = sqlx::query_scalar(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_busy'",
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_busy_trib_cdc_bad'",
         )
         .fetch_optional(&mut conn)
         .await
@@ -830,53 +833,86 @@ async fn the_catalog_crawls_tables_partitions_and_schema_versions_incrementally(
     ]));
 }
 
-/// A cluster's slot names are shared by all its databases: a task whose slot name another
-/// database's task already holds is refused with the fix, never streams it, and
-/// delete-task leaves it alone; `check` lists only its own database's slots.
+/// A cluster's slot names are shared by all its databases: two workspaces with the same
+/// task name on two databases of one cluster each get a slot of their own and capture only
+/// their own changes; a slot of another database named by `slot_name` is refused with the
+/// fix, never streamed, and delete-task leaves it alone; `check` lists only its own
+/// database's slots; a task that has a slot under the name from before names carried the
+/// database keeps it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slot_of_another_database_is_never_streamed_or_dropped() {
+async fn slots_are_per_database_and_another_databases_slot_is_never_streamed_or_dropped() {
     let pg = Pg::from_env();
     let (db_a, db_b) = ("trib_cdc_slot_a", "trib_cdc_slot_b");
     let mut conn = pg.fresh_database(db_a).await;
-    conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
     let mut other = pg.fresh_database(db_b).await;
+    for c in [&mut conn, &mut other] {
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    let (dir_a, dir_b) = (TestDir::new(), TestDir::new());
+    let task = "cdc_shared_name";
+    let ws_a = cdc_workspace(&pg, &dir_a, db_a, task);
+    let ws_b = cdc_workspace(&pg, &dir_b, db_b, task);
+    assert_success(&run_until_caught_up(&ws_a, task));
+    assert_success(&run_until_caught_up(&ws_b, task));
+    conn.execute("INSERT INTO t VALUES (1, 'a')").await.unwrap();
     other
-        .execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .execute("INSERT INTO t VALUES (2, 'b')")
         .await
         .unwrap();
-    let (dir_a, dir_b) = (TestDir::new(), TestDir::new());
-    let ws_a = cdc_workspace(&pg, &dir_a, db_a, "cdc_shared_name");
-    let ws_b = cdc_workspace(&pg, &dir_b, db_b, "cdc_shared_name");
-    assert_success(&run_until_caught_up(&ws_a, "cdc_shared_name"));
+    assert_success(&run_until_caught_up(&ws_a, task));
+    assert_success(&run_until_caught_up(&ws_b, task));
+    assert_lake_equals_source(&pg, db_a, &dir_a, task, &["t"]);
+    assert_lake_equals_source(&pg, db_b, &dir_b, task, &["t"]);
+    let slot_a = format!("tributary_{task}_{db_a}");
 
-    let err = assert_failure(&run_until_caught_up(&ws_b, "cdc_shared_name"), 1);
+    // Another database's slot, named by hand.
+    let dir_foreign = TestDir::new();
+    let ws_foreign = dir_foreign.write_workspace(&format!(
+        "{}[tasks.cdc_settings]\nslot_name = \"{slot_a}\"\n",
+        std::fs::read_to_string(&ws_b).unwrap()
+    ));
+    let err = assert_failure(&run_until_caught_up(&ws_foreign, task), 1);
     assert!(
-        err.contains("slot tributary_cdc_shared_name belongs to database trib_cdc_slot_a")
+        err.contains(&format!("slot {slot_a} belongs to database {db_a}"))
             && err.contains("Set cdc_settings.slot_name"),
         "{err}"
     );
-    let check = stdout(&tributary(&["check", &ws_b, "--endpoint", "shop"]));
+    let check = stdout(&tributary(&["check", &ws_foreign, "--endpoint", "shop"]));
     assert!(
-        check.contains("not a pgoutput slot of database trib_cdc_slot_b")
-            && !check.contains("slot tributary_cdc_shared_name is idle"),
+        check.contains(&format!("not a pgoutput slot of database {db_b}"))
+            && !check.contains(&format!("slot {slot_a} is idle")),
         "{check}"
     );
-    let out = tributary(&["delete-task", &ws_b, "--task", "cdc_shared_name", "--yes"]);
+    let out = tributary(&["delete-task", &ws_foreign, "--task", task, "--yes"]);
     assert!(stdout(&out).contains("left alone"), "{}", stdout(&out));
-    let kept: Option<String> = sqlx::query_scalar(
-        "SELECT database::text FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_shared_name'",
-    )
-    .fetch_optional(&mut conn)
+    let kept: Option<String> =
+        sqlx::query_scalar("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&slot_a)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(kept.as_deref(), Some(db_a));
+
+    // A slot under the name from before (tributary_<task>) stays the task's.
+    for ws in [&ws_a, &ws_b] {
+        assert_success(&tributary(&["delete-task", ws, "--task", task, "--yes"]));
+    }
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_create_logical_replication_slot('tributary_{task}', 'pgoutput')"
+    )))
     .await
     .unwrap();
-    assert_eq!(kept.as_deref(), Some(db_a));
+    let dir_old = TestDir::new();
+    let ws_old = cdc_workspace(&pg, &dir_old, db_a, task);
+    let out = assert_success(&run_until_caught_up(&ws_old, task));
+    assert!(out.contains(&format!("slot tributary_{task} ")), "{out}");
     assert_success(&tributary(&[
         "delete-task",
-        &ws_a,
+        &ws_old,
         "--task",
-        "cdc_shared_name",
+        task,
         "--yes",
     ]));
 }

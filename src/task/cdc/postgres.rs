@@ -113,7 +113,7 @@ impl SourceEngine for PostgresEngine {
             if task.has_cdc() {
                 // A temporary slot's snapshot, as a reload's: its consistent point is
                 // exact. (A full-load task's lake is its load: any snapshot will do.)
-                let temporary = temporary_slot(&task.slot_name(), "validate");
+                let temporary = temporary_slot(&task_slot(&pg, task).await?, "validate");
                 let (slot_holder, snapshot) = pg
                     .create_slot_with_snapshot(&temporary, &task.publication_name(), true)
                     .await?;
@@ -134,11 +134,12 @@ impl SourceEngine for PostgresEngine {
                 }
             }
             let (reader, tables, position) = RangeReader::open(source, task, endpoint).await?;
+            let slot = task_slot(&pg, task).await?;
             let reader = PgSnapshot {
                 reader,
                 _holder: holder,
                 pg,
-                slot: task.slot_name(),
+                slot,
             };
             Ok(ExactSnapshot::new(position, tables, Box::new(reader)))
         })
@@ -207,9 +208,9 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
         let source = Arc::new(PostgresSource::new(pg));
         return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
     }
-    let slot = task.slot_name();
+    let slot = task_slot(&pg, &task).await?;
     let publication = task.publication_name();
-    let status = ready_slot(&pg, &task, &events).await?;
+    let status = ready_slot(&pg, &task, &slot, &events).await?;
     let mut options = options;
     let state = checkpoint.snapshot().await;
     let cdc_started = state
@@ -338,20 +339,31 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
         if !outcome.reload || stop.borrow().is_some() {
             return Ok(cdc_summary(load, outcome, started));
         }
-        slot_released(&pg, &task).await?;
+        slot_released(&pg, &task, &slot).await?;
     }
+}
+
+/// Task `task`'s replication slot on `pg` ([`TaskConfig::slot_name`]): the name it has had
+/// since before names carried the database, if a slot of that name is this database's.
+pub(crate) async fn task_slot(pg: &PgEndpoint, task: &TaskConfig) -> Result<String, SourceError> {
+    let legacy = task.legacy_slot_name();
+    let legacy_is_its_own = task.cdc_settings.slot_name.is_empty()
+        && pg
+            .slot_status(&legacy)
+            .await?
+            .is_some_and(|s| s.is_of(&pg.database));
+    Ok(task.slot_name(&pg.database, legacy_is_its_own))
 }
 
 /// Waits, up to [`SLOT_RELEASE_WAIT`], until no session streams `slot`: the server ends a
 /// closed stream's walsender a moment after it closes, and the slot is busy until then.
-async fn slot_released(pg: &PgEndpoint, task: &TaskConfig) -> Result<(), TaskError> {
-    let slot = task.slot_name();
+async fn slot_released(pg: &PgEndpoint, task: &TaskConfig, slot: &str) -> Result<(), TaskError> {
     let started = Instant::now();
-    while pg.slot_status(&slot).await?.is_some_and(|s| s.active) {
+    while pg.slot_status(slot).await?.is_some_and(|s| s.active) {
         if started.elapsed() >= SLOT_RELEASE_WAIT {
             return Err(TaskError::SlotBusy {
                 task: task.name.clone(),
-                slot,
+                slot: slot.to_owned(),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -367,10 +379,11 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(30);
 async fn ready_slot(
     pg: &PgEndpoint,
     task: &TaskConfig,
+    slot: &str,
     events: &Events,
 ) -> Result<Option<SlotStatus>, TaskError> {
     pg.require_logical_wal().await?;
-    let slot = task.slot_name();
+    let slot = slot.to_owned();
     let publication = task.publication_name();
     let status = pg.slot_status(&slot).await?;
     if let Some(s) = &status
@@ -418,7 +431,7 @@ async fn reload_alone(
     events: &Events,
     stop: &watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
-    let (slot, publication) = (task.slot_name(), task.publication_name());
+    let (slot, publication) = (task_slot(pg, task).await?, task.publication_name());
     // A temporary slot's snapshot: its consistent point says exactly which changes it
     // holds, while the task's own slot stays where it is.
     let temporary = temporary_slot(&slot, "reload");
@@ -471,7 +484,11 @@ async fn unpublished_tables(
 /// A CDC task's slot and publication on its source (`tributary check`).
 async fn slot_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
     let name = format!("task {}", task.name);
-    let (slot, publication) = (task.slot_name(), task.publication_name());
+    let slot = match task_slot(pg, task).await {
+        Ok(slot) => slot,
+        Err(e) => return CheckResult::fail_from(&name, &e),
+    };
+    let publication = task.publication_name();
     let status = match pg.slot_status(&slot).await {
         Ok(s) => s,
         Err(e) => return CheckResult::fail_from(&name, &e),
@@ -558,7 +575,7 @@ impl CdcRun<PgEndpoint> {
             stop,
             until_caught_up,
         } = self;
-        let slot = task.slot_name();
+        let slot = task_slot(&pg, &task).await?;
         let publication = task.publication_name();
         let state = checkpoint.snapshot().await;
         super::prepare(&storage, &checkpoint, &events, &task, &state).await?;
