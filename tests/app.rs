@@ -473,7 +473,7 @@ fn monitoring_fixture() -> Vec<(f64, TaskEvent)> {
         0.0,
         log(
             LogLevel::Info,
-            "created replication slot tributary_shop_shop at 0/3A2F1C8",
+            "created replication slot tributary_shop at 0/3A2F1C8",
         ),
     ));
     for second in 1..=20u64 {
