@@ -130,7 +130,9 @@ pub async fn replay(
         table: name.clone(),
         source,
     };
+    tracing::info!("{name}: replay planned");
     let newest = merge.last_position(ctx).await.map_err(sql_error)?;
+    tracing::info!("{name}: newest change found");
     let rows = merge.rows(ctx).await.map_err(sql_error)?;
     Ok(Replayed::Rows(LakeRows {
         columns: file_columns,

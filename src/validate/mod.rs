@@ -86,6 +86,15 @@ pub enum ValidateError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    #[error(
+        "table {table}: the {side}'s digest stopped: {source}. Validate again, and report it if it recurs"
+    )]
+    Stopped {
+        table: String,
+        side: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// What to validate.
@@ -606,9 +615,10 @@ async fn compare_table(
         }
     };
     tracing::info!("{name}: source digested in {:?}", started.elapsed());
-    let lake_spool = lake_side.await.map_err(|e| ValidateError::Lake {
+    let lake_spool = lake_side.await.map_err(|source| ValidateError::Stopped {
         table: name.clone(),
-        source: datafusion::error::DataFusionError::External(Box::new(e)),
+        side: "lake",
+        source,
     })??;
     tracing::info!("{name}: lake digested in {:?}", started.elapsed());
     let raw = digest::compare(&source_spool, &lake_spool).map_err(digest_error)?;
@@ -740,21 +750,42 @@ async fn read_source(
     Ok(())
 }
 
+/// Digests table `info` from the snapshot: the snapshot's readers send batches to a task of
+/// its own that digests them, so the hashing runs beside the reading (and beside whatever
+/// the caller awaits at the same time, the wait for the task among them).
 async fn digest_source(
     cx: &Context<'_>,
     info: &TableInfo,
-    digester: &Digester,
+    digester: &Arc<Digester>,
     estimate: u64,
 ) -> Result<Finished, ValidateError> {
-    let mut spool = Spool::new(estimate).map_err(|source| ValidateError::Digest {
-        table: info.id().to_string(),
+    let name = info.id().to_string();
+    let digest_error = |source| ValidateError::Digest {
+        table: name.clone(),
+        source,
+    };
+    let mut spool = Spool::new(estimate).map_err(digest_error)?;
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(4);
+    let digesting = {
+        let digester = digester.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                digester.digest(&batch, &mut spool)?;
+            }
+            spool.finish()
+        })
+    };
+    let read = cx.snapshot.read(info, tx).await;
+    let digested = digesting.await.map_err(|source| ValidateError::Stopped {
+        table: name.clone(),
+        side: "source",
         source,
     })?;
-    read_source(cx, info, |batch| digester.digest(batch, &mut spool)).await?;
-    spool.finish().map_err(|source| ValidateError::Digest {
-        table: info.id().to_string(),
+    read.map_err(|source| ValidateError::Source {
+        table: name.clone(),
         source,
-    })
+    })?;
+    digested.map_err(digest_error)
 }
 
 /// For each of `keys` (rows on both sides that differ), `: column: source → lake, …`;
