@@ -570,9 +570,7 @@ pub async fn cdc(
         per_txn * 10,
     );
     // An idle slot would hold the source's WAL until the next benchmark.
-    let slot = crate::task::task_slot(&pg, &task)
-        .await
-        .map_err(|e| e.to_string())?;
+    let slot = pg.task_slot(&task).await.map_err(|e| e.to_string())?;
     pg.drop_slot(&slot).await.map_err(|e| e.to_string())?;
     Ok(())
 }

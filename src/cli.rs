@@ -440,7 +440,7 @@ async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
         Err(e) => return fail(1, e),
     };
     let pg = PgEndpoint::from_config(source, password);
-    let slot = match crate::task::task_slot(&pg, &task).await {
+    let slot = match pg.task_slot(&task).await {
         Ok(slot) => slot,
         Err(e) => return fail(1, e),
     };

@@ -29,7 +29,6 @@ use crate::config::{EndpointConfig, Workspace};
 use crate::ident::TableId;
 use crate::lake::Storage;
 use crate::source::{SelectionRules, SourceError, TableInfo};
-pub(crate) use cdc::postgres::task_slot;
 use checkpoint::Checkpoint;
 pub use checkpoint::CheckpointError;
 pub(crate) use control::Events;

@@ -27,6 +27,7 @@ use sqlx::{PgConnection, Row};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
+use crate::config::TaskConfig;
 use crate::ident::TableId;
 use crate::source::position::{SourcePosition, format_lsn};
 use crate::source::{Snapshot, SourceError};
@@ -339,6 +340,18 @@ impl PgEndpoint {
             id: field(2)?,
         };
         Ok((SnapshotHolder { _client: client }, snapshot))
+    }
+
+    /// Task `task`'s replication slot here ([`TaskConfig::slot_name`]): the name it has had
+    /// since before names carried the database, if a slot of that name is this database's.
+    pub async fn task_slot(&self, task: &TaskConfig) -> Result<String, SourceError> {
+        let legacy = task.legacy_slot_name();
+        let legacy_is_its_own = task.cdc_settings.slot_name.is_empty()
+            && self
+                .slot_status(&legacy)
+                .await?
+                .is_some_and(|s| s.is_of(&self.database));
+        Ok(task.slot_name(&self.database, legacy_is_its_own))
     }
 
     /// Drops `slot` if it is one of this endpoint's database: another database's slot of

@@ -19,7 +19,7 @@
 //! [`SourceEngine`] and one implementing [`Engine`], named in [`source_engine`].
 
 mod mysql;
-pub(super) mod postgres;
+mod postgres;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

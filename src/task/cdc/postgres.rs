@@ -113,7 +113,7 @@ impl SourceEngine for PostgresEngine {
             if task.has_cdc() {
                 // A temporary slot's snapshot, as a reload's: its consistent point is
                 // exact. (A full-load task's lake is its load: any snapshot will do.)
-                let temporary = temporary_slot(&task_slot(&pg, task).await?, "validate");
+                let temporary = temporary_slot(&pg.task_slot(task).await?, "validate");
                 let (slot_holder, snapshot) = pg
                     .create_slot_with_snapshot(&temporary, &task.publication_name(), true)
                     .await?;
@@ -134,7 +134,7 @@ impl SourceEngine for PostgresEngine {
                 }
             }
             let (reader, tables, position) = RangeReader::open(source, task, endpoint).await?;
-            let slot = task_slot(&pg, task).await?;
+            let slot = pg.task_slot(task).await?;
             let reader = PgSnapshot {
                 reader,
                 _holder: holder,
@@ -208,7 +208,7 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
         let source = Arc::new(PostgresSource::new(pg));
         return full_load::run(source, storage, checkpoint, task, options, events, stop).await;
     }
-    let slot = task_slot(&pg, &task).await?;
+    let slot = pg.task_slot(&task).await?;
     let publication = task.publication_name();
     let status = ready_slot(&pg, &task, &slot, &events).await?;
     let mut options = options;
@@ -343,18 +343,6 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
     }
 }
 
-/// Task `task`'s replication slot on `pg` ([`TaskConfig::slot_name`]): the name it has had
-/// since before names carried the database, if a slot of that name is this database's.
-pub(crate) async fn task_slot(pg: &PgEndpoint, task: &TaskConfig) -> Result<String, SourceError> {
-    let legacy = task.legacy_slot_name();
-    let legacy_is_its_own = task.cdc_settings.slot_name.is_empty()
-        && pg
-            .slot_status(&legacy)
-            .await?
-            .is_some_and(|s| s.is_of(&pg.database));
-    Ok(task.slot_name(&pg.database, legacy_is_its_own))
-}
-
 /// Waits, up to [`SLOT_RELEASE_WAIT`], until no session streams `slot`: the server ends a
 /// closed stream's walsender a moment after it closes, and the slot is busy until then.
 async fn slot_released(pg: &PgEndpoint, task: &TaskConfig, slot: &str) -> Result<(), TaskError> {
@@ -431,7 +419,7 @@ async fn reload_alone(
     events: &Events,
     stop: &watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
-    let (slot, publication) = (task_slot(pg, task).await?, task.publication_name());
+    let (slot, publication) = (pg.task_slot(task).await?, task.publication_name());
     // A temporary slot's snapshot: its consistent point says exactly which changes it
     // holds, while the task's own slot stays where it is.
     let temporary = temporary_slot(&slot, "reload");
@@ -484,7 +472,7 @@ async fn unpublished_tables(
 /// A CDC task's slot and publication on its source (`tributary check`).
 async fn slot_check(pg: &PgEndpoint, task: &TaskConfig) -> CheckResult {
     let name = format!("task {}", task.name);
-    let slot = match task_slot(pg, task).await {
+    let slot = match pg.task_slot(task).await {
         Ok(slot) => slot,
         Err(e) => return CheckResult::fail_from(&name, &e),
     };
@@ -575,7 +563,7 @@ impl CdcRun<PgEndpoint> {
             stop,
             until_caught_up,
         } = self;
-        let slot = task_slot(&pg, &task).await?;
+        let slot = pg.task_slot(&task).await?;
         let publication = task.publication_name();
         let state = checkpoint.snapshot().await;
         super::prepare(&storage, &checkpoint, &events, &task, &state).await?;
