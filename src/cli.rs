@@ -467,17 +467,17 @@ async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
         }
     }
     match pg.slot_status(&slot).await {
-        Ok(Some(status)) if status.active => {
-            return fail(
-                1,
-                format!("slot {slot} is in use by a running task: stop the task first"),
-            );
-        }
         Ok(Some(status)) if !status.is_of(&pg.database) => {
             println!(
                 "replication slot {slot} belongs to {}, not to this endpoint's database {}: left alone",
                 status.owner(),
                 pg.database
+            );
+        }
+        Ok(Some(status)) if status.active => {
+            return fail(
+                1,
+                format!("slot {slot} is in use by a running task: stop the task first"),
             );
         }
         Ok(Some(_)) => {

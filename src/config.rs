@@ -426,10 +426,10 @@ impl TaskConfig {
     /// The task's replication slot on a PostgreSQL `database`: `cdc_settings.slot_name`;
     /// else [`Self::legacy_slot_name`] where `legacy_is_its_own` (a slot of that name
     /// belongs to `database`: tasks from before names carried the database keep their slot);
-    /// else `tributary_<task>_<database>`. A cluster's slot names are shared by all its
-    /// databases, so the default is unique per database and task: the name in the slot
-    /// alphabet (lower case, digits, underscore), cut to 54 bytes and followed by a hash of
-    /// the task and database where it had to be changed or cut, within 63 bytes.
+    /// else `tributary_<task>_<database>_<hash>`. A cluster's slot names are shared by all
+    /// its databases, so the default is unique per database and task: the name in the slot
+    /// alphabet (lower case, digits, underscore), cut to 54 bytes, and a hash of the task
+    /// and database (8 hex digits), within 63 bytes.
     pub fn slot_name(&self, database: &str, legacy_is_its_own: bool) -> String {
         if !self.cdc_settings.slot_name.is_empty() {
             return self.cdc_settings.slot_name.clone();
@@ -437,17 +437,12 @@ impl TaskConfig {
         if legacy_is_its_own {
             return self.legacy_slot_name();
         }
-        let raw = format!("tributary_{}_{database}", self.name);
-        let mut name = slot_alphabet(&raw);
-        if name != raw || name.len() > 63 {
-            let hash = format!(
-                "{:08x}",
-                fnv1a(format!("{}\0{database}", self.name).as_bytes())
-            );
-            name.truncate(54);
-            name = format!("{name}_{hash}");
-        }
-        name
+        // The hash keeps names apart that the alphabet or the cut would make equal (task
+        // `a_b` on `c` and task `a` on `b_c`), and from every `tributary_<task>` of before.
+        let mut name = slot_alphabet(&format!("tributary_{}_{database}", self.name));
+        name.truncate(54);
+        let hash = fnv1a(format!("{}\0{database}", self.name).as_bytes());
+        format!("{name}_{hash:08x}")
     }
 
     /// The slot name of tasks created before names carried the database: `tributary_<task>`
@@ -601,7 +596,7 @@ pub struct FullLoadSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CdcSettings {
-    /// Replication slot; empty: `tributary_<task>_<database>` (or `tributary_<task>` for a
+    /// Replication slot; empty: `tributary_<task>_<database>_<hash>` (or `tributary_<task>` for a
     /// task that already has a slot of that name in its database; [`TaskConfig::slot_name`]).
     /// Created if absent, reused on restart.
     pub slot_name: String,
@@ -1206,8 +1201,26 @@ mod tests {
             }))
             .expect("a task")
         };
-        assert_eq!(task.slot_name("shop", false), "tributary_cdc_shop");
+        let name = task.slot_name("shop", false);
+        assert!(
+            name.starts_with("tributary_cdc_shop_") && name.len() == 27,
+            "{name}"
+        );
         assert_eq!(task.slot_name("shop", true), "tributary_cdc");
+        // Never another task's name of before, nor another pair's.
+        let other = TaskConfig {
+            name: "cdc_shop".into(),
+            ..task.clone()
+        };
+        assert_ne!(name, other.legacy_slot_name());
+        assert_ne!(
+            task.slot_name("b_c", false),
+            TaskConfig {
+                name: "cdc_b".into(),
+                ..task.clone()
+            }
+            .slot_name("c", false)
+        );
         assert_ne!(
             task.slot_name("shop", false),
             task.slot_name("shop2", false)

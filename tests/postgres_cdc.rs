@@ -105,7 +105,7 @@ async fn full_load_then_cdc_rebuilds_every_table() {
     let ws = cdc_workspace(&pg, &dir, db, "cdc_basic");
     let first = assert_success(&run_until_caught_up(&ws, "cdc_basic"));
     assert!(
-        first.contains("created replication slot tributary_cdc_basic_trib_cdc "),
+        first.contains("created replication slot tributary_cdc_basic_trib_cdc_"),
         "{first}"
     );
 
@@ -400,12 +400,13 @@ async fn cdc_into_s3_then_delete_the_task() {
         text.contains("WARN TOAST and replica identity") && text.contains("public.accounts"),
         "{text}"
     );
-    assert!(
-        text.contains("slot tributary_cdc_s3_trib_cdc_s3 is idle"),
-        "{text}"
+    let slot = format!(
+        "tributary_cdc_s3_trib_cdc_s3_{:08x}",
+        fnv1a("cdc_s3\0trib_cdc_s3")
     );
+    assert!(text.contains(&format!("slot {slot} is idle")), "{text}");
     assert!(
-        text.contains("PASS task cdc_s3: slot tributary_cdc_s3_trib_cdc_s3 exists")
+        text.contains(&format!("PASS task cdc_s3: slot {slot} exists"))
             && text.contains("publication tributary_cdc_s3 exists"),
         "{text}"
     );
@@ -424,7 +425,7 @@ async fn cdc_into_s3_then_delete_the_task() {
         "--yes",
     ]));
     let slots: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_s3_trib_cdc_s3'",
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tributary_cdc_s3_trib_cdc_s3_%'",
     )
     .fetch_one(&mut conn)
     .await
@@ -577,7 +578,7 @@ async fn bad_inputs_a_busy_slot_no_replication_right_a_publication_missing_a_tab
     let started = Instant::now();
     loop {
         let active: Option<bool> = sqlx::query_scalar(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = 'tributary_cdc_busy_trib_cdc_bad'",
+            "SELECT active FROM pg_replication_slots WHERE slot_name LIKE 'tributary_cdc_busy_trib_cdc_bad_%'",
         )
         .fetch_optional(&mut conn)
         .await
@@ -865,7 +866,17 @@ async fn slots_are_per_database_and_another_databases_slot_is_never_streamed_or_
     assert_success(&run_until_caught_up(&ws_b, task));
     assert_lake_equals_source(&pg, db_a, &dir_a, task, &["t"]);
     assert_lake_equals_source(&pg, db_b, &dir_b, task, &["t"]);
-    let slot_a = format!("tributary_{task}_{db_a}");
+    let slot_a: String = sqlx::query_scalar(
+        "SELECT slot_name::text FROM pg_replication_slots WHERE database = $1 AND NOT temporary",
+    )
+    .bind(db_a)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        slot_a.starts_with(&format!("tributary_{task}_{db_a}_")),
+        "{slot_a}"
+    );
 
     // Another database's slot, named by hand.
     let dir_foreign = TestDir::new();
@@ -915,4 +926,11 @@ async fn slots_are_per_database_and_another_databases_slot_is_never_streamed_or_
         task,
         "--yes",
     ]));
+}
+
+/// FNV-1a, 32 bits, as the default slot names hash the task and the database.
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |hash, b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }

@@ -295,8 +295,8 @@ pub fn without_dropped(schema: &ArrowSchema, names: Option<&[String]>) -> ArrowS
 /// Each of `columns`' name in the curated table's current schema, which stands at position
 /// `applied` (`None`: every change is after it): back through the renames recorded since,
 /// one change at a time (a change's renames happen together: two columns may swap names);
-/// `None` where a change since added the column under that name (a new column, whatever
-/// the current schema holds under its name).
+/// `None` where a change since added the column under that name, or the table was dropped
+/// (a new column, whatever the current schema holds under its name).
 pub fn names_in_current(
     changes: &[SchemaChange],
     applied: Option<&str>,
@@ -311,6 +311,10 @@ pub fn names_in_current(
         .map(|column| {
             let mut at = column.clone();
             for change in since.iter().rev() {
+                if change.ends_table() {
+                    // Dropped since: the table, and each of its columns, is another.
+                    return None;
+                }
                 if let Some(r) = change.renamed.iter().find(|r| r.to == at) {
                     at = r.from.clone();
                 } else if change.added.iter().any(|a| a.name == at) {
@@ -836,6 +840,13 @@ mod tests {
                 Some("c".into()),
                 None
             ]
+        );
+        // Dropped and created again since: every column is new, renamed before or not.
+        let drop = SchemaChange::other(at(6), SchemaChange::DROP);
+        let again = [change(3, &[("a", "b")], &[]), drop, change(7, &[], &[])];
+        assert_eq!(
+            names_in_current(&again, Some(&applied), &["a".into(), "b".into()]),
+            vec![None, None]
         );
     }
 }

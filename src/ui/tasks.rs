@@ -549,7 +549,7 @@ fn cdc_settings_ui(ui: &mut egui::Ui, s: &mut CdcSettings) {
             ui.end_row();
             ui.label("Slot name");
             ui.text_edit_singleline(&mut s.slot_name);
-            ui.weak("default: tributary_<task>_<database> (PostgreSQL)");
+            ui.weak("default: tributary_<task>_<database>_<hash> (PostgreSQL)");
             ui.end_row();
             ui.label("Publication name");
             ui.text_edit_singleline(&mut s.publication_name);

@@ -176,8 +176,10 @@ impl SnapshotReader for PgSnapshot {
 
     fn confirmed(&self) -> BoxFuture<'_, Result<Option<SourcePosition>, SourceError>> {
         Box::pin(async move {
+            // Only the task's own slot says how far the task got: not another database's.
             let status = self.pg.slot_status(&self.slot).await?;
-            let Some(flushed) = status.and_then(|s| s.confirmed_flush) else {
+            let own = status.filter(|s| s.is_of(&self.pg.database));
+            let Some(flushed) = own.and_then(|s| s.confirmed_flush) else {
                 return Ok(None);
             };
             Ok(Some(SourcePosition::Lsn(
