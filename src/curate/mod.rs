@@ -908,7 +908,16 @@ async fn write_table(job: &TableJob<'_>, work: Work<'_>) -> Result<TableOutcome,
         base_position: base_position.as_deref(),
         sorted: true,
     };
-    let last_position = merge.last_position(job.ctx).await.map_err(sql_error)?;
+    let known = plan::newest_from_statistics(
+        raw,
+        &changes,
+        after_all.as_deref(),
+        job.changes_end.as_deref(),
+    );
+    let last_position = match known {
+        Some(newest) => newest,
+        None => merge.last_position(job.ctx).await.map_err(sql_error)?,
+    };
     // Files whose newest change is unknown were read; none of their changes is new.
     if rebuild.is_none() && last_position.is_none() && truncated_at.is_none() {
         return Ok(job.outcome(Action::UpToDate));

@@ -246,6 +246,29 @@ pub fn changes_after<'a>(
         .collect()
 }
 
+/// The newest `_position` of the CDC files `changes` after `after` and before `before`, from
+/// the files' own statistics, when they tell it: every file's largest position is known
+/// and before `before`, so each file's changes all come before it. `None`: they do not
+/// tell, and the files must be read.
+pub fn newest_from_statistics(
+    raw: &RawTable,
+    changes: &[&String],
+    after: Option<&str>,
+    before: Option<&str>,
+) -> Option<Option<String>> {
+    let mut newest: Option<&str> = None;
+    for key in changes {
+        let max = raw.files.get(*key)?.max_position.as_deref()?;
+        if before.is_some_and(|b| max >= b) {
+            return None;
+        }
+        if after.is_none_or(|a| max > a) && newest.is_none_or(|n| max > n) {
+            newest = Some(max);
+        }
+    }
+    Some(newest.map(str::to_owned))
+}
+
 /// The newest truncate (or other change that emptied the table) after `after`.
 pub fn newest_truncate(truncates: &[String], after: Option<&str>) -> Option<String> {
     truncates
@@ -435,6 +458,33 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_newest_change_comes_from_statistics_only_when_every_file_is_before_the_end() {
+        let table = raw(&[
+            ("t/2026/a.parquet", "2026", Some("0003")),
+            ("t/2026/b.parquet", "2026", Some("0007")),
+            ("t/2026/c.parquet", "2026", None),
+        ]);
+        let keys: Vec<String> = ["t/2026/a.parquet", "t/2026/b.parquet", "t/2026/c.parquet"]
+            .map(String::from)
+            .to_vec();
+        let files: Vec<&String> = keys.iter().collect();
+        let known =
+            |files: &[&String], after, before| newest_from_statistics(&table, files, after, before);
+        assert_eq!(
+            known(&files[..2], None, Some("0009")),
+            Some(Some("0007".into()))
+        );
+        assert_eq!(known(&files[..2], Some("0007"), Some("0009")), Some(None));
+        assert_eq!(
+            known(&files[..1], Some("0001"), None),
+            Some(Some("0003".into()))
+        );
+        // A file reaching the end, or one without statistics: the files must be read.
+        assert_eq!(known(&files[..2], None, Some("0007")), None);
+        assert_eq!(known(&files, None, Some("0009")), None);
     }
 
     fn facts<'a>(raw: Option<&'a RawTable>, key: &'a [String]) -> Facts<'a> {

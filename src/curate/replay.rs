@@ -130,9 +130,13 @@ pub async fn replay(
         table: name.clone(),
         source,
     };
+    // The files' statistics say it without a read, unless a file reaches past `before`.
+    let newest = match plan::newest_from_statistics(raw, &changes, truncated_at.as_deref(), before)
+    {
+        Some(newest) => newest,
+        None => merge.last_position(ctx).await.map_err(sql_error)?,
+    };
     tracing::info!("{name}: replay planned");
-    let newest = merge.last_position(ctx).await.map_err(sql_error)?;
-    tracing::info!("{name}: newest change found");
     let rows = merge.rows(ctx).await.map_err(sql_error)?;
     Ok(Replayed::Rows(LakeRows {
         columns: file_columns,
