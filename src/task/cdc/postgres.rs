@@ -334,7 +334,8 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
     // schema change asks for one.
     loop {
         if !checkpoint.snapshot().await.reloading.is_empty() {
-            let reloaded = reload_alone(&pg, &storage, &checkpoint, &task, &events, &stop).await;
+            let reloaded =
+                reload_alone(&pg, &slot, &storage, &checkpoint, &task, &events, &stop).await;
             load = reload::outcome(reloaded, load, &events)?;
         }
         let outcome = cdc.clone().run().await?;
@@ -415,16 +416,17 @@ async fn ready_slot(
 /// task's own slot stays where it is.
 async fn reload_alone(
     pg: &PgEndpoint,
+    slot: &str,
     storage: &Storage,
     checkpoint: &Arc<Checkpoint>,
     task: &TaskConfig,
     events: &Events,
     stop: &watch::Receiver<Option<TaskCommand>>,
 ) -> Result<TaskSummary, TaskError> {
-    let (slot, publication) = (pg.task_slot(task).await?, task.publication_name());
+    let publication = task.publication_name();
     // A temporary slot's snapshot: its consistent point says exactly which changes it
     // holds, while the task's own slot stays where it is.
-    let temporary = temporary_slot(&slot, "reload");
+    let temporary = temporary_slot(slot, "reload");
     let (holder, snapshot) = pg
         .create_slot_with_snapshot(&temporary, &publication, true)
         .await?;
