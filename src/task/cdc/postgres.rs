@@ -110,10 +110,11 @@ impl SourceEngine for PostgresEngine {
             let pg = PgEndpoint::from_config(endpoint, password);
             let mut source = PostgresSource::new(pg.clone());
             let mut holder = None;
+            let slot = pg.task_slot(task).await?;
             if task.has_cdc() {
                 // A temporary slot's snapshot, as a reload's: its consistent point is
                 // exact. (A full-load task's lake is its load: any snapshot will do.)
-                let temporary = temporary_slot(&pg.task_slot(task).await?, "validate");
+                let temporary = temporary_slot(&slot, "validate");
                 let (slot_holder, snapshot) = pg
                     .create_slot_with_snapshot(&temporary, &task.publication_name(), true)
                     .await?;
@@ -134,7 +135,6 @@ impl SourceEngine for PostgresEngine {
                 }
             }
             let (reader, tables, position) = RangeReader::open(source, task, endpoint).await?;
-            let slot = pg.task_slot(task).await?;
             let reader = PgSnapshot {
                 reader,
                 _holder: holder,
