@@ -52,11 +52,15 @@ async fn bench_task(workspace_path: &Path, task_name: &str) -> Result<BenchTask,
         .task(task_name, workspace_path)
         .map_err(|e| e.to_string())?
         .clone();
-    let source = workspace
+    let crate::config::Connection {
+        endpoint: source,
+        password,
+    } = workspace
         .endpoint(&task.source, workspace_path)
         .map_err(|e| e.to_string())?
-        .clone();
-    let password = source.resolve_password().await.map_err(|e| e.to_string())?;
+        .resolve()
+        .await
+        .map_err(|e| e.to_string())?;
     let rules = SelectionRules::new(&task.include, &task.exclude);
     let (engine, tables) = match source.engine {
         Engine::Postgres => {

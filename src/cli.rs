@@ -233,6 +233,10 @@ struct S3Args {
     path_style: bool,
     #[arg(long)]
     profile: Option<String>,
+    /// PEM certificates to trust instead of the system's (an S3-compatible server with a
+    /// private CA).
+    #[arg(long, value_name = "PEM")]
+    ca_bundle: Option<PathBuf>,
 }
 
 impl S3Args {
@@ -243,6 +247,7 @@ impl S3Args {
             endpoint_url: self.endpoint_url.clone(),
             force_path_style: self.path_style || self.endpoint_url.is_some(),
             profile: self.profile.clone(),
+            ca_bundle: self.ca_bundle.clone(),
         }
     }
 }
@@ -435,11 +440,11 @@ async fn delete_task(path: PathBuf, task_name: String, yes: bool) -> ExitCode {
             ),
         );
     }
-    let password = match source.resolve_password().await {
-        Ok(p) => p,
+    let c = match source.resolve().await {
+        Ok(c) => c,
         Err(e) => return fail(1, e),
     };
-    let pg = PgEndpoint::from_config(source, password);
+    let pg = PgEndpoint::from_config(&c.endpoint, c.password);
     let slot = match pg.task_slot(&task).await {
         Ok(slot) => slot,
         Err(e) => return fail(1, e),

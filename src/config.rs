@@ -60,7 +60,27 @@ pub enum ConfigError {
         reason: String,
     },
     #[error(transparent)]
-    Keyring(#[from] crate::secret::SecretError),
+    Secret(#[from] crate::secret::SecretError),
+    /// A workspace file cannot send a secret's password to a server the secret does not name.
+    #[error(
+        "endpoint '{endpoint}': its {key} is {ours} but secret '{secret}' (password_secret) is for {key} {theirs}. The secret's password is only sent where the secret says: remove `{key}` from the endpoint to use the secret's, or correct it"
+    )]
+    SecretConflict {
+        endpoint: String,
+        secret: String,
+        key: &'static str,
+        ours: String,
+        theirs: String,
+    },
+    #[error(
+        "endpoint '{endpoint}': no {key}: neither the endpoint nor secret '{secret}' (password_secret) gives one. Set `{key}` in the endpoint, or add \"{field}\" to the secret"
+    )]
+    SecretIncomplete {
+        endpoint: String,
+        secret: String,
+        key: &'static str,
+        field: &'static str,
+    },
 }
 
 /// A parsed and validated workspace file.
@@ -288,6 +308,11 @@ pub struct EndpointConfig {
     /// and user.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub password_keyring: bool,
+    /// An AWS Secrets Manager secret (name or ARN) holding the password as RDS and DMS keep
+    /// it: JSON with `username`, `password` and optionally `host`, `port`, `dbname`, which
+    /// fill what the endpoint leaves out ([`crate::secret::DbSecret`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
     /// Refused on parse with an explanation; declared so the error can say why.
     #[serde(default, skip_serializing)]
     pub password: Option<toml::Value>,
@@ -305,17 +330,21 @@ pub struct EndpointConfig {
     pub force_path_style: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// PEM certificates trusted instead of the system's, for an S3-compatible server with a
+    /// private CA; relative to the workspace file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl EndpointConfig {
     /// Makes a relative local target path relative to the folder of the workspace file at
     /// `workspace_file`, rather than to the current directory.
     pub fn resolve_relative_path(&mut self, workspace_file: &Path) {
-        if let Some(local) = &mut self.path
-            && local.is_relative()
-        {
-            let base = workspace_file.parent().unwrap_or(Path::new("."));
-            *local = normalize(&base.join(&*local));
+        let base = workspace_file.parent().unwrap_or(Path::new("."));
+        for local in [&mut self.path, &mut self.ca_bundle].into_iter().flatten() {
+            if local.is_relative() {
+                *local = normalize(&base.join(&*local));
+            }
         }
     }
 
@@ -330,9 +359,80 @@ impl EndpointConfig {
         )
     }
 
+    /// The endpoint as its engine connects to it and its password: from the environment
+    /// variable named by `password_env`, the OS keyring (`password_keyring`), or the AWS
+    /// Secrets Manager secret `password_secret`, whose fields fill what the endpoint leaves
+    /// out ([`EndpointConfig::filled_from`]).
+    pub async fn resolve(&self) -> Result<Connection, ConfigError> {
+        if let Some(id) = &self.password_secret {
+            let secret = crate::secret::secrets_manager::fetch(&self.name, id).await?;
+            return Ok(Connection {
+                endpoint: self.filled_from(id, &secret)?,
+                password: Some(secret.password),
+            });
+        }
+        Ok(Connection {
+            endpoint: self.clone(),
+            password: self.resolve_password().await?,
+        })
+    }
+
+    /// This endpoint with what secret `id` holds filling what it leaves out. A host, port or
+    /// user the endpoint names must be the secret's own (when the secret names one): a
+    /// workspace file cannot send a secret's password to another server or as another user.
+    /// The database may differ (one server, many databases).
+    pub fn filled_from(
+        &self,
+        id: &str,
+        secret: &crate::secret::secrets_manager::DbSecret,
+    ) -> Result<EndpointConfig, ConfigError> {
+        let conflict = |key, ours: String, theirs: String| ConfigError::SecretConflict {
+            endpoint: self.name.clone(),
+            secret: id.to_owned(),
+            key,
+            ours,
+            theirs,
+        };
+        let incomplete = |key, field| ConfigError::SecretIncomplete {
+            endpoint: self.name.clone(),
+            secret: id.to_owned(),
+            key,
+            field,
+        };
+        let mut e = self.clone();
+        match (&self.host, &secret.host) {
+            (Some(ours), Some(theirs)) if !ours.eq_ignore_ascii_case(theirs) => {
+                return Err(conflict("host", ours.clone(), theirs.clone()));
+            }
+            (None, None) => return Err(incomplete("host", "host")),
+            (None, Some(theirs)) => e.host = Some(theirs.clone()),
+            _ => {}
+        }
+        match (self.port, secret.port) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                return Err(conflict("port", ours.to_string(), theirs.to_string()));
+            }
+            (None, theirs) => e.port = theirs,
+            _ => {}
+        }
+        match (&self.user, &secret.username) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                return Err(conflict("user", ours.clone(), theirs.clone()));
+            }
+            (None, None) => return Err(incomplete("user", "username")),
+            (None, Some(theirs)) => e.user = Some(theirs.clone()),
+            _ => {}
+        }
+        if e.database.is_none() {
+            e.database = secret.dbname.clone();
+        }
+        Ok(e)
+    }
+
     /// The password from the environment variable named by `password_env`, or from the OS
-    /// keyring with `password_keyring`; `None` when the endpoint names neither.
-    pub async fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
+    /// keyring with `password_keyring`; `None` when the endpoint names neither (or names a
+    /// secret: [`EndpointConfig::resolve`] reads that).
+    async fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         if let Some(var) = &self.password_env {
             // Again here: the app builds endpoints without parsing a file.
             crate::secret::check_password_env(var, &self.name).map_err(|reason| {
@@ -367,6 +467,11 @@ impl EndpointConfig {
 
     /// What to check when the server refuses the password: where it comes from.
     pub fn password_hint(&self) -> String {
+        if let Some(id) = &self.password_secret {
+            return format!(
+                "Check the password in AWS Secrets Manager secret '{id}' (password_secret)"
+            );
+        }
         match &self.password_env {
             Some(var) => {
                 format!(
@@ -378,10 +483,20 @@ impl EndpointConfig {
                 self.keyring_entry().name()
             ),
             None => "The server wants a password: name an environment variable that holds it \
-                     (password_env), or store it in the OS keyring (password_keyring)"
+                     (password_env), store it in the OS keyring (password_keyring), or name an \
+                     AWS Secrets Manager secret (password_secret)"
                 .into(),
         }
     }
+}
+
+/// A source endpoint ready to connect ([`EndpointConfig::resolve`]). No `Debug`: it holds
+/// the password.
+#[derive(Clone)]
+pub struct Connection {
+    /// The endpoint with what its secret fills.
+    pub endpoint: EndpointConfig,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -992,10 +1107,34 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             )
         })?;
     }
-    if e.password_env.is_some() && e.password_keyring {
+    let sources = [
+        ("password_env", e.password_env.is_some()),
+        ("password_keyring", e.password_keyring),
+        ("password_secret", e.password_secret.is_some()),
+    ];
+    let named: Vec<&str> = sources
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| *k)
+        .collect();
+    if let [_, second, ..] = named[..] {
         return Err((
-            "password_keyring",
-            "password_env and password_keyring both say where the password is: keep one".into(),
+            second,
+            format!(
+                "{} {} say where the password is: keep one",
+                named.join(" and "),
+                if named.len() == 2 { "both" } else { "all" }
+            ),
+        ));
+    }
+    if e.password_secret
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
+        return Err((
+            "password_secret",
+            "password_secret is empty: name the AWS Secrets Manager secret (its name or ARN)"
+                .into(),
         ));
     }
     let present = |field: &str| -> bool {
@@ -1006,12 +1145,14 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             "user" => e.user.is_some(),
             "password_env" => e.password_env.is_some(),
             "password_keyring" => e.password_keyring,
+            "password_secret" => e.password_secret.is_some(),
             "path" => e.path.is_some(),
             "bucket" => e.bucket.is_some(),
             "region" => e.region.is_some(),
             "endpoint_url" => e.endpoint_url.is_some(),
             "force_path_style" => e.force_path_style.is_some(),
             "profile" => e.profile.is_some(),
+            "ca_bundle" => e.ca_bundle.is_some(),
             _ => false,
         }
     };
@@ -1022,6 +1163,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
         "user",
         "password_env",
         "password_keyring",
+        "password_secret",
     ];
     const LOCAL_KEYS: &[&str] = &["path"];
     const S3_KEYS: &[&str] = &[
@@ -1030,6 +1172,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
         "endpoint_url",
         "force_path_style",
         "profile",
+        "ca_bundle",
     ];
     let (required, allowed): (&[&str], &[&str]) = match e.engine {
         Engine::Postgres | Engine::Mysql => (&["host", "user"], DATABASE_KEYS),
@@ -1037,7 +1180,9 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
         Engine::S3 => (&["bucket"], S3_KEYS),
     };
     for field in required {
-        if !present(field) {
+        // A secret may hold the host and the user ([`EndpointConfig::filled_from`]).
+        let from_secret = e.password_secret.is_some() && matches!(*field, "host" | "user");
+        if !present(field) && !from_secret {
             return Err(("", format!("engine {} needs `{field}`", e.engine.name())));
         }
     }
@@ -1297,6 +1442,112 @@ compression = "snappy"
         assert!(
             !err.contains("hunter2"),
             "the error must not echo the secret: {err}"
+        );
+    }
+
+    #[test]
+    fn a_secret_may_hold_host_and_user_but_not_share_the_password_source() {
+        let only_secret = GOOD
+            .replace("host = \"127.0.0.1\"\n", "")
+            .replace("user = \"postgres\"\n", "")
+            .replace(
+                "password_env = \"PGPASSWORD\"",
+                "password_secret = \"prod/shop\"",
+            );
+        let ws = parse(&only_secret).unwrap();
+        assert_eq!(
+            ws.endpoints[0].password_secret.as_deref(),
+            Some("prod/shop")
+        );
+        let both = GOOD.replace(
+            "password_env = \"PGPASSWORD\"",
+            "password_env = \"PGPASSWORD\"\npassword_secret = \"prod/shop\"",
+        );
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("password_env and password_secret both") && err.contains("keep one"),
+            "{err}"
+        );
+        let empty = GOOD.replace("password_env = \"PGPASSWORD\"", "password_secret = \" \"");
+        let err = parse(&empty).unwrap_err().to_string();
+        assert!(err.contains("password_secret is empty"), "{err}");
+        // Without a secret, host stays required.
+        let err = parse(&GOOD.replace("host = \"127.0.0.1\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs `host`"), "{err}");
+        // ca_bundle is an S3 key, resolved against the workspace file's folder.
+        let err = parse(&GOOD.replace(
+            "path = \"/tmp/lake\"",
+            "path = \"/tmp/lake\"\nca_bundle = \"ca.pem\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`ca_bundle` does not apply"), "{err}");
+        let s3 = GOOD.replace(
+            "engine = \"local\"\npath = \"/tmp/lake\"",
+            "engine = \"s3\"\nbucket = \"b\"\nca_bundle = \"certs/ca.pem\"",
+        );
+        let mut ws = Workspace::parse(&s3, Path::new("/etc/ws/ws.toml")).unwrap();
+        ws.resolve_relative_paths(Path::new("/etc/ws/ws.toml"));
+        assert_eq!(
+            ws.endpoints[1].ca_bundle.as_deref(),
+            Some(Path::new("/etc/ws/certs/ca.pem"))
+        );
+    }
+
+    #[test]
+    fn a_secret_fills_what_the_endpoint_leaves_out_and_never_goes_elsewhere() {
+        use crate::secret::secrets_manager::DbSecret;
+        let secret = DbSecret {
+            username: Some("dms".into()),
+            password: "pw".into(),
+            host: Some("db.example.com".into()),
+            port: Some(5433),
+            dbname: Some("shop".into()),
+        };
+        let mut e: EndpointConfig =
+            toml::from_str("name = \"src\"\nengine = \"postgres\"\npassword_secret = \"s\"")
+                .unwrap();
+        let filled = e.filled_from("s", &secret).unwrap();
+        assert_eq!(filled.host.as_deref(), Some("db.example.com"));
+        assert_eq!(filled.port, Some(5433));
+        assert_eq!(filled.user.as_deref(), Some("dms"));
+        assert_eq!(filled.database.as_deref(), Some("shop"));
+        // The endpoint's own database wins (one server, many databases); the same host in
+        // other letters is the same host.
+        e.database = Some("other".into());
+        e.host = Some("DB.example.com".into());
+        let filled = e.filled_from("s", &secret).unwrap();
+        assert_eq!(filled.database.as_deref(), Some("other"));
+        // Another host, port or user would send the secret's password elsewhere.
+        for (key, edit) in [
+            (
+                "host",
+                (|e: &mut EndpointConfig| e.host = Some("evil.example.com".into()))
+                    as fn(&mut EndpointConfig),
+            ),
+            ("port", |e| e.port = Some(5432)),
+            ("user", |e| e.user = Some("postgres".into())),
+        ] {
+            let mut bad = e.clone();
+            edit(&mut bad);
+            let err = bad.filled_from("s", &secret).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("its {key} is")) && err.contains(&format!("remove `{key}`")),
+                "{err}"
+            );
+        }
+        // Nothing gives a host: say where to put one.
+        let bare = DbSecret {
+            host: None,
+            ..secret
+        };
+        e.host = None;
+        let err = e.filled_from("s", &bare).unwrap_err().to_string();
+        assert!(
+            err.contains("no host") && err.contains("\"host\" to the secret"),
+            "{err}"
         );
     }
 

@@ -8,6 +8,7 @@
 //! engine never imports UI code.
 
 #[cfg(unix)]
+pub mod aws;
 pub mod bench;
 pub mod catalog;
 pub mod check;

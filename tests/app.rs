@@ -96,6 +96,42 @@ fn endpoints_screen_tests_connections_in_green_and_red() {
     screenshot(&mut h, "tasks-cdc");
 }
 
+/// The endpoint form takes the password from an AWS Secrets Manager secret, named and never
+/// fetched or shown; the host and user may then come from the secret.
+#[test]
+fn an_endpoint_takes_its_password_from_a_secrets_manager_secret() {
+    let pg = Pg::from_env();
+    let dir = fixed_dir("endpoints-secret");
+    let rt = runtime();
+    let (path, workspace) = fixture_workspace(&pg, &dir, "trib_app_secret");
+    let mut h = harness(&rt, path, workspace);
+    h.state_mut().set_tab(Tab::Endpoints);
+    h.run_steps(4);
+    h.get_by_label("broken  (postgres, source)").click();
+    h.run_steps(4);
+    h.get_by_label("AWS Secrets Manager").click();
+    h.run_steps(4);
+    assert!(h.query_by_label("the secret's name or ARN").is_some());
+    let secret = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Secret");
+    secret.focus();
+    secret.type_text("prod/shop");
+    h.run_steps(4);
+    assert!(h.query_by_label("the secret's name or ARN").is_none());
+    let e = &h.state().doc().workspace.endpoints[1];
+    assert_eq!(e.password_secret.as_deref(), Some("prod/shop"));
+    assert_eq!(
+        (e.password_env.as_deref(), e.password_keyring),
+        (None, false)
+    );
+    screenshot(&mut h, "endpoints-secret");
+    // Back to a variable: the secret is forgotten.
+    h.get_by_label("Environment variable").click();
+    h.run_steps(4);
+    let e = &h.state().doc().workspace.endpoints[1];
+    assert_eq!(e.password_secret, None);
+    assert_eq!(e.password_env.as_deref(), Some("PGPASSWORD"));
+}
+
 #[test]
 fn a_mysql_endpoint_shows_its_binlog_checks_and_loads_from_the_app() {
     let my = My::from_env();

@@ -10,7 +10,6 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -86,6 +85,8 @@ pub enum StorageError {
         key: String,
         reason: &'static str,
     },
+    #[error(transparent)]
+    Aws(#[from] crate::aws::AwsError),
     #[error("unsafe spool folder: {source}. {fix}")]
     UnsafeSpool {
         #[source]
@@ -177,20 +178,25 @@ pub struct S3Options {
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
     pub profile: Option<String>,
+    /// PEM certificates trusted instead of the system's ([`crate::aws`]).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Storage {
     pub async fn from_endpoint(e: &EndpointConfig) -> Result<Storage, StorageError> {
         match e.engine {
             Engine::Local => Ok(Storage::local(e.path.clone().unwrap_or_default())),
-            Engine::S3 => Ok(Storage::s3(S3Options {
-                bucket: e.bucket.clone().unwrap_or_default(),
-                region: e.region.clone(),
-                endpoint_url: e.endpoint_url.clone(),
-                force_path_style: e.force_path_style.unwrap_or(false),
-                profile: e.profile.clone(),
-            })
-            .await),
+            Engine::S3 => {
+                Storage::s3(S3Options {
+                    bucket: e.bucket.clone().unwrap_or_default(),
+                    region: e.region.clone(),
+                    endpoint_url: e.endpoint_url.clone(),
+                    force_path_style: e.force_path_style.unwrap_or(false),
+                    profile: e.profile.clone(),
+                    ca_bundle: e.ca_bundle.clone(),
+                })
+                .await
+            }
             // Every other engine is a source database.
             _ => Err(StorageError::InvalidUri {
                 uri: format!("endpoint '{}' (a source, not a target)", e.name),
@@ -202,27 +208,13 @@ impl Storage {
         Storage::Local(LocalStorage { root: root.into() })
     }
 
-    pub async fn s3(o: S3Options) -> Storage {
-        // rustls with ring: no C toolchain needed for TLS (see Cargo.toml).
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_max_attempts(5)
-                    .with_initial_backoff(Duration::from_millis(200)),
-            );
-        if let Some(region) = &o.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(profile) = &o.profile {
-            loader = loader.profile_name(profile);
-        }
-        let shared = loader.load().await;
+    pub async fn s3(o: S3Options) -> Result<Storage, StorageError> {
+        let shared = crate::aws::sdk_config(&crate::aws::AwsOptions {
+            region: o.region.clone(),
+            profile: o.profile.clone(),
+            ca_bundle: o.ca_bundle.clone(),
+        })
+        .await?;
         let mut builder =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(o.force_path_style);
         if shared.region().is_none() {
@@ -236,12 +228,12 @@ impl Storage {
             .endpoint_url
             .clone()
             .or_else(|| shared.endpoint_url().map(str::to_owned));
-        Storage::S3(S3Storage {
+        Ok(Storage::S3(S3Storage {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: o.bucket,
             // Only shown in messages: never with credentials.
             endpoint_url: endpoint_url.map(|u| crate::secret::redact_url(&u)),
-        })
+        }))
     }
 
     /// Parses `s3://bucket/prefix` or a local path into a storage and a key prefix.
@@ -255,7 +247,7 @@ impl Storage {
                 bucket: bucket.into(),
                 ..s3
             })
-            .await;
+            .await?;
             Ok((storage, prefix.into()))
         } else if uri.contains("://") {
             Err(StorageError::InvalidUri { uri: uri.into() })
@@ -774,13 +766,22 @@ impl S3Storage {
                     };
                 }
                 let text = match &e {
-                    SdkError::DispatchFailure(d) => format!(
-                        "cannot reach the S3 endpoint{}: {d:?}",
-                        self.endpoint_url
+                    SdkError::DispatchFailure(d) => {
+                        let at = self
+                            .endpoint_url
                             .as_ref()
                             .map(|u| format!(" {u}"))
-                            .unwrap_or_default()
-                    ),
+                            .unwrap_or_default();
+                        let detail = format!("{d:?}");
+                        match crate::aws::certificate_problem(&detail) {
+                            Some(problem) => format!(
+                                "the S3 endpoint{at} failed TLS verification: its certificate \
+                                 is {problem}. If a private CA signed it, set ca_bundle in the \
+                                 target endpoint to that CA's PEM file"
+                            ),
+                            None => format!("cannot reach the S3 endpoint{at}: {detail}"),
+                        }
+                    }
                     SdkError::TimeoutError(_) => "timed out".into(),
                     SdkError::ConstructionFailure(_) => {
                         let full = format!("{:?}", std::error::Error::source(&e));
@@ -1141,7 +1142,8 @@ mod tests {
             region: Some("us-east-1".into()),
             ..Default::default()
         })
-        .await;
+        .await
+        .expect("no ca_bundle to read");
         let spool = storage.spool_dir().expect("spool");
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };

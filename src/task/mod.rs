@@ -98,8 +98,18 @@ pub async fn check_endpoint(workspace: &Workspace, e: &EndpointConfig) -> Vec<Ch
             Err(err) => vec![CheckResult::fail_from("target", &err)],
         };
     };
-    match e.resolve_password().await {
-        Ok(password) => engine.check(workspace, e, password).await,
+    match e.resolve().await {
+        Ok(c) => {
+            let mut results = Vec::new();
+            if let Some(id) = &e.password_secret {
+                results.push(CheckResult::pass(
+                    "password",
+                    format!("from AWS Secrets Manager secret '{id}'"),
+                ));
+            }
+            results.extend(engine.check(workspace, &c.endpoint, c.password).await);
+            results
+        }
         Err(err) => vec![CheckResult::fail_from("password", &err)],
     }
 }
@@ -115,8 +125,8 @@ pub async fn list_source_tables(
             engine: e.engine,
         });
     };
-    let password = e.resolve_password().await?;
-    let tables = engine.discover(e, password, rules).await?;
+    let c = e.resolve().await?;
+    let tables = engine.discover(&c.endpoint, c.password, rules).await?;
     Ok(tables.iter().map(TableInfo::id).collect())
 }
 
@@ -134,8 +144,8 @@ pub async fn exact_snapshot(
             engine: endpoint.engine,
         });
     };
-    let password = endpoint.resolve_password().await?;
-    engine.exact_snapshot(endpoint, password, task).await
+    let c = endpoint.resolve().await?;
+    engine.exact_snapshot(&c.endpoint, c.password, task).await
 }
 
 /// Starts task `task_name` of `workspace` on `runtime`.
@@ -192,7 +202,11 @@ async fn run(
     if !options.reload_tables.is_empty() && !task.has_full_load() {
         return Err(TaskError::ReloadTableWithoutLoad { task: task.name });
     }
-    let password = source_endpoint.resolve_password().await?;
+    let crate::config::Connection {
+        endpoint: source_endpoint,
+        password,
+    } = source_endpoint.resolve().await?;
+    let source_endpoint = &source_endpoint;
     if !task.has_full_load() {
         // A load records the keys curation merges by; a CDC-only task has none to do it.
         let rules = SelectionRules::new(&task.include, &task.exclude);

@@ -243,6 +243,9 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                     });
                     field_ui(ui, "Endpoint URL", &mut e.endpoint_url, url_problem);
                     field_ui(ui, "Profile", &mut e.profile, None);
+                    let mut ca = e.ca_bundle.as_ref().map(|p| p.display().to_string());
+                    field_ui(ui, "CA bundle (PEM)", &mut ca, None);
+                    e.ca_bundle = ca.map(PathBuf::from);
                     ui.label("Path-style");
                     let mut path_style = e.force_path_style.unwrap_or(false);
                     if ui.checkbox(&mut path_style, "").changed() {
@@ -252,7 +255,13 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                 }
                 // Every source database.
                 _ => {
-                    let host_problem = e.host.is_none().then_some("required");
+                    // A Secrets Manager secret may hold the host and the user.
+                    let required = if e.password_secret.is_some() {
+                        None
+                    } else {
+                        Some("required")
+                    };
+                    let host_problem = e.host.is_none().then_some(required).flatten();
                     field_ui(ui, "Host", &mut e.host, host_problem);
                     let mut port = e.port.map(|p| p.to_string());
                     let port_problem = port
@@ -266,7 +275,7 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                         e.port = None;
                     }
                     field_ui(ui, "Database", &mut e.database, None);
-                    let user_problem = e.user.is_none().then_some("required");
+                    let user_problem = e.user.is_none().then_some(required).flatten();
                     field_ui(ui, "User", &mut e.user, user_problem);
                     password_source_ui(ui, e);
                 }
@@ -278,60 +287,85 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
 fn secrets_note_ui(ui: &mut egui::Ui, engine: Engine) {
     if engine.is_source() {
         ui.weak(
-            "The password is read from the named environment variable or from the OS keyring; \
-             it is never stored in the workspace file.",
+            "The password is read from the named environment variable, the OS keyring or AWS \
+             Secrets Manager (with the AWS credential chain); it is never stored in the workspace \
+             file.",
         );
     } else if engine == Engine::S3 {
         ui.weak("Credentials come from the AWS chain: environment, profile, SSO or instance role.");
     }
 }
 
-/// Where a source's password comes from: an environment variable, or the OS keyring.
+/// Where a source's password comes from: an environment variable, the OS keyring, or an AWS
+/// Secrets Manager secret (shown by its name only; its value is never fetched here).
 fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
+    #[derive(PartialEq, Clone, Copy)]
+    enum From {
+        Env,
+        Keyring,
+        Secret,
+    }
+    let from = if e.password_keyring {
+        From::Keyring
+    } else if e.password_secret.is_some() {
+        From::Secret
+    } else {
+        From::Env
+    };
     ui.label("Password from");
+    let mut chosen = from;
     ui.horizontal(|ui| {
-        if ui
-            .radio(!e.password_keyring, "Environment variable")
-            .clicked()
-            && e.password_keyring
-        {
-            e.password_keyring = false;
-            e.password_env = e
-                .engine
-                .database_defaults()
-                .map(|d| d.password_env.to_owned());
-        }
-        if ui.radio(e.password_keyring, "OS keyring").clicked() {
-            e.password_keyring = true;
-            e.password_env = None;
-        }
+        ui.radio_value(&mut chosen, From::Env, "Environment variable");
+        ui.radio_value(&mut chosen, From::Keyring, "OS keyring");
+        ui.radio_value(&mut chosen, From::Secret, "AWS Secrets Manager");
     });
     ui.label("");
     ui.end_row();
-    if e.password_keyring {
-        ui.label("Keyring entry");
-        ui.monospace(e.keyring_entry().name());
-        ui.label("");
-        ui.end_row();
-    } else {
-        let env_problem = match &e.password_env {
-            // The same refusal as the workspace file's and Test connection's.
-            Some(var) => crate::secret::check_password_env(var, &e.name)
-                .err()
-                .map(|why| first_clause(&why).to_owned())
-                .or_else(|| {
-                    std::env::var_os(var)
-                        .is_none()
-                        .then(|| format!("{var} is not set in this app's environment"))
-                }),
-            None => None,
-        };
-        field_ui(
-            ui,
-            "Password variable",
-            &mut e.password_env,
-            env_problem.as_deref(),
-        );
+    if chosen != from {
+        e.password_keyring = chosen == From::Keyring;
+        e.password_env = (chosen == From::Env)
+            .then(|| {
+                e.engine
+                    .database_defaults()
+                    .map(|d| d.password_env.to_owned())
+            })
+            .flatten();
+        e.password_secret = (chosen == From::Secret).then(String::new);
+    }
+    match chosen {
+        From::Keyring => {
+            ui.label("Keyring entry");
+            ui.monospace(e.keyring_entry().name());
+            ui.label("");
+            ui.end_row();
+        }
+        From::Secret => {
+            let mut id = e.password_secret.clone().filter(|s| !s.is_empty());
+            let problem = id.is_none().then_some("the secret's name or ARN");
+            field_ui(ui, "Secret", &mut id, problem);
+            // Kept even when empty, so the choice stays until a name is typed.
+            e.password_secret = Some(id.unwrap_or_default());
+        }
+        From::Env => {
+            let env_problem = match &e.password_env {
+                // The same refusal as the workspace file's and Test connection's.
+                Some(var) => crate::secret::check_password_env(var, &e.name)
+                    .err()
+                    .map(|why| first_clause(&why).to_owned())
+                    .or_else(|| {
+                        std::env::var_os(var)
+                            .is_none()
+                            .then(|| format!("{var} is not set in this app's environment"))
+                    }),
+                None => None,
+            };
+            field_ui(
+                ui,
+                "Password variable",
+                &mut e.password_env,
+                env_problem.as_deref(),
+            );
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Pg {
     pub password: String,
 }
 
-fn required_env(name: &str) -> String {
+pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the tests through scripts/test, which starts the services")
     })

@@ -1,5 +1,6 @@
-//! Secrets: endpoint passwords in the OS keyring, which environment variables may hold a
-//! password, and connection URLs made safe to print.
+//! Secrets: endpoint passwords in the OS keyring or in AWS Secrets Manager
+//! ([`secrets_manager`]), which environment variables may hold a password, and connection
+//! URLs made safe to print.
 //!
 //! The keyring is the desktop's Secret Service (GNOME Keyring, KWallet, KeePassXC) over
 //! D-Bus. An endpoint with `password_keyring = true` keeps its password in the entry with
@@ -16,6 +17,8 @@
 //!   any other secret the user's environment holds;
 //! - a connection URL reaches a message, a log line or the app only through [`redact_url`],
 //!   and a catalog URL holding a password is refused ([`url_password`]).
+
+pub mod secrets_manager;
 
 use keyring_core::api::CredentialStoreApi;
 use zbus_secret_service_keyring_store::Store;
@@ -40,6 +43,14 @@ pub enum SecretError {
         endpoint: String,
         entry: String,
         reason: String,
+    },
+    #[error(
+        "endpoint '{endpoint}': AWS Secrets Manager secret '{secret}' (password_secret): {kind}"
+    )]
+    SecretsManager {
+        endpoint: String,
+        secret: String,
+        kind: secrets_manager::SmFailure,
     },
     #[error("endpoint '{endpoint}': the OS keyring failed on {entry}: {reason}")]
     Failed {
