@@ -313,6 +313,19 @@ pub struct EndpointConfig {
     /// fill what the endpoint leaves out ([`crate::secret::DbSecret`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<String>,
+    /// TLS, with libpq's meaning for both engines ([`crate::tls`]); `None` is `prefer`
+    /// (`verify-full` with `sslrootcert = "system"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<SslMode>,
+    /// The CA bundle (PEM) the server's certificate must chain to, or `"system"`; relative
+    /// to the workspace file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<String>,
+    /// A client certificate (PEM) and its private key (PEM, unencrypted, mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslcert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslkey: Option<PathBuf>,
     /// Refused on parse with an explanation; declared so the error can say why.
     #[serde(default, skip_serializing)]
     pub password: Option<toml::Value>,
@@ -341,10 +354,22 @@ impl EndpointConfig {
     /// `workspace_file`, rather than to the current directory.
     pub fn resolve_relative_path(&mut self, workspace_file: &Path) {
         let base = workspace_file.parent().unwrap_or(Path::new("."));
-        for local in [&mut self.path, &mut self.ca_bundle].into_iter().flatten() {
+        let paths = [
+            &mut self.path,
+            &mut self.ca_bundle,
+            &mut self.sslcert,
+            &mut self.sslkey,
+        ];
+        for local in paths.into_iter().flatten() {
             if local.is_relative() {
                 *local = normalize(&base.join(&*local));
             }
+        }
+        if let Some(root) = &mut self.sslrootcert
+            && root != "system"
+            && Path::new(root).is_relative()
+        {
+            *root = normalize(&base.join(&*root)).display().to_string();
         }
     }
 
@@ -486,6 +511,37 @@ impl EndpointConfig {
                      (password_env), store it in the OS keyring (password_keyring), or name an \
                      AWS Secrets Manager secret (password_secret)"
                 .into(),
+        }
+    }
+}
+
+/// libpq's `sslmode` values (`allow` is not offered: it prefers plain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const ALL: [SslMode; 5] = [
+        SslMode::Disable,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
         }
     }
 }
@@ -1089,6 +1145,49 @@ fn normalize(path: &Path) -> PathBuf {
 /// Why an endpoint or task is refused: the key at fault (empty: the whole block) and why.
 type Refusal = (&'static str, String);
 
+/// The TLS keys make sense together ([`crate::tls`] has the table of modes).
+fn validate_tls(e: &EndpointConfig) -> Result<(), Refusal> {
+    if e.sslcert.is_some() != e.sslkey.is_some() {
+        let (has, lacks) = if e.sslcert.is_some() {
+            ("sslcert", "sslkey")
+        } else {
+            ("sslkey", "sslcert")
+        };
+        return Err((
+            has,
+            format!("{has} needs {lacks}: a client certificate goes with its private key"),
+        ));
+    }
+    let root = e.sslrootcert.as_deref();
+    if root == Some("system") && e.sslmode.is_some_and(|m| m != SslMode::VerifyFull) {
+        return Err((
+            "sslrootcert",
+            "sslrootcert = \"system\" trusts every public CA, so it only goes with sslmode = \
+             \"verify-full\" (as in libpq): set that, or name your CA's file"
+                .into(),
+        ));
+    }
+    let unused = ["sslrootcert", "sslcert", "sslkey"]
+        .into_iter()
+        .find(|k| match *k {
+            "sslrootcert" => root.is_some(),
+            "sslcert" => e.sslcert.is_some(),
+            _ => e.sslkey.is_some(),
+        });
+    if e.sslmode == Some(SslMode::Disable)
+        && let Some(key) = unused
+    {
+        return Err((
+            key,
+            format!(
+                "{key} is unused with sslmode = \"disable\": remove it, or choose verify-full \
+                 to use it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
     if e.password.is_some() {
         return Err((
@@ -1146,6 +1245,10 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             "password_env" => e.password_env.is_some(),
             "password_keyring" => e.password_keyring,
             "password_secret" => e.password_secret.is_some(),
+            "sslmode" => e.sslmode.is_some(),
+            "sslrootcert" => e.sslrootcert.is_some(),
+            "sslcert" => e.sslcert.is_some(),
+            "sslkey" => e.sslkey.is_some(),
             "path" => e.path.is_some(),
             "bucket" => e.bucket.is_some(),
             "region" => e.region.is_some(),
@@ -1164,6 +1267,10 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
         "password_env",
         "password_keyring",
         "password_secret",
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
     ];
     const LOCAL_KEYS: &[&str] = &["path"];
     const S3_KEYS: &[&str] = &[
@@ -1198,6 +1305,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
             ));
         }
     }
+    validate_tls(e)?;
     if let Some(url) = &e.endpoint_url {
         let shown = crate::secret::redact_url(url);
         if let Some(place) = crate::secret::url_password(url) {
@@ -1494,6 +1602,46 @@ compression = "snappy"
             ws.endpoints[1].ca_bundle.as_deref(),
             Some(Path::new("/etc/ws/certs/ca.pem"))
         );
+    }
+
+    #[test]
+    fn tls_keys_must_make_sense_together() {
+        let with = |keys: &str| {
+            GOOD.replace(
+                "password_env = \"PGPASSWORD\"",
+                &format!("password_env = \"PGPASSWORD\"\n{keys}"),
+            )
+        };
+        for (keys, needle) in [
+            ("sslcert = \"c.pem\"", "sslcert needs sslkey"),
+            ("sslkey = \"k.pem\"", "sslkey needs sslcert"),
+            (
+                "sslmode = \"verify-ca\"\nsslrootcert = \"system\"",
+                "only goes with sslmode = \"verify-full\"",
+            ),
+            (
+                "sslmode = \"disable\"\nsslrootcert = \"ca.pem\"",
+                "unused with sslmode = \"disable\"",
+            ),
+            ("sslmode = \"allow\"", "verify-full"),
+        ] {
+            let err = parse(&with(keys)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{keys}: {err}");
+        }
+        let ok = with("sslmode = \"verify-full\"\nsslrootcert = \"certs/ca.pem\"");
+        let mut ws = Workspace::parse(&ok, Path::new("/etc/ws/ws.toml")).unwrap();
+        ws.resolve_relative_paths(Path::new("/etc/ws/ws.toml"));
+        assert_eq!(
+            ws.endpoints[0].sslrootcert.as_deref(),
+            Some("/etc/ws/certs/ca.pem")
+        );
+        let system = with("sslrootcert = \"system\"");
+        let mut ws = Workspace::parse(&system, Path::new("/etc/ws/ws.toml")).unwrap();
+        ws.resolve_relative_paths(Path::new("/etc/ws/ws.toml"));
+        assert_eq!(ws.endpoints[0].sslrootcert.as_deref(), Some("system"));
+        // ... and with no sslmode it means verify-full, as in libpq 16.
+        let tls = crate::tls::TlsOptions::from_endpoint(&ws.endpoints[0], false);
+        assert_eq!(tls.mode, SslMode::VerifyFull);
     }
 
     #[test]

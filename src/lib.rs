@@ -22,5 +22,6 @@ pub mod secret;
 pub mod source;
 pub mod sql;
 pub mod task;
+pub mod tls;
 pub mod ui;
 pub mod validate;

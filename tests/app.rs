@@ -130,6 +130,31 @@ fn an_endpoint_takes_its_password_from_a_secrets_manager_secret() {
     let e = &h.state().doc().workspace.endpoints[1];
     assert_eq!(e.password_secret, None);
     assert_eq!(e.password_env.as_deref(), Some("PGPASSWORD"));
+    // TLS: verify-full asks for the root certificate.
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "TLS (sslmode)")
+        .click();
+    h.run_steps(4);
+    h.get_by_label("verify-full").click();
+    h.run_steps(4);
+    assert!(
+        h.query_by_label_contains("required: the CA bundle")
+            .is_some()
+    );
+    let root = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Root certificate");
+    root.focus();
+    root.type_text("certs/rds-global-bundle.pem");
+    h.run_steps(4);
+    assert!(
+        h.query_by_label_contains("required: the CA bundle")
+            .is_none()
+    );
+    let e = &h.state().doc().workspace.endpoints[1];
+    assert_eq!(e.sslmode, Some(tributary::config::SslMode::VerifyFull));
+    assert_eq!(
+        e.sslrootcert.as_deref(),
+        Some("certs/rds-global-bundle.pem")
+    );
+    screenshot(&mut h, "endpoints-tls");
 }
 
 #[test]

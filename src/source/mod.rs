@@ -39,6 +39,20 @@ pub enum SourceError {
         port: u16,
         reason: String,
     },
+    #[error("endpoint '{endpoint}': TLS to {host}:{port} failed: {problem}. Fix: {fix}")]
+    Tls {
+        endpoint: String,
+        host: String,
+        port: u16,
+        problem: String,
+        fix: String,
+    },
+    #[error("endpoint '{endpoint}': {source}")]
+    TlsSetup {
+        endpoint: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("endpoint '{endpoint}': authentication failed for user '{user}'. {hint}")]
     Authentication {
         endpoint: String,

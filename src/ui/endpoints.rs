@@ -278,6 +278,7 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                     let user_problem = e.user.is_none().then_some(required).flatten();
                     field_ui(ui, "User", &mut e.user, user_problem);
                     password_source_ui(ui, e);
+                    tls_ui(ui, e);
                 }
             }
         });
@@ -367,6 +368,44 @@ fn password_source_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
             );
         }
     }
+}
+
+/// TLS: the mode (libpq's, for both engines) and its certificate files.
+fn tls_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
+    use crate::config::SslMode;
+    let label = ui.label("TLS (sslmode)");
+    let current = e.sslmode.map_or("prefer (default)", SslMode::name);
+    egui::ComboBox::from_id_salt("sslmode")
+        .selected_text(current)
+        .show_ui(ui, |ui| {
+            for mode in SslMode::ALL {
+                ui.selectable_value(&mut e.sslmode, Some(mode), mode.name());
+            }
+        })
+        .response
+        .labelled_by(label.id);
+    let needs_root = matches!(e.sslmode, Some(SslMode::VerifyCa | SslMode::VerifyFull))
+        && e.sslrootcert.is_none();
+    match e.sslmode {
+        Some(SslMode::Disable) => ui.label("not encrypted"),
+        Some(SslMode::VerifyFull) => ui.label("chain and host name verified"),
+        Some(SslMode::VerifyCa) => ui.label("chain verified, any host name"),
+        _ => ui.label("encrypted when offered; verified with a root certificate"),
+    };
+    ui.end_row();
+    if e.sslmode == Some(SslMode::Disable) {
+        return;
+    }
+    let root_problem = needs_root.then_some("required: the CA bundle (PEM), or \"system\"");
+    field_ui(ui, "Root certificate", &mut e.sslrootcert, root_problem);
+    let mut cert = e.sslcert.as_ref().map(|p| p.display().to_string());
+    let mut key = e.sslkey.as_ref().map(|p| p.display().to_string());
+    let cert_problem = (cert.is_none() && key.is_some()).then_some("goes with the client key");
+    let key_problem = (key.is_none() && cert.is_some()).then_some("goes with the certificate");
+    field_ui(ui, "Client certificate", &mut cert, cert_problem);
+    field_ui(ui, "Client key", &mut key, key_problem);
+    e.sslcert = cert.map(PathBuf::from);
+    e.sslkey = key.map(PathBuf::from);
 }
 
 /// A message's first clause, short enough for the form's problem column.

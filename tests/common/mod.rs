@@ -310,6 +310,9 @@ pub struct My {
     pub port: u16,
     pub user: String,
     pub password: String,
+    /// The server accepts only TLS (`TRIBUTARY_TEST_MYSQL_TLS_URL`): the tests' own
+    /// connections use it, unverified.
+    pub tls: bool,
 }
 
 impl My {
@@ -331,11 +334,18 @@ impl My {
             port: port.parse().expect("numeric port"),
             user: user.into(),
             password: password.into(),
+            tls: var.contains("TLS"),
         }
     }
 
     pub async fn connect(&self, database: Option<&str>) -> mysql_async::Conn {
+        let ssl = self.tls.then(|| {
+            mysql_async::SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true)
+        });
         let opts = mysql_async::OptsBuilder::default()
+            .ssl_opts(ssl)
             .ip_or_hostname(self.host.clone())
             .tcp_port(self.port)
             .prefer_socket(false)

@@ -54,6 +54,9 @@ pub struct MyEndpoint {
     password: Option<String>,
     /// Whether the server offers TLS, learnt on the first connection (see [`Self::connect`]).
     tls: Arc<std::sync::OnceLock<bool>>,
+    /// `sslmode` and its files, with libpq's meaning mapped to MySQL's modes
+    /// ([`Self::ssl_opts`]).
+    tls_options: Arc<crate::tls::TlsOptions>,
 }
 
 impl std::fmt::Debug for MyEndpoint {
@@ -155,17 +158,65 @@ impl MyEndpoint {
             password_hint: e.password_hint(),
             password,
             tls: Arc::new(std::sync::OnceLock::new()),
+            tls_options: Arc::new(crate::tls::TlsOptions::from_endpoint(e, false)),
         }
     }
 
-    fn opts(&self, tls: bool) -> Opts {
-        // TLS as PostgreSQL's default `sslmode=prefer`: encrypted whenever the server offers
-        // it, certificates not verified (there is no CA to verify against in the workspace).
-        let ssl = tls.then(|| {
-            mysql_async::SslOpts::default()
+    fn tls_policy(&self) -> Result<crate::tls::Policy, SourceError> {
+        self.tls_options
+            .policy()
+            .map_err(|source| SourceError::TlsSetup {
+                endpoint: self.name.clone(),
+                source,
+            })
+    }
+
+    /// MySQL's TLS settings for this endpoint's `sslmode`: `require` is REQUIRED (verified
+    /// as VERIFY_CA when there is a root certificate, as in libpq), `verify-ca` VERIFY_CA,
+    /// `verify-full` VERIFY_IDENTITY. Only the root certificate is trusted, never the
+    /// built-in public roots.
+    fn ssl_opts(&self, policy: crate::tls::Policy) -> Result<mysql_async::SslOpts, SourceError> {
+        use crate::tls::{RootCert, Verification};
+        let setup = |source| SourceError::TlsSetup {
+            endpoint: self.name.clone(),
+            source,
+        };
+        let mut ssl = mysql_async::SslOpts::default();
+        ssl = match (policy.verification, &self.tls_options.rootcert) {
+            (Verification::None, _) | (_, None) => ssl
                 .with_danger_accept_invalid_certs(true)
-                .with_danger_skip_domain_validation(true)
-        });
+                .with_danger_skip_domain_validation(true),
+            (verification, Some(root)) => {
+                let ssl = match root {
+                    RootCert::File(path) => {
+                        // Read and checked here, so a bad file is refused with its fix.
+                        self.tls_options.roots().map_err(setup)?;
+                        ssl.with_root_certs(vec![path.clone().into()])
+                    }
+                    RootCert::System => ssl.with_root_certs(
+                        rustls_native_certs::load_native_certs()
+                            .certs
+                            .into_iter()
+                            .map(|c| c.to_vec().into())
+                            .collect(),
+                    ),
+                };
+                ssl.with_disable_built_in_roots(true)
+                    .with_danger_skip_domain_validation(verification == Verification::Chain)
+            }
+        };
+        if self.tls_options.identity().map_err(setup)?.is_some()
+            && let (Some(cert), Some(key)) = (&self.tls_options.cert, &self.tls_options.key)
+        {
+            ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(
+                cert.clone().into(),
+                key.clone().into(),
+            )));
+        }
+        Ok(ssl)
+    }
+
+    fn opts(&self, ssl: Option<mysql_async::SslOpts>) -> Opts {
         OptsBuilder::default()
             .ssl_opts(ssl)
             .ip_or_hostname(self.host.clone())
@@ -188,20 +239,45 @@ impl MyEndpoint {
         self.password.as_deref()
     }
 
-    /// Whether connections are encrypted (known after the first one).
-    pub fn uses_tls(&self) -> Option<bool> {
-        self.tls.get().copied()
+    /// What `conn` negotiated, from the server's view of the session.
+    pub async fn negotiated(&self, conn: &mut Conn) -> crate::tls::Negotiated {
+        let version: Option<(String, String)> = conn
+            .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
+            .await
+            .ok()
+            .flatten();
+        match version.map(|(_, v)| v).filter(|v| !v.is_empty()) {
+            Some(v) => crate::tls::Negotiated::Tls {
+                version: v.replace("TLSv", "TLS "),
+                verification: self
+                    .tls_policy()
+                    .map_or(crate::tls::Verification::None, |p| p.verification),
+                host: self.host.clone(),
+            },
+            None => crate::tls::Negotiated::Plain {
+                mode: self.tls_options.mode,
+            },
+        }
     }
 
-    /// A connection, over TLS when the server offers it. The first connection tries TLS and
-    /// remembers whether the server has it, so later ones connect once.
+    /// A connection, with TLS as `sslmode` says. Under `prefer` the first connection tries
+    /// TLS and remembers whether the server has it, so later ones connect once.
     pub async fn connect(&self) -> Result<Conn, SourceError> {
-        let tls = self.tls.get().copied().unwrap_or(true);
-        let attempt = |tls| tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts(tls)));
+        use crate::tls::Use;
+        let policy = self.tls_policy()?;
+        let ssl = match policy.tls {
+            Use::Never => None,
+            _ => Some(self.ssl_opts(policy)?),
+        };
+        let tls = ssl.is_some() && self.tls.get().copied().unwrap_or(true);
+        let attempt = |tls: bool| {
+            let ssl = if tls { ssl.clone() } else { None };
+            tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts(ssl)))
+        };
         let result = match attempt(tls).await {
             Ok(Err(mysql_async::Error::Driver(
                 mysql_async::DriverError::NoClientSslFlagFromServer,
-            ))) => {
+            ))) if policy.tls == Use::IfOffered => {
                 let _ = self.tls.set(false);
                 attempt(false).await
             }
@@ -223,8 +299,61 @@ impl MyEndpoint {
         }
     }
 
+    /// Whether connections go unencrypted: `sslmode = "disable"`, or a server that offered
+    /// no TLS under `prefer`.
+    fn connected_plain(&self) -> bool {
+        self.tls_options.mode == crate::config::SslMode::Disable || self.tls.get() == Some(&false)
+    }
+
+    /// A TLS failure as [`SourceError::Tls`], when that is what `e` is.
+    fn tls_failure(&self, e: &mysql_async::Error) -> Option<SourceError> {
+        use mysql_async::{DriverError, Error, IoError, TlsError};
+        let fail = |problem: String, fix: String| SourceError::Tls {
+            endpoint: self.name.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            problem,
+            fix,
+        };
+        let rustls = match e {
+            Error::Io(IoError::Io(io)) => crate::tls::rustls_error(io),
+            Error::Io(IoError::Tls(TlsError::Tls(e))) => Some(e),
+            Error::Io(IoError::Tls(other)) => {
+                return Some(fail(
+                    format!("the TLS settings were refused ({other})"),
+                    "check sslrootcert, sslcert and sslkey".into(),
+                ));
+            }
+            Error::Driver(DriverError::NoClientSslFlagFromServer) => {
+                return Some(fail(
+                    "the server does not offer TLS".into(),
+                    "enable TLS on the server (ssl_cert, ssl_key), or set sslmode = \"prefer\" \
+                     to allow plain connections"
+                        .into(),
+                ));
+            }
+            Error::Server(s)
+                if s.code == 3159
+                    || s.message.contains("secure transport")
+                    || s.message.contains("insecure transport") =>
+            {
+                return Some(fail(
+                    "the server accepts only encrypted connections (require_secure_transport)"
+                        .into(),
+                    "set sslmode = \"verify-full\" with sslrootcert (or \"require\")".into(),
+                ));
+            }
+            _ => None,
+        }?;
+        let (problem, fix) = crate::tls::explain(rustls, &self.host);
+        Some(fail(problem, fix))
+    }
+
     /// Turns a driver error into an error that says what to do.
     pub fn classify(&self, e: mysql_async::Error, context: &str) -> SourceError {
+        if let Some(tls) = self.tls_failure(&e) {
+            return tls;
+        }
         let endpoint = self.name.clone();
         match &e {
             mysql_async::Error::Io(io) => SourceError::Unreachable {
@@ -238,8 +367,17 @@ impl MyEndpoint {
                     endpoint,
                     user: self.user.clone(),
                     hint: format!(
-                        "{}; and check that '{}' may connect from this host",
-                        self.password_hint, self.user
+                        "{}; and check that '{}' may connect from this host{}",
+                        self.password_hint,
+                        self.user,
+                        if self.connected_plain() {
+                            ". The connection was not encrypted: a server that accepts only \
+                             encrypted connections (require_secure_transport = ON) answers a \
+                             plain login this way, so set sslmode = \"verify-full\" with \
+                             sslrootcert (or \"require\") if it does"
+                        } else {
+                            ""
+                        }
                     ),
                 },
                 1049 => SourceError::MissingDatabase {
@@ -620,18 +758,19 @@ impl Source for MysqlSource {
                 checks.push(CheckResult::pass(
                     "connect",
                     format!(
-                        "connected to {} {} at {}:{} as {} ({})",
+                        "connected to {} {} at {}:{} as {}",
                         if s.mariadb { "MariaDB" } else { "MySQL" },
                         s.version,
                         e.host,
                         e.port,
                         e.user,
-                        match e.uses_tls() {
-                            Some(true) => "TLS",
-                            _ => "no TLS: the server does not offer it",
-                        }
                     ),
                 ));
+                checks.push(
+                    e.negotiated(&mut conn)
+                        .await
+                        .check_result("every connection, the binlog stream included"),
+                );
                 checks.extend(s.checks());
             }
             Err(err) => checks.push(CheckResult::fail_from("connect", &err)),

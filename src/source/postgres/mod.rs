@@ -8,6 +8,7 @@
 pub mod copy_binary;
 pub mod pgoutput;
 pub mod replication;
+pub mod transport;
 pub mod types;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use arrow_schema::{Field, Schema};
 use futures::StreamExt;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{Connection, Executor, Row};
 use tokio::sync::{Mutex, mpsc};
 
@@ -52,6 +53,18 @@ pub struct PgEndpoint {
     /// Where the password comes from, to say so when it is refused.
     password_hint: String,
     password: Option<String>,
+    /// `sslmode` and its files ([`crate::tls`]), applied by [`transport`].
+    tls: Arc<crate::tls::TlsOptions>,
+    /// What the last connection negotiated, for `check`.
+    last_tls: Arc<std::sync::Mutex<Option<crate::tls::Negotiated>>>,
+}
+
+/// Where a client connects: the server itself (plain) or a relay of our TLS connection.
+pub struct Via {
+    pub host: String,
+    pub port: u16,
+    /// The relay's end: both sides closed ([`transport::Relayed::done`]).
+    pub done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl std::fmt::Debug for PgEndpoint {
@@ -75,13 +88,59 @@ impl PgEndpoint {
             user: e.user.clone().unwrap_or_else(|| "postgres".into()),
             password_hint: e.password_hint(),
             password,
+            tls: Arc::new(crate::tls::TlsOptions::from_endpoint(e, true)),
+            last_tls: Arc::default(),
         }
     }
 
-    fn options(&self) -> PgConnectOptions {
+    /// What the last connection negotiated (TLS version, what was verified), if any.
+    pub fn last_tls(&self) -> Option<crate::tls::Negotiated> {
+        self.last_tls.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Opens the stream under a new connection as `sslmode` says ([`transport::open`]) and
+    /// says where the client should connect.
+    pub async fn via(&self) -> Result<Via, SourceError> {
+        let target = transport::Target {
+            endpoint: &self.name,
+            host: &self.host,
+            port: self.port,
+            tls: &self.tls,
+        };
+        let (up, negotiated) = transport::open(&target, CONNECT_TIMEOUT).await?;
+        if let Ok(mut last) = self.last_tls.lock() {
+            *last = Some(negotiated);
+        }
+        match up {
+            transport::Upstream::Plain => Ok(Via {
+                host: self.host.clone(),
+                port: self.port,
+                done: None,
+            }),
+            tls => {
+                let r = transport::relay(tls, CONNECT_TIMEOUT).await.map_err(|e| {
+                    SourceError::Driver {
+                        endpoint: self.name.clone(),
+                        context: "opening a local socket for the TLS connection".into(),
+                        source: Box::new(e),
+                    }
+                })?;
+                Ok(Via {
+                    host: r.dir.display().to_string(),
+                    port: r.port,
+                    done: Some(r.done),
+                })
+            }
+        }
+    }
+
+    /// sqlx's options for a connection through `via`; TLS is ours, so sqlx's is off (and
+    /// PGSSLMODE and friends from the environment are ignored).
+    fn options(&self, via: &Via) -> PgConnectOptions {
         let mut o = PgConnectOptions::new()
-            .host(&self.host)
-            .port(self.port)
+            .host(&via.host)
+            .port(via.port)
+            .ssl_mode(PgSslMode::Disable)
             .username(&self.user)
             .database(&self.database)
             .application_name("tributary")
@@ -93,8 +152,12 @@ impl PgEndpoint {
     }
 
     pub async fn connect(&self) -> Result<PgConnection, SourceError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&self.options()))
-            .await
+        let via = self.via().await?;
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            PgConnection::connect_with(&self.options(&via)),
+        )
+        .await
         {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(self.classify(e, "connecting")),
@@ -134,6 +197,25 @@ impl PgEndpoint {
                         endpoint,
                         user: self.user.clone(),
                         hint: self.password_hint.clone(),
+                    },
+                    "28000" if db.message().ends_with("no encryption") => SourceError::Tls {
+                        endpoint,
+                        host: self.host.clone(),
+                        port: self.port,
+                        problem: "the server accepts only encrypted connections".into(),
+                        fix: "set sslmode = \"verify-full\" with sslrootcert (or \"require\")"
+                            .into(),
+                    },
+                    "28000" if db.message().ends_with("SSL encryption") => SourceError::Tls {
+                        endpoint,
+                        host: self.host.clone(),
+                        port: self.port,
+                        problem: "the server refuses encrypted connections from this client \
+                                  (pg_hba.conf hostnossl)"
+                            .into(),
+                        fix: "allow hostssl connections in the server's pg_hba.conf, or set \
+                              sslmode = \"disable\""
+                            .into(),
                     },
                     "28000" => SourceError::Authentication {
                         endpoint,
@@ -567,13 +649,21 @@ impl Source for PostgresSource {
             Ok(c) => c,
             Err(e) => return vec![CheckResult::fail_from("connect", &e)],
         };
-        let result = match self.fetch_checks(&mut conn).await {
+        let mut result = match self.fetch_checks(&mut conn).await {
             Ok(checks) => checks,
             Err(e) => vec![CheckResult::fail_from(
                 "catalog",
                 &self.endpoint.classify(e, "reading server settings"),
             )],
         };
+        // After the connection's own line.
+        if let Some(tls) = self.endpoint.last_tls() {
+            let at = result.len().min(1);
+            result.insert(
+                at,
+                tls.check_result("every connection, replication included"),
+            );
+        }
         let _ = conn.close().await;
         result
     }

@@ -26,7 +26,7 @@ use pgwire_replication::{
 use sqlx::{PgConnection, Row};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::{PgEndpoint, SESSION_SETTINGS, quote_ident};
+use super::{PgEndpoint, SESSION_SETTINGS, Via, quote_ident};
 use crate::config::TaskConfig;
 use crate::ident::TableId;
 use crate::source::position::{SourcePosition, format_lsn};
@@ -71,21 +71,23 @@ impl SlotStatus {
 }
 
 impl PgEndpoint {
-    fn replication_config(&self, slot: &str, publication: &str) -> ReplicationConfig {
+    /// The replication client's settings, connecting through `via` (TLS is ours: the
+    /// library's own would build aws-lc, see [`super::transport`]).
+    fn replication_config(&self, slot: &str, publication: &str, via: &Via) -> ReplicationConfig {
         let options = SESSION_SETTINGS
             .iter()
             .map(|(k, v)| format!("-c {k}={v}"))
             .collect::<Vec<_>>()
             .join(" ");
         ReplicationConfig::new(
-            self.host.clone(),
+            via.host.clone(),
             self.user.clone(),
             self.password.clone().unwrap_or_default(),
             self.database.clone(),
             slot,
             publication,
         )
-        .with_port(self.port)
+        .with_port(via.port)
         .with_tls(TlsConfig::disabled())
         .with_options(options)
         .with_application_name("tributary")
@@ -311,8 +313,9 @@ impl PgEndpoint {
         temporary: bool,
     ) -> Result<(SnapshotHolder, Snapshot), SourceError> {
         let context = format!("creating replication slot {slot}");
+        let mut via = self.via().await?;
         let mut client =
-            ReplicationClient::connect_gated(self.replication_config(slot, publication))
+            ReplicationClient::connect_gated(self.replication_config(slot, publication, &via))
                 .await
                 .map_err(|e| self.classify_replication(e, &context))?;
         let rows = client
@@ -339,7 +342,13 @@ impl PgEndpoint {
             position: Some(SourcePosition::Lsn(self.lsn(&context, &field(1)?)?)),
             id: field(2)?,
         };
-        Ok((SnapshotHolder { _client: client }, snapshot))
+        Ok((
+            SnapshotHolder {
+                client,
+                relay_done: via.done.take(),
+            },
+            snapshot,
+        ))
     }
 
     /// Task `task`'s replication slot here ([`TaskConfig::slot_name`]): the name it has had
@@ -386,8 +395,9 @@ impl PgEndpoint {
         publication: &str,
         start: u64,
     ) -> Result<ChangeStream, SourceError> {
+        let mut via = self.via().await?;
         let config = self
-            .replication_config(slot, publication)
+            .replication_config(slot, publication, &via)
             .with_start_lsn(Lsn::from_u64(start));
         let client = ReplicationClient::connect(config)
             .await
@@ -405,6 +415,7 @@ impl PgEndpoint {
             current: None,
             applied,
             forwarder,
+            relay_done: via.done.take(),
             endpoint: self.clone(),
             slot: slot.to_owned(),
         })
@@ -442,7 +453,26 @@ impl PgEndpoint {
 
 /// Keeps the replication connection that exported a snapshot open and idle.
 pub struct SnapshotHolder {
-    _client: ReplicationClient,
+    client: ReplicationClient,
+    relay_done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl SnapshotHolder {
+    /// Ends the connection and waits until the server has seen it end (a temporary slot
+    /// is then gone). Dropping the holder ends it too, without waiting.
+    pub async fn close(self) {
+        let SnapshotHolder { client, relay_done } = self;
+        // Dropping ends a gated session (its gate closes); `shutdown` would wait on it.
+        drop(client);
+        wait_relay(relay_done).await;
+    }
+}
+
+/// Waits (bounded) until a relay's both sides have closed.
+async fn wait_relay(done: Option<tokio::sync::oneshot::Receiver<()>>) {
+    if let Some(done) = done {
+        let _ = tokio::time::timeout(super::CONNECT_TIMEOUT, done).await;
+    }
 }
 
 /// The slot's change stream: pgoutput messages in commit order, read ahead of the caller
@@ -454,6 +484,8 @@ pub struct ChangeStream {
     /// The position the caller confirmed, passed on to the server by the forwarder.
     applied: watch::Sender<u64>,
     forwarder: tokio::task::JoinHandle<()>,
+    /// The TLS relay's end, awaited on close so the server has released the slot.
+    relay_done: Option<tokio::sync::oneshot::Receiver<()>>,
     endpoint: PgEndpoint,
     slot: String,
 }
@@ -510,11 +542,13 @@ impl ChangeStream {
             queue,
             applied,
             forwarder,
+            relay_done,
             ..
         } = self;
         drop(applied);
         drop(queue);
         let _ = forwarder.await;
+        wait_relay(relay_done).await;
     }
 }
 

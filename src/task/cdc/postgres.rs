@@ -319,7 +319,10 @@ async fn run_task(pg: PgEndpoint, run: TaskRun) -> Result<TaskSummary, TaskError
         &stop,
     )
     .await?;
-    drop(holder); // the snapshot is no longer needed by anyone
+    // The snapshot is no longer needed by anyone.
+    if let Some(holder) = holder {
+        holder.close().await;
+    }
     let mut load = load;
     let cdc = CdcRun {
         endpoint: pg.clone(),
@@ -432,7 +435,7 @@ async fn reload_alone(
         .await?;
     let source = Arc::new(PostgresSource::new(pg.clone()).with_slot_snapshot(snapshot));
     let reloaded = reload::run(source, storage, checkpoint, task, events, stop).await;
-    drop(holder);
+    holder.close().await;
     reloaded
 }
 
