@@ -5,7 +5,7 @@
 //!
 //! | sslmode | without a root certificate | with one (`sslrootcert`, `~/.postgresql/root.crt`) |
 //! |---|---|---|
-//! | `disable` | plain | plain |
+//! | `disable` | plain | refused by the workspace check (the root certificate would be unused) |
 //! | `prefer` (default) | TLS if the server offers it, not verified; else plain | TLS if offered, chain verified |
 //! | `require` | TLS, not verified | TLS, chain verified (libpq: "as verify-ca") |
 //! | `verify-ca` | refused: needs a root certificate | TLS, chain verified, any host name |
@@ -14,7 +14,8 @@
 //! `sslrootcert = "system"` trusts the system's CAs and allows only `verify-full` (libpq 16).
 //!
 //! Invariants:
-//! - the crypto provider is *ring*, passed explicitly; nothing installs a process default;
+//! - the crypto provider is *ring*, passed explicitly here (mysql_async installs *ring* as
+//!   the process default for its own connections; it must stay the only provider built);
 //! - "not verified" still checks the handshake's signatures with the certificate's key, so
 //!   only verification is skipped, never the cryptography;
 //! - under `verify-ca` only a host-name mismatch is forgiven (by error variant, not text);
@@ -65,8 +66,14 @@ pub enum TlsError {
     EncryptedKey { path: PathBuf },
     #[error("the system's CA certificates could not be loaded: {reason}")]
     SystemRoots { reason: String },
+    #[error(
+        "sslrootcert = \"system\" trusts every public CA, so it only goes with sslmode = \"verify-full\" (as in libpq): set that, or name your CA's file"
+    )]
+    SystemNeedsVerifyFull,
     #[error("the client certificate and key do not fit together: {reason}")]
     Identity { reason: String },
+    #[error("the TLS configuration was refused: {reason}")]
+    Config { reason: String },
 }
 
 /// Where the root certificates come from.
@@ -172,7 +179,12 @@ impl TlsOptions {
         }
     }
 
+    /// What this endpoint's mode asks; `system` roots only under verify-full, whatever
+    /// path the settings came by (a file, the app).
     pub fn policy(&self) -> Result<Policy, TlsError> {
+        if self.rootcert == Some(RootCert::System) && self.mode != SslMode::VerifyFull {
+            return Err(TlsError::SystemNeedsVerifyFull);
+        }
         decide(self.mode, self.rootcert.is_some())
     }
 
@@ -253,7 +265,7 @@ impl TlsOptions {
                 let webpki =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
-                        .map_err(|e| TlsError::SystemRoots {
+                        .map_err(|e| TlsError::Config {
                             reason: e.to_string(),
                         })?;
                 if verification == Verification::Chain {
@@ -265,7 +277,7 @@ impl TlsOptions {
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Identity {
+            .map_err(|e| TlsError::Config {
                 reason: e.to_string(),
             })?
             .dangerous()
@@ -558,14 +570,15 @@ impl Negotiated {
                 version,
                 verification: Verification::Chain,
                 ..
-            } => format!(
-                "{version}, certificate chain verified (host name not checked: sslmode = verify-ca)"
-            ),
+            } => format!("{version}, certificate chain verified (host name not checked)"),
             Negotiated::Tls { version, .. } => format!("{version}, certificate not verified"),
             Negotiated::Plain {
                 mode: SslMode::Disable,
             } => "not encrypted (sslmode = disable)".into(),
-            Negotiated::Plain { .. } => "not encrypted: the server offers no TLS".into(),
+            Negotiated::Plain { .. } => {
+                "not encrypted: the server offered no TLS (or, under prefer, its handshake failed)"
+                    .into()
+            }
         }
     }
 
@@ -624,6 +637,27 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn system_roots_go_only_with_verify_full_on_every_path() {
+        let options = |mode| TlsOptions {
+            mode,
+            rootcert: Some(RootCert::System),
+            cert: None,
+            key: None,
+        };
+        for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
+            let err = options(mode).policy().unwrap_err().to_string();
+            assert!(
+                err.contains("only goes with sslmode = \"verify-full\""),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            options(SslMode::VerifyFull).policy().unwrap().verification,
+            Verification::ChainAndName
+        );
     }
 
     #[test]

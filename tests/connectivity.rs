@@ -246,6 +246,25 @@ async fn s3_over_tls_with_a_private_ca_needs_its_ca_bundle() {
 
 // ---- PostgreSQL over TLS, with libpq's sslmode ----
 
+/// The `Op` of every change the raw zone holds for `table` (its CDC files), sorted.
+fn change_ops(dir: &TestDir, table: &str) -> Vec<String> {
+    let mut ops = Vec::new();
+    for f in files_under(&dir.lake()) {
+        if f.contains(&format!("{table}/")) && !f.contains("LOAD") && f.ends_with(".parquet") {
+            for b in read_parquet_file(&dir.lake().join(&f)) {
+                let op = b.column_by_name("Op").unwrap();
+                let op = op
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
+                ops.extend(op.iter().map(|o| o.unwrap_or_default().to_owned()));
+            }
+        }
+    }
+    ops.sort();
+    ops
+}
+
 fn tls_dir() -> PathBuf {
     PathBuf::from(required_env("TRIBUTARY_TEST_TLS_DIR"))
 }
@@ -312,20 +331,7 @@ async fn full_load_and_cdc_over_verify_full_to_a_tls_only_server() {
     .await
     .unwrap();
     assert_success(&run_until_caught_up(&ws, "cdc"));
-    let mut ops = Vec::new();
-    for f in files_under(&dir.lake()) {
-        if f.contains("items/") && !f.contains("LOAD") && f.ends_with(".parquet") {
-            for b in read_parquet_file(&dir.lake().join(&f)) {
-                let op = b.column_by_name("Op").unwrap();
-                let op = op
-                    .as_any()
-                    .downcast_ref::<arrow_array::StringArray>()
-                    .unwrap();
-                ops.extend(op.iter().map(|o| o.unwrap_or_default().to_owned()));
-            }
-        }
-    }
-    ops.sort();
+    let ops = change_ops(&dir, "items");
     assert_eq!(ops, ["D", "I", "U"], "the changes, each once");
 }
 
@@ -424,7 +430,7 @@ async fn require_needs_a_server_with_tls_and_prefer_says_when_there_is_none() {
     );
     let out = assert_success(&tributary(&["check", &ws, "--endpoint", "shop"]));
     assert!(
-        out.contains("WARN tls: not encrypted: the server offers no TLS"),
+        out.contains("WARN tls: not encrypted: the server offered no TLS"),
         "{out}"
     );
 }
@@ -580,20 +586,7 @@ async fn mysql_full_load_and_binlog_cdc_over_verify_full() {
     .await
     .unwrap();
     assert_success(&run_until_caught_up(&ws, "cdc"));
-    let mut ops = Vec::new();
-    for f in files_under(&dir.lake()) {
-        if f.contains("items/") && !f.contains("LOAD") && f.ends_with(".parquet") {
-            for b in read_parquet_file(&dir.lake().join(&f)) {
-                let op = b.column_by_name("Op").unwrap();
-                let op = op
-                    .as_any()
-                    .downcast_ref::<arrow_array::StringArray>()
-                    .unwrap();
-                ops.extend(op.iter().map(|o| o.unwrap_or_default().to_owned()));
-            }
-        }
-    }
-    ops.sort();
+    let ops = change_ops(&dir, "items");
     assert_eq!(ops, ["D", "I", "U"], "the binlog's changes, each once");
 }
 

@@ -281,7 +281,7 @@ async fn bad_inputs_missing_grants_purged_binlog_wrong_password() {
     ));
     let check = stdout(&tributary(&["check", &ws]));
     assert!(
-        check.contains("WARN tls: not encrypted: the server offers no TLS"),
+        check.contains("WARN tls: not encrypted: the server offered no TLS"),
         "{check}"
     );
     assert!(

@@ -59,7 +59,8 @@ pub fn parse(text: &str) -> Result<DbSecret, String> {
         Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
         Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
         Some(_) => None,
-    };
+    }
+    .filter(|&p| p != 0);
     if port.is_none() && !matches!(fields.get("port"), None | Some(serde_json::Value::Null)) {
         return Err("its \"port\" is not a port number (1-65535)".into());
     }
@@ -210,7 +211,7 @@ fn classify(e: &GetError) -> SmFailure {
             }
         }
         SdkError::TimeoutError(_) => "timed out".into(),
-        other => format!("{other:?}"),
+        other => aws_sdk_secretsmanager::error::DisplayErrorContext(other).to_string(),
     };
     SmFailure::Unreachable(detail)
 }
@@ -252,6 +253,8 @@ mod tests {
         assert!(err.contains("no \"password\""), "{err}");
         let err = parse(r#"{"password":"hunter2","port":"fifty"}"#).unwrap_err();
         assert!(err.contains("port") && !err.contains("hunter2"), "{err}");
+        let err = parse(r#"{"password":"x","port":0}"#).unwrap_err();
+        assert!(err.contains("not a port number"), "{err}");
         let err = parse(r#"{"password":12345678}"#).unwrap_err();
         assert!(
             err.contains("not a string") && !err.contains("12345678"),

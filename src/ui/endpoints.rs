@@ -70,7 +70,11 @@ impl EndpointsScreen {
             }
         });
         if test {
-            let endpoint = doc.workspace.endpoints[index].clone();
+            let mut endpoint = doc.workspace.endpoints[index].clone();
+            // Certificate and target paths are relative to the workspace file, as when run.
+            if let Some(file) = &doc.path {
+                endpoint.resolve_relative_path(file);
+            }
             self.checks.insert(endpoint.name.clone(), None);
             backend.check_endpoint(&doc.workspace, &endpoint);
         }

@@ -40,7 +40,8 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Schemas that hold the server's own tables, never replicated.
 const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys'";
 
-/// Connection settings of a MySQL/MariaDB endpoint, password resolved from the environment.
+/// Connection settings of a MySQL/MariaDB endpoint, its password resolved
+/// ([`crate::config::EndpointConfig::resolve`]).
 #[derive(Clone)]
 pub struct MyEndpoint {
     pub name: String,
@@ -193,13 +194,17 @@ impl MyEndpoint {
                         self.tls_options.roots().map_err(setup)?;
                         ssl.with_root_certs(vec![path.clone().into()])
                     }
-                    RootCert::System => ssl.with_root_certs(
-                        rustls_native_certs::load_native_certs()
-                            .certs
-                            .into_iter()
-                            .map(|c| c.to_vec().into())
-                            .collect(),
-                    ),
+                    RootCert::System => {
+                        // None found is refused here, with its reason.
+                        self.tls_options.roots().map_err(setup)?;
+                        ssl.with_root_certs(
+                            rustls_native_certs::load_native_certs()
+                                .certs
+                                .into_iter()
+                                .map(|c| c.to_vec().into())
+                                .collect(),
+                        )
+                    }
                 };
                 ssl.with_disable_built_in_roots(true)
                     .with_danger_skip_domain_validation(verification == Verification::Chain)

@@ -42,7 +42,8 @@ pub const SESSION_SETTINGS: [(&str, &str); 5] = [
     ("extra_float_digits", "1"),
 ];
 
-/// Connection settings of a PostgreSQL endpoint, password resolved from the environment.
+/// Connection settings of a PostgreSQL endpoint, its password resolved
+/// ([`crate::config::EndpointConfig::resolve`]).
 #[derive(Clone)]
 pub struct PgEndpoint {
     pub name: String,
@@ -117,7 +118,7 @@ impl PgEndpoint {
                 port: self.port,
                 done: None,
             }),
-            tls => {
+            transport::Upstream::Tls(tls) => {
                 let r = transport::relay(tls, CONNECT_TIMEOUT).await.map_err(|e| {
                     SourceError::Driver {
                         endpoint: self.name.clone(),
@@ -152,15 +153,14 @@ impl PgEndpoint {
     }
 
     pub async fn connect(&self) -> Result<PgConnection, SourceError> {
-        let via = self.via().await?;
-        match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            PgConnection::connect_with(&self.options(&via)),
-        )
-        .await
-        {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.classify(e, "connecting")),
+        let connect = async {
+            let via = self.via().await?;
+            PgConnection::connect_with(&self.options(&via))
+                .await
+                .map_err(|e| self.classify(e, "connecting"))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(r) => r,
             Err(_) => Err(SourceError::Unreachable {
                 endpoint: self.name.clone(),
                 host: self.host.clone(),
@@ -198,25 +198,21 @@ impl PgEndpoint {
                         user: self.user.clone(),
                         hint: self.password_hint.clone(),
                     },
-                    "28000" if db.message().ends_with("no encryption") => SourceError::Tls {
-                        endpoint,
-                        host: self.host.clone(),
-                        port: self.port,
-                        problem: "the server accepts only encrypted connections".into(),
-                        fix: "set sslmode = \"verify-full\" with sslrootcert (or \"require\")"
-                            .into(),
-                    },
-                    "28000" if db.message().ends_with("SSL encryption") => SourceError::Tls {
-                        endpoint,
-                        host: self.host.clone(),
-                        port: self.port,
-                        problem: "the server refuses encrypted connections from this client \
-                                  (pg_hba.conf hostnossl)"
-                            .into(),
-                        fix: "allow hostssl connections in the server's pg_hba.conf, or set \
-                              sslmode = \"disable\""
-                            .into(),
-                    },
+                    // pg_hba.conf had no line for this client; whether the connection was
+                    // encrypted decides which lines apply (host, hostssl, hostnossl).
+                    "28000" if db.message().ends_with("no encryption") => {
+                        SourceError::Authentication {
+                            endpoint,
+                            user: self.user.clone(),
+                            hint: format!(
+                                "The server refused this unencrypted connection ({}): allow it \
+                                 in pg_hba.conf, or, if the server accepts only encrypted \
+                                 connections (hostssl lines, rds.force_ssl), set sslmode = \
+                                 \"verify-full\" with sslrootcert",
+                                db.message()
+                            ),
+                        }
+                    }
                     "28000" => SourceError::Authentication {
                         endpoint,
                         user: self.user.clone(),

@@ -28,7 +28,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::oneshot;
 
-use crate::config::SslMode;
 use crate::source::SourceError;
 use crate::tls::{Negotiated, Policy, TlsOptions, Use, Verification};
 
@@ -101,7 +100,8 @@ pub async fn open(
         source,
     };
     let policy = t.tls.policy().map_err(setup)?;
-    if policy.tls == Use::Never {
+    // A Unix socket (host is a folder, as libpq allows) is local: no TLS, as libpq.
+    if policy.tls == Use::Never || t.host.starts_with('/') {
         return Ok((Upstream::Plain, Negotiated::Plain { mode: t.tls.mode }));
     }
     let config = t
@@ -162,13 +162,15 @@ async fn handshake(
             Ok((Upstream::Tls(Box::new(tls)), negotiated))
         }
         // libpq retries plain when an unverified `prefer` handshake fails.
-        Err(_) if policy.tls == Use::IfOffered && policy.verification == Verification::None => {
-            Ok((
-                Upstream::Plain,
-                Negotiated::Plain {
-                    mode: SslMode::Prefer,
-                },
-            ))
+        Err(e) if policy.tls == Use::IfOffered && policy.verification == Verification::None => {
+            tracing::warn!(
+                "endpoint '{}': the TLS handshake with {}:{} failed ({e}); connecting \
+                 unencrypted, as sslmode = prefer allows",
+                t.endpoint,
+                t.host,
+                t.port
+            );
+            Ok((Upstream::Plain, Negotiated::Plain { mode: t.tls.mode }))
         }
         Err(e) => match crate::tls::rustls_error(&e) {
             Some(err) => {
@@ -190,32 +192,54 @@ pub struct Relayed {
     pub done: oneshot::Receiver<()>,
 }
 
-/// This process's private folder for relay sockets (0700), made once.
+/// This process's private folder for relay sockets (0700), made once. Its name carries the
+/// process id; folders of processes that are gone (statics are never dropped, so every
+/// process leaves its folder) are removed when the next one makes its own.
 fn socket_dir() -> std::io::Result<&'static Path> {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     if let Some(d) = DIR.get() {
-        return Ok(d.path());
+        return Ok(d);
     }
     // A Unix socket path holds at most 107 bytes.
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir() && p.as_os_str().len() < 60)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
+    remove_stale_dirs(&base);
     let made = tempfile::Builder::new()
-        .prefix("tributary-pg-")
+        .prefix(&format!("tributary-pg-{}-", std::process::id()))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir_in(base)?;
-    Ok(DIR.get_or_init(|| made).path())
+        .tempdir_in(base)?
+        .keep();
+    Ok(DIR.get_or_init(|| made))
 }
 
-/// Serves `up` on a fresh socket for one client; see the module's invariants.
-pub async fn relay(up: Upstream, timeout: Duration) -> std::io::Result<Relayed> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let Upstream::Tls(mut upstream) = up else {
-        return Err(std::io::Error::other(
-            "nothing to relay: the connection is plain",
-        ));
+/// Removes `tributary-pg-<pid>-*` folders of processes that no longer run.
+fn remove_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
     };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("tributary-pg-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Serves `upstream` on a fresh socket for one client; see the module's invariants.
+pub async fn relay(
+    mut upstream: Box<tokio_rustls::client::TlsStream<TcpStream>>,
+    timeout: Duration,
+) -> std::io::Result<Relayed> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = socket_dir()?;
     let (path, listener, port) = loop {
         // 1..=65535, wrapping; a number still in use (a live relay) is skipped.
@@ -265,6 +289,25 @@ mod tests {
         );
         assert!(matches!(answer(prefer, b'E'), Answer::Refuse(_)));
         assert!(matches!(answer(require, b'H'), Answer::Refuse(_)));
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_host_is_local_and_never_negotiates_tls() {
+        let tls = TlsOptions {
+            mode: crate::config::SslMode::Require,
+            rootcert: None,
+            cert: None,
+            key: None,
+        };
+        let target = Target {
+            endpoint: "local",
+            host: "/var/run/postgresql",
+            port: 5432,
+            tls: &tls,
+        };
+        let (up, negotiated) = open(&target, Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(up, Upstream::Plain));
+        assert!(matches!(negotiated, Negotiated::Plain { .. }));
     }
 
     #[test]
