@@ -296,6 +296,10 @@ pub struct EndpointConfig {
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The IP address to connect to instead of resolving `host` (libpq's `hostaddr`): a
+    /// port forward, an SSH tunnel (`ssh -L`), a proxy. `host` stays the name TLS verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostaddr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1147,6 +1151,17 @@ type Refusal = (&'static str, String);
 
 /// The TLS keys make sense together ([`crate::tls`] has the table of modes).
 fn validate_tls(e: &EndpointConfig) -> Result<(), Refusal> {
+    if let Some(addr) = &e.hostaddr
+        && addr.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err((
+            "hostaddr",
+            format!(
+                "hostaddr = \"{addr}\" is not an IP address: it is where to connect (as in \
+                 libpq), while host stays the name TLS verifies; put a name in host"
+            ),
+        ));
+    }
     if e.sslcert.is_some() != e.sslkey.is_some() {
         let (has, lacks) = if e.sslcert.is_some() {
             ("sslcert", "sslkey")
@@ -1240,6 +1255,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
         match field {
             "host" => e.host.is_some(),
             "port" => e.port.is_some(),
+            "hostaddr" => e.hostaddr.is_some(),
             "database" => e.database.is_some(),
             "user" => e.user.is_some(),
             "password_env" => e.password_env.is_some(),
@@ -1262,6 +1278,7 @@ fn validate_endpoint(e: &EndpointConfig) -> Result<(), Refusal> {
     const DATABASE_KEYS: &[&str] = &[
         "host",
         "port",
+        "hostaddr",
         "database",
         "user",
         "password_env",

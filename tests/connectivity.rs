@@ -673,3 +673,59 @@ async fn mysql_certificate_problems_and_modes() {
         "{out}"
     );
 }
+
+/// libpq's `hostaddr`: connect by address (a forwarded port, `ssh -L`), verify the name.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostaddr_connects_by_address_and_tls_verifies_the_host_name() {
+    let pg = pg_tls();
+    let my = my_tls();
+    let db = "trib_tls_hostaddr";
+    pg.fresh_database(db).await;
+    my.fresh_database(db).await;
+    let run_check = |source: String| {
+        let dir = TestDir::new();
+        let ws = tls_workspace(&dir, &source, "full-load");
+        tributary(&["check", &ws, "--endpoint", "shop"])
+    };
+    let by_address = format!("hostaddr = \"127.0.0.1\"\n{}", verify_full("ca.crt"));
+    let out = assert_success(&run_check(pg_tls_endpoint(
+        &pg,
+        "localhost",
+        pg.port,
+        db,
+        &by_address,
+    )));
+    assert!(out.contains("certificate verified for localhost"), "{out}");
+    let out = run_check(pg_tls_endpoint(
+        &pg,
+        "db.example.com",
+        pg.port,
+        db,
+        &by_address,
+    ));
+    assert!(
+        stdout(&out).contains("certificate is for localhost, not db.example.com"),
+        "{}",
+        stdout(&out)
+    );
+    let keys = |name: &str| my_tls_endpoint(&my, name, my.port, db, &by_address);
+    let out = stdout(&run_check(keys("localhost")));
+    assert!(
+        out.contains("PASS tls: TLS 1.3, certificate verified for localhost"),
+        "{out}"
+    );
+    let out = stdout(&run_check(keys("db.example.com")));
+    assert!(
+        out.contains("certificate is for localhost, not db.example.com"),
+        "{out}"
+    );
+    // hostaddr is an address; a name belongs in host.
+    let out = run_check(
+        keys("localhost").replace("hostaddr = \"127.0.0.1\"", "hostaddr = \"localhost\""),
+    );
+    assert!(
+        stderr(&out).contains("is not an IP address"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -278,6 +278,12 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                     } else if port.is_none() {
                         e.port = None;
                     }
+                    let addr_problem = e
+                        .hostaddr
+                        .as_deref()
+                        .filter(|a| a.parse::<std::net::IpAddr>().is_err())
+                        .map(|_| "an IP address (the host name stays for TLS)");
+                    field_ui(ui, "Host address", &mut e.hostaddr, addr_problem);
                     field_ui(ui, "Database", &mut e.database, None);
                     let user_problem = e.user.is_none().then_some(required).flatten();
                     field_ui(ui, "User", &mut e.user, user_problem);

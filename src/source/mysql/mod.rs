@@ -46,6 +46,8 @@ const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema
 pub struct MyEndpoint {
     pub name: String,
     pub host: String,
+    /// Where to connect instead of `host` (libpq's `hostaddr`); TLS still verifies `host`.
+    pub hostaddr: Option<String>,
     pub port: u16,
     /// The default database; tables of every schema can be selected.
     pub database: Option<String>,
@@ -153,6 +155,7 @@ impl MyEndpoint {
         MyEndpoint {
             name: e.name.clone(),
             host: e.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            hostaddr: e.hostaddr.clone(),
             port: e.port.unwrap_or(3306),
             database: e.database.clone().filter(|d| !d.is_empty()),
             user: e.user.clone().unwrap_or_else(|| "root".into()),
@@ -210,6 +213,10 @@ impl MyEndpoint {
                     .with_danger_skip_domain_validation(verification == Verification::Chain)
             }
         };
+        if self.hostaddr.is_some() {
+            // Connected by address: TLS checks the server's name all the same.
+            ssl = ssl.with_danger_tls_hostname_override(Some(self.host.clone()));
+        }
         if self.tls_options.identity().map_err(setup)?.is_some()
             && let (Some(cert), Some(key)) = (&self.tls_options.cert, &self.tls_options.key)
         {
@@ -224,7 +231,7 @@ impl MyEndpoint {
     fn opts(&self, ssl: Option<mysql_async::SslOpts>) -> Opts {
         OptsBuilder::default()
             .ssl_opts(ssl)
-            .ip_or_hostname(self.host.clone())
+            .ip_or_hostname(self.hostaddr.clone().unwrap_or_else(|| self.host.clone()))
             .tcp_port(self.port)
             .prefer_socket(false)
             .user(Some(self.user.clone()))

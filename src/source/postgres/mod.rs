@@ -48,6 +48,8 @@ pub const SESSION_SETTINGS: [(&str, &str); 5] = [
 pub struct PgEndpoint {
     pub name: String,
     pub host: String,
+    /// Where to connect instead of `host` (libpq's `hostaddr`); TLS still verifies `host`.
+    pub hostaddr: Option<String>,
     pub port: u16,
     pub database: String,
     pub user: String,
@@ -84,6 +86,7 @@ impl PgEndpoint {
         PgEndpoint {
             name: e.name.clone(),
             host: e.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            hostaddr: e.hostaddr.clone(),
             port: e.port.unwrap_or(5432),
             database: e.database.clone().unwrap_or_else(|| "postgres".into()),
             user: e.user.clone().unwrap_or_else(|| "postgres".into()),
@@ -105,6 +108,7 @@ impl PgEndpoint {
         let target = transport::Target {
             endpoint: &self.name,
             host: &self.host,
+            addr: self.hostaddr.as_deref(),
             port: self.port,
             tls: &self.tls,
         };
@@ -114,7 +118,7 @@ impl PgEndpoint {
         }
         match up {
             transport::Upstream::Plain => Ok(Via {
-                host: self.host.clone(),
+                host: self.hostaddr.clone().unwrap_or_else(|| self.host.clone()),
                 port: self.port,
                 done: None,
             }),

@@ -37,7 +37,10 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F];
 /// Where to connect and how.
 pub struct Target<'a> {
     pub endpoint: &'a str,
+    /// The server's name: what TLS verifies, and where to connect without `addr`.
     pub host: &'a str,
+    /// Where to connect instead (libpq's `hostaddr`: a forwarded port, a tunnel).
+    pub addr: Option<&'a str>,
     pub port: u16,
     pub tls: &'a TlsOptions,
 }
@@ -56,7 +59,10 @@ impl Target<'_> {
     fn unreachable(&self, reason: String) -> SourceError {
         SourceError::Unreachable {
             endpoint: self.endpoint.to_owned(),
-            host: self.host.to_owned(),
+            host: match self.addr {
+                Some(addr) => format!("{} at {addr}", self.host),
+                None => self.host.to_owned(),
+            },
             port: self.port,
             reason,
         }
@@ -109,7 +115,7 @@ pub async fn open(
         .client_config(policy, &[b"postgresql"])
         .map_err(setup)?;
     let work = async {
-        let mut tcp = TcpStream::connect((t.host, t.port))
+        let mut tcp = TcpStream::connect((t.addr.unwrap_or(t.host), t.port))
             .await
             .map_err(|e| t.unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
@@ -302,6 +308,7 @@ mod tests {
         let target = Target {
             endpoint: "local",
             host: "/var/run/postgresql",
+            addr: None,
             port: 5432,
             tls: &tls,
         };
