@@ -116,9 +116,56 @@ fn check_pem_certificates(pem: &[u8]) -> Result<(), Option<String>> {
     Ok(())
 }
 
+/// Why a request of any AWS client failed before the service answered; the callers word it
+/// for their service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undelivered {
+    /// The credential chain found no credentials.
+    NoCredentials,
+    /// The request could not be built (the text says why).
+    Unbuilt(String),
+    /// The server's TLS certificate failed verification: "signed by a CA that is not
+    /// trusted", "issued for another host name", "expired", …
+    Certificate(&'static str),
+    /// The connection failed (the connector's text).
+    Unreachable(String),
+    TimedOut,
+}
+
+/// What [`Undelivered`] `e` is; `None` when the service answered (its code says more).
+/// `SdkError` is the one of aws-smithy that every AWS SDK crate re-exports.
+pub fn undelivered<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> Option<Undelivered>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::SdkError;
+    match e {
+        SdkError::ConstructionFailure(_) => {
+            let full = format!("{:?}", std::error::Error::source(e));
+            Some(
+                if full.contains("credentials") || full.contains("Credentials") {
+                    Undelivered::NoCredentials
+                } else {
+                    Undelivered::Unbuilt(full)
+                },
+            )
+        }
+        SdkError::DispatchFailure(d) => {
+            let detail = format!("{d:?}");
+            Some(match certificate_problem(&detail) {
+                Some(problem) => Undelivered::Certificate(problem),
+                None => Undelivered::Unreachable(detail),
+            })
+        }
+        SdkError::TimeoutError(_) => Some(Undelivered::TimedOut),
+        _ => None,
+    }
+}
+
 /// The certificate problem in a connector error's text (rustls's words), if that is why the
 /// connection failed: "UnknownIssuer", "NotValidForName", "Expired", …
-pub fn certificate_problem(detail: &str) -> Option<&'static str> {
+fn certificate_problem(detail: &str) -> Option<&'static str> {
     const PROBLEMS: &[(&str, &str)] = &[
         ("UnknownIssuer", "signed by a CA that is not trusted"),
         ("NotValidForName", "issued for another host name"),

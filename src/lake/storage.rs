@@ -765,33 +765,28 @@ impl S3Storage {
                         message: "HTTP 403".into(),
                     };
                 }
-                let text = match &e {
-                    SdkError::DispatchFailure(d) => {
-                        let at = self
-                            .endpoint_url
-                            .as_ref()
-                            .map(|u| format!(" {u}"))
-                            .unwrap_or_default();
-                        let detail = format!("{d:?}");
-                        match crate::aws::certificate_problem(&detail) {
-                            Some(problem) => format!(
-                                "the S3 endpoint{at} failed TLS verification: its certificate \
-                                 is {problem}. If a private CA signed it, set ca_bundle in the \
-                                 target endpoint to that CA's PEM file"
-                            ),
-                            None => format!("cannot reach the S3 endpoint{at}: {detail}"),
-                        }
+                use crate::aws::Undelivered;
+                let at = self
+                    .endpoint_url
+                    .as_ref()
+                    .map(|u| format!(" {u}"))
+                    .unwrap_or_default();
+                let text = match crate::aws::undelivered(&e) {
+                    Some(Undelivered::NoCredentials) => {
+                        return StorageError::NoCredentials { uri };
                     }
-                    SdkError::TimeoutError(_) => "timed out".into(),
-                    SdkError::ConstructionFailure(_) => {
-                        let full = format!("{:?}", std::error::Error::source(&e));
-                        if full.contains("credentials") || full.contains("Credentials") {
-                            return StorageError::NoCredentials { uri };
-                        }
-                        full
+                    Some(Undelivered::Certificate(problem)) => format!(
+                        "the S3 endpoint{at} failed TLS verification: its certificate is \
+                         {problem}. If a private CA signed it, set ca_bundle in the target \
+                         endpoint to that CA's PEM file"
+                    ),
+                    Some(Undelivered::Unreachable(detail)) => {
+                        format!("cannot reach the S3 endpoint{at}: {detail}")
                     }
-                    _ if !code.is_empty() => format!("{code}: {message}"),
-                    other => format!("{other:?}"),
+                    Some(Undelivered::Unbuilt(detail)) => detail,
+                    Some(Undelivered::TimedOut) => "timed out".into(),
+                    None if !code.is_empty() => format!("{code}: {message}"),
+                    None => format!("{e:?}"),
                 };
                 StorageError::S3 {
                     op,

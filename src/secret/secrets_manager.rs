@@ -195,25 +195,14 @@ fn classify(e: &GetError) -> SmFailure {
             )),
         };
     }
-    let detail = match e {
-        SdkError::ConstructionFailure(_) => {
-            let full = format!("{:?}", std::error::Error::source(e));
-            if full.contains("credentials") || full.contains("Credentials") {
-                return SmFailure::NoCredentials;
-            }
-            full
-        }
-        SdkError::DispatchFailure(d) => {
-            let detail = format!("{d:?}");
-            match crate::aws::certificate_problem(&detail) {
-                Some(problem) => format!("its TLS certificate is {problem}"),
-                None => detail,
-            }
-        }
-        SdkError::TimeoutError(_) => "timed out".into(),
-        other => aws_sdk_secretsmanager::error::DisplayErrorContext(other).to_string(),
-    };
-    SmFailure::Unreachable(detail)
+    use crate::aws::Undelivered;
+    SmFailure::Unreachable(match crate::aws::undelivered(e) {
+        Some(Undelivered::NoCredentials) => return SmFailure::NoCredentials,
+        Some(Undelivered::Certificate(problem)) => format!("its TLS certificate is {problem}"),
+        Some(Undelivered::Unreachable(detail) | Undelivered::Unbuilt(detail)) => detail,
+        Some(Undelivered::TimedOut) => "timed out".into(),
+        None => aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+    })
 }
 
 #[cfg(test)]
