@@ -1149,7 +1149,12 @@ fn normalize(path: &Path) -> PathBuf {
 /// Why an endpoint or task is refused: the key at fault (empty: the whole block) and why.
 type Refusal = (&'static str, String);
 
-/// The TLS keys make sense together ([`crate::tls`] has the table of modes).
+/// Why `sslrootcert = "system"` goes only with verify-full: refused here when the file is
+/// read, and by [`crate::tls::TlsOptions::policy`] on every other path (the app's forms).
+pub const SYSTEM_ROOTS_NEED_VERIFY_FULL: &str = "sslrootcert = \"system\" trusts every public CA, \
+     so it only goes with sslmode = \"verify-full\" (as in libpq): set that, or name your CA's file";
+
+/// `hostaddr` and the TLS keys make sense together ([`crate::tls`] has the table of modes).
 fn validate_tls(e: &EndpointConfig) -> Result<(), Refusal> {
     if let Some(addr) = &e.hostaddr
         && addr.parse::<std::net::IpAddr>().is_err()
@@ -1175,20 +1180,15 @@ fn validate_tls(e: &EndpointConfig) -> Result<(), Refusal> {
     }
     let root = e.sslrootcert.as_deref();
     if root == Some("system") && e.sslmode.is_some_and(|m| m != SslMode::VerifyFull) {
-        return Err((
-            "sslrootcert",
-            "sslrootcert = \"system\" trusts every public CA, so it only goes with sslmode = \
-             \"verify-full\" (as in libpq): set that, or name your CA's file"
-                .into(),
-        ));
+        return Err(("sslrootcert", SYSTEM_ROOTS_NEED_VERIFY_FULL.into()));
     }
-    let unused = ["sslrootcert", "sslcert", "sslkey"]
-        .into_iter()
-        .find(|k| match *k {
-            "sslrootcert" => root.is_some(),
-            "sslcert" => e.sslcert.is_some(),
-            _ => e.sslkey.is_some(),
-        });
+    let unused = [
+        ("sslrootcert", root.is_some()),
+        ("sslcert", e.sslcert.is_some()),
+        ("sslkey", e.sslkey.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key));
     if e.sslmode == Some(SslMode::Disable)
         && let Some(key) = unused
     {

@@ -66,9 +66,7 @@ pub enum TlsError {
     EncryptedKey { path: PathBuf },
     #[error("the system's CA certificates could not be loaded: {reason}")]
     SystemRoots { reason: String },
-    #[error(
-        "sslrootcert = \"system\" trusts every public CA, so it only goes with sslmode = \"verify-full\" (as in libpq): set that, or name your CA's file"
-    )]
+    #[error("{}", crate::config::SYSTEM_ROOTS_NEED_VERIFY_FULL)]
     SystemNeedsVerifyFull,
     #[error("the client certificate and key do not fit together: {reason}")]
     Identity { reason: String },
@@ -190,33 +188,49 @@ impl TlsOptions {
 
     /// The trusted roots, `None` without a root certificate.
     pub fn roots(&self) -> Result<Option<RootCertStore>, TlsError> {
+        Ok(self.load_roots()?.map(|(_, store)| store))
+    }
+
+    /// The same roots as DER certificates, for a client that builds its own store (MySQL).
+    pub fn root_certificates(&self) -> Result<Option<Vec<CertificateDer<'static>>>, TlsError> {
+        Ok(self.load_roots()?.map(|(ders, _)| ders))
+    }
+
+    /// The root certificates, each a usable trust anchor, read once: as DER and as a store.
+    fn load_roots(
+        &self,
+    ) -> Result<Option<(Vec<CertificateDer<'static>>, RootCertStore)>, TlsError> {
         let mut store = RootCertStore::empty();
+        let mut ders = Vec::new();
         match &self.rootcert {
             None => return Ok(None),
             Some(RootCert::System) => {
                 let found = rustls_native_certs::load_native_certs();
-                if found.certs.is_empty() {
+                let reason = found.errors.first().map(ToString::to_string);
+                for der in found.certs {
+                    if store.add(der.clone()).is_ok() {
+                        ders.push(der);
+                    }
+                }
+                if ders.is_empty() {
                     return Err(TlsError::SystemRoots {
-                        reason: found
-                            .errors
-                            .first()
-                            .map_or("none found".into(), ToString::to_string),
+                        reason: reason.unwrap_or_else(|| "none found".into()),
                     });
                 }
-                store.add_parsable_certificates(found.certs);
             }
             Some(RootCert::File(path)) => {
                 for der in certificates(path, "the root certificate file (sslrootcert)")? {
-                    store.add(der).map_err(|e| TlsError::Pem {
+                    store.add(der.clone()).map_err(|e| TlsError::Pem {
                         what: "the root certificate file (sslrootcert)",
                         path: path.clone(),
                         expected: "usable CA certificate",
                         reason: e.to_string(),
                     })?;
+                    ders.push(der);
                 }
             }
         }
-        Ok(Some(store))
+        Ok(Some((ders, store)))
     }
 
     /// The client certificate chain and key (`sslcert`, `sslkey`), checked as libpq does.

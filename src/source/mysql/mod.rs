@@ -180,38 +180,26 @@ impl MyEndpoint {
     /// `verify-full` VERIFY_IDENTITY. Only the root certificate is trusted, never the
     /// built-in public roots.
     fn ssl_opts(&self, policy: crate::tls::Policy) -> Result<mysql_async::SslOpts, SourceError> {
-        use crate::tls::{RootCert, Verification};
+        use crate::tls::Verification;
         let setup = |source| SourceError::TlsSetup {
             endpoint: self.name.clone(),
             source,
         };
         let mut ssl = mysql_async::SslOpts::default();
-        ssl = match (policy.verification, &self.tls_options.rootcert) {
-            (Verification::None, _) | (_, None) => ssl
+        let roots = match policy.verification {
+            Verification::None => None,
+            _ => self.tls_options.root_certificates().map_err(setup)?,
+        };
+        ssl = match roots {
+            None => ssl
                 .with_danger_accept_invalid_certs(true)
                 .with_danger_skip_domain_validation(true),
-            (verification, Some(root)) => {
-                let ssl = match root {
-                    RootCert::File(path) => {
-                        // Read and checked here, so a bad file is refused with its fix.
-                        self.tls_options.roots().map_err(setup)?;
-                        ssl.with_root_certs(vec![path.clone().into()])
-                    }
-                    RootCert::System => {
-                        // None found is refused here, with its reason.
-                        self.tls_options.roots().map_err(setup)?;
-                        ssl.with_root_certs(
-                            rustls_native_certs::load_native_certs()
-                                .certs
-                                .into_iter()
-                                .map(|c| c.to_vec().into())
-                                .collect(),
-                        )
-                    }
-                };
-                ssl.with_disable_built_in_roots(true)
-                    .with_danger_skip_domain_validation(verification == Verification::Chain)
-            }
+            // Each certificate as its own DER buffer (mysql_async reads a buffer that is not
+            // PEM as one DER certificate).
+            Some(ders) => ssl
+                .with_root_certs(ders.into_iter().map(|c| c.to_vec().into()).collect())
+                .with_disable_built_in_roots(true)
+                .with_danger_skip_domain_validation(policy.verification == Verification::Chain),
         };
         if self.hostaddr.is_some() {
             // Connected by address: TLS checks the server's name all the same.
