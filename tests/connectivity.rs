@@ -275,13 +275,28 @@ fn pg_tls() -> Pg {
     Pg::from_url_env("TRIBUTARY_TEST_PG_TLS_URL")
 }
 
-/// A PostgreSQL source endpoint block with TLS keys.
-fn pg_tls_endpoint(pg: &Pg, host: &str, port: u16, db: &str, tls_keys: &str) -> String {
+/// A source endpoint block of `engine` with TLS keys; the password comes from the variable
+/// [`tributary`] sets for that engine.
+fn tls_endpoint(
+    engine: &str,
+    user: &str,
+    host: &str,
+    port: u16,
+    db: &str,
+    tls_keys: &str,
+) -> String {
+    let password_env = match engine {
+        "postgres" => "TEST_PG_PASSWORD",
+        _ => "TEST_MY_PASSWORD",
+    };
     format!(
-        "[[endpoints]]\nname = \"shop\"\nengine = \"postgres\"\nhost = \"{host}\"\nport = {port}\n\
-         database = \"{db}\"\nuser = \"{}\"\npassword_env = \"TEST_PG_PASSWORD\"\n{tls_keys}\n\n",
-        pg.user
+        "[[endpoints]]\nname = \"shop\"\nengine = \"{engine}\"\nhost = \"{host}\"\nport = {port}\n\
+         database = \"{db}\"\nuser = \"{user}\"\npassword_env = \"{password_env}\"\n{tls_keys}\n\n"
     )
+}
+
+fn pg_tls_endpoint(pg: &Pg, host: &str, port: u16, db: &str, tls_keys: &str) -> String {
+    tls_endpoint("postgres", &pg.user, host, port, db, tls_keys)
 }
 
 fn tls_workspace(dir: &TestDir, source: &str, migration: &str) -> String {
@@ -539,11 +554,7 @@ fn my_tls() -> My {
 }
 
 fn my_tls_endpoint(my: &My, host: &str, port: u16, db: &str, tls_keys: &str) -> String {
-    format!(
-        "[[endpoints]]\nname = \"shop\"\nengine = \"mysql\"\nhost = \"{host}\"\nport = {port}\n\
-         database = \"{db}\"\nuser = \"{}\"\npassword_env = \"TEST_MY_PASSWORD\"\n{tls_keys}\n\n",
-        my.user
-    )
+    tls_endpoint("mysql", &my.user, host, port, db, tls_keys)
 }
 
 fn my_tls_workspace(dir: &TestDir, source: &str, db: &str) -> String {

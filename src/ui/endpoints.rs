@@ -210,6 +210,18 @@ fn field_ui(ui: &mut egui::Ui, label: &str, value: &mut Option<String>, problem:
     ui.end_row();
 }
 
+/// [`field_ui`] for an optional path.
+fn path_field_ui(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut Option<PathBuf>,
+    problem: Option<&str>,
+) {
+    let mut text = value.as_ref().map(|p| p.display().to_string());
+    field_ui(ui, label, &mut text, problem);
+    *value = text.map(PathBuf::from);
+}
+
 /// The per-engine form; problems show as you type.
 fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
     ui.heading(format!("{} endpoint", e.engine.name()));
@@ -223,10 +235,8 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
             e.name = name.unwrap_or_default();
             match e.engine {
                 Engine::Local => {
-                    let mut path = e.path.as_ref().map(|p| p.display().to_string());
-                    let problem = path.is_none().then_some("required");
-                    field_ui(ui, "Folder", &mut path, problem);
-                    e.path = path.map(PathBuf::from);
+                    let problem = e.path.is_none().then_some("required");
+                    path_field_ui(ui, "Folder", &mut e.path, problem);
                 }
                 Engine::S3 => {
                     let problem = e
@@ -247,9 +257,7 @@ fn editor_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
                     });
                     field_ui(ui, "Endpoint URL", &mut e.endpoint_url, url_problem);
                     field_ui(ui, "Profile", &mut e.profile, None);
-                    let mut ca = e.ca_bundle.as_ref().map(|p| p.display().to_string());
-                    field_ui(ui, "CA bundle (PEM)", &mut ca, None);
-                    e.ca_bundle = ca.map(PathBuf::from);
+                    path_field_ui(ui, "CA bundle (PEM)", &mut e.ca_bundle, None);
                     ui.label("Path-style");
                     let mut path_style = e.force_path_style.unwrap_or(false);
                     if ui.checkbox(&mut path_style, "").changed() {
@@ -408,14 +416,11 @@ fn tls_ui(ui: &mut egui::Ui, e: &mut EndpointConfig) {
     }
     let root_problem = needs_root.then_some("required: the CA bundle (PEM), or \"system\"");
     field_ui(ui, "Root certificate", &mut e.sslrootcert, root_problem);
-    let mut cert = e.sslcert.as_ref().map(|p| p.display().to_string());
-    let mut key = e.sslkey.as_ref().map(|p| p.display().to_string());
-    let cert_problem = (cert.is_none() && key.is_some()).then_some("goes with the client key");
-    let key_problem = (key.is_none() && cert.is_some()).then_some("goes with the certificate");
-    field_ui(ui, "Client certificate", &mut cert, cert_problem);
-    field_ui(ui, "Client key", &mut key, key_problem);
-    e.sslcert = cert.map(PathBuf::from);
-    e.sslkey = key.map(PathBuf::from);
+    let (cert, key) = (e.sslcert.is_some(), e.sslkey.is_some());
+    let cert_problem = (!cert && key).then_some("goes with the client key");
+    let key_problem = (!key && cert).then_some("goes with the certificate");
+    path_field_ui(ui, "Client certificate", &mut e.sslcert, cert_problem);
+    path_field_ui(ui, "Client key", &mut e.sslkey, key_problem);
 }
 
 /// A message's first clause, short enough for the form's problem column.
